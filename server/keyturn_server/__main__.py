@@ -1,0 +1,3 @@
+from keyturn_server.cli import main
+
+raise SystemExit(main())

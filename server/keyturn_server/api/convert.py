@@ -1,0 +1,249 @@
+"""Domain records to protobuf messages (and back where requests carry records)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+from keyturn.v1 import (
+    admin_pb2,
+    events_pb2,
+    handles_pb2,
+    resources_pb2,
+    statistics_pb2,
+)
+
+from keyturn_server.domain.access import Role
+from keyturn_server.domain.access_tokens import AccessToken
+from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind, Severity
+from keyturn_server.domain.audit import AuditEntry
+from keyturn_server.domain.errors import InvalidArgument
+from keyturn_server.domain.events import EventKind
+from keyturn_server.domain.handle_service import Validation
+from keyturn_server.domain.handles import Handle, HandleStatus, Reason
+from keyturn_server.domain.keys import Key, KeyStatus, VersionState
+from keyturn_server.domain.statistics import LatencySummary, RecentCounts
+from keyturn_server.domain.watch import StreamItem
+
+
+def ts(when: datetime | None) -> timestamp_pb2.Timestamp | None:
+    return None if when is None else stamp(when)
+
+
+def stamp(when: datetime) -> timestamp_pb2.Timestamp:
+    value = timestamp_pb2.Timestamp()
+    value.FromDatetime(when)
+    return value
+
+
+def dur(delta: timedelta) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromTimedelta(delta)
+    return value
+
+
+def from_ts(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
+    return stamp.ToDatetime(tzinfo=UTC) if present else None
+
+
+E = TypeVar("E")
+
+# --- enums -------------------------------------------------------------------------------
+
+KEY_STATUS = {s: resources_pb2.KeyStatus.Value(f"KEY_STATUS_{s.value}") for s in KeyStatus}
+KEY_STATUS_FROM = {v: k for k, v in KEY_STATUS.items()}
+HANDLE_STATUS = {
+    s: resources_pb2.HandleStatus.Value(f"HANDLE_STATUS_{s.value}") for s in HandleStatus
+}
+HANDLE_STATUS_FROM = {v: k for k, v in HANDLE_STATUS.items()}
+VERSION_STATE = {
+    s: resources_pb2.KeyVersionState.Value(f"KEY_VERSION_STATE_{s.value}") for s in VersionState
+}
+ANOMALY_KIND = {k: resources_pb2.AnomalyKind.Value(f"ANOMALY_KIND_{k.value}") for k in AnomalyKind}
+SEVERITY = {s: resources_pb2.AnomalySeverity.Value(f"ANOMALY_SEVERITY_{s.name}") for s in Severity}
+ACTION = {a: resources_pb2.AnomalyAction.Value(f"ANOMALY_ACTION_{a.value}") for a in AnomalyAction}
+ANOMALY_KIND_FROM = {v: k for k, v in ANOMALY_KIND.items()}
+EVENT_KIND = {k: events_pb2.EventKind.Value(f"EVENT_KIND_{k.value}") for k in EventKind}
+EVENT_KIND_FROM = {v: k for k, v in EVENT_KIND.items()}
+REASON = {r: handles_pb2.ValidationReason.Value(f"VALIDATION_REASON_{r.value}") for r in Reason}
+ROLE = {r: resources_pb2.Role.Value(f"ROLE_{r.value}") for r in Role}
+ROLE_FROM = {v: k for k, v in ROLE.items()}
+
+
+def optional_enum(table: Mapping[Any, E], value: int, field: str) -> E | None:
+    """A request enum where unspecified means "any"; unknown values are refused."""
+    return None if value == 0 else required_enum(table, value, field)
+
+
+def required_enum(table: Mapping[Any, E], value: int, field: str) -> E:
+    if value == 0:
+        raise InvalidArgument("required", field=field)
+    if value not in table:
+        raise InvalidArgument(f"unknown enum value {value}", field=field)
+    return table[value]
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+def key_message(key: Key, now: datetime) -> resources_pb2.Key:
+    return resources_pb2.Key(
+        id=key.id,
+        type=key.type,
+        algorithm=key.algorithm,
+        status=KEY_STATUS[key.status(now)],
+        primary_version=key.primary_version,
+        versions=[
+            resources_pb2.KeyVersion(
+                version=v.version,
+                state=VERSION_STATE[v.state],
+                create_time=ts(v.create_time),
+                expire_time=ts(v.expire_time),
+                destroy_time=ts(v.destroy_time),
+                primary=v.version == key.primary_version,
+            )
+            for v in key.versions
+        ],
+        metadata=key.metadata,
+        owner=key.owner,
+        create_time=ts(key.create_time),
+        next_rotation_time=ts(key.next_rotation_time),
+        expire_time=ts(key.expire_time),
+        destroy_time=ts(key.destroy_time),
+        usage_count=key.usage_count,
+        last_used_time=ts(key.last_used_time),
+        exportable=key.exportable,
+        warn_time=ts(key.warn_time),
+        created_for=key.created_for,
+    )
+
+
+def handle_message(handle: Handle, now: datetime) -> resources_pb2.Handle:
+    return resources_pb2.Handle(
+        id=handle.id,
+        type=handle.type,
+        status=HANDLE_STATUS[handle.status(now)],
+        owner=handle.owner,
+        context=handle.context,
+        usage_count=handle.usage_count,
+        max_usage=handle.max_usage,
+        create_time=ts(handle.create_time),
+        rotate_time=ts(handle.rotate_time),
+        expire_time=ts(handle.expire_time),
+        last_used_time=ts(handle.last_used_time),
+        anomaly_count=handle.anomaly_count,
+        generation=handle.generation,
+        bound_ip=handle.bound_ip or "",
+        bound_user_agent=handle.bound_user_agent or "",
+        warn_time=ts(handle.warn_time),
+        revoke_reason=handle.revoke_reason or "",
+        created_for=handle.created_for,
+    )
+
+
+def anomaly_message(anomaly: Anomaly) -> resources_pb2.Anomaly:
+    return resources_pb2.Anomaly(
+        id=anomaly.id,
+        kind=ANOMALY_KIND[anomaly.kind],
+        severity=SEVERITY[anomaly.severity],
+        action=ACTION[anomaly.action],
+        time=ts(anomaly.time),
+        handle_id=anomaly.handle_id,
+        evidence=anomaly.evidence,
+    )
+
+
+def validation_message(result: Validation, now: datetime) -> handles_pb2.Validation:
+    message = handles_pb2.Validation(
+        valid=result.valid,
+        rotated=result.rotated,
+        anomalies=[anomaly_message(a) for a in result.anomalies],
+    )
+    if result.reason is not None:
+        message.reason = REASON[result.reason]
+    handle = result.handle
+    if handle is not None:
+        message.handle_id = handle.id
+        message.type = handle.type
+        message.owner = handle.owner
+        message.remaining_uses = handle.remaining_uses
+        message.expire_time.CopyFrom(stamp(handle.expire_time))
+        message.rotate_time.CopyFrom(stamp(handle.rotate_time))
+    return message
+
+
+def stream_message(item: StreamItem, now: datetime) -> events_pb2.ExpiryEvent:
+    message = events_pb2.ExpiryEvent(
+        kind=EVENT_KIND[item.kind],
+        time=ts(item.time),
+        deadline=ts(item.deadline),
+        token=item.token,
+        latest_sequence=item.latest_sequence,
+    )
+    record = item.record
+    event = item.event
+    if event is not None:
+        message.sequence = event.sequence
+        message.reason = event.reason
+        message.key_version = event.key_version
+        record = event.snapshot
+        if event.anomaly is not None:
+            message.anomaly.CopyFrom(anomaly_message(event.anomaly))
+    else:
+        message.snapshot = record is not None
+    if isinstance(record, Key):
+        message.key.CopyFrom(key_message(record, now))
+    elif isinstance(record, Handle):
+        message.handle.CopyFrom(handle_message(record, now))
+    return message
+
+
+# --- statistics, audit, tokens --------------------------------------------------------------
+
+
+def latency(summary: LatencySummary) -> statistics_pb2.LatencySummary:
+    return statistics_pb2.LatencySummary(
+        count=summary.count, p50=dur(summary.p50), p99=dur(summary.p99), max=dur(summary.max)
+    )
+
+
+def recent_counts(counts: RecentCounts) -> statistics_pb2.RecentCounts:
+    return statistics_pb2.RecentCounts(
+        last_hour=counts.last_hour, last_day=counts.last_day, last_week=counts.last_week
+    )
+
+
+def audit_message(entry: AuditEntry) -> admin_pb2.AuditEvent:
+    draft = entry.draft
+    message = admin_pb2.AuditEvent(
+        sequence=entry.sequence,
+        time=ts(entry.time),
+        action=draft.action,
+        principal=draft.principal,
+        user_id=draft.user_id,
+        resource_type=draft.resource_type,
+        resource_id=draft.resource_id,
+        reason=draft.reason,
+        peer=draft.peer,
+        outcome=draft.outcome,
+        details=draft.details,
+        hash=entry.hash,
+        previous_hash=entry.previous_hash,
+    )
+    if draft.role in Role.__members__:
+        message.role = ROLE[Role(draft.role)]
+    return message
+
+
+def access_token_message(token: AccessToken) -> admin_pb2.AccessToken:
+    return admin_pb2.AccessToken(
+        name=token.name,
+        role=ROLE[token.role],
+        create_time=ts(token.create_time),
+        expire_time=ts(token.expire_time),
+        revoke_time=ts(token.revoke_time),
+        created_by=token.created_by,
+        last_used_time=ts(token.last_used_time),
+    )

@@ -1,0 +1,195 @@
+"""Around every Keyturn RPC: authenticate, rate-limit the caller, map domain errors to
+gRPC statuses (the servicers never catch), count, and write the access log.
+
+Health and reflection pass through untouched: they need no token.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from keyturn_server.api import auth
+from keyturn_server.api.ratelimit import CallerLimiter
+from keyturn_server.api.status import code_of, to_status
+from keyturn_server.domain.access import Principal
+from keyturn_server.domain.errors import InvalidArgument, KeyturnError
+from keyturn_server.domain.statistics import Statistics
+from keyturn_server.observability.logs import access
+from keyturn_server.observability.metrics import Metrics
+
+log = logging.getLogger("keyturn.api")
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+
+PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class _Undecodable:
+    """Stands in for a request that failed to parse, so that the caller gets
+    INVALID_ARGUMENT instead of the INTERNAL that gRPC would answer."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, UnicodeDecodeError) as exc:
+            return _Undecodable(exc)
+
+    return parse
+
+
+class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(
+        self,
+        authenticator: auth.Authenticator,
+        limiter: CallerLimiter,
+        stats: Statistics,
+        metrics: Metrics | None,
+    ) -> None:
+        self._auth = authenticator
+        self._limiter = limiter
+        self._stats = stats
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(PUBLIC_PREFIXES):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary),
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream),  # type: ignore[arg-type]
+                request_deserializer=_tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        async def run(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            principal_name = ""
+            try:
+                principal = await self._enter(request, context, method)
+                principal_name = principal.name
+                token = auth.bind(principal)
+                try:
+                    return await behavior(request, context)
+                finally:
+                    auth.unbind(token)
+            except KeyturnError as exc:
+                code = code_of(exc)
+                await _abort(context, exc)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                await self._internal(context, method)
+            finally:
+                self._done(method, code, started, principal_name, context)
+
+        return run
+
+    def _stream(
+        self, method: str, behavior: Callable[..., AsyncIterator[Any]]
+    ) -> Callable[..., AsyncIterator[Any]]:
+        async def run(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            principal_name = ""
+            try:
+                principal = await self._enter(request, context, method)
+                principal_name = principal.name
+                token = auth.bind(principal)
+                try:
+                    async for message in behavior(request, context):
+                        yield message
+                finally:
+                    auth.unbind(token)
+            except KeyturnError as exc:
+                code = code_of(exc)
+                await _abort(context, exc)
+            except grpc.aio.AbortError:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                await self._internal(context, method)
+            finally:
+                self._done(method, code, started, principal_name, context)
+
+        return run
+
+    async def _enter(self, request: Any, context: Context, method: str) -> Principal:
+        principal = await self._auth.principal(context, method)
+        self._limiter.take(principal.name)
+        if isinstance(request, _Undecodable):
+            raise InvalidArgument(
+                "the request message could not be parsed (invalid protobuf or UTF-8)",
+                field="request",
+                reason="MALFORMED_REQUEST",
+            )
+        return principal
+
+    async def _internal(self, context: Context, method: str) -> None:
+        ref = secrets.token_hex(6)
+        log.exception("unexpected error", extra={"category": "error", "method": method, "ref": ref})
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
+
+    def _done(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        principal: str,
+        context: Context,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else method
+        self._stats.requests[service] += 1
+        if code is not grpc.StatusCode.OK:
+            self._stats.errors[service] += 1
+        if self._metrics is not None:
+            self._metrics.observe_rpc(method, code.name, elapsed)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "rpc",
+                extra={
+                    "category": "access",
+                    "method": method,
+                    "code": code.name,
+                    "ms": round(elapsed * 1000, 3),
+                    "principal": principal,
+                    "peer": auth.peer_host(context.peer() or ""),
+                },
+            )
+
+
+async def _abort(context: Context, error: KeyturnError) -> None:
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -1,0 +1,308 @@
+"""Assembles the service: clock, store, keyring, domain services, scheduler and the gRPC
+server with health and reflection; starts and stops them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from keyturn.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    handles_pb2,
+    handles_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+)
+
+from keyturn_server.api.admin import AdminServicer
+from keyturn_server.api.auth import Authenticator
+from keyturn_server.api.handles import HandleServicer
+from keyturn_server.api.interceptor import KeyturnInterceptor
+from keyturn_server.api.keys import KeyServicer
+from keyturn_server.api.ratelimit import CallerLimiter
+from keyturn_server.api.watch import StreamEncoder
+from keyturn_server.bootstrap import unlock
+from keyturn_server.clock import Clock, SystemClock
+from keyturn_server.domain.access_token_service import AccessTokenService
+from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
+from keyturn_server.domain.audit_service import AuditService
+from keyturn_server.domain.configuration import ConfigService
+from keyturn_server.domain.handle_service import HandleService
+from keyturn_server.domain.health import HealthService, Serving
+from keyturn_server.domain.key_service import KeyService
+from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.statistics import Statistics
+from keyturn_server.domain.watch import EventHub, WatchService
+from keyturn_server.observability import logs
+from keyturn_server.observability.metrics import Metrics
+from keyturn_server.settings import Settings, split_address
+from keyturn_server.store.base import Store
+from keyturn_server.store.sqlite import SqliteStore
+
+log = logging.getLogger("keyturn.app")
+
+SERVICE_NAMES = {
+    "keys": keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
+    "handles": handles_pb2.DESCRIPTOR.services_by_name["HandleService"].full_name,
+    "admin": admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+}
+MAX_MESSAGE = 1024 * 1024
+FLUSH_INTERVAL = 5.0
+HEALTH_INTERVAL = 5.0
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store.startswith(("postgres://", "postgresql://")):
+        from keyturn_server.store.postgres import PostgresStore
+
+        store: Store = PostgresStore(settings.store)
+        return store
+    if settings.store:
+        raise ValueError(
+            f"--store {settings.store.split(':')[0]}:... is not supported; "
+            "use postgresql://... or leave it empty for SQLite"
+        )
+    return SqliteStore(settings.data_dir / "keyturn.db")
+
+
+def _audit_sink(entry: AuditEntry) -> None:
+    d = entry.draft
+    logs.audit.info(
+        d.action,
+        extra={
+            "category": "audit",
+            "sequence": entry.sequence,
+            "principal": d.principal,
+            "user_id": d.user_id,
+            "resource": f"{d.resource_type}/{d.resource_id}",
+            "outcome": d.outcome,
+            "reason": d.reason,
+            "peer": d.peer,
+        },
+    )
+
+
+@dataclass
+class Services:
+    keys: KeyService
+    handles: HandleService
+    tokens: AccessTokenService
+    config: ConfigService
+    scheduler: Scheduler
+    hub: EventHub
+    stats: Statistics
+    health: HealthService
+
+
+class App:
+    """One running Keyturn server. Tests build it with a ManualClock and a temp dir."""
+
+    def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.ports: list[int] = []
+        self.admin_token: str | None = None
+        self.metrics_port: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: grpc.aio.Server | None = None
+        self._store: Store | None = None
+        self._health_servicer: Any = None
+        self.services: Services | None = None
+        self.metrics: Metrics | None = None
+
+    @property
+    def address(self) -> str:
+        host, _ = split_address(self.settings.listen[0])
+        return f"{host or '127.0.0.1'}:{self.ports[0]}"
+
+    @property
+    def store(self) -> Store:
+        assert self._store is not None
+        return self._store
+
+    async def start(self) -> None:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(settings.data_dir, 0o700)
+        store = self._store = open_store(settings)
+        keyring = await unlock(store, settings.data_dir, settings.master_key, settings.production)
+        stats = Statistics()
+        audit = AuditLog(AuditChain(keyring.audit_key), _audit_sink)
+        config = ConfigService(store, audit, self.clock)
+        await config.load()
+        keys = KeyService(store, keyring, config, audit, self.clock, stats, settings.destroy_delay)
+        handles = HandleService(store, keyring, config, audit, self.clock, stats)
+        tokens = AccessTokenService(store, keyring, audit, self.clock)
+        hub = EventHub()
+        hub.latest_sequence = store.read().event_bounds()[1]
+        is_leader = getattr(store, "is_leader", lambda: True)
+        scheduler = Scheduler(
+            store, self.clock, config, keys, handles, audit, settings.event_retention, is_leader
+        )
+        store.add_commit_listener(hub.publish)
+        store.add_commit_listener(scheduler.poke)
+        self.metrics = Metrics() if settings.metrics_listen else None
+        if self.metrics is not None:
+            store.add_commit_listener(self.metrics.on_commit)
+        watch = WatchService(
+            store, hub, self.clock, handles, settings.heartbeat_interval, settings.watch_queue_size
+        )
+        health_service = HealthService(store, scheduler, stats, self.clock.now())
+        self.services = Services(
+            keys, handles, tokens, config, scheduler, hub, stats, health_service
+        )
+        self.admin_token = await tokens.bootstrap_admin(settings.data_dir)
+
+        server = self._server = grpc.aio.server(
+            interceptors=[
+                KeyturnInterceptor(
+                    Authenticator(tokens, settings.insecure_no_auth),
+                    CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
+                    stats,
+                    self.metrics,
+                )
+            ],
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", 4 * MAX_MESSAGE),
+                ("grpc.server.max_pending_requests", settings.max_pending_requests),
+                ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ],
+        )
+        encoder = StreamEncoder(self.clock)
+        keys_pb2_grpc.add_KeyServiceServicer_to_server(
+            KeyServicer(keys, watch, encoder, stats, self.clock), server
+        )
+        handles_pb2_grpc.add_HandleServiceServicer_to_server(
+            HandleServicer(handles, watch, encoder, stats, self.clock), server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(
+                health_service,
+                config,
+                AuditService(store, AuditChain(keyring.audit_key)),
+                tokens,
+                self.clock,
+            ),
+            server,
+        )
+        self._health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
+        reflection.enable_server_reflection(
+            [
+                *SERVICE_NAMES.values(),
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        credentials = self._credentials()
+        for address in settings.listen:
+            port = (
+                server.add_secure_port(address, credentials)
+                if credentials
+                else server.add_insecure_port(address)
+            )
+            self.ports.append(port)
+        await server.start()
+        await self._update_health()
+        scheduler.start()
+        self._spawn(self._every(FLUSH_INTERVAL, self._flush))
+        self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
+        if self.metrics is not None and settings.metrics_listen:
+            host, port = split_address(settings.metrics_listen)
+            self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
+            self._spawn(self.metrics.refresh_forever(store, self.clock, scheduler))
+        log.info(
+            "keyturn serving",
+            extra={
+                "category": "app",
+                "listen": ",".join(
+                    f"{split_address(a)[0]}:{p}"
+                    for a, p in zip(settings.listen, self.ports, strict=True)
+                ),
+                "store": store.backend,
+                "tls": settings.tls,
+                "auth": not settings.insecure_no_auth,
+            },
+        )
+
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        s = self.settings
+        if s.tls_cert is None or s.tls_key is None:
+            return None
+        pair = [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
+        if s.client_ca is not None:
+            return grpc.ssl_server_credentials(
+                pair, root_certificates=s.client_ca.read_bytes(), require_client_auth=True
+            )
+        return grpc.ssl_server_credentials(pair)
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coroutine))
+
+    async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await action()
+            except Exception:
+                log.exception("periodic task failed", extra={"category": "error"})
+
+    async def _flush(self) -> None:
+        assert self.services is not None
+        await self.services.keys.flush_usage()
+        await self.services.tokens.flush_usage()
+
+    async def _update_health(self) -> None:
+        if self.services is None or self._health_servicer is None:
+            return
+        verdicts = self.services.health.serving()
+        for part, name in (
+            ("", ""),
+            ("keys", SERVICE_NAMES["keys"]),
+            ("handles", SERVICE_NAMES["handles"]),
+            ("admin", SERVICE_NAMES["admin"]),
+        ):
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if verdicts[part] is Serving.SERVING
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self._health_servicer.set(name, status)
+
+    async def stop(self, grace: timedelta | None = None) -> None:
+        """Stop taking calls, let running ones finish (streams are ended), flush, close."""
+        if self._health_servicer is not None:
+            await self._health_servicer.enter_graceful_shutdown()
+        if self._server is not None:
+            seconds = (grace or self.settings.grace_period).total_seconds()
+            await self._server.stop(seconds)
+            self._server = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.services is not None:
+            await self.services.scheduler.stop()
+            with contextlib.suppress(Exception):
+                await self._flush()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None

@@ -1,0 +1,95 @@
+"""`keyturn token create|list|revoke`: manage API access tokens directly in the data
+directory (MASTER_KEY from the environment, as for serve). Works while the server runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from keyturn_server.app import open_store
+from keyturn_server.bootstrap import unlock
+from keyturn_server.clock import SystemClock
+from keyturn_server.crypto.master import MasterKeyError
+from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.access_token_service import AccessTokenService
+from keyturn_server.domain.audit import AuditChain, AuditLog
+from keyturn_server.domain.errors import KeyturnError
+from keyturn_server.settings import Settings, parse_duration
+
+
+def register(commands: Any) -> None:
+    command = commands.add_parser("token", help="manage API access tokens (local)")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="create a token and print it")
+    create.add_argument("--role", required=True, choices=[r.value.lower() for r in Role])
+    create.add_argument("--name", required=True)
+    create.add_argument("--ttl", type=parse_duration, help="expire after, e.g. 30d")
+    listing = actions.add_parser("list", help="list tokens")
+    listing.add_argument("--all", action="store_true", help="include revoked tokens")
+    revoke = actions.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+    revoke.add_argument("--reason", default="")
+    for sub in (create, listing, revoke):
+        sub.add_argument("--data-dir", help="data directory (default ./data)")
+        sub.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+    command.set_defaults(run=run)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    data_dir = (
+        args.data_dir or os.environ.get("DATA_DIR") or os.environ.get("KEY_STORAGE_PATH") or "data"
+    )
+    return Settings(
+        data_dir=Path(data_dir),
+        store=args.store or os.environ.get("KEYTURN_STORE", ""),
+        master_key=os.environ.get("MASTER_KEY") or None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(_run(args))
+    except (KeyturnError, MasterKeyError, OSError) as exc:
+        print(f"keyturn token: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
+        raise OSError(f"no Keyturn data in {settings.data_dir} (start the server once first)")
+    os.umask(0o077)
+    store = open_store(settings)
+    try:
+        keyring = await unlock(store, settings.data_dir, settings.master_key, production=False)
+        service = AccessTokenService(
+            store, keyring, AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock()
+        )
+        operator = Principal(f"local:{getpass.getuser()}", Role.ADMIN, "local")
+        if args.action == "create":
+            _, secret = await service.create(
+                operator, args.name, Role(args.role.upper()), args.ttl, ""
+            )
+            print(secret)
+        elif args.action == "list":
+            print(f"{'NAME':<24} {'ROLE':<9} {'CREATED':<20} {'EXPIRES':<20} REVOKED")
+            for t in service.list_tokens(operator, args.all):
+                print(
+                    f"{t.name:<24} {t.role.value.lower():<9} {_when(t.create_time):<20} "
+                    f"{_when(t.expire_time):<20} {_when(t.revoke_time)}"
+                )
+        else:
+            await service.revoke(operator, args.name, "", args.reason)
+            print(f"revoked {args.name}")
+        return 0
+    finally:
+        await store.close()
+
+
+def _when(value: Any) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")

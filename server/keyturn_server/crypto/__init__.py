@@ -1,0 +1,1 @@
+"""Key material per algorithm, and sealing of secrets under the master key."""

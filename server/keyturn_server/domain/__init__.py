@@ -1,0 +1,1 @@
+"""Business rules of keys, handles, lifecycle, policy and audit. No gRPC in here."""

@@ -1,0 +1,110 @@
+"""Who may do what: principals, roles, permissions, and ownership.
+
+A principal is the authenticated caller (an access token's name, or a client
+certificate's identity). ``user_id`` in requests is only recorded as "on behalf of".
+Callers without rights on someone else's key or handle get NOT_FOUND, not
+PERMISSION_DENIED, so that ids of other tenants cannot be probed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from keyturn_server.domain.errors import NotFound, PermissionDenied
+
+
+class Role(enum.Enum):
+    ADMIN = "ADMIN"
+    OPERATOR = "OPERATOR"
+    SERVICE = "SERVICE"
+    AUDITOR = "AUDITOR"
+
+
+class Permission(enum.Enum):
+    KEY_CREATE = "key.create"
+    KEY_READ = "key.read"
+    KEY_MANAGE = "key.manage"  # rotate, remove, restore
+    KEY_USE = "key.use"  # encrypt, decrypt, sign, verify, mac
+    KEY_EXPORT = "key.export"
+    HANDLE_CREATE = "handle.create"
+    HANDLE_READ = "handle.read"
+    HANDLE_MANAGE = "handle.manage"  # rotate, remove
+    HANDLE_VALIDATE = "handle.validate"
+    STATS_READ = "stats.read"
+    HEALTH_READ = "health.read"
+    WATCH = "watch"
+    CONFIG_READ = "config.read"
+    CONFIG_WRITE = "config.write"
+    AUDIT_READ = "audit.read"
+    TOKEN_MANAGE = "token.manage"
+
+
+_READ = {
+    Permission.KEY_READ,
+    Permission.HANDLE_READ,
+    Permission.STATS_READ,
+    Permission.HEALTH_READ,
+    Permission.WATCH,
+    Permission.CONFIG_READ,
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(set(Permission) - {Permission.CONFIG_WRITE, Permission.TOKEN_MANAGE}),
+    Role.SERVICE: frozenset(
+        _READ
+        | {
+            Permission.KEY_CREATE,
+            Permission.KEY_MANAGE,
+            Permission.KEY_USE,
+            Permission.KEY_EXPORT,
+            Permission.HANDLE_CREATE,
+            Permission.HANDLE_MANAGE,
+            Permission.HANDLE_VALIDATE,
+        }
+    ),
+    Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),
+}
+
+#: Roles that act on every key and handle, not only their own.
+_ALL_RESOURCES = {Role.ADMIN, Role.OPERATOR, Role.AUDITOR}
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: Role
+    #: How the caller proved who it is: "token", "mtls", "insecure", "system".
+    via: str = "token"
+    peer: str = ""
+
+    def may(self, permission: Permission) -> bool:
+        return permission in ROLE_PERMISSIONS[self.role]
+
+    def require(self, permission: Permission) -> None:
+        if not self.may(permission):
+            raise PermissionDenied(
+                f"role {self.role.value.lower()} may not {permission.value}",
+                reason="ROLE_NOT_ALLOWED",
+                metadata={"permission": permission.value, "role": self.role.value},
+            )
+
+    def sees_all(self) -> bool:
+        return self.role in _ALL_RESOURCES
+
+    def has_rights_on(self, owner: str) -> bool:
+        """Owner, operator or admin: may see details and manage."""
+        return self.role in (Role.ADMIN, Role.OPERATOR) or self.name == owner
+
+    def require_visible(self, kind: str, resource_id: str, owner: str) -> None:
+        if not (self.sees_all() or self.name == owner):
+            raise NotFound(f"{kind} {resource_id!r} not found", reason=f"{kind.upper()}_NOT_FOUND")
+
+    def owner_filter(self, requested: str) -> str:
+        """Services list their own resources whatever they ask for."""
+        return requested if self.sees_all() else self.name
+
+
+#: The scheduler and other work the server does on its own.
+SYSTEM = Principal("keyturn", Role.ADMIN, via="system")

@@ -1,0 +1,194 @@
+"""API access tokens: authentication of callers, and their management by admins.
+
+Tokens are random secrets in the same recognisable format as handle tokens (type
+``api-access``); the store keeps only a keyed digest. On first start the server creates
+an ``admin`` token and writes it to DATA_DIR/admin.token (0600), like Vault's root token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from keyturn_server.clock import Clock
+from keyturn_server.crypto.keyring import Keyring
+from keyturn_server.domain import limits, tokens
+from keyturn_server.domain.access import SYSTEM, Permission, Principal, Role
+from keyturn_server.domain.access_tokens import NAME, AccessToken
+from keyturn_server.domain.anomalies import InvalidTokenFloodDetector
+from keyturn_server.domain.audit import AuditDraft, AuditLog
+from keyturn_server.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+from keyturn_server.store.base import Store
+from keyturn_server.store.sql import SqlRepository
+
+TOKEN_BYTES = 32
+ADMIN_NAME = "admin"
+
+
+class AccessTokenService:
+    def __init__(self, store: Store, keyring: Keyring, audit: AuditLog, clock: Clock) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._audit = audit
+        self._clock = clock
+        self._used: dict[str, datetime] = {}
+        #: Authentication failures are audited, but at most a few per peer per minute,
+        #: so that a flood of bad tokens cannot flood the audit log.
+        self.failures = InvalidTokenFloodDetector(threshold=1, window=timedelta(seconds=10))
+
+    # --- authentication ----------------------------------------------------------------
+
+    def authenticate(self, secret: str, peer: str) -> Principal:
+        parsed = tokens.parse(secret)
+        if parsed is None or parsed.type != tokens.ACCESS_TOKEN_TYPE:
+            raise Unauthenticated(
+                "the bearer token is not a Keyturn access token", reason="MALFORMED_ACCESS_TOKEN"
+            )
+        token = self._store.read().token_by_digest(self._keyring.digest(secret))
+        now = self._clock.now()
+        if token is None or not token.usable(now):
+            raise Unauthenticated(
+                "the bearer token is unknown, expired or revoked", reason="INVALID_ACCESS_TOKEN"
+            )
+        self._used[token.name] = now
+        return Principal(token.name, token.role, "token", peer)
+
+    def role_of(self, name: str) -> Role | None:
+        """The role registered for a name (used for mTLS identities)."""
+        token = self._store.read().get_token(name)
+        if token is None or not token.usable(self._clock.now()):
+            return None
+        return token.role
+
+    async def audit_failure(self, peer: str, method: str, why: str) -> None:
+        if self.failures.record(peer, self._clock.now()) is None:
+            return
+        now = self._clock.now()
+        draft = AuditDraft(
+            "auth.failure", "", "", "rpc", method, peer=peer, outcome="denied", details={"why": why}
+        )
+        await self._store.write(lambda repo: self._audit.record(repo, now, draft))
+
+    async def flush_usage(self) -> None:
+        if not self._used:
+            return
+        used, self._used = self._used, {}
+        await self._store.write(lambda repo: repo.touch_tokens(used))
+
+    # --- management ----------------------------------------------------------------------
+
+    async def create(
+        self, principal: Principal, name: str, role: Role, ttl: timedelta | None, user_id: str
+    ) -> tuple[AccessToken, str]:
+        principal.require(Permission.TOKEN_MANAGE)
+        limits.raise_if(limits.common(user_id))
+        if not NAME.match(name):
+            raise InvalidArgument(
+                "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
+            )
+        if ttl is not None and ttl <= timedelta(0):
+            raise InvalidArgument("must be positive", field="ttl")
+        secret = tokens.new_token(tokens.ACCESS_TOKEN_TYPE, TOKEN_BYTES)
+
+        def work(repo: SqlRepository) -> AccessToken:
+            existing = repo.get_token(name)
+            if existing is not None:
+                raise AlreadyExists(
+                    f"an access token named {name!r} exists"
+                    + (" (revoked)" if existing.revoke_time else ""),
+                    reason="TOKEN_EXISTS",
+                )
+            now = self._clock.now()
+            token = AccessToken(
+                name,
+                role,
+                self._keyring.digest(secret),
+                now,
+                principal.name,
+                now + ttl if ttl else None,
+            )
+            repo.insert_token(token)
+            self._record(
+                repo,
+                principal,
+                "token.create",
+                name,
+                user_id,
+                "",
+                {"role": role.value, "digest": token.digest.hex()[:16]},
+            )
+            return token
+
+        return await self._store.write(work), secret
+
+    def list_tokens(self, principal: Principal, include_revoked: bool) -> list[AccessToken]:
+        principal.require(Permission.TOKEN_MANAGE)
+        return self._store.read().list_tokens(include_revoked)
+
+    async def revoke(
+        self, principal: Principal, name: str, user_id: str, reason: str
+    ) -> AccessToken:
+        principal.require(Permission.TOKEN_MANAGE)
+        limits.raise_if(limits.common(user_id, reason))
+
+        def work(repo: SqlRepository) -> AccessToken:
+            token = repo.get_token(name)
+            if token is None:
+                raise NotFound(f"no access token named {name!r}", reason="TOKEN_NOT_FOUND")
+            if token.revoke_time is not None:
+                raise FailedPrecondition(
+                    f"access token {name!r} is already revoked", reason="TOKEN_ALREADY_REVOKED"
+                )
+            revoked = dataclasses.replace(token, revoke_time=self._clock.now())
+            repo.update_token(revoked)
+            self._record(repo, principal, "token.revoke", name, user_id, reason, {})
+            return revoked
+
+        return await self._store.write(work)
+
+    async def bootstrap_admin(self, data_dir: Path) -> str | None:
+        """On first start (no token at all) create the admin token and write it to
+        DATA_DIR/admin.token. Returns the secret when it was created."""
+        if self._store.read().list_tokens(include_revoked=True):
+            return None
+        _, secret = await self.create(SYSTEM, ADMIN_NAME, Role.ADMIN, None, "")
+        path = data_dir / "admin.token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        return secret
+
+    def _record(
+        self,
+        repo: SqlRepository,
+        principal: Principal,
+        action: str,
+        name: str,
+        user_id: str,
+        reason: str,
+        details: dict[str, str],
+    ) -> None:
+        self._audit.record(
+            repo,
+            self._clock.now(),
+            AuditDraft(
+                action,
+                principal.name,
+                principal.role.value,
+                "access_token",
+                name,
+                user_id,
+                reason,
+                principal.peer,
+                "ok",
+                details,
+            ),
+        )

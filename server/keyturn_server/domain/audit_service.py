@@ -1,0 +1,121 @@
+"""Reading and verifying the audit log (auditors, operators and admins)."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from datetime import datetime
+
+from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.audit import AuditChain, AuditEntry
+from keyturn_server.domain.errors import FieldViolation, InvalidArgument
+from keyturn_server.domain.limits import raise_if, text
+from keyturn_server.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from keyturn_server.store.base import Store
+from keyturn_server.store.sql import SqlRepository
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    entries: list[AuditEntry]
+    next_page_token: str
+    total_size: int
+
+
+@dataclass(frozen=True)
+class Verification:
+    valid: bool
+    checked: int
+    first_broken: int
+    problem: str
+    head: bytes
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    action: str = ""
+    principal: str = ""
+    resource_id: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    descending: bool = False
+
+
+class AuditService:
+    def __init__(self, store: Store, chain: AuditChain) -> None:
+        self._store = store
+        self._chain = chain
+
+    async def list_entries(
+        self, principal: Principal, query: AuditQuery, page_size: int, page_token: str
+    ) -> AuditPage:
+        principal.require(Permission.AUDIT_READ)
+        violations: list[FieldViolation] = []
+        for name in ("action", "principal", "resource_id"):
+            text(name, getattr(query, name), 128, violations)
+        if page_size < 0:
+            violations.append(FieldViolation("page_size", "must not be negative"))
+        raise_if(violations)
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _decode(page_token, query)
+        found = await self._store.report(
+            lambda repo: repo.list_audit(
+                query.action,
+                query.principal,
+                query.resource_id,
+                query.start,
+                query.end,
+                after,
+                query.descending,
+                size,
+            )
+        )
+        entries: list[AuditEntry] = found.items
+        token = _encode(entries[-1].sequence, query) if found.more and entries else ""
+        return AuditPage(entries, token, found.total)
+
+    async def verify(self, principal: Principal) -> Verification:
+        principal.require(Permission.AUDIT_READ)
+        return await self._store.report(self._verify)
+
+    def _verify(self, repo: SqlRepository) -> Verification:
+        checked, broken, problem = self._chain.verify(repo.iter_audit())
+        head = repo.get_meta("audit_head")
+        last_hash = b""
+        if not broken and head is not None:
+            sequence, _, digest = head.decode().partition(":")
+            last = next(iter(repo.list_audit("", "", "", None, None, None, True, 1).items), None)
+            if last is None or last.sequence != int(sequence) or last.hash.hex() != digest:
+                broken = int(sequence)
+                problem = (
+                    f"the log ends before entry {sequence}, the last one written: "
+                    "entries were removed from its end"
+                )
+            else:
+                last_hash = last.hash
+        return Verification(not broken, checked, broken, problem, last_hash)
+
+
+def _fingerprint(query: AuditQuery) -> str:
+    return repr(
+        (query.action, query.principal, query.resource_id, query.start, query.end, query.descending)
+    )
+
+
+def _encode(sequence: int, query: AuditQuery) -> str:
+    raw = f"{sequence}|{_fingerprint(query)}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode(token: str, query: AuditQuery) -> int | None:
+    if not token:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        sequence, _, fingerprint = raw.partition("|")
+        value = int(sequence)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("not a page token from this service", field="page_token") from None
+    if fingerprint != _fingerprint(query):
+        raise InvalidArgument("page token was issued for different filters", field="page_token")
+    return value

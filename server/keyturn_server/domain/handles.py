@@ -1,0 +1,298 @@
+"""Workflow handles (the Vault token model): records, and the rules of one validation.
+
+A handle has a public id and a secret token; the store keeps only a keyed digest of
+each secret. :func:`decide` is the whole validation rule, a pure function of the
+handle, the presented secret, the request context, the clock and the policies; the
+handle service runs it inside one store transaction so that checks and the usage
+count are atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind
+from keyturn_server.domain.config import HandleType
+from keyturn_server.domain.policy import SecurityPolicies
+
+RATE_WINDOW = timedelta(minutes=1)
+
+
+class HandleState(enum.Enum):
+    ACTIVE = "ACTIVE"
+    EXHAUSTED = "EXHAUSTED"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+
+
+class HandleStatus(enum.Enum):
+    ACTIVE = "ACTIVE"
+    EXPIRING = "EXPIRING"
+    EXPIRED = "EXPIRED"
+    EXHAUSTED = "EXHAUSTED"
+    REVOKED = "REVOKED"
+
+
+class Reason(enum.Enum):
+    """Why a validation was refused. Callers without rights on the handle see only
+    INVALID, RATE_LIMITED or MALFORMED (see :func:`public_reason`)."""
+
+    INVALID = "INVALID"
+    REVOKED = "REVOKED"
+    EXPIRED = "EXPIRED"
+    EXHAUSTED = "EXHAUSTED"
+    RATE_LIMITED = "RATE_LIMITED"
+    CONTEXT_MISMATCH = "CONTEXT_MISMATCH"
+    SUPERSEDED = "SUPERSEDED"
+    MALFORMED = "MALFORMED"
+
+
+def public_reason(reason: Reason) -> Reason:
+    """Unknown, revoked, expired, superseded and exhausted tokens look alike to callers
+    without rights on the handle; so does a context mismatch, which would otherwise
+    tell a thief that the stolen token is good."""
+    if reason in (Reason.RATE_LIMITED, Reason.MALFORMED):
+        return reason
+    return Reason.INVALID
+
+
+@dataclass(frozen=True)
+class HandleSchedule:
+    """The type's settings, copied at issuance: type changes affect new handles only."""
+
+    rotation_interval: timedelta
+    warning_threshold: timedelta
+    max_lifetime: timedelta
+    grace_period: timedelta
+
+    @staticmethod
+    def of(handle_type: HandleType) -> HandleSchedule:
+        return HandleSchedule(
+            handle_type.rotation_interval,
+            handle_type.warning_threshold,
+            handle_type.max_lifetime,
+            handle_type.grace,
+        )
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """Sliding-window counter: the previous and current fixed minute, weighted."""
+
+    start: datetime | None = None
+    previous: int = 0
+    current: int = 0
+    #: Window in which a burst was already reported (one anomaly per window).
+    flagged: datetime | None = None
+
+    def roll(self, now: datetime) -> RateWindow:
+        start = _window_start(now)
+        if self.start == start:
+            return self
+        if self.start is not None and start - self.start == RATE_WINDOW:
+            return RateWindow(start, self.current, 0, self.flagged)
+        return RateWindow(start, 0, 0, self.flagged)
+
+    def estimate(self, now: datetime) -> float:
+        assert self.start is not None
+        elapsed = (now - self.start) / RATE_WINDOW
+        return self.previous * (1.0 - elapsed) + self.current
+
+
+def _window_start(now: datetime) -> datetime:
+    return now - timedelta(seconds=now.second, microseconds=now.microsecond)
+
+
+@dataclass(frozen=True)
+class Handle:
+    id: str
+    type: str
+    algorithm: str
+    state: HandleState
+    owner: str
+    created_for: str
+    context: dict[str, str]
+    usage_count: int
+    max_usage: int
+    create_time: datetime
+    rotate_time: datetime
+    expire_time: datetime
+    warn_time: datetime
+    schedule: HandleSchedule
+    generation: int = 1
+    #: When the next EXPIRING event is due; None once announced.
+    notify_time: datetime | None = None
+    last_used_time: datetime | None = None
+    anomaly_count: int = 0
+    bound_ip: str | None = None
+    bound_user_agent: str | None = None
+    revoke_reason: str | None = None
+    rate: RateWindow = field(default_factory=RateWindow)
+
+    def status(self, now: datetime) -> HandleStatus:
+        if self.state is HandleState.REVOKED:
+            return HandleStatus.REVOKED
+        if self.state is HandleState.EXPIRED or now >= self.expire_time:
+            return HandleStatus.EXPIRED
+        if self.state is HandleState.EXHAUSTED:
+            return HandleStatus.EXHAUSTED
+        if now >= self.warn_time:
+            return HandleStatus.EXPIRING
+        return HandleStatus.ACTIVE
+
+    @property
+    def remaining_uses(self) -> int:
+        return max(0, self.max_usage - self.usage_count)
+
+
+def handle_deadlines(
+    now: datetime, expire_time: datetime, schedule: HandleSchedule
+) -> tuple[datetime, datetime]:
+    """(rotate time, warn time) for a secret issued at ``now``; never past the expiry."""
+    rotate = min(now + schedule.rotation_interval, expire_time)
+    return rotate, rotate - schedule.warning_threshold
+
+
+@dataclass(frozen=True)
+class HandleSecret:
+    """One secret of a handle, known only by its keyed digest."""
+
+    digest: bytes
+    handle_id: str
+    generation: int
+    create_time: datetime
+    superseded_time: datetime | None = None
+    #: Until when a superseded secret still validates (with rotated=True).
+    grace_until: datetime | None = None
+    #: An automatically issued successor, sealed, until its owner picks it up.
+    sealed_token: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Presentation:
+    """What a ValidateHandle call brings besides the token."""
+
+    ip: str | None
+    user_agent: str | None
+    peer: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    valid: bool
+    reason: Reason | None
+    handle: Handle
+    rotated: bool = False
+    anomalies: tuple[Anomaly, ...] = ()
+    #: The handle became EXHAUSTED, EXPIRED or REVOKED by this validation.
+    transition: HandleState | None = None
+
+
+def decide(
+    handle: Handle,
+    secret: HandleSecret,
+    seen: Presentation,
+    now: datetime,
+    policies: SecurityPolicies,
+) -> Decision:
+    """Apply every rule of a validation, in order: state, lifetime, usage, superseded
+    secret, rate limit, context binding; then count the use."""
+    anomalies: list[Anomaly] = []
+
+    def anomaly(kind: AnomalyKind, evidence: dict[str, str]) -> AnomalyAction | None:
+        if not policies.anomaly_detection and not (
+            kind is AnomalyKind.TOKEN_REUSE and policies.prevent_reuse
+        ):
+            return None
+        action = AnomalyAction.REVOKED if policies.revokes(kind) else AnomalyAction.FLAGGED
+        if handle.state is HandleState.REVOKED:
+            action = AnomalyAction.FLAGGED
+        anomalies.append(Anomaly.new(kind, action, now, handle.id, evidence))
+        return action
+
+    def refuse(reason: Reason, updated: Handle, transition: HandleState | None = None) -> Decision:
+        if any(a.action is AnomalyAction.REVOKED for a in anomalies):
+            kinds = ",".join(a.kind.value for a in anomalies)
+            updated = dataclasses.replace(
+                updated, state=HandleState.REVOKED, revoke_reason=f"anomaly: {kinds}"
+            )
+            transition = HandleState.REVOKED
+        if anomalies:
+            updated = dataclasses.replace(
+                updated, anomaly_count=updated.anomaly_count + len(anomalies)
+            )
+        return Decision(False, reason, updated, False, tuple(anomalies), transition)
+
+    if handle.state is HandleState.REVOKED:
+        anomaly(AnomalyKind.USE_AFTER_REVOCATION, {"revoke_reason": handle.revoke_reason or ""})
+        return refuse(Reason.REVOKED, handle)
+    if handle.state is HandleState.EXPIRED or now >= handle.expire_time:
+        anomaly(AnomalyKind.USE_AFTER_EXPIRY, {"expired": handle.expire_time.isoformat()})
+        if handle.state is HandleState.EXPIRED:
+            return refuse(Reason.EXPIRED, handle)
+        expired = dataclasses.replace(handle, state=HandleState.EXPIRED, notify_time=None)
+        return refuse(Reason.EXPIRED, expired, HandleState.EXPIRED)
+    if handle.state is HandleState.EXHAUSTED:
+        anomaly(AnomalyKind.USE_AFTER_EXHAUSTION, {"max_usage": str(handle.max_usage)})
+        return refuse(Reason.EXHAUSTED, handle)
+
+    rotated = secret.generation < handle.generation
+    if rotated and (secret.grace_until is None or now >= secret.grace_until):
+        if policies.prevent_reuse:
+            anomaly(
+                AnomalyKind.TOKEN_REUSE,
+                {
+                    "secret_generation": str(secret.generation),
+                    "current_generation": str(handle.generation),
+                    "peer": seen.peer,
+                },
+            )
+        return refuse(Reason.SUPERSEDED, handle)
+
+    rate = handle.rate.roll(now)
+    if rate.estimate(now) >= policies.rate_limit_per_handle:
+        if rate.flagged != rate.start:
+            rate = dataclasses.replace(rate, flagged=rate.start)
+            anomaly(
+                AnomalyKind.RATE_LIMIT_BURST,
+                {"limit_per_minute": str(policies.rate_limit_per_handle), "peer": seen.peer},
+            )
+        return refuse(Reason.RATE_LIMITED, dataclasses.replace(handle, rate=rate))
+    rate = dataclasses.replace(rate, current=rate.current + 1)
+    updated = dataclasses.replace(handle, rate=rate)
+
+    drift = _context_drift(handle, seen)
+    if drift:
+        if any(key.startswith("seen_") and value for key, value in drift.items()):
+            anomaly(AnomalyKind.CONTEXT_DRIFT, drift)
+        return refuse(Reason.CONTEXT_MISMATCH, updated)
+    if handle.bound_ip is None and seen.ip:
+        updated = dataclasses.replace(updated, bound_ip=seen.ip)
+    if handle.bound_user_agent is None and seen.user_agent:
+        updated = dataclasses.replace(updated, bound_user_agent=seen.user_agent)
+
+    transition = None
+    if policies.track_usage:
+        usage = updated.usage_count + 1
+        updated = dataclasses.replace(updated, usage_count=usage)
+        if usage >= updated.max_usage:
+            updated = dataclasses.replace(updated, state=HandleState.EXHAUSTED, notify_time=None)
+            transition = HandleState.EXHAUSTED
+    updated = dataclasses.replace(updated, last_used_time=now)
+    return Decision(True, None, updated, rotated, tuple(anomalies), transition)
+
+
+def _context_drift(handle: Handle, seen: Presentation) -> dict[str, str]:
+    """Evidence of a mismatch with the bound context; empty when it matches. A bound
+    value that the request does not carry is a mismatch too (nothing to check against)."""
+    evidence: dict[str, str] = {}
+    if handle.bound_ip is not None and seen.ip != handle.bound_ip:
+        evidence.update(expected_ip=handle.bound_ip, seen_ip=seen.ip or "")
+    if handle.bound_user_agent is not None and seen.user_agent != handle.bound_user_agent:
+        evidence.update(
+            expected_user_agent=handle.bound_user_agent, seen_user_agent=seen.user_agent or ""
+        )
+    return evidence

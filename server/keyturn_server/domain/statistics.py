@@ -1,0 +1,143 @@
+"""In-process counters and latency windows behind the statistics RPCs and metrics.
+
+Counts of records come from the store (durable); rates, outcomes and latencies are
+counted here since the server started, which is what an operator compares over time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+_SAMPLES = 10_000
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int
+    p50: timedelta
+    p99: timedelta
+    max: timedelta
+
+
+class LatencyWindow:
+    """The last samples of one operation, for percentiles that follow current load."""
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=_SAMPLES)
+        self.count = 0
+        self._max = 0.0
+
+    def add(self, seconds: float) -> None:
+        self._samples.append(seconds)
+        self.count += 1
+        self._max = max(self._max, seconds)
+
+    def summary(self) -> LatencySummary:
+        ordered = sorted(self._samples)
+
+        def at(q: float) -> timedelta:
+            if not ordered:
+                return timedelta(0)
+            return timedelta(seconds=ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+
+        return LatencySummary(self.count, at(0.50), at(0.99), timedelta(seconds=self._max))
+
+
+@dataclass
+class Statistics:
+    requests: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    operations: Counter[str] = field(default_factory=Counter)
+    validations: int = 0
+    validations_succeeded: int = 0
+    failures_by_reason: Counter[str] = field(default_factory=Counter)
+    integrity_failures: int = 0
+    latency: dict[str, LatencyWindow] = field(default_factory=dict)
+
+    def observe(self, operation: str, seconds: float) -> None:
+        window = self.latency.get(operation)
+        if window is None:
+            window = self.latency[operation] = LatencyWindow()
+        window.add(seconds)
+
+    def summary(self, operation: str) -> LatencySummary:
+        window = self.latency.get(operation)
+        return window.summary() if window else LatencySummary(0, *(timedelta(0),) * 3)
+
+
+@dataclass(frozen=True)
+class RecentCounts:
+    last_hour: int = 0
+    last_day: int = 0
+    last_week: int = 0
+
+
+@dataclass
+class TypeCounts:
+    total: int = 0
+    by_status: Counter[str] = field(default_factory=Counter)
+    usage: int = 0
+    top_usage: int = 0
+    versions: int = 0
+
+
+@dataclass
+class Report:
+    """Statistics of keys or handles at one moment."""
+
+    time: datetime
+    total: int
+    by_status: Counter[str]
+    by_type: dict[str, TypeCounts]
+    rotations: RecentCounts
+    expirations: RecentCounts
+    generated: RecentCounts
+
+
+WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7))
+
+
+def recent(
+    counts_since: Callable[[datetime], list[tuple[str, str, int]]],
+    now: datetime,
+    subject: str,
+) -> dict[str, RecentCounts]:
+    """Event counts of ``subject`` by kind over the last hour, day and week."""
+    per_window = [
+        Counter({k: n for s, k, n in counts_since(now - w) if s == subject}) for w in WINDOWS
+    ]
+    kinds = set().union(*per_window)
+    return {k: RecentCounts(*(c[k] for c in per_window)) for k in kinds}
+
+
+def report(
+    rows: list[tuple[str, str, int, int, int]],
+    events: dict[str, RecentCounts],
+    now: datetime,
+    handles: bool,
+) -> Report:
+    by_type: dict[str, TypeCounts] = {}
+    by_status: Counter[str] = Counter()
+    for type_name, status, count, usage, extra in rows:
+        counts = by_type.setdefault(type_name, TypeCounts())
+        counts.total += count
+        counts.by_status[status] += count
+        counts.usage += usage
+        if handles:
+            counts.top_usage = max(counts.top_usage, extra)
+        else:
+            counts.versions += extra
+        by_status[status] += count
+    empty = RecentCounts()
+    return Report(
+        time=now,
+        total=sum(by_status.values()),
+        by_status=by_status,
+        by_type=by_type,
+        rotations=events.get("ROTATED", empty),
+        expirations=events.get("EXPIRED", empty),
+        generated=events.get("CREATED", empty),
+    )

@@ -1,0 +1,309 @@
+"""WatchExpiring: the snapshot of what is inside its warning window, replay of the event
+log from a resume point, and live fan-out, without a gap or a duplicate.
+
+A subscriber registers with the hub *before* it reads the log, so an event committed
+meanwhile is both in the log and in its queue; sequences tell the copies apart. Each
+subscriber has a bounded queue: one that falls behind is closed with ABORTED and the
+sequence to resume after, and never slows the others or the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from keyturn_server.clock import Clock, to_micros
+from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange
+from keyturn_server.domain.events import Event, EventKind, Subject
+from keyturn_server.domain.handle_service import HandleService
+from keyturn_server.domain.handles import Handle
+from keyturn_server.domain.keys import Key
+from keyturn_server.domain.limits import raise_if, text
+from keyturn_server.store.base import Store
+
+REPLAY_BATCH = 500
+MAX_FILTER_VALUES = 100
+
+
+@dataclass(frozen=True)
+class WatchFilter:
+    subject: Subject
+    types: frozenset[str] = frozenset()
+    ids: frozenset[str] = frozenset()
+    owner: str = ""
+    kinds: frozenset[EventKind] = frozenset()
+
+    def matches(self, event: Event) -> bool:
+        if event.subject is not self.subject:
+            return False
+        if self.kinds and event.kind not in self.kinds:
+            return False
+        if self.types and event.subject_type not in self.types:
+            return False
+        if self.ids and event.subject_id not in self.ids:
+            return False
+        return not self.owner or event.owner == self.owner
+
+
+@dataclass(frozen=True)
+class StreamItem:
+    """One message of a watch stream."""
+
+    kind: EventKind
+    event: Event | None = None
+    #: A record sent as part of the initial snapshot.
+    record: Key | Handle | None = None
+    deadline: datetime | None = None
+    token: str = ""
+    latest_sequence: int = 0
+    time: datetime | None = None
+
+
+@dataclass(eq=False)
+class Subscription:
+    filter: WatchFilter
+    capacity: int
+    queue: asyncio.Queue[Event] = field(init=False)
+    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.capacity)
+
+    def offer(self, event: Event) -> None:
+        if self.overflowed.is_set():
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+
+
+class EventHub:
+    """Receives committed events (a store commit listener) and fans them out."""
+
+    def __init__(self) -> None:
+        self._subscribers: set[Subscription] = set()
+        self.latest_sequence = 0
+
+    def __len__(self) -> int:
+        return len(self._subscribers)
+
+    def publish(self, events: list[Event]) -> None:
+        if events:
+            self.latest_sequence = max(self.latest_sequence, events[-1].sequence)
+        for subscription in self._subscribers:
+            for event in events:
+                if subscription.filter.matches(event):
+                    subscription.offer(event)
+
+    def subscribe(self, watch_filter: WatchFilter, capacity: int) -> Subscription:
+        subscription = Subscription(watch_filter, capacity)
+        self._subscribers.add(subscription)
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+
+
+@dataclass(frozen=True)
+class WatchRequest:
+    subject: Subject
+    types: list[str]
+    ids: list[str]
+    owner: str
+    kinds: list[EventKind]
+    resume_after: int | None
+    deliver_tokens: bool
+
+
+class WatchService:
+    def __init__(
+        self,
+        store: Store,
+        hub: EventHub,
+        clock: Clock,
+        handles: HandleService,
+        heartbeat: timedelta,
+        queue_size: int,
+    ) -> None:
+        self._store = store
+        self._hub = hub
+        self._clock = clock
+        self._handles = handles
+        self.heartbeat = heartbeat
+        self.queue_size = queue_size
+
+    def _filter(self, principal: Principal, request: WatchRequest) -> WatchFilter:
+        violations: list[FieldViolation] = []
+        for name, values in (("types", request.types), ("ids", request.ids)):
+            if len(values) > MAX_FILTER_VALUES:
+                violations.append(FieldViolation(name, f"at most {MAX_FILTER_VALUES} values"))
+            for value in values:
+                text(name, value, 64, violations)
+        text("owner", request.owner, 64, violations)
+        if request.deliver_tokens and request.subject is Subject.KEY:
+            violations.append(
+                FieldViolation("deliver_tokens", "only HandleService delivers tokens")
+            )
+        stream_only = {EventKind.HEARTBEAT, EventKind.SNAPSHOT_COMPLETE}
+        if request.resume_after is not None and request.resume_after < 0:
+            violations.append(FieldViolation("resume_after", "must not be negative"))
+        raise_if(violations)
+        return WatchFilter(
+            subject=request.subject,
+            types=frozenset(request.types),
+            ids=frozenset(request.ids),
+            owner=principal.owner_filter(request.owner),
+            kinds=frozenset(k for k in request.kinds if k not in stream_only),
+        )
+
+    async def watch(self, principal: Principal, request: WatchRequest) -> AsyncIterator[StreamItem]:
+        principal.require(Permission.WATCH)
+        watch_filter = self._filter(principal, request)
+        subscription = self._hub.subscribe(watch_filter, self.queue_size)
+        try:
+            reader = self._store.read()
+            oldest, latest = reader.event_bounds()
+            if request.resume_after is not None:
+                last = request.resume_after
+                floor = reader.sequence_floor()
+                if last < floor:
+                    raise OutOfRange(
+                        f"resume_after {last} is older than the event retention "
+                        f"(events through {floor} were pruned); start a new watch",
+                        reason="RESUME_POINT_EXPIRED",
+                        metadata={"oldest_sequence": str(oldest or floor + 1)},
+                    )
+                if last > latest:
+                    raise OutOfRange(
+                        f"resume_after {last} is ahead of the event log (latest is {latest})",
+                        reason="RESUME_POINT_AHEAD",
+                        metadata={"latest_sequence": str(latest)},
+                    )
+                async for item in self._replay(principal, request, watch_filter, last):
+                    last = item.event.sequence if item.event else last
+                    yield item
+                last = max(last, latest)
+            else:
+                for item in self._snapshot(watch_filter):
+                    yield item
+                last = latest
+                yield StreamItem(
+                    EventKind.SNAPSHOT_COMPLETE, latest_sequence=last, time=self._clock.now()
+                )
+            async for item in self._live(principal, request, subscription, last):
+                yield item
+        finally:
+            self._hub.unsubscribe(subscription)
+
+    async def _replay(
+        self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter, after: int
+    ) -> AsyncIterator[StreamItem]:
+        reader = self._store.read()
+        while True:
+            batch = reader.events_after(after, REPLAY_BATCH)
+            for event in batch:
+                if watch_filter.matches(event):
+                    yield self._item(principal, request, event)
+            if len(batch) < REPLAY_BATCH:
+                return
+            after = batch[-1].sequence
+            await asyncio.sleep(0)  # let other streams run between batches
+
+    def _snapshot(self, watch_filter: WatchFilter) -> Iterable[StreamItem]:
+        reader = self._store.read()
+        now = self._clock.now()
+        if watch_filter.kinds and EventKind.EXPIRING not in watch_filter.kinds:
+            return
+        cursor: tuple[int, str] | None = None
+        while True:
+            records: list[Key] | list[Handle]
+            if watch_filter.subject is Subject.KEY:
+                records = reader.keys_in_warning(now, REPLAY_BATCH, cursor)
+            else:
+                records = reader.handles_in_warning(now, REPLAY_BATCH, cursor)
+            for record in records:
+                if _snapshot_matches(watch_filter, record):
+                    yield StreamItem(
+                        EventKind.EXPIRING, record=record, deadline=_deadline_of(record), time=now
+                    )
+            if len(records) < REPLAY_BATCH:
+                return
+            last = records[-1]
+            assert last.warn_time is not None
+            cursor = (to_micros(last.warn_time), last.id)
+
+    async def _live(
+        self, principal: Principal, request: WatchRequest, subscription: Subscription, last: int
+    ) -> AsyncIterator[StreamItem]:
+        overflow = asyncio.ensure_future(subscription.overflowed.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(subscription.queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, overflow},
+                    timeout=self.heartbeat.total_seconds(),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if getter not in done:
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if getter in done:
+                    event = getter.result()
+                    if event.sequence > last:
+                        last = event.sequence
+                        yield self._item(principal, request, event)
+                    continue
+                if overflow in done:
+                    raise Aborted(
+                        f"this subscriber fell {subscription.capacity} events behind and was "
+                        f"closed; resume with resume_after={last}",
+                        reason="WATCH_OVERFLOW",
+                        metadata={"resume_after": str(last)},
+                    )
+                yield StreamItem(
+                    EventKind.HEARTBEAT,
+                    latest_sequence=max(last, self._hub.latest_sequence),
+                    time=self._clock.now(),
+                )
+        finally:
+            overflow.cancel()
+
+    def _item(self, principal: Principal, request: WatchRequest, event: Event) -> StreamItem:
+        token = ""
+        if (
+            request.deliver_tokens
+            and event.sealed_token is not None
+            and event.owner == principal.name
+            and isinstance(event.snapshot, Handle)
+        ):
+            token = (
+                self._handles.open_delivered(
+                    event.subject_id, event.snapshot.generation, event.sealed_token
+                )
+                or ""
+            )
+        return StreamItem(
+            event.kind, event=event, deadline=event.deadline, token=token, time=event.time
+        )
+
+
+def _snapshot_matches(watch_filter: WatchFilter, record: Key | Handle) -> bool:
+    if watch_filter.types and record.type not in watch_filter.types:
+        return False
+    if watch_filter.ids and record.id not in watch_filter.ids:
+        return False
+    return not watch_filter.owner or record.owner == watch_filter.owner
+
+
+def _deadline_of(record: Key | Handle) -> datetime:
+    if isinstance(record, Key):
+        if record.next_rotation_time is not None:
+            return min(record.next_rotation_time, record.expire_time)
+        return record.expire_time
+    return min(record.rotate_time, record.expire_time)

@@ -1,0 +1,1 @@
+"""Logs (JSON lines by category) and Prometheus metrics."""

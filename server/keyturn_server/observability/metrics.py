@@ -1,0 +1,128 @@
+"""Prometheus metrics on --metrics-listen: RPCs by method and code, keys and handles by
+type and status, rotations, anomalies, scheduler lag, and per-key expiry timestamps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from keyturn_server.clock import Clock
+from keyturn_server.domain.events import Event, EventKind
+from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.store.base import Store
+from keyturn_server.store.sql import SqlRepository
+
+log = logging.getLogger("keyturn.metrics")
+REFRESH_SECONDS = 15.0
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter(
+            "keyturn_rpc_requests", "RPCs served", ["method", "code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "keyturn_rpc_duration_seconds",
+            "RPC latency",
+            ["method"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self.events = Counter(
+            "keyturn_events", "Events committed", ["subject", "kind"], registry=self.registry
+        )
+        self.anomalies = Counter(
+            "keyturn_anomalies", "Anomalies detected", ["kind"], registry=self.registry
+        )
+        self.lag = Gauge(
+            "keyturn_scheduler_lag_seconds",
+            "Scheduler lag behind its oldest due deadline",
+            registry=self.registry,
+        )
+        self.subscribers = Gauge(
+            "keyturn_watch_subscribers", "Open WatchExpiring streams", registry=self.registry
+        )
+        self._state = _StateCollector()
+        self.registry.register(self._state)
+        self._server: Any = None
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        self.rpcs.labels(method, code).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def on_commit(self, events: list[Event]) -> None:
+        for event in events:
+            self.events.labels(event.subject.value, event.kind.value).inc()
+            if event.kind is EventKind.ANOMALY and event.anomaly is not None:
+                self.anomalies.labels(event.anomaly.kind.value).inc()
+
+    def serve(self, host: str, port: int) -> int:
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    async def refresh_forever(self, store: Store, clock: Clock, scheduler: Scheduler) -> None:
+        """Counting scans tables, so it runs in the background, not on every scrape."""
+        while True:
+            try:
+                self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
+                self.lag.set(scheduler.lag.total_seconds())
+            except Exception:
+                log.exception("metrics refresh failed", extra={"category": "error"})
+            await asyncio.sleep(REFRESH_SECONDS)
+
+
+def _snapshot(repo: SqlRepository, now: Any) -> dict[str, Any]:
+    return {
+        "keys": repo.key_counts(now),
+        "handles": repo.handle_counts(now),
+        "expiries": repo.active_key_deadlines(),
+    }
+
+
+class _StateCollector(Collector):
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        keys = GaugeMetricFamily(
+            "keyturn_keys", "Keys by type and status", labels=["type", "status"]
+        )
+        for type_name, status, count, _, _ in self.snapshot.get("keys", []):
+            keys.add_metric([type_name, status], count)
+        yield keys
+        handles = GaugeMetricFamily(
+            "keyturn_handles", "Handles by type and status", labels=["type", "status"]
+        )
+        for type_name, status, count, _, _ in self.snapshot.get("handles", []):
+            handles.add_metric([type_name, status], count)
+        yield handles
+        expiry = GaugeMetricFamily(
+            "keyturn_key_expiry_timestamp_seconds",
+            "When each active key's primary version expires",
+            labels=["key_id", "type"],
+        )
+        rotation = GaugeMetricFamily(
+            "keyturn_key_next_rotation_timestamp_seconds",
+            "When each active key rotates next",
+            labels=["key_id", "type"],
+        )
+        for key_id, type_name, expire, rotate in self.snapshot.get("expiries", []):
+            expiry.add_metric([key_id, type_name], expire / 1e6)
+            if rotate is not None:
+                rotation.add_metric([key_id, type_name], rotate / 1e6)
+        yield expiry
+        yield rotation

@@ -1,0 +1,336 @@
+"""Mapping between stored rows and domain records (and the JSON snapshots that events
+carry, which are the same rows serialised)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from keyturn_server.clock import from_micros, optional_datetime, optional_micros, to_micros
+from keyturn_server.domain.access import Role
+from keyturn_server.domain.access_tokens import AccessToken
+from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind, Severity
+from keyturn_server.domain.audit import AuditDraft, AuditEntry
+from keyturn_server.domain.events import Event, EventKind, Subject
+from keyturn_server.domain.handles import (
+    Handle,
+    HandleSchedule,
+    HandleSecret,
+    HandleState,
+    RateWindow,
+)
+from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, VersionState
+
+Row = Mapping[str, Any]
+
+
+def _us(delta: timedelta) -> int:
+    return delta // timedelta(microseconds=1)
+
+
+def _td(micros: int) -> timedelta:
+    return timedelta(microseconds=micros)
+
+
+def _bytes(value: Any) -> bytes | None:
+    return None if value is None else bytes(value)
+
+
+# --- keys ----------------------------------------------------------------------------
+
+
+def key_row(key: Key) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "type": key.type,
+        "algorithm": key.algorithm,
+        "key_length": key.key_length,
+        "state": key.state.value,
+        "primary_version": key.primary_version,
+        "owner": key.owner,
+        "created_for": key.created_for,
+        "metadata": json.dumps(key.metadata, sort_keys=True),
+        "create_time": to_micros(key.create_time),
+        "rotation_interval": _us(key.schedule.rotation_interval),
+        "warning_threshold": _us(key.schedule.warning_threshold),
+        "max_lifetime": _us(key.schedule.max_lifetime),
+        "exportable": int(key.exportable),
+        "next_rotation_time": optional_micros(key.next_rotation_time),
+        "expire_time": to_micros(key.expire_time),
+        "warn_time": optional_micros(key.warn_time),
+        "notify_time": optional_micros(key.notify_time),
+        "destroy_time": optional_micros(key.destroy_time),
+        "usage_count": key.usage_count,
+        "last_used_time": optional_micros(key.last_used_time),
+        "restore_state": key.restore_state.value if key.restore_state else None,
+    }
+
+
+def key_from_row(row: Row, versions: tuple[KeyVersion, ...] = ()) -> Key:
+    return Key(
+        id=row["id"],
+        type=row["type"],
+        algorithm=row["algorithm"],
+        key_length=row["key_length"],
+        state=KeyState(row["state"]),
+        primary_version=row["primary_version"],
+        owner=row["owner"],
+        created_for=row["created_for"],
+        metadata=json.loads(row["metadata"]),
+        create_time=from_micros(row["create_time"]),
+        schedule=KeySchedule(
+            _td(row["rotation_interval"]),
+            _td(row["warning_threshold"]),
+            _td(row["max_lifetime"]),
+        ),
+        exportable=bool(row["exportable"]),
+        next_rotation_time=optional_datetime(row["next_rotation_time"]),
+        expire_time=from_micros(row["expire_time"]),
+        warn_time=optional_datetime(row["warn_time"]),
+        notify_time=optional_datetime(row["notify_time"]),
+        destroy_time=optional_datetime(row["destroy_time"]),
+        usage_count=row["usage_count"],
+        last_used_time=optional_datetime(row["last_used_time"]),
+        restore_state=KeyState(row["restore_state"]) if row["restore_state"] else None,
+        versions=versions,
+    )
+
+
+def version_row(version: KeyVersion) -> dict[str, Any]:
+    return {
+        "key_id": version.key_id,
+        "version": version.version,
+        "state": version.state.value,
+        "create_time": to_micros(version.create_time),
+        "expire_time": to_micros(version.expire_time),
+        "destroy_time": optional_micros(version.destroy_time),
+        "public_pem": version.public_pem,
+    }
+
+
+def version_from_row(row: Row) -> KeyVersion:
+    return KeyVersion(
+        key_id=row["key_id"],
+        version=row["version"],
+        state=VersionState(row["state"]),
+        create_time=from_micros(row["create_time"]),
+        expire_time=from_micros(row["expire_time"]),
+        destroy_time=optional_datetime(row["destroy_time"]),
+        public_pem=row["public_pem"],
+    )
+
+
+# --- handles -------------------------------------------------------------------------
+
+
+def handle_row(handle: Handle) -> dict[str, Any]:
+    return {
+        "id": handle.id,
+        "type": handle.type,
+        "algorithm": handle.algorithm,
+        "state": handle.state.value,
+        "owner": handle.owner,
+        "created_for": handle.created_for,
+        "context": json.dumps(handle.context, sort_keys=True),
+        "usage_count": handle.usage_count,
+        "max_usage": handle.max_usage,
+        "create_time": to_micros(handle.create_time),
+        "rotate_time": to_micros(handle.rotate_time),
+        "expire_time": to_micros(handle.expire_time),
+        "warn_time": to_micros(handle.warn_time),
+        "notify_time": optional_micros(handle.notify_time),
+        "rotation_interval": _us(handle.schedule.rotation_interval),
+        "warning_threshold": _us(handle.schedule.warning_threshold),
+        "max_lifetime": _us(handle.schedule.max_lifetime),
+        "grace_period": _us(handle.schedule.grace_period),
+        "generation": handle.generation,
+        "last_used_time": optional_micros(handle.last_used_time),
+        "anomaly_count": handle.anomaly_count,
+        "bound_ip": handle.bound_ip,
+        "bound_user_agent": handle.bound_user_agent,
+        "revoke_reason": handle.revoke_reason,
+        "rate_start": optional_micros(handle.rate.start),
+        "rate_previous": handle.rate.previous,
+        "rate_current": handle.rate.current,
+        "rate_flagged": optional_micros(handle.rate.flagged),
+    }
+
+
+def handle_from_row(row: Row) -> Handle:
+    return Handle(
+        id=row["id"],
+        type=row["type"],
+        algorithm=row["algorithm"],
+        state=HandleState(row["state"]),
+        owner=row["owner"],
+        created_for=row["created_for"],
+        context=json.loads(row["context"]),
+        usage_count=row["usage_count"],
+        max_usage=row["max_usage"],
+        create_time=from_micros(row["create_time"]),
+        rotate_time=from_micros(row["rotate_time"]),
+        expire_time=from_micros(row["expire_time"]),
+        warn_time=from_micros(row["warn_time"]),
+        schedule=HandleSchedule(
+            _td(row["rotation_interval"]),
+            _td(row["warning_threshold"]),
+            _td(row["max_lifetime"]),
+            _td(row["grace_period"]),
+        ),
+        generation=row["generation"],
+        notify_time=optional_datetime(row["notify_time"]),
+        last_used_time=optional_datetime(row["last_used_time"]),
+        anomaly_count=row["anomaly_count"],
+        bound_ip=row["bound_ip"],
+        bound_user_agent=row["bound_user_agent"],
+        revoke_reason=row["revoke_reason"],
+        rate=RateWindow(
+            optional_datetime(row["rate_start"]),
+            row["rate_previous"],
+            row["rate_current"],
+            optional_datetime(row["rate_flagged"]),
+        ),
+    )
+
+
+def secret_row(secret: HandleSecret) -> dict[str, Any]:
+    return {
+        "digest": secret.digest,
+        "handle_id": secret.handle_id,
+        "generation": secret.generation,
+        "create_time": to_micros(secret.create_time),
+        "superseded_time": optional_micros(secret.superseded_time),
+        "grace_until": optional_micros(secret.grace_until),
+        "sealed_token": secret.sealed_token,
+    }
+
+
+def secret_from_row(row: Row) -> HandleSecret:
+    return HandleSecret(
+        digest=bytes(row["digest"]),
+        handle_id=row["handle_id"],
+        generation=row["generation"],
+        create_time=from_micros(row["create_time"]),
+        superseded_time=optional_datetime(row["superseded_time"]),
+        grace_until=optional_datetime(row["grace_until"]),
+        sealed_token=_bytes(row["sealed_token"]),
+    )
+
+
+# --- anomalies, events, audit, access tokens -----------------------------------------
+
+
+def anomaly_json(anomaly: Anomaly) -> dict[str, Any]:
+    return {
+        "id": anomaly.id,
+        "time": to_micros(anomaly.time),
+        "kind": anomaly.kind.value,
+        "severity": int(anomaly.severity),
+        "action": anomaly.action.value,
+        "handle_id": anomaly.handle_id,
+        "evidence": anomaly.evidence,
+    }
+
+
+def anomaly_from_json(data: Mapping[str, Any]) -> Anomaly:
+    evidence = data["evidence"]
+    return Anomaly(
+        id=data["id"],
+        kind=AnomalyKind(data["kind"]),
+        severity=Severity(data["severity"]),
+        action=AnomalyAction(data["action"]),
+        time=from_micros(data["time"]),
+        handle_id=data["handle_id"],
+        evidence=json.loads(evidence) if isinstance(evidence, str) else dict(evidence),
+    )
+
+
+def snapshot_json(record: Key | Handle | None) -> str:
+    if record is None:
+        return "null"
+    if isinstance(record, Key):
+        body: dict[str, Any] = {
+            "key": key_row(record),
+            "versions": [version_row(v) for v in record.versions],
+        }
+    else:
+        body = {"handle": handle_row(record)}
+    return json.dumps(body, sort_keys=True)
+
+
+def snapshot_from_json(text: str) -> Key | Handle | None:
+    body = json.loads(text)
+    if body is None:
+        return None
+    if "key" in body:
+        versions = tuple(version_from_row(v) for v in body["versions"])
+        return key_from_row(body["key"], versions)
+    return handle_from_row(body["handle"])
+
+
+def event_from_row(row: Row) -> Event:
+    return Event(
+        sequence=row["sequence"],
+        time=from_micros(row["time"]),
+        kind=EventKind(row["kind"]),
+        subject=Subject(row["subject"]),
+        subject_id=row["subject_id"],
+        subject_type=row["subject_type"],
+        owner=row["owner"],
+        snapshot=snapshot_from_json(row["snapshot"]),
+        deadline=optional_datetime(row["deadline"]),
+        reason=row["reason"],
+        key_version=row["key_version"],
+        anomaly=anomaly_from_json(json.loads(row["anomaly"])) if row["anomaly"] else None,
+        sealed_token=_bytes(row["sealed_token"]),
+    )
+
+
+def audit_from_row(row: Row) -> AuditEntry:
+    draft = AuditDraft(
+        action=row["action"],
+        principal=row["principal"],
+        role=row["role"],
+        resource_type=row["resource_type"],
+        resource_id=row["resource_id"],
+        user_id=row["user_id"],
+        reason=row["reason"],
+        peer=row["peer"],
+        outcome=row["outcome"],
+        details=json.loads(row["details"]),
+    )
+    return AuditEntry(
+        sequence=row["sequence"],
+        time=from_micros(row["time"]),
+        draft=draft,
+        hash=bytes(row["hash"]),
+        previous_hash=bytes(row["previous_hash"]),
+    )
+
+
+def token_row(token: AccessToken) -> dict[str, Any]:
+    return {
+        "name": token.name,
+        "role": token.role.value,
+        "digest": token.digest,
+        "create_time": to_micros(token.create_time),
+        "expire_time": optional_micros(token.expire_time),
+        "revoke_time": optional_micros(token.revoke_time),
+        "created_by": token.created_by,
+        "last_used_time": optional_micros(token.last_used_time),
+    }
+
+
+def token_from_row(row: Row) -> AccessToken:
+    return AccessToken(
+        name=row["name"],
+        role=Role(row["role"]),
+        digest=bytes(row["digest"]),
+        create_time=from_micros(row["create_time"]),
+        created_by=row["created_by"],
+        expire_time=optional_datetime(row["expire_time"]),
+        revoke_time=optional_datetime(row["revoke_time"]),
+        last_used_time=optional_datetime(row["last_used_time"]),
+    )
