@@ -217,8 +217,8 @@ class App:
             )
             self.ports.append(port)
         await server.start()
-        await self._update_health()
         scheduler.start()
+        await self._update_health()
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
         if self.metrics is not None and settings.metrics_listen:

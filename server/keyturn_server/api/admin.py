@@ -16,6 +16,7 @@ from keyturn_server.api.convert import (
     audit_message,
     dur,
     from_ts,
+    required_enum,
     ts,
 )
 from keyturn_server.clock import Clock

@@ -34,6 +34,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(app: App) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()
     except (MasterKeyError, StoreOpenError, OSError, ValueError) as exc:
@@ -49,10 +53,6 @@ async def _serve(app: App) -> int:
             flush=True,
         )
     print(f"keyturn listening on {', '.join(_addresses(app))}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await app.stop()
     return 0

@@ -1,0 +1,164 @@
+"""A real Keyturn server on a free port, a fake clock, and real gRPC channels to it."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from keyturn.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    handles_pb2_grpc,
+    keys_pb2_grpc,
+    resources_pb2,
+)
+from keyturn_server.app import App
+from keyturn_server.clock import ManualClock
+from keyturn_server.settings import Settings
+
+MASTER_KEY = "6b65797475726e2d746573742d6d61737465722d6b65792d3332627974657321"
+
+
+class Client:
+    """Stubs that send one principal's bearer token."""
+
+    def __init__(self, channel: grpc.aio.Channel, token: str | None) -> None:
+        self.channel = channel
+        self.token = token
+        self.metadata: Sequence[tuple[str, str]] = (
+            (("authorization", f"Bearer {token}"),) if token else ()
+        )
+        self.keys = _Bound(keys_pb2_grpc.KeyServiceStub(channel), self.metadata)
+        self.handles = _Bound(handles_pb2_grpc.HandleServiceStub(channel), self.metadata)
+        self.admin = _Bound(admin_pb2_grpc.AdminServiceStub(channel), self.metadata)
+
+
+class _Bound:
+    """A stub whose calls carry the client's metadata unless told otherwise."""
+
+    def __init__(self, stub: Any, metadata: Sequence[tuple[str, str]]) -> None:
+        self._stub = stub
+        self._metadata = metadata
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._stub, name)
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("metadata", self._metadata)
+            kwargs.setdefault("timeout", 30)
+            return method(request, **kwargs)
+
+        return call
+
+
+class Harness:
+    def __init__(self, data_dir: Path, clock: ManualClock, **overrides: Any) -> None:
+        self.data_dir = data_dir
+        self.clock = clock
+        self.settings = Settings(
+            listen=("127.0.0.1:0",),
+            data_dir=data_dir,
+            master_key=MASTER_KEY,
+            caller_rate_limit=0,
+            grace_period=timedelta(seconds=1),
+            **overrides,
+        )
+        self.app: App | None = None
+        self._channels: list[grpc.aio.Channel] = []
+        self.admin: Client
+
+    async def start(self, **overrides: Any) -> Harness:
+        if overrides:
+            self.settings = dataclasses.replace(self.settings, **overrides)
+        self.app = App(self.settings, self.clock)
+        await self.app.start()
+        self.admin_token = (self.data_dir / "admin.token").read_text().strip()
+        self.admin = self.client(self.admin_token)
+        return self
+
+    @property
+    def address(self) -> str:
+        assert self.app is not None
+        return self.app.address
+
+    def channel(self) -> grpc.aio.Channel:
+        channel = grpc.aio.insecure_channel(self.address)
+        self._channels.append(channel)
+        return channel
+
+    def client(self, token: str | None) -> Client:
+        return Client(self.channel(), token)
+
+    async def client_for(self, role: str, name: str | None = None) -> Client:
+        """A client with a fresh access token of ``role`` ("service", "auditor"...)."""
+        name = name or f"{role}-{len(self._channels)}"
+        created = await self.admin.admin.CreateAccessToken(admin_pb2.CreateAccessTokenRequest(
+            name=name, role=resources_pb2.Role.Value(f"ROLE_{role.upper()}")))
+        return self.client(created.token)
+
+    async def settle(self) -> None:
+        """Let the scheduler act on everything due at the clock's current time."""
+        assert self.app is not None and self.app.services is not None
+        await self.app.services.scheduler.settle()
+
+    async def advance(self, delta: timedelta) -> None:
+        self.clock.advance(delta)
+        await self.settle()
+
+    async def stop(self) -> None:
+        for channel in self._channels:
+            await channel.close()
+        self._channels.clear()
+        if self.app is not None:
+            await self.app.stop(timedelta(seconds=0.2))
+            self.app = None
+
+    async def restart(self, **overrides: Any) -> Harness:
+        await self.stop()
+        return await self.start(**overrides)
+
+
+@dataclasses.dataclass
+class Failure:
+    code: grpc.StatusCode
+    message: str
+    reason: str
+    metadata: dict[str, str]
+    violations: dict[str, str]
+    retry_after: timedelta | None
+
+
+def failure(error: grpc.aio.AioRpcError) -> Failure:
+    """The status of a failed call, with its google.rpc details unpacked."""
+    reason, metadata, violations, retry = "", {}, {}, None
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason, metadata = info.reason, dict(info.metadata)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations = {v.field: v.description for v in bad.field_violations}
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info_retry = error_details_pb2.RetryInfo()
+            detail.Unpack(info_retry)
+            retry = info_retry.retry_delay.ToTimedelta()
+    return Failure(error.code(), error.details() or "", reason, metadata, violations, retry)
+
+
+async def fails(call: Any) -> Failure:
+    """Await a call that must fail and return how it failed."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return failure(error)
+    raise AssertionError("the call succeeded but was expected to fail")

@@ -1,0 +1,143 @@
+"""Secrets at rest: sealed under the master key, bound to their rows, in private files."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlite_utils
+
+from keyturn.v1 import keys_pb2
+from keyturn_server.app import App
+from keyturn_server.clock import ManualClock
+from keyturn_server.crypto.master import MasterKeyError
+from tests.harness import MASTER_KEY, Harness, fails
+
+OTHER_KEY = "00" * 32
+
+
+def database(server: Harness) -> sqlite_utils.Database:
+    return sqlite_utils.Database(server.data_dir / "keyturn.db")
+
+
+def stored_bytes(data_dir: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data_dir.glob("keyturn.db*"))
+
+
+async def test_no_key_material_appears_in_the_database_files(server: Harness) -> None:
+    revealed = []
+    for type_name in ("session", "api"):
+        response = await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
+            type=type_name, reveal=True))
+        revealed.append(response.material)
+    await server.stop()
+    contents = stored_bytes(server.data_dir)
+    for material in revealed:
+        assert len(material) >= 64
+        assert material not in contents
+        assert material.hex().encode() not in contents
+        assert material[:16] not in contents
+
+
+async def test_the_wrong_master_key_is_refused_at_start(server: Harness) -> None:
+    await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    await server.stop()
+    with pytest.raises(MasterKeyError, match="not the one this data directory was sealed with"):
+        await server.start(master_key=OTHER_KEY)
+    assert server.app is not None
+    await server.app.stop()
+    server.app = None
+    await server.start(master_key=MASTER_KEY)  # the right one still opens everything
+
+
+@pytest.mark.parametrize("how", ["flipped byte", "swapped with another key's row"])
+async def test_a_tampered_row_is_data_loss_for_that_key_only(server: Harness, how: str) -> None:
+    victim = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
+        type="encryption"))).key.id
+    other = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
+        type="encryption"))).key.id
+    await server.stop()
+    db = database(server)
+    table = db["key_versions"]
+    victim_blob = table.get((victim, 1))["material"]
+    if how == "flipped byte":
+        tampered = victim_blob[:-1] + bytes([victim_blob[-1] ^ 1])
+    else:
+        tampered = table.get((other, 1))["material"]
+    table.update((victim, 1), {"material": tampered})
+    db.close()
+    await server.start()
+
+    failed = await fails(server.admin.keys.Encrypt(keys_pb2.EncryptRequest(
+        key_id=victim, plaintext=b"x")))
+    assert failed.code == grpc.StatusCode.DATA_LOSS
+    assert failed.reason == "MATERIAL_TAMPERED"
+    still = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=other, plaintext=b"x"))
+    assert still.key_version == 1
+
+
+async def test_data_files_are_private_to_the_server_user(server: Harness) -> None:
+    await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
+    for name in ("keyturn.db", "keyturn.db-wal", "keyturn.db-shm", "admin.token"):
+        mode = stat.S_IMODE((server.data_dir / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+
+
+async def test_development_mode_creates_a_private_master_key_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path / "dev", ManualClock(), )
+    harness.settings = harness.settings.__class__(
+        listen=("127.0.0.1:0",), data_dir=tmp_path / "dev", caller_rate_limit=0)
+    logging.getLogger("keyturn").propagate = True
+    with caplog.at_level(logging.WARNING, logger="keyturn.security"):
+        await harness.start()
+    try:
+        key_file = tmp_path / "dev" / "master.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        assert any("DEVELOPMENT MODE" in r.getMessage() for r in caplog.records)
+        assert key_file.read_text().strip() not in caplog.text
+        await harness.restart()  # the same file opens the same data again
+    finally:
+        await harness.stop()
+
+
+async def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) -> None:
+    harness = Harness(tmp_path / "prod", ManualClock())
+    app = App(harness.settings.__class__(listen=("127.0.0.1:0",), data_dir=tmp_path / "prod",
+                                         production=True))
+    with pytest.raises(MasterKeyError, match="MASTER_KEY is required in production"):
+        await app.start()
+    await app.stop()
+    assert not (tmp_path / "prod" / "master.key").exists()
+
+
+async def test_a_passphrase_is_stretched_with_a_stored_salt(tmp_path: Path) -> None:
+    passphrase = "correct horse battery staple, twice over"
+    harness = Harness(tmp_path / "pass", ManualClock(), )
+    await harness.start(master_key=passphrase)
+    try:
+        key = await harness.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        await harness.restart()
+        fetched = await harness.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(
+            key_id=key.key.id, data=b"d"))
+        assert fetched.key_version == 1
+        await harness.stop()
+        with pytest.raises(MasterKeyError):
+            await harness.start(master_key=passphrase + "!")
+    finally:
+        if harness.app is not None:
+            await harness.app.stop()
+            harness.app = None
+
+
+async def test_a_short_passphrase_is_refused(tmp_path: Path) -> None:
+    harness = Harness(tmp_path / "short", ManualClock())
+    with pytest.raises(MasterKeyError, match="at least 16 characters"):
+        await harness.start(master_key="hunter2")
+    assert harness.app is not None
+    await harness.app.stop()
