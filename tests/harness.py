@@ -99,8 +99,11 @@ class Harness:
     async def client_for(self, role: str, name: str | None = None) -> Client:
         """A client with a fresh access token of ``role`` ("service", "auditor"...)."""
         name = name or f"{role}-{len(self._channels)}"
-        created = await self.admin.admin.CreateAccessToken(admin_pb2.CreateAccessTokenRequest(
-            name=name, role=resources_pb2.Role.Value(f"ROLE_{role.upper()}")))
+        created = await self.admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(
+                name=name, role=resources_pb2.Role.Value(f"ROLE_{role.upper()}")
+            )
+        )
         return self.client(created.token)
 
     async def settle(self) -> None:

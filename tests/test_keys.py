@@ -53,28 +53,41 @@ async def test_each_builtin_type_generates_with_the_specified_schedule(
 
 async def test_encrypt_decrypt_round_trip_with_associated_data(server: Harness) -> None:
     key = await generate(server, "encryption")
-    encrypted = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(
-        key_id=key.id, plaintext=b"card 4111", associated_data=b"order-7"))
+    encrypted = await server.admin.keys.Encrypt(
+        keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"card 4111", associated_data=b"order-7")
+    )
     assert encrypted.key_version == 1
     assert b"card 4111" not in encrypted.ciphertext
 
-    decrypted = await server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=encrypted.ciphertext, associated_data=b"order-7"))
+    decrypted = await server.admin.keys.Decrypt(
+        keys_pb2.DecryptRequest(
+            key_id=key.id, ciphertext=encrypted.ciphertext, associated_data=b"order-7"
+        )
+    )
     assert decrypted.plaintext == b"card 4111"
     assert decrypted.used_primary
 
-    wrong_aad = await fails(server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=encrypted.ciphertext, associated_data=b"order-8")))
+    wrong_aad = await fails(
+        server.admin.keys.Decrypt(
+            keys_pb2.DecryptRequest(
+                key_id=key.id, ciphertext=encrypted.ciphertext, associated_data=b"order-8"
+            )
+        )
+    )
     assert wrong_aad.code == grpc.StatusCode.INVALID_ARGUMENT
     assert wrong_aad.reason == "DECRYPTION_FAILED"
 
 
 async def test_a_ciphertext_of_one_key_does_not_decrypt_under_another(server: Harness) -> None:
     first, second = await generate(server, "encryption"), await generate(server, "encryption")
-    encrypted = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(
-        key_id=first.id, plaintext=b"secret"))
-    refused = await fails(server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=second.id, ciphertext=encrypted.ciphertext)))
+    encrypted = await server.admin.keys.Encrypt(
+        keys_pb2.EncryptRequest(key_id=first.id, plaintext=b"secret")
+    )
+    refused = await fails(
+        server.admin.keys.Decrypt(
+            keys_pb2.DecryptRequest(key_id=second.id, ciphertext=encrypted.ciphertext)
+        )
+    )
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -84,18 +97,21 @@ async def test_rotation_keeps_old_ciphertexts_decryptable_and_reports_the_versio
     key = await generate(server, "encryption")
     old = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"v1"))
 
-    rotated = await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(
-        key_id=key.id, user_id="ops", reason="quarterly"))
+    rotated = await server.admin.keys.RotateKey(
+        keys_pb2.RotateKeyRequest(key_id=key.id, user_id="ops", reason="quarterly")
+    )
     assert rotated.primary_version == 2
     assert [(v.version, v.primary) for v in rotated.versions] == [(1, False), (2, True)]
 
     new = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"v2"))
     assert new.key_version == 2
-    old_plain = await server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=old.ciphertext))
+    old_plain = await server.admin.keys.Decrypt(
+        keys_pb2.DecryptRequest(key_id=key.id, ciphertext=old.ciphertext)
+    )
     assert (old_plain.plaintext, old_plain.key_version, old_plain.used_primary) == (b"v1", 1, False)
-    new_plain = await server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=new.ciphertext))
+    new_plain = await server.admin.keys.Decrypt(
+        keys_pb2.DecryptRequest(key_id=key.id, ciphertext=new.ciphertext)
+    )
     assert (new_plain.plaintext, new_plain.key_version, new_plain.used_primary) == (b"v2", 2, True)
 
 
@@ -105,19 +121,26 @@ async def test_signatures_verify_after_rotation_and_with_the_public_key(server: 
     assert signed.algorithm == "rsa-pss-2048-sha256"
     await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
 
-    verified = await server.admin.keys.Verify(keys_pb2.VerifyRequest(
-        key_id=key.id, data=b"release", signature=signed.signature))
+    verified = await server.admin.keys.Verify(
+        keys_pb2.VerifyRequest(key_id=key.id, data=b"release", signature=signed.signature)
+    )
     assert verified.valid and verified.key_version == 1
-    tampered = await server.admin.keys.Verify(keys_pb2.VerifyRequest(
-        key_id=key.id, data=b"release!", signature=signed.signature))
+    tampered = await server.admin.keys.Verify(
+        keys_pb2.VerifyRequest(key_id=key.id, data=b"release!", signature=signed.signature)
+    )
     assert not tampered.valid
 
-    public = await server.admin.keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(
-        key_id=key.id, version=1))
+    public = await server.admin.keys.GetPublicKey(
+        keys_pb2.GetPublicKeyRequest(key_id=key.id, version=1)
+    )
     loaded = serialization.load_pem_public_key(public.pem.encode())
     assert isinstance(loaded, rsa.RSAPublicKey) and loaded.key_size == 2048
-    loaded.verify(signed.raw_signature, b"release",
-                  padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+    loaded.verify(
+        signed.raw_signature,
+        b"release",
+        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
+        hashes.SHA256(),
+    )
     primary = await server.admin.keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key.id))
     assert primary.key_version == 2 and primary.pem != public.pem
 
@@ -127,10 +150,12 @@ async def test_macs_verify_across_rotation(server: Harness, type_name: str) -> N
     key = await generate(server, type_name)
     mac = await server.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(key_id=key.id, data=b"m"))
     await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
-    good = await server.admin.keys.VerifyMac(keys_pb2.VerifyMacRequest(
-        key_id=key.id, data=b"m", mac=mac.mac))
-    bad = await server.admin.keys.VerifyMac(keys_pb2.VerifyMacRequest(
-        key_id=key.id, data=b"n", mac=mac.mac))
+    good = await server.admin.keys.VerifyMac(
+        keys_pb2.VerifyMacRequest(key_id=key.id, data=b"m", mac=mac.mac)
+    )
+    bad = await server.admin.keys.VerifyMac(
+        keys_pb2.VerifyMacRequest(key_id=key.id, data=b"n", mac=mac.mac)
+    )
     assert good.valid and good.key_version == 1
     assert not bad.valid
 
@@ -139,22 +164,26 @@ async def test_exportable_keys_reveal_material_that_matches_their_macs(server: H
     import hashlib
     import hmac
 
-    response = await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
-        type="api", reveal=True))
+    response = await server.admin.keys.GenerateKey(
+        keys_pb2.GenerateKeyRequest(type="api", reveal=True)
+    )
     assert len(response.material) == 128
-    mac = await server.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(
-        key_id=response.key.id, data=b"payload"))
+    mac = await server.admin.keys.ComputeMac(
+        keys_pb2.ComputeMacRequest(key_id=response.key.id, data=b"payload")
+    )
     expected = hmac.new(response.material, b"payload", hashlib.sha512).digest()
     assert mac.mac[5:] == expected
 
-    exported = await server.admin.keys.ExportKey(keys_pb2.ExportKeyRequest(
-        key_id=response.key.id, reason="handover"))
+    exported = await server.admin.keys.ExportKey(
+        keys_pb2.ExportKeyRequest(key_id=response.key.id, reason="handover")
+    )
     assert exported.material == response.material and exported.key_version == 1
 
 
 async def test_encryption_keys_are_not_exportable(server: Harness) -> None:
-    refused = await fails(server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
-        type="encryption", reveal=True)))
+    refused = await fails(
+        server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption", reveal=True))
+    )
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
     assert refused.reason == "KEY_NOT_EXPORTABLE"
 
@@ -165,19 +194,25 @@ async def test_removed_keys_are_unusable_until_restored_and_destroyed_after_the_
     key = await generate(server, "encryption")
     sealed = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"x"))
 
-    removed = await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(
-        key_id=key.id, user_id="ops", reason="compromised?"))
+    removed = await server.admin.keys.RemoveKey(
+        keys_pb2.RemoveKeyRequest(key_id=key.id, user_id="ops", reason="compromised?")
+    )
     assert removed.status == resources_pb2.KEY_STATUS_REMOVED
     assert removed.destroy_time.ToDatetime() - server.clock.now().replace(tzinfo=None) == DAY
-    refused = await fails(server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=sealed.ciphertext)))
+    refused = await fails(
+        server.admin.keys.Decrypt(
+            keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+        )
+    )
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
 
-    restored = await server.admin.keys.RestoreKey(keys_pb2.RestoreKeyRequest(
-        key_id=key.id, reason="false alarm"))
+    restored = await server.admin.keys.RestoreKey(
+        keys_pb2.RestoreKeyRequest(key_id=key.id, reason="false alarm")
+    )
     assert restored.status == ACTIVE
-    plain = await server.admin.keys.Decrypt(keys_pb2.DecryptRequest(
-        key_id=key.id, ciphertext=sealed.ciphertext))
+    plain = await server.admin.keys.Decrypt(
+        keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+    )
     assert plain.plaintext == b"x"
 
     await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
@@ -203,8 +238,9 @@ async def test_list_keys_filters_pages_and_counts(server: Harness) -> None:
     seen: list[str] = []
     token = ""
     while True:
-        page = await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest(
-            type="encryption", page_size=2, page_token=token))
+        page = await server.admin.keys.ListKeys(
+            keys_pb2.ListKeysRequest(type="encryption", page_size=2, page_token=token)
+        )
         assert page.total_size == 5
         seen += [k.id for k in page.keys]
         token = page.next_page_token
@@ -212,11 +248,13 @@ async def test_list_keys_filters_pages_and_counts(server: Harness) -> None:
             break
     assert len(seen) == len(set(seen)) == 5
 
-    active_sessions = await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest(
-        type="session", status=ACTIVE))
+    active_sessions = await server.admin.keys.ListKeys(
+        keys_pb2.ListKeysRequest(type="session", status=ACTIVE)
+    )
     assert active_sessions.total_size == 3
-    removed_page = await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest(
-        status=resources_pb2.KEY_STATUS_REMOVED))
+    removed_page = await server.admin.keys.ListKeys(
+        keys_pb2.ListKeysRequest(status=resources_pb2.KEY_STATUS_REMOVED)
+    )
     assert [k.id for k in removed_page.keys] == [removed.id]
 
 
@@ -225,8 +263,9 @@ async def test_keys_enter_expiring_inside_the_warning_window(server: Harness) ->
     await server.advance(timedelta(hours=21, minutes=59))
     assert (await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))).status == ACTIVE
     server.clock.advance(timedelta(minutes=1))
-    expiring = await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest(
-        status=resources_pb2.KEY_STATUS_EXPIRING))
+    expiring = await server.admin.keys.ListKeys(
+        keys_pb2.ListKeysRequest(status=resources_pb2.KEY_STATUS_EXPIRING)
+    )
     assert [k.id for k in expiring.keys] == [key.id]
 
 
@@ -235,7 +274,9 @@ async def test_statistics_count_keys_by_type_and_status_and_operations(server: H
     await generate(server, "signing")
     await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"a"))
     await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
-    stats = (await server.admin.keys.GetKeyStatistics(keys_pb2.GetKeyStatisticsRequest())).statistics
+    stats = (
+        await server.admin.keys.GetKeyStatistics(keys_pb2.GetKeyStatisticsRequest())
+    ).statistics
     assert stats.total == 2
     assert stats.by_status["ACTIVE"] == 2
     assert stats.by_type["encryption"].total == 1

@@ -28,22 +28,26 @@ def free_port() -> int:
 
 async def test_health_service_reports_each_service(server: Harness) -> None:
     stub = health_pb2_grpc.HealthStub(server.channel())
-    for service in ("", "keyturn.v1.KeyService", "keyturn.v1.HandleService",
-                    "keyturn.v1.AdminService"):
+    for service in (
+        "",
+        "keyturn.v1.KeyService",
+        "keyturn.v1.HandleService",
+        "keyturn.v1.AdminService",
+    ):
         response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert response.status == health_pb2.HealthCheckResponse.SERVING, service
 
 
 async def test_reflection_lists_the_three_services_without_a_token(server: Harness) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(server.channel())
-    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
-        list_services="")]))
+    responses = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
     names = set()
     async for response in responses:
         names = {s.name for s in response.list_services_response.service}
         break
-    assert {"keyturn.v1.KeyService", "keyturn.v1.HandleService",
-            "keyturn.v1.AdminService"} <= names
+    assert {"keyturn.v1.KeyService", "keyturn.v1.HandleService", "keyturn.v1.AdminService"} <= names
 
 
 async def test_calls_without_a_token_are_unauthenticated(server: Harness) -> None:
@@ -65,11 +69,16 @@ def serve(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
         process.communicate()  # reap it and close its pipes
 
 
-def _start(args: list[str], env: dict[str, str], procs: list[subprocess.Popen[str]]
-           ) -> subprocess.Popen[str]:
+def _start(
+    args: list[str], env: dict[str, str], procs: list[subprocess.Popen[str]]
+) -> subprocess.Popen[str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "keyturn_server", "serve", *args],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs.append(process)
     return process
 
@@ -85,15 +94,20 @@ def _wait_listening(process: subprocess.Popen[str]) -> str:
         output += line
         if line.startswith("keyturn listening on"):
             return output
-    raise AssertionError(f"server did not start: {output} {process.stderr.read() if process.stderr else ''}")
+    raise AssertionError(
+        f"server did not start: {output} {process.stderr.read() if process.stderr else ''}"
+    )
 
 
 def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     tmp_path: Path, serve: list[subprocess.Popen[str]]
 ) -> None:
     port = free_port()
-    process = _start(["--data-dir", str(tmp_path / "d")],
-                     {"PORT": str(port), "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}, serve)
+    process = _start(
+        ["--data-dir", str(tmp_path / "d")],
+        {"PORT": str(port), "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"},
+        serve,
+    )
     output = _wait_listening(process)
     token = (tmp_path / "d" / "admin.token").read_text().strip()
     assert token in output  # printed once, on first start
@@ -107,8 +121,11 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     assert process.stderr is not None
     assert token not in process.stderr.read()  # never in the logs
 
-    second = _start(["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"],
-                    {"MASTER_KEY": MASTER_KEY}, serve)
+    second = _start(
+        ["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"],
+        {"MASTER_KEY": MASTER_KEY},
+        serve,
+    )
     assert token not in _wait_listening(second)  # not printed again
     second.send_signal(signal.SIGINT)
     assert second.wait(timeout=30) == 0
@@ -123,18 +140,39 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
         ([], {"MASTER_KEY": "short"}, "at least 16 characters"),
         (["--tls-cert", "/nonexistent.pem"], {}, "--tls-cert and --tls-key go together"),
     ],
-    ids=["insecure-on-all-interfaces", "production-flag", "production-env", "short-key",
-         "half-tls"],
+    ids=[
+        "insecure-on-all-interfaces",
+        "production-flag",
+        "production-env",
+        "short-key",
+        "half-tls",
+    ],
 )
 def test_keyturn_serve_refuses_unsafe_settings_with_one_clear_line(
-    tmp_path: Path, serve: list[subprocess.Popen[str]], args: list[str],
-    env: dict[str, str], message: str,
+    tmp_path: Path,
+    serve: list[subprocess.Popen[str]],
+    args: list[str],
+    env: dict[str, str],
+    message: str,
 ) -> None:
     environment = {k: v for k, v in os.environ.items() if k not in ("MASTER_KEY", "KEYTURN_ENV")}
     process = subprocess.run(
-        [sys.executable, "-m", "keyturn_server", "serve", "--data-dir", str(tmp_path / "d"),
-         "--listen", "127.0.0.1:0", *args],
-        env={**environment, **env}, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "keyturn_server",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--listen",
+            "127.0.0.1:0",
+            *args,
+        ],
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert process.returncode != 0
     assert message in process.stderr
     assert "Traceback" not in process.stderr

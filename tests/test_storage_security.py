@@ -30,8 +30,9 @@ def stored_bytes(data_dir: Path) -> bytes:
 async def test_no_key_material_appears_in_the_database_files(server: Harness) -> None:
     revealed = []
     for type_name in ("session", "api"):
-        response = await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
-            type=type_name, reveal=True))
+        response = await server.admin.keys.GenerateKey(
+            keys_pb2.GenerateKeyRequest(type=type_name, reveal=True)
+        )
         revealed.append(response.material)
     await server.stop()
     contents = stored_bytes(server.data_dir)
@@ -55,10 +56,12 @@ async def test_the_wrong_master_key_is_refused_at_start(server: Harness) -> None
 
 @pytest.mark.parametrize("how", ["flipped byte", "swapped with another key's row"])
 async def test_a_tampered_row_is_data_loss_for_that_key_only(server: Harness, how: str) -> None:
-    victim = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
-        type="encryption"))).key.id
-    other = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(
-        type="encryption"))).key.id
+    victim = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    ).key.id
+    other = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    ).key.id
     await server.stop()
     db = database(server)
     table = db["key_versions"]
@@ -71,8 +74,9 @@ async def test_a_tampered_row_is_data_loss_for_that_key_only(server: Harness, ho
     db.close()
     await server.start()
 
-    failed = await fails(server.admin.keys.Encrypt(keys_pb2.EncryptRequest(
-        key_id=victim, plaintext=b"x")))
+    failed = await fails(
+        server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=victim, plaintext=b"x"))
+    )
     assert failed.code == grpc.StatusCode.DATA_LOSS
     assert failed.reason == "MATERIAL_TAMPERED"
     still = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=other, plaintext=b"x"))
@@ -90,9 +94,13 @@ async def test_data_files_are_private_to_the_server_user(server: Harness) -> Non
 async def test_development_mode_creates_a_private_master_key_and_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    harness = Harness(tmp_path / "dev", ManualClock(), )
+    harness = Harness(
+        tmp_path / "dev",
+        ManualClock(),
+    )
     harness.settings = harness.settings.__class__(
-        listen=("127.0.0.1:0",), data_dir=tmp_path / "dev", caller_rate_limit=0)
+        listen=("127.0.0.1:0",), data_dir=tmp_path / "dev", caller_rate_limit=0
+    )
     logging.getLogger("keyturn").propagate = True
     with caplog.at_level(logging.WARNING, logger="keyturn.security"):
         await harness.start()
@@ -108,8 +116,11 @@ async def test_development_mode_creates_a_private_master_key_and_warns(
 
 async def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) -> None:
     harness = Harness(tmp_path / "prod", ManualClock())
-    app = App(harness.settings.__class__(listen=("127.0.0.1:0",), data_dir=tmp_path / "prod",
-                                         production=True))
+    app = App(
+        harness.settings.__class__(
+            listen=("127.0.0.1:0",), data_dir=tmp_path / "prod", production=True
+        )
+    )
     with pytest.raises(MasterKeyError, match="MASTER_KEY is required in production"):
         await app.start()
     await app.stop()
@@ -118,13 +129,17 @@ async def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) 
 
 async def test_a_passphrase_is_stretched_with_a_stored_salt(tmp_path: Path) -> None:
     passphrase = "correct horse battery staple, twice over"
-    harness = Harness(tmp_path / "pass", ManualClock(), )
+    harness = Harness(
+        tmp_path / "pass",
+        ManualClock(),
+    )
     await harness.start(master_key=passphrase)
     try:
         key = await harness.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
         await harness.restart()
-        fetched = await harness.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(
-            key_id=key.key.id, data=b"d"))
+        fetched = await harness.admin.keys.ComputeMac(
+            keys_pb2.ComputeMacRequest(key_id=key.key.id, data=b"d")
+        )
         assert fetched.key_version == 1
         await harness.stop()
         with pytest.raises(MasterKeyError):

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from keyturn.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -23,7 +24,6 @@ from keyturn.v1 import (
     keys_pb2,
     keys_pb2_grpc,
 )
-
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.handles import HandleServicer

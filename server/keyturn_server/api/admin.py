@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import grpc
-from keyturn.v1 import admin_pb2, admin_pb2_grpc
 
+from keyturn.v1 import admin_pb2, admin_pb2_grpc
 from keyturn_server import __version__
 from keyturn_server.api import auth
 from keyturn_server.api.config_messages import config_message, draft_from

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
+
 from keyturn.v1 import (
     admin_pb2,
     events_pb2,
@@ -14,7 +15,6 @@ from keyturn.v1 import (
     resources_pb2,
     statistics_pb2,
 )
-
 from keyturn_server.domain.access import Role
 from keyturn_server.domain.access_tokens import AccessToken
 from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind, Severity

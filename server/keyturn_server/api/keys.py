@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
-from keyturn.v1 import events_pb2, keys_pb2, keys_pb2_grpc, resources_pb2, statistics_pb2
 
+from keyturn.v1 import events_pb2, keys_pb2, keys_pb2_grpc, resources_pb2, statistics_pb2
 from keyturn_server.api import auth
 from keyturn_server.api.convert import (
     KEY_STATUS_FROM,

@@ -10,7 +10,6 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 from keyturn.v1 import events_pb2
-
 from keyturn_server.api.convert import EVENT_KIND_FROM, required_enum, stream_message
 from keyturn_server.clock import Clock
 from keyturn_server.domain.events import EventKind, Subject

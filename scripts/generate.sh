@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Regenerates every committed stub from proto/: Python here, and each client's own
+# generator when its toolchain is present. Generated code is never edited by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python} scripts/generate_python.sh 2>/dev/null
+for generator in clients/*/generate.sh; do
+  [ -x "$generator" ] && "$generator"
+done
+true

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every check and test, in the order a reviewer would want them to fail.
+# Usage: scripts/test.sh [lint]   (lint: only the static checks)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=$PWD/.venv/bin
+export PATH="$BIN:$PATH"
+step() { printf '\n== %s\n' "$*"; }
+
+step "format and lint (ruff), types (mypy)"
+ruff format --check server tests bench
+ruff check server tests bench
+mypy
+
+step "API contract (buf lint, buf breaking against the previous commit)"
+buf lint
+if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:proto 2>/dev/null; then
+  buf breaking --against ".git#ref=HEAD~1"
+fi
+
+step "generated code matches proto/"
+PYTHON=$BIN/python scripts/generate.sh
+if [ -n "$(git status --porcelain -- clients)" ]; then
+  git status --porcelain -- clients
+  echo "generated code is stale: run 'make generate' and commit the result" >&2
+  exit 1
+fi
+[ "${1:-}" = lint ] && exit 0
+
+step "services the tests need"
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+step "pytest"
+pytest -q
+
+step "clients, examples and grpcurl against a live server"
+scripts/test-clients.sh
