@@ -1,12 +1,36 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import io
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from keyturn_server.clock import ManualClock
-from tests.harness import Harness
+from keyturn_server.observability.logs import JsonFormatter
+from tests.harness import SECRETS, Harness
+
+
+@pytest.fixture(autouse=True)
+def logs_hold_no_secrets() -> Iterator[io.StringIO]:
+    """Every test runs with every Keyturn log line captured at DEBUG; none may contain a
+    secret the test was handed (tokens, key material, the master key)."""
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("keyturn")
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield buffer
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    text = buffer.getvalue()
+    leaked = [s[:12] + "..." for s in SECRETS if s and s in text]
+    assert not leaked, f"secrets appeared in the logs: {leaked}"
 
 
 @pytest.fixture

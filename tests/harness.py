@@ -25,6 +25,26 @@ from keyturn_server.settings import Settings
 
 MASTER_KEY = "6b65797475726e2d746573742d6d61737465722d6b65792d3332627974657321"
 
+#: Every secret a test was handed (tokens, key material): the log guard in conftest
+#: checks that none of them ever reaches a log line.
+SECRETS: set[str] = {MASTER_KEY}
+
+
+def remember_secrets(message: Any) -> None:
+    """Record the secret fields of a response (``token``, ``material``), recursively."""
+    if not hasattr(message, "ListFields"):
+        return
+    for field, value in message.ListFields():
+        if field.name in ("token", "material") and value:
+            SECRETS.add(value.hex() if isinstance(value, bytes) else value)
+        elif field.message_type is not None:
+            if field.is_repeated:
+                items = value.values() if hasattr(value, "values") else value
+                for item in items:
+                    remember_secrets(item)
+            else:
+                remember_secrets(value)
+
 
 class Client:
     """Stubs that send one principal's bearer token."""
@@ -53,9 +73,17 @@ class _Bound:
         def call(request: Any, **kwargs: Any) -> Any:
             kwargs.setdefault("metadata", self._metadata)
             kwargs.setdefault("timeout", 30)
+            if isinstance(method, grpc.aio.UnaryUnaryMultiCallable):
+                return _remembering(method(request, **kwargs))
             return method(request, **kwargs)
 
         return call
+
+
+async def _remembering(call: Any) -> Any:
+    response = await call
+    remember_secrets(response)
+    return response
 
 
 class Harness:
@@ -80,6 +108,7 @@ class Harness:
         self.app = App(self.settings, self.clock)
         await self.app.start()
         self.admin_token = (self.data_dir / "admin.token").read_text().strip()
+        SECRETS.add(self.admin_token)
         self.admin = self.client(self.admin_token)
         return self
 

@@ -16,7 +16,7 @@ from keyturn_server.api.convert import (
     audit_message,
     dur,
     from_ts,
-    required_enum,
+    optional_enum,
     ts,
 )
 from keyturn_server.clock import Clock
@@ -148,7 +148,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def CreateAccessToken(
         self, request: admin_pb2.CreateAccessTokenRequest, context: Context
     ) -> admin_pb2.CreateAccessTokenResponse:
-        role = required_enum(ROLE_FROM, request.role, "role")
+        role = optional_enum(ROLE_FROM, request.role, "role")
         ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
         token, secret = await self._tokens.create(
             auth.current(), request.name, role, ttl, request.user_id

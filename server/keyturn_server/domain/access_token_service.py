@@ -86,10 +86,18 @@ class AccessTokenService:
     # --- management ----------------------------------------------------------------------
 
     async def create(
-        self, principal: Principal, name: str, role: Role, ttl: timedelta | None, user_id: str
+        self,
+        principal: Principal,
+        name: str,
+        role: Role | None,
+        ttl: timedelta | None,
+        user_id: str,
     ) -> tuple[AccessToken, str]:
         principal.require(Permission.TOKEN_MANAGE)
         limits.raise_if(limits.common(user_id))
+        if role is None:
+            raise InvalidArgument("required: ADMIN, OPERATOR, SERVICE or AUDITOR", field="role")
+        granted: Role = role
         if not NAME.match(name):
             raise InvalidArgument(
                 "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
@@ -109,7 +117,7 @@ class AccessTokenService:
             now = self._clock.now()
             token = AccessToken(
                 name,
-                role,
+                granted,
                 self._keyring.digest(secret),
                 now,
                 principal.name,
@@ -123,7 +131,7 @@ class AccessTokenService:
                 name,
                 user_id,
                 "",
-                {"role": role.value, "digest": token.digest.hex()[:16]},
+                {"role": granted.value, "digest": token.digest.hex()[:16]},
             )
             return token
 
