@@ -157,7 +157,7 @@ class App:
         watch = WatchService(
             store, hub, self.clock, handles, settings.heartbeat_interval, settings.watch_queue_size
         )
-        health_service = HealthService(store, scheduler, stats, self.clock.now())
+        health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
         self.services = Services(
             keys, handles, tokens, config, scheduler, hub, stats, health_service
         )
@@ -269,7 +269,7 @@ class App:
     async def _update_health(self) -> None:
         if self.services is None or self._health_servicer is None:
             return
-        verdicts = self.services.health.serving()
+        verdicts = self.services.health.serving(self.clock.now())
         for part, name in (
             ("", ""),
             ("keys", SERVICE_NAMES["keys"]),

@@ -8,6 +8,7 @@ health service is driven from the same verdicts.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,13 +57,13 @@ class HealthService:
         scheduler: Scheduler,
         stats: Statistics,
         started: datetime,
-        is_leader: bool = True,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._stats = stats
         self._started = started
-        self.is_leader = is_leader
+        self._is_leader = is_leader
 
     async def check(
         self, principal: Principal | None, component: str, now: datetime
@@ -111,35 +112,30 @@ class HealthService:
 
     def _scheduler_component(self, now: datetime) -> Component:
         s = self._scheduler
+        leader = self._is_leader()
+        lag, earliest = s.observe(now) if leader else (timedelta(0), s.next_deadline)
         part = Component(
             "scheduler",
             figures={
                 "running": s.running,
-                "lag": s.lag,
-                "overdue": s.overdue,
-                "next_deadline": s.next_deadline,
-                "leader": self.is_leader,
+                "lag": lag,
+                "overdue": s.overdue if lag else 0,
+                "next_deadline": earliest,
+                "leader": leader,
             },
         )
-        if self.is_leader and not s.running:
+        if leader and not s.running:
             part.down("the scheduler is not running")
-        elif s.lag > MAX_LAG:
-            part.down(f"the scheduler is {s.lag} behind its oldest deadline")
+        elif lag > MAX_LAG:
+            part.down(f"the scheduler is {lag} behind its oldest deadline")
         return part
 
-    def serving(self) -> dict[str, Serving]:
+    def serving(self, now: datetime) -> dict[str, Serving]:
         """Cheap verdicts for the standard health service: no counting."""
-        store = self._store_component()
-        scheduler = self._scheduler_component(self._started)
-        core = store.status
-        return {
-            "": Serving.NOT_SERVING
-            if Serving.NOT_SERVING in (core, scheduler.status)
-            else Serving.SERVING,
-            "keys": core,
-            "handles": core,
-            "admin": core,
-        }
+        core = self._store_component().status
+        scheduler = self._scheduler_component(now).status
+        overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler) else core
+        return {"": overall, "keys": core, "handles": core, "admin": core}
 
     def _keys(self, reader: SqlRepository, now: datetime, store: Component) -> Component:
         counts: dict[str, int] = {}

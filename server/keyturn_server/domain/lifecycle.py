@@ -127,6 +127,14 @@ class Scheduler:
         enforce = self._config.current.policies.enforce_rotation
         return [k for k in KINDS if enforce or k not in _NEEDS_ENFORCEMENT]
 
+    def observe(self, now: datetime) -> tuple[timedelta, datetime | None]:
+        """(lag, earliest deadline) read live from the store: a stuck scheduler shows
+        its lag growing even though it is not running passes."""
+        earliest = self._next_deadline()
+        if earliest is None or earliest > now:
+            return timedelta(0), earliest
+        return now - earliest, earliest
+
     def _next_deadline(self) -> datetime | None:
         reader = self._store.read()
         times = [d.time for d in reader.next_deadlines(self._kinds())]

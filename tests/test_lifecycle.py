@@ -1,0 +1,250 @@
+"""The scheduler, driven by a moved clock: every transition and its event, exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+import sqlite_utils
+
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
+from keyturn_server.clock import ManualClock
+from tests.harness import Harness, fails
+
+E = events_pb2
+DAY = timedelta(days=1)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Harness]:
+    """A server that keeps its event log for a year, so the tests can read it whole."""
+    harness = Harness(tmp_path / "data", clock, event_retention=timedelta(days=400))
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+def log(server: Harness) -> list[dict[str, object]]:
+    """The event log as stored: (kind, subject id, key version) in sequence order."""
+    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
+    try:
+        return list(
+            db.query(
+                "SELECT sequence, kind, subject_id, key_version, reason FROM events ORDER BY sequence"
+            )
+        )
+    finally:
+        db.close()
+
+
+def kinds_for(server: Harness, subject_id: str) -> list[str]:
+    return [str(e["kind"]) for e in log(server) if e["subject_id"] == subject_id]
+
+
+async def set_policy(server: Harness, **policy: object) -> None:
+    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
+    await server.admin.admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(security_policies=admin_pb2.SecurityPolicies(**policy)),
+            update_mask={"paths": [f"security_policies.{name}" for name in policy]},
+            etag=config.etag,
+        )
+    )
+
+
+async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harness) -> None:
+    key = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    ).key  # rotate 30 d, warn 7 d, lifetime 90 d
+    old = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"a"))
+
+    await server.advance(23 * DAY - timedelta(seconds=1))
+    assert kinds_for(server, key.id) == ["CREATED"]
+    await server.advance(timedelta(seconds=1))
+    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING"]
+    await server.advance(7 * DAY)
+    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING", "ROTATED"]
+    rotated = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+    assert rotated.primary_version == 2
+
+    for _ in range(60):  # a day at a time: v2 rotates at 60 d, v3 and v1's expiry at 90 d
+        await server.advance(DAY)
+    kinds = kinds_for(server, key.id)
+    assert kinds.count("EXPIRING") == 3 and kinds.count("ROTATED") == 3
+    assert kinds.count("EXPIRED") == 1
+    version_one = next(e for e in log(server) if e["kind"] == "EXPIRED")
+    assert version_one["key_version"] == 1
+    gone = await fails(
+        server.admin.keys.Decrypt(keys_pb2.DecryptRequest(key_id=key.id, ciphertext=old.ciphertext))
+    )
+    assert gone.code == grpc.StatusCode.FAILED_PRECONDITION and gone.reason == "VERSION_EXPIRED"
+    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
+    assert db["key_versions"].get((key.id, 1))["material"] is None  # destroyed, not just hidden
+    db.close()
+
+
+async def test_without_enforced_rotation_a_key_warns_twice_then_expires(server: Harness) -> None:
+    await set_policy(server, enforce_rotation=False)
+    key = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    ).key  # rotate 24 h, warn 2 h, lifetime 7 d
+    for _ in range(7 * 24):
+        await server.advance(timedelta(hours=1))
+    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING", "EXPIRING", "EXPIRED", "EXPIRED"]
+    expired = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+    assert expired.status == resources_pb2.KEY_STATUS_EXPIRED
+    refused = await fails(
+        server.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(key_id=key.id, data=b"x"))
+    )
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_deadline_missed_while_down_is_handled_once_at_start(server: Harness) -> None:
+    key = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))
+    ).key  # rotate 7 d
+    handle = (
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    ).handle  # lifetime 30 min
+    await server.stop()
+    server.clock.advance(8 * DAY)
+    await server.start()
+    await server.settle()
+    await server.restart()
+    await server.settle()
+    # A warning whose deadline already passed is not sent after the fact.
+    assert kinds_for(server, key.id) == ["CREATED", "ROTATED"]
+    assert kinds_for(server, handle.id) == ["CREATED", "EXPIRED"]
+    assert (
+        await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+    ).primary_version == 2
+
+
+async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(
+    server: Harness,
+) -> None:
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )  # rotate 5 min, warn 1 min (grace 1 min), lifetime 30 min
+    await server.advance(timedelta(minutes=4))
+    await server.advance(timedelta(minutes=1))
+    assert kinds_for(server, issued.handle.id) == ["CREATED", "EXPIRING", "ROTATED"]
+    in_grace = await server.admin.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(token=issued.token)
+    )
+    assert in_grace.validation.valid and in_grace.validation.rotated
+    picked = await server.admin.handles.RotateHandle(
+        handles_pb2.RotateHandleRequest(token=issued.token)
+    )
+    assert picked.handle.generation == 2
+    assert (
+        await server.admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=picked.token)
+        )
+    ).validation.valid
+
+    await server.advance(timedelta(minutes=1))
+    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
+    sealed = list(db.query("SELECT COUNT(*) AS n FROM events WHERE sealed_token IS NOT NULL"))
+    pending = list(
+        db.query("SELECT COUNT(*) AS n FROM handle_secrets WHERE sealed_token IS NOT NULL")
+    )
+    db.close()
+    assert sealed[0]["n"] == 0 and pending[0]["n"] == 0  # the pickup window is over
+
+
+async def test_handles_expire_and_exhaust_with_one_event_each(server: Harness) -> None:
+    short = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="api")
+    )  # lifetime 1 h
+    used = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )  # max usage 50
+    for _ in range(50):
+        await server.admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=used.token)
+        )
+    assert kinds_for(server, used.handle.id).count("EXHAUSTED") == 1
+    await server.advance(timedelta(hours=1))
+    await server.advance(timedelta(hours=1))
+    assert kinds_for(server, short.handle.id).count("EXPIRED") == 1
+    assert kinds_for(server, used.handle.id).count("EXPIRED") == 1  # exhausted, then expired
+
+
+async def test_key_destruction_completes_after_the_waiting_period(server: Harness) -> None:
+    await server.restart(destroy_delay=timedelta(hours=1))
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="signing"))).key
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
+    await server.advance(timedelta(hours=1))
+    assert kinds_for(server, key.id) == ["CREATED", "REMOVED", "DESTROYED"]
+    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
+    assert db["key_versions"].get((key.id, 1))["material"] is None
+    db.close()
+
+
+async def test_events_past_retention_are_pruned(server: Harness) -> None:
+    await server.restart(event_retention=timedelta(hours=1))
+    await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    assert log(server)
+    await server.advance(timedelta(hours=1, seconds=1))
+    assert not log(server)
+
+
+async def test_scheduler_lag_shows_in_health_when_it_stops(server: Harness) -> None:
+    await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    server.clock.advance(timedelta(minutes=40))
+    health = (
+        await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    ).health
+    [scheduler] = health.components
+    assert scheduler.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+    assert scheduler.scheduler.lag.ToTimedelta() >= timedelta(minutes=30)
+    assert health.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+
+
+def test_every_scheduler_query_uses_an_index(tmp_path: object) -> None:
+    """The scheduler finds due work through indexes, so its cost does not grow with
+    the number of records: no query plan may scan a table."""
+    import sqlite3
+    from pathlib import Path
+
+    from keyturn_server.store.schema import migrations
+    from keyturn_server.store.sql import SqlRepository
+
+    assert isinstance(tmp_path, Path)
+    conn = sqlite3.connect(tmp_path / "plan.db")
+    for _, sql in migrations("sqlite"):
+        conn.executescript(sql)
+    conn.execute("ANALYZE")
+    queries = list(SqlRepository._DEADLINES.values()) + list(SqlRepository._DUE.values())
+    for sql in queries:
+        params = () if "?" not in sql else (0, 100)
+        steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+        assert steps, sql
+        for step in steps:
+            assert "INDEX" in step, (sql, steps)  # SEARCH/SCAN ... USING [COVERING] INDEX
+    conn.close()
+
+
+async def test_watch_sees_scheduled_transitions(server: Harness) -> None:
+    stream = server.admin.handles.WatchExpiring(E.WatchExpiringRequest(), timeout=30)
+    first = await stream.read()
+    assert first.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )
+    await server.advance(timedelta(minutes=4))
+    kinds = []
+    while len(kinds) < 2:
+        event = await stream.read()
+        kinds.append(E.EventKind.Name(event.kind))
+        assert event.handle.id == issued.handle.id
+    assert kinds == ["EVENT_KIND_CREATED", "EVENT_KIND_EXPIRING"]
+    stream.cancel()

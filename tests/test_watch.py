@@ -1,0 +1,289 @@
+"""WatchExpiring: snapshot, resume exactly once and in order, filters, tokens only for
+their owner, heartbeats, and slow subscribers that cannot hold anyone back."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
+from keyturn_server.clock import ManualClock
+from tests.harness import Client, Harness, fails
+
+E = events_pb2
+LIVE = (E.EVENT_KIND_HEARTBEAT, E.EVENT_KIND_SNAPSHOT_COMPLETE)
+
+
+@pytest.fixture
+async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Harness]:
+    harness = Harness(
+        tmp_path / "data",
+        clock,
+        heartbeat_interval=timedelta(seconds=0.2),
+        event_retention=timedelta(days=30),
+    )
+    await harness.start()
+    try:
+        yield harness
+    finally:
+        await harness.stop()
+
+
+async def collect(stream: Any, count: int, timeout: float = 10) -> list[E.ExpiryEvent]:
+    """The next ``count`` stored events of a stream (heartbeats and markers skipped)."""
+    found: list[E.ExpiryEvent] = []
+
+    async def read() -> None:
+        while len(found) < count:
+            event = await stream.read()
+            assert event is not grpc.aio.EOF
+            if event.kind not in LIVE:
+                found.append(event)
+
+    await asyncio.wait_for(read(), timeout)
+    return found
+
+
+async def make_events(client: Client, n: int) -> list[str]:
+    ids = []
+    for _ in range(n):
+        response = await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        ids.append(response.key.id)
+    return ids
+
+
+async def test_a_new_watch_sends_the_warning_window_then_a_marker_then_live(
+    server: Harness,
+) -> None:
+    inside = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    ).key  # warns 22 h after creation
+    await server.advance(timedelta(hours=22))
+    outside = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(), timeout=30)
+    snapshot = await stream.read()
+    assert snapshot.snapshot and snapshot.kind == E.EVENT_KIND_EXPIRING
+    assert snapshot.key.id == inside.id and snapshot.sequence == 0
+    assert snapshot.deadline == inside.next_rotation_time
+    marker = await stream.read()
+    assert marker.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE and marker.latest_sequence > 0
+    await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=outside.id))
+    [live] = await collect(stream, 1)
+    assert live.kind == E.EVENT_KIND_ROTATED and live.key.id == outside.id
+    assert live.sequence == marker.latest_sequence + 1
+    stream.cancel()
+
+
+async def test_resume_delivers_every_event_exactly_once_in_order(server: Harness) -> None:
+    await make_events(server.admin, 30)
+    rng = random.Random(7)
+    for _ in range(5):
+        point = rng.randrange(0, 30)
+        stream = server.admin.keys.WatchExpiring(
+            E.WatchExpiringRequest(resume_after=point), timeout=30
+        )
+        events = await collect(stream, 30 - point)
+        assert [e.sequence for e in events] == list(range(point + 1, 31))
+        stream.cancel()
+
+
+async def test_disconnecting_at_random_points_and_resuming_loses_and_repeats_nothing(
+    server: Harness,
+) -> None:
+    producer = asyncio.create_task(make_events(server.admin, 60))
+    seen: list[int] = []
+    last = 0
+    rng = random.Random(11)
+    while len(seen) < 60:
+        stream = server.admin.keys.WatchExpiring(
+            E.WatchExpiringRequest(resume_after=last), timeout=30
+        )
+        take = rng.randint(1, 9)
+        try:
+            for event in await collect(stream, min(take, 60 - len(seen))):
+                seen.append(event.sequence)
+                last = event.sequence
+        finally:
+            stream.cancel()
+    await producer
+    assert seen == list(range(1, 61))
+
+
+async def test_a_resume_point_older_than_retention_is_out_of_range(server: Harness) -> None:
+    await server.restart(event_retention=timedelta(hours=1))
+    await make_events(server.admin, 3)
+    await server.advance(timedelta(hours=2))
+    await make_events(server.admin, 1)
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=1))
+    failed = await fails(collect(stream, 1))
+    assert failed.code == grpc.StatusCode.OUT_OF_RANGE
+    assert failed.reason == "RESUME_POINT_EXPIRED"
+    fresh = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=3))
+    [event] = await collect(fresh, 1)
+    assert event.sequence == 4
+    fresh.cancel()
+
+
+async def test_a_resume_point_ahead_of_the_log_is_out_of_range(server: Harness) -> None:
+    await make_events(server.admin, 2)
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=99))
+    failed = await fails(collect(stream, 1))
+    assert failed.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+@pytest.mark.parametrize(
+    ("request_filter", "expected"),
+    [
+        ({"types": ["encryption"]}, {"enc created", "enc rotated"}),
+        ({"kinds": [E.EVENT_KIND_ROTATED]}, {"enc rotated"}),
+        ({"ids": ["<sig>"]}, {"sig created"}),
+        ({"owner": "alice"}, {"alice created"}),
+    ],
+    ids=["types", "kinds", "ids", "owner"],
+)
+async def test_filters(server: Harness, request_filter: dict[str, Any], expected: set[str]) -> None:
+    alice = await server.client_for("service", "alice")
+    enc = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    sig = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="signing"))).key
+    mine = (await alice.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=enc.id))
+    names = {enc.id: "enc", sig.id: "sig", mine.id: "alice"}
+    wanted = {k: ([sig.id] if v == ["<sig>"] else v) for k, v in request_filter.items()}
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0, **wanted))
+    found = set()
+    try:
+        while True:
+            event = await asyncio.wait_for(stream.read(), 5)
+            if event.kind == E.EVENT_KIND_HEARTBEAT:
+                break
+            kind = E.EventKind.Name(event.kind).removeprefix("EVENT_KIND_").lower()
+            found.add(f"{names[event.key.id]} {kind}")
+    finally:
+        stream.cancel()
+    assert found == expected
+
+
+async def test_services_watch_only_their_own(server: Harness) -> None:
+    alice, bob = (
+        await server.client_for("service", "alice"),
+        await server.client_for("service", "bob"),
+    )
+    await alice.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    stream = bob.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0, owner="alice"))
+    first = await asyncio.wait_for(stream.read(), 5)
+    assert first.kind == E.EVENT_KIND_HEARTBEAT  # nothing of alice's
+    stream.cancel()
+
+
+async def test_rotated_secrets_reach_only_their_owners_stream(server: Harness) -> None:
+    alice = await server.client_for("service", "alice")
+    operator = await server.client_for("operator", "ops")
+    issued = await alice.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    request = E.WatchExpiringRequest(deliver_tokens=True, kinds=[E.EVENT_KIND_ROTATED])
+    streams = {
+        "owner": alice.handles.WatchExpiring(request),
+        "owner-without-asking": alice.handles.WatchExpiring(
+            E.WatchExpiringRequest(kinds=[E.EVENT_KIND_ROTATED])
+        ),
+        "operator": operator.handles.WatchExpiring(request),
+        "admin": server.admin.handles.WatchExpiring(request),
+    }
+    for stream in streams.values():
+        marker = await stream.read()
+        assert marker.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    await server.advance(timedelta(minutes=5))
+    received = {name: (await collect(s, 1))[0] for name, s in streams.items()}
+    assert all(e.handle.id == issued.handle.id for e in received.values())
+    token = received["owner"].token
+    assert token.startswith("kt_device_") and token != issued.token
+    assert {n: e.token for n, e in received.items() if n != "owner"} == {
+        "owner-without-asking": "",
+        "operator": "",
+        "admin": "",
+    }
+    check = await alice.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=token))
+    assert check.validation.valid and not check.validation.rotated
+    for stream in streams.values():
+        stream.cancel()
+
+
+async def test_key_watches_cannot_ask_for_tokens(server: Harness) -> None:
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(deliver_tokens=True))
+    failed = await fails(collect(stream, 1))
+    assert failed.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deliver_tokens" in failed.violations
+
+
+async def test_heartbeats_carry_the_latest_sequence(server: Harness) -> None:
+    await make_events(server.admin, 3)
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest())
+    marker = await stream.read()
+    beat = await asyncio.wait_for(stream.read(), 5)
+    assert beat.kind == E.EVENT_KIND_HEARTBEAT and beat.latest_sequence == 3
+    assert marker.latest_sequence == 3
+    stream.cancel()
+
+
+async def test_a_slow_subscriber_is_closed_with_a_resume_point_and_others_are_not_held(
+    server: Harness,
+) -> None:
+    await server.restart(watch_queue_size=8)
+    # A client that reads nothing: a tiny flow-control window makes the server's writes
+    # block almost at once, so its queue fills.
+    slow_channel = grpc.aio.insecure_channel(
+        server.address, options=[("grpc.http2.lookahead_bytes", 1024), ("grpc.http2.bdp_probe", 0)]
+    )
+    slow = Client(slow_channel, server.admin_token).keys.WatchExpiring(
+        E.WatchExpiringRequest(resume_after=0), timeout=60
+    )
+    fast = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0), timeout=60)
+    await asyncio.sleep(0.2)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await make_events(server.admin, 80)
+    events = await collect(fast, 80)
+    assert [e.sequence for e in events] == list(range(1, 81))
+    assert loop.time() - started < 20
+
+    received: list[int] = []
+    failed = await fails(_drain(slow, received))
+    assert failed.code == grpc.StatusCode.ABORTED
+    assert failed.reason == "WATCH_OVERFLOW"
+    resume_after = int(failed.metadata["resume_after"])
+    assert received == list(range(1, resume_after + 1))
+    again = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=resume_after))
+    rest = await collect(again, 80 - resume_after)
+    assert received + [e.sequence for e in rest] == list(range(1, 81))
+    fast.cancel()
+    again.cancel()
+    await slow_channel.close()
+
+
+async def _drain(stream: Any, into: list[int]) -> None:
+    while True:
+        event = await stream.read()
+        if event is grpc.aio.EOF:
+            return
+        if event.kind not in LIVE:
+            into.append(event.sequence)
+
+
+async def test_a_burst_of_subscribers_is_accepted(server: Harness) -> None:
+    streams = [server.admin.keys.WatchExpiring(E.WatchExpiringRequest()) for _ in range(300)]
+    markers = await asyncio.gather(*[s.read() for s in streams])
+    assert all(m.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE for m in markers)
+    assert server.app is not None and server.app.services is not None
+    assert len(server.app.services.hub) == 300
+    await make_events(server.admin, 1)
+    received = await asyncio.gather(*[collect(s, 1) for s in streams])
+    assert {r[0].sequence for r in received} == {1}
+    for stream in streams:
+        stream.cancel()
