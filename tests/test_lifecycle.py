@@ -35,7 +35,8 @@ def log(server: Harness) -> list[dict[str, object]]:
     try:
         return list(
             db.query(
-                "SELECT sequence, kind, subject_id, key_version, reason FROM events ORDER BY sequence"
+                "SELECT sequence, kind, subject_id, key_version, reason FROM events "
+                "ORDER BY sequence"
             )
         )
     finally:

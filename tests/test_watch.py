@@ -36,7 +36,7 @@ async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Harness]:
         await harness.stop()
 
 
-async def collect(stream: Any, count: int, timeout: float = 10) -> list[E.ExpiryEvent]:
+async def collect(stream: Any, count: int, within: float = 10) -> list[E.ExpiryEvent]:
     """The next ``count`` stored events of a stream (heartbeats and markers skipped)."""
     found: list[E.ExpiryEvent] = []
 
@@ -47,7 +47,7 @@ async def collect(stream: Any, count: int, timeout: float = 10) -> list[E.Expiry
             if event.kind not in LIVE:
                 found.append(event)
 
-    await asyncio.wait_for(read(), timeout)
+    await asyncio.wait_for(read(), within)
     return found
 
 
