@@ -31,8 +31,15 @@ step "services the tests need"
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-step "pytest"
+step "pytest (SQLite, the embedded default)"
 pytest -q
+
+if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
+  step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
+  KEYTURN_TEST_BACKEND=postgres pytest -q tests/test_keys.py tests/test_handles.py \
+    tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
+    tests/test_replicas.py
+fi
 
 step "clients, examples and grpcurl against a live server"
 scripts/test-clients.sh

@@ -9,7 +9,17 @@ import pytest
 
 from keyturn_server.clock import ManualClock
 from keyturn_server.observability.logs import JsonFormatter
-from tests.harness import SECRETS, Harness
+from tests.harness import BACKEND, SECRETS, Harness
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under KEYTURN_TEST_BACKEND=postgres, tests that read the SQLite file are skipped, and
+    PostgreSQL-only tests run only there (and need KEYTURN_TEST_POSTGRES_URL)."""
+    for item in items:
+        if BACKEND == "postgres" and item.get_closest_marker("sqlite_only"):
+            item.add_marker(pytest.mark.skip(reason="reads the SQLite file"))
+        if BACKEND != "postgres" and item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.skip(reason="run with KEYTURN_TEST_BACKEND=postgres"))
 
 
 @pytest.fixture(autouse=True)

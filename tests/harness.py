@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -86,10 +88,27 @@ async def _remembering(call: Any) -> Any:
     return response
 
 
+#: "sqlite" (default) or "postgres": the same tests run against either store.
+BACKEND = os.environ.get("KEYTURN_TEST_BACKEND", "sqlite")
+
+
+def fresh_postgres_database() -> str:
+    """A new, empty database in the test PostgreSQL cluster; its URL."""
+    import psycopg
+
+    base = os.environ["KEYTURN_TEST_POSTGRES_URL"]
+    name = "kt_" + secrets.token_hex(6)
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
 class Harness:
     def __init__(self, data_dir: Path, clock: ManualClock, **overrides: Any) -> None:
         self.data_dir = data_dir
         self.clock = clock
+        if BACKEND == "postgres" and "store" not in overrides:
+            overrides["store"] = fresh_postgres_database()
         self.settings = Settings(
             listen=("127.0.0.1:0",),
             data_dir=data_dir,
@@ -134,6 +153,12 @@ class Harness:
             )
         )
         return self.client(created.token)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Read the store directly, whatever the backend (tests inspect what is stored)."""
+        assert self.app is not None
+        rows = await self.app.store.report(lambda repo: repo._all(sql, params))
+        return [dict(row) for row in rows]
 
     async def settle(self) -> None:
         """Let the scheduler act on everything due at the clock's current time."""

@@ -11,7 +11,7 @@ import pytest
 import sqlite_utils
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
-from tests.harness import Harness, fails
+from tests.harness import BACKEND, Harness, fails
 
 A = admin_pb2
 
@@ -336,6 +336,7 @@ async def test_the_audit_chain_verifies(server: Harness) -> None:
     assert len(result.head_hash) == 32
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("tamper", ["edit a reason", "delete a middle row", "delete the last row"])
 async def test_tampering_with_the_audit_log_is_detected(server: Harness, tamper: str) -> None:
     await _activity(server)
@@ -372,7 +373,8 @@ async def test_health_reports_each_component_with_figures(server: Harness) -> No
     assert set(parts) == {"store", "scheduler", "keys", "handles"}
     assert parts["keys"].keys.expiring == 1 and parts["keys"].keys.rotation_queue == 1
     assert parts["handles"].handles.expired == 1
-    assert parts["store"].store.writable and parts["store"].store.backend == "sqlite"
+    backend = {"sqlite": "sqlite", "postgres": "postgresql"}[BACKEND]
+    assert parts["store"].store.writable and parts["store"].store.backend == backend
     assert parts["scheduler"].scheduler.running
     assert parts["scheduler"].scheduler.next_deadline.ToDatetime() > server.clock.now().replace(
         tzinfo=None

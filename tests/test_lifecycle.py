@@ -8,7 +8,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import sqlite_utils
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
@@ -29,22 +28,22 @@ async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Harness]:
         await harness.stop()
 
 
-def log(server: Harness) -> list[dict[str, object]]:
+async def log(server: Harness) -> list[dict[str, object]]:
     """The event log as stored: (kind, subject id, key version) in sequence order."""
-    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
-    try:
-        return list(
-            db.query(
-                "SELECT sequence, kind, subject_id, key_version, reason FROM events "
-                "ORDER BY sequence"
-            )
-        )
-    finally:
-        db.close()
+    return await server.query(
+        "SELECT sequence, kind, subject_id, key_version, reason FROM events ORDER BY sequence"
+    )
 
 
-def kinds_for(server: Harness, subject_id: str) -> list[str]:
-    return [str(e["kind"]) for e in log(server) if e["subject_id"] == subject_id]
+async def kinds_for(server: Harness, subject_id: str) -> list[str]:
+    return [str(e["kind"]) for e in await log(server) if e["subject_id"] == subject_id]
+
+
+async def material(server: Harness, key_id: str, version: int) -> object:
+    rows = await server.query(
+        "SELECT material FROM key_versions WHERE key_id = ? AND version = ?", (key_id, version)
+    )
+    return rows[0]["material"]
 
 
 async def set_policy(server: Harness, **policy: object) -> None:
@@ -65,28 +64,26 @@ async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harn
     old = await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"a"))
 
     await server.advance(23 * DAY - timedelta(seconds=1))
-    assert kinds_for(server, key.id) == ["CREATED"]
+    assert await kinds_for(server, key.id) == ["CREATED"]
     await server.advance(timedelta(seconds=1))
-    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING"]
+    assert await kinds_for(server, key.id) == ["CREATED", "EXPIRING"]
     await server.advance(7 * DAY)
-    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING", "ROTATED"]
+    assert await kinds_for(server, key.id) == ["CREATED", "EXPIRING", "ROTATED"]
     rotated = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
     assert rotated.primary_version == 2
 
     for _ in range(60):  # a day at a time: v2 rotates at 60 d, v3 and v1's expiry at 90 d
         await server.advance(DAY)
-    kinds = kinds_for(server, key.id)
+    kinds = await kinds_for(server, key.id)
     assert kinds.count("EXPIRING") == 3 and kinds.count("ROTATED") == 3
     assert kinds.count("EXPIRED") == 1
-    version_one = next(e for e in log(server) if e["kind"] == "EXPIRED")
+    version_one = next(e for e in await log(server) if e["kind"] == "EXPIRED")
     assert version_one["key_version"] == 1
     gone = await fails(
         server.admin.keys.Decrypt(keys_pb2.DecryptRequest(key_id=key.id, ciphertext=old.ciphertext))
     )
     assert gone.code == grpc.StatusCode.FAILED_PRECONDITION and gone.reason == "VERSION_EXPIRED"
-    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
-    assert db["key_versions"].get((key.id, 1))["material"] is None  # destroyed, not just hidden
-    db.close()
+    assert await material(server, key.id, 1) is None  # destroyed, not just hidden
 
 
 async def test_without_enforced_rotation_a_key_warns_twice_then_expires(server: Harness) -> None:
@@ -96,7 +93,13 @@ async def test_without_enforced_rotation_a_key_warns_twice_then_expires(server: 
     ).key  # rotate 24 h, warn 2 h, lifetime 7 d
     for _ in range(7 * 24):
         await server.advance(timedelta(hours=1))
-    assert kinds_for(server, key.id) == ["CREATED", "EXPIRING", "EXPIRING", "EXPIRED", "EXPIRED"]
+    assert await kinds_for(server, key.id) == [
+        "CREATED",
+        "EXPIRING",
+        "EXPIRING",
+        "EXPIRED",
+        "EXPIRED",
+    ]
     expired = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
     assert expired.status == resources_pb2.KEY_STATUS_EXPIRED
     refused = await fails(
@@ -119,8 +122,8 @@ async def test_a_deadline_missed_while_down_is_handled_once_at_start(server: Har
     await server.restart()
     await server.settle()
     # A warning whose deadline already passed is not sent after the fact.
-    assert kinds_for(server, key.id) == ["CREATED", "ROTATED"]
-    assert kinds_for(server, handle.id) == ["CREATED", "EXPIRED"]
+    assert await kinds_for(server, key.id) == ["CREATED", "ROTATED"]
+    assert await kinds_for(server, handle.id) == ["CREATED", "EXPIRED"]
     assert (
         await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
     ).primary_version == 2
@@ -134,7 +137,7 @@ async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(
     )  # rotate 5 min, warn 1 min (grace 1 min), lifetime 30 min
     await server.advance(timedelta(minutes=4))
     await server.advance(timedelta(minutes=1))
-    assert kinds_for(server, issued.handle.id) == ["CREATED", "EXPIRING", "ROTATED"]
+    assert await kinds_for(server, issued.handle.id) == ["CREATED", "EXPIRING", "ROTATED"]
     in_grace = await server.admin.handles.ValidateHandle(
         handles_pb2.ValidateHandleRequest(token=issued.token)
     )
@@ -150,12 +153,10 @@ async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(
     ).validation.valid
 
     await server.advance(timedelta(minutes=1))
-    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
-    sealed = list(db.query("SELECT COUNT(*) AS n FROM events WHERE sealed_token IS NOT NULL"))
-    pending = list(
-        db.query("SELECT COUNT(*) AS n FROM handle_secrets WHERE sealed_token IS NOT NULL")
+    sealed = await server.query("SELECT COUNT(*) AS n FROM events WHERE sealed_token IS NOT NULL")
+    pending = await server.query(
+        "SELECT COUNT(*) AS n FROM handle_secrets WHERE sealed_token IS NOT NULL"
     )
-    db.close()
     assert sealed[0]["n"] == 0 and pending[0]["n"] == 0  # the pickup window is over
 
 
@@ -170,11 +171,13 @@ async def test_handles_expire_and_exhaust_with_one_event_each(server: Harness) -
         await server.admin.handles.ValidateHandle(
             handles_pb2.ValidateHandleRequest(token=used.token)
         )
-    assert kinds_for(server, used.handle.id).count("EXHAUSTED") == 1
+    assert (await kinds_for(server, used.handle.id)).count("EXHAUSTED") == 1
     await server.advance(timedelta(hours=1))
     await server.advance(timedelta(hours=1))
-    assert kinds_for(server, short.handle.id).count("EXPIRED") == 1
-    assert kinds_for(server, used.handle.id).count("EXPIRED") == 1  # exhausted, then expired
+    assert (await kinds_for(server, short.handle.id)).count("EXPIRED") == 1
+    assert (await kinds_for(server, used.handle.id)).count(
+        "EXPIRED"
+    ) == 1  # exhausted, then expired
 
 
 async def test_key_destruction_completes_after_the_waiting_period(server: Harness) -> None:
@@ -182,18 +185,16 @@ async def test_key_destruction_completes_after_the_waiting_period(server: Harnes
     key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="signing"))).key
     await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
     await server.advance(timedelta(hours=1))
-    assert kinds_for(server, key.id) == ["CREATED", "REMOVED", "DESTROYED"]
-    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
-    assert db["key_versions"].get((key.id, 1))["material"] is None
-    db.close()
+    assert await kinds_for(server, key.id) == ["CREATED", "REMOVED", "DESTROYED"]
+    assert await material(server, key.id, 1) is None
 
 
 async def test_events_past_retention_are_pruned(server: Harness) -> None:
     await server.restart(event_retention=timedelta(hours=1))
     await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
-    assert log(server)
+    assert await log(server)
     await server.advance(timedelta(hours=1, seconds=1))
-    assert not log(server)
+    assert not await log(server)
 
 
 async def test_scheduler_lag_shows_in_health_when_it_stops(server: Harness) -> None:
@@ -210,6 +211,7 @@ async def test_scheduler_lag_shows_in_health_when_it_stops(server: Harness) -> N
     assert health.status == admin_pb2.SERVING_STATUS_NOT_SERVING
 
 
+@pytest.mark.sqlite_only
 def test_every_scheduler_query_uses_an_index(tmp_path: object) -> None:
     """The scheduler finds due work through indexes, so its cost does not grow with
     the number of records: no query plan may scan a table."""

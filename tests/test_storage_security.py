@@ -17,6 +17,8 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.crypto.master import MasterKeyError
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 
+pytestmark = pytest.mark.sqlite_only
+
 OTHER_KEY = "00" * 32
 
 

@@ -102,8 +102,7 @@ class Scheduler:
         while True:
             self._wake.clear()
             try:
-                if self._is_leader():
-                    await self.settle()
+                await self.settle()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -117,7 +116,10 @@ class Scheduler:
             await self._clock.sleep_until(deadline, self._wake)
 
     async def settle(self) -> None:
-        """Handle everything due at the clock's current time; return when nothing is."""
+        """Handle everything due at the clock's current time; return when nothing is.
+        A replica that does not lead does nothing."""
+        if not self._is_leader():
+            return
         async with self._lock:
             while await self._pass():
                 pass

@@ -250,8 +250,9 @@ class SqlRepository:
             "WHEN state <> 'ACTIVE' THEN state "
             "WHEN expire_time <= ? THEN 'EXPIRED' "
             "WHEN warn_time IS NOT NULL AND warn_time <= ? THEN 'EXPIRING' "
-            "ELSE 'ACTIVE' END AS status, COUNT(*) AS n, COALESCE(SUM(usage_count), 0) AS usage, "
-            "COALESCE(SUM(primary_version), 0) AS versions "
+            "ELSE 'ACTIVE' END AS status, COUNT(*) AS n, "
+            "CAST(COALESCE(SUM(usage_count), 0) AS BIGINT) AS usage, "
+            "CAST(COALESCE(SUM(primary_version), 0) AS BIGINT) AS versions "
             "FROM keys GROUP BY 1, 2",
             (n, n),
         )
@@ -349,7 +350,8 @@ class SqlRepository:
             "WHEN state = 'EXHAUSTED' THEN 'EXHAUSTED' "
             "WHEN warn_time <= ? THEN 'EXPIRING' "
             "ELSE 'ACTIVE' END AS status, COUNT(*) AS n, "
-            "COALESCE(SUM(usage_count), 0) AS usage, COALESCE(MAX(usage_count), 0) AS top "
+            "CAST(COALESCE(SUM(usage_count), 0) AS BIGINT) AS usage, "
+            "COALESCE(MAX(usage_count), 0) AS top "
             "FROM handles GROUP BY 1, 2",
             (n, n),
         )

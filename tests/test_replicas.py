@@ -1,0 +1,104 @@
+"""Several replicas on one PostgreSQL database (run with KEYTURN_TEST_BACKEND=postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
+from keyturn_server.clock import ManualClock
+from tests.harness import Harness
+
+pytestmark = pytest.mark.postgres
+E = events_pb2
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, clock: ManualClock) -> AsyncIterator[list[Harness]]:
+    first = Harness(tmp_path / "a", clock, heartbeat_interval=timedelta(seconds=0.2))
+    await first.start()
+    second = Harness(
+        tmp_path / "b", clock, store=first.settings.store, heartbeat_interval=timedelta(seconds=0.2)
+    )
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy(tmp_path / "a" / "admin.token", tmp_path / "b" / "admin.token")
+    await second.start()
+    try:
+        yield [first, second]
+    finally:
+        await second.stop()
+        await first.stop()
+
+
+async def test_a_subscriber_on_one_replica_sees_every_event_of_the_other(
+    replicas: list[Harness],
+) -> None:
+    writer, reader = replicas
+    stream = reader.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0), timeout=30)
+    for _ in range(15):
+        await writer.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        await reader.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    sequences: list[int] = []
+    while len(sequences) < 30:
+        event = await asyncio.wait_for(stream.read(), 10)
+        if event.kind == E.EVENT_KIND_CREATED:
+            sequences.append(event.sequence)
+    assert sequences == list(range(1, 31))
+    stream.cancel()
+
+
+async def test_validations_across_replicas_never_exceed_max_usage(
+    replicas: list[Harness],
+) -> None:
+    issued = await replicas[0].admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )  # max usage 50
+    calls = [
+        replicas[i % 2].admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=issued.token)
+        )
+        for i in range(80)
+    ]
+    results = await asyncio.gather(*calls)
+    assert sum(r.validation.valid for r in results) == 50
+    handle = await replicas[1].admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=issued.handle.id)
+    )
+    assert handle.usage_count == 50
+
+
+async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(
+    replicas: list[Harness],
+) -> None:
+    first, second = replicas
+    leaders = [h.app.store.is_leader() for h in replicas]  # type: ignore[union-attr,attr-defined]
+    assert sorted(leaders) == [False, True]
+    issued = await first.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )
+    first.clock.advance(timedelta(minutes=4))
+    await asyncio.gather(first.settle(), second.settle())
+    first.clock.advance(timedelta(minutes=1))
+    await asyncio.gather(first.settle(), second.settle())
+    rotated = await first.query(
+        "SELECT COUNT(*) AS n FROM events WHERE kind = 'ROTATED' AND subject_id = ?",
+        (issued.handle.id,),
+    )
+    assert rotated[0]["n"] == 1
+
+    leader, follower = (first, second) if leaders[0] else (second, first)
+    await leader.stop()
+    assert follower.app is not None
+    assert follower.app.store.is_leader()  # type: ignore[attr-defined]
+    follower.clock.advance(timedelta(minutes=5))
+    await follower.settle()
+    rotated = await follower.query(
+        "SELECT COUNT(*) AS n FROM events WHERE kind = 'ROTATED' AND subject_id = ?",
+        (issued.handle.id,),
+    )
+    assert rotated[0]["n"] == 2
