@@ -31,7 +31,7 @@ from keyturn_server.api.interceptor import KeyturnInterceptor
 from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
-from keyturn_server.bootstrap import unlock
+from keyturn_server.bootstrap import reload_keyring, unlock
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
@@ -59,6 +59,9 @@ SERVICE_NAMES = {
 MAX_MESSAGE = 1024 * 1024
 FLUSH_INTERVAL = 5.0
 HEALTH_INTERVAL = 5.0
+#: How often configuration and keyring changes made elsewhere (another replica, or
+#: `keyturn master-key rotate`) are picked up.
+REFRESH_INTERVAL = 2.0
 
 
 def open_store(settings: Settings) -> Store:
@@ -135,7 +138,12 @@ class App:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
-        keyring = await unlock(store, settings.data_dir, settings.master_key, settings.production)
+        keyring, master = await unlock(
+            store, settings.data_dir, settings.master_key, settings.production
+        )
+        self._keyring, self._master = keyring, master
+        keyring.reloader = lambda: reload_keyring(store, keyring, master)
+        self._retired = False
         stats = Statistics()
         audit = AuditLog(AuditChain(keyring.audit_key), _audit_sink)
         config = ConfigService(store, audit, self.clock)
@@ -221,6 +229,7 @@ class App:
         await self._update_health()
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
+        self._spawn(self._every(REFRESH_INTERVAL, self._refresh))
         if self.metrics is not None and settings.metrics_listen:
             host, port = split_address(settings.metrics_listen)
             self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
@@ -265,6 +274,23 @@ class App:
         assert self.services is not None
         await self.services.keys.flush_usage()
         await self.services.tokens.flush_usage()
+
+    async def _refresh(self) -> None:
+        assert self.services is not None
+        self.services.config.refresh()
+        outcome = reload_keyring(self.store, self._keyring, self._master)
+        if outcome == "reloaded":
+            log.info(
+                "keyring reloaded",
+                extra={"category": "security", "revision": self._keyring.revision},
+            )
+        elif outcome == "retired" and not self._retired:
+            self._retired = True
+            log.warning(
+                "this server's master key was rotated out; it keeps serving with the keyring "
+                "it holds, and must be restarted with the new MASTER_KEY",
+                extra={"category": "security"},
+            )
 
     async def _update_health(self) -> None:
         if self.services is None or self._health_servicer is None:

@@ -87,7 +87,7 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     """'90s', '15m', '24h', '7d' or plain seconds."""
     text = text.strip()
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -95,8 +95,8 @@ def parse_duration(text: str) -> timedelta:
         value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
         raise SettingsError(f"{text!r} is not a duration like 30s, 15m, 24h or 7d") from None
-    if value < MIN_DURATION.total_seconds():
-        raise SettingsError(f"{text!r} is shorter than one second")
+    if value < minimum.total_seconds():
+        raise SettingsError(f"{text!r} is shorter than {minimum.total_seconds():g} s")
     return timedelta(seconds=value)
 
 
@@ -142,7 +142,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long the event log keeps events for resuming (default 7d)",
     )
     parser.add_argument(
-        "--heartbeat", type=parse_duration, help="WatchExpiring heartbeat interval (default 30s)"
+        "--heartbeat",
+        type=lambda text: parse_duration(text, minimum=timedelta(seconds=0.1)),
+        help="WatchExpiring heartbeat interval (default 30s)",
     )
     parser.add_argument(
         "--caller-rate-limit",

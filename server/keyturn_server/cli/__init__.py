@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from keyturn_server import __version__
-from keyturn_server.cli import serve, tokens
+from keyturn_server.cli import masterkey, serve, tokens
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(commands)
     tokens.register(commands)
+    masterkey.register(commands)
     try:
         from keyturn_server.cli import operator
     except ImportError:  # the operator commands need the client package

@@ -66,7 +66,7 @@ async def _run(args: argparse.Namespace) -> int:
     os.umask(0o077)
     store = open_store(settings)
     try:
-        keyring = await unlock(store, settings.data_dir, settings.master_key, production=False)
+        keyring, _ = await unlock(store, settings.data_dir, settings.master_key, production=False)
         service = AccessTokenService(
             store, keyring, AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock()
         )

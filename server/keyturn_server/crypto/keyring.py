@@ -1,26 +1,137 @@
-"""Everything derived from the master key, in one place: the sealer for secrets at
-rest, and the keys of the keyed digests (tokens) and of the audit chain."""
+"""The keyring: random data keys, wrapped under the master key (envelope encryption).
+
+The master key never seals a secret itself. It wraps one small keyring holding:
+- the sealing keys for secrets at rest, by generation (the current one seals);
+- the key of the keyed digests under which tokens are stored;
+- the key of the audit chain.
+
+Rotating the master key therefore re-wraps the keyring and moves every sealed value to a
+new sealing generation, while token digests and the audit chain stay valid. The wrapped
+keyring is stored once per master key that may open it, named by the master key's
+fingerprint; removing a wrap is what retires a master key.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from keyturn_server.crypto.master import MasterKey
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keyturn_server.crypto.master import MasterKey, MasterKeyError
 from keyturn_server.crypto.seal import Sealer
+
+WRAP_PREFIX = "keyring.wrap."
+REVISION = "keyring.revision"
+_WRAP_AAD = b"keyturn/v1|keyring"
+
+
+def fingerprint(master: MasterKey) -> str:
+    """A public name for a master key (not a way to find it)."""
+    return master.derive("fingerprint")[:8].hex()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@dataclass
+class KeyringData:
+    revision: int
+    current: int
+    seal_keys: dict[int, bytes]
+    token_key: bytes
+    audit_key: bytes = field(repr=False)
+
+    @staticmethod
+    def fresh() -> KeyringData:
+        return KeyringData(
+            1, 1, {1: secrets.token_bytes(32)}, secrets.token_bytes(32), secrets.token_bytes(32)
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "revision": self.revision,
+                "current": self.current,
+                "seal_keys": {str(g): _b64(k) for g, k in self.seal_keys.items()},
+                "token_key": _b64(self.token_key),
+                "audit_key": _b64(self.audit_key),
+            }
+        ).encode()
+
+    @staticmethod
+    def from_bytes(raw: bytes) -> KeyringData:
+        data = json.loads(raw)
+        return KeyringData(
+            revision=int(data["revision"]),
+            current=int(data["current"]),
+            seal_keys={int(g): base64.b64decode(k) for g, k in data["seal_keys"].items()},
+            token_key=base64.b64decode(data["token_key"]),
+            audit_key=base64.b64decode(data["audit_key"]),
+        )
+
+    def wrap(self, master: MasterKey) -> bytes:
+        nonce = os.urandom(12)
+        kek = AESGCM(master.derive("keyring-wrap"))
+        return nonce + kek.encrypt(nonce, self.to_bytes(), _WRAP_AAD)
+
+    @staticmethod
+    def unwrap(blob: bytes, master: MasterKey) -> KeyringData:
+        kek = AESGCM(master.derive("keyring-wrap"))
+        try:
+            return KeyringData.from_bytes(kek.decrypt(blob[:12], blob[12:], _WRAP_AAD))
+        except (InvalidTag, ValueError, KeyError):
+            raise MasterKeyError(
+                f"the keyring wrapped for {master.source} does not open: "
+                "wrong master key, or the stored keyring was altered"
+            ) from None
 
 
 class Keyring:
-    def __init__(
-        self, current: MasterKey, generation: int = 1, previous: dict[int, MasterKey] | None = None
-    ) -> None:
-        keys = {g: m.derive("seal") for g, m in (previous or {}).items()}
-        keys[generation] = current.derive("seal")
-        self.sealer = Sealer(keys, generation)
-        self.generation = generation
-        self._token_key = current.derive("token-digest")
-        self.audit_key = current.derive("audit-chain")
-        self.check_value = current.check_value()
+    """The unwrapped keyring in memory. It can be reloaded in place when another process
+    rotates the master key, so every service holding it sees the new generation."""
+
+    def __init__(self, data: KeyringData) -> None:
+        self.load(data)
+        #: Reloads the keyring from the store; set by the server so that a value sealed
+        #: under a generation made moments ago elsewhere can still be opened.
+        self.reloader: Callable[[], object] | None = None
+
+    def load(self, data: KeyringData) -> None:
+        self.data = data
+        self.sealer = Sealer(data.seal_keys, data.current)
+        self._token_key = data.token_key
+        self.audit_key = data.audit_key
+
+    @property
+    def revision(self) -> int:
+        return self.data.revision
+
+    @property
+    def generation(self) -> int:
+        return self.data.current
+
+    def seal(self, plaintext: bytes, binding: bytes) -> bytes:
+        return self.sealer.seal(plaintext, binding)
+
+    def open(self, blob: bytes, binding: bytes) -> bytes:
+        """Open a sealed value; a generation this process has not loaded yet triggers one
+        reload of the keyring first (a master key rotation in progress elsewhere)."""
+        if (
+            self.reloader is not None
+            and len(blob) >= 5
+            and Sealer.generation_of(blob) not in self.data.seal_keys
+        ):
+            self.reloader()
+        return self.sealer.open(blob, binding)
 
     def digest(self, secret: str, algorithm: str = "sha256") -> bytes:
         """Keyed digest of a bearer secret: what the store keeps instead of the secret."""

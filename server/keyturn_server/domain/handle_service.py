@@ -443,7 +443,7 @@ class HandleService:
         in_grace = secret.grace_until is not None and now < secret.grace_until
         if in_grace and secret.sealed_token is not None:
             try:
-                successor = self._keyring.sealer.open(
+                successor = self._keyring.open(
                     secret.sealed_token, successor_binding(handle.id, secret.generation)
                 ).decode()
             except SealError:
@@ -480,7 +480,7 @@ class HandleService:
         grace_until = min(now + handle.schedule.grace_period, handle.expire_time)
         generation = handle.generation + 1
         sealed = (
-            self._keyring.sealer.seal(token.encode(), successor_binding(handle.id, generation - 1))
+            self._keyring.seal(token.encode(), successor_binding(handle.id, generation - 1))
             if deliver
             else None
         )
@@ -502,7 +502,7 @@ class HandleService:
         )
         repo.update_handle(rotated)
         event_token = (
-            self._keyring.sealer.seal(token.encode(), successor_binding(handle.id, generation))
+            self._keyring.seal(token.encode(), successor_binding(handle.id, generation))
             if deliver
             else None
         )
@@ -537,9 +537,7 @@ class HandleService:
 
     def open_delivered(self, handle_id: str, generation: int, sealed: bytes) -> str | None:
         try:
-            return self._keyring.sealer.open(
-                sealed, successor_binding(handle_id, generation)
-            ).decode()
+            return self._keyring.open(sealed, successor_binding(handle_id, generation)).decode()
         except SealError:
             return None
 

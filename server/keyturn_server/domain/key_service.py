@@ -200,9 +200,7 @@ class KeyService:
                 versions=(version,),
             )
             repo.insert_key(key)
-            repo.insert_version(
-                version, self._keyring.sealer.seal(secret, material_binding(key_id, 1))
-            )
+            repo.insert_version(version, self._keyring.seal(secret, material_binding(key_id, 1)))
             self._event(repo, EventKind.CREATED, key, "generated")
             details = {"algorithm": key.algorithm, "type": type_name}
             if reveal:
@@ -254,9 +252,7 @@ class KeyService:
         number = max((v.version for v in key.versions), default=0) + 1
         rotation, expiry, warn = primary_deadlines(now, key.schedule)
         version = KeyVersion(key.id, number, VersionState.ENABLED, now, expiry, None, public_pem)
-        repo.insert_version(
-            version, self._keyring.sealer.seal(secret, material_binding(key.id, number))
-        )
+        repo.insert_version(version, self._keyring.seal(secret, material_binding(key.id, number)))
         rotated = dataclasses.replace(
             key,
             state=KeyState.ACTIVE,
@@ -523,7 +519,7 @@ class KeyService:
         if sealed is None:
             raise FailedPrecondition(f"version {number} of key {key.id!r} has no material")
         try:
-            secret = self._keyring.sealer.open(sealed, material_binding(key.id, number))
+            secret = self._keyring.open(sealed, material_binding(key.id, number))
         except SealError:
             self._stats.integrity_failures += 1
             raise DataLoss(

@@ -138,6 +138,44 @@ class SqlRepository:
             (name, value),
         )
 
+    def meta_names(self, prefix: str) -> list[str]:
+        found = self._all("SELECT name FROM meta WHERE name LIKE ? ORDER BY name", (prefix + "%",))
+        return [r["name"] for r in found]
+
+    def delete_meta(self, name: str) -> None:
+        self._run("DELETE FROM meta WHERE name = ?", (name,))
+
+    # --- sealed columns (master key rotation walks them) ---------------------------------
+
+    #: table -> (primary key columns, sealed column, other columns the binding needs)
+    SEALED: dict[str, tuple[tuple[str, ...], str, tuple[str, ...]]] = {
+        "key_versions": (("key_id", "version"), "material", ()),
+        "handle_secrets": (("digest",), "sealed_token", ("handle_id", "generation")),
+        "events": (("sequence",), "sealed_token", ("subject_id", "snapshot")),
+    }
+
+    def sealed_after(
+        self, table: str, after: tuple[Any, ...] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """Rows of ``table`` holding a sealed value, by primary key after ``after``."""
+        keys, column, extra = self.SEALED[table]
+        columns = ", ".join((*keys, *extra, f"{column} AS blob"))
+        where = f"{column} IS NOT NULL"
+        params: list[Any] = []
+        if after is not None:
+            where += f" AND ({', '.join(keys)}) > ({', '.join('?' for _ in keys)})"
+            params.extend(after)
+        found = self._all(
+            f"SELECT {columns} FROM {table} WHERE {where} ORDER BY {', '.join(keys)} LIMIT ?",
+            [*params, limit],
+        )
+        return [dict(r) for r in found]
+
+    def replace_sealed(self, table: str, row: dict[str, Any], blob: bytes) -> None:
+        keys, column, _ = self.SEALED[table]
+        where = " AND ".join(f"{k} = ?" for k in keys)
+        self._run(f"UPDATE {table} SET {column} = ? WHERE {where}", [blob, *(row[k] for k in keys)])
+
     def latest_config(self) -> tuple[dict[str, Any], int, datetime, str] | None:
         row = self._one(
             "SELECT revision, body, update_time, updated_by FROM config "

@@ -1,0 +1,84 @@
+"""`keyturn master-key rotate`: move a data directory to a new master key, online.
+
+MASTER_KEY is the current key and NEW_MASTER_KEY the next one (same formats: 32 bytes as
+hex or base64, or a passphrase). Running servers keep serving throughout; restart them
+with the new MASTER_KEY at your convenience (the old one no longer opens the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from keyturn_server.app import open_store
+from keyturn_server.bootstrap import unlock
+from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
+from keyturn_server.domain.master_rotation import rotate_master_key
+from keyturn_server.settings import Settings
+from keyturn_server.store.sql import SqlRepository
+
+
+def register(commands: Any) -> None:
+    command = commands.add_parser("master-key", help="rotate the master key (online)")
+    actions = command.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rotate = actions.add_parser(
+        "rotate", help="re-wrap the keyring and re-seal every secret under NEW_MASTER_KEY"
+    )
+    rotate.add_argument("--data-dir", help="data directory (default ./data)")
+    rotate.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+    command.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    current, following = os.environ.get("MASTER_KEY"), os.environ.get("NEW_MASTER_KEY")
+    if not current or not following:
+        print(
+            "keyturn master-key: set MASTER_KEY (current) and NEW_MASTER_KEY (next)",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = Path(args.data_dir or os.environ.get("DATA_DIR") or "data")
+    settings = Settings(
+        data_dir=data_dir,
+        store=args.store or os.environ.get("KEYTURN_STORE", ""),
+        master_key=current,
+    )
+    try:
+        return asyncio.run(_rotate(settings, following))
+    except (MasterKeyError, OSError) as exc:
+        print(f"keyturn master-key: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _rotate(settings: Settings, following: str) -> int:
+    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
+        raise OSError(f"no Keyturn data in {settings.data_dir}")
+    os.umask(0o077)
+    store = open_store(settings)
+    try:
+        _, old = await unlock(store, settings.data_dir, settings.master_key, production=False)
+        salt = store.read().get_meta("master_salt") or new_salt()
+        new = parse_master_key(following, salt, source="NEW_MASTER_KEY")
+
+        def keep_salt(repo: SqlRepository) -> None:
+            repo.set_meta("master_salt", salt)
+
+        await store.write(keep_salt)
+
+        def progress(table: str, count: int) -> None:
+            print(f"\rre-sealed {count} values ({table})", end="", file=sys.stderr, flush=True)
+
+        report = await rotate_master_key(store, old, new, progress)
+        print(
+            f"\nkeyring generation {report.generation}: {report.resealed} values re-sealed; "
+            f"the old master key ({report.retired}) no longer opens this data.\n"
+            "Restart servers with MASTER_KEY set to the new key.",
+            file=sys.stderr,
+        )
+        return 0
+    finally:
+        await store.close()

@@ -1,0 +1,129 @@
+"""Rotating the master key online, without taking the service down.
+
+1. The keyring gains a new sealing generation, which becomes current, and is wrapped for
+   both the old and the new master key. Running servers reload it within seconds and seal
+   new values with the new generation.
+2. Every sealed value (key material, pending handle successors, tokens in the event log)
+   is opened and sealed again under the new generation, in small transactions.
+3. A last sweep, in the same transaction that deletes the old master key's wrap, catches
+   values sealed meanwhile by a server that had not reloaded yet. From then on the old
+   master key opens nothing here (backups taken earlier remain sealed under it).
+
+Token digests and the audit chain use keyring keys that do not change, so every token
+stays valid and the chain keeps verifying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from keyturn_server.crypto.keyring import REVISION, WRAP_PREFIX, Keyring, KeyringData, fingerprint
+from keyturn_server.crypto.master import MasterKey, MasterKeyError
+from keyturn_server.crypto.seal import Sealer
+from keyturn_server.domain.handle_service import successor_binding
+from keyturn_server.domain.key_service import material_binding
+from keyturn_server.store.base import Store
+from keyturn_server.store.sql import SqlRepository
+
+BATCH = 200
+#: Longer than a server's refresh interval (2 s), so that running servers seal with the
+#: new generation before the sweep.
+SETTLE_SECONDS = 3.0
+
+Progress = Callable[[str, int], None]
+
+
+def _bindings(table: str, row: dict[str, Any]) -> bytes:
+    if table == "key_versions":
+        return material_binding(str(row["key_id"]), int(row["version"]))
+    if table == "handle_secrets":
+        return successor_binding(str(row["handle_id"]), int(row["generation"]))
+    generation = json.loads(str(row["snapshot"]))["handle"]["generation"]
+    return successor_binding(str(row["subject_id"]), int(generation))
+
+
+@dataclass
+class RotationReport:
+    generation: int = 0
+    resealed: int = 0
+    retired: str = ""
+
+
+async def rotate_master_key(
+    store: Store,
+    old: MasterKey,
+    new: MasterKey,
+    progress: Progress = lambda table, n: None,
+    settle_seconds: float = SETTLE_SECONDS,
+) -> RotationReport:
+    if fingerprint(old) == fingerprint(new):
+        raise MasterKeyError("the new master key is the old one")
+
+    def add_generation(repo: SqlRepository) -> Keyring:
+        wrapped = repo.get_meta(WRAP_PREFIX + fingerprint(old))
+        if wrapped is None:
+            raise MasterKeyError(f"no keyring is wrapped for the old master key ({old.source})")
+        data = KeyringData.unwrap(wrapped, old)
+        generation = max(data.seal_keys) + 1
+        data.seal_keys[generation] = KeyringData.fresh().seal_keys[1]
+        data.current = generation
+        data.revision += 1
+        repo.set_meta(WRAP_PREFIX + fingerprint(old), data.wrap(old))
+        repo.set_meta(WRAP_PREFIX + fingerprint(new), data.wrap(new))
+        repo.set_meta(REVISION, str(data.revision).encode())
+        return Keyring(data)
+
+    keyring = await store.write(add_generation)
+    report = RotationReport(generation=keyring.generation)
+    await asyncio.sleep(settle_seconds)
+    for table in SqlRepository.SEALED:
+        cursor: tuple[Any, ...] | None = None
+        while True:
+            done, cursor = await store.write(_page(keyring.sealer, table, cursor))
+            report.resealed += done
+            progress(table, report.resealed)
+            if cursor is None:
+                break
+
+    def retire(repo: SqlRepository) -> str:
+        for table in SqlRepository.SEALED:
+            cursor: tuple[Any, ...] | None = None
+            while True:
+                _, cursor = _reseal(repo, keyring.sealer, table, cursor, 10_000)
+                if cursor is None:
+                    break
+        for name in repo.meta_names(WRAP_PREFIX):
+            if name != WRAP_PREFIX + fingerprint(new):
+                repo.delete_meta(name)
+        return fingerprint(old)
+
+    report.retired = await store.write(retire)
+    return report
+
+
+def _page(
+    sealer: Sealer, table: str, after: tuple[Any, ...] | None
+) -> Callable[[SqlRepository], tuple[int, tuple[Any, ...] | None]]:
+    return lambda repo: _reseal(repo, sealer, table, after, BATCH)
+
+
+def _reseal(
+    repo: SqlRepository, sealer: Sealer, table: str, after: tuple[Any, ...] | None, limit: int
+) -> tuple[int, tuple[Any, ...] | None]:
+    """Re-seal one page of ``table``; (values re-sealed, cursor of the next page or None)."""
+    keys = SqlRepository.SEALED[table][0]
+    rows = repo.sealed_after(table, after, limit)
+    done = 0
+    for row in rows:
+        blob = bytes(row["blob"])
+        if Sealer.generation_of(blob) == sealer.current:
+            continue
+        bound = _bindings(table, row)
+        repo.replace_sealed(table, row, sealer.seal(sealer.open(blob, bound), bound))
+        done += 1
+    cursor = tuple(rows[-1][k] for k in keys) if len(rows) == limit else None
+    return done, cursor
