@@ -39,32 +39,31 @@ class ServerProcess:
         assert self.process is not None
         return self.process.pid
 
-    async def start(self, timeout: float = 30) -> None:
+    def spawn(self) -> None:
         env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}
+        command = [
+            sys.executable,
+            "-m",
+            "keyturn_server",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--listen",
+            self.address,
+            "--caller-rate-limit",
+            "0",
+            *self.extra,
+        ]
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "keyturn_server",
-                    "serve",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--listen",
-                    self.address,
-                    "--caller-rate-limit",
-                    "0",
-                    *self.extra,
-                ],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        await self.wait_serving(timeout)
+            self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
-    async def wait_serving(self, timeout: float) -> None:
+    async def start(self, within: float = 30) -> None:
+        self.spawn()
+        await self.wait_serving(within)
+
+    async def wait_serving(self, within: float) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = loop.time() + within
         async with grpc.aio.insecure_channel(self.address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -78,7 +77,7 @@ class ServerProcess:
                 except grpc.aio.AioRpcError:
                     pass
                 if loop.time() > deadline:
-                    raise TimeoutError(f"server not serving after {timeout}s")
+                    raise TimeoutError(f"server not serving after {within}s")
                 await asyncio.sleep(0.05)
 
     def token(self) -> str:

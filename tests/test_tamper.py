@@ -233,22 +233,20 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
 async def test_rotating_with_the_wrong_current_key_changes_nothing(server: Harness) -> None:
     await _keys(server, 2)
     await server.stop()
-    wrong = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "keyturn_server",
-            "master-key",
-            "rotate",
-            "--data-dir",
-            str(server.data_dir),
-        ],
+    wrong = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "keyturn_server",
+        "master-key",
+        "rotate",
+        "--data-dir",
+        str(server.data_dir),
         env={**os.environ, "MASTER_KEY": "ab" * 32, "NEW_MASTER_KEY": NEW_MASTER_KEY},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert wrong.returncode == 1 and "not the one" in wrong.stderr
+    _, stderr = await wrong.communicate()
+    assert wrong.returncode == 1 and b"not the one" in stderr
     await server.start()
     assert (await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest())).total_size == 2
 

@@ -1,0 +1,76 @@
+package dev.keyturn.client;
+
+import com.google.protobuf.Any;
+import com.google.protobuf.InvalidProtocolBufferException;
+import com.google.rpc.BadRequest;
+import com.google.rpc.ErrorInfo;
+import io.grpc.Status;
+import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+
+/**
+ * What a failed Keyturn call says beyond its status code: the {@code google.rpc.ErrorInfo}
+ * (reason such as {@code KEY_NOT_FOUND}, domain {@code keyturn.dev}, metadata) and, for
+ * INVALID_ARGUMENT, the {@code google.rpc.BadRequest} field violations, decoded from the
+ * {@code grpc-status-details-bin} trailer.
+ *
+ * @param reason the ErrorInfo reason, or "" when the error carries none (e.g. a transport
+ *     failure that never reached the service)
+ */
+public record ErrorDetails(
+    Status.Code code,
+    String message,
+    String reason,
+    String domain,
+    Map<String, String> metadata,
+    List<FieldViolation> fieldViolations) {
+
+  /** One entry of {@code google.rpc.BadRequest}: which request field was wrong, and why. */
+  public record FieldViolation(String field, String description) {}
+
+  /** Decodes the details of {@code error}; absent details give empty values, never null. */
+  public static ErrorDetails of(StatusRuntimeException error) {
+    Status status = error.getStatus();
+    String message = status.getDescription() == null ? "" : status.getDescription();
+    com.google.rpc.Status rich = StatusProto.fromThrowable(error);
+    if (rich == null) {
+      return new ErrorDetails(status.getCode(), message, "", "", Map.of(), List.of());
+    }
+    ErrorInfo info = ErrorInfo.getDefaultInstance();
+    List<FieldViolation> violations = new ArrayList<>();
+    for (Any detail : rich.getDetailsList()) {
+      if (detail.is(ErrorInfo.class)) {
+        info = unpack(detail, ErrorInfo.class);
+      } else if (detail.is(BadRequest.class)) {
+        for (BadRequest.FieldViolation v : unpack(detail, BadRequest.class).getFieldViolationsList()) {
+          violations.add(new FieldViolation(v.getField(), v.getDescription()));
+        }
+      }
+      // Other details (RetryInfo...) are left to callers that need them: StatusProto.
+    }
+    return new ErrorDetails(
+        status.getCode(),
+        message,
+        info.getReason(),
+        info.getDomain(),
+        Map.copyOf(info.getMetadataMap()),
+        List.copyOf(violations));
+  }
+
+  /** The violation reported for {@code field}, if the server named that field. */
+  public Optional<FieldViolation> violation(String field) {
+    return fieldViolations.stream().filter(v -> v.field().equals(field)).findFirst();
+  }
+
+  private static <T extends com.google.protobuf.Message> T unpack(Any detail, Class<T> type) {
+    try {
+      return detail.unpack(type);
+    } catch (InvalidProtocolBufferException e) {
+      throw new IllegalStateException("malformed " + type.getSimpleName() + " in error details", e);
+    }
+  }
+}

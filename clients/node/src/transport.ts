@@ -1,0 +1,79 @@
+/**
+ * The gRPC transport of a client: Connect's gRPC protocol over Node's HTTP/2, one
+ * connection per client, with the bearer token in every call's metadata.
+ */
+import type * as http2 from "node:http2";
+import type { Interceptor, Transport } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+
+/** Transport security. Plaintext unless `tls` is given. */
+export interface TlsOptions {
+  /** CA certificates (PEM) to trust instead of Node's default roots. */
+  readonly ca?: string | Buffer;
+  /** Client certificate and private key (PEM), for mutual TLS. */
+  readonly cert?: string | Buffer;
+  readonly key?: string | Buffer;
+  /** Name to verify in the server certificate when it differs from the address host. */
+  readonly serverName?: string;
+}
+
+export interface ConnectionOptions {
+  /** "host:port" (e.g. "127.0.0.1:50051"), or a full "http://" or "https://" URL. */
+  readonly address: string;
+  /** Bearer token sent as `authorization: Bearer <token>`. */
+  readonly token?: string;
+  /** true: TLS with Node's default roots; an object: TLS with these settings. */
+  readonly tls?: boolean | TlsOptions;
+  /** Run before the bearer-token interceptor, outermost first. */
+  readonly interceptors?: readonly Interceptor[];
+}
+
+/** A transport and the HTTP/2 connection it owns. */
+export interface Connection {
+  readonly transport: Transport;
+  /** Aborted by close(): watches stop reconnecting. */
+  readonly closed: AbortSignal;
+  /** Closes the connection; calls still running fail with CANCELLED. */
+  close(): void;
+}
+
+export function connect(options: ConnectionOptions): Connection {
+  const baseUrl = baseUrlOf(options);
+  const sessions = new Http2SessionManager(baseUrl, {}, nodeOptionsOf(options.tls));
+  const interceptors = [...(options.interceptors ?? [])];
+  if (options.token !== undefined && options.token !== "") interceptors.push(bearer(options.token));
+  const transport = createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors });
+  const lifetime = new AbortController();
+  return {
+    transport,
+    closed: lifetime.signal,
+    close: () => {
+      lifetime.abort();
+      sessions.abort();
+    },
+  };
+}
+
+function baseUrlOf({ address, tls }: ConnectionOptions): string {
+  if (/^https?:\/\//.test(address)) return address;
+  return `${tls ? "https" : "http"}://${address}`;
+}
+
+function nodeOptionsOf(tls: ConnectionOptions["tls"]): http2.SecureClientSessionOptions {
+  if (tls === undefined || typeof tls === "boolean") return {};
+  const { ca, cert, key, serverName } = tls;
+  return {
+    ...(ca === undefined ? {} : { ca }),
+    ...(cert === undefined ? {} : { cert }),
+    ...(key === undefined ? {} : { key }),
+    ...(serverName === undefined ? {} : { servername: serverName }),
+  };
+}
+
+function bearer(token: string): Interceptor {
+  const value = `Bearer ${token}`;
+  return (next) => (request) => {
+    request.header.set("authorization", value);
+    return next(request);
+  };
+}

@@ -1,0 +1,163 @@
+/**
+ * WatchExpiring as an AsyncIterable that reconnects by itself.
+ *
+ * The watch keeps a checkpoint: the sequence of the last event it yielded, or the
+ * `latestSequence` of the last HEARTBEAT or SNAPSHOT_COMPLETE. When the stream breaks it
+ * waits (1 s, doubling up to 30 s, back to 1 s after any message) and reopens the stream
+ * with `resumeAfter` = the checkpoint, so the server replays exactly what was missed; an
+ * event whose sequence is not past the checkpoint is dropped, so none is yielded twice.
+ * Errors that a retry cannot fix (INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED,
+ * OUT_OF_RANGE, UNIMPLEMENTED) end the iteration by throwing.
+ */
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, type CallOptions } from "@connectrpc/connect";
+import { Backoff, sleep, type BackoffPolicy } from "./backoff.js";
+import { toKeyturnError, type KeyturnError } from "./errors.js";
+import { linkSignals } from "./signals.js";
+import {
+  EventKind,
+  type ExpiryEvent,
+  type WatchExpiringRequestSchema,
+} from "./gen/keyturn/v1/events_pb.js";
+
+export type WatchExpiringRequestInit = MessageInitShape<typeof WatchExpiringRequestSchema>;
+
+/** Opens one WatchExpiring stream (KeyService's or HandleService's). */
+export type OpenWatchStream = (
+  request: WatchExpiringRequestInit,
+  options: CallOptions,
+) => AsyncIterable<ExpiryEvent>;
+
+/** Filters and behaviour of a watch. Empty filters match all the caller may see. */
+export interface WatchOptions {
+  /** Key or handle type names. */
+  readonly types?: readonly string[];
+  /** Key or handle ids. */
+  readonly ids?: readonly string[];
+  /** Owner principal (operators and auditors; services always see their own). */
+  readonly owner?: string;
+  readonly kinds?: readonly EventKind[];
+  /**
+   * Start after this sequence (a checkpoint saved from `lastSequence`). Unset: first the
+   * snapshot of items inside their warning window, then SNAPSHOT_COMPLETE, then live events.
+   */
+  readonly resumeAfter?: bigint;
+  /** Also yield HEARTBEAT events (they always advance the checkpoint). Default false. */
+  readonly heartbeats?: boolean;
+  /** Ends the iteration quietly when aborted. */
+  readonly signal?: AbortSignal;
+  /** Reconnect delays; default 1 s doubling up to 30 s with 20% jitter. */
+  readonly backoff?: Partial<BackoffPolicy>;
+  /** Told before each reconnect: why, after how long, and from which sequence. */
+  readonly onReconnect?: (reconnect: Reconnect) => void;
+}
+
+/** What `onReconnect` is told. */
+export interface Reconnect {
+  /** Undefined when the server ended the stream without an error. */
+  readonly error: KeyturnError | undefined;
+  readonly delayMs: number;
+  readonly resumeAfter: bigint | undefined;
+}
+
+export const DEFAULT_WATCH_BACKOFF: BackoffPolicy = {
+  initialMs: 1_000,
+  maxMs: 30_000,
+  multiplier: 2,
+  jitter: 0.2,
+};
+
+const NOT_RETRIED: ReadonlySet<Code> = new Set([
+  Code.InvalidArgument,
+  Code.PermissionDenied,
+  Code.Unauthenticated,
+  Code.OutOfRange,
+  Code.Unimplemented,
+]);
+
+/** A reconnecting WatchExpiring stream; iterate it once with `for await`. */
+export class ExpiryWatch implements AsyncIterable<ExpiryEvent> {
+  private checkpoint: bigint | undefined;
+  private started = false;
+
+  constructor(
+    private readonly open: OpenWatchStream,
+    private readonly options: WatchOptions,
+    private readonly clientClosed: AbortSignal,
+    private readonly extra: Pick<WatchExpiringRequestInit, "deliverTokens"> = {},
+  ) {
+    this.checkpoint = options.resumeAfter;
+  }
+
+  /** Where a reconnect resumes: save it to resume in another process (`resumeAfter`). */
+  get lastSequence(): bigint | undefined {
+    return this.checkpoint;
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<ExpiryEvent> {
+    if (this.started) throw new Error("an ExpiryWatch can be iterated only once");
+    this.started = true;
+    return this.run();
+  }
+
+  private async *run(): AsyncGenerator<ExpiryEvent, void, undefined> {
+    const backoff = new Backoff({ ...DEFAULT_WATCH_BACKOFF, ...this.options.backoff });
+    const linked = linkSignals(this.options.signal, this.clientClosed);
+    try {
+      yield* this.reconnecting(backoff, linked.signal);
+    } finally {
+      linked.release();
+    }
+  }
+
+  private async *reconnecting(backoff: Backoff, signal: AbortSignal): AsyncGenerator<ExpiryEvent, void, undefined> {
+    while (!signal.aborted) {
+      let failure: KeyturnError | undefined;
+      try {
+        for await (const event of this.open(this.request(), { signal })) {
+          backoff.reset();
+          if (this.accept(event)) yield event;
+        }
+      } catch (reason) {
+        if (signal.aborted) return;
+        failure = toKeyturnError(reason, signal);
+        if (NOT_RETRIED.has(failure.code)) throw failure;
+      }
+      const delayMs = backoff.next();
+      this.options.onReconnect?.({ error: failure, delayMs, resumeAfter: this.checkpoint });
+      try {
+        await sleep(delayMs, signal);
+      } catch {
+        return;
+      }
+    }
+  }
+
+  private request(): WatchExpiringRequestInit {
+    const { types = [], ids = [], owner = "", kinds = [] } = this.options;
+    return {
+      types: [...types],
+      ids: [...ids],
+      owner,
+      kinds: [...kinds],
+      ...this.extra,
+      ...(this.checkpoint === undefined ? {} : { resumeAfter: this.checkpoint }),
+    };
+  }
+
+  /** Advances the checkpoint; false for events the caller must not see (again). */
+  private accept(event: ExpiryEvent): boolean {
+    if (event.sequence > 0n) {
+      if (this.checkpoint !== undefined && event.sequence <= this.checkpoint) return false;
+      this.checkpoint = event.sequence;
+      return true;
+    }
+    if (event.kind === EventKind.HEARTBEAT || event.kind === EventKind.SNAPSHOT_COMPLETE) {
+      if (this.checkpoint === undefined || event.latestSequence > this.checkpoint) {
+        this.checkpoint = event.latestSequence;
+      }
+      return event.kind === EventKind.SNAPSHOT_COMPLETE || this.options.heartbeats === true;
+    }
+    return true; // a snapshot item: sequence 0, not part of the log
+  }
+}

@@ -1,0 +1,69 @@
+/** List RPCs walked page by page with the tokens hidden. */
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { Role, type KeyturnClient } from "../src/index.js";
+import { adminClient, clientWithRole } from "./support/live.js";
+
+const admin = adminClient();
+let service: KeyturnClient;
+const created: string[] = [];
+let listCalls = 0;
+
+before(async () => {
+  // A service sees only its own keys, so the listing holds exactly what this test made.
+  service = await clientWithRole(admin, Role.SERVICE, "node-pages", {
+    interceptors: [
+      (next) => (request) => {
+        if (request.method.name === "ListKeys") listCalls++;
+        return next(request);
+      },
+    ],
+  });
+  for (let i = 0; i < 7; i++) {
+    const { key } = await service.keys.generateKey({ type: "encryption", metadata: { index: String(i) } });
+    created.push(key!.id);
+  }
+});
+
+after(() => {
+  service.close();
+  admin.close();
+});
+
+describe("pagination", () => {
+  test("seven keys in pages of three are three pages", async () => {
+    const first = await service.keys.listKeys({ pageSize: 3 });
+    assert.equal(first.keys.length, 3);
+    assert.equal(first.totalSize, 7n);
+    assert.notEqual(first.nextPageToken, "");
+  });
+
+  test("iterateKeys walks every page and yields each key once", async () => {
+    const seen: string[] = [];
+    for await (const key of service.keys.iterateKeys({ pageSize: 3 })) seen.push(key.id);
+    assert.equal(seen.length, 7);
+    assert.deepEqual(new Set(seen), new Set(created));
+  });
+
+  test("iteration fetches the next page only when the caller gets there", async () => {
+    listCalls = 0;
+    const iterator = service.keys.iterateKeys({ pageSize: 3 });
+    await iterator.next();
+    assert.equal(listCalls, 1);
+    await iterator.next();
+    await iterator.next();
+    assert.equal(listCalls, 1, "the first page is not used up yet");
+    await iterator.next();
+    assert.equal(listCalls, 2);
+    await iterator.return();
+  });
+
+  test("audit events walk past one page", async () => {
+    let count = 0;
+    for await (const event of admin.admin.iterateAuditEvents({ pageSize: 5 })) {
+      assert.ok(event.sequence > 0n);
+      if (++count > 12) break;
+    }
+    assert.ok(count > 5);
+  });
+});
