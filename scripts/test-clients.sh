@@ -1,12 +1,61 @@
 #!/usr/bin/env bash
-# Starts one live server and runs every client's tests, the examples and the grpcurl
-# walkthrough against it. Each client directory provides run-tests.sh, which reads
-# KEYTURN_ADDRESS and KEYTURN_TOKEN.
+# Starts one live server (SQLite, a temp data dir, a random master key) and runs against
+# it every client's run-tests.sh, the Python example and the grpcurl walkthrough.
+# A suite whose toolchain is missing is reported and skipped, never silently passed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts=$(ls clients/*/run-tests.sh examples/run-examples.sh scripts/grpcurl-walkthrough.sh 2>/dev/null || true)
-if [ -z "$scripts" ]; then
-  echo "no client suites yet"
-  exit 0
+root=$PWD
+BIN=$root/.venv/bin
+
+data=$(mktemp -d "${TMPDIR:-/tmp}/keyturn-clients.XXXXXX")
+port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MASTER_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))') \
+  LOG_LEVEL=warning "$BIN/keyturn" serve --data-dir "$data" --listen "127.0.0.1:$port" \
+  --caller-rate-limit 0 --heartbeat 1s >"$data/server.log" 2>&1 &
+server=$!
+cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"; }
+trap cleanup EXIT
+for _ in $(seq 150); do
+  grep -q "listening on" "$data/server.log" 2>/dev/null && break
+  kill -0 "$server" 2>/dev/null || { cat "$data/server.log" >&2; exit 1; }
+  sleep 0.2
+done
+export KEYTURN_ADDRESS="127.0.0.1:$port"
+KEYTURN_TOKEN=$(cat "$data/admin.token")
+export KEYTURN_TOKEN KEYTURN_BIN="$BIN/keyturn"
+echo "live server on $KEYTURN_ADDRESS"
+
+failed=()
+skipped=()
+suite() {  # suite NAME TOOL COMMAND...
+  local name=$1 tool=$2
+  shift 2
+  if ! command -v "$tool" >/dev/null; then
+    echo "== $name: skipped ($tool is not installed)"
+    skipped+=("$name")
+    return 0
+  fi
+  echo
+  echo "== $name"
+  local started=$SECONDS
+  if "$@"; then
+    echo "== $name: ok ($((SECONDS - started)) s)"
+  else
+    echo "== $name: FAILED" >&2
+    failed+=("$name")
+  fi
+}
+
+[ -x clients/node/run-tests.sh ] && suite node npm clients/node/run-tests.sh
+[ -x clients/go/run-tests.sh ] && suite go go clients/go/run-tests.sh
+[ -x clients/java/run-tests.sh ] && suite java mvn clients/java/run-tests.sh
+[ -x examples/python/run.sh ] && suite python-example python3 examples/python/run.sh
+[ -x scripts/grpcurl-walkthrough.sh ] && suite grpcurl go scripts/grpcurl-walkthrough.sh "$KEYTURN_ADDRESS" "$KEYTURN_TOKEN"
+
+echo
+if [ ${#skipped[@]} -gt 0 ]; then echo "skipped: ${skipped[*]}"; fi
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "failed: ${failed[*]}" >&2
+  exit 1
 fi
-echo "$scripts"
+echo "clients: all suites passed"

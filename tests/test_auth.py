@@ -314,3 +314,16 @@ async def test_insecure_no_auth_serves_loopback_without_tokens(server: Harness) 
     anonymous = server.client(None)
     key = (await anonymous.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))).key
     assert key.owner == "anonymous"
+
+
+async def test_concurrent_callers_keep_their_own_identity(server: Harness) -> None:
+    import asyncio
+
+    callers = [await server.client_for("service", f"svc-{i}") for i in range(6)]
+    keys = await asyncio.gather(
+        *[
+            callers[i % 6].keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+            for i in range(60)
+        ]
+    )
+    assert [k.key.owner for k in keys] == [f"svc-{i % 6}" for i in range(60)]

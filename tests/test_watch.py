@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
 from tests.harness import Client, Harness, fails
 
@@ -287,3 +287,59 @@ async def test_a_burst_of_subscribers_is_accepted(server: Harness) -> None:
     assert {r[0].sequence for r in received} == {1}
     for stream in streams:
         stream.cancel()
+
+
+async def test_cancelling_streams_at_any_moment_never_hurts_the_server(tmp_path: Path) -> None:
+    """Clients that hang up mid-stream (before, during and after live events) must leave
+    the server process running and serving."""
+    from tests.process import ServerProcess
+
+    process = ServerProcess(tmp_path / "proc", "--heartbeat", "0.1s")
+    await process.start()
+    rng = random.Random(5)
+    try:
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            client = Client(channel, process.token())
+
+            async def hang_up() -> None:
+                stream = client.keys.WatchExpiring(
+                    E.WatchExpiringRequest(resume_after=0 if rng.random() < 0.5 else None)
+                )
+                for _ in range(rng.randint(0, 3)):
+                    await stream.read()
+                await asyncio.sleep(rng.uniform(0, 0.05))
+                stream.cancel()
+
+            for _ in range(10):
+                await asyncio.gather(make_events(client, 3), *[hang_up() for _ in range(20)])
+            assert process.process is not None and process.process.poll() is None
+            health = await client.admin.GetHealth(admin_pb2.GetHealthRequest())
+            assert health.health.status == admin_pb2.SERVING_STATUS_SERVING
+        assert process.terminate(timeout=15) == 0
+    finally:
+        process.kill()
+
+
+async def test_shutdown_ends_open_streams_at_once_with_a_resume_point(tmp_path: Path) -> None:
+    from tests.process import ServerProcess
+
+    process = ServerProcess(tmp_path / "proc")
+    await process.start()
+    try:
+        async with grpc.aio.insecure_channel(process.address) as channel:
+            client = Client(channel, process.token())
+            await make_events(client, 2)
+            stream = client.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0))
+            await collect(stream, 2)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            assert process.process is not None
+            process.process.terminate()
+            failed = await fails(_drain(stream, []))
+            assert failed.code == grpc.StatusCode.UNAVAILABLE
+            assert failed.reason == "SERVER_SHUTTING_DOWN"
+            assert failed.metadata["resume_after"] == "2"
+            assert await asyncio.to_thread(process.process.wait, 10) == 0
+            assert loop.time() - started < 5
+    finally:
+        process.kill()

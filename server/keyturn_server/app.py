@@ -121,6 +121,7 @@ class App:
         self._store: Store | None = None
         self._health_servicer: Any = None
         self.services: Services | None = None
+        self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
 
     @property
@@ -162,7 +163,7 @@ class App:
         self.metrics = Metrics() if settings.metrics_listen else None
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
-        watch = WatchService(
+        watch = self._watch = WatchService(
             store, hub, self.clock, handles, settings.heartbeat_interval, settings.watch_queue_size
         )
         health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
@@ -313,6 +314,8 @@ class App:
         """Stop taking calls, let running ones finish (streams are ended), flush, close."""
         if self._health_servicer is not None:
             await self._health_servicer.enter_graceful_shutdown()
+        if self._watch is not None:
+            self._watch.close()  # streams end now with a resume point, not at the deadline
         if self._server is not None:
             seconds = (grace or self.settings.grace_period).total_seconds()
             await self._server.stop(seconds)

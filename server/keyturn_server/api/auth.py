@@ -24,12 +24,9 @@ def current() -> Principal:
         raise Internal("no principal in context") from None
 
 
-def bind(principal: Principal) -> contextvars.Token[Principal]:
-    return _PRINCIPAL.set(principal)
-
-
-def unbind(token: contextvars.Token[Principal]) -> None:
-    _PRINCIPAL.reset(token)
+def bind(principal: Principal) -> None:
+    """Make ``principal`` the caller for the rest of this RPC's task."""
+    _PRINCIPAL.set(principal)
 
 
 def peer_host(peer: str) -> str:

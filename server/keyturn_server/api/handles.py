@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
@@ -145,6 +146,7 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
     async def WatchExpiring(
         self, request: events_pb2.WatchExpiringRequest, context: Context
     ) -> AsyncIterator[events_pb2.ExpiryEvent]:
-        items = self._watch.watch(auth.current(), watch_request(Subject.HANDLE, request))
-        async for message in self._encoder.stream(items):
-            yield message
+        request_ = watch_request(Subject.HANDLE, request)
+        async with contextlib.aclosing(self._watch.watch(auth.current(), request_)) as items:
+            async for item in items:
+                yield self._encoder.message(item)

@@ -6,10 +6,12 @@ Health and reflection pass through untouched: they need no token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -18,7 +20,6 @@ from google.protobuf.message import DecodeError
 from keyturn_server.api import auth
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.status import code_of, to_status
-from keyturn_server.domain.access import Principal
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.observability.logs import access
@@ -92,61 +93,62 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         async def run(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            principal_name = ""
+            principal = ""
             try:
                 principal = await self._enter(request, context, method)
-                principal_name = principal.name
-                token = auth.bind(principal)
-                try:
-                    return await behavior(request, context)
-                finally:
-                    auth.unbind(token)
+                return await behavior(request, context)
             except KeyturnError as exc:
                 code = code_of(exc)
                 await _abort(context, exc)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 await self._internal(context, method)
             finally:
-                self._done(method, code, started, principal_name, context)
+                self._done(method, code, started, principal, context)
 
         return run
 
     def _stream(
-        self, method: str, behavior: Callable[..., AsyncIterator[Any]]
+        self, method: str, behavior: Callable[..., AsyncGenerator[Any, None]]
     ) -> Callable[..., AsyncIterator[Any]]:
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
-            principal_name = ""
+            principal = ""
             try:
                 principal = await self._enter(request, context, method)
-                principal_name = principal.name
-                token = auth.bind(principal)
-                try:
-                    async for message in behavior(request, context):
+                async with contextlib.aclosing(behavior(request, context)) as messages:
+                    async for message in messages:
                         yield message
-                finally:
-                    auth.unbind(token)
             except KeyturnError as exc:
                 code = code_of(exc)
                 await _abort(context, exc)
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
+            except (GeneratorExit, asyncio.CancelledError):
+                # The caller went away: nothing may be sent or awaited on this call now.
+                code = grpc.StatusCode.CANCELLED
+                raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL
                 await self._internal(context, method)
             finally:
-                self._done(method, code, started, principal_name, context)
+                self._done(method, code, started, principal, context)
 
         return run
 
-    async def _enter(self, request: Any, context: Context, method: str) -> Principal:
+    async def _enter(self, request: Any, context: Context, method: str) -> str:
+        """Authenticate, rate-limit and bind the caller; the principal's name."""
         principal = await self._auth.principal(context, method)
+        # Each RPC runs in its own task, so the binding ends with it: nothing to undo.
+        auth.bind(principal)
         self._limiter.take(principal.name)
         if isinstance(request, _Undecodable):
             raise InvalidArgument(
@@ -154,7 +156,7 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 field="request",
                 reason="MALFORMED_REQUEST",
             )
-        return principal
+        return principal.name
 
     async def _internal(self, context: Context, method: str) -> None:
         ref = secrets.token_hex(6)

@@ -7,7 +7,6 @@ events is built once and shared (tokens, which differ per subscriber, are never 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 
 from keyturn.v1 import events_pb2
 from keyturn_server.api.convert import EVENT_KIND_FROM, required_enum, stream_message
@@ -46,9 +45,3 @@ class StreamEncoder:
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return cached
-
-    async def stream(
-        self, items: AsyncIterator[StreamItem]
-    ) -> AsyncIterator[events_pb2.ExpiryEvent]:
-        async for item in items:
-            yield self.message(item)

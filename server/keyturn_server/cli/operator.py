@@ -88,7 +88,7 @@ def register(commands: Any) -> None:
     c = _context(command(handles, "generate", handles_generate, "issue a handle and its secret"))
     c.add_argument("type", help="session, workflow, api, device or a custom type")
     c = _context(command(handles, "validate", handles_validate, "check a token (3: refused)"))
-    c.add_argument("token", help="the secret, or - to read it from standard input")
+    c.add_argument("secret", metavar="TOKEN", help="the secret, or - to read it from stdin")
     c = _change(command(handles, "rotate", handles_rotate, "issue a new secret for a handle"))
     c.add_argument("handle_id", nargs="?", default="")
     c.add_argument("--by-token", metavar="TOKEN", help="name it by its secret (- : stdin)")
@@ -350,7 +350,9 @@ async def handles_generate(client: AsyncClient, args: argparse.Namespace) -> int
 
 async def handles_validate(client: AsyncClient, args: argparse.Namespace) -> int:
     context = pairs(args.context, args.ip, args.user_agent)
-    answer = await client.validate_handle(secret(args.token), context=context, user_id=args.user_id)
+    answer = await client.validate_handle(
+        secret(args.secret), context=context, user_id=args.user_id
+    )
     v = answer.validation
     if args.json:
         out.emit_json(answer)

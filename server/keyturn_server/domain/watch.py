@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock, to_micros
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange
+from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange, Unavailable
 from keyturn_server.domain.events import Event, EventKind, Subject
 from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.handles import Handle
@@ -136,6 +136,11 @@ class WatchService:
         self._handles = handles
         self.heartbeat = heartbeat
         self.queue_size = queue_size
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """Shutting down: every open stream ends with UNAVAILABLE and its resume point."""
+        self._closing.set()
 
     def _filter(self, principal: Principal, request: WatchRequest) -> WatchFilter:
         violations: list[FieldViolation] = []
@@ -161,7 +166,9 @@ class WatchService:
             kinds=frozenset(k for k in request.kinds if k not in stream_only),
         )
 
-    async def watch(self, principal: Principal, request: WatchRequest) -> AsyncIterator[StreamItem]:
+    async def watch(
+        self, principal: Principal, request: WatchRequest
+    ) -> AsyncGenerator[StreamItem, None]:
         principal.require(Permission.WATCH)
         watch_filter = self._filter(principal, request)
         subscription = self._hub.subscribe(watch_filter, self.queue_size)
@@ -184,9 +191,11 @@ class WatchService:
                         reason="RESUME_POINT_AHEAD",
                         metadata={"latest_sequence": str(latest)},
                     )
-                async for item in self._replay(principal, request, watch_filter, last):
-                    last = item.event.sequence if item.event else last
-                    yield item
+                replay = self._replay(principal, request, watch_filter, last)
+                async with contextlib.aclosing(replay) as replayed:
+                    async for item in replayed:
+                        last = item.event.sequence if item.event else last
+                        yield item
                 last = max(last, latest)
             else:
                 for item in self._snapshot(watch_filter):
@@ -195,14 +204,17 @@ class WatchService:
                 yield StreamItem(
                     EventKind.SNAPSHOT_COMPLETE, latest_sequence=last, time=self._clock.now()
                 )
-            async for item in self._live(principal, request, subscription, last):
-                yield item
+            async with contextlib.aclosing(
+                self._live(principal, request, subscription, last)
+            ) as live:
+                async for item in live:
+                    yield item
         finally:
             self._hub.unsubscribe(subscription)
 
     async def _replay(
         self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter, after: int
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         reader = self._store.read()
         while True:
             batch = reader.events_after(after, REPLAY_BATCH)
@@ -239,13 +251,15 @@ class WatchService:
 
     async def _live(
         self, principal: Principal, request: WatchRequest, subscription: Subscription, last: int
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         overflow = asyncio.ensure_future(subscription.overflowed.wait())
+        closing = asyncio.ensure_future(self._closing.wait())
+        getter: asyncio.Future[Event] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(subscription.queue.get())
                 done, _ = await asyncio.wait(
-                    {getter, overflow},
+                    {getter, overflow, closing},
                     timeout=self.heartbeat.total_seconds(),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
@@ -259,6 +273,12 @@ class WatchService:
                         last = event.sequence
                         yield self._item(principal, request, event)
                     continue
+                if closing in done:
+                    raise Unavailable(
+                        f"the server is shutting down; reconnect with resume_after={last}",
+                        reason="SERVER_SHUTTING_DOWN",
+                        metadata={"resume_after": str(last)},
+                    )
                 if overflow in done:
                     raise Aborted(
                         f"this subscriber fell {subscription.capacity} events behind and was "
@@ -272,7 +292,9 @@ class WatchService:
                     time=self._clock.now(),
                 )
         finally:
-            overflow.cancel()
+            for waiter in (overflow, closing, getter):
+                if waiter is not None:
+                    waiter.cancel()
 
     def _item(self, principal: Principal, request: WatchRequest, event: Event) -> StreamItem:
         token = ""
