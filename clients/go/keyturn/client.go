@@ -1,0 +1,134 @@
+package keyturn
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+)
+
+// Client is a connection to a Keyturn server. Its fields are the generated
+// service clients, extended with page iterators and the reconnecting watch;
+// every RPC error they return is an *Error. A Client is safe for concurrent
+// use; Close it when done.
+type Client struct {
+	Keys    *Keys
+	Handles *Handles
+	Admin   *Admin
+	// Health is the standard grpc.health.v1 service; it needs no token.
+	Health healthpb.HealthClient
+
+	conn *grpc.ClientConn
+}
+
+// Keys is KeyService plus helpers.
+type Keys struct {
+	keyturnv1.KeyServiceClient
+	conn *grpc.ClientConn
+}
+
+// Handles is HandleService plus helpers.
+type Handles struct {
+	keyturnv1.HandleServiceClient
+	conn *grpc.ClientConn
+}
+
+// Admin is AdminService plus helpers.
+type Admin struct{ keyturnv1.AdminServiceClient }
+
+// Dial connects to the Keyturn server at addr ("host:port" or a gRPC target
+// such as "dns:///host:port"). Unless WithLazyConnect is given, it first
+// checks within ctx that the server answers (a health check, which needs no
+// token), so a wrong address or TLS setting fails here, with the transport's
+// reason, rather than on the first call.
+func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
+	s := defaultSettings()
+	if isLoopback(addr) {
+		s.plaintext = true
+	}
+	for _, opt := range opts {
+		opt(&s)
+	}
+
+	dialOpts := []grpc.DialOption{
+		grpc.WithUserAgent("keyturn-go"),
+		grpc.WithChainUnaryInterceptor(convertUnaryErrors, retryUnavailable(s.retry)),
+		grpc.WithChainStreamInterceptor(convertStreamErrors),
+	}
+	if s.plaintext {
+		dialOpts = append(dialOpts, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	} else {
+		cfg := s.tlsConfig
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		dialOpts = append(dialOpts, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	}
+	if s.token != "" {
+		dialOpts = append(dialOpts, grpc.WithPerRPCCredentials(bearerToken{token: s.token, requireTLS: !s.plaintext}))
+	}
+	dialOpts = append(dialOpts, s.dialOptions...)
+
+	conn, err := grpc.NewClient(addr, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("keyturn: dial %s: %w", addr, err)
+	}
+	c := &Client{
+		Keys:    &Keys{keyturnv1.NewKeyServiceClient(conn), conn},
+		Handles: &Handles{keyturnv1.NewHandleServiceClient(conn), conn},
+		Admin:   &Admin{keyturnv1.NewAdminServiceClient(conn)},
+		Health:  healthpb.NewHealthClient(conn),
+		conn:    conn,
+	}
+	if !s.lazy {
+		// Any answer from the server, even NOT_SERVING or UNIMPLEMENTED,
+		// proves that the address and the transport work.
+		_, err := c.Health.Check(ctx, &healthpb.HealthCheckRequest{})
+		if code := CodeOf(err); code == codes.Unavailable || code == codes.DeadlineExceeded || code == codes.Canceled {
+			_ = conn.Close()
+			return nil, fmt.Errorf("connect to %s: %w", addr, err)
+		}
+	}
+	return c, nil
+}
+
+// Conn returns the underlying connection, for other services on the same server.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// Close closes the connection; streams in progress end with CANCELLED.
+func (c *Client) Close() error { return c.conn.Close() }
+
+func convertUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+	invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
+) error {
+	return convertError(invoker(ctx, method, req, reply, cc, opts...))
+}
+
+func convertStreamErrors(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string,
+	streamer grpc.Streamer, opts ...grpc.CallOption,
+) (grpc.ClientStream, error) {
+	stream, err := streamer(ctx, desc, cc, method, opts...)
+	if err != nil {
+		return nil, convertError(err)
+	}
+	return errorConvertingStream{stream}, nil
+}
+
+// errorConvertingStream turns the status errors of a stream into *Error;
+// io.EOF (the normal end of a stream) passes unchanged.
+type errorConvertingStream struct{ grpc.ClientStream }
+
+func (s errorConvertingStream) RecvMsg(m any) error {
+	return convertError(s.ClientStream.RecvMsg(m))
+}
+
+func (s errorConvertingStream) SendMsg(m any) error {
+	return convertError(s.ClientStream.SendMsg(m))
+}

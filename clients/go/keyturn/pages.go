@@ -1,0 +1,83 @@
+package keyturn
+
+import (
+	"context"
+	"iter"
+
+	"google.golang.org/protobuf/proto"
+
+	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+)
+
+// fetchPage returns the items of the page at token and the next page's token.
+type fetchPage[T any] func(ctx context.Context, token string) (items []T, next string, err error)
+
+// paginate walks pages from the first token until the server returns an
+// empty next_page_token. An error is yielded once and ends the sequence.
+func paginate[T any](ctx context.Context, first string, fetch fetchPage[T]) iter.Seq2[T, error] {
+	return func(yield func(T, error) bool) {
+		token := first
+		for {
+			items, next, err := fetch(ctx, token)
+			if err != nil {
+				var zero T
+				yield(zero, err)
+				return
+			}
+			for _, item := range items {
+				if !yield(item, nil) {
+					return
+				}
+			}
+			if next == "" {
+				return
+			}
+			token = next
+		}
+	}
+}
+
+// cloneOrNew copies req so that paging never changes the caller's message.
+func cloneOrNew[T any, M interface {
+	*T
+	proto.Message
+}](req M) M {
+	if req == nil {
+		return M(new(T))
+	}
+	return proto.CloneOf(req)
+}
+
+// All yields every key matching req's filters, page by page (req.PageSize
+// sets the page size; req may be nil). Stop early with break.
+func (k *Keys) All(ctx context.Context, req *keyturnv1.ListKeysRequest) iter.Seq2[*keyturnv1.Key, error] {
+	req = cloneOrNew(req)
+	return paginate(ctx, req.GetPageToken(), func(ctx context.Context, token string) ([]*keyturnv1.Key, string, error) {
+		page := proto.CloneOf(req)
+		page.PageToken = token
+		resp, err := k.ListKeys(ctx, page)
+		return resp.GetKeys(), resp.GetNextPageToken(), err
+	})
+}
+
+// All yields every handle matching req's filters, page by page.
+func (h *Handles) All(ctx context.Context, req *keyturnv1.ListHandlesRequest) iter.Seq2[*keyturnv1.Handle, error] {
+	req = cloneOrNew(req)
+	return paginate(ctx, req.GetPageToken(), func(ctx context.Context, token string) ([]*keyturnv1.Handle, string, error) {
+		page := proto.CloneOf(req)
+		page.PageToken = token
+		resp, err := h.ListHandles(ctx, page)
+		return resp.GetHandles(), resp.GetNextPageToken(), err
+	})
+}
+
+// AllAuditEvents yields every audit event matching req's filters, page by page.
+func (a *Admin) AllAuditEvents(ctx context.Context, req *keyturnv1.ListAuditEventsRequest) iter.Seq2[*keyturnv1.AuditEvent, error] {
+	req = cloneOrNew(req)
+	return paginate(ctx, req.GetPageToken(), func(ctx context.Context, token string) ([]*keyturnv1.AuditEvent, string, error) {
+		page := proto.CloneOf(req)
+		page.PageToken = token
+		resp, err := a.ListAuditEvents(ctx, page)
+		return resp.GetEvents(), resp.GetNextPageToken(), err
+	})
+}

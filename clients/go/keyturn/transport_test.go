@@ -1,0 +1,180 @@
+package keyturn_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+	"github.com/keyturn/keyturn/clients/go/keyturn"
+)
+
+// flakyKeys is an in-process KeyService whose calls fail with UNAVAILABLE
+// until failuresLeft is used up, and which records the tokens it was sent.
+type flakyKeys struct {
+	keyturnv1.UnimplementedKeyServiceServer
+	mu           sync.Mutex
+	failuresLeft int
+	calls        map[string]int
+	tokens       []string
+}
+
+func (f *flakyKeys) answer(ctx context.Context, method string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls[method]++
+	md, _ := metadata.FromIncomingContext(ctx)
+	f.tokens = append(f.tokens, md.Get("authorization")...)
+	if f.failuresLeft > 0 {
+		f.failuresLeft--
+		return status.Error(codes.Unavailable, "warming up")
+	}
+	return nil
+}
+
+func (f *flakyKeys) GetKey(ctx context.Context, req *keyturnv1.GetKeyRequest) (*keyturnv1.Key, error) {
+	if err := f.answer(ctx, "GetKey"); err != nil {
+		return nil, err
+	}
+	return &keyturnv1.Key{Id: req.GetKeyId()}, nil
+}
+
+func (f *flakyKeys) GenerateKey(ctx context.Context, _ *keyturnv1.GenerateKeyRequest) (*keyturnv1.GenerateKeyResponse, error) {
+	if err := f.answer(ctx, "GenerateKey"); err != nil {
+		return nil, err
+	}
+	return &keyturnv1.GenerateKeyResponse{Key: &keyturnv1.Key{Id: "key_new"}}, nil
+}
+
+// serveFlaky runs a flakyKeys (and the standard health service) on a free
+// loopback port until the test ends.
+func serveFlaky(t *testing.T, failures int, opts ...grpc.ServerOption) (*flakyKeys, string) {
+	t.Helper()
+	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	keys := &flakyKeys{failuresLeft: failures, calls: map[string]int{}}
+	server := grpc.NewServer(opts...)
+	keyturnv1.RegisterKeyServiceServer(server, keys)
+	healthpb.RegisterHealthServer(server, health.NewServer())
+	go func() { _ = server.Serve(lis) }()
+	t.Cleanup(server.Stop)
+	return keys, lis.Addr().String()
+}
+
+var fastRetries = keyturn.WithRetryPolicy(keyturn.RetryPolicy{
+	MaxAttempts: 4, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Multiplier: 2,
+})
+
+func TestIdempotentCallIsRetriedAfterUnavailable(t *testing.T) {
+	keys, addr := serveFlaky(t, 2)
+	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	defer c.Close()
+
+	key := must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
+	if key.GetId() != "key_x" || keys.calls["GetKey"] != 3 {
+		t.Errorf("GetKey = %v after %d attempts; want success on the 3rd", key, keys.calls["GetKey"])
+	}
+}
+
+func TestRetriesStopAfterMaxAttempts(t *testing.T) {
+	keys, addr := serveFlaky(t, 10)
+	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	defer c.Close()
+
+	_, err := c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"})
+	if !keyturn.IsUnavailable(err) || keys.calls["GetKey"] != 4 {
+		t.Errorf("GetKey error %v after %d attempts; want UNAVAILABLE after 4", err, keys.calls["GetKey"])
+	}
+}
+
+func TestCallThatChangesStateIsNotRetried(t *testing.T) {
+	keys, addr := serveFlaky(t, 1)
+	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	defer c.Close()
+
+	_, err := c.Keys.GenerateKey(testContext(t), &keyturnv1.GenerateKeyRequest{Type: "encryption"})
+	if !keyturn.IsUnavailable(err) || keys.calls["GenerateKey"] != 1 {
+		t.Errorf("GenerateKey error %v after %d attempts; want UNAVAILABLE after 1", err, keys.calls["GenerateKey"])
+	}
+	if keyturn.IsIdempotent(keyturnv1.HandleService_ValidateHandle_FullMethodName) {
+		t.Error("ValidateHandle counts a use and must not be retried")
+	}
+}
+
+func TestBearerTokenIsSentOverPlaintextToLoopback(t *testing.T) {
+	keys, addr := serveFlaky(t, 0)
+	c := must(keyturn.Dial(testContext(t), addr, keyturn.WithToken("kt_secret")))(t)
+	defer c.Close()
+
+	must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
+	if len(keys.tokens) != 1 || keys.tokens[0] != "Bearer kt_secret" {
+		t.Errorf("server saw authorization %q", keys.tokens)
+	}
+}
+
+func TestBearerTokenIsSentOverTLS(t *testing.T) {
+	cert, roots := selfSignedCertificate(t)
+	keys, addr := serveFlaky(t, 0, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
+	c := must(keyturn.Dial(testContext(t), addr, keyturn.WithToken("kt_secret"),
+		keyturn.WithTLS(&tls.Config{RootCAs: roots, ServerName: "keyturn.test", MinVersion: tls.VersionTLS12})))(t)
+	defer c.Close()
+
+	must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
+	if len(keys.tokens) != 1 || keys.tokens[0] != "Bearer kt_secret" {
+		t.Errorf("server saw authorization %q", keys.tokens)
+	}
+}
+
+func TestDialFailsFastWhenNothingListens(t *testing.T) {
+	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	addr := lis.Addr().String()
+	_ = lis.Close()
+
+	_, err := keyturn.Dial(testContext(t), addr)
+	if err == nil || !keyturn.IsUnavailable(err) {
+		t.Errorf("Dial to a closed port = %v; want UNAVAILABLE", err)
+	}
+	lazy, err := keyturn.Dial(testContext(t), addr, keyturn.WithLazyConnect())
+	if err != nil {
+		t.Fatalf("Dial with WithLazyConnect = %v", err)
+	}
+	_ = lazy.Close()
+}
+
+// selfSignedCertificate makes a server certificate for "keyturn.test" and a
+// pool that trusts it.
+func selfSignedCertificate(t *testing.T) (tls.Certificate, *x509.CertPool) {
+	t.Helper()
+	key := must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))(t)
+	template := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "keyturn.test"},
+		DNSNames:     []string{"keyturn.test"},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:         true, BasicConstraintsValid: true,
+	}
+	der := must(x509.CreateCertificate(rand.Reader, template, template, &key.PublicKey, key))(t)
+	parsed := must(x509.ParseCertificate(der))(t)
+	roots := x509.NewCertPool()
+	roots.AddCert(parsed)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: parsed}, roots
+}

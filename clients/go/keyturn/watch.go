@@ -1,0 +1,205 @@
+package keyturn
+
+import (
+	"context"
+	"errors"
+	"io"
+	"iter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+)
+
+// Opener opens one WatchExpiring stream; KeyServiceClient.WatchExpiring and
+// HandleServiceClient.WatchExpiring are Openers.
+type Opener func(ctx context.Context, req *keyturnv1.WatchExpiringRequest,
+	opts ...grpc.CallOption) (grpc.ServerStreamingClient[keyturnv1.ExpiryEvent], error)
+
+// WatchOption configures WatchExpiring.
+type WatchOption func(*watchSettings)
+
+type watchSettings struct {
+	initialBackoff time.Duration
+	maxBackoff     time.Duration
+	heartbeats     bool
+	onReconnect    func(err error, wait time.Duration)
+}
+
+// WithWatchBackoff replaces the reconnection backoff (1 s doubling to 30 s).
+func WithWatchBackoff(initial, maxBackoff time.Duration) WatchOption {
+	return func(s *watchSettings) { s.initialBackoff, s.maxBackoff = initial, maxBackoff }
+}
+
+// WithHeartbeats also delivers EVENT_KIND_HEARTBEAT events, whose
+// latest_sequence an idle subscriber can store as its resume point.
+func WithHeartbeats() WatchOption {
+	return func(s *watchSettings) { s.heartbeats = true }
+}
+
+// WithReconnectHook calls fn with the error that ended a stream and the wait
+// before the next attempt, each time the watch is about to reconnect.
+func WithReconnectHook(fn func(err error, wait time.Duration)) WatchOption {
+	return func(s *watchSettings) { s.onReconnect = fn }
+}
+
+// notRetried are the codes that end a watch: a retry would fail the same way.
+var notRetried = map[codes.Code]bool{
+	codes.InvalidArgument:  true,
+	codes.PermissionDenied: true,
+	codes.Unauthenticated:  true,
+	codes.OutOfRange:       true, // resume point older than the retention
+	codes.Unimplemented:    true,
+}
+
+// Watch follows KeyService.WatchExpiring, reconnecting by itself; see WatchExpiring.
+func (k *Keys) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
+	return WatchExpiring(ctx, wakeFirst(k.conn, k.WatchExpiring), req, opts...)
+}
+
+// Watch follows HandleService.WatchExpiring, reconnecting by itself; see WatchExpiring.
+func (h *Handles) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
+	return WatchExpiring(ctx, wakeFirst(h.conn, h.WatchExpiring), req, opts...)
+}
+
+// wakeFirst makes the channel try to connect at once before each stream: the
+// watch's own backoff (at most 30 s) decides when to reconnect, not the
+// channel's (which grows to 120 s while the server is down).
+func wakeFirst(conn *grpc.ClientConn, open Opener) Opener {
+	if conn == nil {
+		return open
+	}
+	return func(ctx context.Context, req *keyturnv1.WatchExpiringRequest,
+		opts ...grpc.CallOption,
+	) (grpc.ServerStreamingClient[keyturnv1.ExpiryEvent], error) {
+		conn.ResetConnectBackoff()
+		return open(ctx, req, opts...)
+	}
+}
+
+// WatchExpiring follows a WatchExpiring stream across disconnections and
+// server restarts, yielding each event exactly once and in order.
+//
+// Without req.ResumeAfter the stream starts with the snapshot of items inside
+// their warning window (sequence 0, snapshot=true) and EVENT_KIND_SNAPSHOT_COMPLETE;
+// live events follow. After a failure it reconnects with resume_after set to
+// the last sequence seen (an event's sequence, or the latest_sequence of a
+// heartbeat or SNAPSHOT_COMPLETE), waiting 1 s, doubling up to 30 s, and
+// starting again from 1 s once a stream has delivered a message. Should a
+// stream fail before its snapshot completes, the next one resends the snapshot.
+//
+// Heartbeats are consumed unless WithHeartbeats is given. The sequence ends
+// after the caller breaks out of the loop, or after yielding a final error:
+// ctx's error, or an *Error with code INVALID_ARGUMENT, PERMISSION_DENIED,
+// UNAUTHENTICATED, OUT_OF_RANGE or UNIMPLEMENTED.
+func WatchExpiring(ctx context.Context, open Opener, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
+	s := watchSettings{initialBackoff: time.Second, maxBackoff: 30 * time.Second}
+	for _, opt := range opts {
+		opt(&s)
+	}
+	req = cloneOrNew(req)
+	return func(yield func(*keyturnv1.ExpiryEvent, error) bool) {
+		w := &watcher{settings: s, open: open, request: req}
+		if req.ResumeAfter != nil {
+			w.last, w.positioned = req.GetResumeAfter(), true
+		}
+		w.run(ctx, yield)
+	}
+}
+
+// watcher holds the resume point of one WatchExpiring iteration.
+type watcher struct {
+	settings watchSettings
+	open     Opener
+	request  *keyturnv1.WatchExpiringRequest
+	// last is the sequence to resume after, valid once positioned.
+	last       int64
+	positioned bool
+}
+
+func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, error) bool) {
+	wait := w.settings.initialBackoff
+	for {
+		received, stopped, err := w.follow(ctx, yield)
+		if stopped {
+			return
+		}
+		if ctx.Err() != nil {
+			yield(nil, ctx.Err())
+			return
+		}
+		if err != nil && notRetried[CodeOf(err)] {
+			yield(nil, err)
+			return
+		}
+		if received {
+			wait = w.settings.initialBackoff
+		}
+		if w.settings.onReconnect != nil {
+			w.settings.onReconnect(err, wait)
+		}
+		if sleep(ctx, wait) != nil {
+			yield(nil, ctx.Err())
+			return
+		}
+		wait = min(wait*2, w.settings.maxBackoff)
+	}
+}
+
+// follow reads one stream until it fails or the caller stops (stopped). A
+// stream the server ends cleanly (io.EOF, e.g. on shutdown) returns a nil error.
+func (w *watcher) follow(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, error) bool) (received, stopped bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	req := proto.CloneOf(w.request)
+	if w.positioned {
+		req.ResumeAfter = proto.Int64(w.last)
+	}
+	stream, err := w.open(ctx, req)
+	if err != nil {
+		return false, false, err
+	}
+	for {
+		event, err := stream.Recv()
+		if errors.Is(err, io.EOF) {
+			return received, false, nil
+		}
+		if err != nil {
+			return received, false, err
+		}
+		received = true
+		if w.accept(event) && !yield(event, nil) {
+			return received, true, nil
+		}
+	}
+}
+
+// accept moves the resume point past event and says whether to deliver it.
+// A sequenced event at or before the resume point was delivered already.
+func (w *watcher) accept(event *keyturnv1.ExpiryEvent) bool {
+	switch {
+	case event.GetSequence() > 0:
+		if w.positioned && event.GetSequence() <= w.last {
+			return false
+		}
+		w.last, w.positioned = event.GetSequence(), true
+		return true
+	case event.GetKind() == keyturnv1.EventKind_EVENT_KIND_HEARTBEAT:
+		w.advance(event.GetLatestSequence())
+		return w.settings.heartbeats
+	case event.GetKind() == keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE:
+		w.advance(event.GetLatestSequence())
+		return true
+	default: // a snapshot item
+		return true
+	}
+}
+
+func (w *watcher) advance(sequence int64) {
+	if !w.positioned || sequence > w.last {
+		w.last, w.positioned = sequence, true
+	}
+}

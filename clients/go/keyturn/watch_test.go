@@ -1,0 +1,210 @@
+package keyturn_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+	"github.com/keyturn/keyturn/clients/go/keyturn"
+)
+
+// connection is what one scripted stream sends: its events, then end (an
+// error, or io.EOF for a clean end). openErr fails the open itself.
+type connection struct {
+	events  []*keyturnv1.ExpiryEvent
+	end     error
+	openErr error
+}
+
+// scriptedServer plays one connection per WatchExpiring call and records the
+// requests, so tests see what the watch asked for when it reconnected.
+type scriptedServer struct {
+	connections []connection
+	requests    []*keyturnv1.WatchExpiringRequest
+}
+
+func (s *scriptedServer) open(ctx context.Context, req *keyturnv1.WatchExpiringRequest,
+	_ ...grpc.CallOption,
+) (grpc.ServerStreamingClient[keyturnv1.ExpiryEvent], error) {
+	s.requests = append(s.requests, req)
+	if len(s.connections) == 0 {
+		return nil, status.Error(codes.Internal, "script exhausted")
+	}
+	c := s.connections[0]
+	s.connections = s.connections[1:]
+	if c.openErr != nil {
+		return nil, c.openErr
+	}
+	return &scriptedStream{ctx: ctx, connection: c}, nil
+}
+
+type scriptedStream struct {
+	grpc.ClientStream
+	ctx        context.Context
+	connection connection
+}
+
+func (s *scriptedStream) Recv() (*keyturnv1.ExpiryEvent, error) {
+	if err := s.ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	if len(s.connection.events) == 0 {
+		return nil, s.connection.end
+	}
+	event := s.connection.events[0]
+	s.connection.events = s.connection.events[1:]
+	return event, nil
+}
+
+func created(sequence int64) *keyturnv1.ExpiryEvent {
+	return &keyturnv1.ExpiryEvent{Sequence: sequence, Kind: keyturnv1.EventKind_EVENT_KIND_CREATED}
+}
+
+func marker(kind keyturnv1.EventKind, latest int64) *keyturnv1.ExpiryEvent {
+	return &keyturnv1.ExpiryEvent{Kind: kind, LatestSequence: latest}
+}
+
+var (
+	snapshotItem = &keyturnv1.ExpiryEvent{Kind: keyturnv1.EventKind_EVENT_KIND_EXPIRING, Snapshot: true}
+	unavailable  = status.Error(codes.Unavailable, "server restarting")
+	instant      = keyturn.WithWatchBackoff(time.Microsecond, time.Microsecond)
+)
+
+// describe renders delivered events as "snapshot", "complete@10", "11"...
+func describe(events []*keyturnv1.ExpiryEvent) string {
+	var parts []string
+	for _, e := range events {
+		switch {
+		case e.GetSnapshot():
+			parts = append(parts, "snapshot")
+		case e.GetKind() == keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE:
+			parts = append(parts, fmt.Sprintf("complete@%d", e.GetLatestSequence()))
+		case e.GetKind() == keyturnv1.EventKind_EVENT_KIND_HEARTBEAT:
+			parts = append(parts, fmt.Sprintf("heartbeat@%d", e.GetLatestSequence()))
+		default:
+			parts = append(parts, fmt.Sprint(e.GetSequence()))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// collect runs a watch to its end, returning what it yielded and its final error.
+func collect(t *testing.T, seq func(func(*keyturnv1.ExpiryEvent, error) bool)) ([]*keyturnv1.ExpiryEvent, error) {
+	t.Helper()
+	var events []*keyturnv1.ExpiryEvent
+	for event, err := range seq {
+		if err != nil {
+			return events, err
+		}
+		events = append(events, event)
+	}
+	t.Fatal("watch ended without an error")
+	return nil, nil
+}
+
+func resumePoints(requests []*keyturnv1.WatchExpiringRequest) []string {
+	var points []string
+	for _, r := range requests {
+		if r.ResumeAfter == nil {
+			points = append(points, "none")
+		} else {
+			points = append(points, fmt.Sprint(r.GetResumeAfter()))
+		}
+	}
+	return points
+}
+
+func TestWatchResumesAfterTheLastSequenceAndDropsReplays(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{snapshotItem, marker(keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE, 10), created(11), created(12)}, end: unavailable},
+		{events: []*keyturnv1.ExpiryEvent{created(12), created(13), marker(keyturnv1.EventKind_EVENT_KIND_HEARTBEAT, 20)}, end: io.EOF},
+		{events: []*keyturnv1.ExpiryEvent{created(21)}, end: status.Error(codes.PermissionDenied, "token revoked")},
+	}}
+	request := &keyturnv1.WatchExpiringRequest{Types: []string{"encryption"}}
+
+	events, err := collect(t, keyturn.WatchExpiring(testContext(t), server.open, request, instant))
+
+	if got, want := describe(events), "snapshot complete@10 11 12 13 21"; got != want {
+		t.Errorf("delivered %q, want %q", got, want)
+	}
+	if !keyturn.IsPermissionDenied(err) {
+		t.Errorf("final error = %v, want PERMISSION_DENIED", err)
+	}
+	if got, want := resumePoints(server.requests), []string{"none", "12", "20"}; !slices.Equal(got, want) {
+		t.Errorf("resume_after per connection = %v, want %v", got, want)
+	}
+	if server.requests[2].GetTypes()[0] != "encryption" || request.ResumeAfter != nil {
+		t.Error("filters were lost, or the caller's request was changed")
+	}
+}
+
+func TestWatchStartsFromTheRequestedResumePoint(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{created(5), created(6)}, end: status.Error(codes.OutOfRange, "too old")},
+	}}
+	resume := int64(4)
+	events, err := collect(t, keyturn.WatchExpiring(testContext(t), server.open,
+		&keyturnv1.WatchExpiringRequest{ResumeAfter: &resume}, instant, keyturn.WithHeartbeats()))
+
+	if describe(events) != "5 6" || !keyturn.IsOutOfRange(err) {
+		t.Errorf("delivered %q then %v", describe(events), err)
+	}
+	if got := resumePoints(server.requests); !slices.Equal(got, []string{"4"}) {
+		t.Errorf("resume_after = %v, want [4]", got)
+	}
+}
+
+func TestWatchBackoffDoublesToItsCapAndResetsAfterAMessage(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{openErr: unavailable},
+		{end: unavailable},
+		{end: unavailable},
+		{end: unavailable},
+		{events: []*keyturnv1.ExpiryEvent{marker(keyturnv1.EventKind_EVENT_KIND_HEARTBEAT, 3)}, end: status.Error(codes.Aborted, "overflow")},
+		{end: unavailable},
+		{end: status.Error(codes.Unauthenticated, "no token")},
+	}}
+	var waits []time.Duration
+	hook := keyturn.WithReconnectHook(func(_ error, wait time.Duration) { waits = append(waits, wait) })
+
+	_, err := collect(t, keyturn.WatchExpiring(testContext(t), server.open, nil,
+		keyturn.WithWatchBackoff(time.Millisecond, 4*time.Millisecond), hook))
+
+	ms := time.Millisecond
+	if want := []time.Duration{ms, 2 * ms, 4 * ms, 4 * ms, ms, 2 * ms}; !slices.Equal(waits, want) {
+		t.Errorf("waits = %v, want %v", waits, want)
+	}
+	if !keyturn.IsUnauthenticated(err) {
+		t.Errorf("final error = %v, want UNAUTHENTICATED", err)
+	}
+}
+
+func TestWatchStopsWhenTheCallerBreaksOrCancels(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{created(1), created(2)}, end: unavailable},
+	}}
+	for range keyturn.WatchExpiring(testContext(t), server.open, nil, instant) {
+		break
+	}
+	if len(server.requests) != 1 {
+		t.Errorf("watch opened %d streams after break, want 1", len(server.requests))
+	}
+
+	ctx, cancel := context.WithCancel(testContext(t))
+	server = &scriptedServer{connections: []connection{{end: unavailable}, {end: unavailable}}}
+	hook := keyturn.WithReconnectHook(func(error, time.Duration) { cancel() })
+	_, err := collect(t, keyturn.WatchExpiring(ctx, server.open, nil, keyturn.WithWatchBackoff(time.Hour, time.Hour), hook))
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("final error after cancel = %v, want context.Canceled", err)
+	}
+}

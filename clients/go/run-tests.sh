@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Tests the Go client against the live server named by KEYTURN_ADDRESS (host:port,
+# plaintext) and KEYTURN_TOKEN (admin token), then runs examples/go against it.
+# Needs only the Go toolchain: modules are downloaded into clients/go/.cache (gitignored).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+example="$root/examples/go"
+
+: "${KEYTURN_ADDRESS:?set KEYTURN_ADDRESS to host:port of a live server}"
+: "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to an admin token}"
+command -v go >/dev/null || { echo "run-tests.sh: the Go toolchain (go) is required" >&2; exit 1; }
+
+export GOMODCACHE="${GOMODCACHE:-$here/.cache/mod}"
+export GOFLAGS="${GOFLAGS:-} -modcacherw"
+export GOTOOLCHAIN=local
+# The restart test starts its own server; by default the repository's .venv one.
+if [ -z "${KEYTURN_BIN:-}${KEYTURN_SERVER_CMD:-}" ] && [ -x "$root/.venv/bin/keyturn" ]; then
+  export KEYTURN_BIN="$root/.venv/bin/keyturn"
+fi
+step() { printf '\n== go: %s\n' "$*"; }
+
+step "modules ($(go version | awk '{print $3}'))"
+(cd "$here" && go mod download)
+(cd "$example" && go mod download)
+
+step "gofmt, go mod tidy, go vet"
+unformatted=$(gofmt -l "$here/keyturn" "$here/gen" "$example")
+if [ -n "$unformatted" ]; then
+  echo "not gofmt-clean:" >&2
+  echo "$unformatted" >&2
+  exit 1
+fi
+(cd "$here" && go mod tidy -diff && go vet ./...)
+(cd "$example" && go mod tidy -diff && go vet ./...)
+
+step "go test against $KEYTURN_ADDRESS"
+(cd "$here" && go test -count=1 -timeout 5m ./...)
+
+step "examples/go against $KEYTURN_ADDRESS"
+(cd "$example" && go run .)

@@ -1,0 +1,19 @@
+module github.com/keyturn/keyturn/examples/go
+
+go 1.26.0
+
+require (
+	github.com/keyturn/keyturn/clients/go v0.0.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20261110000943-09e21b237f2c // indirect
+	google.golang.org/grpc v1.85.0 // indirect
+)
+
+// The client is used from this repository, not from a published version.
+replace github.com/keyturn/keyturn/clients/go => ../../clients/go
