@@ -43,7 +43,7 @@ def test_every_file_the_dockerfile_copies_exists() -> None:
 
 def test_the_command_is_the_installed_console_script_serving_on_all_interfaces() -> None:
     [cmd] = [rest for word, rest in instructions() if word == "CMD"]
-    argv = eval(cmd)  # noqa: S307 - the Dockerfile's JSON-array form
+    argv = eval(cmd)
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert argv[0] in scripts and scripts[argv[0]] == "keyturn_server.cli:main"
     args = parser().parse_args(argv[1:])
