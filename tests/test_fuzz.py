@@ -7,6 +7,7 @@ KEYTURN_FUZZ_EXAMPLES sets the examples per RPC (default 80).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -22,8 +23,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keyturn.v1 import admin_pb2, admin_pb2_grpc, events_pb2, handles_pb2, keys_pb2
-from keyturn.v1 import handles_pb2_grpc, keys_pb2_grpc
+from keyturn.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    events_pb2,
+    handles_pb2,
+    handles_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
+)
 from tests.harness import MASTER_KEY
 from tests.process import ServerProcess
 
@@ -124,7 +132,7 @@ def _text(ids: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(max_size=40),
         st.integers(300, 5000).map(lambda n: "ж" * n),  # oversized, cheaply
-        st.sampled_from(ids + ["", "admin", "encryption", "workflow", "key_aaaaaaaaaaaaaaaa"]),
+        st.sampled_from([*ids, "", "admin", "encryption", "workflow", "key_aaaaaaaaaaaaaaaa"]),
         st.text(alphabet=st.characters(codec="utf-8"), max_size=200),
     )
 
@@ -262,10 +270,8 @@ def test_bytes_that_are_not_grpc_do_not_hurt_the_server(target: Target) -> None:
         with socket.create_connection((host, int(port)), timeout=5) as raw:
             raw.sendall(payload)
             raw.settimeout(2)
-            try:
+            with contextlib.suppress(TimeoutError, ConnectionError):
                 raw.recv(1024)
-            except (TimeoutError, ConnectionError):
-                pass
     assert target.healthy()
 
 

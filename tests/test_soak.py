@@ -67,12 +67,12 @@ async def test_a_long_mixed_load_with_open_streams_leaks_nothing(tmp_path: Path)
                         key = await client.keys.GenerateKey(
                             keys_pb2.GenerateKeyRequest(type=rng.choice(["encryption", "session"]))
                         )
-                        keys = (keys + [key.key.id])[-50:]
+                        keys = ([*keys, key.key.id])[-50:]
                     elif choice < 0.2 or not handles:
                         issued = await client.handles.GenerateHandle(
                             handles_pb2.GenerateHandleRequest(type="session")
                         )
-                        handles = (handles + [(issued.handle.id, issued.token)])[-50:]
+                        handles = ([*handles, (issued.handle.id, issued.token)])[-50:]
                     elif choice < 0.6:
                         await client.handles.ValidateHandle(
                             handles_pb2.ValidateHandleRequest(token=rng.choice(handles)[1])

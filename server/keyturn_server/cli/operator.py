@@ -1,9 +1,9 @@
 """Operator commands against a running server, through the Python client:
 `keyturn keys|handles|config|audit|health|watch ...`.
 
-The server is ``--address`` or KEYTURN_ADDRESS (default 127.0.0.1:50051); the token is
-``--token``, ``--token-file``, KEYTURN_TOKEN, or ./data/admin.token when it exists.
-Lists print tables; ``--json`` prints protobuf JSON instead. Exit codes: 0 done, 1 the
+The server is --address or KEYTURN_ADDRESS (default 127.0.0.1:50051); the token is
+--token, --token-file, KEYTURN_TOKEN, or ./data/admin.token when it exists. Lists
+print tables; --json prints protobuf JSON instead. Exit codes: 0 done, 1 the
 call failed, 2 bad usage, 3 the answer was "no" (a refused validation, a server that is
 not serving, a broken audit log).
 """
@@ -127,9 +127,11 @@ def register(commands: Any) -> None:
     for subject in ("keys", "handles"):
         c = command(watch, subject, watch_events, f"watch {subject}, resuming after reconnects")
         c.set_defaults(subject=subject)
-        c.add_argument("--type", action="append", default=[], dest="types")
-        c.add_argument("--id", action="append", default=[], dest="ids")
-        c.add_argument("--kind", action="append", default=[], dest="kinds", help="e.g. rotated")
+        c.add_argument("--type", action="append", default=[], dest="types", metavar="TYPE")
+        c.add_argument("--id", action="append", default=[], dest="ids", metavar="ID")
+        c.add_argument(
+            "--kind", action="append", default=[], dest="kinds", metavar="KIND", help="e.g. rotated"
+        )
         c.add_argument("--owner", default="")
         c.add_argument("--resume-after", type=int, help="replay the events after this sequence")
         c.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
