@@ -498,7 +498,8 @@ class HandleService:
             generation=generation,
             rotate_time=rotate,
             warn_time=warn,
-            notify_time=warn if warn > now else None,
+            # A window already open (the last rotation before expiry) is announced at once.
+            notify_time=warn,
         )
         repo.update_handle(rotated)
         event_token = (
