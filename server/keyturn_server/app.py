@@ -234,7 +234,7 @@ class App:
         if self.metrics is not None and settings.metrics_listen:
             host, port = split_address(settings.metrics_listen)
             self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
-            self._spawn(self.metrics.refresh_forever(store, self.clock, scheduler))
+            self._spawn(self.metrics.refresh_forever(store, self.clock, scheduler, hub))
         log.info(
             "keyturn serving",
             extra={

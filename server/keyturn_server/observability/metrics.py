@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from functools import partial
 from typing import Any
 
@@ -72,14 +72,23 @@ class Metrics:
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
 
-    async def refresh_forever(self, store: Store, clock: Clock, scheduler: Scheduler) -> None:
+    async def refresh(
+        self, store: Store, clock: Clock, scheduler: Scheduler, subscribers: int
+    ) -> None:
         """Counting scans tables, so it runs in the background, not on every scrape."""
+        self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
+        self.lag.set(scheduler.observe(clock.now())[0].total_seconds())
+        self.subscribers.set(subscribers)
+
+    async def refresh_forever(
+        self, store: Store, clock: Clock, scheduler: Scheduler, hub: Sized
+    ) -> None:
         while True:
             try:
-                self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
-                self.lag.set(scheduler.lag.total_seconds())
+                await self.refresh(store, clock, scheduler, len(hub))
             except Exception:
                 log.exception("metrics refresh failed", extra={"category": "error"})
             await asyncio.sleep(REFRESH_SECONDS)

@@ -1,0 +1,60 @@
+"""Prometheus metrics on --metrics-listen."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from datetime import UTC
+
+from keyturn.v1 import handles_pb2, keys_pb2
+from tests.harness import Harness
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return str(response.read().decode())
+
+
+async def test_metrics_cover_rpcs_records_events_and_key_deadlines(server: Harness) -> None:
+    await server.restart(metrics_listen="127.0.0.1:0")
+    assert server.app is not None and server.app.metrics is not None
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )
+    await server.admin.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(token=issued.token, context={"ip": "10.0.0.1"})
+    )
+    await server.admin.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(token=issued.token, context={"ip": "10.0.0.2"})
+    )  # context drift: an anomaly
+    services = server.app.services
+    assert services is not None
+    await server.app.metrics.refresh(
+        server.app.store, server.clock, services.scheduler, len(services.hub)
+    )
+    port = server.app.metrics_port
+    assert port is not None
+    text = await asyncio.to_thread(scrape, port)
+    assert (
+        'keyturn_rpc_requests_total{code="OK",method="/keyturn.v1.KeyService/GenerateKey"} 1.0'
+    ) in text
+    assert (
+        'keyturn_rpc_duration_seconds_count{method="/keyturn.v1.HandleService/'
+        'ValidateHandle"} 2.0' in text
+    )
+    assert 'keyturn_keys{status="ACTIVE",type="encryption"} 1.0' in text
+    assert 'keyturn_handles{status="ACTIVE",type="device"} 1.0' in text
+    assert 'keyturn_anomalies_total{kind="CONTEXT_DRIFT"} 1.0' in text
+    assert 'keyturn_events_total{kind="CREATED",subject="key"} 1.0' in text
+    [line] = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("keyturn_key_expiry_timestamp_seconds") and key.id in ln
+    ]
+    assert (
+        float(line.rsplit(" ", 1)[1])
+        == key.expire_time.ToDatetime().replace(tzinfo=UTC).timestamp()
+    )
+    assert "keyturn_scheduler_lag_seconds 0.0" in text
+    assert issued.token not in text
