@@ -26,8 +26,8 @@ from keyturn.v1 import (
 )
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
+from keyturn_server.api.guard import Guard
 from keyturn_server.api.handles import HandleServicer
-from keyturn_server.api.interceptor import KeyturnInterceptor
 from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
@@ -173,14 +173,6 @@ class App:
         self.admin_token = await tokens.bootstrap_admin(settings.data_dir)
 
         server = self._server = grpc.aio.server(
-            interceptors=[
-                KeyturnInterceptor(
-                    Authenticator(tokens, settings.insecure_no_auth),
-                    CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
-                    stats,
-                    self.metrics,
-                )
-            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 4 * MAX_MESSAGE),
@@ -190,22 +182,28 @@ class App:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
+        guard = Guard(
+            Authenticator(tokens, settings.insecure_no_auth),
+            CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
+            stats,
+            self.metrics,
+        )
         encoder = StreamEncoder(self.clock)
-        keys_pb2_grpc.add_KeyServiceServicer_to_server(
-            KeyServicer(keys, watch, encoder, stats, self.clock), server
-        )
-        handles_pb2_grpc.add_HandleServiceServicer_to_server(
-            HandleServicer(handles, watch, encoder, stats, self.clock), server
-        )
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(
-            AdminServicer(
-                health_service,
-                config,
-                AuditService(store, AuditChain(keyring.audit_key)),
-                tokens,
-                self.clock,
-            ),
+        guard.register(
             server,
+            keys_pb2_grpc.add_KeyServiceServicer_to_server,
+            KeyServicer(keys, watch, encoder, stats, self.clock),
+        )
+        guard.register(
+            server,
+            handles_pb2_grpc.add_HandleServiceServicer_to_server,
+            HandleServicer(handles, watch, encoder, stats, self.clock),
+        )
+        audit_service = AuditService(store, AuditChain(keyring.audit_key))
+        guard.register(
+            server,
+            admin_pb2_grpc.add_AdminServiceServicer_to_server,
+            AdminServicer(health_service, config, audit_service, tokens, self.clock),
         )
         self._health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)

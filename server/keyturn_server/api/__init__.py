@@ -1,1 +1,1 @@
-"""gRPC transport: servicers (proto <-> domain), status mapping and interceptors."""
+"""gRPC transport: servicers (proto <-> domain), status mapping and the guard around every call."""

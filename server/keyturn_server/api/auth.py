@@ -45,8 +45,7 @@ class Authenticator:
         self._tokens = tokens
         self._insecure = insecure
 
-    async def principal(self, context: Context, method: str) -> Principal:
-        peer = peer_host(context.peer() or "")
+    async def principal(self, context: Context, method: str, peer: str) -> Principal:
         try:
             return self._identify(context, peer)
         except Unauthenticated as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
 
 TOKEN_BYTES = 32
+CACHE_SECONDS = 1.0
 ADMIN_NAME = "admin"
 
 
@@ -40,6 +42,10 @@ class AccessTokenService:
         self._audit = audit
         self._clock = clock
         self._used: dict[str, datetime] = {}
+        #: Tokens seen recently, so that most calls cost no store read. Revoking here
+        #: clears it at once; a revocation by `keyturn token revoke` in another process
+        #: takes effect within CACHE_SECONDS.
+        self._known: dict[str, tuple[AccessToken, float]] = {}
         #: Authentication failures are audited, but at most a few per peer per minute,
         #: so that a flood of bad tokens cannot flood the audit log.
         self.failures = InvalidTokenFloodDetector(threshold=1, window=timedelta(seconds=10))
@@ -47,19 +53,34 @@ class AccessTokenService:
     # --- authentication ----------------------------------------------------------------
 
     def authenticate(self, secret: str, peer: str) -> Principal:
+        cached = self._known.get(secret)
+        if cached is not None and time.monotonic() - cached[1] < CACHE_SECONDS:
+            token = cached[0]
+        else:
+            token = self._lookup(secret)
+        now = self._clock.now()
+        if not token.usable(now):
+            raise Unauthenticated(
+                "the bearer token is unknown, expired or revoked", reason="INVALID_ACCESS_TOKEN"
+            )
+        self._used[token.name] = now
+        return Principal(token.name, token.role, "token", peer)
+
+    def _lookup(self, secret: str) -> AccessToken:
         parsed = tokens.parse(secret)
         if parsed is None or parsed.type != tokens.ACCESS_TOKEN_TYPE:
             raise Unauthenticated(
                 "the bearer token is not a Keyturn access token", reason="MALFORMED_ACCESS_TOKEN"
             )
         token = self._store.read().token_by_digest(self._keyring.digest(secret))
-        now = self._clock.now()
-        if token is None or not token.usable(now):
+        if token is None:
             raise Unauthenticated(
                 "the bearer token is unknown, expired or revoked", reason="INVALID_ACCESS_TOKEN"
             )
-        self._used[token.name] = now
-        return Principal(token.name, token.role, "token", peer)
+        if len(self._known) > 10_000:
+            self._known.clear()
+        self._known[secret] = (token, time.monotonic())
+        return token
 
     def role_of(self, name: str) -> Role | None:
         """The role registered for a name (used for mTLS identities)."""
@@ -157,6 +178,7 @@ class AccessTokenService:
                 )
             revoked = dataclasses.replace(token, revoke_time=self._clock.now())
             repo.update_token(revoked)
+            repo.after_commit(self._known.clear)
             self._record(repo, principal, "token.revoke", name, user_id, reason, {})
             return revoked
 

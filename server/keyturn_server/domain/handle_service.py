@@ -264,20 +264,17 @@ class HandleService:
     def _validate_in(
         self, repo: SqlRepository, digests: list[bytes], seen: Presentation
     ) -> Decision | None:
-        secret = None
+        found = None
         for digest in digests:
-            secret = repo.get_secret(digest)
-            if secret is not None:
+            found = repo.secret_with_handle(digest)
+            if found is not None:
                 break
-        if secret is None:
+        if found is None:
             return None
-        handle = repo.get_handle(secret.handle_id, for_update=True)
-        if handle is None:
-            return None
-        now = self._clock.now()
-        decision = decide(handle, secret, seen, now, self._config.current.policies)
-        if decision.handle != handle:
-            repo.update_handle(decision.handle)
+        secret, handle, stored = found
+        decision = decide(handle, secret, seen, self._clock.now(), self._config.current.policies)
+        # Write back only what changed: a plain validation touches no indexed column.
+        repo.update_handle_columns(handle.id, stored, decision.handle)
         self._consequences(repo, decision.handle, decision.anomalies, decision.transition)
         return decision
 

@@ -13,6 +13,7 @@ import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind
 from keyturn_server.domain.config import HandleType
@@ -261,28 +262,36 @@ def decide(
                 {"limit_per_minute": str(policies.rate_limit_per_handle), "peer": seen.peer},
             )
         return refuse(Reason.RATE_LIMITED, dataclasses.replace(handle, rate=rate))
-    rate = dataclasses.replace(rate, current=rate.current + 1)
-    updated = dataclasses.replace(handle, rate=rate)
-
+    # The attempt counts towards the rate whatever the context says.
+    rate = RateWindow(rate.start, rate.previous, rate.current + 1, rate.flagged)
     drift = _context_drift(handle, seen)
     if drift:
         if any(key.startswith("seen_") and value for key, value in drift.items()):
             anomaly(AnomalyKind.CONTEXT_DRIFT, drift)
-        return refuse(Reason.CONTEXT_MISMATCH, updated)
-    if handle.bound_ip is None and seen.ip:
-        updated = dataclasses.replace(updated, bound_ip=seen.ip)
-    if handle.bound_user_agent is None and seen.user_agent:
-        updated = dataclasses.replace(updated, bound_user_agent=seen.user_agent)
+        return refuse(Reason.CONTEXT_MISMATCH, dataclasses.replace(handle, rate=rate))
 
+    # One copy of the record with every change: this is the hot path of the service.
+    changes: dict[str, Any] = {"rate": rate, "last_used_time": now}
+    if handle.bound_ip is None and seen.ip:
+        changes["bound_ip"] = seen.ip
+    if handle.bound_user_agent is None and seen.user_agent:
+        changes["bound_user_agent"] = seen.user_agent
     transition = None
     if policies.track_usage:
-        usage = updated.usage_count + 1
-        updated = dataclasses.replace(updated, usage_count=usage)
-        if usage >= updated.max_usage:
-            updated = dataclasses.replace(updated, state=HandleState.EXHAUSTED, notify_time=None)
+        usage = changes["usage_count"] = handle.usage_count + 1
+        if usage >= handle.max_usage:
+            changes.update(state=HandleState.EXHAUSTED, notify_time=None)
             transition = HandleState.EXHAUSTED
-    updated = dataclasses.replace(updated, last_used_time=now)
-    return Decision(True, None, updated, rotated, tuple(anomalies), transition)
+    return Decision(True, None, evolve(handle, changes), rotated, tuple(anomalies), transition)
+
+
+def evolve(handle: Handle, changes: dict[str, Any]) -> Handle:
+    """A copy of ``handle`` with ``changes``: dataclasses.replace without re-running
+    __init__ over two dozen fields, for the validation hot path. The record stays frozen."""
+    copy = object.__new__(Handle)
+    copy.__dict__.update(handle.__dict__)
+    copy.__dict__.update(changes)
+    return copy
 
 
 def _context_drift(handle: Handle, seen: Presentation) -> dict[str, str]:

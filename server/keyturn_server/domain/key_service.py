@@ -557,6 +557,7 @@ class KeyService:
         await self._store.write(lambda repo: repo.add_key_usage(pending))
 
     def _locked(self, repo: SqlRepository, principal: Principal, key_id: str) -> Key:
+        check_id("key", key_id, "key_id")
         key = repo.get_key(key_id, for_update=True)
         if key is None:
             raise NotFound(f"key {key_id!r} not found", reason="KEY_NOT_FOUND")

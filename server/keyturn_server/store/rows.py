@@ -3,6 +3,7 @@ carry, which are the same rows serialised)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import timedelta
@@ -34,7 +35,7 @@ def _td(micros: int) -> timedelta:
     return timedelta(microseconds=micros)
 
 
-def _bytes(value: Any) -> bytes | None:
+def optional_bytes(value: Any) -> bytes | None:
     return None if value is None else bytes(value)
 
 
@@ -173,11 +174,11 @@ def handle_from_row(row: Row) -> Handle:
         rotate_time=from_micros(row["rotate_time"]),
         expire_time=from_micros(row["expire_time"]),
         warn_time=from_micros(row["warn_time"]),
-        schedule=HandleSchedule(
-            _td(row["rotation_interval"]),
-            _td(row["warning_threshold"]),
-            _td(row["max_lifetime"]),
-            _td(row["grace_period"]),
+        schedule=_schedule(
+            row["rotation_interval"],
+            row["warning_threshold"],
+            row["max_lifetime"],
+            row["grace_period"],
         ),
         generation=row["generation"],
         notify_time=optional_datetime(row["notify_time"]),
@@ -193,6 +194,46 @@ def handle_from_row(row: Row) -> Handle:
             optional_datetime(row["rate_flagged"]),
         ),
     )
+
+
+@functools.lru_cache(maxsize=1024)
+def _schedule(rotation: int, warning: int, lifetime: int, grace: int) -> HandleSchedule:
+    # Handles of a type share a schedule (immutable): build each one once.
+    return HandleSchedule(_td(rotation), _td(warning), _td(lifetime), _td(grace))
+
+
+#: The columns a validation can change; the rest of a handle's row stays as issued.
+USE_COLUMNS = (
+    "state",
+    "usage_count",
+    "last_used_time",
+    "notify_time",
+    "anomaly_count",
+    "bound_ip",
+    "bound_user_agent",
+    "revoke_reason",
+    "rate_start",
+    "rate_previous",
+    "rate_current",
+    "rate_flagged",
+)
+
+
+def handle_use_row(handle: Handle) -> dict[str, Any]:
+    return {
+        "state": handle.state.value,
+        "usage_count": handle.usage_count,
+        "last_used_time": optional_micros(handle.last_used_time),
+        "notify_time": optional_micros(handle.notify_time),
+        "anomaly_count": handle.anomaly_count,
+        "bound_ip": handle.bound_ip,
+        "bound_user_agent": handle.bound_user_agent,
+        "revoke_reason": handle.revoke_reason,
+        "rate_start": optional_micros(handle.rate.start),
+        "rate_previous": handle.rate.previous,
+        "rate_current": handle.rate.current,
+        "rate_flagged": optional_micros(handle.rate.flagged),
+    }
 
 
 def secret_row(secret: HandleSecret) -> dict[str, Any]:
@@ -215,7 +256,7 @@ def secret_from_row(row: Row) -> HandleSecret:
         create_time=from_micros(row["create_time"]),
         superseded_time=optional_datetime(row["superseded_time"]),
         grace_until=optional_datetime(row["grace_until"]),
-        sealed_token=_bytes(row["sealed_token"]),
+        sealed_token=optional_bytes(row["sealed_token"]),
     )
 
 
@@ -284,7 +325,7 @@ def event_from_row(row: Row) -> Event:
         reason=row["reason"],
         key_version=row["key_version"],
         anomaly=anomaly_from_json(json.loads(row["anomaly"])) if row["anomaly"] else None,
-        sealed_token=_bytes(row["sealed_token"]),
+        sealed_token=optional_bytes(row["sealed_token"]),
     )
 
 

@@ -317,6 +317,38 @@ class SqlRepository:
         row = self._one(f"SELECT * FROM handles WHERE id = ?{lock}", (handle_id,))
         return None if row is None else rows.handle_from_row(row)
 
+    def secret_with_handle(self, digest: bytes) -> tuple[HandleSecret, Handle, Any] | None:
+        """The secret with this digest and its handle (locked), in one statement, with the
+        handle's stored row for :meth:`update_handle_columns`."""
+        lock = " FOR UPDATE OF h" if self._lock_for_append else ""
+        row = self._one(
+            "SELECT h.*, s.generation AS s_generation, s.create_time AS s_create_time, "
+            "s.superseded_time AS s_superseded_time, s.grace_until AS s_grace_until, "
+            "s.sealed_token AS s_sealed_token FROM handle_secrets s "
+            f"JOIN handles h ON h.id = s.handle_id WHERE s.digest = ?{lock}",
+            (digest,),
+        )
+        if row is None:
+            return None
+        secret = HandleSecret(
+            digest=digest,
+            handle_id=row["id"],
+            generation=row["s_generation"],
+            create_time=from_micros(row["s_create_time"]),
+            superseded_time=optional_datetime(row["s_superseded_time"]),
+            grace_until=optional_datetime(row["s_grace_until"]),
+            sealed_token=rows.optional_bytes(row["s_sealed_token"]),
+        )
+        return secret, rows.handle_from_row(row), row
+
+    def update_handle_columns(self, handle_id: str, stored: Any, handle: Handle) -> None:
+        """Update the columns a validation may change that differ from the ``stored`` row:
+        a plain validation writes no indexed column, so SQLite updates no index."""
+        changed = {k: v for k, v in rows.handle_use_row(handle).items() if stored[k] != v}
+        if changed:
+            sets = ", ".join(f"{column} = ?" for column in changed)
+            self._run(f"UPDATE handles SET {sets} WHERE id = ?", [*changed.values(), handle_id])
+
     def insert_handle(self, handle: Handle) -> None:
         self._run(*_insert("handles", rows.handle_row(handle)))
 

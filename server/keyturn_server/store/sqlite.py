@@ -151,7 +151,7 @@ class SqliteStore:
         self._pending += 1
         self._queue.put(_Work(work, future, loop))
         try:
-            return await asyncio.shield(future)
+            return await future
         finally:
             self._pending -= 1
 

@@ -1,7 +1,9 @@
 """Around every Keyturn RPC: authenticate, rate-limit the caller, map domain errors to
 gRPC statuses (the servicers never catch), count, and write the access log.
 
-Health and reflection pass through untouched: they need no token.
+The guard wraps each method handler once, when the services are registered, rather than
+as a grpc interceptor, which would rebuild a handler on every call. Health and reflection
+are registered unguarded: they need no token.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ log = logging.getLogger("keyturn.api")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
-PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-
 
 class _Undecodable:
     """Stands in for a request that failed to parse, so that the caller gets
@@ -53,7 +53,22 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return parse
 
 
-class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class _Capture:
+    """Stands in for the server while a generated ``add_*_to_server`` runs, to collect the
+    method handlers it would register."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Handler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
+        self.service, self.handlers = service, handlers
+
+
+class Guard:
     def __init__(
         self,
         authenticator: auth.Authenticator,
@@ -66,36 +81,46 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._stats = stats
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(PUBLIC_PREFIXES):
-            return handler
+    def register(
+        self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object
+    ) -> None:
+        """Register ``servicer`` as the generated ``add`` would, every method guarded."""
+        capture = _Capture()
+        add(servicer, capture)
+        guarded = {
+            name: self._guard(f"/{capture.service}/{name}", handler)
+            for name, handler in capture.handlers.items()
+        }
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(capture.service, guarded),)
+        )
+        server.add_registered_method_handlers(capture.service, guarded)  # type: ignore[attr-defined]
+
+    def _guard(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=_tolerant(handler.request_deserializer),
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        assert handler.unary_stream is not None
+        return grpc.unary_stream_rpc_method_handler(
+            self._stream(method, handler.unary_stream),  # type: ignore[arg-type]
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
 
     def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+        service = _service_of(method)
+
         async def run(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            # Read now: once the caller has gone, asking the call for its peer crashes grpc.
+            peer = auth.peer_host(context.peer() or "")
             code = grpc.StatusCode.OK
             principal = ""
             try:
-                principal = await self._enter(request, context, method)
+                principal = await self._enter(request, context, method, peer)
                 return await behavior(request, context)
             except KeyturnError as exc:
                 code = code_of(exc)
@@ -110,19 +135,23 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._internal(context, method)
             finally:
-                self._done(method, code, started, principal, context)
+                self._done(method, service, code, started, principal, peer)
 
         return run
 
     def _stream(
         self, method: str, behavior: Callable[..., AsyncGenerator[Any, None]]
     ) -> Callable[..., AsyncIterator[Any]]:
+        service = _service_of(method)
+
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            # Read now: once the caller has gone, asking the call for its peer crashes grpc.
+            peer = auth.peer_host(context.peer() or "")
             code = grpc.StatusCode.OK
             principal = ""
             try:
-                principal = await self._enter(request, context, method)
+                principal = await self._enter(request, context, method, peer)
                 async with contextlib.aclosing(behavior(request, context)) as messages:
                     async for message in messages:
                         yield message
@@ -140,13 +169,13 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._internal(context, method)
             finally:
-                self._done(method, code, started, principal, context)
+                self._done(method, service, code, started, principal, peer)
 
         return run
 
-    async def _enter(self, request: Any, context: Context, method: str) -> str:
+    async def _enter(self, request: Any, context: Context, method: str, peer: str) -> str:
         """Authenticate, rate-limit and bind the caller; the principal's name."""
-        principal = await self._auth.principal(context, method)
+        principal = await self._auth.principal(context, method, peer)
         # Each RPC runs in its own task, so the binding ends with it: nothing to undo.
         auth.bind(principal)
         self._limiter.take(principal.name)
@@ -166,13 +195,13 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _done(
         self,
         method: str,
+        service: str,
         code: grpc.StatusCode,
         started: float,
         principal: str,
-        context: Context,
+        peer: str,
     ) -> None:
         elapsed = time.perf_counter() - started
-        service = method.rsplit("/", 2)[-2] if method.count("/") >= 2 else method
         self._stats.requests[service] += 1
         if code is not grpc.StatusCode.OK:
             self._stats.errors[service] += 1
@@ -187,9 +216,14 @@ class KeyturnInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     "code": code.name,
                     "ms": round(elapsed * 1000, 3),
                     "principal": principal,
-                    "peer": auth.peer_host(context.peer() or ""),
+                    "peer": peer,
                 },
             )
+
+
+def _service_of(method: str) -> str:
+    """'/keyturn.v1.KeyService/GetKey' -> 'keyturn.v1.KeyService'."""
+    return method.rsplit("/", 2)[-2] if method.count("/") >= 2 else method
 
 
 async def _abort(context: Context, error: KeyturnError) -> None:
