@@ -8,9 +8,10 @@ export PATH="$BIN:$PATH"
 step() { printf '\n== %s\n' "$*"; }
 
 step "format and lint (ruff), types (mypy)"
-ruff format --check server tests bench
-ruff check server tests bench
-mypy
+lint_paths="server tests bench clients/python/keyturn examples/python"
+ruff format --check $lint_paths
+ruff check $lint_paths
+mypy  # server, client and bench, strict (pyproject.toml)
 
 step "API contract (buf lint, buf breaking against the previous commit)"
 buf lint

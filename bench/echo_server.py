@@ -1,0 +1,40 @@
+"""The unary baseline: a bare grpc.aio server with one echo method, nothing else.
+
+Run as ``python -m bench.echo_server --listen 127.0.0.1:0``; it prints
+``baseline listening on HOST:PORT`` once it serves, and stops on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import grpc
+
+from bench.baseline import listen_argument, load
+
+messages, services = load()
+
+
+class Echo(services.EchoServicer):  # type: ignore[misc, name-defined]
+    async def Echo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return request
+
+
+async def serve(listen: str) -> None:
+    server = grpc.aio.server()
+    services.add_EchoServicer_to_server(Echo(), server)
+    port = server.add_insecure_port(listen)
+    await server.start()
+    print(f"baseline listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(listen_argument()))

@@ -1,0 +1,103 @@
+"""What every typed method shares: the stubs, the call itself (metadata, timeout, retry
+of reads, error mapping), enum arguments given as names, and page walking."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
+from keyturn._errors import from_rpc_error
+from keyturn._retry import RetryPolicy, retrying
+from keyturn.v1 import admin_pb2_grpc, handles_pb2_grpc, keys_pb2_grpc
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Item = TypeVar("Item")
+V = TypeVar("V", bound=int)
+
+
+class Caller:
+    """The channel's three service stubs and the call discipline of the client."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        metadata: Sequence[tuple[str, str]],
+        timeout: float | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self._keys = keys_pb2_grpc.KeyServiceStub(channel)
+        self._handles = handles_pb2_grpc.HandleServiceStub(channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self._metadata = tuple(metadata)
+        self._timeout = timeout
+        self._retry = retry
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        *,
+        read: bool = False,
+    ) -> Resp:
+        """One unary call. Reads (idempotent) are retried on UNAVAILABLE; any failure is
+        raised as a KeyturnError subclass."""
+
+        async def attempt() -> Resp:
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
+
+        try:
+            return await (retrying(attempt, self._retry) if read else attempt())
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error) from error
+
+
+async def pages(
+    fetch: Callable[[str], Awaitable[Resp]],
+    items: Callable[[Resp], Sequence[Item]],
+    token: Callable[[Resp], str],
+    limit: int | None = None,
+) -> AsyncIterator[Item]:
+    """Every item of a paginated list, fetching the next page only when needed."""
+    page_token, seen = "", 0
+    while True:
+        response = await fetch(page_token)
+        for item in items(response):
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield item
+        page_token = token(response)
+        if not page_token:
+            return
+
+
+def enum_value(wrapper: _EnumTypeWrapper[V], prefix: str, value: V | str | None) -> V:
+    """An enum argument given as its number, its full name ("KEY_STATUS_ACTIVE") or its
+    short name ("active"); None is the UNSPECIFIED value (no filter)."""
+    if value is None:
+        return wrapper.Value(f"{prefix}_UNSPECIFIED")
+    if not isinstance(value, str):
+        return value
+    name = value.strip().upper().replace("-", "_")
+    if not name.startswith(f"{prefix}_"):
+        name = f"{prefix}_{name}"
+    try:
+        return wrapper.Value(name)
+    except ValueError:
+        known = ", ".join(short_name(wrapper, prefix, v) for v in wrapper.values() if v)
+        raise ValueError(f"{value!r} is not one of: {known}") from None
+
+
+def short_name(wrapper: _EnumTypeWrapper[V], prefix: str, value: V) -> str:
+    """The name without its prefix (ACTIVE for KEY_STATUS_ACTIVE), or the number itself
+    when this client does not know it."""
+    try:
+        return wrapper.Name(value).removeprefix(f"{prefix}_")
+    except ValueError:
+        return str(int(value))

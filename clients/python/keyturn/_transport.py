@@ -1,0 +1,81 @@
+"""How the client reaches the server: plaintext or TLS (optionally mutual), the bearer
+token, and channel options that make a restarted server reachable again quickly."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeAlias
+
+import grpc
+
+#: What ``AsyncClient(tls=...)`` accepts: None or False for plaintext, True for TLS with
+#: the system's roots, or a TLS object for a private CA, a client certificate, or both.
+TLSLike: TypeAlias = "TLS | bool | None"
+
+ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
+
+# gRPC's own reconnect backoff grows to 120 s: after a long outage a call could fail fast
+# for minutes after the server is back. Cap it so that our retries find the server soon.
+DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+)
+
+
+@dataclass(frozen=True)
+class TLS:
+    """TLS settings. Leave ``root_certificates`` empty to trust the system's roots; give
+    ``certificate_chain`` and ``private_key`` for mutual TLS."""
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = field(default=None, repr=False)
+    #: Name to check the server's certificate against, when it differs from the address.
+    server_name: str | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        server_name: str | None = None,
+    ) -> TLS:
+        def read(path: str | Path | None) -> bytes | None:
+            return None if path is None else Path(path).read_bytes()
+
+        return cls(read(ca), read(cert), read(key), server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            raise ValueError("certificate_chain and private_key go together (mutual TLS)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
+
+
+def open_channel(
+    address: str, tls: TLSLike = None, options: ChannelOptions = ()
+) -> grpc.aio.Channel:
+    """A channel to ``address`` (HOST:PORT); ``options`` override the defaults."""
+    merged = dict(DEFAULT_CHANNEL_OPTIONS)
+    merged.update(dict(options))
+    if tls is None or tls is False:
+        return grpc.aio.insecure_channel(address, options=list(merged.items()))
+    settings = TLS() if tls is True else tls
+    assert isinstance(settings, TLS)
+    if settings.server_name:
+        merged["grpc.ssl_target_name_override"] = settings.server_name
+    return grpc.aio.secure_channel(address, settings.credentials(), options=list(merged.items()))
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    """Metadata for each Keyturn call: ``authorization: Bearer <token>`` when there is one."""
+    return (("authorization", f"Bearer {token}"),) if token else ()

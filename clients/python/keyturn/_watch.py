@@ -1,0 +1,150 @@
+"""A WatchExpiring subscription that outlives connections and server restarts.
+
+It remembers the last sequence it saw (an event's ``sequence``, or the
+``latest_sequence`` of a HEARTBEAT or SNAPSHOT_COMPLETE) and, when the stream breaks,
+reconnects with ``resume_after`` set to it: the server replays what happened meanwhile,
+so the caller sees every event once and in order. Reconnects wait 1 s, doubling up to
+30 s, and the wait starts again from 1 s after any message. Codes that another try
+cannot fix end the watch with their exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from types import TracebackType
+from typing import Protocol
+
+import grpc
+
+from keyturn._errors import KeyturnError, ResourceExhausted, from_rpc_error
+from keyturn._retry import Backoff, Sleep
+from keyturn.v1 import events_pb2
+
+#: Reconnect delays of a watch: 1 s, 2 s, 4 s ... 30 s.
+WATCH_BACKOFF = Backoff(initial=1.0, maximum=30.0, multiplier=2.0)
+
+#: Failures that end a watch instead of a reconnect: a bad request, a missing right, a
+#: resume point the server no longer has, a server without the method.
+NOT_RETRIED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+HEARTBEAT = events_pb2.EVENT_KIND_HEARTBEAT
+SNAPSHOT_COMPLETE = events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+
+
+class EventStream(Protocol):
+    """One server stream of events (a grpc.aio call, or a fake in tests)."""
+
+    def __aiter__(self) -> AsyncIterator[events_pb2.ExpiryEvent]: ...
+
+    def cancel(self) -> bool: ...
+
+
+OpenStream = Callable[[events_pb2.WatchExpiringRequest], EventStream]
+OnRetry = Callable[[KeyturnError | None, float], None]
+
+
+class Watch:
+    """Async iterator of ExpiryEvent across reconnects. Snapshot items (``snapshot``
+    true, sequence 0) and SNAPSHOT_COMPLETE come first on a fresh watch (again, should
+    the very first connection break before SNAPSHOT_COMPLETE: there is no resume point
+    yet); HEARTBEATs are passed on only when asked for. ``last_sequence`` is the resume
+    point to persist."""
+
+    def __init__(
+        self,
+        open_stream: OpenStream,
+        request: events_pb2.WatchExpiringRequest,
+        *,
+        heartbeats: bool = False,
+        backoff: Backoff = WATCH_BACKOFF,
+        on_retry: OnRetry | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._open = open_stream
+        self._request = request
+        self._heartbeats = heartbeats
+        self._backoff = backoff
+        self._on_retry = on_retry
+        self._sleep = sleep
+        self.last_sequence: int | None = (
+            request.resume_after if request.HasField("resume_after") else None
+        )
+        #: How many times the stream was opened again after a failure.
+        self.reconnects = 0
+        self._events = self._run()
+
+    def __aiter__(self) -> Watch:
+        return self
+
+    async def __anext__(self) -> events_pb2.ExpiryEvent:
+        return await anext(self._events)
+
+    async def aclose(self) -> None:
+        """Ends the watch and its stream."""
+        await self._events.aclose()
+
+    async def __aenter__(self) -> Watch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _next_request(self) -> events_pb2.WatchExpiringRequest:
+        request = events_pb2.WatchExpiringRequest()
+        request.CopyFrom(self._request)
+        if self.last_sequence is not None:
+            request.resume_after = self.last_sequence
+        return request
+
+    def _accept(self, event: events_pb2.ExpiryEvent) -> bool:
+        """Moves the resume point; False for what the caller must not see (a replayed
+        duplicate, or a heartbeat nobody asked for)."""
+        if event.kind in (HEARTBEAT, SNAPSHOT_COMPLETE):
+            self.last_sequence = max(self.last_sequence or 0, event.latest_sequence)
+            return event.kind == SNAPSHOT_COMPLETE or self._heartbeats
+        if event.sequence == 0:  # an item of the initial snapshot
+            return True
+        if self.last_sequence is not None and event.sequence <= self.last_sequence:
+            return False
+        self.last_sequence = event.sequence
+        return True
+
+    async def _run(self) -> AsyncGenerator[events_pb2.ExpiryEvent, None]:
+        delays = self._backoff.delays()
+        while True:
+            failure: KeyturnError | None = None
+            stream = self._open(self._next_request())
+            try:
+                async for event in stream:
+                    delays = self._backoff.delays()  # a message resets the backoff
+                    if self._accept(event):
+                        yield event
+            except grpc.aio.AioRpcError as error:
+                failure = from_rpc_error(error)
+                if error.code() in NOT_RETRIED:
+                    raise failure from error
+            finally:
+                stream.cancel()
+            delay = next(delays)
+            if isinstance(failure, ResourceExhausted) and failure.retry_after is not None:
+                delay = max(delay, failure.retry_after.total_seconds())
+            if self._on_retry is not None:
+                self._on_retry(failure, delay)
+            await self._sleep(delay)
+            self.reconnects += 1

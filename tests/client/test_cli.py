@@ -1,0 +1,254 @@
+"""The operator commands (`keyturn keys|handles|config|audit|health|watch`) against a
+real server, read the way an operator reads them: the printed table or JSON and the
+exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format
+
+from keyturn import AsyncClient
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn_server.cli import main
+from keyturn_server.cli.operator import connect
+from tests.client import downtime
+from tests.harness import Harness
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict[str, object]:
+        found: dict[str, object] = json.loads(self.out)
+        return found
+
+
+Keyturn = Callable[..., Awaitable[Run]]
+
+
+@pytest.fixture
+def keyturn(
+    server: Harness,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> Keyturn:
+    """`keyturn ARGS...` with KEYTURN_ADDRESS and KEYTURN_TOKEN set, run on a worker thread
+    (the server shares the test's event loop)."""
+    monkeypatch.setenv("KEYTURN_ADDRESS", server.address)
+    monkeypatch.setenv("KEYTURN_TOKEN", server.admin_token)
+    monkeypatch.chdir(tmp_path)
+
+    async def run(*argv: str, stdin: str = "") -> Run:
+        capsys.readouterr()
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+        code = await asyncio.to_thread(main, list(argv))
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+async def test_keys_generate_list_get_rotate_remove_restore(keyturn: Keyturn) -> None:
+    generated = await keyturn("keys", "generate", "encryption", "--metadata", "purpose=billing")
+    assert generated.code == 0 and "aes-256-gcm" in generated.out
+    key_id = generated.out.splitlines()[1].split()[0]
+    assert key_id.startswith("key_") and "metadata: purpose=billing" in generated.out
+
+    listed = await keyturn("keys", "list", "--type", "encryption")
+    assert listed.out.splitlines()[0].split()[:4] == ["ID", "TYPE", "ALGORITHM", "STATUS"]
+    assert key_id in listed.out
+
+    fetched = await keyturn("keys", "get", key_id, "--json")
+    key = json_format.Parse(fetched.out, keys_pb2.ListKeysResponse().keys.add())
+    assert key.id == key_id and key.metadata["purpose"] == "billing"
+
+    rotated = await keyturn("keys", "rotate", key_id, "--reason", "drill")
+    assert rotated.code == 0 and rotated.out.splitlines()[1].split()[4] == "2"
+    removed = await keyturn("keys", "remove", key_id, "--json")
+    assert removed.json()["status"] == "KEY_STATUS_REMOVED"
+    restored = await keyturn("keys", "restore", key_id, "--json")
+    assert restored.json()["status"] == "KEY_STATUS_ACTIVE"
+
+
+async def test_rotating_every_key_of_a_type_shows_progress(
+    keyturn: Keyturn, client: AsyncClient
+) -> None:
+    ids = [(await client.generate_key("session")).key.id for _ in range(12)]
+    await client.generate_key("api")
+    removed = (await client.generate_key("session")).key.id
+    await client.remove_key(removed)
+
+    result = await keyturn("keys", "rotate", "--all-of-type", "session", "--json")
+    assert result.code == 0
+    assert "rotating: 12/12" in result.err.splitlines()
+    assert len(result.err.splitlines()) <= 11  # a line per tenth, not per key
+    listed = json_format.Parse(result.out, keys_pb2.ListKeysResponse())
+    assert sorted(k.id for k in listed.keys) == sorted(ids)
+    assert {k.primary_version async for k in client.iter_keys(type="session", status="active")} == {
+        2
+    }
+
+
+async def test_handles_generate_validate_rotate_and_remove(keyturn: Keyturn) -> None:
+    issued = await keyturn(
+        "handles",
+        "generate",
+        "workflow",
+        "--ip",
+        "192.168.1.100",
+        "--context",
+        "workflow=etl",
+        "--json",
+    )
+    response = json_format.Parse(issued.out, handles_pb2.GenerateHandleResponse())
+    handle_id, token = response.handle.id, response.token
+    assert response.handle.context["workflow"] == "etl"
+
+    valid = await keyturn("handles", "validate", "-", "--ip", "192.168.1.100", stdin=token + "\n")
+    assert valid.code == 0 and valid.out.startswith(f"valid: {handle_id} (workflow), 99 uses left")
+    refused = await keyturn("handles", "validate", "kt_not_a_token")
+    assert refused.code == 3 and refused.out == "refused: malformed\n"
+
+    rotated = await keyturn("handles", "rotate", handle_id, "--reason", "drill")
+    assert rotated.code == 0 and "token (shown once): " in rotated.out
+    listed = await keyturn("handles", "list", "--type", "workflow")
+    assert handle_id in listed.out and "1/100" in listed.out
+
+    removed = await keyturn("handles", "remove", handle_id, "--reason", "leaked")
+    assert removed.code == 0 and "revoked" in removed.out
+    shown = await keyturn("handles", "get", handle_id, "--json")
+    assert shown.json()["status"] == "HANDLE_STATUS_REVOKED"
+
+
+async def test_config_set_by_flags_by_policy_and_from_a_file(
+    keyturn: Keyturn, tmp_path: Path
+) -> None:
+    current = (await keyturn("config", "get", "--json")).json()
+    etag = str(current["etag"])
+
+    custom = await keyturn(
+        "config", "set", "--key-type", "archive", "--algorithm", "aes-256-gcm",
+        "--key-length", "32", "--rotation-interval", "10d", "--warning-threshold", "2d",
+        "--max-lifetime", "30d", "--etag", etag, "--reason", "cold storage",
+    )  # fmt: skip
+    assert custom.code == 0, custom.err
+    assert "archive     aes-256-gcm  32      10d       2d       30d" in custom.out
+
+    stale = await keyturn("config", "set", "--policy", "rate_limit_per_handle=200", "--etag", etag)
+    assert stale.code == 1 and "ABORTED (ETAG_MISMATCH)" in stale.err
+
+    fresh = (await keyturn("config", "get", "--json")).json()
+    change = tmp_path / "change.json"
+    change.write_text(
+        json.dumps({"securityPolicies": {"trackUsage": False}, "etag": fresh["etag"]})
+    )
+    applied = await keyturn("config", "set", str(change), "--json")
+    config = json_format.Parse(applied.out, admin_pb2.Config())
+    assert not config.security_policies.track_usage and "archive" in config.key_types
+
+    invalid = await keyturn(
+        "config", "set", "--handle-type", "batch", "--etag", config.etag, "--algorithm", "md5"
+    )
+    assert invalid.code == 1 and "config.handle_types.batch.algorithm" in invalid.err
+
+
+async def test_audit_list_and_verify(keyturn: Keyturn) -> None:
+    await keyturn("keys", "generate", "api", "--user-id", "user123")
+    listed = await keyturn("audit", "list", "--action", "key.generate")
+    header, row = listed.out.splitlines()
+    assert header.split()[:3] == ["SEQ", "TIME", "ACTION"] and "user123" in row
+    verified = await keyturn("audit", "verify")
+    assert verified.code == 0 and verified.out.startswith("audit log intact: ")
+
+
+async def test_health_prints_each_component(keyturn: Keyturn) -> None:
+    result = await keyturn("health")
+    assert result.code == 0 and result.out.startswith("SERVING  keyturn ")
+    components = {line.split()[0] for line in result.out.splitlines()[3:]}
+    assert components == {"keys", "handles", "store", "scheduler"}
+
+
+async def test_watch_prints_events_and_resumes_after_a_restart(
+    keyturn: Keyturn, server: Harness, client: AsyncClient
+) -> None:
+    watching = asyncio.ensure_future(
+        keyturn("watch", "keys", "--resume-after", "0", "--count", "4", "--json")
+    )
+    before = [(await client.generate_key("api")).key.id for _ in range(2)]
+    await asyncio.sleep(0.3)
+    await downtime.restart_in_place(server)
+    async with AsyncClient(server.address, token=server.admin_token) as again:
+        after = [(await again.generate_key("api")).key.id for _ in range(2)]
+
+    result = await asyncio.wait_for(watching, 20)
+    events = [json.loads(line) for line in result.out.splitlines()]
+    assert [e["key"]["id"] for e in events] == [*before, *after]
+    assert [int(e["sequence"]) for e in events] == sorted({int(e["sequence"]) for e in events})
+    assert "resuming after sequence" in result.err
+
+
+async def test_watch_lines_are_readable(keyturn: Keyturn, client: AsyncClient) -> None:
+    key = (await client.generate_key("signing")).key
+    await client.rotate_key(key.id, reason="drill")
+    result = await keyturn("watch", "keys", "--resume-after", "0", "--count", "2")
+    created, rotated = result.out.splitlines()
+    assert created.split()[3:5] == ["CREATED", key.id]
+    assert rotated.split()[3:5] == ["ROTATED", key.id] and "version 2" in rotated
+
+
+async def test_errors_are_reported_with_their_reason_and_exit_code(keyturn: Keyturn) -> None:
+    missing = await keyturn("keys", "get", "key_" + "c" * 16)
+    assert missing.code == 1 and missing.err.startswith("keyturn: NOT_FOUND (KEY_NOT_FOUND): ")
+    malformed = await keyturn("keys", "get", "key_nope")
+    assert malformed.code == 1 and "  key_id: not a key id" in malformed.err
+    usage = await keyturn("keys", "generate", "api", "--metadata", "no-equals-sign")
+    assert usage.code == 2 and "is not KEY=VALUE" in usage.err
+    nothing = await keyturn("keys", "rotate")
+    assert nothing.code == 2
+
+
+def namespace(**given: object) -> argparse.Namespace:
+    defaults = {"address": None, "token": None, "token_file": None}
+    defaults |= {"tls": False, "ca": None, "cert": None, "key": None}
+    return argparse.Namespace(**(defaults | given))
+
+
+FROM_ENV = {"KEYTURN_ADDRESS": "10.1.1.1:1", "KEYTURN_TOKEN": "from-env"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "expected"),
+    [
+        ({}, {}, ("127.0.0.1:50051", "from-data-dir")),
+        ({}, FROM_ENV, ("10.1.1.1:1", "from-env")),
+        ({"token_file": Path("other.token")}, FROM_ENV, ("10.1.1.1:1", "from-file")),
+        ({"address": "h:2", "token": "from-flag"}, FROM_ENV, ("h:2", "from-flag")),
+    ],
+    ids=["defaults", "environment", "token-file-beats-environment", "flags-beat-all"],
+)
+async def test_address_and_token_come_from_flags_then_environment_then_defaults(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    flags: dict[str, object],
+    env: dict[str, str],
+    expected: tuple[str, str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "admin.token").write_text("from-data-dir\n")
+    (tmp_path / "other.token").write_text("from-file\n")
+    async with connect(namespace(**flags), env) as client:
+        assert client.address == expected[0]
+        assert dict(client._metadata)["authorization"] == f"Bearer {expected[1]}"

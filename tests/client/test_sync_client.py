@@ -1,0 +1,57 @@
+"""The blocking Client: the same calls as AsyncClient for code without an event loop.
+
+The server runs on the test's event loop, so the blocking code runs on a worker thread,
+as it would in a program of its own."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import keyturn
+from keyturn import Client
+from keyturn.v1 import events_pb2
+from tests.harness import Harness
+
+
+async def test_calls_iterators_and_errors_work_without_an_event_loop(server: Harness) -> None:
+    def use() -> None:
+        with Client(server.address, token=server.admin_token) as client:
+            key = client.generate_key("encryption", user_id="user123").key
+            assert client.get_key(key.id) == key
+            client.generate_key("encryption")
+            assert len(list(client.iter_keys(type="encryption", page_size=1))) == 2
+            assert len(list(client.iter_keys(limit=1))) == 1
+            with pytest.raises(keyturn.NotFound):
+                client.get_key("key_" + "b" * 16)
+            assert client.get_health().health.version
+
+    await asyncio.to_thread(use)
+
+
+async def test_a_blocking_watch_yields_events_and_remembers_its_place(server: Harness) -> None:
+    def use() -> None:
+        with (
+            Client(server.address, token=server.admin_token) as client,
+            client.watch_expiring("handles") as watch,
+        ):
+            assert next(watch).kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+            handle = client.generate_handle("workflow").handle
+            created = next(watch)
+            assert created.handle.id == handle.id
+            assert watch.last_sequence == created.sequence and watch.reconnects == 0
+
+    await asyncio.to_thread(use)
+
+
+async def test_an_abandoned_iterator_is_closed_with_the_client(server: Harness) -> None:
+    def use() -> None:
+        with Client(server.address, token=server.admin_token) as client:
+            for _ in range(3):
+                client.generate_key("api")
+            keys = client.iter_keys(page_size=1)
+            assert next(keys).type == "api"
+            keys.close()  # stops the underlying async generator on the client's loop
+
+    await asyncio.to_thread(use)

@@ -1,0 +1,176 @@
+"""watch_expiring against the real server: snapshot, resume, and a server restart that
+the caller does not notice, except that no event is lost and none comes twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+import pytest
+
+import keyturn
+from keyturn import AsyncClient, Watch
+from keyturn.v1 import events_pb2
+from keyturn_server.domain.events import Subject
+from tests.client import downtime
+from tests.harness import Harness
+
+CREATED = events_pb2.EVENT_KIND_CREATED
+ROTATED = events_pb2.EVENT_KIND_ROTATED
+EXPIRING = events_pb2.EVENT_KIND_EXPIRING
+SNAPSHOT_COMPLETE = events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+HEARTBEAT = events_pb2.EVENT_KIND_HEARTBEAT
+
+
+def logged_sequences(server: Harness, subject: Subject) -> list[int]:
+    """The sequences of the server's durable event log for one subject."""
+    assert server.app is not None
+    events = server.app.store.read().events_after(0, 10_000)
+    return [e.sequence for e in events if e.subject is subject]
+
+
+class Collector:
+    """Reads a watch in the background, as an application would."""
+
+    def __init__(self, watch: Watch) -> None:
+        self.watch = watch
+        self.events: list[events_pb2.ExpiryEvent] = []
+        self._task = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for event in self.watch:
+            self.events.append(event)
+
+    @property
+    def sequences(self) -> list[int]:
+        return [e.sequence for e in self.events if e.sequence]
+
+    async def until(self, done: Callable[[], bool]) -> None:
+        async with asyncio.timeout(20):
+            while not done():
+                if self._task.done():
+                    self._task.result()  # raise what ended the watch
+                    raise AssertionError("the watch ended")
+                await asyncio.sleep(0.02)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await self._task
+        await self.watch.aclose()
+
+
+async def test_a_fresh_watch_sends_the_snapshot_then_live_events(
+    server: Harness, client: AsyncClient
+) -> None:
+    expiring = (await client.generate_key("encryption")).key
+    await server.advance(timedelta(days=24))  # inside the 7-day warning of its rotation
+
+    watch = Collector(client.watch_expiring("keys"))
+    await watch.until(lambda: any(e.kind == SNAPSHOT_COMPLETE for e in watch.events))
+    snapshot, complete = watch.events[0], watch.events[-1]
+    assert snapshot.snapshot and snapshot.kind == EXPIRING and snapshot.key.id == expiring.id
+    assert complete.kind == SNAPSHOT_COMPLETE
+    assert watch.watch.last_sequence == complete.latest_sequence > 0
+
+    fresh = (await client.generate_key("signing")).key
+    await watch.until(lambda: watch.events[-1].kind == CREATED)
+    assert watch.events[-1].key.id == fresh.id
+    assert watch.watch.last_sequence == watch.events[-1].sequence
+    await watch.close()
+
+
+async def test_a_watch_survives_a_server_restart_without_losing_or_repeating_an_event(
+    server: Harness, client: AsyncClient
+) -> None:
+    watch = Collector(client.watch_expiring("keys"))
+    await watch.until(lambda: watch.watch.last_sequence is not None)
+
+    # Before the restart: seen live.
+    before = [(await client.generate_key("encryption")).key.id for _ in range(3)]
+    await client.rotate_key(before[0])
+    await watch.until(lambda: len(watch.sequences) == 4)
+
+    # Down and up again; nothing happens while it is down.
+    await downtime.restart_in_place(server)
+
+    # Right after the restart, before the watch is back (it waits 1 s): replayed.
+    replayed = [(await client.generate_key("api")).key.id for _ in range(2)]
+    await watch.until(lambda: len(watch.sequences) == 6)
+    assert watch.watch.reconnects >= 1
+
+    # Once it is back: live again.
+    await client.remove_key(replayed[0])
+    await client.generate_key("session")
+    await watch.until(lambda: len(watch.sequences) == 8)
+    await asyncio.sleep(0.2)  # a duplicate would arrive now
+
+    assert watch.sequences == logged_sequences(server, Subject.KEY)
+    assert [e.key.id for e in watch.events if e.kind == CREATED][:5] == [*before, *replayed]
+    await watch.close()
+
+
+async def test_resume_after_replays_exactly_what_came_after(
+    server: Harness, client: AsyncClient
+) -> None:
+    _, second, third = [(await client.generate_key("api")).key for _ in range(3)]
+    sequence_of_first = logged_sequences(server, Subject.KEY)[0]
+
+    resumed = Collector(client.watch_expiring("keys", resume_after=sequence_of_first))
+    await resumed.until(lambda: len(resumed.events) == 2)
+    assert [e.key.id for e in resumed.events] == [second.id, third.id]
+    assert not any(e.snapshot or e.kind == SNAPSHOT_COMPLETE for e in resumed.events)
+    await resumed.close()
+
+
+async def test_a_resume_point_ahead_of_the_log_ends_the_watch(client: AsyncClient) -> None:
+    watch = client.watch_expiring("keys", resume_after=1_000_000)
+    with pytest.raises(keyturn.OutOfRange) as caught:
+        await anext(watch)
+    assert caught.value.reason == "RESUME_POINT_AHEAD"
+    assert watch.reconnects == 0
+
+
+async def test_a_watch_without_a_token_ends_at_once(server: Harness) -> None:
+    async with AsyncClient(server.address) as anonymous:
+        watch = anonymous.watch_expiring("handles")
+        with pytest.raises(keyturn.Unauthenticated):
+            await anext(watch)
+        assert watch.reconnects == 0
+
+
+async def test_keys_cannot_ask_for_delivered_tokens(client: AsyncClient) -> None:
+    with pytest.raises(keyturn.InvalidArgument) as caught:
+        await anext(client.watch_expiring("keys", deliver_tokens=True))
+    assert [v.field for v in caught.value.field_violations] == ["deliver_tokens"]
+
+
+async def test_the_owner_receives_the_new_secret_of_an_automatic_rotation(
+    server: Harness,
+) -> None:
+    service = await server.client_for("service", "billing")
+    async with AsyncClient(server.address, token=service.token) as billing:
+        issued = await billing.generate_handle("session")
+        watch = Collector(billing.watch_expiring("handles", kinds=["rotated"], deliver_tokens=True))
+        await watch.until(lambda: watch.watch.last_sequence is not None)
+
+        await server.advance(timedelta(hours=1, seconds=1))  # past its rotate_time
+
+        await watch.until(lambda: any(e.kind == ROTATED for e in watch.events))
+        rotated = next(e for e in watch.events if e.kind == ROTATED)
+        assert rotated.handle.id == issued.handle.id and rotated.token
+        assert (await billing.validate_handle(rotated.token)).validation.valid
+        await watch.close()
+
+
+async def test_an_idle_watch_checkpoints_from_heartbeats(server: Harness) -> None:
+    await server.restart(heartbeat_interval=timedelta(seconds=0.2))
+    async with AsyncClient(server.address, token=server.admin_token) as client:
+        await client.generate_key("api")
+        watch = Collector(client.watch_expiring("handles", heartbeats=True))
+        await watch.until(lambda: any(e.kind == HEARTBEAT for e in watch.events))
+        heartbeat = next(e for e in watch.events if e.kind == HEARTBEAT)
+        assert heartbeat.latest_sequence >= 1
+        assert watch.watch.last_sequence == heartbeat.latest_sequence
+        await watch.close()
