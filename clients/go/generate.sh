@@ -10,7 +10,7 @@ PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 
 export GOBIN="$here/.bin"
-export GOMODCACHE="${GOMODCACHE:-$here/.cache/mod}"
+export GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"  # the user's module cache: warm after the first run
 export GOFLAGS="${GOFLAGS:-} -modcacherw"
 export GOTOOLCHAIN=local
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests the Go client against the live server named by KEYTURN_ADDRESS (host:port,
 # plaintext) and KEYTURN_TOKEN (admin token), then runs examples/go against it.
-# Needs only the Go toolchain: modules are downloaded into clients/go/.cache (gitignored).
+# Needs only the Go toolchain: modules go to the usual module cache (go env GOMODCACHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -11,7 +11,7 @@ example="$root/examples/go"
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to an admin token}"
 command -v go >/dev/null || { echo "run-tests.sh: the Go toolchain (go) is required" >&2; exit 1; }
 
-export GOMODCACHE="${GOMODCACHE:-$here/.cache/mod}"
+export GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"  # the user's module cache: warm after the first run
 export GOFLAGS="${GOFLAGS:-} -modcacherw"
 export GOTOOLCHAIN=local
 # The restart test starts its own server; by default the repository's .venv one.

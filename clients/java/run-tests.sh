@@ -16,7 +16,7 @@ export KEYTURN_ADDRESS KEYTURN_TOKEN
 # runs reuse them and need no network. The sed drops the stray colour resets (ESC[0m) that
 # Debian's Maven 3.8 writes even in batch mode.
 mvn() {
-  command mvn -q -B -Dmaven.repo.local="$here/.m2/repository" "$@" 2>&1 | sed -u $'s/\e\\[0m//g'
+  command mvn -q -B -Dmaven.repo.local="${KEYTURN_M2_REPOSITORY:-$HOME/.m2/repository}" "$@" 2>&1 | sed -u $'s/\e\\[0m//g'
 }
 
 # Surefire is silent under -q when all is well: print its counts ourselves.
