@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncGenerator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock, to_micros
@@ -63,23 +64,56 @@ class StreamItem:
     time: datetime | None = None
 
 
-@dataclass(eq=False)
 class Subscription:
-    filter: WatchFilter
-    capacity: int
-    queue: asyncio.Queue[Event] = field(init=False)
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    """One open watch: a bounded buffer of matching events and at most one waiter.
 
-    def __post_init__(self) -> None:
-        self.queue = asyncio.Queue(self.capacity)
+    Kept small on purpose (a deque and, while idle, one future): a server holds tens of
+    thousands of these, and fan-out touches every one of them for every event.
+    """
+
+    __slots__ = ("buffer", "capacity", "closed", "filter", "overflowed", "waiter")
+
+    def __init__(self, watch_filter: WatchFilter, capacity: int) -> None:
+        self.filter = watch_filter
+        self.capacity = capacity
+        self.buffer: deque[Event] = deque()
+        self.overflowed = False
+        self.closed = False
+        self.waiter: asyncio.Future[bool] | None = None
 
     def offer(self, event: Event) -> None:
-        if self.overflowed.is_set():
+        if self.overflowed or self.closed:
             return
+        if len(self.buffer) >= self.capacity:
+            self.overflowed = True
+        else:
+            self.buffer.append(event)
+        self.wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self.wake()
+
+    def wake(self) -> None:
+        if self.waiter is not None:
+            _settle(self.waiter, True)
+
+    async def wait(self, seconds: float) -> bool:
+        """True when woken, False when ``seconds`` passed first."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self.waiter = waiter
+        timer = loop.call_later(seconds, _settle, waiter, False)
         try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.overflowed.set()
+            return await waiter
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+
+def _settle(waiter: asyncio.Future[bool], woken: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(woken)
 
 
 class EventHub:
@@ -107,6 +141,11 @@ class EventHub:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+
+    def close_all(self) -> None:
+        """Shutting down: every subscriber ends with its resume point."""
+        for subscription in self._subscribers:
+            subscription.close()
 
 
 @dataclass(frozen=True)
@@ -136,11 +175,12 @@ class WatchService:
         self._handles = handles
         self.heartbeat = heartbeat
         self.queue_size = queue_size
-        self._closing = asyncio.Event()
+        self._closing = False
 
     def close(self) -> None:
         """Shutting down: every open stream ends with UNAVAILABLE and its resume point."""
-        self._closing.set()
+        self._closing = True
+        self._hub.close_all()
 
     def _filter(self, principal: Principal, request: WatchRequest) -> WatchFilter:
         violations: list[FieldViolation] = []
@@ -252,49 +292,34 @@ class WatchService:
     async def _live(
         self, principal: Principal, request: WatchRequest, subscription: Subscription, last: int
     ) -> AsyncGenerator[StreamItem, None]:
-        overflow = asyncio.ensure_future(subscription.overflowed.wait())
-        closing = asyncio.ensure_future(self._closing.wait())
-        getter: asyncio.Future[Event] | None = None
-        try:
-            while True:
-                getter = asyncio.ensure_future(subscription.queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, overflow, closing},
-                    timeout=self.heartbeat.total_seconds(),
-                    return_when=asyncio.FIRST_COMPLETED,
+        heartbeat = self.heartbeat.total_seconds()
+        buffer = subscription.buffer
+        while True:
+            if buffer:
+                event = buffer.popleft()
+                if event.sequence > last:
+                    last = event.sequence
+                    yield self._item(principal, request, event)
+                continue
+            if subscription.closed or self._closing:
+                raise Unavailable(
+                    f"the server is shutting down; reconnect with resume_after={last}",
+                    reason="SERVER_SHUTTING_DOWN",
+                    metadata={"resume_after": str(last)},
                 )
-                if getter not in done:
-                    getter.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await getter
-                if getter in done:
-                    event = getter.result()
-                    if event.sequence > last:
-                        last = event.sequence
-                        yield self._item(principal, request, event)
-                    continue
-                if closing in done:
-                    raise Unavailable(
-                        f"the server is shutting down; reconnect with resume_after={last}",
-                        reason="SERVER_SHUTTING_DOWN",
-                        metadata={"resume_after": str(last)},
-                    )
-                if overflow in done:
-                    raise Aborted(
-                        f"this subscriber fell {subscription.capacity} events behind and was "
-                        f"closed; resume with resume_after={last}",
-                        reason="WATCH_OVERFLOW",
-                        metadata={"resume_after": str(last)},
-                    )
+            if subscription.overflowed:
+                raise Aborted(
+                    f"this subscriber fell {subscription.capacity} events behind and was "
+                    f"closed; resume with resume_after={last}",
+                    reason="WATCH_OVERFLOW",
+                    metadata={"resume_after": str(last)},
+                )
+            if not await subscription.wait(heartbeat):
                 yield StreamItem(
                     EventKind.HEARTBEAT,
                     latest_sequence=max(last, self._hub.latest_sequence),
                     time=self._clock.now(),
                 )
-        finally:
-            for waiter in (overflow, closing, getter):
-                if waiter is not None:
-                    waiter.cancel()
 
     def _item(self, principal: Principal, request: WatchRequest, event: Event) -> StreamItem:
         token = ""
