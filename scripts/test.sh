@@ -32,12 +32,13 @@ step "services the tests need"
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
+# Two workers: the long suites (soak, crash) run beside the rest.
 step "pytest (SQLite, the embedded default)"
-pytest -q
+pytest -q -n 2 --dist loadfile
 
 if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
   step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
-  KEYTURN_TEST_BACKEND=postgres pytest -q tests/test_keys.py tests/test_handles.py \
+  KEYTURN_TEST_BACKEND=postgres pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
     tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
     tests/test_replicas.py
 fi

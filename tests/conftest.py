@@ -22,6 +22,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="run with KEYTURN_TEST_BACKEND=postgres"))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The figures the long suites measured (cycles survived, requests tried, ...), shown
+    at the end of every run, also under xdist (they travel as user properties)."""
+    lines = [
+        str(value)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", "") == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "figures"
+    ]
+    if lines:
+        terminalreporter.section("figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(autouse=True)
 def logs_hold_no_secrets() -> Iterator[io.StringIO]:
     """Every test runs with every Keyturn log line captured at DEBUG; none may contain a

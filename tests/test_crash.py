@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,7 +200,9 @@ def check_nothing_half_applied(database: Path) -> None:
         conn.close()
 
 
-async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Path) -> None:
+async def test_sigkill_at_random_moments_loses_nothing_acknowledged(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     rng = random.Random(int(os.environ.get("KEYTURN_CRASH_SEED", "2026")))
     server = ServerProcess(tmp_path / "data", "--heartbeat", "0.2s")
     ledger = Ledger()
@@ -226,10 +229,11 @@ async def test_sigkill_at_random_moments_loses_nothing_acknowledged(tmp_path: Pa
         check_nothing_half_applied(tmp_path / "data" / "keyturn.db")
     finally:
         server.kill()
-    print(
-        f"\ncrash: {CYCLES} SIGKILL cycles survived; {ledger.acknowledged} acknowledged "
+    record_property(
+        "figures",
+        f"crash: {CYCLES} SIGKILL cycles survived; {ledger.acknowledged} acknowledged "
         f"operations checked ({len(ledger.keys)} keys, {len(ledger.handles)} handles, "
         f"{sum(h.acknowledged_uses for h in ledger.handles.values())} counted validations); "
-        f"{ledger.failed} calls cut off by the kills; 0 lost"
+        f"{ledger.failed} calls cut off by the kills; 0 lost",
     )
     assert ledger.acknowledged > CYCLES * 5

@@ -11,7 +11,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,6 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     running.channel.close()
     assert running.healthy(), "the server is not healthy after the fuzzing"
     assert running.process.terminate() == 0
-    print(f"\nfuzz: {running.tried} random requests, 0 undocumented statuses, server healthy")
 
 
 def _message_class(descriptor: pb_descriptor.Descriptor) -> type[Message]:
@@ -341,3 +340,16 @@ def test_invalid_utf8_in_metadata_is_refused_cleanly(target: Target) -> None:
     assert status in (b"16", b"3", b"reset"), status  # UNAUTHENTICATED, INVALID_ARGUMENT
     assert target.healthy()
     assert MASTER_KEY  # the fixture's server uses the fixed test key
+
+
+def test_the_server_is_healthy_after_the_fuzzing(
+    target: Target, record_property: Callable[[str, object], None]
+) -> None:
+    """Runs last in this module: the figures of the whole fuzzing."""
+    assert target.healthy()
+    assert target.process.process is not None and target.process.process.poll() is None
+    record_property(
+        "figures",
+        f"fuzz: {target.tried} random requests to {len(METHODS)} RPCs, plus raw bytes, an "
+        "oversized message and invalid UTF-8: 0 undocumented statuses, the server healthy",
+    )

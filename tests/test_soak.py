@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -34,7 +35,9 @@ def slope(samples: list[tuple[float, float]]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
 
 
-async def test_a_long_mixed_load_with_open_streams_leaks_nothing(tmp_path: Path) -> None:
+async def test_a_long_mixed_load_with_open_streams_leaks_nothing(
+    tmp_path: Path, record_property: Callable[[str, object], None]
+) -> None:
     server = ServerProcess(tmp_path / "data", "--heartbeat", "5s")
     await server.start()
     calls = failures = events = 0
@@ -119,11 +122,12 @@ async def test_a_long_mixed_load_with_open_streams_leaks_nothing(tmp_path: Path)
 
     steady = rss[len(rss) // 3 :]  # after warm-up (caches, first allocations)
     growth_kib = slope(steady) * SECONDS
-    print(
-        f"\nsoak: {SECONDS:.0f} s, {STREAMS} open streams, {calls} calls, {failures} failed, "
+    record_property(
+        "figures",
+        f"soak: {SECONDS:.0f} s, {STREAMS} open streams, {calls} calls, {failures} failed, "
         f"{events} events delivered; RSS {rss[0][1] / 1024:.1f} -> {rss[-1][1] / 1024:.1f} "
         f"MiB (trend {growth_kib / 1024:+.1f} MiB over the run after warm-up); open fds "
-        f"{fds[0][1]:.0f} -> {fds[-1][1]:.0f}"
+        f"{fds[0][1]:.0f} -> {fds[-1][1]:.0f}",
     )
     assert failures == 0 and not dropped
     assert calls > SECONDS * 5
