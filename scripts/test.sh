@@ -5,19 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$PWD/.venv/bin
 export PATH="$BIN:$PATH"
+passed=0
 step() { printf '\n== %s\n' "$*"; }
+done_stage() { passed=$((passed + 1)); }
 
 step "format and lint (ruff), types (mypy)"
 lint_paths="server tests bench clients/python/keyturn examples/python"
 ruff format --check $lint_paths
 ruff check $lint_paths
 mypy  # server, client and bench, strict (pyproject.toml)
+done_stage
 
 step "API contract (buf lint, buf breaking against the previous commit)"
 buf lint
 if git rev-parse -q --verify HEAD~1 >/dev/null && git cat-file -e HEAD~1:proto 2>/dev/null; then
   buf breaking --against ".git#ref=HEAD~1"
 fi
+done_stage
 
 step "generated code matches proto/"
 PYTHON=$BIN/python scripts/generate.sh
@@ -26,6 +30,7 @@ if [ -n "$(git status --porcelain -- clients)" ]; then
   echo "generated code is stale: run 'make generate' and commit the result" >&2
   exit 1
 fi
+done_stage
 [ "${1:-}" = lint ] && exit 0
 
 step "services the tests need"
@@ -35,13 +40,19 @@ step "services the tests need"
 # Two workers: the long suites (soak, crash) run beside the rest.
 step "pytest (SQLite, the embedded default)"
 pytest -q -n 2 --dist loadfile
+done_stage
 
 if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
   step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
   KEYTURN_TEST_BACKEND=postgres pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
     tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
     tests/test_replicas.py
+  done_stage
 fi
 
 step "clients, examples and grpcurl against a live server"
 scripts/test-clients.sh
+done_stage
+
+echo
+echo "stages: $passed passed, 0 failed"  # any failure has stopped the script before this
