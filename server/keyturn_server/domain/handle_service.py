@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn_server.clock import Clock, to_micros
+from keyturn_server.clock import Clock
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.crypto.seal import SealError, binding
 from keyturn_server.domain import limits, tokens
@@ -48,7 +48,7 @@ from keyturn_server.domain.handles import (
     public_reason,
 )
 from keyturn_server.domain.ids import check_id, new_id
-from keyturn_server.domain.paging import Cursor, next_token, page_request
+from keyturn_server.domain.paging import scoped_page, token_after
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
@@ -162,7 +162,7 @@ class HandleService:
             )
             repo.insert_handle(handle)
             repo.insert_secret(HandleSecret(digest, handle_id, 1, now))
-            self._event(repo, EventKind.CREATED, handle, "generated")
+            self.event(repo, EventKind.CREATED, handle, "generated")
             self._record(
                 repo,
                 principal,
@@ -197,19 +197,15 @@ class HandleService:
         page_token: str,
     ) -> HandlePage:
         principal.require(Permission.HANDLE_READ)
-        violations: list[FieldViolation] = []
-        limits.text("type", type_name, 32, violations)
-        limits.text("owner", owner, 64, violations)
-        limits.raise_if(violations)
-        owner = principal.owner_filter(owner)
-        page = page_request(page_size, page_token, ("handles", type_name, status, owner))
+        owner, page = scoped_page(
+            principal, "handles", type_name, status, owner, page_size, page_token
+        )
         now = self._clock.now()
         found = await self._store.report(
             lambda repo: repo.list_handles(now, type_name, status, owner, page.after, page.size)
         )
         handles: list[Handle] = found.items
-        last = Cursor(to_micros(handles[-1].create_time), handles[-1].id) if handles else None
-        return HandlePage(handles, next_token(page, last, found.more), found.total)
+        return HandlePage(handles, token_after(page, handles, found.more), found.total)
 
     async def statistics(self, principal: Principal) -> tuple[Report, dict[str, int]]:
         """The report and anomaly counts by kind."""
@@ -288,13 +284,13 @@ class HandleService:
         for anomaly in anomalies:
             self.record_anomaly(repo, anomaly, handle)
         if transition is HandleState.EXHAUSTED:
-            self._event(repo, EventKind.EXHAUSTED, handle, "max usage reached")
+            self.event(repo, EventKind.EXHAUSTED, handle, "max usage reached")
         elif transition is HandleState.EXPIRED:
-            self._event(
+            self.event(
                 repo, EventKind.EXPIRED, handle, "max lifetime reached", deadline=handle.expire_time
             )
         elif transition is HandleState.REVOKED:
-            self._event(repo, EventKind.REVOKED, handle, handle.revoke_reason or "policy")
+            self.event(repo, EventKind.REVOKED, handle, handle.revoke_reason or "policy")
             self._record(
                 repo,
                 SYSTEM,
@@ -565,7 +561,7 @@ class HandleService:
                 if secret.sealed_token is not None:
                     repo.update_secret(dataclasses.replace(secret, sealed_token=None))
             repo.clear_sealed_event_tokens(handle_id, self._clock.now())
-            self._event(repo, EventKind.REVOKED, revoked, revoked.revoke_reason or "")
+            self.event(repo, EventKind.REVOKED, revoked, revoked.revoke_reason or "")
             self._record(repo, principal, "handle.revoke", revoked, user_id, reason, {})
             return revoked
 
@@ -573,7 +569,7 @@ class HandleService:
 
     # --- helpers -----------------------------------------------------------------------
 
-    def _event(
+    def event(
         self,
         repo: SqlRepository,
         kind: EventKind,

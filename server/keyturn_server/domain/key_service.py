@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from keyturn_server.clock import Clock, to_micros
+from keyturn_server.clock import Clock
 from keyturn_server.crypto import material
 from keyturn_server.crypto.algorithms import KEY_ALGORITHMS, Purpose
 from keyturn_server.crypto.keyring import Keyring
@@ -44,7 +44,7 @@ from keyturn_server.domain.keys import (
     VersionState,
     primary_deadlines,
 )
-from keyturn_server.domain.paging import Cursor, next_token, page_request
+from keyturn_server.domain.paging import scoped_page, token_after
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
@@ -119,19 +119,15 @@ class KeyService:
         page_token: str,
     ) -> KeyPage:
         principal.require(Permission.KEY_READ)
-        violations: list[FieldViolation] = []
-        limits.text("type", type_name, 32, violations)
-        limits.text("owner", owner, 64, violations)
-        limits.raise_if(violations)
-        owner = principal.owner_filter(owner)
-        page = page_request(page_size, page_token, ("keys", type_name, status, owner))
+        owner, page = scoped_page(
+            principal, "keys", type_name, status, owner, page_size, page_token
+        )
         now = self._clock.now()
         found = await self._store.report(
             lambda repo: repo.list_keys(now, type_name, status, owner, page.after, page.size)
         )
         keys = [self._with_pending_usage(k) for k in found.items]
-        last = Cursor(to_micros(keys[-1].create_time), keys[-1].id) if keys else None
-        return KeyPage(keys, next_token(page, last, found.more), found.total)
+        return KeyPage(keys, token_after(page, keys, found.more), found.total)
 
     async def statistics(self, principal: Principal) -> Report:
         principal.require(Permission.STATS_READ)
@@ -201,11 +197,11 @@ class KeyService:
             )
             repo.insert_key(key)
             repo.insert_version(version, self._keyring.seal(secret, material_binding(key_id, 1)))
-            self._event(repo, EventKind.CREATED, key, "generated")
+            self.event(repo, EventKind.CREATED, key, "generated")
             details = {"algorithm": key.algorithm, "type": type_name}
             if reveal:
                 details["revealed_version"] = "1"
-            self._record(repo, now, principal, "key.generate", key, user_id, "", details)
+            self.record(repo, now, principal, "key.generate", key, user_id, "", details)
             return key
 
         key = await self._store.write(work)
@@ -264,8 +260,8 @@ class KeyService:
             versions=(*key.versions, version),
         )
         repo.update_key(rotated)
-        self._event(repo, EventKind.ROTATED, rotated, reason, deadline=rotation, version=number)
-        self._record(
+        self.event(repo, EventKind.ROTATED, rotated, reason, deadline=rotation, version=number)
+        self.record(
             repo,
             now,
             principal,
@@ -297,10 +293,10 @@ class KeyService:
                 notify_time=None,
             )
             repo.update_key(removed)
-            self._event(
+            self.event(
                 repo, EventKind.REMOVED, removed, reason or "removed", deadline=removed.destroy_time
             )
-            self._record(
+            self.record(
                 repo,
                 now,
                 principal,
@@ -337,8 +333,8 @@ class KeyService:
                 notify_time=key.warn_time if key.warn_time and key.warn_time > now else None,
             )
             repo.update_key(restored)
-            self._event(repo, EventKind.RESTORED, restored, reason or "restored")
-            self._record(repo, now, principal, "key.restore", restored, user_id, reason, {})
+            self.event(repo, EventKind.RESTORED, restored, reason or "restored")
+            self.record(repo, now, principal, "key.restore", restored, user_id, reason, {})
             return restored
 
         return await self._store.write(work)
@@ -357,7 +353,7 @@ class KeyService:
         loaded = self._load(key, version or key.primary_version)
 
         def work(repo: SqlRepository) -> None:
-            self._record(
+            self.record(
                 repo,
                 self._clock.now(),
                 principal,
@@ -564,7 +560,7 @@ class KeyService:
         principal.require_visible("key", key_id, key.owner)
         return key
 
-    def _event(
+    def event(  # the scheduler records its transitions through here too
         self,
         repo: SqlRepository,
         kind: EventKind,
@@ -580,7 +576,7 @@ class KeyService:
             self._clock.now(),
         )
 
-    def _record(
+    def record(
         self,
         repo: SqlRepository,
         now: datetime,

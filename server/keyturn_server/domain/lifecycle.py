@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 from keyturn_server.clock import Clock
 from keyturn_server.crypto import material
 from keyturn_server.domain.access import SYSTEM
-from keyturn_server.domain.audit import AuditDraft, AuditLog
+from keyturn_server.domain.audit import AuditLog
 from keyturn_server.domain.configuration import ConfigService
-from keyturn_server.domain.events import EventKind, NewEvent, Subject
+from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.handles import Handle, HandleState
 from keyturn_server.domain.key_service import KeyService
-from keyturn_server.domain.keys import Key, KeyState, VersionState, warning_deadline
+from keyturn_server.domain.keys import KeyState, VersionState, warning_deadline
 from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
 
@@ -218,7 +218,7 @@ class Scheduler:
                     return False
                 expired = dataclasses.replace(current, state=KeyState.EXPIRED, notify_time=None)
                 repo.update_key(expired)
-                self._key_event(
+                self._keys.event(
                     repo,
                     EventKind.EXPIRED,
                     expired,
@@ -226,7 +226,9 @@ class Scheduler:
                     expired.expire_time,
                     expired.primary_version,
                 )
-                self._audit_key(repo, "key.expire", expired, "max lifetime reached", now)
+                self._keys.record(
+                    repo, now, SYSTEM, "key.expire", expired, "", "max lifetime reached", {}
+                )
                 return True
 
             return await self._store.write(expire)
@@ -247,7 +249,7 @@ class Scheduler:
         repo.after_commit(lambda: self._keys.forget_version(key_id, version.version))
         updated = repo.get_key(key_id)
         assert updated is not None
-        self._key_event(
+        self._keys.event(
             repo,
             EventKind.EXPIRED,
             updated,
@@ -255,12 +257,14 @@ class Scheduler:
             version.expire_time,
             version.version,
         )
-        self._audit_key(
+        self._keys.record(
             repo,
+            now,
+            SYSTEM,
             "key.version.expire",
             updated,
+            "",
             "max lifetime reached",
-            now,
             {"version": str(version.version)},
         )
         return True
@@ -277,7 +281,7 @@ class Scheduler:
             again = key.expire_time - key.schedule.warning_threshold
         repo.update_key(dataclasses.replace(key, notify_time=again))
         kind = "rotation" if deadline < key.expire_time else "expiry"
-        self._key_event(
+        self._keys.event(
             repo,
             EventKind.EXPIRING,
             key,
@@ -311,52 +315,13 @@ class Scheduler:
         )
         repo.update_key(destroyed)
         repo.after_commit(lambda: self._keys._forget(key_id))
-        self._key_event(
+        self._keys.event(
             repo, EventKind.DESTROYED, destroyed, "waiting period over", key.destroy_time, 0
         )
-        self._audit_key(repo, "key.destroy", destroyed, "waiting period over", now)
+        self._keys.record(
+            repo, now, SYSTEM, "key.destroy", destroyed, "", "waiting period over", {}
+        )
         return True
-
-    def _key_event(
-        self,
-        repo: SqlRepository,
-        kind: EventKind,
-        key: Key,
-        reason: str,
-        deadline: datetime | None,
-        version: int,
-    ) -> None:
-        repo.append_event(
-            NewEvent(
-                kind, Subject.KEY, key.id, key.type, key.owner, key, deadline, reason, version
-            ),
-            self._clock.now(),
-        )
-
-    def _audit_key(
-        self,
-        repo: SqlRepository,
-        action: str,
-        key: Key,
-        reason: str,
-        now: datetime,
-        details: dict[str, str] | None = None,
-    ) -> None:
-        self._audit.record(
-            repo,
-            now,
-            AuditDraft(
-                action,
-                SYSTEM.name,
-                SYSTEM.role.value,
-                "key",
-                key.id,
-                reason=reason,
-                details=details or {},
-            ),
-        )
-
-    # --- handles -----------------------------------------------------------------------
 
     def _expire_handle(self, repo: SqlRepository, handle_id: str, now: datetime) -> bool:
         handle = repo.get_handle(handle_id, for_update=True)
@@ -367,7 +332,7 @@ class Scheduler:
         expired = dataclasses.replace(handle, state=HandleState.EXPIRED, notify_time=None)
         repo.update_handle(expired)
         self._clear_successors(repo, expired, now)
-        self._handle_event(
+        self._handles.event(
             repo, EventKind.EXPIRED, expired, "max lifetime reached", expired.expire_time
         )
         return True
@@ -397,7 +362,7 @@ class Scheduler:
             again = again if again > now else None
         repo.update_handle(dataclasses.replace(handle, notify_time=again))
         what = "rotation" if rotating else "expiry"
-        self._handle_event(
+        self._handles.event(
             repo, EventKind.EXPIRING, handle, f"{what} at {deadline.isoformat()}", deadline
         )
         return True
@@ -420,18 +385,3 @@ class Scheduler:
             if secret.sealed_token is not None:
                 repo.update_secret(dataclasses.replace(secret, sealed_token=None))
         repo.clear_sealed_event_tokens(handle.id, now)
-
-    def _handle_event(
-        self,
-        repo: SqlRepository,
-        kind: EventKind,
-        handle: Handle,
-        reason: str,
-        deadline: datetime | None,
-    ) -> None:
-        repo.append_event(
-            NewEvent(
-                kind, Subject.HANDLE, handle.id, handle.type, handle.owner, handle, deadline, reason
-            ),
-            self._clock.now(),
-        )

@@ -9,9 +9,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
 
-from keyturn_server.domain.errors import InvalidArgument
+from keyturn_server.clock import to_micros
+from keyturn_server.domain import limits
+from keyturn_server.domain.access import Principal
+from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -58,3 +64,36 @@ def next_token(page: Page, last: Cursor | None, more: bool) -> str:
         return ""
     raw = json.dumps({"t": last.create_time, "i": last.id, "f": page.fingerprint})
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+class Listed(Protocol):
+    """A key or a handle, as far as paging cares."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def create_time(self) -> datetime: ...
+
+
+def scoped_page(
+    principal: Principal,
+    kind: str,
+    type_name: str,
+    status: object,
+    owner: str,
+    page_size: int,
+    page_token: str,
+) -> tuple[str, Page]:
+    """Check a List request's filters; (the owner filter the caller may use, the page)."""
+    violations: list[FieldViolation] = []
+    limits.text("type", type_name, 32, violations)
+    limits.text("owner", owner, 64, violations)
+    limits.raise_if(violations)
+    owner = principal.owner_filter(owner)
+    return owner, page_request(page_size, page_token, (kind, type_name, status, owner))
+
+
+def token_after(page: Page, items: Sequence[Listed], more: bool) -> str:
+    last = Cursor(to_micros(items[-1].create_time), items[-1].id) if items else None
+    return next_token(page, last, more)

@@ -258,14 +258,31 @@ class SqlRepository:
         after: Cursor | None,
         limit: int,
     ) -> Listing:
+        status_sql = None if status is None else _key_status_sql(status)
+        found = self._page("keys", now, type_name, status_sql, owner, after, limit)
+        keys = [rows.key_from_row(r, self.versions_of(r["id"])) for r in found.items]
+        return Listing(keys, found.total, found.more)
+
+    def _page(
+        self,
+        table: str,
+        now: datetime,
+        type_name: str,
+        status_sql: str | None,
+        owner: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> Listing:
+        """Rows of ``table`` matching the filters, by (create_time, id) after a cursor,
+        with the total across pages (AIP-158)."""
         where = _Where()
         if type_name:
             where.add("type = ?", type_name)
         if owner:
             where.add("owner = ?", owner)
-        if status is not None:
-            where.add_named_now(_key_status_sql(status), to_micros(now))
-        total = self._one(f"SELECT COUNT(*) AS n FROM keys{where.sql()}", where.params)["n"]
+        if status_sql is not None:
+            where.add_named_now(status_sql, to_micros(now))
+        total = self._one(f"SELECT COUNT(*) AS n FROM {table}{where.sql()}", where.params)["n"]
         if after is not None:
             where.add(
                 "(create_time > ? OR (create_time = ? AND id > ?))",
@@ -274,11 +291,10 @@ class SqlRepository:
                 after.id,
             )
         found = self._all(
-            f"SELECT * FROM keys{where.sql()} ORDER BY create_time, id LIMIT ?",
+            f"SELECT * FROM {table}{where.sql()} ORDER BY create_time, id LIMIT ?",
             [*where.params, limit + 1],
         )
-        keys = [rows.key_from_row(r, self.versions_of(r["id"])) for r in found[:limit]]
-        return Listing(keys, total, len(found) > limit)
+        return Listing(found[:limit], total, len(found) > limit)
 
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) for every type and computed status."""
@@ -388,27 +404,9 @@ class SqlRepository:
         after: Cursor | None,
         limit: int,
     ) -> Listing:
-        where = _Where()
-        if type_name:
-            where.add("type = ?", type_name)
-        if owner:
-            where.add("owner = ?", owner)
-        if status is not None:
-            where.add_named_now(_handle_status_sql(status), to_micros(now))
-        total = self._one(f"SELECT COUNT(*) AS n FROM handles{where.sql()}", where.params)["n"]
-        if after is not None:
-            where.add(
-                "(create_time > ? OR (create_time = ? AND id > ?))",
-                after.create_time,
-                after.create_time,
-                after.id,
-            )
-        found = self._all(
-            f"SELECT * FROM handles{where.sql()} ORDER BY create_time, id LIMIT ?",
-            [*where.params, limit + 1],
-        )
-        handles = [rows.handle_from_row(r) for r in found[:limit]]
-        return Listing(handles, total, len(found) > limit)
+        status_sql = None if status is None else _handle_status_sql(status)
+        found = self._page("handles", now, type_name, status_sql, owner, after, limit)
+        return Listing([rows.handle_from_row(r) for r in found.items], found.total, found.more)
 
     def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, total usage, max usage) per type and computed status."""
