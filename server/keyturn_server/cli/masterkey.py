@@ -11,11 +11,10 @@ import argparse
 import asyncio
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from keyturn_server.app import open_store
 from keyturn_server.bootstrap import unlock
+from keyturn_server.cli.local import add_location_arguments, local_settings, opened
 from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
 from keyturn_server.domain.master_rotation import rotate_master_key
 from keyturn_server.settings import Settings
@@ -28,8 +27,7 @@ def register(commands: Any) -> None:
     rotate = actions.add_parser(
         "rotate", help="re-wrap the keyring and re-seal every secret under NEW_MASTER_KEY"
     )
-    rotate.add_argument("--data-dir", help="data directory (default ./data)")
-    rotate.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+    add_location_arguments(rotate)
     command.set_defaults(run=run)
 
 
@@ -41,12 +39,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    data_dir = Path(args.data_dir or os.environ.get("DATA_DIR") or "data")
-    settings = Settings(
-        data_dir=data_dir,
-        store=args.store or os.environ.get("KEYTURN_STORE", ""),
-        master_key=current,
-    )
+    settings = local_settings(args, current)
     try:
         return asyncio.run(_rotate(settings, following))
     except (MasterKeyError, OSError) as exc:
@@ -55,11 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _rotate(settings: Settings, following: str) -> int:
-    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
-        raise OSError(f"no Keyturn data in {settings.data_dir}")
-    os.umask(0o077)
-    store = open_store(settings)
-    try:
+    async with opened(settings) as store:
         _, old = await unlock(store, settings.data_dir, settings.master_key, production=False)
         salt = store.read().get_meta("master_salt") or new_salt()
         new = parse_master_key(following, salt, source="NEW_MASTER_KEY")
@@ -80,5 +69,3 @@ async def _rotate(settings: Settings, following: str) -> int:
             file=sys.stderr,
         )
         return 0
-    finally:
-        await store.close()

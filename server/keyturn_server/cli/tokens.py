@@ -8,18 +8,17 @@ import asyncio
 import getpass
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from keyturn_server.app import open_store
 from keyturn_server.bootstrap import unlock
+from keyturn_server.cli.local import add_location_arguments, local_settings, opened
 from keyturn_server.clock import SystemClock
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
-from keyturn_server.settings import Settings, parse_duration
+from keyturn_server.settings import parse_duration
 
 
 def register(commands: Any) -> None:
@@ -35,20 +34,8 @@ def register(commands: Any) -> None:
     revoke.add_argument("name")
     revoke.add_argument("--reason", default="")
     for sub in (create, listing, revoke):
-        sub.add_argument("--data-dir", help="data directory (default ./data)")
-        sub.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+        add_location_arguments(sub)
     command.set_defaults(run=run)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    data_dir = (
-        args.data_dir or os.environ.get("DATA_DIR") or os.environ.get("KEY_STORAGE_PATH") or "data"
-    )
-    return Settings(
-        data_dir=Path(data_dir),
-        store=args.store or os.environ.get("KEYTURN_STORE", ""),
-        master_key=os.environ.get("MASTER_KEY") or None,
-    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,12 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    settings = _settings(args)
-    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
-        raise OSError(f"no Keyturn data in {settings.data_dir} (start the server once first)")
-    os.umask(0o077)
-    store = open_store(settings)
-    try:
+    settings = local_settings(args, os.environ.get("MASTER_KEY") or None)
+    async with opened(settings) as store:
         keyring, _ = await unlock(store, settings.data_dir, settings.master_key, production=False)
         service = AccessTokenService(
             store, keyring, AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock()
@@ -87,8 +70,6 @@ async def _run(args: argparse.Namespace) -> int:
             await service.revoke(operator, args.name, "", args.reason)
             print(f"revoked {args.name}")
         return 0
-    finally:
-        await store.close()
 
 
 def _when(value: Any) -> str:

@@ -7,7 +7,6 @@ and the verifiers read the version from it, so rotation never breaks a caller.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import struct
@@ -166,9 +165,3 @@ class LoadedVersion:
 
 def _pss() -> padding.PSS:
     return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
-
-
-def digest_name(algorithm: str) -> str:
-    """hashlib name of an HMAC algorithm ("sha256" etc.)."""
-    hashlib.new(algorithm)
-    return algorithm

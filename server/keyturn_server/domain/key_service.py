@@ -309,7 +309,7 @@ class KeyService:
             return removed
 
         key = await self._store.write(work)
-        self._forget(key_id)
+        self.forget(key_id)
         return key
 
     async def restore(self, principal: Principal, key_id: str, user_id: str, reason: str) -> Key:
@@ -538,7 +538,8 @@ class KeyService:
         self._usage[key.id] = (count + 1, self._clock.now())
         return result
 
-    def _forget(self, key_id: str) -> None:
+    def forget(self, key_id: str) -> None:
+        """Drop cached material of a key (removed or destroyed)."""
         for cached in [k for k in self._loaded if k[0] == key_id]:
             del self._loaded[cached]
 

@@ -314,7 +314,7 @@ class Scheduler:
             versions=tuple(versions),
         )
         repo.update_key(destroyed)
-        repo.after_commit(lambda: self._keys._forget(key_id))
+        repo.after_commit(lambda: self._keys.forget(key_id))
         self._keys.event(
             repo, EventKind.DESTROYED, destroyed, "waiting period over", key.destroy_time, 0
         )

@@ -127,36 +127,26 @@ def version_from_row(row: Row) -> KeyVersion:
 
 
 def handle_row(handle: Handle) -> dict[str, Any]:
-    return {
+    row = {
         "id": handle.id,
         "type": handle.type,
         "algorithm": handle.algorithm,
-        "state": handle.state.value,
         "owner": handle.owner,
         "created_for": handle.created_for,
         "context": json.dumps(handle.context, sort_keys=True),
-        "usage_count": handle.usage_count,
         "max_usage": handle.max_usage,
         "create_time": to_micros(handle.create_time),
         "rotate_time": to_micros(handle.rotate_time),
         "expire_time": to_micros(handle.expire_time),
         "warn_time": to_micros(handle.warn_time),
-        "notify_time": optional_micros(handle.notify_time),
         "rotation_interval": _us(handle.schedule.rotation_interval),
         "warning_threshold": _us(handle.schedule.warning_threshold),
         "max_lifetime": _us(handle.schedule.max_lifetime),
         "grace_period": _us(handle.schedule.grace_period),
         "generation": handle.generation,
-        "last_used_time": optional_micros(handle.last_used_time),
-        "anomaly_count": handle.anomaly_count,
-        "bound_ip": handle.bound_ip,
-        "bound_user_agent": handle.bound_user_agent,
-        "revoke_reason": handle.revoke_reason,
-        "rate_start": optional_micros(handle.rate.start),
-        "rate_previous": handle.rate.previous,
-        "rate_current": handle.rate.current,
-        "rate_flagged": optional_micros(handle.rate.flagged),
     }
+    row.update(handle_use_row(handle))
+    return row
 
 
 def handle_from_row(row: Row) -> Handle:
@@ -202,24 +192,8 @@ def _schedule(rotation: int, warning: int, lifetime: int, grace: int) -> HandleS
     return HandleSchedule(_td(rotation), _td(warning), _td(lifetime), _td(grace))
 
 
-#: The columns a validation can change; the rest of a handle's row stays as issued.
-USE_COLUMNS = (
-    "state",
-    "usage_count",
-    "last_used_time",
-    "notify_time",
-    "anomaly_count",
-    "bound_ip",
-    "bound_user_agent",
-    "revoke_reason",
-    "rate_start",
-    "rate_previous",
-    "rate_current",
-    "rate_flagged",
-)
-
-
 def handle_use_row(handle: Handle) -> dict[str, Any]:
+    """The columns a validation can change; the rest of a handle's row stays as issued."""
     return {
         "state": handle.state.value,
         "usage_count": handle.usage_count,

@@ -1,0 +1,43 @@
+"""Opening a data directory from an operator command (`token`, `master-key`): no server
+is needed, and one may be running on the same data."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from keyturn_server.app import open_store
+from keyturn_server.settings import Settings
+from keyturn_server.store.base import Store
+
+
+def add_location_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (DATA_DIR, KEY_STORAGE_PATH; ./data)")
+    parser.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+
+
+def local_settings(args: argparse.Namespace, master_key: str | None) -> Settings:
+    """Where the data is, as `keyturn serve` would find it."""
+    data_dir = (
+        args.data_dir or os.environ.get("DATA_DIR") or os.environ.get("KEY_STORAGE_PATH") or "data"
+    )
+    return Settings(
+        data_dir=Path(data_dir),
+        store=args.store or os.environ.get("KEYTURN_STORE", ""),
+        master_key=master_key,
+    )
+
+
+@contextlib.asynccontextmanager
+async def opened(settings: Settings) -> AsyncIterator[Store]:
+    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
+        raise OSError(f"no Keyturn data in {settings.data_dir} (start the server once first)")
+    os.umask(0o077)  # whatever the command writes stays private, like the server's files
+    store = open_store(settings)
+    try:
+        yield store
+    finally:
+        await store.close()
