@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from datetime import timedelta
 
 import grpc
@@ -108,6 +109,71 @@ async def test_concurrent_validations_never_exceed_max_usage(server: Harness) ->
     assert {r.reason for r in results if not r.valid} == {R.VALIDATION_REASON_EXHAUSTED}
     handle = await server.admin.handles.GetHandle(R.GetHandleRequest(handle_id=issued.handle.id))
     assert handle.usage_count == 50
+
+
+async def test_a_mixed_burst_is_answered_as_if_each_validation_ran_alone(
+    server: Harness,
+) -> None:
+    """Validations arriving together share one unit of work; each must still get the
+    answer it would get alone, in some serial order, with the counts to match."""
+    capped = await issue(server.admin, "device")  # max usage 50
+    revoked = await issue(server.admin)
+    await server.admin.handles.RemoveHandle(
+        R.RemoveHandleRequest(handle_id=revoked.handle.id, reason="test")
+    )
+    rotated_from = await issue(server.admin)
+    rotated = await server.admin.handles.RotateHandle(
+        R.RotateHandleRequest(handle_id=rotated_from.handle.id)
+    )
+    racing = await issue(server.admin)
+    unknown = tokens.new_token("workflow", 64)
+    plan = (
+        [("capped", capped.token)] * 60
+        + [("revoked", revoked.token)] * 5
+        + [("old", rotated_from.token)] * 10
+        + [("new", rotated.token)] * 10
+        + [("racing", racing.token)] * 30
+        + [("unknown", unknown)] * 5
+    )
+    random.Random(7).shuffle(plan)
+    clients = [server.client(server.admin_token) for _ in range(6)]
+
+    async def remove_racing() -> None:
+        await asyncio.sleep(0)
+        await server.admin.handles.RemoveHandle(
+            R.RemoveHandleRequest(handle_id=racing.handle.id, reason="mid-burst")
+        )
+
+    *results, _ = await asyncio.gather(
+        *[validate(clients[i % len(clients)], token) for i, (_, token) in enumerate(plan)],
+        remove_racing(),
+    )
+    by: dict[str, list[R.Validation]] = {}
+    for (label, _), result in zip(plan, results, strict=True):
+        by.setdefault(label, []).append(result)
+
+    assert sum(r.valid for r in by["capped"]) == 50
+    assert {r.reason for r in by["capped"] if not r.valid} == {R.VALIDATION_REASON_EXHAUSTED}
+    assert all(r.reason == R.VALIDATION_REASON_REVOKED for r in by["revoked"])
+    assert all(
+        [a.kind for a in r.anomalies] == [resources_pb2.ANOMALY_KIND_USE_AFTER_REVOCATION]
+        for r in by["revoked"]
+    )
+    assert all(r.valid and r.rotated for r in by["old"])
+    assert all(r.valid and not r.rotated for r in by["new"])
+    assert all(not r.valid and r.reason == R.VALIDATION_REASON_INVALID for r in by["unknown"])
+    # Whatever the order of the removal among the validations: none valid after it.
+    racing_valid = [r.valid for r in by["racing"]]
+    assert all(r.reason == R.VALIDATION_REASON_REVOKED for r in by["racing"] if not r.valid)
+
+    async def usage(handle_id: str) -> int:
+        got = await server.admin.handles.GetHandle(R.GetHandleRequest(handle_id=handle_id))
+        return got.usage_count
+
+    assert await usage(capped.handle.id) == 50
+    assert await usage(revoked.handle.id) == 0
+    assert await usage(rotated_from.handle.id) == 20
+    assert await usage(racing.handle.id) == sum(racing_valid)
 
 
 @pytest.mark.parametrize(

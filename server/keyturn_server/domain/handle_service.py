@@ -1,17 +1,20 @@
 """What callers do with handles: issue, read, validate, rotate, revoke, and what the
 scheduler does to them on its own (automatic rotation, expiry).
 
-A validation is one store transaction running :func:`handles.decide`; with the SQLite
+A validation runs :func:`handles.decide` inside a store transaction; with the SQLite
 store's single writer that makes the checks and the usage count atomic, and with
-PostgreSQL the handle row is locked FOR UPDATE.
+PostgreSQL the handle row is locked FOR UPDATE. Validations arriving together share one
+unit of work (:mod:`coalesce`), decided one after another in arrival order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.keyring import Keyring
@@ -25,6 +28,7 @@ from keyturn_server.domain.anomalies import (
     InvalidTokenFloodDetector,
 )
 from keyturn_server.domain.audit import AuditDraft, AuditLog
+from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.configuration import ConfigService
 from keyturn_server.domain.errors import (
     FailedPrecondition,
@@ -82,6 +86,14 @@ class Rotation:
     previous_valid_until: datetime | None
 
 
+@dataclass(frozen=True)
+class _Presented:
+    """A token to validate (as its candidate digests) and what came with it."""
+
+    digests: list[bytes]
+    seen: Presentation
+
+
 def successor_binding(handle_id: str, generation: int) -> bytes:
     return binding(SECRET_TABLE, handle_id, generation)
 
@@ -103,6 +115,9 @@ class HandleService:
         self._clock = clock
         self._stats = stats
         self.floods = InvalidTokenFloodDetector()
+        self._validations: Coalescer[_Presented, Decision | None] = Coalescer(
+            store, self._validate_all
+        )
 
     # --- issue and read --------------------------------------------------------------
 
@@ -238,8 +253,7 @@ class HandleService:
         if parsed is None:
             result = await self._refused(principal, seen, Reason.MALFORMED)
         else:
-            digests = self._digests(parsed)
-            decision = await self._store.write(lambda repo: self._validate_in(repo, digests, seen))
+            decision = await self._validations.submit(_Presented(self._digests(parsed), seen))
             if decision is None:
                 result = await self._refused(principal, seen, Reason.INVALID)
             else:
@@ -257,22 +271,31 @@ class HandleService:
         algorithms = (handle_type.algorithm,) if handle_type else _ALGORITHMS
         return [self._keyring.digest(parsed.text, a) for a in algorithms]
 
-    def _validate_in(
-        self, repo: SqlRepository, digests: list[bytes], seen: Presentation
-    ) -> Decision | None:
-        found = None
-        for digest in digests:
-            found = repo.secret_with_handle(digest)
-            if found is not None:
-                break
-        if found is None:
-            return None
-        secret, handle, stored = found
-        decision = decide(handle, secret, seen, self._clock.now(), self._config.current.policies)
-        # Write back only what changed: a plain validation touches no indexed column.
-        repo.update_handle_columns(handle.id, stored, decision.handle)
-        self._consequences(repo, decision.handle, decision.anomalies, decision.transition)
-        return decision
+    def _validate_all(
+        self, repo: SqlRepository, presented: Sequence[_Presented]
+    ) -> list[Decision | None]:
+        """Validations in the order they arrived, in one unit of work: each sees the
+        handle as the ones before it left it, as if each were its own transaction."""
+        found = repo.secrets_with_handles([d for p in presented for d in p.digests])
+        now = self._clock.now()
+        policies = self._config.current.policies
+        latest: dict[str, tuple[Handle, Any]] = {}
+        decisions: list[Decision | None] = []
+        for item in presented:
+            hit = next((found[d] for d in item.digests if d in found), None)
+            if hit is None:
+                decisions.append(None)
+                continue
+            secret, handle, stored = hit
+            handle, stored = latest.get(handle.id, (handle, stored))
+            decision = decide(handle, secret, item.seen, now, policies)
+            latest[handle.id] = (decision.handle, stored)
+            self._consequences(repo, decision.handle, decision.anomalies, decision.transition)
+            decisions.append(decision)
+        for handle, stored in latest.values():
+            # Only what changed: a plain validation touches no indexed column.
+            repo.update_handle_columns(handle.id, stored, handle)
+        return decisions
 
     def _consequences(
         self,

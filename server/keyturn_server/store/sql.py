@@ -23,6 +23,9 @@ from keyturn_server.domain.keys import Key, KeyStatus, KeyVersion
 from keyturn_server.domain.paging import Cursor
 from keyturn_server.store import rows
 
+#: Parameters per ``IN (...)`` list: well within both SQLite's and PostgreSQL's limits.
+_IN_LIMIT = 500
+
 
 class Cursorlike(Protocol):
     def fetchone(self) -> Any: ...
@@ -333,29 +336,38 @@ class SqlRepository:
         row = self._one(f"SELECT * FROM handles WHERE id = ?{lock}", (handle_id,))
         return None if row is None else rows.handle_from_row(row)
 
-    def secret_with_handle(self, digest: bytes) -> tuple[HandleSecret, Handle, Any] | None:
-        """The secret with this digest and its handle (locked), in one statement, with the
+    def secrets_with_handles(
+        self, digests: Sequence[bytes]
+    ) -> dict[bytes, tuple[HandleSecret, Handle, Any]]:
+        """The secrets with these digests and their handles (locked, in id order, so that
+        replicas locking overlapping sets cannot deadlock), in one statement, with each
         handle's stored row for :meth:`update_handle_columns`."""
+        found: dict[bytes, tuple[HandleSecret, Handle, Any]] = {}
+        wanted = list(dict.fromkeys(digests))
         lock = " FOR UPDATE OF h" if self._lock_for_append else ""
-        row = self._one(
-            "SELECT h.*, s.generation AS s_generation, s.create_time AS s_create_time, "
-            "s.superseded_time AS s_superseded_time, s.grace_until AS s_grace_until, "
-            "s.sealed_token AS s_sealed_token FROM handle_secrets s "
-            f"JOIN handles h ON h.id = s.handle_id WHERE s.digest = ?{lock}",
-            (digest,),
-        )
-        if row is None:
-            return None
-        secret = HandleSecret(
-            digest=digest,
-            handle_id=row["id"],
-            generation=row["s_generation"],
-            create_time=from_micros(row["s_create_time"]),
-            superseded_time=optional_datetime(row["s_superseded_time"]),
-            grace_until=optional_datetime(row["s_grace_until"]),
-            sealed_token=rows.optional_bytes(row["s_sealed_token"]),
-        )
-        return secret, rows.handle_from_row(row), row
+        for start in range(0, len(wanted), _IN_LIMIT):
+            chunk = wanted[start : start + _IN_LIMIT]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._all(
+                "SELECT h.*, s.digest AS s_digest, s.generation AS s_generation, "
+                "s.create_time AS s_create_time, s.superseded_time AS s_superseded_time, "
+                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token "
+                "FROM handle_secrets s JOIN handles h ON h.id = s.handle_id "
+                f"WHERE s.digest IN ({marks}) ORDER BY h.id{lock}",
+                chunk,
+            ):
+                digest = bytes(row["s_digest"])
+                secret = HandleSecret(
+                    digest=digest,
+                    handle_id=row["id"],
+                    generation=row["s_generation"],
+                    create_time=from_micros(row["s_create_time"]),
+                    superseded_time=optional_datetime(row["s_superseded_time"]),
+                    grace_until=optional_datetime(row["s_grace_until"]),
+                    sealed_token=rows.optional_bytes(row["s_sealed_token"]),
+                )
+                found[digest] = (secret, rows.handle_from_row(row), row)
+        return found
 
     def update_handle_columns(self, handle_id: str, stored: Any, handle: Handle) -> None:
         """Update the columns a validation may change that differ from the ``stored`` row:
