@@ -22,6 +22,14 @@ def load() -> tuple[ModuleType, ModuleType]:
     return messages, services
 
 
+def wait_argument() -> float:
+    """The value of ``--wait-ms N`` in seconds (default 0)."""
+    args = sys.argv[1:]
+    if "--wait-ms" in args and args.index("--wait-ms") + 1 < len(args):
+        return float(args[args.index("--wait-ms") + 1]) / 1000
+    return 0.0
+
+
 def listen_argument() -> str:
     """The value of ``--listen HOST:PORT`` on the command line (default 127.0.0.1:0)."""
     args = sys.argv[1:]

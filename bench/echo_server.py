@@ -2,6 +2,9 @@
 
 Run as ``python -m bench.echo_server --listen 127.0.0.1:0``; it prints
 ``baseline listening on HOST:PORT`` once it serves, and stops on SIGTERM.
+
+With ``--wait-ms N`` each call waits N ms on the event loop before it answers, as a call
+waits for its commit: the reference for what waiting alone costs grpc.aio.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from bench.baseline import listen_argument, load
+from bench.baseline import listen_argument, load, wait_argument
 
 messages, services = load()
 
@@ -22,9 +25,18 @@ class Echo(services.EchoServicer):  # type: ignore[misc, name-defined]
         return request
 
 
-async def serve(listen: str) -> None:
+class WaitingEcho(services.EchoServicer):  # type: ignore[misc, name-defined]
+    def __init__(self, wait: float) -> None:
+        self._wait = wait
+
+    async def Echo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await asyncio.sleep(self._wait)
+        return request
+
+
+async def serve(listen: str, wait: float) -> None:
     server = grpc.aio.server()
-    services.add_EchoServicer_to_server(Echo(), server)
+    services.add_EchoServicer_to_server(WaitingEcho(wait) if wait else Echo(), server)
     port = server.add_insecure_port(listen)
     await server.start()
     print(f"baseline listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
@@ -37,4 +49,4 @@ async def serve(listen: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(listen_argument()))
+    asyncio.run(serve(listen_argument(), wait_argument()))

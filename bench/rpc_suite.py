@@ -13,6 +13,8 @@ from bench.options import Options
 from bench.report import Section, num, ratio, verdict
 
 VALIDATE_TARGET = 0.70
+#: What a durable answer waits for, about: the rest of the commit in flight, then its own.
+COMMIT_WAIT_MS = 1.0
 
 
 def _row(label: str, paired: Paired, target: str, met: bool | None) -> list[str]:
@@ -69,6 +71,8 @@ def run(options: Options, pairing: Pairing, workdir: Path) -> list[Section]:
             section.rows.append(_row(rpc.label, paired, target, met))
             section.data[rpc.label] = paired.as_json()
             print(f"  {rpc.label:<24} {paired.rpc.rps:>9,.0f} req/s  ratio {paired.ratio:.2f}")
+            if rpc.label == rpcs.VALIDATE:
+                _waiting_echo(pairing, section, workdir)
         section.notes += [
             f"ValidateHandle round robin over {options.handles} handles of a custom type "
             "(max_usage 1e9, rate_limit_per_handle 1e7); every validation is a store write.",
@@ -81,6 +85,29 @@ def run(options: Options, pairing: Pairing, workdir: Path) -> list[Section]:
         return sections
     finally:
         server.stop()
+
+
+def _waiting_echo(pairing: Pairing, section: Section, workdir: Path) -> None:
+    """The reference beside ValidateHandle: the bare echo, made to wait as a durable
+    answer waits for its commit. Waiting alone costs grpc.aio throughput (more calls open
+    at once, each answered in a later turn of the loop), so this bounds what any
+    validation that waits for a commit can reach on this stack."""
+    label = f"echo waiting {COMMIT_WAIT_MS:g} ms (reference)"
+    waiting = servers.start_baseline(
+        "echo_server", workdir / "logs" / "echo-waiting.log", ("--wait-ms", str(COMMIT_WAIT_MS))
+    )
+    try:
+        paired = pairing.measure(pairing.echo_call, waiting)
+    finally:
+        waiting.stop()
+    section.rows.append(_row(label, paired, "—", None))
+    section.data["echo_waiting"] = {"wait_ms": COMMIT_WAIT_MS, **paired.as_json()}
+    section.notes.append(
+        f"{label}: the bare echo server, each call awaiting a {COMMIT_WAIT_MS:g} ms timer "
+        "before it answers, as a durable validation awaits its group commit; its ratio is "
+        "what waiting alone leaves of echo's throughput on grpc.aio."
+    )
+    print(f"  {label:<24} {paired.rpc.rps:>9,.0f} req/s  ratio {paired.ratio:.2f}")
 
 
 def _profile(

@@ -134,9 +134,11 @@ def start_keyturn(
     return _start("keyturn", argv, env, log_path, _KEYTURN_READY, timeout)
 
 
-def start_baseline(module: str, log_path: Path, timeout: float = 60.0) -> Server:
+def start_baseline(
+    module: str, log_path: Path, extra_args: tuple[str, ...] = (), timeout: float = 60.0
+) -> Server:
     """``python -m bench.<module>``: echo_server or fanout_server."""
-    argv = [sys.executable, "-m", f"bench.{module}", "--listen", "127.0.0.1:0"]
+    argv = [sys.executable, "-m", f"bench.{module}", "--listen", "127.0.0.1:0", *extra_args]
     return _start(module, argv, _env({}), log_path, _BASELINE_READY, timeout)
 
 
