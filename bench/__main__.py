@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from bench import fanout_suite, ghz, rpc_suite, rpcs, servers, store_suite
+from bench import fanout_suite, ghz, inprocess_suite, rpc_suite, rpcs, servers, store_suite
 from bench.fixtures import HANDLE_LENGTH, HANDLE_TYPE
 from bench.measure import Pairing
 from bench.options import Options, parse
@@ -61,6 +61,9 @@ def run(options: Options, argv: Sequence[str]) -> Report:
             workdir,
         )
         pairing.warm_echo()
+        if "inprocess" in options.suites:
+            print("in process, no gRPC ...", flush=True)
+            report.sections += inprocess_suite.run(options, workdir)
         if "rpc" in options.suites:
             print("per-RPC throughput ...", flush=True)
             report.sections += rpc_suite.run(options, pairing, workdir)

@@ -76,6 +76,8 @@ class Report:
         checks = self.targets()
         summary = ["### Targets", "", "| benchmark | target | verdict |", "|---|---|---|"]
         summary += [f"| {title} | {t} | {verdict(met)} |" for title, t, met in checks]
+        if not checks:
+            summary = ["### Targets", "", "(none in the suites run)"]
         return "\n\n".join(["\n".join(head), *body, "\n".join(summary)]) + "\n"
 
     def as_json(self) -> dict[str, Any]:
