@@ -1,5 +1,6 @@
-"""The coalescer on a real SQLite store: calls of one loop turn share a unit of work,
-run in order, and one failing item does not fail the others."""
+"""The coalescer on a real store (SQLite; PostgreSQL too under KEYTURN_TEST_BACKEND=
+postgres, where units run in worker threads): calls of one loop turn share a unit of
+work, run in order, and one failing item does not fail the others."""
 
 from __future__ import annotations
 
@@ -10,13 +11,20 @@ from pathlib import Path
 import pytest
 
 from keyturn_server.domain.coalesce import Coalescer
+from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import SqliteStore
+from tests.harness import BACKEND, fresh_postgres_database
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    opened = SqliteStore(tmp_path / "keyturn.db")
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    if BACKEND == "postgres":
+        from keyturn_server.store.postgres import PostgresStore
+
+        opened: Store = PostgresStore(fresh_postgres_database())
+    else:
+        opened = SqliteStore(tmp_path / "keyturn.db")
     yield opened
     await opened.close()
 
@@ -41,11 +49,11 @@ class Counter:
         return seen
 
 
-async def stored_total(store: SqliteStore) -> int:
+async def stored_total(store: Store) -> int:
     return int((store.read().get_meta("total") or b"0").decode())
 
 
-async def test_calls_of_one_turn_share_one_unit_in_order(store: SqliteStore) -> None:
+async def test_calls_of_one_turn_share_one_unit_in_order(store: Store) -> None:
     counter = Counter()
     coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
     answers = await asyncio.gather(*(coalescer.submit(n) for n in (1, 2, 3, 4)))
@@ -56,7 +64,7 @@ async def test_calls_of_one_turn_share_one_unit_in_order(store: SqliteStore) -> 
     assert counter.units[-1] == [5]
 
 
-async def test_a_failing_item_fails_alone(store: SqliteStore) -> None:
+async def test_a_failing_item_fails_alone(store: Store) -> None:
     counter = Counter(poison=3)
     coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
     answers = await asyncio.gather(
@@ -69,7 +77,7 @@ async def test_a_failing_item_fails_alone(store: SqliteStore) -> None:
     assert await stored_total(store) == 7  # 1 + 2 + 4: nothing of the failed unit kept
 
 
-async def test_a_caller_that_goes_away_still_has_its_item_counted(store: SqliteStore) -> None:
+async def test_a_caller_that_goes_away_still_has_its_item_counted(store: Store) -> None:
     counter = Counter()
     coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
     impatient = asyncio.ensure_future(coalescer.submit(5))
@@ -78,3 +86,26 @@ async def test_a_caller_that_goes_away_still_has_its_item_counted(store: SqliteS
     impatient.cancel()
     assert await patient == 6
     assert await stored_total(store) == 6
+
+
+async def test_calls_arriving_while_a_unit_runs_are_all_answered(store: Store) -> None:
+    """Calls keep arriving while units run (in a worker thread on PostgreSQL): each is
+    answered exactly once and counted exactly once."""
+    counter = Counter()
+    coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
+
+    async def burst(start: int) -> list[int]:
+        answers = []
+        for n in range(start, start + 25):
+            answers.append(asyncio.ensure_future(coalescer.submit(1)))
+            if n % 3 == 0:
+                await asyncio.sleep(0)
+        return list(await asyncio.gather(*answers))
+
+    answers = [
+        a for batch in await asyncio.gather(*(burst(i * 25) for i in range(20))) for a in batch
+    ]
+    assert sorted(answers) == list(range(1, 501))  # every running total seen exactly once
+    assert await stored_total(store) == 500
+    assert sum(len(unit) for unit in counter.units) == 500
+    assert len(counter.units) < 500  # calls did share units

@@ -15,6 +15,7 @@ again in a unit of its own, so that one bad item cannot fail the others.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -23,9 +24,6 @@ from keyturn_server.store.sql import SqlRepository
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-#: Units of work stay short: a burst larger than this is split.
-MAX_ITEMS = 256
 
 
 class Coalescer(Generic[Item, Result]):
@@ -36,6 +34,9 @@ class Coalescer(Generic[Item, Result]):
     ) -> None:
         self._store = store
         self._run = run
+        # The store may run the unit in a worker thread (PostgreSQL) while calls arrive
+        # on the loop: taking the queue and adding to it must not interleave.
+        self._lock = threading.Lock()
         self._pending: list[tuple[Item, asyncio.Future[Result]]] = []
         #: A unit of ours is waiting in the store: later calls join it.
         self._queued = False
@@ -43,44 +44,43 @@ class Coalescer(Generic[Item, Result]):
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        if not self._queued:
-            self._queue()
+        with self._lock:
+            self._pending.append((item, future))
+            start, self._queued = not self._queued, True
+        if start:
+            task = asyncio.ensure_future(self._write())
+            self._tasks.add(task)  # the loop keeps only a weak reference to tasks
+            task.add_done_callback(self._tasks.discard)
         return await future
 
-    def _queue(self) -> None:
-        self._queued = True
-        task = asyncio.ensure_future(self._write())
-        self._tasks.add(task)  # the loop keeps only a weak reference to tasks
-        task.add_done_callback(self._tasks.discard)
+    def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        """Every call waiting now; the next call queues a new unit."""
+        with self._lock:
+            taken, self._pending, self._queued = self._pending, [], False
+        return taken
 
     async def _write(self) -> None:
         taken: list[tuple[Item, asyncio.Future[Result]]] = []
 
         def work(repo: SqlRepository) -> list[Result]:
             nonlocal taken
-            taken, self._pending = self._pending[:MAX_ITEMS], self._pending[MAX_ITEMS:]
-            self._queued = False
-            if self._pending:
-                self._queue()
+            taken = self._take()
             return self._run(repo, [item for item, _ in taken])
 
         try:
             results = await self._store.write(work)
         except asyncio.CancelledError:
-            if not taken:
-                taken, self._pending, self._queued = self._pending, [], False
-            for _, future in taken:
+            for _, future in taken or self._take():
                 future.cancel()
             raise
         except Exception as exc:
             if not taken:  # refused before it ran (the store is closing): nobody served
-                taken, self._pending, self._queued = self._pending, [], False
-                for _, future in taken:
+                for _, future in self._take():
                     if not future.done():
                         future.set_exception(exc)
                 return
-            await asyncio.gather(*(self._alone(item, future) for item, future in taken))
+            for item, future in taken:  # one after another: arrival order still holds
+                await self._alone(item, future)
             return
         for (_, future), result in zip(taken, results, strict=True):
             if not future.done():  # a caller that went away: its item still counted
