@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -20,7 +18,6 @@ MASTER_KEY_BYTES = 32
 MIN_PASSPHRASE = 16
 # OWASP's scrypt floor (N=2^17, r=8, p=1): ~128 MiB and a fraction of a second, once per start.
 SCRYPT_N = 2**17
-_CHECK_MESSAGE = b"keyturn master key check v1"
 
 
 class MasterKeyError(Exception):
@@ -45,10 +42,6 @@ class MasterKey:
             salt=b"keyturn",
             info=b"keyturn/v1/" + purpose.encode(),
         ).derive(self.raw)
-
-    def check_value(self) -> bytes:
-        """A value stored beside the data: it proves a key right without revealing it."""
-        return hmac.new(self.derive("check"), _CHECK_MESSAGE, hashlib.sha256).digest()
 
 
 def needs_salt(value: str) -> bool:

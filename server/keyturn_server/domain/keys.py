@@ -8,7 +8,6 @@ after a waiting period, which RestoreKey can cancel.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -114,9 +113,6 @@ class Key:
                 return v
         return None
 
-    def with_versions(self, versions: tuple[KeyVersion, ...]) -> Key:
-        return dataclasses.replace(self, versions=versions)
-
 
 def primary_deadlines(
     create_time: datetime, schedule: KeySchedule
@@ -137,11 +133,3 @@ def warning_deadline(key: Key, now: datetime) -> datetime:
     if key.next_rotation_time is not None and key.next_rotation_time > now:
         return min(key.next_rotation_time, key.expire_time)
     return key.expire_time
-
-
-def next_notify_time(key: Key, announced: datetime) -> datetime | None:
-    """After warning of ``announced``, when to warn again: before the expiry, when the
-    announced deadline was a rotation that may not happen (rotation not enforced)."""
-    if announced < key.expire_time:
-        return key.expire_time - key.schedule.warning_threshold
-    return None
