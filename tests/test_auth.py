@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
+from keyturn_server.domain import tokens
 from tests.harness import Client, Harness, fails
 
 SERVICES = {
@@ -99,7 +100,10 @@ async def test_every_rpc_refuses_missing_and_wrong_tokens(
     server: Harness, service: str, method: str
 ) -> None:
     assert await call(server.client(None), service, method) == grpc.StatusCode.UNAUTHENTICATED
-    wrong = server.client("kt_api-access_" + "0" * 43 + "AAAAAA")
+    # Well formed (checksum right) but unknown: this one reaches the store lookup.
+    unknown = server.client(tokens.new_token(tokens.ACCESS_TOKEN_TYPE, 32))
+    assert await call(unknown, service, method) == grpc.StatusCode.UNAUTHENTICATED
+    wrong = server.client("kt_api-access_" + "0" * 43 + "AAAAAA")  # checksum wrong
     assert await call(wrong, service, method) == grpc.StatusCode.UNAUTHENTICATED
     garbage = server.client("not even a token")
     assert await call(garbage, service, method) == grpc.StatusCode.UNAUTHENTICATED

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from keyturn.v1 import keys_pb2
+from keyturn_server.domain import tokens
 from tests.harness import MASTER_KEY, Harness, fails
 
 
@@ -54,9 +55,17 @@ async def test_calls_without_a_token_are_unauthenticated(server: Harness) -> Non
     anonymous = server.client(None)
     failed = await fails(anonymous.keys.ListKeys(keys_pb2.ListKeysRequest()))
     assert failed.code == grpc.StatusCode.UNAUTHENTICATED
-    forged = server.client("kt_api-access_" + "A" * 43 + "000000")
-    failed = await fails(forged.keys.ListKeys(keys_pb2.ListKeysRequest()))
+    failed = await fails(
+        server.client("kt_api-access_" + "A" * 43 + "000000").keys.ListKeys(
+            keys_pb2.ListKeysRequest()
+        )
+    )
     assert failed.code == grpc.StatusCode.UNAUTHENTICATED
+    assert failed.reason == "MALFORMED_ACCESS_TOKEN"  # checksum wrong: no store lookup
+    unknown = server.client(tokens.new_token(tokens.ACCESS_TOKEN_TYPE, 32))
+    failed = await fails(unknown.keys.ListKeys(keys_pb2.ListKeysRequest()))
+    assert failed.code == grpc.StatusCode.UNAUTHENTICATED
+    assert failed.reason == "INVALID_ACCESS_TOKEN"  # well formed, looked up, not found
 
 
 @pytest.fixture

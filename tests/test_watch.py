@@ -244,7 +244,15 @@ async def test_a_slow_subscriber_is_closed_with_a_resume_point_and_others_are_no
         E.WatchExpiringRequest(resume_after=0), timeout=60
     )
     fast = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0), timeout=60)
-    await asyncio.sleep(0.2)
+    # Both must be subscribed before the events are written: events found by replay
+    # instead would never fill the slow one's queue.
+    assert server.app is not None and server.app.services is not None
+    hub = server.app.services.hub
+    for _ in range(1000):
+        if len(hub) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(hub) == 2
 
     loop = asyncio.get_running_loop()
     started = loop.time()
