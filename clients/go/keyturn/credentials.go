@@ -21,25 +21,27 @@ func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 
 func (b bearerToken) RequireTransportSecurity() bool { return b.requireTLS }
 
-// isLoopback reports whether a gRPC target names this machine: a loopback IP,
-// "localhost", or a unix socket. Targets may carry a scheme ("dns:///h:p").
+// isLoopback reports whether a gRPC target names this machine: a literal
+// loopback IP (127.0.0.0/8, ::1), exactly "localhost", or a unix socket.
+// Targets may carry a scheme with an empty authority ("dns:///h:p"); one with
+// an authority ("dns://8.8.8.8/h:p") asks another resolver and is not loopback,
+// nor is any other name ("*.localhost" may resolve anywhere).
 func isLoopback(target string) bool {
 	if strings.HasPrefix(target, "unix:") || strings.HasPrefix(target, "unix-abstract:") {
 		return true
 	}
-	if i := strings.Index(target, ":///"); i >= 0 {
-		target = target[i+4:]
-	} else if i := strings.Index(target, "://"); i >= 0 {
-		target = target[i+3:]
-		if j := strings.Index(target, "/"); j >= 0 {
-			target = target[j+1:]
+	if i := strings.Index(target, "://"); i >= 0 {
+		rest := target[i+3:]
+		if !strings.HasPrefix(rest, "/") {
+			return false // a non-empty authority
 		}
+		target = rest[1:]
 	}
 	host, _, err := net.SplitHostPort(target)
 	if err != nil {
-		host = strings.Trim(target, "[]")
+		host = strings.TrimSuffix(strings.TrimPrefix(target, "["), "]")
 	}
-	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+	if strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)

@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
@@ -54,7 +55,7 @@ var idempotent = map[string]bool{
 	keyturnv1.AdminService_ListAuditEvents_FullMethodName:      true,
 	keyturnv1.AdminService_VerifyAuditLog_FullMethodName:       true,
 	keyturnv1.AdminService_ListAccessTokens_FullMethodName:     true,
-	"/grpc.health.v1.Health/Check":                             true,
+	healthpb.Health_Check_FullMethodName:                       true,
 }
 
 // IsIdempotent reports whether the unary method (a full name such as

@@ -53,6 +53,9 @@ var notRetried = map[codes.Code]bool{
 	codes.Unauthenticated:  true,
 	codes.OutOfRange:       true, // resume point older than the retention
 	codes.Unimplemented:    true,
+	// The client was closed ("grpc: the client connection is closing"); a
+	// caller's own cancellation ends the watch through ctx first.
+	codes.Canceled: true,
 }
 
 // Watch follows KeyService.WatchExpiring, reconnecting by itself; see WatchExpiring.
@@ -94,7 +97,8 @@ func wakeFirst(conn *grpc.ClientConn, open Opener) Opener {
 // Heartbeats are consumed unless WithHeartbeats is given. The sequence ends
 // after the caller breaks out of the loop, or after yielding a final error:
 // ctx's error, or an *Error with code INVALID_ARGUMENT, PERMISSION_DENIED,
-// UNAUTHENTICATED, OUT_OF_RANGE or UNIMPLEMENTED.
+// UNAUTHENTICATED, OUT_OF_RANGE, UNIMPLEMENTED or CANCELED (e.g. the Client
+// was closed).
 func WatchExpiring(ctx context.Context, open Opener, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
 	s := watchSettings{initialBackoff: time.Second, maxBackoff: 30 * time.Second}
 	for _, opt := range opts {

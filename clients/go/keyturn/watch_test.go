@@ -208,3 +208,47 @@ func TestWatchStopsWhenTheCallerBreaksOrCancels(t *testing.T) {
 		t.Errorf("final error after cancel = %v, want context.Canceled", err)
 	}
 }
+
+func TestWatchStopsOnceTheClientIsClosed(t *testing.T) {
+	closing := status.Error(codes.Canceled, "grpc: the client connection is closing")
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{created(1)}, end: unavailable},
+		{openErr: closing},
+		{openErr: closing},
+		{openErr: closing},
+	}}
+	reconnects := 0
+	hook := keyturn.WithReconnectHook(func(error, time.Duration) { reconnects++ })
+
+	start := time.Now()
+	events, err := collect(t, keyturn.WatchExpiring(testContext(t), server.open, nil, instant, hook))
+
+	if describe(events) != "1" || keyturn.CodeOf(err) != codes.Canceled || !strings.Contains(err.Error(), "closing") {
+		t.Errorf("delivered %q then %v, want 1 then CANCELED (connection closing)", describe(events), err)
+	}
+	if reconnects > 1 || len(server.requests) != 2 {
+		t.Errorf("watch reconnected %d times (%d opens) after the client closed, want 1 (2)", reconnects, len(server.requests))
+	}
+	if elapsed := time.Since(start); elapsed > 5*time.Second {
+		t.Errorf("watch took %v to end", elapsed)
+	}
+}
+
+func TestWatchOnAClosedClientEnds(t *testing.T) {
+	_, addr := serveFlaky(t, 0)
+	c := must(keyturn.Dial(testContext(t), addr))(t)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opens := 0
+	hook := keyturn.WithReconnectHook(func(error, time.Duration) { opens++ })
+
+	_, err := collect(t, c.Keys.Watch(testContext(t), nil, instant, hook))
+
+	if keyturn.CodeOf(err) != codes.Canceled {
+		t.Errorf("watch on a closed client ended with %v, want CANCELED", err)
+	}
+	if opens > 0 {
+		t.Errorf("watch on a closed client reconnected %d times, want 0", opens)
+	}
+}
