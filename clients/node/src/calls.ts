@@ -3,7 +3,7 @@
  * are retried on UNAVAILABLE with exponential backoff. Calls that change state run once:
  * a retried GenerateKey or ValidateHandle could act twice.
  */
-import { Code, type CallOptions } from "@connectrpc/connect";
+import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import { Backoff, sleep, type BackoffPolicy } from "./backoff.js";
 import { toKeyturnError } from "./errors.js";
 import { linkSignals } from "./signals.js";
@@ -31,20 +31,21 @@ export class Calls {
   ) {}
 
   /** A call that changes state: one attempt. */
-  async write<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
-    const linked = linkSignals(options.signal, this.clientClosed);
-    const callOptions = this.withDefaults(options, linked.signal);
-    try {
-      return await call(callOptions);
-    } catch (error) {
-      throw toKeyturnError(error, linked.signal);
-    } finally {
-      linked.release();
-    }
+  write<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
+    return this.run(call, options, 1);
   }
 
   /** An idempotent read (Get*, List*, statistics, health, config): retried on UNAVAILABLE. */
-  async read<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
+  read<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
+    return this.run(call, options, this.retryPolicy.maxAttempts);
+  }
+
+  /** Runs `call` up to `maxAttempts` times, backing off between attempts that were UNAVAILABLE. */
+  private async run<T>(
+    call: (options: CallOptions) => Promise<T>,
+    options: CallOptions,
+    maxAttempts: number,
+  ): Promise<T> {
     const backoff = new Backoff(this.retryPolicy);
     const linked = linkSignals(options.signal, this.clientClosed);
     const callOptions = this.withDefaults(options, linked.signal);
@@ -54,11 +55,12 @@ export class Calls {
           return await call(callOptions);
         } catch (reason) {
           const error = toKeyturnError(reason, linked.signal);
-          if (error.code !== Code.Unavailable || attempt >= this.retryPolicy.maxAttempts) throw error;
+          if (error.code !== Code.Unavailable || attempt >= maxAttempts) throw error;
           try {
             await sleep(backoff.next(), linked.signal);
           } catch (aborted) {
-            throw toKeyturnError(aborted);
+            // The signal's reason may be anything (a string, a plain Error): it is a cancellation.
+            throw toKeyturnError(ConnectError.from(aborted, Code.Canceled));
           }
         }
       }

@@ -136,7 +136,9 @@ export function toKeyturnError(reason: unknown, signal?: AbortSignal): KeyturnEr
   if (reason instanceof KeyturnError) return reason;
   let error = ConnectError.from(reason);
   if (error.code === Code.Canceled && signal !== undefined && !signal.aborted) {
-    error = new ConnectError(error.rawMessage, Code.Unavailable, error.metadata, undefined, reason);
+    const unavailable = new ConnectError(error.rawMessage, Code.Unavailable, error.metadata, undefined, reason);
+    unavailable.details = error.details; // incoming details, which the constructor does not take
+    error = unavailable;
   }
   const ErrorOfCode = CLASS_OF_CODE[error.code] ?? UnknownError;
   return new ErrorOfCode(error, statusDetailsOf(error));

@@ -18,6 +18,7 @@ import {
   type RotateHandleResponse,
   type ValidateHandleRequestSchema,
   type Validation,
+  ValidationSchema,
 } from "./gen/keyturn/v1/handles_pb.js";
 import type { Handle } from "./gen/keyturn/v1/resources_pb.js";
 import { HandleStatisticsSchema, type HandleStatistics } from "./gen/keyturn/v1/statistics_pb.js";
@@ -81,8 +82,7 @@ export class HandlesClient {
   /** Checks a token and counts the use; `valid: false` comes with a `reason`. */
   async validateHandle(request: Init<typeof ValidateHandleRequestSchema>, options?: CallOptions): Promise<Validation> {
     const response = await this.calls.write((o) => this.rpc.validateHandle(request, o), options);
-    if (response.validation === undefined) throw new Error("ValidateHandle answered without a validation");
-    return response.validation;
+    return response.validation ?? create(ValidationSchema);
   }
 
   /** Issues a new secret; the previous one keeps validating during the grace period. */

@@ -1,20 +1,15 @@
 /**
- * Rich error details of a failed call: the google.rpc.Status the server puts in the
- * `grpc-status-details-bin` trailer, decoded with the generated google/rpc messages.
+ * Rich error details of a failed call: the details of the google.rpc.Status the server
+ * puts in the `grpc-status-details-bin` trailer, which Connect decodes into
+ * `ConnectError.details`, read with the generated google/rpc messages.
  */
-import { create, fromBinary, type DescMessage, type MessageShape } from "@bufbuild/protobuf";
-import { base64Decode } from "@bufbuild/protobuf/wire";
-import { AnySchema, anyUnpack, type Any } from "@bufbuild/protobuf/wkt";
-import { ConnectError } from "@connectrpc/connect";
+import type { ConnectError } from "@connectrpc/connect";
 import {
   BadRequestSchema,
   ErrorInfoSchema,
   PreconditionFailureSchema,
   RetryInfoSchema,
 } from "./gen/google/rpc/error_details_pb.js";
-import { StatusSchema } from "./gen/google/rpc/status_pb.js";
-
-const STATUS_DETAILS_HEADER = "grpc-status-details-bin";
 
 /** One bad field of a request, from google.rpc.BadRequest. */
 export interface FieldViolation {
@@ -45,11 +40,10 @@ export interface StatusDetails {
 
 /** Decodes the details of `error`; empty details when it carries none. */
 export function statusDetailsOf(error: ConnectError): StatusDetails {
-  const packed = packedDetails(error);
-  const info = first(packed, ErrorInfoSchema);
-  const badRequest = first(packed, BadRequestSchema);
-  const precondition = first(packed, PreconditionFailureSchema);
-  const retry = first(packed, RetryInfoSchema);
+  const [info] = error.findDetails(ErrorInfoSchema);
+  const [badRequest] = error.findDetails(BadRequestSchema);
+  const [precondition] = error.findDetails(PreconditionFailureSchema);
+  const [retry] = error.findDetails(RetryInfoSchema);
   return {
     reason: info?.reason ?? "",
     domain: info?.domain ?? "",
@@ -70,30 +64,3 @@ export function statusDetailsOf(error: ConnectError): StatusDetails {
   };
 }
 
-/**
- * The packed details: from the trailer itself when present (the authoritative copy),
- * otherwise from what Connect already parsed into `error.details`.
- */
-function packedDetails(error: ConnectError): Any[] {
-  const header = error.metadata.get(STATUS_DETAILS_HEADER);
-  if (header !== null) {
-    try {
-      return fromBinary(StatusSchema, base64Decode(header)).details;
-    } catch {
-      // A malformed trailer is not worth a second error; fall back to Connect's view.
-    }
-  }
-  return error.details.flatMap((detail) =>
-    "desc" in detail
-      ? []
-      : [create(AnySchema, { typeUrl: `type.googleapis.com/${detail.type}`, value: detail.value })],
-  );
-}
-
-function first<Desc extends DescMessage>(packed: Any[], schema: Desc): MessageShape<Desc> | undefined {
-  for (const any of packed) {
-    const message = anyUnpack(any, schema);
-    if (message !== undefined) return message;
-  }
-  return undefined;
-}

@@ -1,7 +1,8 @@
 /** The life of a KeyturnClient: closing it ends its watches and refuses further calls. */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
-import { CancelledError, KeyturnError } from "../src/index.js";
+import { Code } from "@connectrpc/connect";
+import { CancelledError, KeyturnClient, KeyturnError, UnknownError } from "../src/index.js";
 import { adminClient, eventually } from "./support/live.js";
 
 describe("client", () => {
@@ -20,14 +21,42 @@ describe("client", () => {
     await assert.rejects(client.keys.getKey({ keyId: "key_aaaaaaaaaaaaaaaa" }), CancelledError);
   });
 
-  test("a caller's abort signal cancels a call without retries", async () => {
-    const client = adminClient();
+  test("a caller's abort during the retry backoff ends the read with CancelledError", async () => {
+    // No server needed: nothing listens on port 1, so every attempt fails UNAVAILABLE and
+    // the read backs off (a long first delay) before retrying.
+    let attempts = 0;
+    let failedOnce!: () => void;
+    const firstFailure = new Promise<void>((resolve) => (failedOnce = resolve));
+    const client = new KeyturnClient({
+      address: "127.0.0.1:1",
+      token: "unused",
+      retry: { maxAttempts: 5, initialMs: 60_000, maxMs: 60_000, jitter: 0 },
+      interceptors: [
+        (next) => async (request) => {
+          attempts++;
+          try {
+            return await next(request);
+          } finally {
+            failedOnce();
+          }
+        },
+      ],
+    });
     try {
-      const abort = new AbortController();
-      abort.abort();
-      const error = await client.admin.getHealth("", { signal: abort.signal }).catch((e: unknown) => e);
-      assert.ok(error instanceof CancelledError);
+      const controller = new AbortController();
+      const call = client.admin.getHealth("", { signal: controller.signal }).catch((e: unknown) => e);
+      await firstFailure;
+      // Let the client see the failure and start its backoff before aborting.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const started = Date.now();
+      controller.abort("user left"); // a string reason, not an AbortError
+      const error = await call;
+      assert.ok(error instanceof CancelledError, `expected CancelledError, got ${String(error)}`);
+      assert.ok(!(error instanceof UnknownError));
       assert.ok(error instanceof KeyturnError);
+      assert.equal(error.code, Code.Canceled);
+      assert.equal(attempts, 1, "no retry after the abort");
+      assert.ok(Date.now() - started < 5_000, "the abort ends the backoff at once");
     } finally {
       client.close();
     }

@@ -156,7 +156,14 @@ function errorWithStatus(
     details: [anyPack(ErrorInfoSchema, info), ...extra],
   });
   const trailer = new Headers({ "grpc-status-details-bin": base64Encode(toBinary(StatusSchema, status), "std_raw") });
-  return new ConnectError("the detail", code, trailer);
+  // Like the transport: the trailer becomes the metadata, and each Any of the Status an
+  // incoming detail of its type name and bytes, which findDetails() decodes.
+  const error = new ConnectError(status.message, code, trailer);
+  error.details = status.details.map((any) => ({
+    type: any.typeUrl.substring(any.typeUrl.lastIndexOf("/") + 1),
+    value: any.value,
+  }));
+  return error;
 }
 
 async function rejection(promise: Promise<unknown>): Promise<KeyturnError> {
