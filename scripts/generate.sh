@@ -3,7 +3,11 @@
 # generator when its toolchain is present. Generated code is never edited by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python} scripts/generate_python.sh 2>/dev/null
+# The Python generator chatters ("Writing mypy to ..."): show its output only on failure.
+if ! out=$(PYTHON=${PYTHON:-python} scripts/generate_python.sh 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 for generator in clients/*/generate.sh; do
   [ -x "$generator" ] && "$generator"
 done

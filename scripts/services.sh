@@ -22,6 +22,9 @@ start_postgres() {
         apt-get update -q >/dev/null 2>&1
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql >/dev/null
       }
+    elif [ -n "${KEYTURN_REQUIRE_ALL:-}" ]; then
+      echo "PostgreSQL is not installed and cannot be installed here (not root)" >&2
+      return 1
     else
       echo "PostgreSQL is not installed: its tests will be skipped" >&2
       return 0
@@ -47,10 +50,13 @@ start_postgres() {
 stop_services() {
   if [ -n "${KEYTURN_PG_STOP:-}" ]; then
     $KEYTURN_PG_STOP >/dev/null 2>&1 || true
-    rm -rf "${KEYTURN_PGDATA:?}"
     unset KEYTURN_PG_STOP
+  fi
+  if [ -n "${KEYTURN_PGDATA:-}" ]; then
+    rm -rf "$KEYTURN_PGDATA"
+    unset KEYTURN_PGDATA
   fi
 }
 
+trap stop_services EXIT  # set first: a failed start still removes its temp cluster
 start_postgres
-trap stop_services EXIT

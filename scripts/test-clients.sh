@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts one live server (SQLite, a temp data dir, a random master key) and runs against
 # it every client's run-tests.sh, the Python example and the grpcurl walkthrough.
-# A suite whose toolchain is missing is reported and skipped, never silently passed.
+# A suite whose toolchain is missing is reported and skipped, never silently passed; with
+# KEYTURN_REQUIRE_ALL set (CI) it fails instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -31,8 +32,13 @@ suite() {  # suite NAME TOOL COMMAND...
   local name=$1 tool=$2
   shift 2
   if ! command -v "$tool" >/dev/null; then
-    echo "== $name: skipped ($tool is not installed)"
-    skipped+=("$name")
+    if [ -n "${KEYTURN_REQUIRE_ALL:-}" ]; then
+      echo "== $name: FAILED ($tool is not installed)" >&2
+      failed+=("$name")
+    else
+      echo "== $name: skipped ($tool is not installed)"
+      skipped+=("$name")
+    fi
     return 0
   fi
   echo
@@ -50,7 +56,10 @@ suite() {  # suite NAME TOOL COMMAND...
 [ -x clients/go/run-tests.sh ] && suite go go clients/go/run-tests.sh
 [ -x clients/java/run-tests.sh ] && suite java mvn clients/java/run-tests.sh
 [ -x examples/python/run.sh ] && suite python-example python3 examples/python/run.sh
-[ -x scripts/grpcurl-walkthrough.sh ] && suite grpcurl go scripts/grpcurl-walkthrough.sh "$KEYTURN_ADDRESS" "$KEYTURN_TOKEN"
+# The walkthrough uses tools/bin/grpcurl or one on PATH, else builds it with go.
+grpcurl_tool=go
+{ [ -x tools/bin/grpcurl ] || command -v grpcurl >/dev/null; } && grpcurl_tool=bash
+[ -x scripts/grpcurl-walkthrough.sh ] && suite grpcurl "$grpcurl_tool" scripts/grpcurl-walkthrough.sh "$KEYTURN_ADDRESS" "$KEYTURN_TOKEN"
 
 echo
 if [ ${#skipped[@]} -gt 0 ]; then echo "skipped: ${skipped[*]}"; fi

@@ -25,8 +25,9 @@ done_stage
 
 step "generated code matches proto/"
 PYTHON=$BIN/python scripts/generate.sh
-if [ -n "$(git status --porcelain -- clients)" ]; then
-  git status --porcelain -- clients
+generated="clients/python/keyturn/v1 clients/go/gen clients/node/src/gen"
+if [ -n "$(git status --porcelain -- $generated)" ]; then
+  git status --porcelain -- $generated
   echo "generated code is stale: run 'make generate' and commit the result" >&2
   exit 1
 fi

@@ -8,6 +8,7 @@ root="$(cd "$here/../.." && pwd)"
 
 if ! command -v npm >/dev/null 2>&1; then
   echo "clients/node/generate.sh: npm not found, skipping the TypeScript stubs" >&2
+  [ -z "${KEYTURN_REQUIRE_ALL:-}" ] || exit 1  # CI: every toolchain must be there
   exit 0
 fi
 buf="${BUF:-$root/.venv/bin/buf}"
