@@ -49,32 +49,36 @@ def _meta(options: Options, argv: Sequence[str]) -> dict[str, Any]:
 def run(options: Options, argv: Sequence[str]) -> Report:
     report = Report(_meta(options, argv))
     started = time.monotonic()
-    ghz.ensure_ghz()
     workdir = Path(tempfile.mkdtemp(prefix="keyturn-bench-"))
-    echo = servers.start_baseline("echo_server", workdir / "logs" / "echo.log")
+    echo: servers.Server | None = None
     try:
-        pairing = Pairing(
-            rpcs.echo(tokens.new_token(HANDLE_TYPE, HANDLE_LENGTH)),
-            echo,
-            options.load,
-            options.rounds,
-            workdir,
-        )
-        pairing.warm_echo()
         if "inprocess" in options.suites:
             print("in process, no gRPC ...", flush=True)
             report.sections += inprocess_suite.run(options, workdir)
-        if "rpc" in options.suites:
-            print("per-RPC throughput ...", flush=True)
-            report.sections += rpc_suite.run(options, pairing, workdir)
-        if "scaling" in options.suites or "idle" in options.suites:
-            print("store size (scaling, idle) ...", flush=True)
-            report.sections += store_suite.run(options, pairing, workdir)
+        if {"rpc", "scaling", "idle"} & set(options.suites):
+            # Only these suites load a server with ghz against the echo baseline.
+            ghz.ensure_ghz()
+            echo = servers.start_baseline("echo_server", workdir / "logs" / "echo.log")
+            pairing = Pairing(
+                rpcs.echo(tokens.new_token(HANDLE_TYPE, HANDLE_LENGTH)),
+                echo,
+                options.load,
+                options.rounds,
+                workdir,
+            )
+            pairing.warm_echo()
+            if "rpc" in options.suites:
+                print("per-RPC throughput ...", flush=True)
+                report.sections += rpc_suite.run(options, pairing, workdir)
+            if "scaling" in options.suites or "idle" in options.suites:
+                print("store size (scaling, idle) ...", flush=True)
+                report.sections += store_suite.run(options, pairing, workdir)
         if "fanout" in options.suites:
             print("WatchExpiring fan-out ...", flush=True)
             report.sections += fanout_suite.run(options, workdir)
     finally:
-        echo.stop()
+        if echo is not None:
+            echo.stop()
         if options.keep:
             print(f"work directory kept: {workdir}")
         else:

@@ -21,22 +21,18 @@ messages, services = load()
 
 
 class Echo(services.EchoServicer):  # type: ignore[misc, name-defined]
-    async def Echo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        return request
-
-
-class WaitingEcho(services.EchoServicer):  # type: ignore[misc, name-defined]
     def __init__(self, wait: float) -> None:
         self._wait = wait
 
     async def Echo(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await asyncio.sleep(self._wait)
+        if self._wait:
+            await asyncio.sleep(self._wait)
         return request
 
 
 async def serve(listen: str, wait: float) -> None:
     server = grpc.aio.server()
-    services.add_EchoServicer_to_server(WaitingEcho(wait) if wait else Echo(), server)
+    services.add_EchoServicer_to_server(Echo(wait), server)
     port = server.add_insecure_port(listen)
     await server.start()
     print(f"baseline listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)

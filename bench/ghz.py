@@ -126,12 +126,11 @@ class LoadResult:
 
 
 def run(call: Call, load: Load, address: str, workdir: Path) -> LoadResult:
-    """Warm up, then measure; raises LoadError if ghz itself fails."""
+    """One measured run (callers warm up with a run of their own); raises LoadError if
+    ghz itself fails."""
     data_file = workdir / "ghz-data.json"
     payload: Any = list(call.requests) if len(call.requests) > 1 else call.requests[0]
     data_file.write_text(json.dumps(payload))
-    if load.warmup > 0:
-        _ghz(call, load, load.warmup, address, data_file)
     return _parse(_ghz(call, load, load.seconds, address, data_file))
 
 

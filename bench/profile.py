@@ -89,8 +89,8 @@ def _function(frame: str) -> str:
 
 def _thread(stack: list[str]) -> str:
     text = ";".join(stack)
-    if "_writer_loop" in text:
-        return "store writer thread"
+    if "concurrent/futures/thread.py" in text:
+        return "worker threads (SQLite BEGIN and COMMIT)"
     if "run_forever" in text:
         return "event loop thread"
     return "other threads"

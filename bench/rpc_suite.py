@@ -148,6 +148,7 @@ def _profile(
         f"{found.gil_busy:.0%} of the time.",
         "Compiled code is charged to the Python frame that called it: grpc's Cython core "
         "run from asyncio callbacks shows as `Handle._run`, SQLite as the `execute` "
-        "callers (`SqlRepository._one` / `_run`, `_run_batch` for BEGIN and COMMIT).",
+        "callers (`SqlRepository._one` / `_all` / `_run` on the loop; BEGIN and COMMIT "
+        "in the worker threads, under `SqliteStore._batches` / `_commit`).",
     ]
     return section

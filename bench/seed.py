@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from bench.fixtures import (
     HANDLE_LENGTH,
@@ -44,6 +43,7 @@ from keyturn_server.domain.key_service import material_binding
 from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, VersionState
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import SqliteStore
+from keyturn_server.store.sqlite import connect as connect_like_the_server
 
 CHUNK = 25_000
 OWNERS = 1000
@@ -178,20 +178,16 @@ async def _unlock(data_dir: Path, master_key: str) -> Keyring:
     refusing a master key other than the one the data directory was sealed with."""
     store = SqliteStore(data_dir / "keyturn.db")
     try:
-        unlocked: Any = await unlock(store, data_dir, master_key, production=False)
+        keyring, _ = await unlock(store, data_dir, master_key, production=False)
     finally:
         await store.close()
-    # unlock returns the keyring, or (keyring, master key) since envelope encryption.
-    keyring: Keyring = unlocked[0] if isinstance(unlocked, tuple) else unlocked
     return keyring
 
 
 def _connect(db: Path) -> sqlite3.Connection:
     """A connection like the server's, tuned for bulk loading: a large page cache, and
     no fsync per commit (the file is checkpointed once at the end)."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn = connect_like_the_server(db)
     conn.execute("PRAGMA cache_size = -262144")
     conn.execute("PRAGMA synchronous = OFF")
     return conn

@@ -58,7 +58,9 @@ class _Outcome:
     callbacks: list[Callable[[], None]] = field(default_factory=list)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection as the server opens it: autocommit (transactions are explicit), rows
+    by column name, and a busy timeout for another process holding the write lock."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
@@ -117,16 +119,16 @@ class SqliteStore:
         self.path = path
         create_private_file(path)
         try:
-            setup = _connect(path)
+            setup = connect(path)
             setup.execute("PRAGMA journal_mode = WAL")
             check(setup, path)
             self.schema_version = migrate(setup)
             setup.close()
         except sqlite3.DatabaseError as exc:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
-        self._writer = _connect(path)
+        self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
-        self._read_conn = _connect(path)
+        self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
         self._reader = SqlRepository(self._read_conn)
         self._listeners: list[CommitListener] = []
@@ -195,7 +197,7 @@ class SqliteStore:
 
     async def report(self, work: Callable[[SqlRepository], T]) -> T:
         def run() -> T:
-            conn = _connect(self.path)
+            conn = connect(self.path)
             try:
                 conn.execute("PRAGMA query_only = 1")
                 conn.execute("BEGIN")  # one consistent snapshot for every query of the report
