@@ -57,6 +57,9 @@ async def test_a_long_mixed_load_with_open_streams_leaks_nothing(
             except grpc.aio.AioRpcError as error:
                 if not stop.is_set():
                     dropped.append(error.code().name)
+            else:
+                if not stop.is_set():
+                    dropped.append("ended by the server")
 
         async def load(client: Client, seed: int) -> None:
             nonlocal calls, failures

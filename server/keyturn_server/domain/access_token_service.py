@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from keyturn_server.store.base import Store
 from keyturn_server.store.sql import SqlRepository
 
 TOKEN_BYTES = 32
-CACHE_SECONDS = 1.0
+CACHE_FOR = timedelta(seconds=1)
 ADMIN_NAME = "admin"
 
 
@@ -44,8 +43,8 @@ class AccessTokenService:
         self._used: dict[str, datetime] = {}
         #: Tokens seen recently, so that most calls cost no store read. Revoking here
         #: clears it at once; a revocation by `keyturn token revoke` in another process
-        #: takes effect within CACHE_SECONDS.
-        self._known: dict[str, tuple[AccessToken, float]] = {}
+        #: takes effect within CACHE_FOR.
+        self._known: dict[str, tuple[AccessToken, datetime]] = {}
         #: Authentication failures are audited, but at most a few per peer per minute,
         #: so that a flood of bad tokens cannot flood the audit log.
         self.failures = InvalidTokenFloodDetector(threshold=1, window=timedelta(seconds=10))
@@ -53,12 +52,12 @@ class AccessTokenService:
     # --- authentication ----------------------------------------------------------------
 
     def authenticate(self, secret: str, peer: str) -> Principal:
+        now = self._clock.now()
         cached = self._known.get(secret)
-        if cached is not None and time.monotonic() - cached[1] < CACHE_SECONDS:
+        if cached is not None and now - cached[1] < CACHE_FOR:
             token = cached[0]
         else:
-            token = self._lookup(secret)
-        now = self._clock.now()
+            token = self._lookup(secret, now)
         if not token.usable(now):
             raise Unauthenticated(
                 "the bearer token is unknown, expired or revoked", reason="INVALID_ACCESS_TOKEN"
@@ -66,7 +65,7 @@ class AccessTokenService:
         self._used[token.name] = now
         return Principal(token.name, token.role, "token", peer)
 
-    def _lookup(self, secret: str) -> AccessToken:
+    def _lookup(self, secret: str, now: datetime) -> AccessToken:
         parsed = tokens.parse(secret)
         if parsed is None or parsed.type != tokens.ACCESS_TOKEN_TYPE:
             raise Unauthenticated(
@@ -79,7 +78,7 @@ class AccessTokenService:
             )
         if len(self._known) > 10_000:
             self._known.clear()
-        self._known[secret] = (token, time.monotonic())
+        self._known[secret] = (token, now)
         return token
 
     def role_of(self, name: str) -> Role | None:
