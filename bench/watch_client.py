@@ -38,6 +38,8 @@ class Tally:
     expected: int
     ready: int = 0
     failed: Counter[str] = field(default_factory=Counter)
+    #: Streams that were ready, then ended before the event came.
+    lost: int = 0
     times: list[float] = field(default_factory=list)
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     served: asyncio.Event = field(default_factory=asyncio.Event)
@@ -45,7 +47,7 @@ class Tally:
     def check(self) -> None:
         if self.ready + sum(self.failed.values()) >= self.expected:
             self.settled.set()
-        if self.settled.is_set() and len(self.times) >= self.ready:
+        if self.settled.is_set() and len(self.times) + self.lost >= self.ready:
             self.served.set()
 
 
@@ -95,8 +97,11 @@ async def _stream(target: Target, channel: grpc.aio.Channel, tally: Tally) -> No
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:  # type: ignore[attr-defined]
-                if not ready:
+                if ready:
+                    tally.lost += 1
+                else:
                     tally.failed["EOF"] += 1
+                tally.check()
                 return
             if not ready and target.is_ready(message):
                 ready = True
@@ -107,9 +112,11 @@ async def _stream(target: Target, channel: grpc.aio.Channel, tally: Tally) -> No
                 await asyncio.Event().wait()  # hold the stream open until cancelled
             tally.check()
     except grpc.aio.AioRpcError as error:
-        if not ready:
+        if ready:
+            tally.lost += 1
+        else:
             tally.failed[error.code().name] += 1
-            tally.check()
+        tally.check()
     except asyncio.CancelledError:
         call.cancel()
         raise
@@ -147,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(tally.served.wait(), args.wait)
-    _emit({"received": len(tally.times), "times": tally.times})
+    _emit({"received": len(tally.times), "lost": tally.lost, "times": tally.times})
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
