@@ -28,12 +28,9 @@ def _keyturn(count: int, spread: Subscribers, workdir: Path, keep: bool) -> Fano
         token = servers.admin_token(data_dir)
 
         async def target_handle() -> str:
-            admin = fixtures.Admin(server.address, token)
-            try:
-                await admin.configure()
-                return (await admin.generate_handles(1))[0][0]
-            finally:
-                await admin.close()
+            async with fixtures.admin_client(server.address, token) as client:
+                await fixtures.configure(client)
+                return (await fixtures.generate_handles(client, 1))[0][0]
 
         handle_id = asyncio.run(target_handle())
         return fanout.measure(

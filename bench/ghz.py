@@ -106,10 +106,15 @@ class LoadResult:
     p99_ms: float
     codes: dict[str, int]
     error_samples: dict[str, int]
+    #: For rounds combined: the median of their rates (a total over the summed seconds
+    #: would weigh the rounds differently).
+    median_rps: float | None = None
 
     @property
     def rps(self) -> float:
         """Successful requests per second."""
+        if self.median_rps is not None:
+            return self.median_rps
         return self.ok / self.seconds if self.seconds else 0.0
 
     def as_json(self) -> dict[str, Any]:

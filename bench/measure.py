@@ -36,16 +36,15 @@ def combine(results: list[LoadResult]) -> LoadResult:
     for r in results:
         codes.update(r.codes)
         samples.update(r.error_samples)
-    ok = sum(r.ok for r in results)
-    rps = _median([r.rps for r in results])
     return LoadResult(
-        ok=ok,
+        ok=sum(r.ok for r in results),
         errors=sum(r.errors for r in results),
-        seconds=ok / rps if rps else 0.0,
+        seconds=sum(r.seconds for r in results),
         p50_ms=_median([r.p50_ms for r in results]),
         p99_ms=_median([r.p99_ms for r in results]),
         codes=dict(codes),
         error_samples=dict(samples),
+        median_rps=_median([r.rps for r in results]),
     )
 
 

@@ -84,11 +84,9 @@ def _configure(data_dir: Path, master_key: str, log: Path) -> None:
     try:
 
         async def configure() -> None:
-            admin = fixtures.Admin(server.address, servers.admin_token(data_dir))
-            try:
-                await admin.configure()
-            finally:
-                await admin.close()
+            token = servers.admin_token(data_dir)
+            async with fixtures.admin_client(server.address, token) as client:
+                await fixtures.configure(client)
 
         asyncio.run(configure())
     finally:
