@@ -125,7 +125,13 @@ class Harness:
         if overrides:
             self.settings = dataclasses.replace(self.settings, **overrides)
         self.app = App(self.settings, self.clock)
-        await self.app.start()
+        try:
+            await self.app.start()
+        except BaseException:
+            # A half-started app still holds its store (and perhaps a port): close it.
+            app, self.app = self.app, None
+            await app.stop(timedelta(seconds=0.2))
+            raise
         self.admin_token = (self.data_dir / "admin.token").read_text().strip()
         SECRETS.add(self.admin_token)
         self.admin = self.client(self.admin_token)
@@ -153,6 +159,17 @@ class Harness:
             )
         )
         return self.client(created.token)
+
+    async def set_policies(self, **policies: Any) -> None:
+        """Change some security policies (GetConfig, then UpdateConfig with its etag)."""
+        config = await self.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
+        await self.admin.admin.UpdateConfig(
+            admin_pb2.UpdateConfigRequest(
+                config=admin_pb2.Config(security_policies=admin_pb2.SecurityPolicies(**policies)),
+                update_mask={"paths": [f"security_policies.{name}" for name in policies]},
+                etag=config.etag,
+            )
+        )
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         """Read the store directly, whatever the backend (tests inspect what is stored)."""

@@ -9,7 +9,7 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, handles_pb2, resources_pb2
+from keyturn.v1 import handles_pb2, resources_pb2
 from keyturn_server.domain import tokens
 from tests.harness import Client, Harness, fails
 
@@ -214,16 +214,7 @@ async def test_context_is_bound_at_first_use_when_not_given_at_issuance(
 
 
 async def test_the_rate_limit_applies_per_handle_per_minute(server: Harness) -> None:
-    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
-    await server.admin.admin.UpdateConfig(
-        admin_pb2.UpdateConfigRequest(
-            config=admin_pb2.Config(
-                security_policies=admin_pb2.SecurityPolicies(rate_limit_per_handle=5)
-            ),
-            update_mask={"paths": ["security_policies.rate_limit_per_handle"]},
-            etag=config.etag,
-        )
-    )
+    await server.set_policies(rate_limit_per_handle=5)
     limited, other = await issue(server.admin, "session"), await issue(server.admin, "session")
     results = [await validate(server.admin, limited.token) for _ in range(7)]
     assert [r.valid for r in results] == [True] * 5 + [False] * 2
@@ -261,16 +252,7 @@ async def test_rotation_is_dual_phase_and_reuse_after_grace_revokes(server: Harn
 async def test_without_prevent_reuse_a_superseded_secret_is_only_refused(
     server: Harness,
 ) -> None:
-    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
-    await server.admin.admin.UpdateConfig(
-        admin_pb2.UpdateConfigRequest(
-            config=admin_pb2.Config(
-                security_policies=admin_pb2.SecurityPolicies(prevent_reuse=False)
-            ),
-            update_mask={"paths": ["security_policies.prevent_reuse"]},
-            etag=config.etag,
-        )
-    )
+    await server.set_policies(prevent_reuse=False)
     issued = await issue(server.admin)
     rotated = await server.admin.handles.RotateHandle(R.RotateHandleRequest(token=issued.token))
     await server.advance(timedelta(minutes=6))
@@ -359,16 +341,7 @@ async def test_a_flood_of_invalid_tokens_from_one_peer_is_an_anomaly(server: Har
 
 
 async def test_max_concurrent_handles_caps_active_handles_per_owner(server: Harness) -> None:
-    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
-    await server.admin.admin.UpdateConfig(
-        admin_pb2.UpdateConfigRequest(
-            config=admin_pb2.Config(
-                security_policies=admin_pb2.SecurityPolicies(max_concurrent_handles=3)
-            ),
-            update_mask={"paths": ["security_policies.max_concurrent_handles"]},
-            etag=config.etag,
-        )
-    )
+    await server.set_policies(max_concurrent_handles=3)
     service = await server.client_for("service")
     for _ in range(3):
         await issue(service)

@@ -46,17 +46,6 @@ async def material(server: Harness, key_id: str, version: int) -> object:
     return rows[0]["material"]
 
 
-async def set_policy(server: Harness, **policy: object) -> None:
-    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
-    await server.admin.admin.UpdateConfig(
-        admin_pb2.UpdateConfigRequest(
-            config=admin_pb2.Config(security_policies=admin_pb2.SecurityPolicies(**policy)),
-            update_mask={"paths": [f"security_policies.{name}" for name in policy]},
-            etag=config.etag,
-        )
-    )
-
-
 async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harness) -> None:
     key = (
         await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
@@ -87,7 +76,7 @@ async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harn
 
 
 async def test_without_enforced_rotation_a_key_warns_twice_then_expires(server: Harness) -> None:
-    await set_policy(server, enforce_rotation=False)
+    await server.set_policies(enforce_rotation=False)
     key = (
         await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
     ).key  # rotate 24 h, warn 2 h, lifetime 7 d

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,12 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from keyturn.v1 import keys_pb2
 from keyturn_server.domain import tokens
 from tests.harness import MASTER_KEY, Harness, fails
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.process import free_port
 
 
 async def test_health_service_reports_each_service(server: Harness) -> None:

@@ -15,6 +15,7 @@ from keyturn.v1 import keys_pb2
 from keyturn_server.app import App
 from keyturn_server.clock import ManualClock
 from keyturn_server.crypto.master import MasterKeyError
+from keyturn_server.settings import Settings
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 
 pytestmark = pytest.mark.sqlite_only
@@ -51,9 +52,6 @@ async def test_the_wrong_master_key_is_refused_at_start(server: Harness) -> None
     await server.stop()
     with pytest.raises(MasterKeyError, match="not the one this data directory was sealed with"):
         await server.start(master_key=OTHER_KEY)
-    assert server.app is not None
-    await server.app.stop()
-    server.app = None
     await server.start(master_key=MASTER_KEY)  # the right one still opens everything
 
 
@@ -111,12 +109,7 @@ async def test_development_mode_creates_a_private_master_key_and_warns(
 
 
 async def test_production_refuses_to_start_without_a_master_key(tmp_path: Path) -> None:
-    harness = Harness(tmp_path / "prod", ManualClock())
-    app = App(
-        harness.settings.__class__(
-            listen=("127.0.0.1:0",), data_dir=tmp_path / "prod", production=True
-        )
-    )
+    app = App(Settings(listen=("127.0.0.1:0",), data_dir=tmp_path / "prod", production=True))
     with pytest.raises(MasterKeyError, match="MASTER_KEY is required in production"):
         await app.start()
     await app.stop()
@@ -142,14 +135,10 @@ async def test_a_passphrase_is_stretched_with_a_stored_salt(tmp_path: Path) -> N
         with pytest.raises(MasterKeyError):
             await harness.start(master_key=passphrase + "!")
     finally:
-        if harness.app is not None:
-            await harness.app.stop()
-            harness.app = None
+        await harness.stop()
 
 
 async def test_a_short_passphrase_is_refused(tmp_path: Path) -> None:
     harness = Harness(tmp_path / "short", ManualClock())
     with pytest.raises(MasterKeyError, match="at least 16 characters"):
         await harness.start(master_key="hunter2")
-    assert harness.app is not None
-    await harness.app.stop()
