@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Java client (Maven generates the keyturn.v1 stubs from proto/), runs its live
 # tests against KEYTURN_ADDRESS (host:port, plaintext) with KEYTURN_TOKEN (admin), installs
-# it into the local repository below, then runs examples/java against the same server.
+# it into the local Maven repository, then runs examples/java against the same server.
 # Needs only a JDK 17+ and Maven 3.8+; everything else comes from the Maven repository.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -11,10 +11,10 @@ root="$(cd "$here/../.." && pwd)"
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to an admin bearer token of that server}"
 export KEYTURN_ADDRESS KEYTURN_TOKEN
 
-# The local repository lives in this folder (gitignored): the first run downloads the
-# pinned plugins, protoc, protoc-gen-grpc-java and the gRPC runtime (about 70 MB); later
-# runs reuse them and need no network. The sed drops the stray colour resets (ESC[0m) that
-# Debian's Maven 3.8 writes even in batch mode.
+# The local repository is $KEYTURN_M2_REPOSITORY, by default Maven's usual ~/.m2/repository:
+# the first run downloads the pinned plugins, protoc, protoc-gen-grpc-java and the gRPC
+# runtime (about 70 MB); later runs reuse them and need no network. The sed drops the stray
+# colour resets (ESC[0m) that Debian's Maven 3.8 writes even in batch mode.
 mvn() {
   command mvn -q -B -Dmaven.repo.local="${KEYTURN_M2_REPOSITORY:-$HOME/.m2/repository}" "$@" 2>&1 | sed -u $'s/\e\\[0m//g'
 }

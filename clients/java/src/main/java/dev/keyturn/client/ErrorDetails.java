@@ -43,10 +43,16 @@ public record ErrorDetails(
     ErrorInfo info = ErrorInfo.getDefaultInstance();
     List<FieldViolation> violations = new ArrayList<>();
     for (Any detail : rich.getDetailsList()) {
+      // A detail that does not parse is skipped (as Connect's findDetails does), so the
+      // caller still gets the status code and message of the original error.
       if (detail.is(ErrorInfo.class)) {
-        info = unpack(detail, ErrorInfo.class);
+        info = unpack(detail, ErrorInfo.class).orElse(info);
       } else if (detail.is(BadRequest.class)) {
-        for (BadRequest.FieldViolation v : unpack(detail, BadRequest.class).getFieldViolationsList()) {
+        List<BadRequest.FieldViolation> parsed =
+            unpack(detail, BadRequest.class)
+                .map(BadRequest::getFieldViolationsList)
+                .orElse(List.of());
+        for (BadRequest.FieldViolation v : parsed) {
           violations.add(new FieldViolation(v.getField(), v.getDescription()));
         }
       }
@@ -66,11 +72,13 @@ public record ErrorDetails(
     return fieldViolations.stream().filter(v -> v.field().equals(field)).findFirst();
   }
 
-  private static <T extends com.google.protobuf.Message> T unpack(Any detail, Class<T> type) {
+  /** The detail as {@code type}, or empty when its bytes do not parse. */
+  private static <T extends com.google.protobuf.Message> Optional<T> unpack(
+      Any detail, Class<T> type) {
     try {
-      return detail.unpack(type);
+      return Optional.of(detail.unpack(type));
     } catch (InvalidProtocolBufferException e) {
-      throw new IllegalStateException("malformed " + type.getSimpleName() + " in error details", e);
+      return Optional.empty();
     }
   }
 }

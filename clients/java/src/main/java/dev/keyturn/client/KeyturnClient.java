@@ -9,7 +9,6 @@ import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.MethodDescriptor;
-import io.grpc.StatusRuntimeException;
 import java.time.Duration;
 import java.util.concurrent.TimeUnit;
 import keyturn.v1.AdminServiceGrpc;
@@ -28,7 +27,7 @@ import keyturn.v1.KeyServiceGrpc.KeyServiceBlockingStub;
  *   Key key = client.keys().generateKey(
  *       GenerateKeyRequest.newBuilder().setType("encryption").build()).getKey();
  * } catch (StatusRuntimeException e) {
- *   ErrorDetails details = KeyturnClient.errorDetails(e);  // reason, field violations
+ *   ErrorDetails details = ErrorDetails.of(e);  // reason, field violations
  * }
  * }</pre>
  */
@@ -60,11 +59,6 @@ public final class KeyturnClient implements AutoCloseable {
   /** Connects to KEYTURN_ADDRESS with KEYTURN_TOKEN, the variables the test scripts set. */
   public static KeyturnClient fromEnvironment() {
     return connect(requireEnv("KEYTURN_ADDRESS"), requireEnv("KEYTURN_TOKEN"));
-  }
-
-  /** Decodes the ErrorInfo reason and BadRequest field violations of a failed call. */
-  public static ErrorDetails errorDetails(StatusRuntimeException error) {
-    return ErrorDetails.of(error);
   }
 
   public KeyServiceBlockingStub keys() {

@@ -154,7 +154,7 @@ class KeyturnClientTest {
                             .setUserId(USER)
                             .build()));
 
-    ErrorDetails details = KeyturnClient.errorDetails(error);
+    ErrorDetails details = ErrorDetails.of(error);
     assertEquals(Status.Code.INVALID_ARGUMENT, details.code(), details::toString);
     assertEquals("INVALID_ARGUMENT", details.reason());
     assertEquals("keyturn.dev", details.domain());
@@ -172,7 +172,7 @@ class KeyturnClientTest {
             StatusRuntimeException.class,
             () -> client.keys().getKey(GetKeyRequest.newBuilder().setKeyId("key_aaaaaaaaaaaaaaaa").build()));
 
-    ErrorDetails details = KeyturnClient.errorDetails(error);
+    ErrorDetails details = ErrorDetails.of(error);
     assertEquals(Status.Code.NOT_FOUND, details.code(), details::toString);
     assertEquals("KEY_NOT_FOUND", details.reason());
     assertTrue(details.fieldViolations().isEmpty());

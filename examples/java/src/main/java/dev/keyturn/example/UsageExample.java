@@ -100,7 +100,7 @@ public final class UsageExample {
     try (KeyturnClient client = KeyturnClient.fromEnvironment()) {
       status = example(new KeyManager(client));
     } catch (StatusRuntimeException e) {
-      ErrorDetails details = KeyturnClient.errorDetails(e);
+      ErrorDetails details = ErrorDetails.of(e);
       String reason = details.reason().isEmpty() ? "" : " (" + details.reason() + ")";
       System.err.printf("Error: %s%s: %s%n", details.code(), reason, details.message());
       details
