@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class AdminServiceStub:
     """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
     """
 
     def __init__(self, channel):
@@ -79,6 +81,8 @@ class AdminServiceStub:
 
 class AdminServiceServicer:
     """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
     """
 
     def GetHealth(self, request, context):
@@ -185,6 +189,8 @@ def add_AdminServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
     """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
     """
 
     @staticmethod

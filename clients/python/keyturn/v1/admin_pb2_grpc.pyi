@@ -27,7 +27,10 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """Health, configuration, audit log and access tokens."""
+    """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -47,7 +50,10 @@ class AdminServiceStub:
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """Health, configuration, audit log and access tokens."""
+    """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetHealth: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetHealthRequest, _admin_pb2.GetHealthResponse]  # type: ignore[assignment]
@@ -63,7 +69,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     RevokeAccessToken: _aio.UnaryUnaryMultiCallable[_admin_pb2.RevokeAccessTokenRequest, _admin_pb2.AccessToken]  # type: ignore[assignment]
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Health, configuration, audit log and access tokens."""
+    """Health, configuration, audit log and access tokens.
+
+    idempotency_level drives client retries (clients/README.md).
+    """
 
     @_abc_1.abstractmethod
     def GetHealth(

@@ -30,6 +30,9 @@ if _version_not_supported:
 class HandleServiceStub:
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     def __init__(self, channel):
@@ -83,6 +86,9 @@ class HandleServiceStub:
 class HandleServiceServicer:
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     def GenerateHandle(self, request, context):
@@ -195,6 +201,9 @@ def add_HandleServiceServicer_to_server(servicer, server):
 class HandleService:
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     @staticmethod

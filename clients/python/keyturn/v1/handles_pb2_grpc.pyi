@@ -31,6 +31,9 @@ GRPC_VERSION: str
 class HandleServiceStub:
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     @_typing.overload
@@ -61,6 +64,9 @@ class HandleServiceStub:
 class HandleServiceAsyncStub(HandleServiceStub):
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -87,6 +93,9 @@ class HandleServiceAsyncStub(HandleServiceStub):
 class HandleServiceServicer(metaclass=_abc_1.ABCMeta):
     """Rotating, usage-limited bearer credentials (Vault token model: a public
     handle id and a secret token shown once).
+
+    idempotency_level drives client retries (clients/README.md); calls without
+    one (issuing, validating, rotating, revoking) are never retried by a client.
     """
 
     @_abc_1.abstractmethod

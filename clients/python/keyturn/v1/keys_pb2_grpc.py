@@ -30,6 +30,10 @@ if _version_not_supported:
 class KeyServiceStub:
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     def __init__(self, channel):
@@ -123,6 +127,10 @@ class KeyServiceStub:
 class KeyServiceServicer:
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     def GenerateKey(self, request, context):
@@ -326,6 +334,10 @@ def add_KeyServiceServicer_to_server(servicer, server):
 class KeyService:
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     @staticmethod

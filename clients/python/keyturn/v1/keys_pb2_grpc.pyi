@@ -31,6 +31,10 @@ GRPC_VERSION: str
 class KeyServiceStub:
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     @_typing.overload
@@ -70,6 +74,10 @@ class KeyServiceStub:
 class KeyServiceAsyncStub(KeyServiceStub):
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -105,6 +113,10 @@ class KeyServiceAsyncStub(KeyServiceStub):
 class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keys that are generated, rotated, expired and destroyed by the service and
     used in place: callers send data, not keys (Cloud KMS model).
+
+    idempotency_level drives client retries (clients/README.md): reads are
+    NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+    counted once more); everything else is retried only by the caller.
     """
 
     @_abc_1.abstractmethod

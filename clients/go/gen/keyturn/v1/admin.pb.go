@@ -2202,15 +2202,15 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\rServingStatus\x12\x1e\n" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n" +
-	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xa6\x05\n" +
-	"\fAdminService\x12H\n" +
-	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\x12=\n" +
-	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\x12C\n" +
-	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\x12Z\n" +
-	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\x12W\n" +
-	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\x12`\n" +
-	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\x12]\n" +
-	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\x12R\n" +
+	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xbf\x05\n" +
+	"\fAdminService\x12M\n" +
+	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\"\x03\x90\x02\x01\x12B\n" +
+	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\"\x03\x90\x02\x01\x12C\n" +
+	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\x12_\n" +
+	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12\\\n" +
+	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\"\x03\x90\x02\x01\x12`\n" +
+	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\x12b\n" +
+	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\"\x03\x90\x02\x01\x12R\n" +
 	"\x11RevokeAccessToken\x12$.keyturn.v1.RevokeAccessTokenRequest\x1a\x17.keyturn.v1.AccessTokenB\xa5\x01\n" +
 	"\x0ecom.keyturn.v1B\n" +
 	"AdminProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +

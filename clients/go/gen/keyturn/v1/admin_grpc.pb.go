@@ -34,6 +34,8 @@ const (
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 //
 // Health, configuration, audit log and access tokens.
+//
+// idempotency_level drives client retries (clients/README.md).
 type AdminServiceClient interface {
 	GetHealth(ctx context.Context, in *GetHealthRequest, opts ...grpc.CallOption) (*GetHealthResponse, error)
 	GetConfig(ctx context.Context, in *GetConfigRequest, opts ...grpc.CallOption) (*Config, error)
@@ -141,6 +143,8 @@ func (c *adminServiceClient) RevokeAccessToken(ctx context.Context, in *RevokeAc
 // for forward compatibility.
 //
 // Health, configuration, audit log and access tokens.
+//
+// idempotency_level drives client retries (clients/README.md).
 type AdminServiceServer interface {
 	GetHealth(context.Context, *GetHealthRequest) (*GetHealthResponse, error)
 	GetConfig(context.Context, *GetConfigRequest) (*Config, error)

@@ -1000,16 +1000,16 @@ const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\x1eVALIDATION_REASON_RATE_LIMITED\x10\x05\x12&\n" +
 	"\"VALIDATION_REASON_CONTEXT_MISMATCH\x10\x06\x12 \n" +
 	"\x1cVALIDATION_REASON_SUPERSEDED\x10\a\x12\x1f\n" +
-	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\x9e\x05\n" +
+	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\xb2\x05\n" +
 	"\rHandleService\x12W\n" +
-	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\x12=\n" +
-	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\x12N\n" +
-	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\x12W\n" +
+	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\x12B\n" +
+	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\x03\x90\x02\x01\x12S\n" +
+	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x03\x90\x02\x01\x12W\n" +
 	"\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\x12Q\n" +
 	"\fRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\x12C\n" +
-	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\x12f\n" +
-	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\x12L\n" +
-	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent0\x01B\xa7\x01\n" +
+	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\x12k\n" +
+	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\"\x03\x90\x02\x01\x12Q\n" +
+	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x010\x01B\xa7\x01\n" +
 	"\x0ecom.keyturn.v1B\fHandlesProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"

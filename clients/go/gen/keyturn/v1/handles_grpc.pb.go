@@ -35,6 +35,9 @@ const (
 //
 // Rotating, usage-limited bearer credentials (Vault token model: a public
 // handle id and a secret token shown once).
+//
+// idempotency_level drives client retries (clients/README.md); calls without
+// one (issuing, validating, rotating, revoking) are never retried by a client.
 type HandleServiceClient interface {
 	// Issues a handle and returns its secret token once.
 	GenerateHandle(ctx context.Context, in *GenerateHandleRequest, opts ...grpc.CallOption) (*GenerateHandleResponse, error)
@@ -157,6 +160,9 @@ type HandleService_WatchExpiringClient = grpc.ServerStreamingClient[ExpiryEvent]
 //
 // Rotating, usage-limited bearer credentials (Vault token model: a public
 // handle id and a secret token shown once).
+//
+// idempotency_level drives client retries (clients/README.md); calls without
+// one (issuing, validating, rotating, revoking) are never retried by a client.
 type HandleServiceServer interface {
 	// Issues a handle and returns its secret token once.
 	GenerateHandle(context.Context, *GenerateHandleRequest) (*GenerateHandleResponse, error)

@@ -1644,27 +1644,27 @@ const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\x11VerifyMacResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12\x1f\n" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
-	"keyVersion2\xf4\b\n" +
+	"keyVersion2\xb0\t\n" +
 	"\n" +
 	"KeyService\x12N\n" +
-	"\vGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\x124\n" +
-	"\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\x12E\n" +
-	"\bListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\x12:\n" +
+	"\vGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\x129\n" +
+	"\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\"\x03\x90\x02\x01\x12J\n" +
+	"\bListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\"\x03\x90\x02\x01\x12:\n" +
 	"\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\x12:\n" +
 	"\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\x12<\n" +
 	"\n" +
-	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\x12]\n" +
-	"\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\x12H\n" +
-	"\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\x12B\n" +
-	"\aEncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\x12B\n" +
-	"\aDecrypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\x129\n" +
-	"\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\x12?\n" +
-	"\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\x12Q\n" +
-	"\fGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\x12K\n" +
+	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\x12b\n" +
+	"\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x03\x90\x02\x01\x12M\n" +
+	"\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"\x03\x90\x02\x02\x12G\n" +
+	"\aEncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"\x03\x90\x02\x02\x12G\n" +
+	"\aDecrypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\"\x03\x90\x02\x02\x12>\n" +
+	"\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\"\x03\x90\x02\x02\x12D\n" +
+	"\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\"\x03\x90\x02\x02\x12V\n" +
+	"\fGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\"\x03\x90\x02\x01\x12P\n" +
 	"\n" +
-	"ComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\x12H\n" +
-	"\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\x12L\n" +
-	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent0\x01B\xa4\x01\n" +
+	"ComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\"\x03\x90\x02\x02\x12M\n" +
+	"\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\"\x03\x90\x02\x02\x12Q\n" +
+	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x010\x01B\xa4\x01\n" +
 	"\x0ecom.keyturn.v1B\tKeysProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"

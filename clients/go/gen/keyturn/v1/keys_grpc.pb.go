@@ -43,6 +43,10 @@ const (
 //
 // Keys that are generated, rotated, expired and destroyed by the service and
 // used in place: callers send data, not keys (Cloud KMS model).
+//
+// idempotency_level drives client retries (clients/README.md): reads are
+// NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+// counted once more); everything else is retried only by the caller.
 type KeyServiceClient interface {
 	// Creates a key of a configured type with version 1 as primary.
 	GenerateKey(ctx context.Context, in *GenerateKeyRequest, opts ...grpc.CallOption) (*GenerateKeyResponse, error)
@@ -256,6 +260,10 @@ type KeyService_WatchExpiringClient = grpc.ServerStreamingClient[ExpiryEvent]
 //
 // Keys that are generated, rotated, expired and destroyed by the service and
 // used in place: callers send data, not keys (Cloud KMS model).
+//
+// idempotency_level drives client retries (clients/README.md): reads are
+// NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
+// counted once more); everything else is retried only by the caller.
 type KeyServiceServer interface {
 	// Creates a key of a configured type with version 1 as primary.
 	GenerateKey(context.Context, *GenerateKeyRequest) (*GenerateKeyResponse, error)
