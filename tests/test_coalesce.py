@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from keyturn_server.domain.coalesce import Coalescer
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import BACKEND, fresh_postgres_database
 
@@ -36,7 +35,7 @@ class Counter:
         self.units: list[list[int]] = []
         self.poison = poison
 
-    def run(self, repo: SqlRepository, items: Sequence[int]) -> list[int]:
+    def run(self, repo: Repository, items: Sequence[int]) -> list[int]:
         self.units.append(list(items))
         total = int((repo.get_meta("total") or b"0").decode())
         seen = []
