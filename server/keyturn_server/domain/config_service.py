@@ -10,12 +10,11 @@ from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM, Permission, Principal
 from keyturn_server.domain.config import (
     Config,
-    ConfigDraft,
-    apply_update,
     config_from_json,
     config_to_json,
     default_config,
 )
+from keyturn_server.domain.config_update import ConfigDraft, apply_update
 from keyturn_server.domain.errors import Aborted
 from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.limits import common, raise_if
