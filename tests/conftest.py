@@ -11,7 +11,6 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.observability.logs import JsonFormatter
 from tests.harness import BACKEND, SECRETS, Harness
 
-
 #: Per-test timeout of the suites marked slow (crash, soak: minutes each); the others
 #: have pyproject's default.
 SLOW_TIMEOUT = 900
