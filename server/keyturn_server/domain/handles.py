@@ -3,8 +3,8 @@
 A handle has a public id and a secret token; the store keeps only a keyed digest of
 each secret. :func:`decide` is the whole validation rule, a pure function of the
 handle, the presented secret, the request context, the clock and the policies; the
-handle service runs it inside one store transaction so that checks and the usage
-count are atomic.
+validation engine (:mod:`validation`) runs it inside one unit of work so that checks
+and the usage count are atomic.
 """
 
 from __future__ import annotations

@@ -165,14 +165,14 @@ class WatchService:
         store: Store,
         hub: EventHub,
         clock: Clock,
-        handles: HandleLifecycle,
+        handle_lifecycle: HandleLifecycle,
         heartbeat: timedelta,
         queue_size: int,
     ) -> None:
         self._store = store
         self._hub = hub
         self._clock = clock
-        self._handles = handles
+        self._handle_lifecycle = handle_lifecycle
         self.heartbeat = heartbeat
         self.queue_size = queue_size
         self._closing = False
@@ -330,7 +330,7 @@ class WatchService:
             and isinstance(event.snapshot, Handle)
         ):
             token = (
-                self._handles.open_delivered(
+                self._handle_lifecycle.open_delivered(
                     event.subject_id, event.snapshot.generation, event.sealed_token
                 )
                 or ""
