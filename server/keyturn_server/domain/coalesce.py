@@ -8,6 +8,10 @@ N validations then cost one savepoint, one SELECT and one UPDATE per handle inst
 N of each. Items run in arrival order, each seeing the effects of those before it: the
 result is that of N units one after another.
 
+Under load the unit is held back a little while calls keep arriving (:mod:`batching`),
+so that one unit and one commit serve many of them; with one call in flight it goes to
+the store at once.
+
 If the shared unit fails (a store error, or a bug hit by one item), every item is run
 again in a unit of its own, so that one bad item cannot fail the others.
 """
@@ -19,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
+from keyturn_server.domain.batching import BatchWindow
 from keyturn_server.domain.repositories import Repository, Store
 
 Item = TypeVar("Item")
@@ -40,9 +45,11 @@ class Coalescer(Generic[Item, Result]):
         #: A unit of ours is waiting in the store: later calls join it.
         self._queued = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.window = BatchWindow()
 
     async def submit(self, item: Item) -> Result:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.window.arrived()
         with self._lock:
             self._pending.append((item, future))
             start, self._queued = not self._queued, True
@@ -67,6 +74,7 @@ class Coalescer(Generic[Item, Result]):
             return self._run(repo, [item for item, _ in taken])
 
         try:
+            await self.window.hold(len(self._pending))
             results = await self._store.write(work)
         except asyncio.CancelledError:
             for _, future in taken or self._take():
@@ -81,6 +89,7 @@ class Coalescer(Generic[Item, Result]):
             for item, future in taken:  # one after another: arrival order still holds
                 await self._alone(item, future)
             return
+        self.window.closed(len(taken))
         for (_, future), result in zip(taken, results, strict=True):
             if not future.done():  # a caller that went away: its item still counted
                 future.set_result(result)

@@ -1,20 +1,22 @@
 """The embedded store: one SQLite file in WAL mode, with group commit.
 
 Durability: every acknowledged write is committed with ``synchronous=FULL``, which costs
-an fsync (~0.3 ms here), so writes share commits. A batch opens a transaction (BEGIN
-IMMEDIATE, in a worker thread, since another process may hold the write lock), runs the
-waiting units of work on the event loop, each inside its own SAVEPOINT, lets one turn of
-the loop add the units it brings, then commits in a worker thread; only then are the
-callers answered. Units arriving during a commit form the next batch, so batches grow
-with the load: two thread hops and one fsync per batch, none per request. (BEGIN on the
-loop when the lock is free was measured too: the hop it saves is the time the next batch
-gathers in, so batches shrank and commits per request grew; slower.)
+an fsync (~0.3 ms here), so writes share commits. A batch is held open while writes keep
+arriving (:mod:`keyturn_server.domain.batching`: not at all for a lone caller), then
+opens a transaction (BEGIN IMMEDIATE: on the loop when the write lock is free, in a worker
+thread when another process holds it), runs the waiting units of work on the event loop,
+each inside its own SAVEPOINT, lets one turn of the loop add the units it brings, then
+commits in a worker thread; only then are the callers answered. Units arriving during a
+commit form the next batch: one thread hop and one fsync per batch, none per request.
+(BEGIN in a worker thread, measured before batches were held open, made batches bigger
+only by the time its hop took; the hold does that on purpose now.)
 
 Units run one after another on the loop, so each sees the effects of the ones before it:
 that is what makes a validation's checks and its usage count atomic without row locks.
-Measured against a writer thread that ran the units itself, this serves a little more
-and waits less at p99 (bench/): a writer thread must win the GIL back from the busy loop
-after every SQLite call.
+Other processes serving the same file (``--workers``) are serialised by the write lock,
+taken before a batch reads anything. Measured against a writer thread that ran the units
+itself, this serves a little more and waits less at p99 (bench/): a writer thread must
+win the GIL back from the busy loop after every SQLite call.
 
 Reads run on a second connection (reports on their own, in worker threads); WAL lets them
 proceed during a commit, and they only ever see committed data.
@@ -34,6 +36,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from keyturn_server.domain.batching import BatchWindow
 from keyturn_server.domain.errors import KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
@@ -41,6 +44,8 @@ from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
 T = TypeVar("T")
+#: How long a connection waits for another process's write lock before giving up.
+BUSY_TIMEOUT_MS = 5000
 log = logging.getLogger("keyturn.store")
 
 
@@ -63,7 +68,7 @@ def connect(path: Path) -> sqlite3.Connection:
     by column name, and a busy timeout for another process holding the write lock."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
 
 
@@ -128,6 +133,8 @@ class SqliteStore:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
         self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
+        # BEGIN is tried on the loop, where waiting for the lock would stall everything.
+        self._writer.execute("PRAGMA busy_timeout = 0")
         self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
         self._reader = SqlRepository(self._read_conn)
@@ -139,6 +146,9 @@ class SqliteStore:
         self._last_commit = timedelta(0)
         self._problem = ""
         self._closed = False
+        self.window = BatchWindow()
+        self.commits = 0
+        self.writes = 0
 
     # --- the Store protocol ----------------------------------------------------------
 
@@ -149,6 +159,7 @@ class SqliteStore:
         if self._closed:
             raise Unavailable("the store is closed", reason="STORE_UNAVAILABLE")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self.window.arrived()
         if self._open:
             self._run(work, future)
         else:
@@ -178,8 +189,9 @@ class SqliteStore:
     async def _batches(self) -> None:
         try:
             while self._waiting:
+                await self.window.hold(len(self._waiting))
                 try:
-                    await asyncio.to_thread(self._writer.execute, "BEGIN IMMEDIATE")
+                    await self._begin()
                 except sqlite3.Error as exc:
                     self._fail(self._waiting, store_error(exc))
                     self._waiting = []
@@ -191,9 +203,27 @@ class SqliteStore:
                 await asyncio.sleep(0)  # the units this turn of the loop brings join in
                 self._open = False
                 batch, self._batch = self._batch, []
+                self.window.closed(len(batch))
                 await self._commit(batch)
         finally:
             self._cycle = None
+
+    async def _begin(self) -> None:
+        """Take the write lock: on the loop when it is free (no thread hop), else in a
+        worker thread that waits for it (another process writes)."""
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
+                raise
+            await asyncio.to_thread(self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        finally:
+            self._writer.execute("PRAGMA busy_timeout = 0")
 
     async def report(self, work: Callable[[Repository], T]) -> T:
         def run() -> T:
@@ -218,6 +248,8 @@ class SqliteStore:
             pending_writes=len(self._batch) + len(self._waiting),
             schema_version=self.schema_version,
             problem=self._problem,
+            commits=self.commits,
+            writes=self.writes,
         )
 
     async def close(self) -> None:
@@ -243,6 +275,8 @@ class SqliteStore:
         if not batch:
             return
         self._problem = ""
+        self.commits += 1
+        self.writes += len(batch)
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         events = [e for outcome in batch for e in outcome.events]
         if events:

@@ -60,6 +60,10 @@ class StoreStatus:
     pending_writes: int
     schema_version: int
     problem: str = ""
+    #: Commits since start, and the units of work they made durable: writes per commit
+    #: is the group-commit batch size (a coalesced batch of validations is one unit).
+    commits: int = 0
+    writes: int = 0
 
 
 class Store(Protocol):

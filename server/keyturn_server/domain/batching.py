@@ -1,0 +1,109 @@
+"""How long a batch waits for more work before it commits: long under load, not at all
+when idle.
+
+Group commit shares one commit (two thread hops, a savepoint, an fsync: ~600 µs of CPU
+here) among the writes that wait for it, so its cost per write falls with the batch
+size. Under load a batch fills with whatever arrives while the previous commit is in
+flight, which on this server was only 4-7 validations: grpc hands the loop one call at a
+time, so few calls arrive during one fsync. Holding the batch open longer makes it bigger,
+but a fixed window ruins latency at low load (p50 at one call in flight went from 1.5 ms
+to 12 ms with an 8 ms window).
+
+So the hold follows the arrivals. A batch stays open while work keeps coming: each wait
+lasts about two recent gaps between arrivals, and the batch closes as soon as one such
+wait brings nothing, or when it has been open for ``cap`` or holds ``limit`` items. Holding
+costs nothing while the loop is busy taking new calls (that is where the time goes
+anyway), and closing on the first quiet wait ends it once the loop would otherwise idle.
+
+A caller that waits for its own answer before it sends again (one call in flight) never
+brings anything during a hold, so holds that brought nothing switch holding off; every
+``PROBE``-th batch holds once more to notice load coming back. With one call in flight a
+batch therefore commits at once, as without any hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+#: Longest a batch is held open for more work.
+CAP = 0.008
+#: Waits shorter than this are not worth a timer; longer ones mean the load is light.
+MIN_QUIET = 0.0001
+MAX_QUIET = 0.001
+#: Weight of the newest gap in the moving average of gaps between arrivals.
+GAP_WEIGHT = 0.2
+#: Holds in a row that brought nothing before holding stops; then every PROBE-th batch
+#: holds once to see whether load came back.
+FRUITLESS = 2
+PROBE = 16
+
+
+@dataclass
+class BatchFigures:
+    """Counts since start, for health and benchmarks."""
+
+    batches: int = 0
+    items: int = 0
+    holds: int = 0
+    held_seconds: float = 0.0
+
+
+class BatchWindow:
+    """Arrival bookkeeping and the hold policy of one batching point (the store's group
+    commit, the validation coalescer). Runs on the event loop only."""
+
+    def __init__(self, cap: float = CAP, limit: int = 1024) -> None:
+        self.cap = cap
+        self.limit = limit
+        self.figures = BatchFigures()
+        self._arrivals = 0
+        self._last_arrival = 0.0
+        self._gap = MAX_QUIET
+        self._fruitless = 0
+        self._skipped = 0
+
+    def arrived(self) -> None:
+        """One item of work arrived (call on every submission)."""
+        now = time.perf_counter()
+        if self._last_arrival:
+            gap = now - self._last_arrival
+            self._gap += GAP_WEIGHT * (min(gap, 1.0) - self._gap)
+        self._last_arrival = now
+        self._arrivals += 1
+
+    def closed(self, items: int) -> None:
+        """A batch of ``items`` was taken."""
+        self.figures.batches += 1
+        self.figures.items += items
+
+    def _worth_holding(self) -> bool:
+        if self._fruitless < FRUITLESS:
+            return True
+        self._skipped += 1
+        if self._skipped >= PROBE:
+            self._skipped = 0
+            return True
+        return False
+
+    async def hold(self, pending: int) -> None:
+        """Return when the batch of ``pending`` items (and whatever arrives meanwhile)
+        should close."""
+        if pending >= self.limit or not self._worth_holding():
+            return
+        started = time.perf_counter()
+        deadline = started + self.cap
+        first = self._arrivals
+        while True:
+            seen = self._arrivals
+            wait = min(max(2 * self._gap, MIN_QUIET), MAX_QUIET, deadline - time.perf_counter())
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+            if self._arrivals == seen or pending + self._arrivals - first >= self.limit:
+                break
+        gained = self._arrivals - first
+        self._fruitless = 0 if gained else self._fruitless + 1
+        self.figures.holds += 1
+        self.figures.held_seconds += time.perf_counter() - started

@@ -1,0 +1,143 @@
+"""Adaptive group commit: a batch is held open while work keeps arriving, and not at all
+for a caller that waits for each answer before it sends again.
+
+Structure, not speed, is asserted (units per item, holds that happened): the figures of
+throughput and latency live in bench/."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keyturn_server.domain import batching
+from keyturn_server.domain.batching import BatchWindow
+from keyturn_server.domain.coalesce import Coalescer
+from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
+from keyturn_server.domain.repositories import Repository
+from keyturn_server.store.sqlite import SqliteStore
+
+TALLY = Handle(
+    id="hdl_tallytallytally",
+    type="tally",
+    algorithm="sha256",
+    state=HandleState.ACTIVE,
+    owner="test",
+    created_for="",
+    context={},
+    usage_count=0,
+    max_usage=1_000_000,
+    create_time=datetime(2031, 1, 1, tzinfo=UTC),
+    rotate_time=datetime(2031, 1, 2, tzinfo=UTC),
+    expire_time=datetime(2031, 1, 2, tzinfo=UTC),
+    warn_time=datetime(2031, 1, 2, tzinfo=UTC),
+    schedule=HandleSchedule(*(timedelta(days=1),) * 4),
+)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "keyturn.db")
+    await opened.write(lambda repo: repo.insert_handle(TALLY))
+    yield opened
+    await opened.close()
+
+
+def count(repo: Repository, items: Sequence[int]) -> list[int]:
+    """Adds each item to the stored total, as validations add uses."""
+    tally = repo.get_handle(TALLY.id, for_update=True)
+    assert tally is not None
+    total = tally.usage_count
+    seen = []
+    for item in items:
+        total += item
+        seen.append(total)
+    repo.update_handle(tally, dataclasses.replace(tally, usage_count=total))
+    return seen
+
+
+async def caller(coalescer: Coalescer[int, int], calls: int, spread: float) -> list[int]:
+    """A client with one call in flight: it sends the next once the last is answered,
+    after ``spread`` seconds at most (calls reach a server one at a time)."""
+    answers = []
+    for _ in range(calls):
+        await asyncio.sleep(random.uniform(0, spread))
+        answers.append(await coalescer.submit(1))
+    return answers
+
+
+async def test_one_caller_in_lockstep_gets_a_unit_per_call_and_no_holds(
+    store: SqliteStore,
+) -> None:
+    coalescer: Coalescer[int, int] = Coalescer(store, count)
+    answers = await caller(coalescer, 40, 0.0005)
+    assert answers == list(range(1, 41))
+    figures = coalescer.window.figures
+    assert figures.batches == 40
+    # Holds that bring nothing switch holding off: only the first ones and the probes.
+    assert figures.holds <= batching.FRUITLESS + 40 // batching.PROBE + 1
+
+
+async def test_many_callers_share_units_that_grow_with_the_load(store: SqliteStore) -> None:
+    coalescer: Coalescer[int, int] = Coalescer(store, count)
+    callers, calls = 32, 25
+    results = await asyncio.gather(*(caller(coalescer, calls, 0.002) for _ in range(callers)))
+    answers = sorted(a for r in results for a in r)
+    assert answers == list(range(1, callers * calls + 1))  # each counted once, in order
+    figures = coalescer.window.figures
+    assert figures.items == callers * calls
+    # Without holding, a unit takes what arrived during one commit (about 7 here); held
+    # open while calls keep coming, a unit carries most of the callers (32 here).
+    assert figures.items / figures.batches >= callers / 2, figures
+
+
+async def test_a_hold_ends_at_the_first_quiet_wait() -> None:
+    window = BatchWindow(cap=1.0)
+    for _ in range(5):
+        window.arrived()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await window.hold(pending=5)
+    assert loop.time() - started < 0.5  # far below the cap: nobody else came
+    assert window.figures.holds == 1
+
+
+async def test_a_hold_lasts_while_work_arrives_up_to_the_cap() -> None:
+    window = BatchWindow(cap=0.05)
+    window.arrived()
+
+    async def arrivals() -> None:
+        while True:
+            await asyncio.sleep(0.0001)
+            window.arrived()
+
+    feeding = asyncio.ensure_future(arrivals())
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await window.hold(pending=1)
+        assert loop.time() - started >= 0.05
+    finally:
+        feeding.cancel()
+
+
+async def test_a_full_batch_is_not_held() -> None:
+    window = BatchWindow(cap=1.0, limit=4)
+    window.arrived()
+    await window.hold(pending=4)
+    assert window.figures.holds == 0
+
+
+async def test_the_store_counts_commits_and_what_they_carried(store: SqliteStore) -> None:
+    before = store.status()
+    await asyncio.gather(
+        *(store.write(lambda repo: repo.get_handle(TALLY.id) and None) for _ in range(10))
+    )
+    after = store.status()
+    assert after.commits > before.commits
+    assert after.writes - before.writes == 10
