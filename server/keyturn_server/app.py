@@ -123,6 +123,7 @@ class App:
         self.metrics_port: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
+        self._guard: Guard | None = None
         self._store: Store | None = None
         self._health_servicer: Any = None
         self.services: Services | None = None
@@ -219,7 +220,7 @@ class App:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
         )
-        guard = Guard(
+        guard = self._guard = Guard(
             Authenticator(tokens, settings.insecure_no_auth),
             CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
             stats,
@@ -265,6 +266,7 @@ class App:
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
         self._spawn(self._every(REFRESH_INTERVAL, self._refresh))
+        self._spawn(self._every(guard.access.interval, self.flush_access_log))
         if self.metrics is not None and settings.metrics_listen:
             host, port = split_address(settings.metrics_listen)
             self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
@@ -298,6 +300,10 @@ class App:
         assert self.services is not None
         await self.services.keys.flush_usage()
         await self.services.tokens.flush_usage()
+
+    async def flush_access_log(self) -> None:
+        if self._guard is not None:
+            self._guard.access.flush()
 
     async def _refresh(self) -> None:
         assert self.services is not None
@@ -353,6 +359,8 @@ class App:
             await self.services.scheduler.stop()
             with contextlib.suppress(Exception):
                 await self._flush()
+        if self._guard is not None:
+            self._guard.access.flush()
         if self.metrics is not None:
             self.metrics.close()
         if self._store is not None:

@@ -24,7 +24,7 @@ from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.status import code_of, to_status
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 from keyturn_server.domain.statistics import Statistics
-from keyturn_server.observability.logs import access
+from keyturn_server.observability.access import AccessLog
 from keyturn_server.observability.metrics import Metrics
 
 log = logging.getLogger("keyturn.api")
@@ -75,11 +75,13 @@ class Guard:
         limiter: CallerLimiter,
         stats: Statistics,
         metrics: Metrics | None,
+        access: AccessLog | None = None,
     ) -> None:
         self._auth = authenticator
         self._limiter = limiter
         self._stats = stats
         self._metrics = metrics
+        self.access = access or AccessLog()
 
     def register(
         self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object
@@ -207,18 +209,7 @@ class Guard:
             self._stats.errors[service] += 1
         if self._metrics is not None:
             self._metrics.observe_rpc(method, code.name, elapsed)
-        if access.isEnabledFor(logging.INFO):
-            access.info(
-                "rpc",
-                extra={
-                    "category": "access",
-                    "method": method,
-                    "code": code.name,
-                    "ms": round(elapsed * 1000, 3),
-                    "principal": principal,
-                    "peer": peer,
-                },
-            )
+        self.access.record(method, code.name, elapsed, principal, peer)
 
 
 def _service_of(method: str) -> str:

@@ -26,6 +26,7 @@ from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.handles import Handle
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import WatchService
+from keyturn_server.observability import access
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 SERVICE = "keyturn.v1.HandleService"
@@ -86,6 +87,8 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         result = await self._handles.validate(
             auth.current(), request.token, dict(request.context), request.user_id
         )
+        if not result.valid:
+            access.refused(result.reason.value if result.reason else "INVALID")
         return handles_pb2.ValidateHandleResponse(
             validation=validation_message(result, self._clock.now())
         )
