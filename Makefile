@@ -14,7 +14,18 @@ $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q -e clients/python -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+# The optional native extension (native/: token checks in Rust), built where a Rust
+# toolchain exists; without one the server runs its pure-Python implementation.
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
+$(VENV)/.native: $(VENV)/.installed $(NATIVE_SOURCES)
+	@if command -v cargo >/dev/null 2>&1; then \
+	  echo "building the native extension (native/, cargo; a minute the first time) ..."; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pip install -q --no-build-isolation ./native && touch $@; \
+	else \
+	  echo "no Rust toolchain (cargo): the server uses its pure-Python token checks"; \
+	fi
+
+setup: $(VENV)/.installed $(VENV)/.native
 
 run: setup
 	$(BIN)/keyturn serve $(ARGS)

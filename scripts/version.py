@@ -51,6 +51,8 @@ COPIES = (
     Copy("clients/python/pyproject.toml", r'^version = "([^"]+)"', "the client's version"),
     Copy("server/keyturn_server/__init__.py", r'^__version__ = "([^"]+)"', "__version__"),
     Copy("Dockerfile", r"^ARG VERSION=(\S+)", "the image label's default"),
+    Copy("native/Cargo.toml", r'^version = "([^"]+)"', "the native extension's crate version"),
+    Copy("native/pyproject.toml", r'^version = "([^"]+)"', "the native extension's version"),
     Copy("clients/node/package.json", r'^  "version": "([^"]+)"', "the npm package version"),
     Copy("clients/node/package-lock.json", r'^  "version": "([^"]+)"', "the lockfile's version"),
     Copy(

@@ -34,6 +34,7 @@ from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
 from keyturn_server.clock import Clock, SystemClock
+from keyturn_server.crypto import native
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
@@ -144,6 +145,7 @@ class App:
         settings = self.settings
         for warning in settings.warnings():
             log.warning(warning, extra={"category": "security"})
+        native.check()
         # Certificates first: a wrong file ends the start before anything is opened.
         certificate = settings.certificate
         credentials = tls.server_credentials(certificate) if certificate else None
@@ -282,6 +284,7 @@ class App:
                 "store": store.backend,
                 "tls": settings.tls,
                 "auth": not settings.insecure_no_auth,
+                "token_checks": native.implementation(),
             },
         )
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keyturn_server.crypto import native
+from keyturn_server.crypto.algorithms import HANDLE_ALGORITHMS
 from keyturn_server.crypto.master import MasterKey, MasterKeyError
 from keyturn_server.crypto.seal import Sealer
 
@@ -98,7 +100,8 @@ class Keyring:
     """The unwrapped keyring in memory. It can be reloaded in place when another process
     rotates the master key, so every service holding it sees the new generation."""
 
-    def __init__(self, data: KeyringData) -> None:
+    def __init__(self, data: KeyringData, *, use_native: bool = True) -> None:
+        self._use_native = use_native and native.api is not None
         self.load(data)
         #: Reloads the keyring from the store; set by the server so that a value sealed
         #: under a generation made moments ago elsewhere can still be opened.
@@ -108,6 +111,15 @@ class Keyring:
         self.data = data
         self.sealer = Sealer(data.seal_keys, data.current)
         self._token_key = data.token_key
+        # Keyed state made once: a copy per digest skips the key schedule, and unlike the
+        # one-shot hmac.digest it keeps the GIL (which the one-shot releases, handing it
+        # to whichever thread waits: 22-29 µs per digest in the server, 2 µs in a loop).
+        self._token_macs = {a: hmac.new(data.token_key, digestmod=a) for a in HANDLE_ALGORITHMS}
+        self._native_mac = (
+            native.api.TokenMac(data.token_key)
+            if self._use_native and native.api is not None
+            else None
+        )
         self.audit_key = data.audit_key
 
     @property
@@ -134,4 +146,8 @@ class Keyring:
 
     def digest(self, secret: str, algorithm: str = "sha256") -> bytes:
         """Keyed digest of a bearer secret: what the store keeps instead of the secret."""
-        return hmac.digest(self._token_key, secret.encode(), algorithm)  # one-shot, in C
+        if self._native_mac is not None:
+            return self._native_mac.digest(secret, algorithm)
+        mac = self._token_macs[algorithm].copy()
+        mac.update(secret.encode())
+        return mac.digest()
