@@ -12,12 +12,12 @@ from keyturn.v1 import events_pb2, handles_pb2, handles_pb2_grpc, resources_pb2,
 from keyturn_server.api import auth
 from keyturn_server.api.convert import (
     HANDLE_STATUS_FROM,
+    fill_validation,
     handle_message,
     latency,
     optional_enum,
     recent_counts,
     ts,
-    validation_message,
 )
 from keyturn_server.api.watch import StreamEncoder, watch_request
 from keyturn_server.clock import Clock
@@ -89,9 +89,9 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         )
         if not result.valid:
             access.refused(result.reason.value if result.reason else "INVALID")
-        return handles_pb2.ValidateHandleResponse(
-            validation=validation_message(result, self._clock.now())
-        )
+        response = handles_pb2.ValidateHandleResponse()
+        fill_validation(response.validation, result)
+        return response
 
     async def RotateHandle(
         self, request: handles_pb2.RotateHandleRequest, context: Context
