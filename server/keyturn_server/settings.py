@@ -16,6 +16,10 @@ from pathlib import Path
 
 from keyturn_server.domain.config import MIN_DURATION
 
+#: Where `keyturn serve` answers HTTP/JSON unless told otherwise: loopback only, so that
+#: `make run` and curl work out of the box and nothing is exposed by default.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+
 
 class SettingsError(ValueError):
     """A flag or environment variable has a value the server cannot use."""
@@ -35,6 +39,12 @@ class Settings:
     tls_key: Path | None = None
     client_ca: Path | None = None
     metrics_listen: str | None = None
+    #: HTTP/JSON listeners (the transcoded API, /api/key-management, /openapi.json);
+    #: empty: none. Same TLS settings as gRPC.
+    http_listen: tuple[str, ...] = ()
+    #: The listener is the default one: when its port is taken, the server says so and
+    #: serves gRPC only, instead of refusing to start (an explicit address must bind).
+    http_listen_is_default: bool = False
     destroy_delay: timedelta = timedelta(hours=24)
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
@@ -51,7 +61,7 @@ class Settings:
 
     def check(self) -> Settings:
         if self.insecure_no_auth:
-            outside = [a for a in self.listen if not is_loopback(a)]
+            outside = [a for a in (*self.listen, *self.http_listen) if not is_loopback(a)]
             if outside:
                 raise SettingsError(
                     "--insecure-no-auth is only allowed when every listen address is loopback; "
@@ -63,7 +73,7 @@ class Settings:
             raise SettingsError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.production and self.insecure_no_auth:
             raise SettingsError("--insecure-no-auth cannot be used with --production")
-        for address in self.listen:
+        for address in (*self.listen, *self.http_listen):
             split_address(address)
         if self.metrics_listen:
             split_address(self.metrics_listen)
@@ -132,6 +142,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus metrics")
     parser.add_argument(
+        "--http-listen",
+        action="append",
+        help="HOST:PORT for HTTP/JSON (the /v1 API, the specification's /api/key-management "
+        f"and /openapi.json); repeatable; '' or 'off' disables it (KEYTURN_HTTP_LISTEN, "
+        f"comma-separated; default {DEFAULT_HTTP_LISTEN})",
+    )
+    parser.add_argument(
         "--destroy-delay",
         type=parse_duration,
         help="waiting period before a removed key is destroyed (default 24h)",
@@ -166,6 +183,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         or env.get("KEYTURN_ENV", "").lower() == "production"
         or env.get("NODE_ENV", "").lower() == "production"
     )
+    http_listen, http_default = _http_listen(args.http_listen, env.get("KEYTURN_HTTP_LISTEN"))
     return Settings(
         listen=listen,
         data_dir=Path(data_dir),
@@ -178,6 +196,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         tls_key=args.tls_key,
         client_ca=args.client_ca,
         metrics_listen=args.metrics_listen or env.get("KEYTURN_METRICS_LISTEN") or None,
+        http_listen=http_listen,
+        http_listen_is_default=http_default,
         destroy_delay=args.destroy_delay or defaults.destroy_delay,
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
@@ -185,3 +205,13 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),
     ).check()
+
+
+def _http_listen(flags: list[str] | None, variable: str | None) -> tuple[tuple[str, ...], bool]:
+    """The HTTP listeners from --http-listen (repeatable) or KEYTURN_HTTP_LISTEN
+    (comma-separated), and whether they are the default."""
+    if flags is None and variable is None:
+        return (DEFAULT_HTTP_LISTEN,), True
+    given = flags if flags is not None else (variable or "").split(",")
+    addresses = tuple(a.strip() for a in given if a.strip() and a.strip().lower() != "off")
+    return addresses, False
