@@ -262,6 +262,14 @@ async def test_config_in_milliseconds_and_updated_as_the_specification_sends_it(
         (
             "PUT",
             "/config",
+            {"keyTypes": {"x": {"gracePeriod": 5}}},  # a handle type's setting only
+            400,
+            "INVALID_ARGUMENT",
+            "keyTypes.x.gracePeriod",
+        ),
+        (
+            "PUT",
+            "/config",
             {"handleTypes": {"x": {"rotationInterval": "1h"}}},
             400,
             "INVALID_ARGUMENT",

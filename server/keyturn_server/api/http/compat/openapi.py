@@ -17,7 +17,6 @@ _TYPE_SETTINGS = {
     "rotationInterval": _MS,
     "warningThreshold": _MS,
     "maxLifetime": _MS,
-    "gracePeriod": _MS,
 }
 _BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/keys/generate"): {
@@ -65,7 +64,12 @@ _BODIES: dict[tuple[str, str], dict[str, Any]] = {
                 "type": "object",
                 "additionalProperties": {
                     "type": "object",
-                    "properties": {**_TYPE_SETTINGS, "handleLength": _COUNT, "maxUsage": _COUNT},
+                    "properties": {
+                        **_TYPE_SETTINGS,
+                        "handleLength": _COUNT,
+                        "maxUsage": _COUNT,
+                        "gracePeriod": _MS,
+                    },
                 },
             },
             "securityPolicies": {

@@ -177,10 +177,14 @@ _TYPE_FIELDS = {
     "rotationInterval": "ms",
     "warningThreshold": "ms",
     "maxLifetime": "ms",
-    "gracePeriod": "ms",
 }
 _KEY_TYPE_FIELDS = {**_TYPE_FIELDS, "keyLength": "count", "exportable": "bool"}
-_HANDLE_TYPE_FIELDS = {**_TYPE_FIELDS, "handleLength": "count", "maxUsage": "count"}
+_HANDLE_TYPE_FIELDS = {
+    **_TYPE_FIELDS,
+    "handleLength": "count",
+    "maxUsage": "count",
+    "gracePeriod": "ms",
+}
 _POLICY_FIELDS = {
     "preventReuse": "bool",
     "enforceRotation": "bool",
