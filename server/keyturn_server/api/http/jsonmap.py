@@ -19,6 +19,7 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from keyturn_server.api.http import protojson
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
@@ -84,8 +85,7 @@ def retry_after(status: status_pb2.Status) -> timedelta | None:
 
 
 def to_json(message: Message) -> bytes:
-    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return json.dumps(document, separators=(",", ":")).encode()
+    return json.dumps(protojson.to_dict(message), separators=(",", ":")).encode()
 
 
 def request_from(
@@ -121,7 +121,7 @@ def request_from(
         raise InvalidArgument.of(violations)
     message: Message = route.request_class()
     try:
-        json_format.ParseDict(document, message)
+        protojson.parse_into(document, message)
     except json_format.ParseError as exc:
         raise InvalidArgument(str(exc)[:_MAX_ERROR_TEXT], field="body") from None
     return message

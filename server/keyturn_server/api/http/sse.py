@@ -21,12 +21,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from keyturn.v1 import events_pb2
 from keyturn_server.api.guard import Guard, Refused, Unparsable
+from keyturn_server.api.http import protojson
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import error_document
 from keyturn_server.api.http.responses import error_response
@@ -112,8 +112,7 @@ def frame(message: Message) -> bytes:
         )
     else:
         sequence = 0
-    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    data = json.dumps(document, separators=(",", ":"))
+    data = json.dumps(protojson.to_dict(message), separators=(",", ":"))
     head = f"id: {sequence}\n" if sequence else ""
     return f"{head}data: {data}\n\n".encode()
 
