@@ -9,6 +9,7 @@ the specification validates handles by id.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -276,7 +277,7 @@ class CompatApi:
 
     def _envelope(self, status: int, fields: dict[str, Any]) -> web.Response:
         document = {"success": True, **fields, "timestamp": shapes.iso(self._clock.now())}
-        return web.json_response(document, status=status)
+        return web.json_response(document, status=status, dumps=_dumps)
 
     def _error(self, status: status_pb2.Status, http: int | None = None) -> web.Response:
         """The specification's error shape: success false and an error message; Keyturn
@@ -298,7 +299,7 @@ class CompatApi:
                     {"field": v.field, "description": v.description} for v in bad.field_violations
                 ]
         document["timestamp"] = shapes.iso(self._clock.now())
-        return web.json_response(document, status=http or http_status(status))
+        return web.json_response(document, status=http or http_status(status), dumps=_dumps)
 
     # --- keys ----------------------------------------------------------------------
 
@@ -469,6 +470,10 @@ class CompatApi:
         )
         updated = await self._admin.UpdateConfig(request, _CONTEXT)
         return 200, {"config": shapes.plain(updated)}
+
+
+def _dumps(document: Any) -> str:
+    return json.dumps(document, separators=(",", ":"))
 
 
 def _on_behalf(body: Mapping[str, Any]) -> dict[str, str]:
