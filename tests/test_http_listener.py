@@ -72,6 +72,15 @@ def test_insecure_no_auth_refuses_an_http_listener_off_loopback() -> None:
         settings("--http-listen", "nowhere")
 
 
+def test_the_listener_rule_covers_http_like_grpc() -> None:
+    """Production refuses plaintext HTTP off loopback; development says so loudly."""
+    with pytest.raises(SettingsError, match=r"plaintext on 0\.0\.0\.0:8080 in production"):
+        settings("--production", "--http-listen", "0.0.0.0:8080")
+    warned = settings("--http-listen", "0.0.0.0:8080").warnings()
+    assert any("PLAINTEXT HTTP ON 0.0.0.0:8080" in w for w in warned)
+    assert settings("--production", "--http-listen", "0.0.0.0:8080", "--allow-plaintext")
+
+
 async def test_a_taken_default_port_leaves_grpc_serving(server: Harness) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -24,6 +24,7 @@ from keyturn.v1 import (
     keys_pb2,
     keys_pb2_grpc,
 )
+from keyturn_server import tls
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.guard import Guard
@@ -37,18 +38,22 @@ from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
-from keyturn_server.domain.configuration import ConfigService
+from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handle_lookup import HandleLookup
 from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.health import HealthService, Serving
+from keyturn_server.domain.journal import Journal
+from keyturn_server.domain.key_lifecycle import KeyLifecycle
+from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
 from keyturn_server.observability import logs
 from keyturn_server.observability.metrics import Metrics
 from keyturn_server.settings import Settings, split_address
-from keyturn_server.store.base import Store
 from keyturn_server.store.sqlite import SqliteStore
 
 log = logging.getLogger("keyturn.app")
@@ -139,6 +144,11 @@ class App:
 
     async def start(self) -> None:
         settings = self.settings
+        for warning in settings.warnings():
+            log.warning(warning, extra={"category": "security"})
+        # Certificates first: a wrong file ends the start before anything is opened.
+        certificate = settings.certificate
+        credentials = tls.server_credentials(certificate) if certificate else None
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
@@ -149,25 +159,52 @@ class App:
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
-        audit = AuditLog(AuditChain(keyring.audit_key), _audit_sink)
-        config = ConfigService(store, audit, self.clock)
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
+        config = ConfigService(store, journal, self.clock)
         await config.load()
-        keys = KeyService(store, keyring, config, audit, self.clock, stats, settings.destroy_delay)
-        handles = HandleService(store, keyring, config, audit, self.clock, stats)
-        tokens = AccessTokenService(store, keyring, audit, self.clock)
+        material = MaterialCache(store, keyring, stats)
+        key_lifecycle = KeyLifecycle(material, config, journal, self.clock)
+        keys = KeyService(
+            store,
+            config,
+            journal,
+            material,
+            key_lifecycle,
+            self.clock,
+            stats,
+            settings.destroy_delay,
+        )
+        handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
+        handles = HandleService(
+            store, keyring, config, journal, handle_lifecycle, self.clock, stats
+        )
+        tokens = AccessTokenService(store, keyring, journal, self.clock)
         hub = EventHub()
         hub.latest_sequence = store.read().event_bounds()[1]
         is_leader = getattr(store, "is_leader", lambda: True)
         scheduler = Scheduler(
-            store, self.clock, config, keys, handles, audit, settings.event_retention, is_leader
+            store,
+            self.clock,
+            config,
+            key_lifecycle,
+            handle_lifecycle,
+            settings.event_retention,
+            is_leader,
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)
-        self.metrics = Metrics() if settings.metrics_listen else None
+        self.metrics = (
+            Metrics(per_resource=settings.metrics_per_resource) if settings.metrics_listen else None
+        )
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
         watch = self._watch = WatchService(
-            store, hub, self.clock, handles, settings.heartbeat_interval, settings.watch_queue_size
+            store,
+            hub,
+            self.clock,
+            handle_lifecycle,
+            settings.heartbeat_interval,
+            settings.watch_queue_size,
         )
         health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
         self.services = Services(
@@ -216,7 +253,6 @@ class App:
             ],
             server,
         )
-        credentials = self._credentials()
         for address in settings.listen:
             port = (
                 server.add_secure_port(address, credentials)
@@ -257,17 +293,6 @@ class App:
                 "auth": not settings.insecure_no_auth,
             },
         )
-
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        s = self.settings
-        if s.tls_cert is None or s.tls_key is None:
-            return None
-        pair = [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
-        if s.client_ca is not None:
-            return grpc.ssl_server_credentials(
-                pair, root_certificates=s.client_ca.read_bytes(), require_client_auth=True
-            )
-        return grpc.ssl_server_credentials(pair)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))

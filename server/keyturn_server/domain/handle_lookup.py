@@ -8,9 +8,9 @@ from keyturn_server.clock import Clock
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.domain import tokens
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.configuration import ConfigService
+from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.errors import NotFound
-from keyturn_server.store.base import Store
+from keyturn_server.domain.repositories import Store
 
 _ALGORITHMS = ("sha256", "sha384", "sha512")
 

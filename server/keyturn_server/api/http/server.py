@@ -101,10 +101,10 @@ class HttpServer:
             self.addresses.append(f"{scheme}://{shown}:{port}")
 
     def _tls(self) -> ssl.SSLContext | None:
-        s = self._settings
-        if s.tls_cert is None or s.tls_key is None:
+        files = self._settings.certificate  # checked to fit together when gRPC loaded them
+        if files is None:
             return None
-        return tls_context(s.tls_cert, s.tls_key, s.client_ca)
+        return tls_context(files.cert, files.key, files.client_ca)
 
     async def stop(self) -> None:
         """Stop listening, let running calls finish within the grace period, close."""
