@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from google.protobuf import json_format
 
@@ -238,3 +239,29 @@ def test_bad_parameters_name_the_field(
     with pytest.raises(InvalidArgument) as refused:
         request_from(matched, variables, query, body)
     assert field in {v.field for v in refused.value.violations}
+
+
+# --- what the listener says about itself ---------------------------------------------
+
+
+async def test_no_answer_names_the_http_library_or_its_version(server: Harness) -> None:
+    """A version in the Server header tells a scanner which advisories to try."""
+    admin = HttpClient(server.http_url, server.admin_token)
+    answers = [
+        await admin.get("/v1/config"),  # a message
+        await HttpClient(server.http_url).get("/v1/config"),  # an error (no token)
+        await admin.get("/api/key-management/keys/statistics"),  # the specification's envelope
+        await admin.get("/api/key-management/keys/nope"),  # and its error shape
+        await admin.get("/no/such/route"),
+    ]
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(
+            server.http_url + "/v1/keys:watchExpiring",
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        ) as stream,
+    ):
+        served_by = [a.headers.get("Server", "") for a in answers] + [stream.headers["Server"]]
+    assert [a.status for a in answers] == [200, 401, 200, 400, 404]
+    assert served_by == ["keyturn"] * 6

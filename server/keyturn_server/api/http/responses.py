@@ -10,10 +10,12 @@ from google.rpc import status_pb2
 from keyturn_server.api.http.jsonmap import error_document, http_status, retry_after
 
 JSON = "application/json"
+#: aiohttp would otherwise announce itself and its exact version (and Python's) to anyone.
+SERVER = {"Server": "keyturn"}
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type=JSON)
+    return web.Response(body=body, status=status, content_type=JSON, headers=SERVER)
 
 
 def error_response(status: status_pb2.Status, http: int | None = None) -> web.Response:

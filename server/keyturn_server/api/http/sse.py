@@ -29,7 +29,7 @@ from keyturn_server.api.guard import Guard, Refused, Unparsable
 from keyturn_server.api.http import protojson
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import error_document
-from keyturn_server.api.http.responses import error_response
+from keyturn_server.api.http.responses import SERVER, error_response
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import InvalidArgument
 
@@ -71,6 +71,7 @@ async def serve(
 ) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={
+            **SERVER,
             "Content-Type": EVENT_STREAM,
             "Cache-Control": "no-cache",
             # Proxies that buffer (nginx) would hold events back.

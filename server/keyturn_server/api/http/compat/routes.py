@@ -26,6 +26,7 @@ from keyturn_server.api.guard import Guard, Refused
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.compat import shapes
 from keyturn_server.api.http.jsonmap import CODE_NAMES, http_status
+from keyturn_server.api.http.responses import SERVER
 from keyturn_server.api.http.transcoder import CallContext, read_json
 from keyturn_server.clock import Clock
 from keyturn_server.domain.errors import InvalidArgument
@@ -277,7 +278,7 @@ class CompatApi:
 
     def _envelope(self, status: int, fields: dict[str, Any]) -> web.Response:
         document = {"success": True, **fields, "timestamp": shapes.iso(self._clock.now())}
-        return web.json_response(document, status=status, dumps=_dumps)
+        return web.json_response(document, status=status, dumps=_dumps, headers=SERVER)
 
     def _error(self, status: status_pb2.Status, http: int | None = None) -> web.Response:
         """The specification's error shape: success false and an error message; Keyturn
@@ -299,7 +300,9 @@ class CompatApi:
                     {"field": v.field, "description": v.description} for v in bad.field_violations
                 ]
         document["timestamp"] = shapes.iso(self._clock.now())
-        return web.json_response(document, status=http or http_status(status), dumps=_dumps)
+        return web.json_response(
+            document, status=http or http_status(status), dumps=_dumps, headers=SERVER
+        )
 
     # --- keys ----------------------------------------------------------------------
 
