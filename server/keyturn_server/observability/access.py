@@ -10,7 +10,7 @@ server time. So calls are split:
   restore, export, configuration, access tokens), audit reads, and streams.
 - **Summarised**: successful calls of the hot read and use-in-place methods (ValidateHandle
   that validated, Encrypt, Decrypt, Sign, Verify, MACs, Get*, List*, statistics, health)
-  are counted per (method, principal, peer) and written as one ``rpc summary`` line per
+  are counted per (method, principal, peer, transport) and written as one ``rpc summary`` line per
   key every ``interval`` seconds, with the count and the mean and max latency.
 
 At DEBUG every call gets its own line, as before. Security events (anomalies, audit
@@ -80,12 +80,18 @@ class AccessLog:
     def __init__(self, interval: float = INTERVAL, logger: logging.Logger = access_logger) -> None:
         self.interval = interval
         self._logger = logger
-        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+        self._tallies: dict[tuple[str, str, str, str], _Tally] = {}
         self._window_start = time.monotonic()
         self._since = time.time()
 
     def record(
-        self, method: str, code: str, seconds: float, principal: str, peer: str, **extra: str
+        self,
+        method: str,
+        code: str,
+        seconds: float,
+        principal: str,
+        peer: str,
+        transport: str = "grpc",
     ) -> None:
         """One finished call. ``code`` is the status code's name."""
         logger = self._logger
@@ -105,13 +111,13 @@ class AccessLog:
                 "ms": round(seconds * 1000, 3),
                 "principal": principal,
                 "peer": peer,
-                **extra,
+                "transport": transport,
             }
             if refusal:
                 fields["refused"] = refusal
             logger.info("rpc", extra=fields)
             return
-        key = (method, principal, peer)
+        key = (method, principal, peer, transport)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -129,7 +135,7 @@ class AccessLog:
         seconds = now - self._window_start
         self._window_start = now
         since, self._since = self._since, time.time()
-        for (method, principal, peer), tally in tallies.items():
+        for (method, principal, peer, transport), tally in tallies.items():
             self._logger.info(
                 "rpc summary",
                 extra={
@@ -138,6 +144,7 @@ class AccessLog:
                     "code": "OK",
                     "principal": principal,
                     "peer": peer,
+                    "transport": transport,
                     "calls": tally.calls,
                     "ms_mean": round(tally.seconds / tally.calls * 1000, 3),
                     "ms_max": round(tally.slowest * 1000, 3),
