@@ -29,6 +29,7 @@ class ServerProcess:
         self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
+        self.stdout = data_dir.parent / f"{data_dir.name}-server.out"
 
     @property
     def address(self) -> str:
@@ -54,12 +55,25 @@ class ServerProcess:
             "0",
             *self.extra,
         ]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log)
+        with self.log.open("ab") as log, self.stdout.open("ab") as out:
+            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=log)
 
     async def start(self, within: float = 30) -> None:
         self.spawn()
+        await self.wait_listening(within)
         await self.wait_serving(within)
+
+    async def wait_listening(self, within: float) -> None:
+        """Until the server says it listens (with --workers: once every worker serves)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while "keyturn listening on" not in self.stdout.read_text(errors="replace"):
+            assert self.process is not None and self.process.poll() is None, (
+                f"server exited: {self.log.read_text()[-2000:]}"
+            )
+            if loop.time() > deadline:
+                raise TimeoutError(f"server not listening after {within}s")
+            await asyncio.sleep(0.05)
 
     async def wait_serving(self, within: float) -> None:
         loop = asyncio.get_running_loop()

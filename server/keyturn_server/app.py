@@ -54,6 +54,8 @@ from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
 from keyturn_server.observability import logs
 from keyturn_server.observability.metrics import Metrics
+from keyturn_server.process.membership import Membership
+from keyturn_server.process.ports import PortUnavailable, check_free
 from keyturn_server.settings import Settings, split_address
 from keyturn_server.store.sqlite import SqliteStore
 
@@ -83,7 +85,19 @@ def open_store(settings: Settings) -> Store:
             f"--store {settings.store.split(':')[0]}:... is not supported; "
             "use postgresql://... or leave it empty for SQLite"
         )
-    return SqliteStore(settings.data_dir / "keyturn.db")
+    # Workers share the file: their commit listeners read every process's events.
+    return SqliteStore(settings.data_dir / "keyturn.db", shared=settings.worker is not None)
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: Any) -> int:
+    """Listen on ``address``. Ports were checked at the start of start(); one taken
+    since still ends the start with one line instead of grpc's generic error."""
+    try:
+        if credentials:
+            return server.add_secure_port(address, credentials)
+        return server.add_insecure_port(address)
+    except RuntimeError:
+        raise PortUnavailable(f"cannot listen on {address} (grpc could not bind it)") from None
 
 
 def _audit_sink(entry: AuditEntry) -> None:
@@ -101,6 +115,26 @@ def _audit_sink(entry: AuditEntry) -> None:
             "peer": d.peer,
         },
     )
+
+
+async def prepare(settings: Settings, clock: Clock | None = None) -> str | None:
+    """What a first start creates, done once before ``--workers`` start so that they do
+    not race for it: the schema, the keyring (and a development master key), the stored
+    configuration and the admin token. Returns the admin token when it was created."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.data_dir, 0o700)
+    store = open_store(settings)
+    try:
+        keyring, _ = await unlock(
+            store, settings.data_dir, settings.master_key, settings.production
+        )
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), clock)
+        await ConfigService(store, journal, clock).load()
+        tokens = AccessTokenService(store, keyring, journal, clock)
+        return await tokens.bootstrap_admin(settings.data_dir)
+    finally:
+        await store.close()
 
 
 @dataclass
@@ -128,6 +162,8 @@ class App:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._guard: Guard | None = None
+        #: Set in a worker of `keyturn serve --workers N` (process/membership.py).
+        self.membership: Membership | None = None
         self._store: Store | None = None
         self._health_servicer: Any = None
         self.services: Services | None = None
@@ -146,15 +182,22 @@ class App:
 
     async def start(self) -> None:
         settings = self.settings
-        for warning in settings.warnings():
-            log.warning(warning, extra={"category": "security"})
+        if settings.worker is None or settings.worker.index == 0:  # once per server
+            for warning in settings.warnings():
+                log.warning(warning, extra={"category": "security"})
         native.check()
         # Certificates first: a wrong file ends the start before anything is opened.
         certificate = settings.certificate
         credentials = tls.server_credentials(certificate) if certificate else None
+        if not settings.reuse_port:  # a port in use: one line, before anything is created
+            for address in settings.listen:
+                check_free(address)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
+        membership = self.membership = (
+            Membership(settings.worker, settings.data_dir) if settings.worker else None
+        )
         keyring, master = await unlock(
             store, settings.data_dir, settings.master_key, settings.production
         )
@@ -184,7 +227,9 @@ class App:
         tokens = AccessTokenService(store, keyring, journal, self.clock)
         hub = EventHub()
         hub.latest_sequence = store.read().event_bounds()[1]
-        is_leader = getattr(store, "is_leader", lambda: True)
+        is_leader: Callable[[], bool] = getattr(store, "is_leader", lambda: True)
+        if membership is not None and isinstance(store, SqliteStore):
+            is_leader = membership.is_leader
         scheduler = Scheduler(
             store,
             self.clock,
@@ -209,6 +254,9 @@ class App:
             settings.heartbeat_interval,
             settings.watch_queue_size,
         )
+        if membership is not None and isinstance(store, SqliteStore):
+            membership.start(store, scheduler.poke, config.refresh)
+            config.listeners.append(membership.config_changed)
         health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
         self.services = Services(
             keys, handles, tokens, config, scheduler, hub, stats, health_service
@@ -223,6 +271,9 @@ class App:
                 ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                # grpc shares ports by default, which let a second server bind this one
+                # silently; only --workers shares them, on purpose (process/ports.py).
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
         )
         guard = self._guard = Guard(
@@ -257,12 +308,7 @@ class App:
             server,
         )
         for address in settings.listen:
-            port = (
-                server.add_secure_port(address, credentials)
-                if credentials
-                else server.add_insecure_port(address)
-            )
-            self.ports.append(port)
+            self.ports.append(_bind(server, address, credentials))
         await server.start()
         if settings.http_listen:
             self.http = http_server(
@@ -322,6 +368,8 @@ class App:
     async def _refresh(self) -> None:
         assert self.services is not None
         self.services.config.refresh()
+        if self.membership is not None:
+            self.membership.check()
         outcome = reload_keyring(self.store, self._keyring, self._master)
         if outcome == "reloaded":
             log.info(
@@ -376,6 +424,9 @@ class App:
         self._tasks.clear()
         if self.services is not None:
             await self.services.scheduler.stop()
+        if self.membership is not None:
+            self.membership.stop()
+        if self.services is not None:
             with contextlib.suppress(Exception):
                 await self._flush()
         if self._guard is not None:

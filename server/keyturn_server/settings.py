@@ -23,6 +23,7 @@ from keyturn_server.listeners import (
     is_loopback,
     split_address,
 )
+from keyturn_server.process.worker import AUTO_CAP, WorkerRole, parse_workers
 from keyturn_server.tls import CERT_FILE, KEY_FILE, CertificateFiles, TlsError, locate
 
 __all__ = ["Settings", "SettingsError", "is_loopback", "resolve", "split_address"]
@@ -72,6 +73,15 @@ class Settings:
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
     max_pending_requests: int = 50_000
     grace_period: timedelta = timedelta(seconds=10)
+    #: Serving processes on one host (--workers); more than one starts a supervisor.
+    workers: int = 1
+    #: Set in a serving process that a supervisor started (process/worker.py).
+    worker: WorkerRole | None = None
+
+    @property
+    def reuse_port(self) -> bool:
+        """Share the listening ports with the other workers (only when told to)."""
+        return self.worker is not None
 
     @property
     def tls(self) -> bool:
@@ -143,6 +153,11 @@ class Settings:
             split_address(address)
         if self.metrics_listen:
             split_address(self.metrics_listen)
+        if self.workers > 1 and self.metrics_listen:
+            raise SettingsError(
+                "--metrics-listen serves one process's figures, and --workers "
+                f"{self.workers} runs several: use --workers 1 with metrics for now"
+            )
         for verdict in self.verdicts():
             if verdict.refusal:
                 raise SettingsError(verdict.refusal)
@@ -253,7 +268,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--caller-rate-limit",
         type=float,
-        help="requests per second per caller, 0 for none (default 1000)",
+        help="requests per second per caller and serving process, 0 for none (default 1000)",
+    )
+    parser.add_argument(
+        "--workers",
+        help="serving processes sharing the port and the database: a number, or auto "
+        f"(one per available core, at most {AUTO_CAP}); KEYTURN_WORKERS; default 1",
     )
 
 
@@ -268,8 +288,12 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
     )
     http_listen, http_default = _http_listen(args.http_listen, env.get("KEYTURN_HTTP_LISTEN"))
     files = certificate(args, env)
+    worker = WorkerRole.from_env(env)
+    listen = listen_addresses(args, env)
+    if worker is not None:  # the supervisor resolved the addresses once for every worker
+        listen, http_listen, http_default = worker.listen, worker.http_listen, False
     return Settings(
-        listen=listen_addresses(args, env),
+        listen=listen,
         data_dir=Path(data_dir),
         store=args.store or env.get("KEYTURN_STORE", ""),
         log_level=env.get("LOG_LEVEL", "info"),
@@ -292,7 +316,16 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),
+        workers=1 if worker is not None else _workers(args.workers, env.get("KEYTURN_WORKERS")),
+        worker=worker,
     ).check()
+
+
+def _workers(flag: str | None, variable: str | None) -> int:
+    try:
+        return parse_workers(flag or variable or "1")
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def listen_addresses(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:

@@ -1,20 +1,31 @@
-"""`keyturn serve`: run the server until SIGTERM or SIGINT, then shut down gracefully."""
+"""`keyturn serve`: run the server until SIGTERM or SIGINT, then shut down gracefully.
+
+With ``--workers N`` (N > 1) this process becomes the supervisor of N serving processes
+(process/supervisor.py); each of them runs this command again as a worker. A server that
+cannot start says why in one line on stderr and exits 1 (2 for bad flags).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from typing import Any
 
-from keyturn_server.app import App
+from keyturn_server.app import App, prepare
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.observability import logs
-from keyturn_server.settings import SettingsError, add_serve_arguments, resolve
+from keyturn_server.process.lock import DataDirInUse, DataDirLock
+from keyturn_server.process.supervisor import StartFailed, Supervisor
+from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
 from keyturn_server.store.sqlite import StoreOpenError
+
+#: What ends a start with one line instead of a traceback.
+START_ERRORS = (MasterKeyError, NativeMissing, StoreOpenError, OSError, ValueError, StartFailed)
 
 
 def register(commands: Any) -> None:
@@ -31,37 +42,100 @@ def run(args: argparse.Namespace) -> int:
         print(f"keyturn: {exc}", file=sys.stderr)
         return 2
     os.umask(0o077)  # every file the server creates is private to its user
-    return asyncio.run(_serve(App(settings)))
+    if settings.worker is not None:  # the supervisor holds the data directory
+        return asyncio.run(_serve(App(settings)))
+    lock = DataDirLock(settings.data_dir) if not settings.store else None
+    try:
+        if lock is not None:
+            lock.acquire()
+    except DataDirInUse as exc:
+        print(f"keyturn: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if settings.workers > 1:
+            inherit = (lock.fd,) if lock is not None else ()
+            return asyncio.run(_supervise(settings, sys.argv[1:], inherit))
+        return asyncio.run(_serve(App(settings)))
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-async def _serve(app: App) -> int:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve(app: App) -> int:
+    stop = _stop_on_signals()
     try:
         await app.start()
-    except (MasterKeyError, NativeMissing, StoreOpenError, OSError, ValueError) as exc:
+    except START_ERRORS as exc:
         print(f"keyturn: cannot start: {exc}", file=sys.stderr)
         await app.stop()
         return 1
-    if app.admin_token:
-        print(
-            "\nFirst start: created the admin access token (shown once; also in "
-            f"{app.settings.data_dir / 'admin.token'}, mode 0600):\n\n    {app.admin_token}\n\n"
-            "Use it as 'authorization: Bearer <token>' and create narrower tokens with "
-            "'keyturn token create'.\n",
-            flush=True,
-        )
-    print(f"keyturn listening on {', '.join(_addresses(app))}", flush=True)
-    if app.http is not None and app.http.addresses:
-        print(f"keyturn HTTP/JSON on {', '.join(app.http.addresses)}", flush=True)
+    role = app.settings.worker
+    if role is not None:
+        os.write(role.ready_fd, b"ready\n")
+        os.close(role.ready_fd)
+        watching = asyncio.ensure_future(_stop_when_orphaned(app, stop))
+    else:
+        _announce(app.settings, app.admin_token, _addresses(app.settings.listen, app.ports))
+        if app.http is not None and app.http.addresses:
+            print(f"keyturn HTTP/JSON on {', '.join(app.http.addresses)}", flush=True)
     await stop.wait()
+    if role is not None:
+        watching.cancel()
     await app.stop()
     return 0
 
 
-def _addresses(app: App) -> list[str]:
-    return [
-        f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(app.settings.listen, app.ports, strict=True)
-    ]
+async def _stop_when_orphaned(app: App, stop: asyncio.Event) -> None:
+    """A worker whose supervisor is gone stops (its supervisor would have told it)."""
+    while not stop.is_set():
+        if app.membership is not None and app.membership.orphaned():
+            stop.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def _supervise(settings: Settings, argv: list[str], inherit: tuple[int, ...]) -> int:
+    stop = _stop_on_signals()
+    supervisor = Supervisor(settings, argv, inherit)
+    try:
+        for warning in supervisor.reserve_ports():  # a port in use: before anything is made
+            print(f"keyturn: {warning}", file=sys.stderr)
+        admin_token = await prepare(settings)
+        await supervisor.start()
+    except START_ERRORS as exc:
+        print(f"keyturn: cannot start: {exc}", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            await supervisor.stop()
+        return 1
+    _announce(settings, admin_token, list(supervisor.listen), f" ({settings.workers} workers)")
+    if supervisor.http_listen:
+        scheme = "https" if settings.tls else "http"
+        shown = ", ".join(f"{scheme}://{a}" for a in supervisor.http_listen)
+        print(f"keyturn HTTP/JSON on {shown}", flush=True)
+    return await supervisor.supervise(stop)
+
+
+def _announce(
+    settings: Settings, admin_token: str | None, addresses: list[str], how: str = ""
+) -> None:
+    if admin_token:
+        print(
+            "\nFirst start: created the admin access token (shown once; also in "
+            f"{settings.data_dir / 'admin.token'}, mode 0600):\n\n    {admin_token}\n\n"
+            "Use it as 'authorization: Bearer <token>' and create narrower tokens with "
+            "'keyturn token create'.\n",
+            flush=True,
+        )
+    print(f"keyturn listening on {', '.join(addresses)}{how}", flush=True)
+
+
+def _addresses(listen: tuple[str, ...], ports: list[int]) -> list[str]:
+    return [f"{a.rsplit(':', 1)[0]}:{p}" for a, p in zip(listen, ports, strict=True)]

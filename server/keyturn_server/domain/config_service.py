@@ -4,6 +4,7 @@ validated whole before it is written, and audited."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime
 
 from keyturn_server.clock import Clock
@@ -38,6 +39,8 @@ class ConfigService:
         self._journal = journal
         self._clock = clock
         self._current = default_config()
+        #: Called after this process committed a new revision (to tell other workers).
+        self.listeners: list[Callable[[], None]] = []
 
     @property
     def current(self) -> Config:
@@ -66,6 +69,11 @@ class ConfigService:
 
         self._current = await self._store.write(work)
         return self._current
+
+    def _committed(self, updated: Config) -> None:
+        self._current = updated
+        for listener in self.listeners:
+            listener()
 
     def refresh(self) -> None:
         """Pick up a revision written by another replica."""
@@ -121,7 +129,7 @@ class ConfigService:
                 },
                 time=now,
             )
-            repo.after_commit(lambda: setattr(self, "_current", updated))
+            repo.after_commit(lambda: self._committed(updated))
             return updated
 
         return await self._store.write(work)

@@ -46,6 +46,7 @@ from keyturn_server.store.sql import SqlRepository
 T = TypeVar("T")
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5000
+CATCH_UP_BATCH = 1000
 log = logging.getLogger("keyturn.store")
 
 
@@ -120,8 +121,12 @@ def migrate(conn: sqlite3.Connection) -> int:
 class SqliteStore:
     backend = "sqlite"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shared: bool = False) -> None:
+        """``shared``: other processes write this file too (``--workers``); commit
+        listeners then get every committed event in sequence order, theirs included
+        (see :meth:`catch_up`), not only this process's."""
         self.path = path
+        self.shared = shared
         create_private_file(path)
         try:
             setup = connect(path)
@@ -149,6 +154,11 @@ class SqliteStore:
         self.window = BatchWindow()
         self.commits = 0
         self.writes = 0
+        #: Last event sequence given to the commit listeners (shared mode).
+        self._published = self._reader.event_bounds()[1]
+        self._data_version = self._data_version_now()
+        #: Called after a commit that made events (shared mode: wake the other workers).
+        self.announce: Callable[[], None] | None = None
 
     # --- the Store protocol ----------------------------------------------------------
 
@@ -279,12 +289,13 @@ class SqliteStore:
         self.writes += len(batch)
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         events = [e for outcome in batch for e in outcome.events]
-        if events:
-            for listener in self._listeners:
-                try:
-                    listener(events)
-                except Exception:
-                    log.exception("commit listener failed", extra={"category": "error"})
+        if events and self.shared:
+            self.catch_up()
+            if self.announce is not None:
+                self.announce()
+        elif events:
+            self._published = events[-1].sequence
+            self._tell_listeners(events)
         for outcome in batch:
             for callback in outcome.callbacks:
                 try:
@@ -293,6 +304,42 @@ class SqliteStore:
                     log.exception("after-commit callback failed", extra={"category": "error"})
             if not outcome.future.done():
                 outcome.future.set_result(outcome.value)
+
+    def _tell_listeners(self, events: list[Event]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:
+                log.exception("commit listener failed", extra={"category": "error"})
+
+    # --- other processes' commits (shared mode) ------------------------------------------
+
+    def catch_up(self) -> None:
+        """Give the commit listeners every committed event after the last one they got,
+        in sequence order, whichever process committed it. The write lock serialises
+        commits, so sequences commit in order and nothing is skipped."""
+        while True:
+            try:
+                events = self._reader.events_after(self._published, CATCH_UP_BATCH)
+            except sqlite3.Error:
+                log.exception("reading new events failed", extra={"category": "error"})
+                return
+            if not events:
+                return
+            self._published = events[-1].sequence
+            self._tell_listeners(events)
+            if len(events) < CATCH_UP_BATCH:
+                return
+
+    def _data_version_now(self) -> int:
+        return int(self._read_conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def changed(self) -> bool:
+        """Whether anything was committed (by any connection, this process's included)
+        since the last call: a cheap check, the safety net under the workers' wake-ups."""
+        now = self._data_version_now()
+        changed, self._data_version = now != self._data_version, now
+        return changed
 
     @staticmethod
     def _fail(items: list[tuple[Any, asyncio.Future[Any]]], error: BaseException) -> None:

@@ -80,7 +80,7 @@ class HttpServer:
         context = self._tls()
         for address in self._settings.http_listen:
             try:
-                sock = _bind(address)
+                sock = _bind(address, self._settings.reuse_port)
             except OSError as exc:
                 if not self._settings.http_listen_is_default:
                     raise OSError(f"--http-listen {address}: {exc.strerror or exc}") from exc
@@ -125,9 +125,10 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return context
 
 
-def _bind(address: str) -> socket.socket:
+def _bind(address: str, reuse_port: bool) -> socket.socket:
+    """``reuse_port`` only in a worker of ``--workers``, which shares the port on purpose."""
     host, port = split_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock = socket.create_server((host, port), family=family, backlog=1024, reuse_port=reuse_port)
     sock.setblocking(False)
     return sock

@@ -1,0 +1,73 @@
+"""One server per data directory: an exclusive lock on ``DATA_DIR/keyturn.lock``.
+
+Two servers on one SQLite file would both run the scheduler and each miss the other's
+events, so the second refuses to start, naming the first. The lock is ``flock`` on a file
+that holds the holder's pid: the kernel drops it when the last process holding it ends,
+however it ends, so a crash never leaves a stale lock behind. ``--workers`` passes the
+open file to every serving process, so the directory stays locked while any of them
+lives. Operator commands (``keyturn token ...``) do not take it: they work beside a
+running server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_FILE = "keyturn.lock"
+
+
+class DataDirInUse(Exception):
+    """Another server holds the data directory."""
+
+
+class DataDirLock:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    @property
+    def fd(self) -> int:
+        assert self._fd is not None, "not locked"
+        return self._fd
+
+    def acquire(self) -> None:
+        """Take the lock or raise DataDirInUse naming the holder's pid."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise DataDirInUse(
+                f"the data directory {self.path.parent} is in use by another Keyturn server "
+                f"({who}); stop it first, or give this one another --data-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DataDirLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    return None

@@ -1,0 +1,286 @@
+"""``keyturn serve --workers N``: one supervisor, N serving processes on one port.
+
+A Python server is bound by one core; N processes use N. The supervisor holds the data
+directory (:mod:`lock`), does the first-start work once (:func:`keyturn_server.app.prepare`),
+checks and holds the ports the workers will share (:mod:`ports`), then runs ``keyturn
+serve`` again for each worker with its role in the environment (:mod:`worker`). Workers
+share the SQLite file (its write lock serialises their commits, so usage counts stay
+exact), one of them schedules (:mod:`leader`), and each wakes the others after commits
+that made events (:mod:`peers`).
+
+The supervisor says "listening" once every worker serves, passes SIGTERM and SIGINT on
+and waits for the workers to drain, and restarts a worker that dies (after 1 s, doubling
+to 30 s while it keeps dying; a worker that served a minute starts again from 1 s). If
+workers die more than ``MAX_CRASHES`` times within ``CRASH_WINDOW`` it stops them all
+and exits 1, so that systemd or an orchestrator sees the failure. Workers stop by
+themselves when the supervisor is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from keyturn_server.process.leader import LOCK_FILE as SCHEDULER_LOCK
+from keyturn_server.process.ports import PortUnavailable, SharedPorts
+from keyturn_server.process.worker import WorkerRole
+from keyturn_server.settings import Settings
+
+log = logging.getLogger("keyturn.app")
+
+#: How long a worker may take to start serving (a first start on a large store checks
+#: the whole file).
+START_TIMEOUT = 300.0
+FIRST_BACKOFF = 1.0
+MAX_BACKOFF = 30.0
+#: A worker that served this long restarts from FIRST_BACKOFF again.
+HEALTHY_AFTER = 60.0
+MAX_CRASHES = 5
+CRASH_WINDOW = 60.0
+
+
+class StartFailed(Exception):
+    """The server cannot start; the message is the one line to print."""
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    started: float = 0.0
+    backoff: float = FIRST_BACKOFF
+    restart_at: float | None = None
+
+
+@dataclass
+class Supervisor:
+    settings: Settings
+    #: The command line to run again for each worker (``serve ...``).
+    argv: list[str]
+    #: File descriptors every worker inherits (the data-directory lock).
+    inherit: tuple[int, ...] = ()
+    listen: tuple[str, ...] = ()
+    http_listen: tuple[str, ...] = ()
+    _ports: SharedPorts = field(default_factory=SharedPorts)
+    _workers: list[_Worker] = field(default_factory=list)
+    _crashes: deque[float] = field(default_factory=deque)
+    _stopping: bool = False
+    _leader_pid: int | None = None
+    _peers: Path | None = None
+    _restarting: set[asyncio.Future[None]] = field(default_factory=set)
+
+    def reserve_ports(self) -> list[str]:
+        """Hold every listen address for the workers; warnings to log (a default HTTP
+        port in use turns HTTP off, as with one process)."""
+        warnings = []
+        try:
+            self.listen = tuple(self._ports.reserve(a) for a in self.settings.listen)
+            http = []
+            for address in self.settings.http_listen:
+                try:
+                    http.append(self._ports.reserve(address))
+                except PortUnavailable:
+                    if not self.settings.http_listen_is_default:
+                        raise
+                    warnings.append(
+                        f"HTTP/JSON is off: the default address {address} is in use; "
+                        "pass --http-listen HOST:PORT (or off)"
+                    )
+            self.http_listen = tuple(http)
+        except PortUnavailable as exc:
+            self._ports.close()
+            raise StartFailed(str(exc)) from None
+        return warnings
+
+    # --- workers ---------------------------------------------------------------------
+
+    async def _spawn(self, worker: _Worker) -> int:
+        """Start ``worker``; the read end of its readiness pipe."""
+        assert self._peers is not None
+        ready_read, ready_write = os.pipe()
+        role = WorkerRole(
+            index=worker.index,
+            count=self.settings.workers,
+            peers=self._peers,
+            supervisor=os.getpid(),
+            ready_fd=ready_write,
+            listen=self.listen,
+            http_listen=self.http_listen,
+        )
+        try:
+            worker.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "keyturn_server",
+                *self.argv,
+                env={**os.environ, **role.environment()},
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,  # the supervisor speaks for them
+                pass_fds=(ready_write, *self.inherit),
+            )
+        finally:
+            os.close(ready_write)
+        worker.started = time.monotonic()
+        worker.restart_at = None
+        return ready_read
+
+    async def _ready(self, worker: _Worker, ready_read: int) -> bool:
+        """Wait until ``worker`` says it serves; False if it ended first."""
+        loop = asyncio.get_running_loop()
+        try:
+            said = await asyncio.wait_for(
+                loop.run_in_executor(None, os.read, ready_read, 16), START_TIMEOUT
+            )
+        except TimeoutError:
+            said = b""
+        finally:
+            os.close(ready_read)
+        return said.startswith(b"ready")
+
+    async def start(self) -> None:
+        """Start every worker and wait until all serve (or raise StartFailed)."""
+        self._peers = Path(tempfile.mkdtemp(prefix="keyturn-workers-"))
+        self._workers = [_Worker(i) for i in range(self.settings.workers)]
+        pipes = [await self._spawn(w) for w in self._workers]
+        ready = await asyncio.gather(
+            *(self._ready(w, r) for w, r in zip(self._workers, pipes, strict=True))
+        )
+        failed = [w for w, ok in zip(self._workers, ready, strict=True) if not ok]
+        if failed:
+            await self.stop()
+            codes = ", ".join(f"worker {w.index}: {_exit_of(w)}" for w in failed)
+            raise StartFailed(f"workers did not start ({codes}); their reasons are above")
+        log.info(
+            "keyturn workers serving",
+            extra={
+                "category": "app",
+                "workers": len(self._workers),
+                "pids": ",".join(str(w.process.pid) for w in self._workers if w.process),
+            },
+        )
+
+    async def supervise(self, stop: asyncio.Event) -> int:
+        """Keep the workers running until ``stop``; the exit code."""
+        while not stop.is_set():
+            self._note_leader()
+            exits = [
+                asyncio.ensure_future(w.process.wait())
+                for w in self._workers
+                if w.process is not None and w.process.returncode is None
+            ]
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([stopping, *exits], timeout=1.0, return_when="FIRST_COMPLETED")
+            for task in (stopping, *exits):
+                task.cancel()
+            if stop.is_set():
+                break
+            now = time.monotonic()
+            for worker in self._workers:
+                ended = worker.process is not None and worker.process.returncode is not None
+                if ended and not self._crashed(worker, now):
+                    await self.stop()
+                    return 1
+                if worker.restart_at is not None and now >= worker.restart_at:
+                    pipe = await self._spawn(worker)
+                    self._restarting.add(asyncio.ensure_future(self._restarted(worker, pipe)))
+        await self.stop()
+        return 0
+
+    def _crashed(self, worker: _Worker, now: float) -> bool:
+        """Note a worker's death and plan its restart; False once they keep dying."""
+        code = _exit_of(worker)
+        worker.process = None
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
+            self._crashes.popleft()
+        if len(self._crashes) > MAX_CRASHES:
+            log.error(
+                "workers keep dying; stopping the server",
+                extra={"category": "error", "crashes": len(self._crashes)},
+            )
+            return False
+        if now - worker.started >= HEALTHY_AFTER:
+            worker.backoff = FIRST_BACKOFF
+        log.error(
+            "worker %d exited (%s); restarting it in %.0f s",
+            worker.index,
+            code,
+            worker.backoff,
+            extra={"category": "error", "worker": worker.index},
+        )
+        worker.restart_at = now + worker.backoff
+        worker.backoff = min(worker.backoff * 2, MAX_BACKOFF)
+        return True
+
+    async def _restarted(self, worker: _Worker, pipe: int) -> None:
+        ready = await self._ready(worker, pipe)
+        self._restarting = {t for t in self._restarting if not t.done()}
+        if ready:
+            pid = worker.process.pid if worker.process else 0
+            log.info(
+                "worker %d serves again",
+                worker.index,
+                extra={"category": "app", "worker": worker.index, "pid": pid},
+            )
+
+    def _note_leader(self) -> None:
+        """Log which worker schedules whenever that changes (SQLite: the lock's holder)."""
+        if self.settings.store:
+            return  # PostgreSQL: the store's own leadership, among all replicas
+        try:
+            text = (self.settings.data_dir / SCHEDULER_LOCK).read_text().strip()
+            pid = int(text) if text else None
+        except (OSError, ValueError):
+            return
+        if pid is None or pid == self._leader_pid:
+            return
+        for worker in self._workers:
+            if worker.process is not None and worker.process.pid == pid:
+                self._leader_pid = pid
+                log.info(
+                    "worker %d (pid %d) runs the scheduler",
+                    worker.index,
+                    pid,
+                    extra={"category": "app", "worker": worker.index, "pid": pid},
+                )
+
+    async def stop(self) -> None:
+        """SIGTERM every worker, wait for them to drain, SIGKILL the ones that do not."""
+        self._stopping = True
+        live = [w.process for w in self._workers if w.process and w.process.returncode is None]
+        for process in live:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        grace = self.settings.grace_period.total_seconds() + 5
+        waits = [asyncio.ensure_future(p.wait()) for p in live]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for task in pending:
+                task.cancel()
+        for process in live:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        self._ports.close()
+        if self._peers is not None:
+            shutil.rmtree(self._peers, ignore_errors=True)
+            self._peers = None
+
+
+def _exit_of(worker: _Worker) -> str:
+    process = worker.process
+    if process is None or process.returncode is None:
+        return "did not say it serves"
+    code = process.returncode
+    return f"killed by signal {-code}" if code < 0 else f"exit code {code}"

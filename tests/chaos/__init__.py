@@ -1,0 +1,1 @@
+"""Chaos tests: servers as real processes, started against each other, killed and restarted."""

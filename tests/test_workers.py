@@ -1,0 +1,254 @@
+"""`keyturn serve --workers N`: several serving processes on one port and one SQLite file,
+as real processes on the wall clock.
+
+Connections are spread over the workers by the kernel (SO_REUSEPORT hashes each
+connection), so every test opens many channels: with 16 of them the chance that all land
+on one of two workers is 2^-15."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, resources_pb2
+from keyturn_server.process.leader import LOCK_FILE
+from keyturn_server.process.worker import AUTO_CAP, available_cores, parse_workers
+from keyturn_server.settings import Settings, SettingsError
+from tests.harness import Client
+from tests.process import ServerProcess
+
+E = events_pb2
+R = handles_pb2
+CHANNELS = 16
+
+
+def workers_of(server: ServerProcess) -> set[int]:
+    """Pids of the supervisor's children."""
+    children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def scheduler_pid(server: ServerProcess) -> int | None:
+    text = (server.data_dir / LOCK_FILE).read_text().strip()
+    return int(text) if text else None
+
+
+@pytest.fixture
+async def workers(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    await server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.terminate()
+
+
+@pytest.fixture
+async def clients(workers: ServerProcess) -> AsyncIterator[list[Client]]:
+    # A connection of its own each (channels to one target share connections otherwise).
+    channels = [
+        grpc.aio.insecure_channel(workers.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
+    try:
+        yield [Client(channel, workers.token()) for channel in channels]
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def add_type(client: Client, name: str, **settings: object) -> None:
+    fields: dict[str, object] = {
+        "algorithm": "sha256",
+        "handle_length": 32,
+        "rotation_interval": {"seconds": 3600},
+        "warning_threshold": {"seconds": 60},
+        "max_lifetime": {"seconds": 7200},
+        "max_usage": 1000,
+        **settings,
+    }
+    await client.admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(handle_types={name: admin_pb2.HandleTypeConfig(**fields)}),
+            update_mask={"paths": [f"handle_types.{name}"]},
+        )
+    )
+
+
+async def test_max_usage_is_exact_with_every_worker_validating_one_handle(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    limit, attempts = 300, 900
+    await add_type(clients[0], "tally", max_usage=limit)
+    config = await clients[0].admin.GetConfig(admin_pb2.GetConfigRequest())
+    await clients[0].admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(
+                security_policies=admin_pb2.SecurityPolicies(rate_limit_per_handle=100_000)
+            ),
+            update_mask={"paths": ["security_policies.rate_limit_per_handle"]},
+            etag=config.etag,
+        )
+    )
+    # Every worker must know the type: a configuration change wakes the others at once.
+    issued = await clients[0].handles.GenerateHandle(R.GenerateHandleRequest(type="tally"))
+
+    async def hammer(client: Client, count: int) -> list[bool]:
+        valid = []
+        for _ in range(count):
+            reply = await client.handles.ValidateHandle(R.ValidateHandleRequest(token=issued.token))
+            valid.append(reply.validation.valid)
+        return valid
+
+    per_channel = attempts // CHANNELS
+    results = await asyncio.gather(*(hammer(c, per_channel) for c in clients for _ in range(2)))
+    answers = [v for r in results for v in r]
+    assert len(answers) == 2 * per_channel * CHANNELS
+    assert answers.count(True) == limit  # not one more, not one less
+    handle = await clients[1].handles.GetHandle(R.GetHandleRequest(handle_id=issued.handle.id))
+    assert handle.usage_count == limit
+    assert handle.status == resources_pb2.HANDLE_STATUS_EXHAUSTED
+
+
+async def test_watchers_on_every_worker_see_every_event_once_in_order(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    await add_type(clients[0], "watched")
+    streams = [
+        c.handles.WatchExpiring(E.WatchExpiringRequest(types=["watched"]), timeout=60)
+        for c in clients
+    ]
+    for stream in streams:
+        assert (await stream.read()).kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    made = []
+    for i in range(10):  # from every channel in turn: both workers commit events
+        issued = await clients[i % CHANNELS].handles.GenerateHandle(
+            R.GenerateHandleRequest(type="watched")
+        )
+        await clients[(i + 7) % CHANNELS].handles.RemoveHandle(
+            R.RemoveHandleRequest(handle_id=issued.handle.id)
+        )
+        made.append(issued.handle.id)
+    expected = [(h, k) for h in made for k in ("CREATED", "REVOKED")]
+
+    async def collect(stream: object) -> list[tuple[str, str, int]]:
+        seen: list[tuple[str, str, int]] = []
+        while len(seen) < len(expected):
+            event = await asyncio.wait_for(stream.read(), 20)  # type: ignore[attr-defined]
+            if event.kind == E.EVENT_KIND_HEARTBEAT:
+                continue
+            kind = E.EventKind.Name(event.kind).removeprefix("EVENT_KIND_")
+            seen.append((event.handle.id, kind, event.sequence))
+        return seen
+
+    received = await asyncio.gather(*(collect(s) for s in streams))
+    for stream in streams:
+        stream.cancel()
+    for seen in received:
+        assert [(h, k) for h, k, _ in seen] == expected
+        sequences = [s for _, _, s in seen]
+        assert sequences == sorted(set(sequences))
+
+
+async def test_exactly_one_worker_schedules_each_rotation_and_expiry(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    await add_type(
+        clients[0],
+        "blink",
+        rotation_interval={"seconds": 2},
+        warning_threshold={"seconds": 1},
+        max_lifetime={"seconds": 5},
+    )
+    stream = clients[3].handles.WatchExpiring(E.WatchExpiringRequest(types=["blink"]), timeout=30)
+    assert (await stream.read()).kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    await clients[5].handles.GenerateHandle(R.GenerateHandleRequest(type="blink"))
+    kinds: list[str] = []
+    while not kinds or kinds[-1] != "EXPIRED":
+        event = await asyncio.wait_for(stream.read(), 10)
+        if event.kind != E.EVENT_KIND_HEARTBEAT:
+            kinds.append(E.EventKind.Name(event.kind).removeprefix("EVENT_KIND_"))
+    stream.cancel()
+    assert kinds == [
+        "CREATED",
+        "EXPIRING",
+        "ROTATED",
+        "EXPIRING",
+        "ROTATED",
+        "EXPIRING",
+        "EXPIRED",
+    ]
+    assert scheduler_pid(workers) in workers_of(workers)
+
+
+async def test_a_killed_worker_is_replaced_and_another_takes_the_scheduler(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    before = workers_of(workers)
+    assert len(before) == 2
+    leader = scheduler_pid(workers)
+    assert leader in before
+    os.kill(leader, signal.SIGKILL)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while not (len(workers_of(workers)) == 2 and leader not in workers_of(workers)):
+        assert loop.time() < deadline, "the killed worker was not restarted"
+        await asyncio.sleep(0.1)
+    # The survivor took the scheduler at once (its lock was released by the kernel).
+    assert scheduler_pid(workers) in before - {leader}
+    for client in clients:  # and every connection is served again
+        await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
+
+
+async def test_sigterm_stops_every_worker_and_exits_zero(workers: ServerProcess) -> None:
+    children = workers_of(workers)
+    assert workers.terminate() == 0
+    assert not [pid for pid in children if exists(pid)]  # ended and reaped by the supervisor
+
+
+@pytest.mark.slow
+async def test_workers_that_keep_dying_end_the_supervisor_with_an_error(
+    workers: ServerProcess,
+) -> None:
+    assert workers.process is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while workers.process.poll() is None:
+        assert loop.time() < deadline, "the supervisor kept restarting dying workers"
+        for pid in workers_of(workers):
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.sleep(0.2)
+    assert workers.process.returncode == 1
+    assert "workers keep dying" in workers.log.read_text()
+    workers.process = None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1), ("4", 4), ("64", 64), ("auto", min(available_cores(), AUTO_CAP))],
+)
+def test_workers_flag(text: str, expected: int) -> None:
+    assert parse_workers(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "65", "many", ""])
+def test_workers_flag_refuses_nonsense(text: str) -> None:
+    with pytest.raises(ValueError, match="--workers"):
+        parse_workers(text)
+
+
+def test_metrics_of_several_workers_are_refused_until_they_are_aggregated() -> None:
+    with pytest.raises(SettingsError, match="--workers 1 with metrics"):
+        Settings(workers=2, metrics_listen="127.0.0.1:9090").check()
+    assert Settings(workers=1, metrics_listen="127.0.0.1:9090").check().workers == 1
