@@ -25,6 +25,8 @@ GHZ_VERSION = "v0.120.0"
 TOOLS_BIN = REPO / "tools" / "bin"
 GHZ = TOOLS_BIN / "ghz"
 KEYTURN_PROTO = REPO / "proto"
+#: google/api/annotations.proto, which the Keyturn protos import for their HTTP rules.
+GOOGLEAPIS_PROTO = REPO / "third_party" / "googleapis"
 
 
 class LoadError(RuntimeError):
@@ -93,7 +95,7 @@ class Call:
     method: str
     requests: Sequence[Mapping[str, Any]]
     proto: Path
-    import_paths: Sequence[Path] = (KEYTURN_PROTO,)
+    import_paths: Sequence[Path] = (KEYTURN_PROTO, GOOGLEAPIS_PROTO)
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 

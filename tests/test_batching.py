@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from keyturn.v1 import admin_pb2, handles_pb2
 from keyturn_server.domain import batching
 from keyturn_server.domain.batching import BatchWindow
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
 from keyturn_server.domain.repositories import Repository
 from keyturn_server.store.sqlite import SqliteStore
+from tests.harness import Harness
 
 TALLY = Handle(
     id="hdl_tallytallytally",
@@ -141,3 +143,20 @@ async def test_the_store_counts_commits_and_what_they_carried(store: SqliteStore
     after = store.status()
     assert after.commits > before.commits
     assert after.writes - before.writes == 10
+
+
+async def test_health_shows_commits_and_the_writes_they_carried(server: Harness) -> None:
+    async def store() -> admin_pb2.StoreHealth:
+        reply = await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="store"))
+        return reply.health.components[0].store
+
+    before = await store()
+    await asyncio.gather(
+        *(
+            server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+            for _ in range(8)
+        )
+    )
+    after = await store()
+    assert after.writes - before.writes >= 8
+    assert 1 <= after.commits - before.commits <= after.writes - before.writes

@@ -51,6 +51,8 @@ def _component(part: Component) -> admin_pb2.ComponentHealth:
                 last_commit=dur(f["last_commit"]),
                 pending_writes=int(f["pending_writes"]),
                 schema_version=int(f["schema_version"]),
+                commits=int(f["commits"]),
+                writes=int(f["writes"]),
             )
         )
     elif part.name == "scheduler":

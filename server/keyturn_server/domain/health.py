@@ -103,6 +103,8 @@ class HealthService:
                 "last_commit": status.last_commit,
                 "pending_writes": status.pending_writes,
                 "schema_version": status.schema_version,
+                "commits": status.commits,
+                "writes": status.writes,
             },
         )
         if not status.writable:

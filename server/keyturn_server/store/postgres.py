@@ -93,6 +93,7 @@ class PostgresStore:
         self._published = self._reader.event_bounds()[1]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = 0
+        self._commits = 0
         self._last_commit = timedelta(0)
         self._problem = ""
         self._closing = threading.Event()
@@ -175,6 +176,7 @@ class PostgresStore:
                 f"the store could not write: {exc}", reason="STORE_UNAVAILABLE"
             ) from None
         self._problem = ""
+        self._commits += 1
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         return value, repo.after_commit_callbacks
 
@@ -197,6 +199,8 @@ class PostgresStore:
             self._pending,
             self.schema_version,
             self._problem,
+            commits=self._commits,
+            writes=self._commits,  # one unit of work per transaction
         )
 
     async def close(self) -> None:

@@ -249,10 +249,18 @@ class StoreHealth(_message.Message):
     LAST_COMMIT_FIELD_NUMBER: _builtins.int
     PENDING_WRITES_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    COMMITS_FIELD_NUMBER: _builtins.int
+    WRITES_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
     writable: _builtins.bool
     pending_writes: _builtins.int
     schema_version: _builtins.int
+    commits: _builtins.int
+    """Commits since this server process started, and the units of work they made durable
+    (a batch of validations decided together is one unit): writes per commit is the
+    group-commit batch size. PostgreSQL commits each unit on its own.
+    """
+    writes: _builtins.int
     @_builtins.property
     def last_commit(self) -> _duration_pb2.Duration:
         """Duration of the last committed write batch."""
@@ -265,10 +273,12 @@ class StoreHealth(_message.Message):
         last_commit: _duration_pb2.Duration | None = ...,
         pending_writes: _builtins.int = ...,
         schema_version: _builtins.int = ...,
+        commits: _builtins.int = ...,
+        writes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_commit", b"last_commit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "last_commit", b"last_commit", "pending_writes", b"pending_writes", "schema_version", b"schema_version", "writable", b"writable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "commits", b"commits", "last_commit", b"last_commit", "pending_writes", b"pending_writes", "schema_version", b"schema_version", "writable", b"writable", "writes", b"writes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

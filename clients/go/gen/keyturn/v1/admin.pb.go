@@ -581,6 +581,11 @@ type StoreHealth struct {
 	LastCommit    *durationpb.Duration `protobuf:"bytes,3,opt,name=last_commit,json=lastCommit,proto3" json:"last_commit,omitempty"`
 	PendingWrites int64                `protobuf:"varint,4,opt,name=pending_writes,json=pendingWrites,proto3" json:"pending_writes,omitempty"`
 	SchemaVersion int64                `protobuf:"varint,5,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	// Commits since this server process started, and the units of work they made durable
+	// (a batch of validations decided together is one unit): writes per commit is the
+	// group-commit batch size. PostgreSQL commits each unit on its own.
+	Commits       int64 `protobuf:"varint,6,opt,name=commits,proto3" json:"commits,omitempty"`
+	Writes        int64 `protobuf:"varint,7,opt,name=writes,proto3" json:"writes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -646,6 +651,20 @@ func (x *StoreHealth) GetPendingWrites() int64 {
 func (x *StoreHealth) GetSchemaVersion() int64 {
 	if x != nil {
 		return x.SchemaVersion
+	}
+	return 0
+}
+
+func (x *StoreHealth) GetCommits() int64 {
+	if x != nil {
+		return x.Commits
+	}
+	return 0
+}
+
+func (x *StoreHealth) GetWrites() int64 {
+	if x != nil {
+		return x.Writes
 	}
 	return 0
 }
@@ -2053,14 +2072,16 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\arevoked\x18\x05 \x01(\x03R\arevoked\x12%\n" +
 	"\x0erotation_queue\x18\x06 \x01(\x03R\rrotationQueue\x12\x18\n" +
 	"\aoverdue\x18\a \x01(\x03R\aoverdue\x12.\n" +
-	"\x13anomalies_last_hour\x18\b \x01(\x03R\x11anomaliesLastHour\"\xcd\x01\n" +
+	"\x13anomalies_last_hour\x18\b \x01(\x03R\x11anomaliesLastHour\"\xff\x01\n" +
 	"\vStoreHealth\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x1a\n" +
 	"\bwritable\x18\x02 \x01(\bR\bwritable\x12:\n" +
 	"\vlast_commit\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"lastCommit\x12%\n" +
 	"\x0epending_writes\x18\x04 \x01(\x03R\rpendingWrites\x12%\n" +
-	"\x0eschema_version\x18\x05 \x01(\x03R\rschemaVersion\"\xcb\x01\n" +
+	"\x0eschema_version\x18\x05 \x01(\x03R\rschemaVersion\x12\x18\n" +
+	"\acommits\x18\x06 \x01(\x03R\acommits\x12\x16\n" +
+	"\x06writes\x18\a \x01(\x03R\x06writes\"\xcb\x01\n" +
 	"\x0fSchedulerHealth\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12+\n" +
 	"\x03lag\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12\x18\n" +
