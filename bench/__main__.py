@@ -27,6 +27,8 @@ from bench import (
     rpcs,
     servers,
     store_suite,
+    workers_suite,
+    writepath_suite,
 )
 from bench.fixtures import HANDLE_LENGTH, HANDLE_TYPE
 from bench.measure import Pairing
@@ -64,24 +66,33 @@ def run(options: Options, argv: Sequence[str]) -> Report:
         if "inprocess" in options.suites:
             print("in process, no gRPC ...", flush=True)
             report.sections += inprocess_suite.run(options, workdir)
-        if {"rpc", "scaling", "idle"} & set(options.suites):
+        if {"rpc", "scaling", "idle", "workers"} & set(options.suites):
             # Only these suites load a server with ghz against the echo baseline.
             ghz.ensure_ghz()
-            echo = servers.start_baseline("echo_server", workdir / "logs" / "echo.log")
+            echo = servers.start_baseline(
+                "echo_server", workdir / "logs" / "echo.log", cpus=options.server_cpus
+            )
             pairing = Pairing(
                 rpcs.echo(tokens.new_token(HANDLE_TYPE, HANDLE_LENGTH)),
                 echo,
                 options.load,
                 options.rounds,
                 workdir,
+                options.server_cpus,
             )
             pairing.warm_echo()
             if "rpc" in options.suites:
                 print("per-RPC throughput ...", flush=True)
                 report.sections += rpc_suite.run(options, pairing, workdir)
+            if "workers" in options.suites:
+                print("--workers 2 vs 1, wake-ups across workers ...", flush=True)
+                report.sections += workers_suite.run(options, pairing.echo_call, workdir)
             if "scaling" in options.suites or "idle" in options.suites:
                 print("store size (scaling, idle) ...", flush=True)
                 report.sections += store_suite.run(options, pairing, workdir)
+        if "writepath" in options.suites:
+            print("shared SQLite write path by processes ...", flush=True)
+            report.sections += writepath_suite.run(options, workdir)
         if "http" in options.suites:
             print("HTTP/JSON ValidateHandle (h2load) ...", flush=True)
             report.sections += http_suite.run(options, workdir)

@@ -78,13 +78,18 @@ class Load:
     streams: int = 8
     seconds: float = 5.0
     warmup: float = 0.5
+    #: CPUs to pin ghz to (taskset -c), e.g. "1"; empty: wherever the kernel likes.
+    cpus: str = ""
 
     @property
     def concurrency(self) -> int:
         return self.connections * self.streams
 
     def describe(self) -> str:
-        return f"{self.connections} connections x {self.streams} streams, {self.seconds:g} s"
+        pinned = f", ghz on CPU {self.cpus}" if self.cpus else ""
+        return (
+            f"{self.connections} connections x {self.streams} streams, {self.seconds:g} s{pinned}"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,7 @@ def run(call: Call, load: Load, address: str, workdir: Path) -> LoadResult:
 
 def _ghz(call: Call, load: Load, seconds: float, address: str, data_file: Path) -> dict[str, Any]:
     argv = [
+        *(("taskset", "-c", load.cpus) if load.cpus else ()),
         str(ensure_ghz()),
         "--insecure",
         f"--proto={call.proto}",

@@ -101,6 +101,8 @@ class Pairing:
     load: Load
     rounds: int
     workdir: Path
+    #: Where the echo baselines are pinned (taskset), "" for nowhere.
+    echo_cpus: str = ""
 
     def warm_echo(self) -> None:
         warm = replace(self.load, seconds=max(self.load.warmup, 0.2), warmup=0.0)

@@ -4,6 +4,7 @@ run under a minute, and flags for every size and duration."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import TypeVar
 from bench.ghz import Load
 from bench.report import RESULTS_DIR
 
-SUITES = ("inprocess", "rpc", "http", "scaling", "idle", "fanout")
+SUITES = ("inprocess", "rpc", "workers", "writepath", "http", "scaling", "idle", "fanout")
 T = TypeVar("T")
 
 
@@ -36,6 +37,10 @@ class Options:
     strict: bool
     #: Only these RPC labels in the rpc suite (empty: all), e.g. ("ValidateHandle",).
     rpcs: tuple[str, ...] = ()
+    #: Processes of the write-path suite.
+    write_processes: tuple[int, ...] = (1, 2, 4, 8)
+    #: CPUs to pin the servers under test to (taskset), "" for none.
+    server_cpus: str = ""
 
     def describe_load(self) -> str:
         return f"{self.load.describe()} per RPC in {self.rounds} round(s)"
@@ -97,6 +102,18 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="sample the server with py-spy under ValidateHandle load (default 8 s)",
     )
+    p.add_argument(
+        "--pin",
+        choices=("none", "load", "split"),
+        default="none",
+        help="taskset: none (default, measured best here), load (ghz on the last CPU), "
+        "split (ghz on the last CPU, servers on the others)",
+    )
+    p.add_argument(
+        "--write-processes",
+        type=_sizes,
+        help="write-path suite: process counts (full 1,2,4,8; quick 1,2)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")
     p.add_argument("--keep", action="store_true", help="keep the work directory (data, logs)")
     p.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -115,6 +132,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     quick = bool(args.quick)
     large: int = 1_000_000 if args.million else _pick(args.records, 100_000, 10_000, quick)
     suites = args.only or SUITES
+    last = (os.cpu_count() or 1) - 1
+    load_cpus = str(last) if args.pin in ("load", "split") and last > 0 else ""
+    server_cpus = f"0-{last - 1}" if args.pin == "split" and last > 0 else ""
     return Options(
         mode="quick" if quick else "full",
         suites=tuple(s for s in SUITES if s in suites),
@@ -123,6 +143,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
             streams=args.streams,
             seconds=_pick(args.seconds, 6.0, 0.5, quick),
             warmup=_pick(args.warmup, 0.5, 0.0, quick),
+            cpus=load_cpus,
         ),
         rounds=_pick(args.rounds, 6, 1, quick),
         handles=64,
@@ -138,4 +159,6 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         keep=bool(args.keep),
         strict=bool(args.strict),
         rpcs=tuple(part for part in (args.rpcs or "").split(",") if part),
+        write_processes=_pick(args.write_processes, (1, 2, 4, 8), (1, 2), quick),
+        server_cpus=server_cpus,
     )

@@ -23,3 +23,21 @@ def cpu_seconds(pid: int) -> float:
     fields = text[text.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
     return (utime + stime) / _TICKS_PER_SECOND
+
+
+def children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """cpu_seconds of the process and every descendant still running (a supervisor
+    and its workers)."""
+    try:
+        own = cpu_seconds(pid)
+    except OSError:
+        return 0.0
+    return own + sum(tree_cpu_seconds(child) for child in children(pid))

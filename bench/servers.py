@@ -43,7 +43,8 @@ class Server:
         return procstat.rss_kib(self.pid)
 
     def cpu_seconds(self) -> float:
-        return procstat.cpu_seconds(self.pid)
+        """CPU time of the server's whole process tree (a supervisor's workers too)."""
+        return procstat.tree_cpu_seconds(self.pid)
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -114,13 +115,18 @@ def start_keyturn(
     log_path: Path,
     extra_args: tuple[str, ...] = (),
     timeout: float = 300.0,
+    cpus: str = "",
 ) -> Server:
-    """``keyturn serve`` as documented: MASTER_KEY set, warnings only, no caller limit.
-    No HTTP listener unless ``extra_args`` asks for one (the default would bind 8080).
+    """``keyturn serve`` as documented, at its default log level (info) and defaults
+    except: MASTER_KEY set, no per-caller rate limit (one caller makes all the load), and
+    no HTTP listener unless ``extra_args`` asks for one (several servers run at once and
+    would all want port 8080; an idle listener costs a gRPC call nothing). ``cpus``: pin
+    it there (taskset).
 
     The timeout is long because a first start on a large seeded store may take a while.
     """
     argv = [
+        *(("taskset", "-c", cpus) if cpus else ()),
         str(VENV_BIN / "keyturn"),
         "serve",
         "--data-dir",
@@ -132,15 +138,28 @@ def start_keyturn(
         *(() if "--http-listen" in extra_args else ("--http-listen", "off")),
         *extra_args,
     ]
-    env = _env({"MASTER_KEY": master_key, "LOG_LEVEL": "warning"})
+    env = _env({"MASTER_KEY": master_key})
+    env.pop("LOG_LEVEL", None)
     return _start("keyturn", argv, env, log_path, _KEYTURN_READY, timeout)
 
 
 def start_baseline(
-    module: str, log_path: Path, extra_args: tuple[str, ...] = (), timeout: float = 60.0
+    module: str,
+    log_path: Path,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 60.0,
+    cpus: str = "",
 ) -> Server:
     """``python -m bench.<module>``: echo_server or fanout_server."""
-    argv = [sys.executable, "-m", f"bench.{module}", "--listen", "127.0.0.1:0", *extra_args]
+    argv = [
+        *(("taskset", "-c", cpus) if cpus else ()),
+        sys.executable,
+        "-m",
+        f"bench.{module}",
+        "--listen",
+        "127.0.0.1:0",
+        *extra_args,
+    ]
     return _start(module, argv, _env({}), log_path, _BASELINE_READY, timeout)
 
 
