@@ -192,6 +192,8 @@ class App:
         if not settings.reuse_port:  # a port in use: one line, before anything is created
             for address in settings.listen:
                 check_free(address)
+            for address in () if settings.http_listen_is_default else settings.http_listen:
+                check_free(address, "--http-listen")
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)

@@ -50,11 +50,11 @@ def _socket(family: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _why(address: str, exc: OSError) -> PortUnavailable:
+def _why(address: str, exc: OSError, flag: str = "--listen") -> PortUnavailable:
     if exc.errno == errno.EADDRINUSE:
         return PortUnavailable(
             f"cannot listen on {address}: the address is already in use (another server?); "
-            "stop it or choose another --listen"
+            f"stop it or choose another {flag}"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return PortUnavailable(f"cannot listen on {address}: no such address on this host")
@@ -63,9 +63,9 @@ def _why(address: str, exc: OSError) -> PortUnavailable:
     return PortUnavailable(f"cannot listen on {address}: {exc.strerror or exc}")
 
 
-def check_free(address: str) -> None:
+def check_free(address: str, flag: str = "--listen") -> None:
     """Raise PortUnavailable unless every endpoint of ``address`` can be bound now. A
-    port 0 is always free."""
+    port 0 is always free. ``flag`` names the option that gave the address."""
     if split_address(address)[1] == 0:
         return
     for family, sockaddr in _endpoints(address):
@@ -73,7 +73,7 @@ def check_free(address: str) -> None:
             try:
                 probe.bind(sockaddr)
             except OSError as exc:
-                raise _why(address, exc) from None
+                raise _why(address, exc, flag) from None
 
 
 class SharedPorts:
@@ -82,10 +82,10 @@ class SharedPorts:
     def __init__(self) -> None:
         self._held: list[socket.socket] = []
 
-    def reserve(self, address: str) -> str:
+    def reserve(self, address: str, flag: str = "--listen") -> str:
         """Check ``address`` is free, hold it for sharing, and return it with its port
         made concrete (for a port 0)."""
-        check_free(address)
+        check_free(address, flag)
         host, port = split_address(address)
         for family, (ip, _) in _endpoints(address):
             sock = _socket(family, reuse_port=True)
@@ -93,7 +93,7 @@ class SharedPorts:
                 sock.bind((ip, port))
             except OSError as exc:
                 sock.close()
-                raise _why(address, exc) from None
+                raise _why(address, exc, flag) from None
             self._held.append(sock)
             port = port or int(sock.getsockname()[1])
         shown = f"[{host}]" if ":" in host else host

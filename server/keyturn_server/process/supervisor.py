@@ -88,7 +88,7 @@ class Supervisor:
             http = []
             for address in self.settings.http_listen:
                 try:
-                    http.append(self._ports.reserve(address))
+                    http.append(self._ports.reserve(address, "--http-listen"))
                 except PortUnavailable:
                     if not self.settings.http_listen_is_default:
                         raise
