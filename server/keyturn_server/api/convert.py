@@ -89,59 +89,71 @@ def required_enum(table: Mapping[Any, E], value: int, field: str) -> E:
 # --- resources -----------------------------------------------------------------------------
 
 
-def key_message(key: Key, now: datetime) -> resources_pb2.Key:
-    return resources_pb2.Key(
-        id=key.id,
-        type=key.type,
-        algorithm=key.algorithm,
-        status=KEY_STATUS[key.status(now)],
-        primary_version=key.primary_version,
-        versions=[
-            resources_pb2.KeyVersion(
-                version=v.version,
-                state=VERSION_STATE[v.state],
-                create_time=ts(v.create_time),
-                expire_time=ts(v.expire_time),
-                destroy_time=ts(v.destroy_time),
-                primary=v.version == key.primary_version,
-            )
-            for v in key.versions
-        ],
-        metadata=key.metadata,
-        owner=key.owner,
-        create_time=ts(key.create_time),
-        next_rotation_time=ts(key.next_rotation_time),
-        expire_time=ts(key.expire_time),
-        destroy_time=ts(key.destroy_time),
-        usage_count=key.usage_count,
-        last_used_time=ts(key.last_used_time),
-        exportable=key.exportable,
-        warn_time=ts(key.warn_time),
-        created_for=key.created_for,
-    )
+def key_message(
+    key: Key, now: datetime, into: resources_pb2.Key | None = None
+) -> resources_pb2.Key:
+    """``key`` as a message, filled in place (``into``, e.g. a stream message's field):
+    setting fields directly is half the cost of building temporaries and copying them."""
+    message = resources_pb2.Key() if into is None else into
+    message.id = key.id
+    message.type = key.type
+    message.algorithm = key.algorithm
+    message.status = KEY_STATUS[key.status(now)]
+    message.primary_version = key.primary_version
+    for v in key.versions:
+        version = message.versions.add()
+        version.version = v.version
+        version.state = VERSION_STATE[v.state]
+        _set_stamp(version.create_time, v.create_time)
+        _set_stamp(version.expire_time, v.expire_time)
+        if v.destroy_time is not None:
+            _set_stamp(version.destroy_time, v.destroy_time)
+        version.primary = v.version == key.primary_version
+    if key.metadata:
+        message.metadata.update(key.metadata)
+    message.owner = key.owner
+    _set_stamp(message.create_time, key.create_time)
+    if key.next_rotation_time is not None:
+        _set_stamp(message.next_rotation_time, key.next_rotation_time)
+    _set_stamp(message.expire_time, key.expire_time)
+    if key.destroy_time is not None:
+        _set_stamp(message.destroy_time, key.destroy_time)
+    message.usage_count = key.usage_count
+    if key.last_used_time is not None:
+        _set_stamp(message.last_used_time, key.last_used_time)
+    message.exportable = key.exportable
+    if key.warn_time is not None:
+        _set_stamp(message.warn_time, key.warn_time)
+    message.created_for = key.created_for
+    return message
 
 
-def handle_message(handle: Handle, now: datetime) -> resources_pb2.Handle:
-    return resources_pb2.Handle(
-        id=handle.id,
-        type=handle.type,
-        status=HANDLE_STATUS[handle.status(now)],
-        owner=handle.owner,
-        context=handle.context,
-        usage_count=handle.usage_count,
-        max_usage=handle.max_usage,
-        create_time=ts(handle.create_time),
-        rotate_time=ts(handle.rotate_time),
-        expire_time=ts(handle.expire_time),
-        last_used_time=ts(handle.last_used_time),
-        anomaly_count=handle.anomaly_count,
-        generation=handle.generation,
-        bound_ip=handle.bound_ip or "",
-        bound_user_agent=handle.bound_user_agent or "",
-        warn_time=ts(handle.warn_time),
-        revoke_reason=handle.revoke_reason or "",
-        created_for=handle.created_for,
-    )
+def handle_message(
+    handle: Handle, now: datetime, into: resources_pb2.Handle | None = None
+) -> resources_pb2.Handle:
+    """``handle`` as a message, filled in place (see :func:`key_message`)."""
+    message = resources_pb2.Handle() if into is None else into
+    message.id = handle.id
+    message.type = handle.type
+    message.status = HANDLE_STATUS[handle.status(now)]
+    message.owner = handle.owner
+    if handle.context:
+        message.context.update(handle.context)
+    message.usage_count = handle.usage_count
+    message.max_usage = handle.max_usage
+    _set_stamp(message.create_time, handle.create_time)
+    _set_stamp(message.rotate_time, handle.rotate_time)
+    _set_stamp(message.expire_time, handle.expire_time)
+    if handle.last_used_time is not None:
+        _set_stamp(message.last_used_time, handle.last_used_time)
+    message.anomaly_count = handle.anomaly_count
+    message.generation = handle.generation
+    message.bound_ip = handle.bound_ip or ""
+    message.bound_user_agent = handle.bound_user_agent or ""
+    _set_stamp(message.warn_time, handle.warn_time)
+    message.revoke_reason = handle.revoke_reason or ""
+    message.created_for = handle.created_for
+    return message
 
 
 def anomaly_message(anomaly: Anomaly) -> resources_pb2.Anomaly:
@@ -202,9 +214,9 @@ def stream_message(item: StreamItem, now: datetime) -> events_pb2.ExpiryEvent:
     else:
         message.snapshot = record is not None
     if isinstance(record, Key):
-        message.key.CopyFrom(key_message(record, now))
+        key_message(record, now, into=message.key)
     elif isinstance(record, Handle):
-        message.handle.CopyFrom(handle_message(record, now))
+        handle_message(record, now, into=message.handle)
     return message
 
 
