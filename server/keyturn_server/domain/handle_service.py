@@ -131,11 +131,14 @@ class HandleService:
             policies = self._config.current.policies
             active = repo.count_active_handles(principal.name, now)
             if active >= policies.max_concurrent_handles:
+                first = repo.earliest_active_expiry(principal.name, now)
                 raise ResourceExhausted(
                     f"{principal.name!r} already has {active} active handles "
                     f"(max_concurrent_handles is {policies.max_concurrent_handles}); "
                     "remove some or wait for them to expire",
                     reason="MAX_CONCURRENT_HANDLES",
+                    retry_after=max(first - now, timedelta(seconds=1)) if first else None,
+                    metadata={"limit": str(policies.max_concurrent_handles)},
                 )
             schedule = HandleSchedule.of(handle_type)
             expire = now + schedule.max_lifetime

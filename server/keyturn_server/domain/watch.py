@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock, to_micros
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange, Unavailable
+from keyturn_server.domain.errors import (
+    Aborted,
+    FieldViolation,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
 from keyturn_server.domain.events import Event, EventKind, Subject
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handles import Handle
@@ -28,6 +34,8 @@ from keyturn_server.domain.repositories import Store
 
 REPLAY_BATCH = 500
 MAX_FILTER_VALUES = 100
+#: What a caller at its stream cap is told to wait: streams end when callers close them.
+STREAM_RETRY_AFTER = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,7 @@ class WatchService:
         handle_lifecycle: HandleLifecycle,
         heartbeat: timedelta,
         queue_size: int,
+        max_streams_per_caller: int = 100,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -175,6 +184,10 @@ class WatchService:
         self._handle_lifecycle = handle_lifecycle
         self.heartbeat = heartbeat
         self.queue_size = queue_size
+        #: Open streams per principal: each costs ~25-30 KiB and a place in every
+        #: fan-out, so one caller must not hold thousands (10,000 took 213 MiB).
+        self.max_streams_per_caller = max_streams_per_caller
+        self._open: dict[str, int] = {}
         self._closing = False
 
     def close(self) -> None:
@@ -211,6 +224,17 @@ class WatchService:
     ) -> AsyncGenerator[StreamItem, None]:
         principal.require(Permission.WATCH)
         watch_filter = self._filter(principal, request)
+        name = principal.name
+        held = self._open.get(name, 0)
+        if held >= self.max_streams_per_caller:
+            raise ResourceExhausted(
+                f"{name!r} already has {held} open WatchExpiring streams "
+                "(--max-streams-per-caller); close one, or watch more with one stream",
+                reason="TOO_MANY_STREAMS",
+                retry_after=STREAM_RETRY_AFTER,
+                metadata={"limit": str(self.max_streams_per_caller)},
+            )
+        self._open[name] = held + 1
         subscription = self._hub.subscribe(watch_filter, self.queue_size)
         try:
             reader = self._store.read()
@@ -251,6 +275,11 @@ class WatchService:
                     yield item
         finally:
             self._hub.unsubscribe(subscription)
+            left = self._open[name] - 1
+            if left:
+                self._open[name] = left
+            else:
+                del self._open[name]
 
     async def _replay(
         self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter, after: int

@@ -26,6 +26,10 @@ class HandleRepository(Protocol):
 
     def count_active_handles(self, owner: str, now: datetime) -> int: ...
 
+    def earliest_active_expiry(self, owner: str, now: datetime) -> datetime | None:
+        """When the first of ``owner``'s active handles expires (a slot frees)."""
+        ...
+
     def secrets_with_handles(
         self, digests: Sequence[bytes]
     ) -> dict[bytes, tuple[HandleSecret, Handle]]:

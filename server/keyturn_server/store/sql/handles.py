@@ -77,6 +77,14 @@ class HandleSql(SqlBase):
         )
         return int(row["n"])
 
+    def earliest_active_expiry(self, owner: str, now: datetime) -> datetime | None:
+        row = self._one(
+            "SELECT MIN(expire_time) AS t FROM handles WHERE owner = ? AND state = 'ACTIVE' "
+            "AND expire_time > ?",
+            (owner, to_micros(now)),
+        )
+        return None if row is None or row["t"] is None else from_micros(row["t"])
+
     def get_secret(self, digest: bytes) -> HandleSecret | None:
         row = self._one("SELECT * FROM handle_secrets WHERE digest = ?", (digest,))
         return None if row is None else rows.secret_from_row(row)
