@@ -26,7 +26,7 @@ from keyturn_server.domain.errors import ResourceExhausted
 #: Algorithms whose generation is expensive enough to bound and move off the loop.
 EXPENSIVE = frozenset({"rsa"})
 #: Generations that may wait for a slot, per slot, before callers are refused.
-QUEUE_PER_SLOT = 4
+QUEUE_PER_SLOT = 16
 RETRY_AFTER = timedelta(seconds=1)
 
 
