@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from keyturn.v1 import admin_pb2 as A
 from keyturn.v1 import handles_pb2 as R
 from keyturn_server.domain import tokens
 from tests.harness import Harness
@@ -117,3 +118,32 @@ async def test_a_refused_real_token_takes_as_long_as_an_unknown_one(
             break
     record_property("figures", "refused real vs unknown token medians: " + "; ".join(figures))
     assert ratio <= RATIO, figures
+
+
+async def test_statistics_and_health_do_not_tell_a_thief_its_token_is_real(
+    server: Harness,
+) -> None:
+    s = await scene(server)
+
+    async def seen_by_thief() -> tuple[object, ...]:
+        stats = (
+            await s.thief.handles.GetHandleStatistics(R.GetHandleStatisticsRequest())
+        ).statistics
+        health = await s.thief.admin.GetHealth(A.GetHealthRequest(component="handles"))
+        return (
+            dict(stats.anomalies_by_kind),
+            dict(stats.failures_by_reason),
+            health.health.components[0].handles.anomalies_last_hour,
+        )
+
+    before = await seen_by_thief()
+    await validate(s.thief, tokens.new_token("workflow", 64), WRONG)
+    after_unknown = await seen_by_thief()
+    await validate(s.thief, s.issued.token, WRONG)  # a drift anomaly on the owner's handle
+    after_stolen = await seen_by_thief()
+    assert after_stolen[0] == after_unknown[0] == before[0]
+    assert after_stolen[2] == after_unknown[2]
+    owner_stats = (
+        await s.owner.handles.GetHandleStatistics(R.GetHandleStatisticsRequest())
+    ).statistics
+    assert owner_stats.anomalies_by_kind["CONTEXT_DRIFT"] == 1  # its owner is told

@@ -209,15 +209,18 @@ class HandleService:
         return HandlePage(handles, token_after(page, handles, found.more), found.total)
 
     async def statistics(self, principal: Principal) -> tuple[Report, dict[str, int]]:
-        """The report and anomaly counts by kind."""
+        """The report and anomaly counts by kind. A service sees the anomalies of its own
+        handles only: a count that moves when a stolen token is refused would tell a
+        thief that the token is real."""
         principal.require(Permission.STATS_READ)
         now = self._clock.now()
+        owner = "" if principal.sees_all() else principal.name
 
         def work(repo: Repository) -> tuple[Report, dict[str, int]]:
             counts = report(
                 repo.handle_counts(now), recent(repo.event_counts, now, "handle"), now, handles=True
             )
-            return counts, repo.anomaly_counts()
+            return counts, repo.anomaly_counts(owner=owner)
 
         return await self._store.report(work)
 

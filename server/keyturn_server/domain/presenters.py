@@ -30,7 +30,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn_server.clock import to_micros
+from keyturn_server.clock import Clock, to_micros
 
 #: Refusals per presenter per minute that make a flood (an anomaly; nobody is refused).
 FLOOD_THRESHOLD = 20
@@ -95,17 +95,19 @@ class PresenterLimiter:
     def __len__(self) -> int:
         return len(self._counters)
 
-    def throttled(self, principal: str, peer: str, now: datetime, limit: int) -> bool:
-        """Whether this presenter's refusals in the last minute reached ``limit``. A
-        lookup only: two dict reads, no allocation for a presenter never refused."""
-        if not self._counters:
+    def throttled(self, principal: str, peer: str, clock: Clock, limit: int) -> bool:
+        """Whether this presenter's refusals in the last minute reached ``limit``. On
+        every validation, so a lookup only: two dict reads, and the clock is read only
+        for a presenter that was refused lately."""
+        counters = self._counters
+        presenter = counters.get((principal, peer))
+        wide = counters.get((principal, ""))
+        if presenter is None and wide is None:
             return False
-        micros = to_micros(now)
-        counter = self._counters.get((principal, peer))
-        if counter is not None and counter.estimate(micros) >= limit:
+        micros = to_micros(clock.now())
+        if presenter is not None and presenter.estimate(micros) >= limit:
             return True
-        counter = self._counters.get((principal, ""))
-        return counter is not None and counter.estimate(micros) >= limit * PRINCIPAL_FACTOR
+        return wide is not None and wide.estimate(micros) >= limit * PRINCIPAL_FACTOR
 
     def refused(self, principal: str, peer: str, now: datetime) -> Flood | None:
         """Count one refusal; a Flood when it makes one that is not reported yet."""

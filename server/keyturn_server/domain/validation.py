@@ -74,7 +74,7 @@ class Validator:
         return self.presenters.throttled(
             principal.name,
             principal.peer,
-            self._clock.now(),
+            self._clock,
             self._config.current.policies.refused_per_presenter,
         )
 

@@ -75,6 +75,6 @@ class HandleRepository(Protocol):
 class AnomalyLog(Protocol):
     def insert_anomaly(self, anomaly: Anomaly) -> None: ...
 
-    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
-        """Anomalies by kind (since a time, or ever)."""
+    def anomaly_counts(self, since: datetime | None = None, owner: str = "") -> dict[str, int]:
+        """Anomalies by kind (since a time, or ever; on ``owner``'s handles, or all)."""
         ...

@@ -149,7 +149,15 @@ class HandleSql(SqlBase):
         data["evidence"] = json.dumps(anomaly.evidence, sort_keys=True)
         self._run(*insert("anomalies", data))
 
-    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
-        where, params = ("", ()) if since is None else (" WHERE time >= ?", (to_micros(since),))
+    def anomaly_counts(self, since: datetime | None = None, owner: str = "") -> dict[str, int]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            conditions.append("time >= ?")
+            params.append(to_micros(since))
+        if owner:
+            conditions.append("handle_id IN (SELECT id FROM handles WHERE owner = ?)")
+            params.append(owner)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
         found = self._all(f"SELECT kind, COUNT(*) AS n FROM anomalies{where} GROUP BY kind", params)
         return {r["kind"]: r["n"] for r in found}
