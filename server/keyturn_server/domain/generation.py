@@ -9,6 +9,11 @@ use with ``spawn``: forking a process that runs gRPC's threads is unsafe), at mo
 ``overall`` at a time, and one caller may have at most ``per_caller`` generations
 running or queued. Past either bound the call is refused with RESOURCE_EXHAUSTED and a
 retry delay; the scheduler's own rotations wait for a slot instead of being refused.
+
+Measured with a quiet caller polling GetKey while 8 callers each made an RSA key (busy
+2-core machine): p50/p90 6.7/20.1 ms with generation in threads, 0.8/3.6 ms in the pool.
+As with any ``spawn`` pool, a script that embeds the server must guard its entry point
+(``if __name__ == "__main__":``); ``keyturn serve`` and ``python -m`` entry points are.
 """
 
 from __future__ import annotations
