@@ -136,10 +136,17 @@ async def test_statistics_and_health_do_not_tell_a_thief_its_token_is_real(
             health.health.components[0].handles.anomalies_last_hour,
         )
 
+    async def committed() -> None:
+        """Refusals are answered before their commit; the owner's next validation is
+        answered after it, and commits land in order."""
+        assert (await validate(s.owner, s.issued.token, CTX)).valid
+
     before = await seen_by_thief()
     await validate(s.thief, tokens.new_token("workflow", 64), WRONG)
+    await committed()
     after_unknown = await seen_by_thief()
     await validate(s.thief, s.issued.token, WRONG)  # a drift anomaly on the owner's handle
+    await committed()
     after_stolen = await seen_by_thief()
     assert after_stolen[0] == after_unknown[0] == before[0]
     assert after_stolen[2] == after_unknown[2]
