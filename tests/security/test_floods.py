@@ -18,7 +18,12 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.domain import tokens
 from keyturn_server.domain.anomalies import AnomalyKind
 from keyturn_server.domain.events import Event
-from keyturn_server.domain.presenters import FLOOD_THRESHOLD, PRINCIPAL_FACTOR, PresenterLimiter
+from keyturn_server.domain.presenters import (
+    FLOOD_THRESHOLD,
+    PRINCIPAL_FACTOR,
+    PresenterLimiter,
+    presenter_peer,
+)
 from tests.harness import Client, Harness
 from tests.security.attacks import validate
 
@@ -133,3 +138,17 @@ def test_a_flood_is_reported_once_a_minute_and_the_throttle_slides_out() -> None
     assert not limiter.throttled("p", "10.0.0.1", ManualClock(later), limit=60)
     again = [limiter.refused("p", "10.0.0.1", later) for _ in range(FLOOD_THRESHOLD)]
     assert sum(f is not None for f in again) == 1
+
+
+@pytest.mark.parametrize(
+    ("peer", "counted_as"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("::1", "::/64"),
+        ("unix:/run/keyturn.sock", "unix:/run/keyturn.sock"),
+    ],
+)
+def test_an_ipv6_host_is_counted_by_its_prefix(peer: str, counted_as: str) -> None:
+    assert presenter_peer(peer) == counted_as

@@ -29,7 +29,7 @@ from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.handles import Decision, Handle, HandleState, Presentation, decide
 from keyturn_server.domain.journal import Journal
-from keyturn_server.domain.presenters import WINDOW_SECONDS, PresenterLimiter
+from keyturn_server.domain.presenters import WINDOW_SECONDS, PresenterLimiter, presenter_peer
 from keyturn_server.domain.repositories import Repository, Store
 
 #: Handles whose quiet refusals were noted this minute (see the module docstring).
@@ -73,7 +73,7 @@ class Validator:
         """Whether this presenter has been refused too often to be answered for now."""
         return self.presenters.throttled(
             principal.name,
-            principal.peer,
+            presenter_peer(principal.peer),
             self._clock,
             self._config.current.policies.refused_per_presenter,
         )
@@ -83,7 +83,7 @@ class Validator:
         a handle it has no rights on): counted against the presenter, never against the
         address it claims; the first of a flood is an anomaly."""
         now = self._clock.now()
-        flood = self.presenters.refused(principal.name, principal.peer, now)
+        flood = self.presenters.refused(principal.name, presenter_peer(principal.peer), now)
         if flood is None or not self._config.current.policies.anomaly_detection:
             return
         anomaly = Anomaly.new(
