@@ -70,6 +70,12 @@ class Settings:
     watch_queue_size: int = 1024
     caller_rate_limit: float = 1000.0
     caller_burst: int = 2000
+    #: Open WatchExpiring streams per principal.
+    max_streams_per_caller: int = 100
+    #: Expensive key generations (RSA) running at once; None: half the cores.
+    max_key_generations: int | None = None
+    #: Expensive key generations one principal may have running or queued.
+    max_key_generations_per_caller: int = 2
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
     max_pending_requests: int = 50_000
     grace_period: timedelta = timedelta(seconds=10)
@@ -275,6 +281,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="serving processes sharing the port and the database: a number, or auto "
         f"(one per available core, at most {AUTO_CAP}); KEYTURN_WORKERS; default 1",
     )
+    parser.add_argument(
+        "--max-streams-per-caller",
+        type=_positive,
+        help="open WatchExpiring streams per principal (default 100)",
+    )
+    parser.add_argument(
+        "--max-key-generations",
+        type=_positive,
+        help="RSA key generations running at once, in worker processes (default: half "
+        "the cores, at least 1)",
+    )
+    parser.add_argument(
+        "--max-key-generations-per-caller",
+        type=_positive,
+        help="RSA key generations one principal may have running or queued (default 2)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
@@ -318,6 +350,11 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         ),
         workers=1 if worker is not None else _workers(args.workers, env.get("KEYTURN_WORKERS")),
         worker=worker,
+        max_streams_per_caller=args.max_streams_per_caller or defaults.max_streams_per_caller,
+        max_key_generations=args.max_key_generations,
+        max_key_generations_per_caller=(
+            args.max_key_generations_per_caller or defaults.max_key_generations_per_caller
+        ),
     ).check()
 
 

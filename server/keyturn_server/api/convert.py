@@ -182,7 +182,8 @@ def fill_validation(message: handles_pb2.Validation, result: Validation) -> None
     if handle is not None:
         message.handle_id = handle.id
         message.type = handle.type
-        message.owner = handle.owner
+        if result.rights:
+            message.owner = handle.owner
         message.remaining_uses = handle.remaining_uses
         _set_stamp(message.expire_time, handle.expire_time)
         _set_stamp(message.rotate_time, handle.rotate_time)
