@@ -20,6 +20,8 @@ from bench import procstat
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+#: Key generations one caller may have running or queued: all the calls in flight.
+PER_CALLER_GENERATIONS = 1024
 _KEYTURN_READY = re.compile(r"keyturn listening on (\S+:\d+)")
 _BASELINE_READY = re.compile(r"baseline listening on (\S+:\d+)")
 
@@ -118,10 +120,10 @@ def start_keyturn(
     cpus: str = "",
 ) -> Server:
     """``keyturn serve`` as documented, at its default log level (info) and defaults
-    except: MASTER_KEY set, no per-caller rate limit (one caller makes all the load), and
-    no HTTP listener unless ``extra_args`` asks for one (several servers run at once and
-    would all want port 8080; an idle listener costs a gRPC call nothing). ``cpus``: pin
-    it there (taskset).
+    except: MASTER_KEY set, no per-caller limits on calls and key generations (one caller
+    makes all the load), and no HTTP listener unless ``extra_args`` asks for one (several
+    servers run at once and would all want port 8080; an idle listener costs a gRPC call
+    nothing). ``cpus``: pin it there (taskset).
 
     The timeout is long because a first start on a large seeded store may take a while.
     """
@@ -135,6 +137,8 @@ def start_keyturn(
         "127.0.0.1:0",
         "--caller-rate-limit",
         "0",
+        "--max-key-generations-per-caller",
+        str(PER_CALLER_GENERATIONS),
         *(() if "--http-listen" in extra_args else ("--http-listen", "off")),
         *extra_args,
     ]
