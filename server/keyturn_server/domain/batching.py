@@ -10,8 +10,10 @@ but a fixed window ruins latency at low load (p50 at one call in flight went fro
 to 12 ms with an 8 ms window).
 
 So the hold follows the arrivals. A batch stays open while work keeps coming: each wait
-lasts about two recent gaps between arrivals, and the batch closes as soon as one such
-wait brings nothing, or when it has been open for ``cap`` or holds ``limit`` items. Holding
+lasts about two recent gaps between arrivals (0.1 to 1 ms), and the batch closes as soon
+as one such wait brings nothing, or when it has been open for ``cap`` or holds ``limit``
+items. Arrivals are only counted (the rate comes from the count and the clock when a
+batch closes or a hold waits): counting is on the path of every call. Holding
 costs nothing while the loop is busy taking new calls (that is where the time goes
 anyway), and closing on the first quiet wait ends it once the loop would otherwise idle.
 
@@ -32,8 +34,6 @@ CAP = 0.008
 #: Waits shorter than this are not worth a timer; longer ones mean the load is light.
 MIN_QUIET = 0.0001
 MAX_QUIET = 0.001
-#: Weight of the newest gap in the moving average of gaps between arrivals.
-GAP_WEIGHT = 0.2
 #: Holds in a row that brought nothing before holding stops; then every PROBE-th batch
 #: holds once to see whether load came back.
 FRUITLESS = 2
@@ -59,24 +59,28 @@ class BatchWindow:
         self.limit = limit
         self.figures = BatchFigures()
         self._arrivals = 0
-        self._last_arrival = 0.0
-        self._gap = MAX_QUIET
+        #: (time, arrivals) when the last batch closed: the recent arrival rate.
+        self._mark = (time.perf_counter(), 0)
         self._fruitless = 0
         self._skipped = 0
 
     def arrived(self) -> None:
-        """One item of work arrived (call on every submission)."""
-        now = time.perf_counter()
-        if self._last_arrival:
-            gap = now - self._last_arrival
-            self._gap += GAP_WEIGHT * (min(gap, 1.0) - self._gap)
-        self._last_arrival = now
+        """One item of work arrived (call on every submission: kept to a counter)."""
         self._arrivals += 1
 
     def closed(self, items: int) -> None:
         """A batch of ``items`` was taken."""
         self.figures.batches += 1
         self.figures.items += items
+        self._mark = (time.perf_counter(), self._arrivals)
+
+    def _quiet(self, since: float, arrivals: int, now: float) -> float:
+        """How long a wait without arrivals means the load has paused: about two gaps
+        between arrivals, as seen since ``since`` (when ``arrivals`` had arrived)."""
+        count = self._arrivals - arrivals
+        if count < 2:
+            return MAX_QUIET  # too few to tell a rate: the longest wait
+        return min(max(2 * (now - since) / count, MIN_QUIET), MAX_QUIET)
 
     def _worth_holding(self) -> bool:
         if self._fruitless < FRUITLESS:
@@ -95,14 +99,17 @@ class BatchWindow:
         started = time.perf_counter()
         deadline = started + self.cap
         first = self._arrivals
+        since, counted = self._mark
         while True:
             seen = self._arrivals
-            wait = min(max(2 * self._gap, MIN_QUIET), MAX_QUIET, deadline - time.perf_counter())
+            now = time.perf_counter()
+            wait = min(self._quiet(since, counted, now), deadline - now)
             if wait <= 0:
                 break
             await asyncio.sleep(wait)
             if self._arrivals == seen or pending + self._arrivals - first >= self.limit:
                 break
+            since, counted = started, first  # the rate while held, from now on
         gained = self._arrivals - first
         self._fruitless = 0 if gained else self._fruitless + 1
         self.figures.holds += 1
