@@ -96,6 +96,9 @@ def _audit_sink(entry: AuditEntry) -> None:
             "outcome": d.outcome,
             "reason": d.reason,
             "peer": d.peer,
+            # The chain's head as it grows: a witness outside the database, against which
+            # VerifyAuditLog's head can be compared (a keyed hash, not a secret).
+            "hash": entry.hash.hex(),
         },
     )
 
@@ -150,12 +153,13 @@ class App:
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
         keyring, master = await unlock(
-            store, settings.data_dir, settings.master_key, settings.production
+            store, settings.data_dir, settings.master_key, settings.production, self.clock
         )
         self._keyring, self._master = keyring, master
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
+        store.add_tamper_listener(lambda _table: stats.count_integrity_failure())
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
         config = ConfigService(store, journal, self.clock)
         await config.load()

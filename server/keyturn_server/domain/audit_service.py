@@ -59,7 +59,9 @@ class AuditService:
         checked, broken, problem = self._chain.verify(repo.iter_audit())
         head = repo.audit_head()
         last_hash = b""
-        if not broken and head is not None:
+        if not broken and head is not None and head.problem:
+            broken, problem = head.sequence or 1, head.problem
+        elif not broken and head is not None:
             newest = repo.list_audit(AuditQuery(descending=True), None, 1).items
             last = newest[0] if newest else None
             if last is None or last.sequence != head.sequence or last.hash.hex() != head.hash_hex:

@@ -159,7 +159,7 @@ class HealthService:
             part.reasons.append(f"{overdue} keys are past their rotation time")
         if self._stats.integrity_failures:
             part.reasons.append(
-                f"{self._stats.integrity_failures} reads of stored material failed authentication"
+                f"{self._stats.integrity_failures} reads of stored records failed authentication"
             )
         return part
 
