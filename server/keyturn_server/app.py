@@ -46,6 +46,7 @@ from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
@@ -174,6 +175,7 @@ class App:
             self.clock,
             stats,
             settings.destroy_delay,
+            PageTokens(keyring.page_mac),
         )
         handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
         handles = HandleService(
@@ -240,7 +242,9 @@ class App:
             handles_pb2_grpc.add_HandleServiceServicer_to_server,
             HandleServicer(handles, watch, encoder, stats, self.clock),
         )
-        audit_service = AuditService(store, AuditChain(keyring.audit_key))
+        audit_service = AuditService(
+            store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
+        )
         guard.register(
             server,
             admin_pb2_grpc.add_AdminServiceServicer_to_server,

@@ -31,6 +31,8 @@ from keyturn_server.domain.repositories import Repository, Store
 TOKEN_BYTES = 32
 CACHE_FOR = timedelta(seconds=1)
 ADMIN_NAME = "admin"
+#: The longest lifetime a token may be given (none at all: no expiry).
+MAX_TTL = timedelta(days=3650)
 
 
 class AccessTokenService:
@@ -131,8 +133,8 @@ class AccessTokenService:
             raise InvalidArgument(
                 "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
             )
-        if ttl is not None and ttl <= timedelta(0):
-            raise InvalidArgument("must be positive", field="ttl")
+        if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
+            raise InvalidArgument("must be positive and at most 3650 days", field="ttl")
         secret = tokens.new_token(tokens.ACCESS_TOKEN_TYPE, TOKEN_BYTES)
 
         def work(repo: Repository) -> AccessToken:
@@ -178,7 +180,9 @@ class AccessTokenService:
         def work(repo: Repository) -> AccessToken:
             token = repo.get_token(name)
             if token is None:
-                raise NotFound(f"no access token named {name!r}", reason="TOKEN_NOT_FOUND")
+                raise NotFound(
+                    f"no access token named {limits.quote(name)}", reason="TOKEN_NOT_FOUND"
+                )
             if token.revoke_time is not None:
                 raise FailedPrecondition(
                     f"access token {name!r} is already revoked", reason="TOKEN_ALREADY_REVOKED"

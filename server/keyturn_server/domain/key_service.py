@@ -40,7 +40,7 @@ from keyturn_server.domain.keys import (
     VersionState,
     primary_deadlines,
 )
-from keyturn_server.domain.paging import scoped_page, token_after
+from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 
@@ -63,8 +63,10 @@ class KeyService:
         clock: Clock,
         stats: Statistics,
         destroy_delay: timedelta,
+        pages: PageTokens,
     ) -> None:
         self._store = store
+        self._pages = pages
         self._config = config
         self._journal = journal
         self._material = material
@@ -108,7 +110,7 @@ class KeyService:
     ) -> KeyPage:
         principal.require(Permission.KEY_READ)
         owner, page = scoped_page(
-            principal, "keys", type_name, status, owner, page_size, page_token
+            self._pages, principal, "keys", type_name, status, owner, page_size, page_token
         )
         now = self._clock.now()
         found = await self._store.report(
@@ -152,12 +154,14 @@ class KeyService:
         key_type = self._config.current.key_types.get(type_name)
         if key_type is None:
             known = ", ".join(sorted(self._config.current.key_types))
-            raise InvalidArgument(f"unknown key type {type_name!r}; one of {known}", field="type")
+            raise InvalidArgument(
+                f"unknown key type {limits.quote(type_name)}; one of {known}", field="type"
+            )
         if reveal:
             principal.require(Permission.KEY_EXPORT)
             if not key_type.exportable:
                 raise FailedPrecondition(
-                    f"keys of type {type_name!r} are not exportable; use them in place",
+                    f"keys of type {limits.quote(type_name)} are not exportable; use them in place",
                     reason="KEY_NOT_EXPORTABLE",
                 )
         secret, public_pem = await new_material(key_type.algorithm, key_type.key_length)
