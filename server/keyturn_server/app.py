@@ -46,6 +46,7 @@ from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.nonce_budget import NonceLimits
 from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
@@ -176,6 +177,7 @@ class App:
             stats,
             settings.destroy_delay,
             PageTokens(keyring.page_mac),
+            NonceLimits(settings.nonce_budget),
         )
         handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
         handles = HandleService(

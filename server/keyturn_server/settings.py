@@ -57,6 +57,9 @@ class Settings:
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
     watch_queue_size: int = 1024
+    #: AES-GCM encryptions per key version (NIST SP 800-38D with random nonces); a key
+    #: rotates when its primary has used half (domain/nonce_budget.py).
+    nonce_budget: int = 2**32
     caller_rate_limit: float = 1000.0
     caller_burst: int = 2000
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
@@ -150,6 +153,16 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
+def _budget(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 2 <= value <= 2**32:
+        raise argparse.ArgumentTypeError("must be between 2 and 2^32 (4294967296)")
+    return value
+
+
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
@@ -232,6 +245,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="WatchExpiring heartbeat interval (default 30s)",
     )
     parser.add_argument(
+        "--nonce-budget",
+        type=_budget,
+        help="AES-GCM encryptions allowed per key version (default 2^32, the NIST SP 800-38D "
+        "limit for random nonces); keys rotate when their primary has used half",
+    )
+    parser.add_argument(
         "--caller-rate-limit",
         type=float,
         help="requests per second per caller, 0 for none (default 1000)",
@@ -270,6 +289,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),
+        nonce_budget=args.nonce_budget or defaults.nonce_budget,
     ).check()
 
 

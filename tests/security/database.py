@@ -15,6 +15,11 @@ from tests.harness import Harness
 def run_sql(server: Harness, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """Run one statement as the attacker, on the stopped server's database; its rows."""
     assert server.app is None, "stop the server before editing its database"
+    return query(server, sql, params)
+
+
+def query(server: Harness, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """Run one statement on the database, stopped or not (a read while it runs)."""
     url = server.settings.store
     if url:
         import psycopg

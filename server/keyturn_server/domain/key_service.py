@@ -40,6 +40,7 @@ from keyturn_server.domain.keys import (
     VersionState,
     primary_deadlines,
 )
+from keyturn_server.domain.nonce_budget import NonceBudget, NonceLimits
 from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
@@ -64,6 +65,7 @@ class KeyService:
         stats: Statistics,
         destroy_delay: timedelta,
         pages: PageTokens,
+        nonces: NonceLimits | None = None,
     ) -> None:
         self._store = store
         self._pages = pages
@@ -75,7 +77,8 @@ class KeyService:
         self._stats = stats
         self.destroy_delay = destroy_delay
         self._usage = UsageCounter(store)
-        use = KeyUse(self._get, material, self._usage, clock, stats)
+        self.nonces = NonceBudget(store, lifecycle, nonces or NonceLimits())
+        use = KeyUse(self._get, material, self._usage, clock, stats, self.nonces)
         # Use in place, as callers see it: the same service as the rest of a key's API.
         self.encrypt = use.encrypt
         self.decrypt = use.decrypt
