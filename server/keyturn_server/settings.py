@@ -107,8 +107,17 @@ class Settings:
         return found
 
     def warnings(self) -> list[str]:
-        """What the server says loudly at start (plaintext off loopback, open metrics)."""
-        return [v.warning for v in self.verdicts() if v.warning]
+        """What the server says loudly at start (no authentication, plaintext off
+        loopback, open metrics)."""
+        found = [v.warning for v in self.verdicts() if v.warning]
+        if self.insecure_no_auth:
+            found.insert(
+                0,
+                "INSECURE: --insecure-no-auth makes every caller without a token an anonymous "
+                "ADMIN (loopback only; for development). It can read, use and remove every "
+                "key and handle; only access tokens cannot be created or revoked this way.",
+            )
+        return found
 
     def check(self) -> Settings:
         try:

@@ -70,7 +70,7 @@ class Authenticator:
             role = self._tokens.role_of(identity) or Role.SERVICE
             return Principal(identity, role, "mtls", peer)
         if self._insecure:
-            return Principal("anonymous", Role.ADMIN, "insecure", peer)
+            return Principal("anonymous", Role.ADMIN, "insecure", peer, may_grant=False)
         raise Unauthenticated(
             "missing credentials: send metadata 'authorization: Bearer <token>'",
             reason="MISSING_CREDENTIALS",

@@ -124,7 +124,7 @@ class AccessTokenService:
         ttl: timedelta | None,
         user_id: str,
     ) -> tuple[AccessToken, str]:
-        principal.require(Permission.TOKEN_MANAGE)
+        principal.require_grant()
         limits.raise_if(limits.common(user_id))
         if role is None:
             raise InvalidArgument("required: ADMIN, OPERATOR, SERVICE or AUDITOR", field="role")
@@ -174,7 +174,7 @@ class AccessTokenService:
     async def revoke(
         self, principal: Principal, name: str, user_id: str, reason: str
     ) -> AccessToken:
-        principal.require(Permission.TOKEN_MANAGE)
+        principal.require_grant()
         limits.raise_if(limits.common(user_id, reason))
 
         def work(repo: Repository) -> AccessToken:
