@@ -33,6 +33,7 @@ from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
+from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
@@ -133,6 +134,7 @@ class App:
         self.services: Services | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
+        self._identities: IdentityFile | None = None
 
     @property
     def address(self) -> str:
@@ -151,6 +153,8 @@ class App:
         # Certificates first: a wrong file ends the start before anything is opened.
         certificate = settings.certificate
         credentials = tls.server_credentials(certificate) if certificate else None
+        if settings.client_identities is not None:
+            self._identities = IdentityFile(settings.client_identities)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
@@ -228,7 +232,7 @@ class App:
             ],
         )
         guard = Guard(
-            Authenticator(tokens, settings.insecure_no_auth),
+            Authenticator(tokens, settings.insecure_no_auth, self._identities),
             CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
             stats,
             self.metrics,
@@ -309,8 +313,13 @@ class App:
         await self.services.keys.flush_usage()
         await self.services.tokens.flush_usage()
 
+    def reload_client_identities(self) -> bool:
+        """Read --client-identities again if it changed (done every few seconds)."""
+        return self._identities is not None and self._identities.refresh()
+
     async def _refresh(self) -> None:
         assert self.services is not None
+        self.reload_client_identities()
         self.services.config.refresh()
         outcome = reload_keyring(self.store, self._keyring, self._master)
         if outcome == "reloaded":

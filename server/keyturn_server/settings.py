@@ -45,6 +45,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    #: Which principal and role a client certificate is (client_identities.py).
+    client_identities: Path | None = None
     #: Where a mounted certificate is looked for (tls.crt, tls.key); named in refusals.
     tls_dir: Path | None = None
     #: A TLS-terminating proxy fronts the plaintext listeners (see listeners.py).
@@ -137,6 +139,11 @@ class Settings:
             raise SettingsError("--tls-cert and --tls-key go together")
         if self.client_ca is not None and self.tls_cert is None:
             raise SettingsError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.client_identities is not None and self.client_ca is None:
+            raise SettingsError(
+                "--client-identities maps client certificates, which only --client-ca "
+                "(mutual TLS) asks for"
+            )
         if self.production and self.insecure_no_auth:
             raise SettingsError("--insecure-no-auth cannot be used with --production")
         for address in self.listen:
@@ -211,6 +218,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-ca",
         type=Path,
         help="require client certificates signed by this CA (mutual TLS; KEYTURN_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--client-identities",
+        type=Path,
+        help="TOML file mapping client certificates (URI SAN, DNS SAN or CN) to principals "
+        "and roles; without it certificates name nobody (KEYTURN_CLIENT_IDENTITIES)",
     )
     parser.add_argument(
         "--allow-plaintext",
@@ -288,6 +301,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         tls_key=files.key if files else None,
         client_ca=_path(args.client_ca, env.get("KEYTURN_CLIENT_CA")),
         tls_dir=_path(args.tls_dir, env.get("KEYTURN_TLS_DIR")),
+        client_identities=_path(args.client_identities, env.get("KEYTURN_CLIENT_IDENTITIES")),
         allow_plaintext=_flag(args.allow_plaintext, env, "KEYTURN_ALLOW_PLAINTEXT"),
         metrics_listen=args.metrics_listen or env.get("KEYTURN_METRICS_LISTEN") or None,
         allow_remote_metrics=_flag(args.allow_remote_metrics, env, "KEYTURN_ALLOW_REMOTE_METRICS"),

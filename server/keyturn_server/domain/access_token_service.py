@@ -82,13 +82,6 @@ class AccessTokenService:
         self._known[secret] = (token, now)
         return token
 
-    def role_of(self, name: str) -> Role | None:
-        """The role registered for a name (used for mTLS identities)."""
-        token = self._store.read().get_token(name)
-        if token is None or not token.usable(self._clock.now()):
-            return None
-        return token.role
-
     async def audit_failure(self, peer: str, method: str, why: str) -> None:
         if self.failures.record(peer, self._clock.now()) is None:
             return
