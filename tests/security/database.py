@@ -26,7 +26,10 @@ def query(server: Harness, sql: str, params: Sequence[Any] = ()) -> list[dict[st
         from psycopg.rows import dict_row
 
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
-            cursor = conn.execute(sql.replace("?", "%s"), list(params))  # type: ignore[arg-type]
+            cursor = conn.execute(
+                sql.replace("%", "%%").replace("?", "%s"),  # type: ignore[arg-type]
+                list(params),
+            )
             return list(cursor.fetchall()) if cursor.description else []
     conn = sqlite3.connect(server.data_dir / "keyturn.db")
     conn.row_factory = sqlite3.Row

@@ -89,6 +89,7 @@ class KeyUse:
                     except KeyturnError:
                         if not refill.usable:
                             raise
+                        budget.spend(key.id, loaded.version, refill)  # still under budget
                 if budget.take(key.id, loaded.version):
                     return key, loaded
         raise FailedPrecondition(

@@ -60,10 +60,14 @@ class _Block:
 class Refill:
     """What reserving a version's next block found."""
 
-    #: The version may encrypt now (a block is reserved).
-    usable: bool
+    #: The reserved total after the block; 0 when nothing could be reserved.
+    total: int
     #: Its key should rotate first (past the threshold, or out of budget).
     rotate: bool
+
+    @property
+    def usable(self) -> bool:
+        return self.total > 0
 
 
 class NonceBudget:
@@ -93,14 +97,23 @@ class NonceBudget:
         return found
 
     async def refill(self, key_id: str, version: int) -> Refill:
+        """Reserve the next block of a version. Past the rotation threshold the block is
+        not spent yet: the key is to rotate first, and the block is the fallback should
+        that fail (:meth:`spend`)."""
         limits = self.limits
         total = await self._store.write(
             lambda repo: repo.reserve_nonces(key_id, version, limits.block, limits.budget)
         )
         if total is None:
-            return Refill(usable=False, rotate=True)
-        self._blocks[(key_id, version)] = _Block(total - limits.block, total)
-        return Refill(usable=True, rotate=total > limits.rotate_at)
+            return Refill(0, rotate=True)
+        refill = Refill(total, rotate=total > limits.rotate_at)
+        if not refill.rotate:
+            self.spend(key_id, version, refill)
+        return refill
+
+    def spend(self, key_id: str, version: int, refill: Refill) -> None:
+        """Make a reserved block available to :meth:`take`."""
+        self._blocks[(key_id, version)] = _Block(refill.total - self.limits.block, refill.total)
 
     async def rotate(self, key: Key) -> None:
         """A new primary for ``key``, because its primary used up its share of nonces."""
