@@ -296,8 +296,7 @@ async def test_mutual_tls_makes_the_configured_principal_of_the_certificate_the_
     paths, files = pki["paths"], pki["files"]
     identities = paths["ca"].parent / "identities.toml"
     identities.write_text(
-        '[[identity]]\nname = "payments"\nrole = "service"\n'
-        'uri = "spiffe://example.org/payments"\n'
+        '[[identity]]\nname = "payments"\nrole = "service"\nuri = "spiffe://example.org/payments"\n'
     )
     await server.restart(
         tls_cert=paths["server_cert"],
@@ -314,6 +313,10 @@ async def test_mutual_tls_makes_the_configured_principal_of_the_certificate_the_
         assert key.owner == "payments"
         denied = await fails(client.admin.ListAccessTokens(admin_pb2.ListAccessTokensRequest()))
         assert denied.code == grpc.StatusCode.PERMISSION_DENIED  # configured as a service
+        # A bearer token over the same connection is the token's principal.
+        admin = Client(channel, server.admin_token)
+        listed = await admin.admin.ListAccessTokens(admin_pb2.ListAccessTokensRequest())
+        assert "admin" in [t.name for t in listed.access_tokens]
     async with _secure(server, grpc.ssl_channel_credentials(files["ca"])) as no_cert:
         with pytest.raises(grpc.aio.AioRpcError):
             await Client(no_cert, server.admin_token).keys.ListKeys(

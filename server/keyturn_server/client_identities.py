@@ -85,8 +85,9 @@ class CertificateNames:
 
 @functools.lru_cache(maxsize=1024)
 def _compile(kind: NameKind, pattern: str) -> re.Pattern[str]:
-    """Exact, but for '*': one URI path segment, one DNS label, or anything in a CN."""
-    within = {NameKind.URI: "[^/]*", NameKind.DNS: "[^.]*", NameKind.CN: ".*"}[kind]
+    """Exact, but for '*': one URI path segment, one DNS label, or anything in a CN
+    (never nothing)."""
+    within = {NameKind.URI: "[^/]+", NameKind.DNS: "[^.]+", NameKind.CN: ".+"}[kind]
     return re.compile(within.join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
 
 

@@ -27,15 +27,14 @@ def _fingerprint(*filters: object) -> str:
     return hashlib.sha256(repr(filters).encode()).hexdigest()[:12]
 
 
+#: The filters of an admin's ListKeys without filters, as an unauthenticated token names them.
+ALL_KEYS = _fingerprint("keys", "", None, "")
+
 FORGED_PAGE_TOKENS = {
-    "infinite number": _token(b'{"t": 1e400, "i": "key_", "f": "x"}'),
-    "huge number": _token(json.dumps({"t": 10**40, "i": "", "f": _fingerprint()}).encode()),
+    "infinite number": _token(b'{"t": 1e400, "i": "key_", "f": "%s"}' % ALL_KEYS.encode()),
+    "huge number": _token(json.dumps({"t": 10**40, "i": "", "f": ALL_KEYS}).encode()),
     "deep nesting": _token(b"[" * 50_000 + b"]" * 50_000),
-    "nested under a dot": _token(b"[" * 100) + "." + _token(b"]" * 100),
-    "not base64": "%%%%.%%%%",
-    "a forged cursor with the right fingerprint": _token(
-        json.dumps({"t": 0, "i": "", "f": _fingerprint("keys", "", None, "")}).encode()
-    ),
+    "a forged cursor": _token(json.dumps({"t": 0, "i": "", "f": ALL_KEYS}).encode()),
 }
 
 
@@ -103,7 +102,7 @@ async def test_a_huge_token_lifetime_is_invalid_argument(server: Harness, second
     assert "ttl" in failed.violations
 
 
-@pytest.mark.parametrize("seconds", [10**15, 10**11, -(10**15)])
+@pytest.mark.parametrize("seconds", [10**15, -(10**15)])
 async def test_a_huge_duration_in_the_configuration_is_invalid_argument(
     server: Harness, seconds: int
 ) -> None:
