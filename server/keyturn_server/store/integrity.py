@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -104,6 +105,14 @@ EVENT_COLUMNS = (
 #: Quarantined records kept from the scheduler, at most (each is a parameter of its
 #: deadline queries); past it, the oldest is forgotten and may be tried again.
 MAX_QUARANTINE = 256
+#: Rows whose MAC this process computed or checked last, remembered with what it covered:
+#: a handle read back as it was written needs no second HMAC (the validation path reads
+#: the row each call has just written). ~200 bytes each.
+KNOWN_ROWS = 16_384
+
+# One encoder (a new one per call costs more than the HMAC): JSON with ASCII escapes is
+# one unambiguous encoding whatever the Python version and its Unicode tables.
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 _US = timedelta(microseconds=1)
 
@@ -165,6 +174,8 @@ class RowIntegrity:
         self.quarantined: dict[str, None] = {}
         #: Called with the table of every tampered row found (statistics, metrics).
         self.listeners: list[Callable[[str], None]] = []
+        self._known: OrderedDict[tuple[str, str], tuple[tuple[Any, ...], bytes]] = OrderedDict()
+        self._lock = threading.Lock()
 
     @property
     def protection(self) -> Protection:
@@ -179,22 +190,36 @@ class RowIntegrity:
 
     @staticmethod
     def _message(table: str, fields: tuple[Any, ...]) -> bytes:
-        # JSON with ASCII escapes: one unambiguous encoding whatever the Python version.
-        return json.dumps((table, *fields), separators=(",", ":")).encode()
+        return _encode((table, *fields)).encode()
 
-    def tag(self, table: str, fields: tuple[Any, ...]) -> bytes:
-        return self.protection.rows.tag(self._message(table, fields))
+    def tag(self, table: str, fields: tuple[Any, ...], record: str = "") -> bytes:
+        """The MAC of a row about to be written (``record`` names it, to be remembered)."""
+        tag = self.protection.rows.tag(self._message(table, fields))
+        if record:
+            self._remember(table, record, fields, tag)
+        return tag
 
     def intact(
         self, table: str, fields: tuple[Any, ...], tag: Any, record: str, resource: str = ""
     ) -> bool:
         """Whether ``tag`` (as stored) is the MAC of ``fields``; a failure is reported."""
-        if tag is not None and self.protection.rows.verify(
-            self._message(table, fields), bytes(tag)
-        ):
-            return True
+        if tag is not None:
+            tag = bytes(tag)
+            if self._known.get((table, record)) == (fields, tag):
+                return True  # exactly what this process wrote or checked last
+            if self.protection.rows.verify(self._message(table, fields), tag):
+                self._remember(table, record, fields, tag)
+                return True
         self.report(table, record, resource, "missing" if tag is None else "wrong")
         return False
+
+    def _remember(self, table: str, record: str, fields: tuple[Any, ...], tag: bytes) -> None:
+        with self._lock:  # PostgreSQL's units of work run in threads
+            known = self._known
+            known[(table, record)] = (fields, tag)
+            known.move_to_end((table, record))
+            if len(known) > KNOWN_ROWS:
+                known.popitem(last=False)
 
     def require(
         self, table: str, fields: tuple[Any, ...], tag: Any, record: str, resource: str = ""

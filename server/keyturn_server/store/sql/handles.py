@@ -48,9 +48,12 @@ class HandleSql(SqlBase):
         return [h for r in found if (h := self._authentic_handle(r)) is not None]
 
     def _authentic_secret(self, secret: HandleSecret, mac: object) -> bool:
-        record = f"{secret.handle_id} generation {secret.generation}"
         return self._integrity.intact(
-            "handle_secrets", secret_fields(secret), mac, record, resource=secret.handle_id
+            "handle_secrets",
+            secret_fields(secret),
+            mac,
+            _secret_record(secret),
+            resource=secret.handle_id,
         )
 
     def secrets_with_handles(
@@ -94,13 +97,13 @@ class HandleSql(SqlBase):
 
     def insert_handle(self, handle: Handle) -> None:
         row = rows.handle_row(handle)
-        row["mac"] = self._integrity.tag("handles", handle_fields(handle))
+        row["mac"] = self._integrity.tag("handles", handle_fields(handle), handle.id)
         self._run(*insert("handles", row))
 
     def update_handle(self, before: Handle, after: Handle) -> None:
         changed = rows.handle_changes(before, after)
         if changed:
-            changed["mac"] = self._integrity.tag("handles", handle_fields(after))
+            changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
             self._run(*update("handles", changed, {"id": before.id}))
 
     def count_active_handles(self, owner: str, now: datetime) -> int:
@@ -134,7 +137,9 @@ class HandleSql(SqlBase):
 
     def _tagged_secret(self, secret: HandleSecret) -> dict[str, object]:
         row = rows.secret_row(secret)
-        row["mac"] = self._integrity.tag("handle_secrets", secret_fields(secret))
+        row["mac"] = self._integrity.tag(
+            "handle_secrets", secret_fields(secret), _secret_record(secret)
+        )
         return row
 
     def list_handles(
@@ -189,3 +194,7 @@ class HandleSql(SqlBase):
         where, params = ("", ()) if since is None else (" WHERE time >= ?", (to_micros(since),))
         found = self._all(f"SELECT kind, COUNT(*) AS n FROM anomalies{where} GROUP BY kind", params)
         return {r["kind"]: r["n"] for r in found}
+
+
+def _secret_record(secret: HandleSecret) -> str:
+    return f"{secret.handle_id} generation {secret.generation}"
