@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextvars
 from collections import OrderedDict
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from cryptography import x509
@@ -45,6 +45,46 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+class Caller(Protocol):
+    """The other end of one call, as its transport (gRPC or HTTP) saw it."""
+
+    @property
+    def peer(self) -> str:
+        """The peer's host."""
+
+    @property
+    def authorization(self) -> str:
+        """The ``authorization`` metadata or header; "" when absent."""
+
+    def certificate_names(self) -> CertificateNames | None:
+        """The names of the verified client certificate; None without one."""
+
+
+class GrpcCaller:
+    """The caller of a gRPC call. The peer is read at once: once the caller has gone,
+    asking the call for it crashes grpc."""
+
+    __slots__ = ("_context", "peer")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self.peer = peer_host(context.peer() or "")
+
+    @property
+    def authorization(self) -> str:
+        for key, value in self._context.invocation_metadata() or ():
+            if key == "authorization":
+                return value if isinstance(value, str) else ""
+        return ""
+
+    def certificate_names(self) -> CertificateNames | None:
+        auth = self._context.auth_context() or {}
+        found = next(iter(auth.get("x509_pem_cert", ())), None)
+        if not found:
+            return None
+        return certificate_names(found if isinstance(found, bytes) else str(found).encode())
+
+
 class Authenticator:
     def __init__(
         self, tokens: AccessTokenService, insecure: bool, identities: IdentityFile | None = None
@@ -53,19 +93,16 @@ class Authenticator:
         self._insecure = insecure
         self._identities = identities
 
-    async def principal(self, context: Context, method: str, peer: str) -> Principal:
+    async def principal(self, caller: Caller, method: str) -> Principal:
         try:
-            return self._identify(context, peer)
+            return self._identify(caller)
         except Unauthenticated as exc:
-            await self._tokens.audit_failure(peer, method, exc.reason)
+            await self._tokens.audit_failure(caller.peer, method, exc.reason)
             raise
 
-    def _identify(self, context: Context, peer: str) -> Principal:
-        header = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else ""
-                break
+    def _identify(self, caller: Caller) -> Principal:
+        peer = caller.peer
+        header = caller.authorization
         if header:
             scheme, _, secret = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
@@ -73,13 +110,13 @@ class Authenticator:
                     "authorization must be 'Bearer <token>'", reason="MALFORMED_AUTHORIZATION"
                 )
             return self._tokens.authenticate(secret.strip(), peer)
-        names = certificate_names(context)
+        names = caller.certificate_names()
         if names is not None:
             return self.certificate_principal(names, peer)
         if self._insecure:
             return Principal("anonymous", Role.ADMIN, "insecure", peer, may_grant=False)
         raise Unauthenticated(
-            "missing credentials: send metadata 'authorization: Bearer <token>'",
+            "missing credentials: send 'authorization: Bearer <token>'",
             reason="MISSING_CREDENTIALS",
         )
 
@@ -99,13 +136,8 @@ _PARSED: OrderedDict[bytes, CertificateNames] = OrderedDict()
 _PARSED_MAX = 1024
 
 
-def certificate_names(context: Context) -> CertificateNames | None:
-    """The names of the verified client certificate of this call, None without one."""
-    auth = context.auth_context() or {}
-    found = next(iter(auth.get("x509_pem_cert", ())), None)
-    if not found:
-        return None
-    pem = found if isinstance(found, bytes) else str(found).encode()
+def certificate_names(pem: bytes) -> CertificateNames:
+    """The names in a verified client certificate (PEM), parsed once per certificate."""
     names = _PARSED.get(pem)
     if names is None:
         names = parse_certificate(pem)
