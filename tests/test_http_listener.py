@@ -115,8 +115,7 @@ async def test_mutual_tls_over_https_makes_the_configured_principal_the_caller(
     paths = pki["paths"]
     identities = paths["ca"].parent / "identities.toml"
     identities.write_text(
-        '[[identity]]\nname = "payments"\nrole = "service"\n'
-        'uri = "spiffe://example.org/payments"\n'
+        '[[identity]]\nname = "payments"\nrole = "service"\nuri = "spiffe://example.org/payments"\n'
     )
     await server.restart(
         tls_cert=paths["server_cert"],
