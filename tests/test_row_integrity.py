@@ -8,9 +8,10 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import grpc
 import pytest
 
-from keyturn.v1 import handles_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.handles import (
     Handle,
@@ -28,8 +29,9 @@ from keyturn_server.store.integrity import (
     handle_fields,
     secret_fields,
 )
-from tests.harness import Harness
-from tests.security.database import tamper
+from tests.harness import Harness, fails
+from tests.security.database import run_sql, tamper
+from tests.test_metrics import scrape
 
 T0 = datetime(2031, 1, 1, tzinfo=UTC)
 HANDLE = Handle(
@@ -168,3 +170,24 @@ async def test_a_tampered_handle_does_not_stall_the_scheduler(server: Harness) -
     await asyncio.sleep(0.3)
     assert scheduler.passes - passes < 5  # it sleeps: the forged row is no longer due
     assert scheduler.failures == 0
+
+
+async def test_tampered_rows_are_counted_in_statistics_and_metrics(server: Harness) -> None:
+    created = await server.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="billing", role=resources_pb2.ROLE_SERVICE)
+    )
+    await server.stop()
+    run_sql(server, "UPDATE access_tokens SET role = 'ADMIN' WHERE name = 'billing'")
+    await server.start(metrics_listen="127.0.0.1:0")
+    refused = await fails(server.client(created.token).keys.ListKeys(keys_pb2.ListKeysRequest()))
+    assert refused.code == grpc.StatusCode.UNAUTHENTICATED
+    assert server.app is not None and server.app.metrics_port is not None
+    text = await asyncio.to_thread(scrape, server.app.metrics_port)
+    counted = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith('keyturn_tampered_rows_total{table="access_tokens"}')
+    ]
+    stats = await server.admin.keys.GetKeyStatistics(keys_pb2.GetKeyStatisticsRequest())
+    # Every read that meets the row counts: the start's look at the tokens, the refusal.
+    assert counted == [stats.statistics.integrity_failures] and counted[0] >= 2

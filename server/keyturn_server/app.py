@@ -210,6 +210,8 @@ class App:
         )
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
+            tampered = self.metrics.tampered
+            store.add_tamper_listener(lambda table: tampered.labels(table).inc())
         watch = self._watch = WatchService(
             store,
             hub,
