@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from keyturn_server.domain.access import SYSTEM
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
-from keyturn_server.domain.key_material import new_material
 from keyturn_server.domain.keys import Key, KeyState
 from keyturn_server.domain.repositories import Repository, Store
 
@@ -117,7 +116,8 @@ class NonceBudget:
 
     async def rotate(self, key: Key) -> None:
         """A new primary for ``key``, because its primary used up its share of nonces."""
-        secret, public_pem = await new_material(key.algorithm, key.key_length)
+        # The server's own work (caller None): never refused by the generation caps.
+        secret, public_pem = await self._lifecycle.maker.make(key.algorithm, key.key_length, None)
         version = key.primary_version
 
         def work(repo: Repository) -> None:

@@ -150,6 +150,13 @@ class KeySql(SqlBase):
         found = self._page("keys", now, type_name, status_sql, owner, after, limit)
         return Listing(self._authentic_keys(found.items), found.total, found.more)
 
+    def count_keys(self, owner: str) -> int:
+        """Keys of ``owner`` that are not destroyed (the keys_by_owner index)."""
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM keys WHERE owner = ? AND state != 'DESTROYED'", (owner,)
+        )
+        return int(row["n"])
+
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) for every type and computed status."""
         n = to_micros(now)
