@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain import batching
 from keyturn_server.domain.batching import BatchWindow
 from keyturn_server.domain.coalesce import Coalescer
@@ -45,6 +47,7 @@ TALLY = Handle(
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     opened = SqliteStore(tmp_path / "keyturn.db")
+    opened.protect(Protection.derived_from(os.urandom(32)))  # row MACs need their keys
     await opened.write(lambda repo: repo.insert_handle(TALLY))
     yield opened
     await opened.close()

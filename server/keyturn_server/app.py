@@ -34,6 +34,7 @@ from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
+from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.crypto import native
 from keyturn_server.domain.access_token_service import AccessTokenService
@@ -50,6 +51,8 @@ from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.nonce_budget import NonceLimits
+from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
@@ -114,6 +117,9 @@ def _audit_sink(entry: AuditEntry) -> None:
             "outcome": d.outcome,
             "reason": d.reason,
             "peer": d.peer,
+            # The chain's head as it grows: a witness outside the database, against which
+            # VerifyAuditLog's head can be compared (a keyed hash, not a secret).
+            "hash": entry.hash.hex(),
         },
     )
 
@@ -128,7 +134,7 @@ async def prepare(settings: Settings, clock: Clock | None = None) -> str | None:
     store = open_store(settings)
     try:
         keyring, _ = await unlock(
-            store, settings.data_dir, settings.master_key, settings.production
+            store, settings.data_dir, settings.master_key, settings.production, clock
         )
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), clock)
         await ConfigService(store, journal, clock).load()
@@ -170,6 +176,7 @@ class App:
         self.services: Services | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
+        self._identities: IdentityFile | None = None
         self._maker: MaterialMaker | None = None
 
     @property
@@ -196,6 +203,8 @@ class App:
                 check_free(address)
             for address in () if settings.http_listen_is_default else settings.http_listen:
                 check_free(address, "--http-listen")
+        if settings.client_identities is not None:
+            self._identities = IdentityFile(settings.client_identities)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
@@ -203,12 +212,13 @@ class App:
             Membership(settings.worker, settings.data_dir) if settings.worker else None
         )
         keyring, master = await unlock(
-            store, settings.data_dir, settings.master_key, settings.production
+            store, settings.data_dir, settings.master_key, settings.production, self.clock
         )
         self._keyring, self._master = keyring, master
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
+        store.add_tamper_listener(lambda _table: stats.count_integrity_failure())
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
         config = ConfigService(store, journal, self.clock)
         await config.load()
@@ -226,6 +236,8 @@ class App:
             self.clock,
             stats,
             settings.destroy_delay,
+            PageTokens(keyring.page_mac),
+            NonceLimits(settings.nonce_budget),
         )
         handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
         handles = HandleService(
@@ -253,6 +265,8 @@ class App:
         )
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
+            tampered = self.metrics.tampered
+            store.add_tamper_listener(lambda table: tampered.labels(table).inc())
         watch = self._watch = WatchService(
             store,
             hub,
@@ -285,13 +299,15 @@ class App:
             ],
         )
         guard = self._guard = Guard(
-            Authenticator(tokens, settings.insecure_no_auth),
+            Authenticator(tokens, settings.insecure_no_auth, self._identities),
             CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
             stats,
             self.metrics,
         )
         encoder = StreamEncoder(self.clock)
-        audit_service = AuditService(store, AuditChain(keyring.audit_key))
+        audit_service = AuditService(
+            store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
+        )
         servicers: dict[str, object] = {
             SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, stats, self.clock),
             SERVICE_NAMES["handles"]: HandleServicer(handles, watch, encoder, stats, self.clock),
@@ -373,8 +389,13 @@ class App:
         if self._guard is not None:
             self._guard.access.flush()
 
+    def reload_client_identities(self) -> bool:
+        """Read --client-identities again if it changed (done every few seconds)."""
+        return self._identities is not None and self._identities.refresh()
+
     async def _refresh(self) -> None:
         assert self.services is not None
+        self.reload_client_identities()
         self.services.config.refresh()
         if self.membership is not None:
             self.membership.check()

@@ -18,6 +18,7 @@ from typing import Any
 from keyturn_server.app import App, prepare
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.observability import logs
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
@@ -25,7 +26,15 @@ from keyturn_server.settings import Settings, SettingsError, add_serve_arguments
 from keyturn_server.store.sqlite import StoreOpenError
 
 #: What ends a start with one line instead of a traceback.
-START_ERRORS = (MasterKeyError, NativeMissing, StoreOpenError, OSError, ValueError, StartFailed)
+START_ERRORS = (
+    MasterKeyError,
+    NativeMissing,
+    StoreOpenError,
+    OSError,
+    ValueError,
+    KeyturnError,
+    StartFailed,
+)
 
 
 def register(commands: Any) -> None:
