@@ -47,28 +47,50 @@ def master_key_from(
 async def unlock(
     store: Store, data_dir: Path, master_key: str | None, production: bool
 ) -> tuple[Keyring, MasterKey]:
-    master, salt = master_key_from(store, data_dir, master_key, production)
-    reader = store.read()
-    wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
-    if wrapped is not None:
-        return Keyring(KeyringData.unwrap(wrapped, master)), master
-    if reader.meta_names(WRAP_PREFIX):
-        raise MasterKeyError(
-            f"the master key ({master.source}) is not the one this data directory was sealed "
-            "with (no keyring is wrapped for it). Refusing to start; nothing was changed."
+    """The keyring this data directory (or database) is sealed with, opened with the
+    master key; on first start a new one, wrapped and stored.
+
+    Several replicas may start at once on an empty database. The first start claims the
+    keyring's revision (an insert that does nothing when the row exists), so exactly one
+    of them stores a keyring; the others find the claim taken, wait for its commit, and
+    start over reading what it stored, its scrypt salt included."""
+    for _ in range(2):
+        master, salt = master_key_from(store, data_dir, master_key, production)
+        reader = store.read()
+        # In this order: a keyring another process stores between the two reads is then
+        # seen by the second, never taken for one sealed under another master key.
+        sealed = reader.meta_names(WRAP_PREFIX)
+        wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
+        if wrapped is not None:
+            return Keyring(KeyringData.unwrap(wrapped, master)), master
+        if sealed:
+            raise MasterKeyError(
+                f"the master key ({master.source}) is not the one this data directory was "
+                "sealed with (no keyring is wrapped for it). Refusing to start; nothing was "
+                "changed."
+            )
+        data = KeyringData.fresh()
+
+        def first_start(
+            repo: MetaRepository,
+            data: KeyringData = data,
+            master: MasterKey = master,
+            salt: bytes | None = salt,
+        ) -> bool:
+            if not repo.claim_meta(REVISION, str(data.revision).encode()):
+                return False
+            repo.set_meta(WRAP_PREFIX + fingerprint(master), data.wrap(master))
+            if salt is not None:
+                repo.set_meta("master_salt", salt)
+            return True
+
+        if await store.write(first_start):
+            return Keyring(data), master
+        log.info(
+            "another process initialised the keyring at the same time; using it",
+            extra={"category": "security"},
         )
-    data = KeyringData.fresh()
-
-    def first_start(repo: MetaRepository) -> None:
-        if repo.meta_names(WRAP_PREFIX):
-            raise MasterKeyError("another process initialised this data directory meanwhile")
-        repo.set_meta(WRAP_PREFIX + fingerprint(master), data.wrap(master))
-        repo.set_meta(REVISION, str(data.revision).encode())
-        if salt is not None:
-            repo.set_meta("master_salt", salt)
-
-    await store.write(first_start)
-    return Keyring(data), master
+    raise MasterKeyError("the keyring was claimed by another process but cannot be read")
 
 
 def reload_keyring(store: Store, keyring: Keyring, master: MasterKey) -> str:

@@ -43,6 +43,14 @@ class MetaSql(SqlBase):
             (name, value),
         )
 
+    def claim_meta(self, name: str, value: bytes) -> bool:
+        row = self._one(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+            "RETURNING name",
+            (name, value),
+        )
+        return row is not None
+
     def meta_names(self, prefix: str) -> list[str]:
         found = self._all("SELECT name FROM meta WHERE name LIKE ? ORDER BY name", (prefix + "%",))
         return [r["name"] for r in found]
@@ -66,9 +74,12 @@ class MetaSql(SqlBase):
             row["updated_by"],
         )
 
-    def put_config(self, config: StoredConfig) -> None:
-        self._run(
-            "INSERT INTO config (revision, body, update_time, updated_by) VALUES (?, ?, ?, ?)",
+    def put_config(self, config: StoredConfig) -> bool:
+        # A concurrent writer of the same revision makes this wait for its commit, then
+        # insert nothing: the loser learns it lost without an error.
+        row = self._one(
+            "INSERT INTO config (revision, body, update_time, updated_by) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (revision) DO NOTHING RETURNING revision",
             (
                 config.revision,
                 json.dumps(config.body, sort_keys=True),
@@ -76,6 +87,7 @@ class MetaSql(SqlBase):
                 config.updated_by,
             ),
         )
+        return row is not None
 
     # --- sealed values (master-key rotation walks them) ---------------------------------
 
