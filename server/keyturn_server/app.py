@@ -241,7 +241,7 @@ class App:
             stats,
             self.metrics,
         )
-        encoder = StreamEncoder(self.clock)
+        encoder = StreamEncoder()
         guard.register(
             server,
             keys_pb2_grpc.add_KeyServiceServicer_to_server,

@@ -63,7 +63,7 @@ def describe(exc: BaseException) -> str:
 def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
     """The status a caller sees for a database failure; None for a defect (a bad
     statement), which stays an internal error."""
-    if isinstance(exc, psycopg.errors.TransactionRollback | psycopg.IntegrityError):
+    if (exc.sqlstate or "")[:2] in ("40", "23"):  # transaction rollback, integrity
         # A deadlock, a serialization failure, or a concurrent insert of the same row:
         # the transaction was rolled back whole; trying again can succeed.
         return Aborted(
