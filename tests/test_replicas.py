@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.events import EventKind
 from tests.harness import Harness
@@ -115,3 +115,26 @@ async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(
     follower.clock.advance(timedelta(minutes=5))
     await follower.settle()
     assert await rotations(follower, issued.handle.id) == 2
+
+
+async def test_every_replica_reports_overdue_work_from_the_store_whoever_leads(
+    replicas: list[Harness],
+) -> None:
+    """The leader stops scheduling (but keeps its lease): the follower's health shows the
+    overdue deadline too, and NOT_SERVING once it is older than the allowed lag."""
+    leaders = [await leads(h, within=0) for h in replicas]
+    leader, follower = replicas if leaders[0] else replicas[::-1]
+    await leader.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    assert leader.app is not None and leader.app.services is not None
+    await leader.app.services.scheduler.stop()
+    leader.clock.advance(timedelta(minutes=4, seconds=30))  # its warning was due at 4 min
+    health = await follower.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = health.health.components
+    assert part.scheduler.lag.ToTimedelta() == timedelta(seconds=30)
+    assert part.status == admin_pb2.SERVING_STATUS_SERVING  # within the minute allowed
+    assert not part.scheduler.leader and part.scheduler.lease_holder
+    leader.clock.advance(timedelta(minutes=1))
+    health = await follower.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = health.health.components
+    assert part.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+    assert "overdue" in part.reasons[0] and part.scheduler.overdue >= 1

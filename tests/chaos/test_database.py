@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from grpc_health.v1 import health_pb2
 
-from keyturn.v1 import handles_pb2
+from keyturn.v1 import admin_pb2, handles_pb2
 from tests.chaos.conftest import ReplicaFactory
 from tests.chaos.postgres import Cluster, throwaway_root
 from tests.chaos.replicas import (
@@ -172,6 +172,11 @@ async def test_while_the_database_is_down_calls_fail_fast_unavailable_and_health
         noticed = await _until(
             lambda: _all_serving(s.replicas, NOT_SERVING), 5, "NOT_SERVING while down"
         )
+        for replica in s.replicas:  # the detailed health answers too, and says why
+            report = await replica.api.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=3)
+            assert report.health.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+            [store] = [c for c in report.health.components if c.name == "store"]
+            assert not store.store.reachable and "unreachable" in store.reasons[0]
         before = s.outcomes.codes["UNAVAILABLE"]
         await asyncio.sleep(2)
         assert s.outcomes.codes["UNAVAILABLE"] > before  # the load kept being answered
@@ -227,6 +232,6 @@ async def test_a_failover_to_a_promoted_standby_is_survived(
         record_property(
             "figures",
             f"chaos: failover to a promoted standby -> writing {writing:.2f} s after the "
-            f"promotion ({promoted - crashed:.1f} s after the crash), first rotation "
-            f"{rotation:.2f} s; {events} events seen once by 3 watchers",
+            f"promotion ({promoted - crashed:.1f} s after the crash); a new handle rotated "
+            f"{rotation:.2f} s after issue (2 s interval); {events} events seen once by 3 watchers",
         )
