@@ -94,7 +94,12 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         self, request: handles_pb2.RotateHandleRequest, context: Context
     ) -> handles_pb2.RotateHandleResponse:
         rotation = await self._handles.rotate(
-            auth.current(), request.handle_id, request.token, request.user_id, request.reason
+            auth.current(),
+            request.handle_id,
+            request.token,
+            request.user_id,
+            request.reason,
+            dict(request.context),
         )
         return handles_pb2.RotateHandleResponse(
             handle=self._handle(rotation.handle),
@@ -148,5 +153,8 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
     ) -> AsyncIterator[events_pb2.ExpiryEvent]:
         request_ = watch_request(Subject.HANDLE, request)
         async with contextlib.aclosing(self._watch.watch(auth.current(), request_)) as items:
+            # Accepted (rights, filters and resume point checked): headers go out now, so
+            # that the caller knows before the first event; HTTP starts its SSE response.
+            await context.send_initial_metadata(())
             async for item in items:
                 yield self._encoder.message(item)

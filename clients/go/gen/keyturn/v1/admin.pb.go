@@ -7,6 +7,7 @@
 package keyturnv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -966,9 +967,17 @@ type SecurityPolicies struct {
 	MaxConcurrentHandles *uint32 `protobuf:"varint,6,opt,name=max_concurrent_handles,json=maxConcurrentHandles,proto3,oneof" json:"max_concurrent_handles,omitempty"`
 	// Anomaly kinds that revoke the handle instead of only flagging it
 	// [TOKEN_REUSE]. Setting it replaces the whole list.
-	RevokeOn      []AnomalyKind `protobuf:"varint,7,rep,packed,name=revoke_on,json=revokeOn,proto3,enum=keyturn.v1.AnomalyKind" json:"revoke_on,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RevokeOn []AnomalyKind `protobuf:"varint,7,rep,packed,name=revoke_on,json=revokeOn,proto3,enum=keyturn.v1.AnomalyKind" json:"revoke_on,omitempty"`
+	// Keys per owner that are not destroyed; removed keys count until they are
+	// destroyed [10000].
+	MaxKeysPerOwner *uint32 `protobuf:"varint,8,opt,name=max_keys_per_owner,json=maxKeysPerOwner,proto3,oneof" json:"max_keys_per_owner,omitempty"`
+	// Refused presentations (unknown tokens, or tokens of handles the caller has
+	// no rights on) per presenter (principal and transport peer) per minute;
+	// past it the presenter's presentations are answered INVALID without a
+	// lookup until its refusals fall back under it [60]. docs/security.md.
+	RefusedPerPresenter *uint32 `protobuf:"varint,9,opt,name=refused_per_presenter,json=refusedPerPresenter,proto3,oneof" json:"refused_per_presenter,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SecurityPolicies) Reset() {
@@ -1048,6 +1057,20 @@ func (x *SecurityPolicies) GetRevokeOn() []AnomalyKind {
 		return x.RevokeOn
 	}
 	return nil
+}
+
+func (x *SecurityPolicies) GetMaxKeysPerOwner() uint32 {
+	if x != nil && x.MaxKeysPerOwner != nil {
+		return *x.MaxKeysPerOwner
+	}
+	return 0
+}
+
+func (x *SecurityPolicies) GetRefusedPerPresenter() uint32 {
+	if x != nil && x.RefusedPerPresenter != nil {
+		return *x.RefusedPerPresenter
+	}
+	return 0
 }
 
 type Config struct {
@@ -2052,7 +2075,7 @@ var File_keyturn_v1_admin_proto protoreflect.FileDescriptor
 const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16keyturn/v1/admin.proto\x12\n" +
-	"keyturn.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"0\n" +
+	"keyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"0\n" +
 	"\x10GetHealthRequest\x12\x1c\n" +
 	"\tcomponent\x18\x01 \x01(\tR\tcomponent\"?\n" +
 	"\x11GetHealthResponse\x12*\n" +
@@ -2127,7 +2150,7 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\x11warning_threshold\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10warningThreshold\x12<\n" +
 	"\fmax_lifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1b\n" +
 	"\tmax_usage\x18\x06 \x01(\x04R\bmaxUsage\x12<\n" +
-	"\fgrace_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\"\xef\x03\n" +
+	"\fgrace_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\"\x8b\x05\n" +
 	"\x10SecurityPolicies\x12(\n" +
 	"\rprevent_reuse\x18\x01 \x01(\bH\x00R\fpreventReuse\x88\x01\x01\x12.\n" +
 	"\x10enforce_rotation\x18\x02 \x01(\bH\x01R\x0fenforceRotation\x88\x01\x01\x12$\n" +
@@ -2136,13 +2159,17 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\x11anomaly_detection\x18\x04 \x01(\bH\x03R\x10anomalyDetection\x88\x01\x01\x126\n" +
 	"\x15rate_limit_per_handle\x18\x05 \x01(\rH\x04R\x12rateLimitPerHandle\x88\x01\x01\x129\n" +
 	"\x16max_concurrent_handles\x18\x06 \x01(\rH\x05R\x14maxConcurrentHandles\x88\x01\x01\x124\n" +
-	"\trevoke_on\x18\a \x03(\x0e2\x17.keyturn.v1.AnomalyKindR\brevokeOnB\x10\n" +
+	"\trevoke_on\x18\a \x03(\x0e2\x17.keyturn.v1.AnomalyKindR\brevokeOn\x120\n" +
+	"\x12max_keys_per_owner\x18\b \x01(\rH\x06R\x0fmaxKeysPerOwner\x88\x01\x01\x127\n" +
+	"\x15refused_per_presenter\x18\t \x01(\rH\aR\x13refusedPerPresenter\x88\x01\x01B\x10\n" +
 	"\x0e_prevent_reuseB\x13\n" +
 	"\x11_enforce_rotationB\x0e\n" +
 	"\f_track_usageB\x14\n" +
 	"\x12_anomaly_detectionB\x18\n" +
 	"\x16_rate_limit_per_handleB\x19\n" +
-	"\x17_max_concurrent_handles\"\x9c\x04\n" +
+	"\x17_max_concurrent_handlesB\x15\n" +
+	"\x13_max_keys_per_ownerB\x18\n" +
+	"\x16_refused_per_presenter\"\x9c\x04\n" +
 	"\x06Config\x12=\n" +
 	"\tkey_types\x18\x01 \x03(\v2 .keyturn.v1.Config.KeyTypesEntryR\bkeyTypes\x12F\n" +
 	"\fhandle_types\x18\x02 \x03(\v2#.keyturn.v1.Config.HandleTypesEntryR\vhandleTypes\x12I\n" +
@@ -2245,16 +2272,19 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\rServingStatus\x12\x1e\n" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n" +
-	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xbf\x05\n" +
-	"\fAdminService\x12M\n" +
-	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\"\x03\x90\x02\x01\x12B\n" +
-	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\"\x03\x90\x02\x01\x12C\n" +
-	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\x12_\n" +
-	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12\\\n" +
-	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\"\x03\x90\x02\x01\x12`\n" +
-	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\x12b\n" +
-	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\x11RevokeAccessToken\x12$.keyturn.v1.RevokeAccessTokenRequest\x1a\x17.keyturn.v1.AccessTokenB\xa5\x01\n" +
+	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xae\a\n" +
+	"\fAdminService\x12y\n" +
+	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\"/\x82\xd3\xe4\x93\x02&Z\x18\x12\x16/v1/health/{component}\x12\n" +
+	"/v1/health\x90\x02\x01\x12T\n" +
+	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\"\x15\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/config\x90\x02\x01\x12_\n" +
+	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\"\x1a\x82\xd3\xe4\x93\x02\x14:\x06config2\n" +
+	"/v1/config\x12v\n" +
+	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\"\x1a\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auditEvents\x90\x02\x01\x12z\n" +
+	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\"!\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/auditEvents:verify\x90\x02\x01\x12}\n" +
+	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/accessTokens\x12z\n" +
+	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/accessTokens\x90\x02\x01\x12}\n" +
+	"\x11RevokeAccessToken\x12$.keyturn.v1.RevokeAccessTokenRequest\x1a\x17.keyturn.v1.AccessToken\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/accessTokens/{name}:revokeB\xa5\x01\n" +
 	"\x0ecom.keyturn.v1B\n" +
 	"AdminProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +

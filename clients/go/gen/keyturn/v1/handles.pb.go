@@ -7,6 +7,7 @@
 package keyturnv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -620,9 +621,13 @@ type RotateHandleRequest struct {
 	//
 	//	*RotateHandleRequest_HandleId
 	//	*RotateHandleRequest_Token
-	Target        isRotateHandleRequest_Target `protobuf_oneof:"target"`
-	UserId        string                       `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Reason        string                       `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Target isRotateHandleRequest_Target `protobuf_oneof:"target"`
+	UserId string                       `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Reason string                       `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Rotating by token: the context of this presentation ("ip", "user_agent"),
+	// checked against the handle's bound context as ValidateHandle checks it.
+	// Ignored when rotating by id.
+	Context       map[string]string `protobuf:"bytes,5,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -696,6 +701,13 @@ func (x *RotateHandleRequest) GetReason() string {
 	return ""
 }
 
+func (x *RotateHandleRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 type isRotateHandleRequest_Target interface {
 	isRotateHandleRequest_Target()
 }
@@ -707,7 +719,10 @@ type RotateHandleRequest_HandleId struct {
 
 type RotateHandleRequest_Token struct {
 	// Rotate by presenting the current secret (or the previous one inside its
-	// grace period, to pick up an automatic rotation).
+	// grace period, to pick up an automatic rotation): the owner, an operator
+	// or an admin, under the rules of a validation (state, context binding,
+	// rate limit). Anyone else gets NOT_FOUND (TOKEN_NOT_VALID), as for an
+	// unknown token.
 	Token string `protobuf:"bytes,4,opt,name=token,proto3,oneof"`
 }
 
@@ -921,7 +936,7 @@ var File_keyturn_v1_handles_proto protoreflect.FileDescriptor
 const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\n" +
 	"\x18keyturn/v1/handles.proto\x12\n" +
-	"keyturn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xca\x01\n" +
+	"keyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xca\x01\n" +
 	"\x15GenerateHandleRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12H\n" +
 	"\acontext\x18\x02 \x03(\v2..keyturn.v1.GenerateHandleRequest.ContextEntryR\acontext\x12\x17\n" +
@@ -971,12 +986,16 @@ const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\x16ValidateHandleResponse\x126\n" +
 	"\n" +
 	"validation\x18\x01 \x01(\v2\x16.keyturn.v1.ValidationR\n" +
-	"validation\"\x87\x01\n" +
+	"validation\"\x8b\x02\n" +
 	"\x13RotateHandleRequest\x12\x1d\n" +
 	"\thandle_id\x18\x01 \x01(\tH\x00R\bhandleId\x12\x16\n" +
 	"\x05token\x18\x04 \x01(\tH\x00R\x05token\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reasonB\b\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12F\n" +
+	"\acontext\x18\x05 \x03(\v2,.keyturn.v1.RotateHandleRequest.ContextEntryR\acontext\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
 	"\x06target\"\xa6\x01\n" +
 	"\x14RotateHandleResponse\x12*\n" +
 	"\x06handle\x18\x01 \x01(\v2\x12.keyturn.v1.HandleR\x06handle\x12\x14\n" +
@@ -1000,16 +1019,16 @@ const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\x1eVALIDATION_REASON_RATE_LIMITED\x10\x05\x12&\n" +
 	"\"VALIDATION_REASON_CONTEXT_MISMATCH\x10\x06\x12 \n" +
 	"\x1cVALIDATION_REASON_SUPERSEDED\x10\a\x12\x1f\n" +
-	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\xb2\x05\n" +
-	"\rHandleService\x12W\n" +
-	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\x12B\n" +
-	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\x03\x90\x02\x01\x12S\n" +
-	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x03\x90\x02\x01\x12W\n" +
-	"\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\x12Q\n" +
-	"\fRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\x12C\n" +
-	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\x12k\n" +
-	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\"\x03\x90\x02\x01\x12Q\n" +
-	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x010\x01B\xa7\x01\n" +
+	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\xc3\a\n" +
+	"\rHandleService\x12o\n" +
+	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/handles\x12a\n" +
+	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/handles/{handle_id}\x90\x02\x01\x12f\n" +
+	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x16\x82\xd3\xe4\x93\x02\r\x12\v/v1/handles\x90\x02\x01\x12x\n" +
+	"\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/handles:validate\x12\x95\x01\n" +
+	"\fRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\"B\x82\xd3\xe4\x93\x02<:\x01*Z\x17:\x01*\"\x12/v1/handles:rotate\"\x1e/v1/handles/{handle_id}:rotate\x12d\n" +
+	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/handles/{handle_id}\x12\x89\x01\n" +
+	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\"!\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/handles:statistics\x90\x02\x01\x12r\n" +
+	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"$\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/handles:watchExpiring\x90\x02\x010\x01B\xa7\x01\n" +
 	"\x0ecom.keyturn.v1B\fHandlesProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"
@@ -1027,7 +1046,7 @@ func file_keyturn_v1_handles_proto_rawDescGZIP() []byte {
 }
 
 var file_keyturn_v1_handles_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keyturn_v1_handles_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_keyturn_v1_handles_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_keyturn_v1_handles_proto_goTypes = []any{
 	(ValidationReason)(0),               // 0: keyturn.v1.ValidationReason
 	(*GenerateHandleRequest)(nil),       // 1: keyturn.v1.GenerateHandleRequest
@@ -1045,49 +1064,51 @@ var file_keyturn_v1_handles_proto_goTypes = []any{
 	(*GetHandleStatisticsResponse)(nil), // 13: keyturn.v1.GetHandleStatisticsResponse
 	nil,                                 // 14: keyturn.v1.GenerateHandleRequest.ContextEntry
 	nil,                                 // 15: keyturn.v1.ValidateHandleRequest.ContextEntry
-	(*Handle)(nil),                      // 16: keyturn.v1.Handle
-	(HandleStatus)(0),                   // 17: keyturn.v1.HandleStatus
-	(*timestamppb.Timestamp)(nil),       // 18: google.protobuf.Timestamp
-	(*Anomaly)(nil),                     // 19: keyturn.v1.Anomaly
-	(*HandleStatistics)(nil),            // 20: keyturn.v1.HandleStatistics
-	(*WatchExpiringRequest)(nil),        // 21: keyturn.v1.WatchExpiringRequest
-	(*ExpiryEvent)(nil),                 // 22: keyturn.v1.ExpiryEvent
+	nil,                                 // 16: keyturn.v1.RotateHandleRequest.ContextEntry
+	(*Handle)(nil),                      // 17: keyturn.v1.Handle
+	(HandleStatus)(0),                   // 18: keyturn.v1.HandleStatus
+	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
+	(*Anomaly)(nil),                     // 20: keyturn.v1.Anomaly
+	(*HandleStatistics)(nil),            // 21: keyturn.v1.HandleStatistics
+	(*WatchExpiringRequest)(nil),        // 22: keyturn.v1.WatchExpiringRequest
+	(*ExpiryEvent)(nil),                 // 23: keyturn.v1.ExpiryEvent
 }
 var file_keyturn_v1_handles_proto_depIdxs = []int32{
 	14, // 0: keyturn.v1.GenerateHandleRequest.context:type_name -> keyturn.v1.GenerateHandleRequest.ContextEntry
-	16, // 1: keyturn.v1.GenerateHandleResponse.handle:type_name -> keyturn.v1.Handle
-	17, // 2: keyturn.v1.ListHandlesRequest.status:type_name -> keyturn.v1.HandleStatus
-	16, // 3: keyturn.v1.ListHandlesResponse.handles:type_name -> keyturn.v1.Handle
+	17, // 1: keyturn.v1.GenerateHandleResponse.handle:type_name -> keyturn.v1.Handle
+	18, // 2: keyturn.v1.ListHandlesRequest.status:type_name -> keyturn.v1.HandleStatus
+	17, // 3: keyturn.v1.ListHandlesResponse.handles:type_name -> keyturn.v1.Handle
 	0,  // 4: keyturn.v1.Validation.reason:type_name -> keyturn.v1.ValidationReason
-	18, // 5: keyturn.v1.Validation.expire_time:type_name -> google.protobuf.Timestamp
-	18, // 6: keyturn.v1.Validation.rotate_time:type_name -> google.protobuf.Timestamp
-	19, // 7: keyturn.v1.Validation.anomalies:type_name -> keyturn.v1.Anomaly
+	19, // 5: keyturn.v1.Validation.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 6: keyturn.v1.Validation.rotate_time:type_name -> google.protobuf.Timestamp
+	20, // 7: keyturn.v1.Validation.anomalies:type_name -> keyturn.v1.Anomaly
 	15, // 8: keyturn.v1.ValidateHandleRequest.context:type_name -> keyturn.v1.ValidateHandleRequest.ContextEntry
 	6,  // 9: keyturn.v1.ValidateHandleResponse.validation:type_name -> keyturn.v1.Validation
-	16, // 10: keyturn.v1.RotateHandleResponse.handle:type_name -> keyturn.v1.Handle
-	18, // 11: keyturn.v1.RotateHandleResponse.previous_valid_until:type_name -> google.protobuf.Timestamp
-	20, // 12: keyturn.v1.GetHandleStatisticsResponse.statistics:type_name -> keyturn.v1.HandleStatistics
-	1,  // 13: keyturn.v1.HandleService.GenerateHandle:input_type -> keyturn.v1.GenerateHandleRequest
-	3,  // 14: keyturn.v1.HandleService.GetHandle:input_type -> keyturn.v1.GetHandleRequest
-	4,  // 15: keyturn.v1.HandleService.ListHandles:input_type -> keyturn.v1.ListHandlesRequest
-	7,  // 16: keyturn.v1.HandleService.ValidateHandle:input_type -> keyturn.v1.ValidateHandleRequest
-	9,  // 17: keyturn.v1.HandleService.RotateHandle:input_type -> keyturn.v1.RotateHandleRequest
-	11, // 18: keyturn.v1.HandleService.RemoveHandle:input_type -> keyturn.v1.RemoveHandleRequest
-	12, // 19: keyturn.v1.HandleService.GetHandleStatistics:input_type -> keyturn.v1.GetHandleStatisticsRequest
-	21, // 20: keyturn.v1.HandleService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
-	2,  // 21: keyturn.v1.HandleService.GenerateHandle:output_type -> keyturn.v1.GenerateHandleResponse
-	16, // 22: keyturn.v1.HandleService.GetHandle:output_type -> keyturn.v1.Handle
-	5,  // 23: keyturn.v1.HandleService.ListHandles:output_type -> keyturn.v1.ListHandlesResponse
-	8,  // 24: keyturn.v1.HandleService.ValidateHandle:output_type -> keyturn.v1.ValidateHandleResponse
-	10, // 25: keyturn.v1.HandleService.RotateHandle:output_type -> keyturn.v1.RotateHandleResponse
-	16, // 26: keyturn.v1.HandleService.RemoveHandle:output_type -> keyturn.v1.Handle
-	13, // 27: keyturn.v1.HandleService.GetHandleStatistics:output_type -> keyturn.v1.GetHandleStatisticsResponse
-	22, // 28: keyturn.v1.HandleService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	16, // 10: keyturn.v1.RotateHandleRequest.context:type_name -> keyturn.v1.RotateHandleRequest.ContextEntry
+	17, // 11: keyturn.v1.RotateHandleResponse.handle:type_name -> keyturn.v1.Handle
+	19, // 12: keyturn.v1.RotateHandleResponse.previous_valid_until:type_name -> google.protobuf.Timestamp
+	21, // 13: keyturn.v1.GetHandleStatisticsResponse.statistics:type_name -> keyturn.v1.HandleStatistics
+	1,  // 14: keyturn.v1.HandleService.GenerateHandle:input_type -> keyturn.v1.GenerateHandleRequest
+	3,  // 15: keyturn.v1.HandleService.GetHandle:input_type -> keyturn.v1.GetHandleRequest
+	4,  // 16: keyturn.v1.HandleService.ListHandles:input_type -> keyturn.v1.ListHandlesRequest
+	7,  // 17: keyturn.v1.HandleService.ValidateHandle:input_type -> keyturn.v1.ValidateHandleRequest
+	9,  // 18: keyturn.v1.HandleService.RotateHandle:input_type -> keyturn.v1.RotateHandleRequest
+	11, // 19: keyturn.v1.HandleService.RemoveHandle:input_type -> keyturn.v1.RemoveHandleRequest
+	12, // 20: keyturn.v1.HandleService.GetHandleStatistics:input_type -> keyturn.v1.GetHandleStatisticsRequest
+	22, // 21: keyturn.v1.HandleService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
+	2,  // 22: keyturn.v1.HandleService.GenerateHandle:output_type -> keyturn.v1.GenerateHandleResponse
+	17, // 23: keyturn.v1.HandleService.GetHandle:output_type -> keyturn.v1.Handle
+	5,  // 24: keyturn.v1.HandleService.ListHandles:output_type -> keyturn.v1.ListHandlesResponse
+	8,  // 25: keyturn.v1.HandleService.ValidateHandle:output_type -> keyturn.v1.ValidateHandleResponse
+	10, // 26: keyturn.v1.HandleService.RotateHandle:output_type -> keyturn.v1.RotateHandleResponse
+	17, // 27: keyturn.v1.HandleService.RemoveHandle:output_type -> keyturn.v1.Handle
+	13, // 28: keyturn.v1.HandleService.GetHandleStatistics:output_type -> keyturn.v1.GetHandleStatisticsResponse
+	23, // 29: keyturn.v1.HandleService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_keyturn_v1_handles_proto_init() }
@@ -1108,7 +1129,7 @@ func file_keyturn_v1_handles_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyturn_v1_handles_proto_rawDesc), len(file_keyturn_v1_handles_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
