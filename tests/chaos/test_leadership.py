@@ -136,7 +136,7 @@ async def _failover(
     new_leader, _ = await single_leader(survivors, within=FAILOVER_BOUND)
     settled = time.time() - failed_at
     # Exactly one leader, and it stays so; rotations due from now on are on time.
-    await asyncio.sleep(3)
+    await asyncio.sleep(2)
     assert [r.name for r in await leaders(survivors)] == [new_leader.name]
     assert rotations.worst_lateness(failed_at + FAILOVER_BOUND) < 1.0
     rotations.assert_never_doubled()
@@ -217,7 +217,7 @@ async def test_a_stalled_leader_shows_in_every_replicas_health_then_catches_up_i
     )
     os.kill(leader.pid, signal.SIGSTOP)
     try:
-        await asyncio.sleep(5)  # the warning (1 s) and the rotation (2 s) are overdue
+        await asyncio.sleep(4)  # the warning (1 s) and the rotation (2 s) are overdue
         for replica in others:
             part = await replica.scheduler()
             assert part.status == admin_pb2.SERVING_STATUS_NOT_SERVING, replica.name

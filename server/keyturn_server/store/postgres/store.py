@@ -54,7 +54,7 @@ APPEND_LOCK = 0x6B74_0001  # serialises event and audit appends
 MIGRATE_LOCK = 0x6B74_0003
 CHANNEL = "keyturn_events"
 #: How long a call waits for a pooled connection before it is refused (UNAVAILABLE).
-POOL_WAIT = 2.0
+POOL_WAIT = 1.0
 #: A session idle inside a transaction this long is ended by the server, so that a
 #: stalled replica cannot hold row locks (or the lease row) for ever.
 IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=30000"
