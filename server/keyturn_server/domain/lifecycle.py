@@ -31,7 +31,7 @@ from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.deadlines import DeadlineKind, Overdue, SecretRef, VersionRef
-from keyturn_server.domain.errors import Unavailable
+from keyturn_server.domain.errors import DataLoss, Unavailable
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.keys import KeyState
@@ -233,6 +233,14 @@ class Scheduler:
         return await self._write(lease, work)
 
     def _step(self, repo: Repository, item: Overdue, now: datetime) -> bool:
+        try:
+            return self._act(repo, item, now)
+        except DataLoss:
+            # Its stored row failed authentication before anything was changed; the
+            # store reported it and keeps it from the next passes. The others go on.
+            return False
+
+    def _act(self, repo: Repository, item: Overdue, now: datetime) -> bool:
         match item.kind, item.ref:
             case K.VERSION_EXPIRE, VersionRef() as ref:
                 return self._keys.expire_version(repo, ref, now)
@@ -253,7 +261,10 @@ class Scheduler:
     async def _rotate_or_expire_key(self, lease: Lease, key_id: str, now: datetime) -> bool:
         """Keys rotate (or expire) in a unit of work of their own: new material is made
         first, outside it."""
-        key = self._store.read().get_key(key_id)
+        try:
+            key = self._store.read().get_key(key_id)
+        except DataLoss:
+            return False  # reported by the store, and kept from the next passes
         if key is None or key.state is not KeyState.ACTIVE:
             return False
         enforce = self._config.current.policies.enforce_rotation

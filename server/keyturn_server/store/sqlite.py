@@ -35,10 +35,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from keyturn_server.clock import Clock
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
@@ -138,7 +140,8 @@ class SqliteStore:
         self._writer.execute("PRAGMA synchronous = FULL")
         self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
-        self._reader = SqlRepository(self._read_conn)
+        self.integrity = RowIntegrity()
+        self._reader = SqlRepository(self._read_conn, integrity=self.integrity)
         self._listeners: list[CommitListener] = []
         self._batch: list[_Outcome] = []
         self._waiting: list[tuple[Callable[[Repository], Any], asyncio.Future[Any]]] = []
@@ -170,7 +173,7 @@ class SqliteStore:
     def _run(self, work: Callable[[Repository], Any], future: asyncio.Future[Any]) -> None:
         """Run one unit now, in its own savepoint of the open transaction."""
         conn = self._writer
-        repo = SqlRepository(conn)
+        repo = SqlRepository(conn, integrity=self.integrity)
         conn.execute("SAVEPOINT unit")
         try:
             value = work(repo)
@@ -211,7 +214,7 @@ class SqliteStore:
             try:
                 conn.execute("PRAGMA query_only = 1")
                 conn.execute("BEGIN")  # one consistent snapshot for every query of the report
-                return work(SqlRepository(conn))
+                return work(SqlRepository(conn, integrity=self.integrity))
             finally:
                 conn.close()
 
@@ -234,6 +237,12 @@ class SqliteStore:
 
     def start(self) -> None:
         pass
+
+    def protect(self, protection: Protection) -> None:
+        self.integrity.protect(protection)
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        self.integrity.listeners.append(listener)
 
     def status(self) -> StoreStatus:
         return StoreStatus(

@@ -10,7 +10,7 @@ from keyturn_server.domain.repositories.deadlines import DeadlineQueue
 from keyturn_server.domain.repositories.events import EventLog
 from keyturn_server.domain.repositories.handles import AnomalyLog, HandleRepository
 from keyturn_server.domain.repositories.keys import KeyRepository
-from keyturn_server.domain.repositories.meta import MetaRepository
+from keyturn_server.domain.repositories.meta import MetaRepository, RowProtection
 from keyturn_server.domain.repositories.sealed import SealedKind, SealedValue, SealedValues
 from keyturn_server.domain.repositories.store import (
     CommitListener,
@@ -33,6 +33,7 @@ __all__ = [
     "LeaseRepository",
     "MetaRepository",
     "Repository",
+    "RowProtection",
     "SealedKind",
     "SealedValue",
     "SealedValues",

@@ -30,10 +30,12 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from keyturn_server.clock import Clock
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.errors import KeyturnError, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.postgres.connections import (
     PgConnection,
     ReadConnection,
@@ -95,7 +97,8 @@ class PostgresStore:
             down=self._status_changed,
         )
         self._reads = ReadConnection(url, lambda: self._link.problem, self._reads_repaired)
-        self._reader = SqlRepository(self._reads)
+        self.integrity = RowIntegrity()
+        self._reader = SqlRepository(self._reads, integrity=self.integrity)
         self._listeners: list[CommitListener] = []
         self._status_listeners: list[Callable[[], None]] = []
         self._published = self._reader.event_bounds()[1]
@@ -164,7 +167,9 @@ class PostgresStore:
                         adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
                         appended = True
 
-                repo = SqlRepository(adapter, concurrent_writers=True, lock_appends=lock)
+                repo = SqlRepository(
+                    adapter, integrity=self.integrity, concurrent_writers=True, lock_appends=lock
+                )
                 value = work(repo)
                 if repo.events:
                     adapter.execute(f"NOTIFY {CHANNEL}")
@@ -181,7 +186,7 @@ class PostgresStore:
             try:
                 with self._pool.connection() as conn, conn.transaction():
                     conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    return work(SqlRepository(PgConnection(conn)))
+                    return work(SqlRepository(PgConnection(conn), integrity=self.integrity))
             except psycopg.Error as exc:
                 raise self._failed(exc, "report") from None
 
@@ -208,6 +213,12 @@ class PostgresStore:
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def protect(self, protection: Protection) -> None:
+        self.integrity.protect(protection)
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        self.integrity.listeners.append(listener)
 
     def add_status_listener(self, listener: Callable[[], None]) -> None:
         self._status_listeners.append(listener)
