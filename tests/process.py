@@ -30,6 +30,8 @@ class ServerProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
         self.stdout = data_dir.parent / f"{data_dir.name}-server.out"
+        #: Environment variables the server gets on top of the test's.
+        self.env: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -41,7 +43,7 @@ class ServerProcess:
         return self.process.pid
 
     def spawn(self) -> None:
-        env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}
+        env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning", **self.env}
         command = [
             sys.executable,
             "-m",

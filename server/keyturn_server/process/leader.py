@@ -2,9 +2,10 @@
 
 Every worker waits for an exclusive ``flock`` on the file in a thread of its own; the
 kernel grants it to one at a time and takes it back only when the holder's process ends
-(or it releases it on a graceful stop), so there is never more than one scheduler and the
-next worker takes over the moment the holder is gone. Nothing can take the lock from a
-live holder, so no fencing is needed beyond the store's write lock.
+(or it lets go on a graceful stop), so the next worker takes over the moment the holder
+is gone. The holder then takes the store's scheduler lease (domain/lease.py), whose epoch
+fences every scheduled write as for replicas: a worker that somehow lost the lease stops
+acting even while it holds the file.
 """
 
 from __future__ import annotations
@@ -18,25 +19,53 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from keyturn_server.clock import Clock
+from keyturn_server.domain.lease import Lease
+from keyturn_server.domain.repositories import Repository, Store
+
 log = logging.getLogger("keyturn.scheduler")
 LOCK_FILE = "scheduler.lock"
 
 
-class SchedulerLock:
-    def __init__(self, data_dir: Path, worker: int) -> None:
+class WorkerLeadership:
+    """A Leadership (domain/leadership.py) among the workers of one supervisor."""
+
+    def __init__(
+        self, store: Store, clock: Clock, holder: str, data_dir: Path, worker: int
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self.holder = holder
         self.path = data_dir / LOCK_FILE
         self.worker = worker
-        self._held = threading.Event()
-        #: Guards the file descriptor between the waiting thread and release().
+        self._lease: Lease | None = None
+        self._callbacks: list[Callable[[], None]] = []
+        #: Guards the file descriptor between the waiting thread and stop().
         self._guard = threading.Lock()
         self._fd: int | None = None
-        self._thread: threading.Thread | None = None
+        self._taking: asyncio.Task[None] | None = None
 
-    def is_leader(self) -> bool:
-        return self._held.is_set()
+    def lease(self) -> Lease | None:
+        return self._lease
 
-    def start(self, gained: Callable[[], None]) -> None:
-        """Begin waiting for the lock; ``gained`` runs on the loop once it is held."""
+    def lost(self, lease: Lease) -> None:
+        if self._lease == lease:
+            self._lease = None
+            log.warning(
+                "the scheduler lease was taken over; this worker stopped scheduling",
+                extra={"category": "error", "epoch": lease.epoch, "worker": self.worker},
+            )
+            self._changed()
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def _changed(self) -> None:
+        for callback in self._callbacks:
+            callback()
+
+    async def start(self) -> None:
+        """Begin waiting for the lock; the lease is taken once it is held."""
         loop = asyncio.get_running_loop()
         fd = self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
@@ -46,28 +75,46 @@ class SchedulerLock:
             except OSError:
                 return
             with self._guard:
-                if self._fd != fd:  # released meanwhile: the number may be reused now
+                if self._fd != fd:  # stopped meanwhile: the number may be reused now
                     return
                 os.ftruncate(fd, 0)
                 os.write(fd, f"{os.getpid()}\n".encode())
-                self._held.set()
             with contextlib.suppress(RuntimeError):  # the loop closed: stopping
-                loop.call_soon_threadsafe(self._announce, gained)
+                loop.call_soon_threadsafe(self._gained)
 
-        self._thread = threading.Thread(target=wait, name="keyturn-scheduler-lock", daemon=True)
-        self._thread.start()
+        threading.Thread(target=wait, name="keyturn-scheduler-lock", daemon=True).start()
 
-    def _announce(self, gained: Callable[[], None]) -> None:
+    def _gained(self) -> None:
+        self._taking = asyncio.ensure_future(self._take())
+
+    async def _take(self) -> None:
+        def take(repo: Repository) -> Lease:
+            return repo.take_scheduler_lease(self.holder, self._clock.now())
+
+        try:
+            self._lease = await self._store.write(take)
+        except Exception:
+            log.exception("taking the scheduler lease failed", extra={"category": "error"})
+            return
         log.info(
             "this worker runs the scheduler",
-            extra={"category": "app", "worker": self.worker, "pid": os.getpid()},
+            extra={
+                "category": "app",
+                "worker": self.worker,
+                "pid": os.getpid(),
+                "epoch": self._lease.epoch,
+            },
         )
-        gained()
+        self._changed()
 
-    def release(self) -> None:
+    async def stop(self) -> None:
         """Let another worker lead (graceful stop); the process's end does it anyway."""
+        if self._taking is not None:
+            self._taking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._taking
+        self._lease = None
         with self._guard:
-            self._held.clear()
             if self._fd is not None:
                 fd, self._fd = self._fd, None
                 with contextlib.suppress(OSError):

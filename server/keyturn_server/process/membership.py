@@ -1,10 +1,10 @@
 """A worker's ties to its siblings: which one schedules, and wake-ups after commits.
 
 On SQLite the workers share one database file: the scheduler lock (:mod:`leader`) picks
-the one worker that schedules, and the peers' sockets (:mod:`peers`) bring each worker
-the events and configuration revisions the others commit. On PostgreSQL each worker is a
-replica like any other: the store's advisory lock leads and LISTEN/NOTIFY fans out, so
-there is nothing to add.
+the one worker that takes the scheduler's lease, and the peers' sockets (:mod:`peers`)
+bring each worker the events and configuration revisions the others commit. On
+PostgreSQL each worker is a replica like any other: the store's own leadership elects one
+and LISTEN/NOTIFY fans out, so there is nothing to add.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from keyturn_server.process.leader import SchedulerLock
+from keyturn_server.clock import Clock
+from keyturn_server.process.leader import WorkerLeadership
 from keyturn_server.process.peers import CONFIG, EVENTS, Peers
 from keyturn_server.process.worker import WorkerRole
 from keyturn_server.store.sqlite import SqliteStore
@@ -25,24 +26,19 @@ log = logging.getLogger("keyturn.app")
 class Membership:
     def __init__(self, role: WorkerRole, data_dir: Path) -> None:
         self.role = role
-        self._lock = SchedulerLock(data_dir, role.index)
+        self._data_dir = data_dir
         self._peers = Peers(role.peers, role.index, role.count)
         self._sqlite: SqliteStore | None = None
 
-    def is_leader(self) -> bool:
-        return self._lock.is_leader()
+    def leadership(self, store: SqliteStore, clock: Clock, holder: str) -> WorkerLeadership:
+        """Who schedules among the workers sharing ``store``."""
+        return WorkerLeadership(store, clock, holder, self._data_dir, self.role.index)
 
-    def start(
-        self,
-        store: SqliteStore,
-        scheduler_poke: Callable[[], None],
-        config_refresh: Callable[[], None],
-    ) -> None:
+    def start(self, store: SqliteStore, config_refresh: Callable[[], None]) -> None:
         """Join the siblings on a shared SQLite store (call once the loop runs)."""
         self._sqlite = store
         store.announce = lambda: self._peers.notify(EVENTS)
         self._peers.start(on_events=store.catch_up, on_config=config_refresh)
-        self._lock.start(gained=scheduler_poke)
         # Anything committed before the socket was bound was announced to nobody.
         store.catch_up()
 
@@ -59,5 +55,4 @@ class Membership:
         return os.getppid() != self.role.supervisor
 
     def stop(self) -> None:
-        self._lock.release()
         self._peers.close()
