@@ -10,10 +10,11 @@ step() { printf '\n== %s\n' "$*"; }
 done_stage() { passed=$((passed + 1)); }
 
 step "format and lint (ruff), types (mypy)"
-lint_paths="server tests bench clients/python/keyturn examples/python"
+lint_paths="server tests bench clients/python/keyturn clients/policy examples/python"
 ruff format --check $lint_paths
 ruff check $lint_paths
 mypy  # server, client and bench, strict (pyproject.toml)
+mypy --strict clients/policy/scripted_server.py  # the client suites' scripted server
 done_stage
 
 step "API contract (buf lint, buf breaking against the previous commit)"
