@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Tests the Go client against the live server named by KEYTURN_ADDRESS (host:port,
-# plaintext) and KEYTURN_TOKEN (admin token), then runs examples/go against it.
+# plaintext) and KEYTURN_TOKEN (admin token), and against the scripted policy server
+# (clients/policy: started here unless KEYTURN_POLICY_ADDRESS names one), then runs
+# examples/go against the live server.
 # Needs only the Go toolchain: modules go to the usual module cache (go env GOMODCACHE).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -34,8 +36,8 @@ fi
 (cd "$here" && go mod tidy -diff && go vet ./...)
 (cd "$example" && go mod tidy -diff && go vet ./...)
 
-step "go test against $KEYTURN_ADDRESS"
-(cd "$here" && go test -count=1 -timeout 5m ./...)
+step "go test against $KEYTURN_ADDRESS and the scripted policy server"
+(cd "$here" && "$root/clients/policy/with-scripted-server.sh" go test -count=1 -timeout 5m ./...)
 
 step "examples/go against $KEYTURN_ADDRESS"
 (cd "$example" && go run .)
