@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs (npm ci), builds and tests the Node client against the live server given by
-# KEYTURN_ADDRESS (host:port, plaintext) and KEYTURN_TOKEN (admin token), then runs the
-# example in examples/node. Without KEYTURN_ADDRESS it starts a throwaway server first.
+# KEYTURN_ADDRESS (host:port, plaintext) and KEYTURN_TOKEN (admin token) and against the
+# scripted policy server (clients/policy: started here unless KEYTURN_POLICY_ADDRESS names
+# one), then runs the example in examples/node. Without KEYTURN_ADDRESS it starts a
+# throwaway server first.
 # The watch-restart test always runs its own server (KEYTURN_SERVER_CMD, or .venv's keyturn).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -37,8 +39,8 @@ if [ -z "${KEYTURN_ADDRESS:-}" ]; then
 fi
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to the admin token of the server}"
 
-step "tests against $KEYTURN_ADDRESS"
-node --test --test-concurrency=1 dist/test/*.test.js
+step "tests against $KEYTURN_ADDRESS and the scripted policy server"
+"$root/clients/policy/with-scripted-server.sh" node --test --test-concurrency=1 dist/test/*.test.js
 
 step "example (examples/node)"
 cd "$root/examples/node"
