@@ -41,7 +41,11 @@ export class AdminClient {
 
   /** Health of every component, or of one. */
   async getHealth(component: HealthComponent = "", options?: CallOptions): Promise<Health> {
-    const response = await this.calls.unary(AdminService.method.getHealth, (o) => this.rpc.getHealth({ component }, o), options);
+    const response = await this.calls.unary(
+      AdminService.method.getHealth,
+      (o) => this.rpc.getHealth({ component }, o),
+      options,
+    );
     return response.health ?? create(HealthSchema);
   }
 
@@ -73,7 +77,7 @@ export class AdminClient {
     });
   }
 
-  /** Walks the hash chain; a read, so it is retried like one. */
+  /** Walks the hash chain; a read (NO_SIDE_EFFECTS), so it is retried like one. */
   verifyAuditLog(options?: CallOptions): Promise<VerifyAuditLogResponse> {
     return this.calls.unary(AdminService.method.verifyAuditLog, (o) => this.rpc.verifyAuditLog({}, o), options);
   }
@@ -83,18 +87,30 @@ export class AdminClient {
     request: Init<typeof CreateAccessTokenRequestSchema>,
     options?: CallOptions,
   ): Promise<CreateAccessTokenResponse> {
-    return this.calls.unary(AdminService.method.createAccessToken, (o) => this.rpc.createAccessToken(request, o), options);
+    return this.calls.unary(
+      AdminService.method.createAccessToken,
+      (o) => this.rpc.createAccessToken(request, o),
+      options,
+    );
   }
 
   async listAccessTokens(
     request: Init<typeof ListAccessTokensRequestSchema> = {},
     options?: CallOptions,
   ): Promise<AccessToken[]> {
-    const response = await this.calls.unary(AdminService.method.listAccessTokens, (o) => this.rpc.listAccessTokens(request, o), options);
+    const response = await this.calls.unary(
+      AdminService.method.listAccessTokens,
+      (o) => this.rpc.listAccessTokens(request, o),
+      options,
+    );
     return response.accessTokens;
   }
 
   revokeAccessToken(request: Init<typeof RevokeAccessTokenRequestSchema>, options?: CallOptions): Promise<AccessToken> {
-    return this.calls.unary(AdminService.method.revokeAccessToken, (o) => this.rpc.revokeAccessToken(request, o), options);
+    return this.calls.unary(
+      AdminService.method.revokeAccessToken,
+      (o) => this.rpc.revokeAccessToken(request, o),
+      options,
+    );
   }
 }

@@ -81,7 +81,11 @@ export class HandlesClient {
 
   /** Checks a token and counts the use; `valid: false` comes with a `reason`. */
   async validateHandle(request: Init<typeof ValidateHandleRequestSchema>, options?: CallOptions): Promise<Validation> {
-    const response = await this.calls.unary(HandleService.method.validateHandle, (o) => this.rpc.validateHandle(request, o), options);
+    const response = await this.calls.unary(
+      HandleService.method.validateHandle,
+      (o) => this.rpc.validateHandle(request, o),
+      options,
+    );
     return response.validation ?? create(ValidationSchema);
   }
 
@@ -92,7 +96,11 @@ export class HandlesClient {
       handleId !== undefined
         ? { case: "handleId" as const, value: handleId }
         : { case: "token" as const, value: token ?? "" };
-    return this.calls.unary(HandleService.method.rotateHandle, (o) => this.rpc.rotateHandle({ ...rest, target }, o), options);
+    return this.calls.unary(
+      HandleService.method.rotateHandle,
+      (o) => this.rpc.rotateHandle({ ...rest, target }, o),
+      options,
+    );
   }
 
   /** Revokes the handle at once. */
@@ -101,7 +109,11 @@ export class HandlesClient {
   }
 
   async getHandleStatistics(options?: CallOptions): Promise<HandleStatistics> {
-    const response = await this.calls.unary(HandleService.method.getHandleStatistics, (o) => this.rpc.getHandleStatistics({}, o), options);
+    const response = await this.calls.unary(
+      HandleService.method.getHandleStatistics,
+      (o) => this.rpc.getHandleStatistics({}, o),
+      options,
+    );
     return response.statistics ?? create(HandleStatisticsSchema);
   }
 

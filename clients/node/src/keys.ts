@@ -1,6 +1,7 @@
 /**
  * KeyService: keys generated, rotated and used in place by the service. Thin typed
- * methods, one per RPC; reads are retried on UNAVAILABLE, writes run once.
+ * methods, one per RPC; the calls the API marks idempotent (reads, encrypt, sign, MACs...) are
+ * retried per the client policy, the others run once.
  */
 import { create } from "@bufbuild/protobuf";
 import { createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
@@ -86,7 +87,11 @@ export class KeysClient {
   }
 
   async getKeyStatistics(options?: CallOptions): Promise<KeyStatistics> {
-    const response = await this.calls.unary(KeyService.method.getKeyStatistics, (o) => this.rpc.getKeyStatistics({}, o), options);
+    const response = await this.calls.unary(
+      KeyService.method.getKeyStatistics,
+      (o) => this.rpc.getKeyStatistics({}, o),
+      options,
+    );
     return response.statistics ?? create(KeyStatisticsSchema);
   }
 
