@@ -9,6 +9,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 npm_ci() { npm ci --no-audit --no-fund --loglevel=error >/dev/null; }
+# The shared policy cases need the scripted server: run this script under one.
+[ -n "${KEYTURN_POLICY_ADDRESS:-}" ] || exec "$root/clients/policy/with-scripted-server.sh" "$0" "$@"
 
 step() { printf '\n== node: %s\n' "$*"; }
 
@@ -40,7 +42,7 @@ fi
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to the admin token of the server}"
 
 step "tests against $KEYTURN_ADDRESS and the scripted policy server"
-"$root/clients/policy/with-scripted-server.sh" node --test --test-concurrency=1 dist/test/*.test.js
+node --test --test-concurrency=1 dist/test/*.test.js
 
 step "example (examples/node)"
 cd "$root/examples/node"
