@@ -23,6 +23,7 @@ import pytest
 import keyturn
 from keyturn import _policy
 from keyturn._retry import Backoff, RetryPolicy
+from keyturn._transport import uses_tls
 from keyturn.v1 import admin_pb2, events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +159,9 @@ def test_backoff(vector: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("vector", TABLE["loopback"], ids=lambda v: v["address"])
 def test_loopback(vector: dict[str, Any]) -> None:
+    """Loopback addresses are plaintext by default, every other one TLS."""
     assert _policy.is_loopback(vector["address"]) == vector["loopback"]
+    assert uses_tls(vector["address"], None) == (not vector["loopback"])
 
 
 @pytest.mark.parametrize(

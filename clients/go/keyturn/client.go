@@ -52,13 +52,7 @@ type Admin struct{ keyturnv1.AdminServiceClient }
 // deadline (WithDefaultTimeout); calls the API marks idempotent are retried
 // per DefaultRetryPolicy (WithRetryPolicy).
 func NewClient(target string, opts ...Option) (*Client, error) {
-	s := defaultSettings()
-	if isLoopback(target) {
-		s.plaintext = true
-	}
-	for _, opt := range opts {
-		opt(&s)
-	}
+	s := settingsFor(target, opts...)
 
 	dialOpts := []grpc.DialOption{
 		grpc.WithUserAgent("keyturn-go"),

@@ -11,3 +11,6 @@ var AsError = asError
 
 // IsLoopback is the rule that picks plaintext by default.
 var IsLoopback = isLoopback
+
+// UsesTLS reports whether NewClient(target, opts...) would use TLS.
+func UsesTLS(target string, opts ...Option) bool { return !settingsFor(target, opts...).plaintext }

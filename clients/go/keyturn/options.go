@@ -19,8 +19,14 @@ type settings struct {
 	dialOptions []grpc.DialOption
 }
 
-func defaultSettings() settings {
-	return settings{retry: DefaultRetryPolicy(), timeout: DefaultTimeout}
+// settingsFor applies opts to the defaults for target: plaintext for a
+// loopback target, TLS for any other.
+func settingsFor(target string, opts ...Option) settings {
+	s := settings{retry: DefaultRetryPolicy(), timeout: DefaultTimeout, plaintext: isLoopback(target)}
+	for _, opt := range opts {
+		opt(&s)
+	}
+	return s
 }
 
 // WithToken sends "authorization: Bearer <token>" with every call. Over

@@ -279,6 +279,9 @@ func TestLoopbackVectors(t *testing.T) {
 		if got := keyturn.IsLoopback(v.Address); got != v.Loopback {
 			t.Errorf("isLoopback(%q) = %v, want %v", v.Address, got, v.Loopback)
 		}
+		if got := keyturn.UsesTLS(v.Address); got == v.Loopback {
+			t.Errorf("NewClient(%q) uses TLS: %v; want TLS unless loopback", v.Address, got)
+		}
 	}
 }
 

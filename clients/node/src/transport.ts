@@ -62,7 +62,8 @@ export function connect(options: ConnectionOptions): Connection {
   };
 }
 
-function baseUrlOf({ address, tls }: ConnectionOptions): string {
+/** The URL a client connects to: https unless plaintext was chosen or the address is loopback. */
+export function baseUrlOf({ address, tls }: Pick<ConnectionOptions, "address" | "tls">): string {
   if (/^https?:\/\//.test(address)) return address;
   const secure = tls === undefined ? !isLoopback(address) : tls !== false;
   return `${secure ? "https" : "http"}://${address}`;

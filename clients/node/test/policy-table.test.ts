@@ -12,6 +12,7 @@ import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { backoffDelay, type BackoffPolicy } from "../src/backoff.js";
 import { isLoopback, isRetryable, WATCH_ENDS_ON } from "../src/policy.js";
+import { baseUrlOf } from "../src/transport.js";
 import {
   AdminService,
   DEFAULT_RETRY_POLICY,
@@ -127,7 +128,11 @@ describe("client policy table", () => {
   });
 
   test("loopback vectors", () => {
-    for (const v of table.loopback) assert.equal(isLoopback(v.address), v.loopback, v.address);
+    for (const v of table.loopback) {
+      assert.equal(isLoopback(v.address), v.loopback, v.address);
+      // TLS unless loopback, by default.
+      assert.equal(baseUrlOf({ address: v.address }).startsWith("https://"), !v.loopback, v.address);
+    }
   });
 
   table.calls.forEach((tc: any, index: number) => {

@@ -239,7 +239,7 @@ public final class KeyturnClient implements AutoCloseable {
       return this;
     }
 
-    private boolean usesTls() {
+    boolean usesTls() {
       return tls != null ? tls : !CallPolicy.isLoopback(address);
     }
 

@@ -250,6 +250,8 @@ class PolicyTableTest {
       JsonObject v = element.getAsJsonObject();
       String address = v.get("address").getAsString();
       assertEquals(v.get("loopback").getAsBoolean(), CallPolicy.isLoopback(address), address);
+      // TLS unless loopback, by default.
+      assertEquals(!v.get("loopback").getAsBoolean(), KeyturnClient.builder(address).usesTls(), address);
     }
   }
 
