@@ -1,11 +1,10 @@
 """A gRPC server that answers from the shared table of client-policy cases, so that every
 client's tests (Python, Node, Go, Java) run the same cases over real channels.
 
-An answer with ``"times": N`` stands for N such answers in a row.
-
 A test names its case in the bearer token: ``call-<index>~<run>`` or ``watch-<index>~<run>``
 (the index of the case in ``cases.json``, and anything unique per run). Each attempt of a
-call, or each stream of a watch, gets the next scripted answer of that run. What the server
+call, or each stream of a watch, gets the next scripted answer of that run (an answer with
+``"times": N`` stands for N such answers in a row). What the server
 saw of a run is served as JSON at ``GET <control>/runs/<token>``: the attempts, the waits
 between them, the deadline each attempt carried, the resume point of each stream, and
 whether it came over TLS. Tests compare that with the case's ``expect``.
