@@ -7,10 +7,11 @@ BIN    := $(VENV)/bin
 
 .PHONY: setup run test test-fast lint generate bench clean
 
-$(VENV)/.installed: pyproject.toml
+# Two distributions, both editable: the client `keyturn` and the server that requires it.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e clients/python -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from datetime import UTC
+from datetime import UTC, timedelta
 
 from keyturn.v1 import handles_pb2, keys_pb2
 from tests.harness import Harness
@@ -15,8 +15,20 @@ def scrape(port: int) -> str:
         return str(response.read().decode())
 
 
+async def scrape_now(server: Harness) -> str:
+    assert server.app is not None and server.app.metrics is not None
+    services = server.app.services
+    assert services is not None
+    await server.app.metrics.refresh(
+        server.app.store, server.clock, services.scheduler, len(services.hub)
+    )
+    port = server.app.metrics_port
+    assert port is not None
+    return await asyncio.to_thread(scrape, port)
+
+
 async def test_metrics_cover_rpcs_records_events_and_key_deadlines(server: Harness) -> None:
-    await server.restart(metrics_listen="127.0.0.1:0")
+    await server.restart(metrics_listen="127.0.0.1:0", metrics_per_resource=True)
     assert server.app is not None and server.app.metrics is not None
     key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
     issued = await server.admin.handles.GenerateHandle(
@@ -28,14 +40,7 @@ async def test_metrics_cover_rpcs_records_events_and_key_deadlines(server: Harne
     await server.admin.handles.ValidateHandle(
         handles_pb2.ValidateHandleRequest(token=issued.token, context={"ip": "10.0.0.2"})
     )  # context drift: an anomaly
-    services = server.app.services
-    assert services is not None
-    await server.app.metrics.refresh(
-        server.app.store, server.clock, services.scheduler, len(services.hub)
-    )
-    port = server.app.metrics_port
-    assert port is not None
-    text = await asyncio.to_thread(scrape, port)
+    text = await scrape_now(server)
     assert (
         'keyturn_rpc_requests_total{code="OK",method="/keyturn.v1.KeyService/GenerateKey"} 1.0'
     ) in text
@@ -58,3 +63,24 @@ async def test_metrics_cover_rpcs_records_events_and_key_deadlines(server: Harne
     )
     assert "keyturn_scheduler_lag_seconds 0.0" in text
     assert issued.token not in text
+
+
+async def test_by_default_metrics_name_no_key_only_the_first_deadline_by_type(
+    server: Harness,
+) -> None:
+    await server.restart(metrics_listen="127.0.0.1:0")
+    first = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    server.clock.advance(timedelta(hours=1))
+    later = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    text = await scrape_now(server)
+    assert first.id not in text and later.id not in text
+    assert "keyturn_key_expiry_timestamp_seconds" not in text
+    expiry = first.expire_time.ToDatetime().replace(tzinfo=UTC).timestamp()
+    rotation = first.next_rotation_time.ToDatetime().replace(tzinfo=UTC).timestamp()
+    assert sample(text, 'keyturn_keys_next_expiry_timestamp_seconds{type="session"}') == expiry
+    assert sample(text, 'keyturn_keys_next_rotation_timestamp_seconds{type="session"}') == rotation
+
+
+def sample(text: str, series: str) -> float:
+    [line] = [ln for ln in text.splitlines() if ln.startswith(series + " ")]
+    return float(line.rsplit(" ", 1)[1])

@@ -1,6 +1,7 @@
 """What can be checked of the container without a container engine: every file the
 Dockerfile copies exists, its command is the installed console script, it runs as a
-non-root user with the data on a volume, and the compose file passes the master key."""
+non-root user with the data on a volume, its settings refuse plaintext and take a mounted
+certificate, and the compose file confines it. scripts/test-container.sh runs it."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import shlex
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from keyturn_server.cli import parser
 from keyturn_server.probe import probe
-from tests.harness import Harness
+from keyturn_server.settings import SettingsError, resolve
+from tests.container_smoke import hardening
+from tests.harness import MASTER_KEY, Harness
+from tests.pki import Authority
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,20 +57,59 @@ def test_the_command_is_the_installed_console_script_serving_on_all_interfaces()
 
 def test_it_runs_as_a_non_root_user_with_data_on_a_volume_and_a_healthcheck() -> None:
     steps = dict(instructions())
-    assert steps["USER"] not in ("root", "0")
+    user, _, group = steps["USER"].partition(":")
+    assert user.isdigit() and int(user) > 0 and group.isdigit()  # numeric: runAsNonRoot
     assert "/data" in steps["VOLUME"]
     assert re.search(r"DATA_DIR=/data", steps["ENV"])
     assert re.search(r"KEYTURN_ENV=production", steps["ENV"])
+    assert re.search(r"KEYTURN_TLS_DIR=/tls", steps["ENV"])
     assert "keyturn_server.probe" in steps["HEALTHCHECK"]
+    assert eval(steps["ENTRYPOINT"])[0].endswith("tini")  # signals reach the server
 
 
-def test_compose_passes_the_master_key_and_keeps_data_on_a_volume() -> None:
+def test_the_base_image_is_an_argument_used_by_both_stages() -> None:
+    steps = instructions()
+    assert ("ARG", "BASE=python:3.11-slim") in steps
+    froms = [rest for word, rest in steps if word == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"]
+
+
+def image_settings(tls_dir: Path) -> dict[str, str]:
+    """The environment the image gives `keyturn serve`, with the master key supplied."""
+    env = dict(pair.split("=", 1) for pair in shlex.split(dict(instructions())["ENV"]))
+    return {**env, "KEYTURN_TLS_DIR": str(tls_dir), "MASTER_KEY": MASTER_KEY}
+
+
+def test_the_image_refuses_plaintext_and_serves_a_mounted_certificate(tmp_path: Path) -> None:
+    [cmd] = [rest for word, rest in instructions() if word == "CMD"]
+    args = parser().parse_args(eval(cmd)[1:])
+    with pytest.raises(
+        SettingsError, match=f"mount a directory holding tls.crt and tls.key at {tmp_path}"
+    ):
+        resolve(args, image_settings(tmp_path))
+    Authority().write(tmp_path)
+    settings = resolve(args, image_settings(tmp_path))
+    assert settings.production and settings.tls and settings.warnings() == []
+    behind_a_proxy = resolve(
+        args, {**image_settings(tmp_path / "none"), "KEYTURN_ALLOW_PLAINTEXT": "1"}
+    )
+    assert not behind_a_proxy.tls and behind_a_proxy.warnings()
+
+
+def test_compose_requires_the_master_key_mounts_tls_and_confines_the_container() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     service = compose["services"]["keyturn"]
-    assert service["build"] == "."
-    assert any(e.startswith("MASTER_KEY=${MASTER_KEY") for e in service["environment"])
+    assert service["build"]["context"] == "."
+    assert any(e.startswith("MASTER_KEY=${MASTER_KEY:?") for e in service["environment"])
     assert any(v.endswith(":/data") for v in service["volumes"])
+    assert "./tls:/tls:ro" in service["volumes"]
     assert "keyturn-data" in compose["volumes"]
+    assert hardening() == [
+        "--read-only",
+        "--tmpfs=/tmp:size=16m,mode=1777",
+        "--cap-drop=ALL",
+        "--security-opt=no-new-privileges:true",
+    ]
 
 
 async def test_the_healthcheck_probe_tells_a_serving_server_from_none(server: Harness) -> None:

@@ -24,6 +24,7 @@ from keyturn.v1 import (
     keys_pb2,
     keys_pb2_grpc,
 )
+from keyturn_server import tls
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.guard import Guard
@@ -136,6 +137,11 @@ class App:
 
     async def start(self) -> None:
         settings = self.settings
+        for warning in settings.warnings():
+            log.warning(warning, extra={"category": "security"})
+        # Certificates first: a wrong file ends the start before anything is opened.
+        certificate = settings.certificate
+        credentials = tls.server_credentials(certificate) if certificate else None
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
@@ -160,7 +166,9 @@ class App:
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)
-        self.metrics = Metrics() if settings.metrics_listen else None
+        self.metrics = (
+            Metrics(per_resource=settings.metrics_per_resource) if settings.metrics_listen else None
+        )
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
         watch = self._watch = WatchService(
@@ -215,7 +223,6 @@ class App:
             ],
             server,
         )
-        credentials = self._credentials()
         for address in settings.listen:
             port = (
                 server.add_secure_port(address, credentials)
@@ -246,17 +253,6 @@ class App:
                 "auth": not settings.insecure_no_auth,
             },
         )
-
-    def _credentials(self) -> grpc.ServerCredentials | None:
-        s = self.settings
-        if s.tls_cert is None or s.tls_key is None:
-            return None
-        pair = [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())]
-        if s.client_ca is not None:
-            return grpc.ssl_server_credentials(
-                pair, root_certificates=s.client_ca.read_bytes(), require_client_auth=True
-            )
-        return grpc.ssl_server_credentials(pair)
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))

@@ -7,7 +7,6 @@ original specification are honoured: PORT, KEY_STORAGE_PATH, LOG_LEVEL, MASTER_K
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +14,18 @@ from datetime import timedelta
 from pathlib import Path
 
 from keyturn_server.domain.config import MIN_DURATION
+from keyturn_server.listeners import (
+    TLS_HINT,
+    AddressError,
+    Verdict,
+    check_listener,
+    check_metrics_listener,
+    is_loopback,
+    split_address,
+)
+from keyturn_server.tls import CERT_FILE, KEY_FILE, CertificateFiles, TlsError, locate
+
+__all__ = ["Settings", "SettingsError", "is_loopback", "resolve", "split_address"]
 
 
 class SettingsError(ValueError):
@@ -34,7 +45,14 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    #: Where a mounted certificate is looked for (tls.crt, tls.key); named in refusals.
+    tls_dir: Path | None = None
+    #: A TLS-terminating proxy fronts the plaintext listeners (see listeners.py).
+    allow_plaintext: bool = False
     metrics_listen: str | None = None
+    allow_remote_metrics: bool = False
+    #: Per-key gauges (key ids as labels) on the metrics listener.
+    metrics_per_resource: bool = False
     destroy_delay: timedelta = timedelta(hours=24)
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
@@ -49,9 +67,55 @@ class Settings:
     def tls(self) -> bool:
         return self.tls_cert is not None
 
+    @property
+    def certificate(self) -> CertificateFiles | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        return CertificateFiles(self.tls_cert, self.tls_key, self.client_ca)
+
+    def listeners(self) -> list[tuple[str, str]]:
+        """(what, address) of every listener that serves the API with the server's TLS."""
+        return [("gRPC", address) for address in self.listen]
+
+    def verdicts(self) -> list[Verdict]:
+        """The listener rule applied to every listener (listeners.py)."""
+        hint = TLS_HINT
+        if self.tls_dir is not None:
+            hint = (
+                f"mount a directory holding {CERT_FILE} and {KEY_FILE} at "
+                f"{self.tls_dir} (nothing is there now), or give --tls-cert and --tls-key "
+                "(KEYTURN_TLS_CERT, KEYTURN_TLS_KEY)"
+            )
+        found = [
+            check_listener(
+                address,
+                what=what,
+                tls=self.tls,
+                allow_plaintext=self.allow_plaintext,
+                production=self.production,
+                tls_hint=hint,
+            )
+            for what, address in self.listeners()
+        ]
+        if self.metrics_listen:
+            found.append(
+                check_metrics_listener(self.metrics_listen, allow_remote=self.allow_remote_metrics)
+            )
+        return found
+
+    def warnings(self) -> list[str]:
+        """What the server says loudly at start (plaintext off loopback, open metrics)."""
+        return [v.warning for v in self.verdicts() if v.warning]
+
     def check(self) -> Settings:
+        try:
+            return self._check()
+        except AddressError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def _check(self) -> Settings:
         if self.insecure_no_auth:
-            outside = [a for a in self.listen if not is_loopback(a)]
+            outside = [a for _, a in self.listeners() if not is_loopback(a)]
             if outside:
                 raise SettingsError(
                     "--insecure-no-auth is only allowed when every listen address is loopback; "
@@ -67,24 +131,10 @@ class Settings:
             split_address(address)
         if self.metrics_listen:
             split_address(self.metrics_listen)
+        for verdict in self.verdicts():
+            if verdict.refusal:
+                raise SettingsError(verdict.refusal)
         return self
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SettingsError(f"{address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
-
-
-def is_loopback(address: str) -> bool:
-    host, _ = split_address(address)
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
@@ -125,12 +175,47 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept calls without a token (loopback only; development)",
     )
-    parser.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
-    parser.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     parser.add_argument(
-        "--client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)"
+        "--tls-cert", type=Path, help="server certificate chain (PEM; KEYTURN_TLS_CERT)"
     )
-    parser.add_argument("--metrics-listen", help="HOST:PORT for Prometheus metrics")
+    parser.add_argument("--tls-key", type=Path, help="server private key (PEM; KEYTURN_TLS_KEY)")
+    parser.add_argument(
+        "--tls-dir",
+        type=Path,
+        help=f"use {CERT_FILE} and {KEY_FILE} from this directory when they are there "
+        "(a mounted Kubernetes TLS secret; KEYTURN_TLS_DIR)",
+    )
+    parser.add_argument(
+        "--client-ca",
+        type=Path,
+        help="require client certificates signed by this CA (mutual TLS; KEYTURN_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--allow-plaintext",
+        action="store_true",
+        default=None,
+        help="serve plaintext off loopback because a TLS-terminating proxy sits in front "
+        "(KEYTURN_ALLOW_PLAINTEXT=1); production refuses it otherwise",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT for Prometheus metrics, loopback unless --allow-remote-metrics "
+        "(KEYTURN_METRICS_LISTEN)",
+    )
+    parser.add_argument(
+        "--allow-remote-metrics",
+        action="store_true",
+        default=None,
+        help="let the unauthenticated metrics listener bind a non-loopback address "
+        "(KEYTURN_ALLOW_REMOTE_METRICS=1)",
+    )
+    parser.add_argument(
+        "--metrics-per-resource",
+        action="store_true",
+        default=None,
+        help="export per-key expiry and rotation gauges labelled with key ids "
+        "(KEYTURN_METRICS_PER_RESOURCE=1)",
+    )
     parser.add_argument(
         "--destroy-delay",
         type=parse_duration,
@@ -156,28 +241,29 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     defaults = Settings()
-    listen = tuple(args.listen or ())
-    if not listen:
-        port = env.get("PORT")
-        listen = (f"127.0.0.1:{port}",) if port else defaults.listen
     data_dir = args.data_dir or env.get("DATA_DIR") or env.get("KEY_STORAGE_PATH") or "data"
     production = (
         bool(args.production)
         or env.get("KEYTURN_ENV", "").lower() == "production"
         or env.get("NODE_ENV", "").lower() == "production"
     )
+    files = certificate(args, env)
     return Settings(
-        listen=listen,
+        listen=listen_addresses(args, env),
         data_dir=Path(data_dir),
         store=args.store or env.get("KEYTURN_STORE", ""),
         log_level=env.get("LOG_LEVEL", "info"),
         production=production,
         insecure_no_auth=bool(args.insecure_no_auth),
         master_key=env.get("MASTER_KEY") or None,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        client_ca=args.client_ca,
+        tls_cert=files.cert if files else None,
+        tls_key=files.key if files else None,
+        client_ca=_path(args.client_ca, env.get("KEYTURN_CLIENT_CA")),
+        tls_dir=_path(args.tls_dir, env.get("KEYTURN_TLS_DIR")),
+        allow_plaintext=_flag(args.allow_plaintext, env, "KEYTURN_ALLOW_PLAINTEXT"),
         metrics_listen=args.metrics_listen or env.get("KEYTURN_METRICS_LISTEN") or None,
+        allow_remote_metrics=_flag(args.allow_remote_metrics, env, "KEYTURN_ALLOW_REMOTE_METRICS"),
+        metrics_per_resource=_flag(args.metrics_per_resource, env, "KEYTURN_METRICS_PER_RESOURCE"),
         destroy_delay=args.destroy_delay or defaults.destroy_delay,
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
@@ -185,3 +271,42 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),
     ).check()
+
+
+def listen_addresses(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, ...]:
+    if args.listen:
+        return tuple(args.listen)
+    port = env.get("PORT")
+    return (f"127.0.0.1:{port}",) if port else Settings().listen
+
+
+def certificate(args: argparse.Namespace, env: Mapping[str, str]) -> CertificateFiles | None:
+    """The server certificate: flags, then their variables, then the mounted directory."""
+    try:
+        pair = locate(
+            _path(args.tls_cert, env.get("KEYTURN_TLS_CERT")),
+            _path(args.tls_key, env.get("KEYTURN_TLS_KEY")),
+            _path(args.tls_dir, env.get("KEYTURN_TLS_DIR")),
+        )
+    except TlsError as exc:
+        raise SettingsError(str(exc)) from None
+    if pair is None:
+        return None
+    return CertificateFiles(*pair, _path(args.client_ca, env.get("KEYTURN_CLIENT_CA")))
+
+
+def _path(flag: Path | None, variable: str | None) -> Path | None:
+    return flag if flag is not None else (Path(variable) if variable else None)
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def _flag(flag: bool | None, env: Mapping[str, str], name: str) -> bool:
+    if flag:
+        return True
+    value = env.get(name, "").strip().lower()
+    if value not in _TRUE + _FALSE:
+        raise SettingsError(f"{name}={value!r} is not one of 1, true, yes, on, 0, false, no, off")
+    return value in _TRUE

@@ -221,7 +221,7 @@ async def test_errors_are_reported_with_their_reason_and_exit_code(keyturn: Keyt
 
 def namespace(**given: object) -> argparse.Namespace:
     defaults = {"address": None, "token": None, "token_file": None}
-    defaults |= {"tls": False, "ca": None, "cert": None, "key": None}
+    defaults |= {"tls": False, "ca": None, "cert": None, "key": None, "server_name": None}
     return argparse.Namespace(**(defaults | given))
 
 

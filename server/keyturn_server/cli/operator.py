@@ -53,6 +53,10 @@ def _common() -> argparse.ArgumentParser:
     server.add_argument("--ca", type=Path, help="CA certificate of the server (implies TLS)")
     server.add_argument("--cert", type=Path, help="client certificate, for mutual TLS")
     server.add_argument("--key", type=Path, help="client private key, for mutual TLS")
+    server.add_argument(
+        "--server-name",
+        help="name the server's certificate must carry, when the address is not it (implies TLS)",
+    )
     common.add_argument("--json", action="store_true", help="print protobuf JSON")
     return common
 
@@ -181,8 +185,8 @@ def connect(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
     if token is None and DEFAULT_TOKEN_FILE.is_file():
         token = DEFAULT_TOKEN_FILE.read_text().strip()
     tls: TLS | bool | None = args.tls or None
-    if args.ca or args.cert or args.key:
-        tls = TLS.from_files(args.ca, args.cert, args.key)
+    if args.ca or args.cert or args.key or args.server_name:
+        tls = TLS.from_files(args.ca, args.cert, args.key, args.server_name)
     return AsyncClient(address, token or None, tls)
 
 

@@ -1,5 +1,10 @@
 """Prometheus metrics on --metrics-listen: RPCs by method and code, keys and handles by
-type and status, rotations, anomalies, scheduler lag, and per-key expiry timestamps."""
+type and status, rotations, anomalies, scheduler lag, and the earliest key expiry and
+rotation by type.
+
+The listener answers without a token, so by default nothing names a resource: per-key
+gauges labelled with key ids are exported only with --metrics-per-resource (they also
+grow with the number of keys, which Prometheus pays for in series)."""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ REFRESH_SECONDS = 15.0
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *, per_resource: bool = False) -> None:
         self.registry = CollectorRegistry()
         self.rpcs = Counter(
             "keyturn_rpc_requests", "RPCs served", ["method", "code"], registry=self.registry
@@ -50,7 +55,7 @@ class Metrics:
         self.subscribers = Gauge(
             "keyturn_watch_subscribers", "Open WatchExpiring streams", registry=self.registry
         )
-        self._state = _StateCollector()
+        self._state = _StateCollector(per_resource)
         self.registry.register(self._state)
         self._server: Any = None
 
@@ -103,7 +108,8 @@ def _snapshot(repo: SqlRepository, now: Any) -> dict[str, Any]:
 
 
 class _StateCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, per_resource: bool) -> None:
+        self.per_resource = per_resource
         self.snapshot: dict[str, Any] = {}
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -119,19 +125,52 @@ class _StateCollector(Collector):
         for type_name, status, count, _, _ in self.snapshot.get("handles", []):
             handles.add_metric([type_name, status], count)
         yield handles
-        expiry = GaugeMetricFamily(
-            "keyturn_key_expiry_timestamp_seconds",
-            "When each active key's primary version expires",
-            labels=["key_id", "type"],
-        )
-        rotation = GaugeMetricFamily(
-            "keyturn_key_next_rotation_timestamp_seconds",
-            "When each active key rotates next",
-            labels=["key_id", "type"],
-        )
-        for key_id, type_name, expire, rotate in self.snapshot.get("expiries", []):
-            expiry.add_metric([key_id, type_name], expire / 1e6)
-            if rotate is not None:
-                rotation.add_metric([key_id, type_name], rotate / 1e6)
-        yield expiry
-        yield rotation
+        deadlines = self.snapshot.get("expiries", [])
+        yield from _earliest_by_type(deadlines)
+        if self.per_resource:
+            yield from _per_key(deadlines)
+
+
+def _earliest_by_type(deadlines: list[Any]) -> Iterator[GaugeMetricFamily]:
+    """What an alert needs ("a key of this type expires within a day"), naming no key."""
+    expiry = GaugeMetricFamily(
+        "keyturn_keys_next_expiry_timestamp_seconds",
+        "When the first active key of each type expires (its primary version)",
+        labels=["type"],
+    )
+    rotation = GaugeMetricFamily(
+        "keyturn_keys_next_rotation_timestamp_seconds",
+        "When the first active key of each type rotates next",
+        labels=["type"],
+    )
+    first_expiry: dict[str, int] = {}
+    first_rotation: dict[str, int] = {}
+    for _, type_name, expire, rotate in deadlines:
+        first_expiry[type_name] = min(expire, first_expiry.get(type_name, expire))
+        if rotate is not None:
+            first_rotation[type_name] = min(rotate, first_rotation.get(type_name, rotate))
+    for type_name, micros in sorted(first_expiry.items()):
+        expiry.add_metric([type_name], micros / 1e6)
+    for type_name, micros in sorted(first_rotation.items()):
+        rotation.add_metric([type_name], micros / 1e6)
+    yield expiry
+    yield rotation
+
+
+def _per_key(deadlines: list[Any]) -> Iterator[GaugeMetricFamily]:
+    expiry = GaugeMetricFamily(
+        "keyturn_key_expiry_timestamp_seconds",
+        "When each active key's primary version expires",
+        labels=["key_id", "type"],
+    )
+    rotation = GaugeMetricFamily(
+        "keyturn_key_next_rotation_timestamp_seconds",
+        "When each active key rotates next",
+        labels=["key_id", "type"],
+    )
+    for key_id, type_name, expire, rotate in deadlines:
+        expiry.add_metric([key_id, type_name], expire / 1e6)
+        if rotate is not None:
+            rotation.add_metric([key_id, type_name], rotate / 1e6)
+    yield expiry
+    yield rotation
