@@ -39,7 +39,7 @@ from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.domain import tokens
 from keyturn_server.domain.handles import Handle, HandleSchedule, HandleSecret, HandleState
 from keyturn_server.domain.ids import new_id
-from keyturn_server.domain.key_service import material_binding
+from keyturn_server.domain.key_material import material_binding
 from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, VersionState
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import SqliteStore

@@ -11,11 +11,17 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.observability.logs import JsonFormatter
 from tests.harness import BACKEND, SECRETS, Harness
 
+#: Per-test timeout of the suites marked slow (crash, soak: minutes each); the others
+#: have pyproject's default.
+SLOW_TIMEOUT = 900
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under KEYTURN_TEST_BACKEND=postgres, tests that read the SQLite file are skipped, and
     PostgreSQL-only tests run only there (and need KEYTURN_TEST_POSTGRES_URL)."""
     for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT))
         if BACKEND == "postgres" and item.get_closest_marker("sqlite_only"):
             item.add_marker(pytest.mark.skip(reason="reads the SQLite file"))
         if BACKEND != "postgres" and item.get_closest_marker("postgres"):

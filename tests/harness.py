@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
+from keyturn import InvalidArgument, ResourceExhausted
+from keyturn._errors import from_rpc_error
 from keyturn.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -23,6 +23,8 @@ from keyturn.v1 import (
 )
 from keyturn_server.app import App
 from keyturn_server.clock import ManualClock
+from keyturn_server.domain.events import Event
+from keyturn_server.domain.repositories import Repository, SealedKind, SealedValue
 from keyturn_server.settings import Settings
 
 MASTER_KEY = "6b65797475726e2d746573742d6d61737465722d6b65792d3332627974657321"
@@ -171,11 +173,28 @@ class Harness:
             )
         )
 
-    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
-        """Read the store directly, whatever the backend (tests inspect what is stored)."""
+    # What is stored, read through the repository whatever the backend:
+
+    async def events(self) -> list[Event]:
+        """The event log as stored, in sequence order."""
         assert self.app is not None
-        rows = await self.app.store.report(lambda repo: repo._all(sql, params))
-        return [dict(row) for row in rows]
+
+        def read_all(repo: Repository) -> list[Event]:
+            found: list[Event] = []
+            while batch := repo.events_after(found[-1].sequence if found else 0, 1000):
+                found.extend(batch)
+            return found
+
+        return await self.app.store.report(read_all)
+
+    async def sealed_material(self, key_id: str, version: int) -> bytes | None:
+        assert self.app is not None
+        return await self.app.store.report(lambda repo: repo.sealed_material(key_id, version))
+
+    async def sealed_values(self, kind: SealedKind) -> list[SealedValue]:
+        """Every value of ``kind`` sealed under the master key."""
+        assert self.app is not None
+        return await self.app.store.report(lambda repo: repo.sealed_after(kind, None, 100_000))
 
     async def settle(self) -> None:
         """Let the scheduler act on everything due at the clock's current time."""
@@ -210,23 +229,18 @@ class Failure:
 
 
 def failure(error: grpc.aio.AioRpcError) -> Failure:
-    """The status of a failed call, with its google.rpc details unpacked."""
-    reason, metadata, violations, retry = "", {}, {}, None
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations = {v.field: v.description for v in bad.field_violations}
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info_retry = error_details_pb2.RetryInfo()
-            detail.Unpack(info_retry)
-            retry = info_retry.retry_delay.ToTimedelta()
-    return Failure(error.code(), error.details() or "", reason, metadata, violations, retry)
+    """The status of a failed call, with its google.rpc details unpacked (by the Python
+    client's own parsing)."""
+    parsed = from_rpc_error(error)
+    violations = (
+        {v.field: v.description for v in parsed.field_violations}
+        if isinstance(parsed, InvalidArgument)
+        else {}
+    )
+    retry = parsed.retry_after if isinstance(parsed, ResourceExhausted) else None
+    return Failure(
+        error.code(), error.details() or "", parsed.reason, parsed.metadata, violations, retry
+    )
 
 
 async def fails(call: Any) -> Failure:

@@ -5,14 +5,16 @@ work, run in order, and one failing item does not fail the others."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from keyturn_server.domain.coalesce import Coalescer
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
+from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import BACKEND, fresh_postgres_database
 
@@ -25,8 +27,29 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         opened: Store = PostgresStore(fresh_postgres_database())
     else:
         opened = SqliteStore(tmp_path / "keyturn.db")
+    await opened.write(lambda repo: repo.insert_handle(TALLY))
     yield opened
     await opened.close()
+
+
+#: The stored total: a handle's usage count, read and changed as a validation does (its
+#: row locked FOR UPDATE where units run concurrently, as on PostgreSQL).
+TALLY = Handle(
+    id="hdl_tallytallytally",
+    type="tally",
+    algorithm="sha256",
+    state=HandleState.ACTIVE,
+    owner="test",
+    created_for="",
+    context={},
+    usage_count=0,
+    max_usage=1_000_000,
+    create_time=datetime(2031, 1, 1, tzinfo=UTC),
+    rotate_time=datetime(2031, 1, 2, tzinfo=UTC),
+    expire_time=datetime(2031, 1, 2, tzinfo=UTC),
+    warn_time=datetime(2031, 1, 2, tzinfo=UTC),
+    schedule=HandleSchedule(*(timedelta(days=1),) * 4),
+)
 
 
 class Counter:
@@ -36,21 +59,25 @@ class Counter:
         self.units: list[list[int]] = []
         self.poison = poison
 
-    def run(self, repo: SqlRepository, items: Sequence[int]) -> list[int]:
+    def run(self, repo: Repository, items: Sequence[int]) -> list[int]:
         self.units.append(list(items))
-        total = int((repo.get_meta("total") or b"0").decode())
+        tally = repo.get_handle(TALLY.id, for_update=True)
+        assert tally is not None
+        total = tally.usage_count
         seen = []
         for item in items:
             if item == self.poison:
                 raise ValueError(f"item {item} is poisoned")
             total += item
             seen.append(total)
-        repo.set_meta("total", str(total).encode())
+        repo.update_handle(tally, dataclasses.replace(tally, usage_count=total))
         return seen
 
 
 async def stored_total(store: Store) -> int:
-    return int((store.read().get_meta("total") or b"0").decode())
+    tally = store.read().get_handle(TALLY.id)
+    assert tally is not None
+    return tally.usage_count
 
 
 async def test_calls_of_one_turn_share_one_unit_in_order(store: Store) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
+from keyturn_server.domain.events import Event, EventKind
+from keyturn_server.domain.repositories import SealedKind
 from tests.harness import Harness, fails
 
 E = events_pb2
@@ -28,22 +30,17 @@ async def server(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Harness]:
         await harness.stop()
 
 
-async def log(server: Harness) -> list[dict[str, object]]:
-    """The event log as stored: (kind, subject id, key version) in sequence order."""
-    return await server.query(
-        "SELECT sequence, kind, subject_id, key_version, reason FROM events ORDER BY sequence"
-    )
+async def log(server: Harness) -> list[Event]:
+    """The event log as stored, in sequence order."""
+    return await server.events()
 
 
 async def kinds_for(server: Harness, subject_id: str) -> list[str]:
-    return [str(e["kind"]) for e in await log(server) if e["subject_id"] == subject_id]
+    return [e.kind.value for e in await log(server) if e.subject_id == subject_id]
 
 
-async def material(server: Harness, key_id: str, version: int) -> object:
-    rows = await server.query(
-        "SELECT material FROM key_versions WHERE key_id = ? AND version = ?", (key_id, version)
-    )
-    return rows[0]["material"]
+async def material(server: Harness, key_id: str, version: int) -> bytes | None:
+    return await server.sealed_material(key_id, version)
 
 
 async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harness) -> None:
@@ -66,8 +63,8 @@ async def test_keys_warn_rotate_on_schedule_and_expire_old_versions(server: Harn
     kinds = await kinds_for(server, key.id)
     assert kinds.count("EXPIRING") == 3 and kinds.count("ROTATED") == 3
     assert kinds.count("EXPIRED") == 1
-    version_one = next(e for e in await log(server) if e["kind"] == "EXPIRED")
-    assert version_one["key_version"] == 1
+    version_one = next(e for e in await log(server) if e.kind is EventKind.EXPIRED)
+    assert version_one.key_version == 1
     gone = await fails(
         server.admin.keys.Decrypt(keys_pb2.DecryptRequest(key_id=key.id, ciphertext=old.ciphertext))
     )
@@ -142,11 +139,9 @@ async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(
     ).validation.valid
 
     await server.advance(timedelta(minutes=1))
-    sealed = await server.query("SELECT COUNT(*) AS n FROM events WHERE sealed_token IS NOT NULL")
-    pending = await server.query(
-        "SELECT COUNT(*) AS n FROM handle_secrets WHERE sealed_token IS NOT NULL"
-    )
-    assert sealed[0]["n"] == 0 and pending[0]["n"] == 0  # the pickup window is over
+    delivered = await server.sealed_values(SealedKind.DELIVERED_TOKEN)
+    pending = await server.sealed_values(SealedKind.PENDING_SUCCESSOR)
+    assert delivered == [] and pending == []  # the pickup window is over
 
 
 async def test_handles_expire_and_exhaust_with_one_event_each(server: Harness) -> None:
@@ -208,14 +203,14 @@ def test_every_scheduler_query_uses_an_index(tmp_path: object) -> None:
     from pathlib import Path
 
     from keyturn_server.store.schema import migrations
-    from keyturn_server.store.sql import SqlRepository
+    from keyturn_server.store.sql.deadlines import DUE, NEXT
 
     assert isinstance(tmp_path, Path)
     conn = sqlite3.connect(tmp_path / "plan.db")
     for _, sql in migrations("sqlite"):
         conn.executescript(sql)
     conn.execute("ANALYZE")
-    queries = list(SqlRepository._DEADLINES.values()) + list(SqlRepository._DUE.values())
+    queries = list(NEXT.values()) + list(DUE.values())
     for sql in queries:
         params = () if "?" not in sql else (0, 100)
         steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]

@@ -37,17 +37,21 @@ from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
-from keyturn_server.domain.configuration import ConfigService
+from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.health import HealthService, Serving
+from keyturn_server.domain.journal import Journal
+from keyturn_server.domain.key_lifecycle import KeyLifecycle
+from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
 from keyturn_server.observability import logs
 from keyturn_server.observability.metrics import Metrics
 from keyturn_server.settings import Settings, split_address
-from keyturn_server.store.base import Store
 from keyturn_server.store.sqlite import SqliteStore
 
 log = logging.getLogger("keyturn.app")
@@ -152,17 +156,37 @@ class App:
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
-        audit = AuditLog(AuditChain(keyring.audit_key), _audit_sink)
-        config = ConfigService(store, audit, self.clock)
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
+        config = ConfigService(store, journal, self.clock)
         await config.load()
-        keys = KeyService(store, keyring, config, audit, self.clock, stats, settings.destroy_delay)
-        handles = HandleService(store, keyring, config, audit, self.clock, stats)
-        tokens = AccessTokenService(store, keyring, audit, self.clock)
+        material = MaterialCache(store, keyring, stats)
+        key_lifecycle = KeyLifecycle(material, config, journal, self.clock)
+        keys = KeyService(
+            store,
+            config,
+            journal,
+            material,
+            key_lifecycle,
+            self.clock,
+            stats,
+            settings.destroy_delay,
+        )
+        handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
+        handles = HandleService(
+            store, keyring, config, journal, handle_lifecycle, self.clock, stats
+        )
+        tokens = AccessTokenService(store, keyring, journal, self.clock)
         hub = EventHub()
         hub.latest_sequence = store.read().event_bounds()[1]
         is_leader = getattr(store, "is_leader", lambda: True)
         scheduler = Scheduler(
-            store, self.clock, config, keys, handles, audit, settings.event_retention, is_leader
+            store,
+            self.clock,
+            config,
+            key_lifecycle,
+            handle_lifecycle,
+            settings.event_retention,
+            is_leader,
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)
@@ -172,7 +196,12 @@ class App:
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
         watch = self._watch = WatchService(
-            store, hub, self.clock, handles, settings.heartbeat_interval, settings.watch_queue_size
+            store,
+            hub,
+            self.clock,
+            handle_lifecycle,
+            settings.heartbeat_interval,
+            settings.watch_queue_size,
         )
         health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
         self.services = Services(

@@ -15,8 +15,7 @@ from keyturn_server.crypto.master import (
     new_salt,
     parse_master_key,
 )
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import MetaRepository, Store
 
 log = logging.getLogger("keyturn.security")
 
@@ -60,7 +59,7 @@ async def unlock(
         )
     data = KeyringData.fresh()
 
-    def first_start(repo: SqlRepository) -> None:
+    def first_start(repo: MetaRepository) -> None:
         if repo.meta_names(WRAP_PREFIX):
             raise MasterKeyError("another process initialised this data directory meanwhile")
         repo.set_meta(WRAP_PREFIX + fingerprint(master), data.wrap(master))

@@ -21,8 +21,9 @@ from keyturn_server.api.convert import (
 )
 from keyturn_server.clock import Clock
 from keyturn_server.domain.access_token_service import AccessTokenService
-from keyturn_server.domain.audit_service import AuditQuery, AuditService
-from keyturn_server.domain.configuration import ConfigService
+from keyturn_server.domain.audit import AuditQuery
+from keyturn_server.domain.audit_service import AuditService
+from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.health import Component, HealthService, Serving
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"

@@ -6,7 +6,8 @@ from typing import Any
 
 from keyturn.v1 import admin_pb2
 from keyturn_server.api.convert import ANOMALY_KIND, ANOMALY_KIND_FROM, dur, ts
-from keyturn_server.domain.config import Config, ConfigDraft
+from keyturn_server.domain.config import Config
+from keyturn_server.domain.config_update import ConfigDraft
 from keyturn_server.domain.errors import InvalidArgument
 
 _POLICY_SCALARS = (

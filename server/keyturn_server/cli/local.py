@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from keyturn_server.app import open_store
+from keyturn_server.domain.repositories import Store
 from keyturn_server.settings import Settings
-from keyturn_server.store.base import Store
 
 
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:

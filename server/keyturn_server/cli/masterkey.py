@@ -17,8 +17,8 @@ from keyturn_server.bootstrap import unlock
 from keyturn_server.cli.local import add_location_arguments, local_settings, opened
 from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
 from keyturn_server.domain.master_rotation import rotate_master_key
+from keyturn_server.domain.repositories import MetaRepository
 from keyturn_server.settings import Settings
-from keyturn_server.store.sql import SqlRepository
 
 
 def register(commands: Any) -> None:
@@ -53,7 +53,7 @@ async def _rotate(settings: Settings, following: str) -> int:
         salt = store.read().get_meta("master_salt") or new_salt()
         new = parse_master_key(following, salt, source="NEW_MASTER_KEY")
 
-        def keep_salt(repo: SqlRepository) -> None:
+        def keep_salt(repo: MetaRepository) -> None:
             repo.set_meta("master_salt", salt)
 
         await store.write(keep_salt)

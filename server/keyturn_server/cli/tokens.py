@@ -18,6 +18,7 @@ from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
+from keyturn_server.domain.journal import Journal
 from keyturn_server.settings import parse_duration
 
 
@@ -50,9 +51,9 @@ async def _run(args: argparse.Namespace) -> int:
     settings = local_settings(args, os.environ.get("MASTER_KEY") or None)
     async with opened(settings) as store:
         keyring, _ = await unlock(store, settings.data_dir, settings.master_key, production=False)
-        service = AccessTokenService(
-            store, keyring, AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock()
-        )
+        clock = SystemClock()
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), lambda _: None), clock)
+        service = AccessTokenService(store, keyring, journal, clock)
         operator = Principal(f"local:{getpass.getuser()}", Role.ADMIN, "local")
         if args.action == "create":
             _, secret = await service.create(

@@ -18,7 +18,6 @@ from keyturn_server.domain import limits, tokens
 from keyturn_server.domain.access import SYSTEM, Permission, Principal, Role
 from keyturn_server.domain.access_tokens import NAME, AccessToken
 from keyturn_server.domain.anomalies import InvalidTokenFloodDetector
-from keyturn_server.domain.audit import AuditDraft, AuditLog
 from keyturn_server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -26,8 +25,8 @@ from keyturn_server.domain.errors import (
     NotFound,
     Unauthenticated,
 )
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.journal import Journal, Resource
+from keyturn_server.domain.repositories import Repository, Store
 
 TOKEN_BYTES = 32
 CACHE_FOR = timedelta(seconds=1)
@@ -35,10 +34,10 @@ ADMIN_NAME = "admin"
 
 
 class AccessTokenService:
-    def __init__(self, store: Store, keyring: Keyring, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, store: Store, keyring: Keyring, journal: Journal, clock: Clock) -> None:
         self._store = store
         self._keyring = keyring
-        self._audit = audit
+        self._journal = journal
         self._clock = clock
         self._used: dict[str, datetime] = {}
         #: Tokens seen recently, so that most calls cost no store read. Revoking here
@@ -92,10 +91,20 @@ class AccessTokenService:
         if self.failures.record(peer, self._clock.now()) is None:
             return
         now = self._clock.now()
-        draft = AuditDraft(
-            "auth.failure", "", "", "rpc", method, peer=peer, outcome="denied", details={"why": why}
-        )
-        await self._store.write(lambda repo: self._audit.record(repo, now, draft))
+
+        def work(repo: Repository) -> None:
+            self._journal.audit(
+                repo,
+                "auth.failure",
+                about=Resource("rpc", method),
+                by=None,
+                peer=peer,
+                outcome="denied",
+                details={"why": why},
+                time=now,
+            )
+
+        await self._store.write(work)
 
     async def flush_usage(self) -> None:
         if not self._used:
@@ -126,7 +135,7 @@ class AccessTokenService:
             raise InvalidArgument("must be positive", field="ttl")
         secret = tokens.new_token(tokens.ACCESS_TOKEN_TYPE, TOKEN_BYTES)
 
-        def work(repo: SqlRepository) -> AccessToken:
+        def work(repo: Repository) -> AccessToken:
             existing = repo.get_token(name)
             if existing is not None:
                 raise AlreadyExists(
@@ -144,14 +153,13 @@ class AccessTokenService:
                 now + ttl if ttl else None,
             )
             repo.insert_token(token)
-            self._record(
+            self._journal.audit(
                 repo,
-                principal,
                 "token.create",
-                name,
-                user_id,
-                "",
-                {"role": granted.value, "digest": token.digest.hex()[:16]},
+                about=Resource("access_token", name),
+                by=principal,
+                user_id=user_id,
+                details={"role": granted.value, "digest": token.digest.hex()[:16]},
             )
             return token
 
@@ -167,7 +175,7 @@ class AccessTokenService:
         principal.require(Permission.TOKEN_MANAGE)
         limits.raise_if(limits.common(user_id, reason))
 
-        def work(repo: SqlRepository) -> AccessToken:
+        def work(repo: Repository) -> AccessToken:
             token = repo.get_token(name)
             if token is None:
                 raise NotFound(f"no access token named {name!r}", reason="TOKEN_NOT_FOUND")
@@ -178,7 +186,14 @@ class AccessTokenService:
             revoked = dataclasses.replace(token, revoke_time=self._clock.now())
             repo.update_token(revoked)
             repo.after_commit(self._known.clear)
-            self._record(repo, principal, "token.revoke", name, user_id, reason, {})
+            self._journal.audit(
+                repo,
+                "token.revoke",
+                about=Resource("access_token", name),
+                by=principal,
+                user_id=user_id,
+                reason=reason,
+            )
             return revoked
 
         return await self._store.write(work)
@@ -194,30 +209,3 @@ class AccessTokenService:
         with os.fdopen(fd, "w") as f:
             f.write(secret + "\n")
         return secret
-
-    def _record(
-        self,
-        repo: SqlRepository,
-        principal: Principal,
-        action: str,
-        name: str,
-        user_id: str,
-        reason: str,
-        details: dict[str, str],
-    ) -> None:
-        self._audit.record(
-            repo,
-            self._clock.now(),
-            AuditDraft(
-                action,
-                principal.name,
-                principal.role.value,
-                "access_token",
-                name,
-                user_id,
-                reason,
-                principal.peer,
-                "ok",
-                details,
-            ),
-        )

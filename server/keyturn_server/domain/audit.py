@@ -16,9 +16,12 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from keyturn_server.clock import to_micros
+
+if TYPE_CHECKING:
+    from keyturn_server.domain.repositories.store import Repository
 
 GENESIS = b"\x00" * 32
 
@@ -44,6 +47,25 @@ class AuditEntry:
     draft: AuditDraft
     hash: bytes
     previous_hash: bytes
+
+
+@dataclass(frozen=True)
+class AuditHead:
+    """The last entry written, recorded beside the log: entries removed from the end of
+    the log would otherwise leave a chain that still verifies."""
+
+    sequence: int
+    hash_hex: str
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    action: str = ""
+    principal: str = ""
+    resource_id: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    descending: bool = False
 
 
 def canonical(sequence: int, time: datetime, draft: AuditDraft) -> bytes:
@@ -104,17 +126,9 @@ class AuditLog:
         self.chain = chain
         self._sink = sink
 
-    def record(self, repo: AuditRepository, time: datetime, draft: AuditDraft) -> AuditEntry:
+    def record(self, repo: Repository, time: datetime, draft: AuditDraft) -> AuditEntry:
         entry = repo.append_audit(
             draft, time, lambda previous, sequence: self.chain.link(previous, sequence, time, draft)
         )
         repo.after_commit(lambda: self._sink(entry))
         return entry
-
-
-class AuditRepository(Protocol):
-    def append_audit(
-        self, draft: AuditDraft, time: datetime, link: Callable[[bytes, int], bytes]
-    ) -> AuditEntry: ...
-
-    def after_commit(self, callback: Callable[[], None]) -> None: ...

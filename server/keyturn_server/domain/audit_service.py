@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime
 
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.audit import AuditChain, AuditEntry
+from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditQuery
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import raise_if, text
 from keyturn_server.domain.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import AuditRepository, Store
 
 
 @dataclass(frozen=True)
@@ -29,16 +27,6 @@ class Verification:
     first_broken: int
     problem: str
     head: bytes
-
-
-@dataclass(frozen=True)
-class AuditQuery:
-    action: str = ""
-    principal: str = ""
-    resource_id: str = ""
-    start: datetime | None = None
-    end: datetime | None = None
-    descending: bool = False
 
 
 class AuditService:
@@ -58,19 +46,8 @@ class AuditService:
         raise_if(violations)
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _decode(page_token, query)
-        found = await self._store.report(
-            lambda repo: repo.list_audit(
-                query.action,
-                query.principal,
-                query.resource_id,
-                query.start,
-                query.end,
-                after,
-                query.descending,
-                size,
-            )
-        )
-        entries: list[AuditEntry] = found.items
+        found = await self._store.report(lambda repo: repo.list_audit(query, after, size))
+        entries = found.items
         token = _encode(entries[-1].sequence, query) if found.more and entries else ""
         return AuditPage(entries, token, found.total)
 
@@ -78,17 +55,17 @@ class AuditService:
         principal.require(Permission.AUDIT_READ)
         return await self._store.report(self._verify)
 
-    def _verify(self, repo: SqlRepository) -> Verification:
+    def _verify(self, repo: AuditRepository) -> Verification:
         checked, broken, problem = self._chain.verify(repo.iter_audit())
-        head = repo.get_meta("audit_head")
+        head = repo.audit_head()
         last_hash = b""
         if not broken and head is not None:
-            sequence, _, digest = head.decode().partition(":")
-            last = next(iter(repo.list_audit("", "", "", None, None, None, True, 1).items), None)
-            if last is None or last.sequence != int(sequence) or last.hash.hex() != digest:
-                broken = int(sequence)
+            newest = repo.list_audit(AuditQuery(descending=True), None, 1).items
+            last = newest[0] if newest else None
+            if last is None or last.sequence != head.sequence or last.hash.hex() != head.hash_hex:
+                broken = head.sequence
                 problem = (
-                    f"the log ends before entry {sequence}, the last one written: "
+                    f"the log ends before entry {head.sequence}, the last one written: "
                     "entries were removed from its end"
                 )
             else:

@@ -19,8 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import Repository, Store
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -30,7 +29,7 @@ class Coalescer(Generic[Item, Result]):
     def __init__(
         self,
         store: Store,
-        run: Callable[[SqlRepository, Sequence[Item]], list[Result]],
+        run: Callable[[Repository, Sequence[Item]], list[Result]],
     ) -> None:
         self._store = store
         self._run = run
@@ -62,7 +61,7 @@ class Coalescer(Generic[Item, Result]):
     async def _write(self) -> None:
         taken: list[tuple[Item, asyncio.Future[Result]]] = []
 
-        def work(repo: SqlRepository) -> list[Result]:
+        def work(repo: Repository) -> list[Result]:
             nonlocal taken
             taken = self._take()
             return self._run(repo, [item for item, _ in taken])

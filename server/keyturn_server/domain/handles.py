@@ -3,8 +3,8 @@
 A handle has a public id and a secret token; the store keeps only a keyed digest of
 each secret. :func:`decide` is the whole validation rule, a pure function of the
 handle, the presented secret, the request context, the clock and the policies; the
-handle service runs it inside one store transaction so that checks and the usage
-count are atomic.
+validation engine (:mod:`validation`) runs it inside one unit of work so that checks
+and the usage count are atomic.
 """
 
 from __future__ import annotations
@@ -265,12 +265,12 @@ def decide(
     # The attempt counts towards the rate whatever the context says.
     rate = RateWindow(rate.start, rate.previous, rate.current + 1, rate.flagged)
     drift = _context_drift(handle, seen)
-    if drift:
-        if any(key.startswith("seen_") and value for key, value in drift.items()):
-            anomaly(AnomalyKind.CONTEXT_DRIFT, drift)
+    if drift is not None:
+        if drift.conflicting:
+            anomaly(AnomalyKind.CONTEXT_DRIFT, drift.evidence)
         return refuse(Reason.CONTEXT_MISMATCH, dataclasses.replace(handle, rate=rate))
 
-    # One copy of the record with every change: this is the hot path of the service.
+    # One copy of the record with every change.
     changes: dict[str, Any] = {"rate": rate, "last_used_time": now}
     if handle.bound_ip is None and seen.ip:
         changes["bound_ip"] = seen.ip
@@ -282,26 +282,31 @@ def decide(
         if usage >= handle.max_usage:
             changes.update(state=HandleState.EXHAUSTED, notify_time=None)
             transition = HandleState.EXHAUSTED
-    return Decision(True, None, evolve(handle, changes), rotated, tuple(anomalies), transition)
+    updated = dataclasses.replace(handle, **changes)
+    return Decision(True, None, updated, rotated, tuple(anomalies), transition)
 
 
-def evolve(handle: Handle, changes: dict[str, Any]) -> Handle:
-    """A copy of ``handle`` with ``changes``: dataclasses.replace without re-running
-    __init__ over two dozen fields, for the validation hot path. The record stays frozen."""
-    copy = object.__new__(Handle)
-    copy.__dict__.update(handle.__dict__)
-    copy.__dict__.update(changes)
-    return copy
+@dataclass(frozen=True)
+class ContextDrift:
+    """How a request's context differs from the context bound to its handle."""
+
+    evidence: dict[str, str]
+    #: The request carried another value (not merely none): a second client, so an
+    #: anomaly. A request that omits a bound value is refused, but is no evidence.
+    conflicting: bool
 
 
-def _context_drift(handle: Handle, seen: Presentation) -> dict[str, str]:
-    """Evidence of a mismatch with the bound context; empty when it matches. A bound
+def _context_drift(handle: Handle, seen: Presentation) -> ContextDrift | None:
+    """How the request differs from the bound context; None when it matches. A bound
     value that the request does not carry is a mismatch too (nothing to check against)."""
     evidence: dict[str, str] = {}
+    conflicting = False
     if handle.bound_ip is not None and seen.ip != handle.bound_ip:
         evidence.update(expected_ip=handle.bound_ip, seen_ip=seen.ip or "")
+        conflicting = conflicting or bool(seen.ip)
     if handle.bound_user_agent is not None and seen.user_agent != handle.bound_user_agent:
         evidence.update(
             expected_user_agent=handle.bound_user_agent, seen_user_agent=seen.user_agent or ""
         )
-    return evidence
+        conflicting = conflicting or bool(seen.user_agent)
+    return ContextDrift(evidence, conflicting) if evidence else None

@@ -16,9 +16,8 @@ from typing import Any
 from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.errors import InvalidArgument
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Statistics
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
 
 #: A scheduler this far behind its oldest deadline is reported NOT_SERVING.
 MAX_LAG = timedelta(minutes=5)
@@ -137,7 +136,7 @@ class HealthService:
         overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler) else core
         return {"": overall, "keys": core, "handles": core, "admin": core}
 
-    def _keys(self, reader: SqlRepository, now: datetime, store: Component) -> Component:
+    def _keys(self, reader: Repository, now: datetime, store: Component) -> Component:
         counts: dict[str, int] = {}
         for _, status, count, _, _ in reader.key_counts(now):
             counts[status] = counts.get(status, 0) + count
@@ -164,7 +163,7 @@ class HealthService:
             )
         return part
 
-    def _handles(self, reader: SqlRepository, now: datetime, store: Component) -> Component:
+    def _handles(self, reader: Repository, now: datetime, store: Component) -> Component:
         counts: dict[str, int] = {}
         for _, status, count, _, _ in reader.handle_counts(now):
             counts[status] = counts.get(status, 0) + count

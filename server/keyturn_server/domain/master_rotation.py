@@ -16,34 +16,35 @@ stays valid and the chain keeps verifying.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from keyturn_server.crypto.keyring import REVISION, WRAP_PREFIX, Keyring, KeyringData, fingerprint
 from keyturn_server.crypto.master import MasterKey, MasterKeyError
 from keyturn_server.crypto.seal import Sealer
-from keyturn_server.domain.handle_service import successor_binding
-from keyturn_server.domain.key_service import material_binding
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.handle_lifecycle import successor_binding
+from keyturn_server.domain.key_material import material_binding
+from keyturn_server.domain.repositories import (
+    Repository,
+    SealedKind,
+    SealedValue,
+    SealedValues,
+    Store,
+)
 
 BATCH = 200
 #: Longer than a server's refresh interval (2 s), so that running servers seal with the
 #: new generation before the sweep.
 SETTLE_SECONDS = 3.0
 
+#: Called with (what is being re-sealed, values re-sealed so far).
 Progress = Callable[[str, int], None]
 
 
-def _bindings(table: str, row: dict[str, Any]) -> bytes:
-    if table == "key_versions":
-        return material_binding(str(row["key_id"]), int(row["version"]))
-    if table == "handle_secrets":
-        return successor_binding(str(row["handle_id"]), int(row["generation"]))
-    generation = json.loads(str(row["snapshot"]))["handle"]["generation"]
-    return successor_binding(str(row["subject_id"]), int(generation))
+def _bound_to(value: SealedValue) -> bytes:
+    if value.kind is SealedKind.KEY_MATERIAL:
+        return material_binding(value.record_id, value.number)
+    return successor_binding(value.record_id, value.number)
 
 
 @dataclass
@@ -57,13 +58,13 @@ async def rotate_master_key(
     store: Store,
     old: MasterKey,
     new: MasterKey,
-    progress: Progress = lambda table, n: None,
+    progress: Progress = lambda kind, n: None,
     settle_seconds: float = SETTLE_SECONDS,
 ) -> RotationReport:
     if fingerprint(old) == fingerprint(new):
         raise MasterKeyError("the new master key is the old one")
 
-    def add_generation(repo: SqlRepository) -> Keyring:
+    def add_generation(repo: Repository) -> Keyring:
         wrapped = repo.get_meta(WRAP_PREFIX + fingerprint(old))
         if wrapped is None:
             raise MasterKeyError(f"no keyring is wrapped for the old master key ({old.source})")
@@ -80,20 +81,20 @@ async def rotate_master_key(
     keyring = await store.write(add_generation)
     report = RotationReport(generation=keyring.generation)
     await asyncio.sleep(settle_seconds)
-    for table in SqlRepository.SEALED:
-        cursor: tuple[Any, ...] | None = None
+    for kind in SealedKind:
+        cursor: SealedValue | None = None
         while True:
-            done, cursor = await store.write(_page(keyring.sealer, table, cursor))
+            done, cursor = await store.write(_page(keyring.sealer, kind, cursor))
             report.resealed += done
-            progress(table, report.resealed)
+            progress(kind.value, report.resealed)
             if cursor is None:
                 break
 
-    def retire(repo: SqlRepository) -> str:
-        for table in SqlRepository.SEALED:
-            cursor: tuple[Any, ...] | None = None
+    def retire(repo: Repository) -> str:
+        for kind in SealedKind:
+            cursor: SealedValue | None = None
             while True:
-                _, cursor = _reseal(repo, keyring.sealer, table, cursor, 10_000)
+                _, cursor = _reseal(repo, keyring.sealer, kind, cursor, 10_000)
                 if cursor is None:
                     break
         for name in repo.meta_names(WRAP_PREFIX):
@@ -106,24 +107,21 @@ async def rotate_master_key(
 
 
 def _page(
-    sealer: Sealer, table: str, after: tuple[Any, ...] | None
-) -> Callable[[SqlRepository], tuple[int, tuple[Any, ...] | None]]:
-    return lambda repo: _reseal(repo, sealer, table, after, BATCH)
+    sealer: Sealer, kind: SealedKind, after: SealedValue | None
+) -> Callable[[Repository], tuple[int, SealedValue | None]]:
+    return lambda repo: _reseal(repo, sealer, kind, after, BATCH)
 
 
 def _reseal(
-    repo: SqlRepository, sealer: Sealer, table: str, after: tuple[Any, ...] | None, limit: int
-) -> tuple[int, tuple[Any, ...] | None]:
-    """Re-seal one page of ``table``; (values re-sealed, cursor of the next page or None)."""
-    keys = SqlRepository.SEALED[table][0]
-    rows = repo.sealed_after(table, after, limit)
+    repo: SealedValues, sealer: Sealer, kind: SealedKind, after: SealedValue | None, limit: int
+) -> tuple[int, SealedValue | None]:
+    """Re-seal one page of ``kind``; (values re-sealed, cursor of the next page or None)."""
+    values = repo.sealed_after(kind, after, limit)
     done = 0
-    for row in rows:
-        blob = bytes(row["blob"])
-        if Sealer.generation_of(blob) == sealer.current:
+    for value in values:
+        if Sealer.generation_of(value.blob) == sealer.current:
             continue
-        bound = _bindings(table, row)
-        repo.replace_sealed(table, row, sealer.seal(sealer.open(blob, bound), bound))
+        bound = _bound_to(value)
+        repo.replace_sealed(value, sealer.seal(sealer.open(value.blob, bound), bound))
         done += 1
-    cursor = tuple(rows[-1][k] for k in keys) if len(rows) == limit else None
-    return done, cursor
+    return done, (values[-1] if len(values) == limit else None)

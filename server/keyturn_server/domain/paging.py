@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from keyturn_server.clock import to_micros
 from keyturn_server.domain import limits
@@ -21,6 +21,18 @@ from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Listing(Generic[T]):
+    """One page of records as the store found it: the items, the total across pages, and
+    whether more follow."""
+
+    items: list[T]
+    total: int
+    more: bool
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,11 @@ from keyturn_server.clock import Clock, to_micros
 from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange, Unavailable
 from keyturn_server.domain.events import Event, EventKind, Subject
-from keyturn_server.domain.handle_service import HandleService
+from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handles import Handle
 from keyturn_server.domain.keys import Key
 from keyturn_server.domain.limits import raise_if, text
-from keyturn_server.store.base import Store
+from keyturn_server.domain.repositories import Store
 
 REPLAY_BATCH = 500
 MAX_FILTER_VALUES = 100
@@ -165,14 +165,14 @@ class WatchService:
         store: Store,
         hub: EventHub,
         clock: Clock,
-        handles: HandleService,
+        handle_lifecycle: HandleLifecycle,
         heartbeat: timedelta,
         queue_size: int,
     ) -> None:
         self._store = store
         self._hub = hub
         self._clock = clock
-        self._handles = handles
+        self._handle_lifecycle = handle_lifecycle
         self.heartbeat = heartbeat
         self.queue_size = queue_size
         self._closing = False
@@ -330,7 +330,7 @@ class WatchService:
             and isinstance(event.snapshot, Handle)
         ):
             token = (
-                self._handles.open_delivered(
+                self._handle_lifecycle.open_delivered(
                     event.subject_id, event.snapshot.generation, event.sealed_token
                 )
                 or ""

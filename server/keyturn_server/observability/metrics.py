@@ -21,8 +21,7 @@ from prometheus_client.registry import Collector
 from keyturn_server.clock import Clock
 from keyturn_server.domain.events import Event, EventKind
 from keyturn_server.domain.lifecycle import Scheduler
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import Repository, Store
 
 log = logging.getLogger("keyturn.metrics")
 REFRESH_SECONDS = 15.0
@@ -99,7 +98,7 @@ class Metrics:
             await asyncio.sleep(REFRESH_SECONDS)
 
 
-def _snapshot(repo: SqlRepository, now: Any) -> dict[str, Any]:
+def _snapshot(repo: Repository, now: Any) -> dict[str, Any]:
     return {
         "keys": repo.key_counts(now),
         "handles": repo.handle_counts(now),

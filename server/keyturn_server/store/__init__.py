@@ -1,1 +1,2 @@
-"""Persistence: one Store protocol, an embedded SQLite store and a PostgreSQL store."""
+"""Persistence: the domain's repository protocols implemented in SQL (sql/), on an
+embedded SQLite store and a PostgreSQL store."""

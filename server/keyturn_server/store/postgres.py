@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import Event
-from keyturn_server.store.base import CommitListener, StoreStatus
+from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
@@ -134,10 +134,10 @@ class PostgresStore:
 
     # --- the Store protocol ------------------------------------------------------------
 
-    def read(self) -> SqlRepository:
+    def read(self) -> Repository:
         return self._reader
 
-    async def write(self, work: Callable[[SqlRepository], T]) -> T:
+    async def write(self, work: Callable[[Repository], T]) -> T:
         self._ensure_listening()
         self._pending += 1
         try:
@@ -152,9 +152,7 @@ class PostgresStore:
                 log.exception("after-commit callback failed", extra={"category": "error"})
         return value
 
-    def _transaction(
-        self, work: Callable[[SqlRepository], T]
-    ) -> tuple[T, list[Callable[[], None]]]:
+    def _transaction(self, work: Callable[[Repository], T]) -> tuple[T, list[Callable[[], None]]]:
         started = time.perf_counter()
         try:
             with self._pool.connection() as conn, conn.transaction():
@@ -167,7 +165,7 @@ class PostgresStore:
                         adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
                         appended = True
 
-                repo = SqlRepository(adapter, lock_for_append=lock)
+                repo = SqlRepository(adapter, concurrent_writers=True, lock_appends=lock)
                 value = work(repo)
                 if repo.events:
                     adapter.execute(f"NOTIFY {CHANNEL}")
@@ -180,7 +178,7 @@ class PostgresStore:
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         return value, repo.after_commit_callbacks
 
-    async def report(self, work: Callable[[SqlRepository], T]) -> T:
+    async def report(self, work: Callable[[Repository], T]) -> T:
         def run() -> T:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

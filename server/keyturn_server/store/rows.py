@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -126,27 +126,81 @@ def version_from_row(row: Row) -> KeyVersion:
 # --- handles -------------------------------------------------------------------------
 
 
-def handle_row(handle: Handle) -> dict[str, Any]:
-    row = {
-        "id": handle.id,
-        "type": handle.type,
-        "algorithm": handle.algorithm,
-        "owner": handle.owner,
-        "created_for": handle.created_for,
-        "context": json.dumps(handle.context, sort_keys=True),
-        "max_usage": handle.max_usage,
-        "create_time": to_micros(handle.create_time),
-        "rotate_time": to_micros(handle.rotate_time),
-        "expire_time": to_micros(handle.expire_time),
-        "warn_time": to_micros(handle.warn_time),
-        "rotation_interval": _us(handle.schedule.rotation_interval),
-        "warning_threshold": _us(handle.schedule.warning_threshold),
-        "max_lifetime": _us(handle.schedule.max_lifetime),
-        "grace_period": _us(handle.schedule.grace_period),
-        "generation": handle.generation,
+def _same(name: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {name: value}
+
+
+def _time(name: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {name: to_micros(value)}
+
+
+def _optional_time(name: str) -> Callable[[Any], dict[str, Any]]:
+    return lambda value: {name: optional_micros(value)}
+
+
+def _schedule_columns(schedule: HandleSchedule) -> dict[str, Any]:
+    return {
+        "rotation_interval": _us(schedule.rotation_interval),
+        "warning_threshold": _us(schedule.warning_threshold),
+        "max_lifetime": _us(schedule.max_lifetime),
+        "grace_period": _us(schedule.grace_period),
     }
-    row.update(handle_use_row(handle))
+
+
+def _rate_columns(rate: RateWindow) -> dict[str, Any]:
+    return {
+        "rate_start": optional_micros(rate.start),
+        "rate_previous": rate.previous,
+        "rate_current": rate.current,
+        "rate_flagged": optional_micros(rate.flagged),
+    }
+
+
+#: Each field of a Handle (but its id) and the columns that store it.
+_HANDLE_COLUMNS: dict[str, Callable[[Any], dict[str, Any]]] = {
+    **{
+        name: _same(name)
+        for name in (
+            "type",
+            "algorithm",
+            "owner",
+            "created_for",
+            "usage_count",
+            "max_usage",
+            "generation",
+            "anomaly_count",
+            "bound_ip",
+            "bound_user_agent",
+            "revoke_reason",
+        )
+    },
+    **{name: _time(name) for name in ("create_time", "rotate_time", "expire_time", "warn_time")},
+    **{name: _optional_time(name) for name in ("notify_time", "last_used_time")},
+    "state": lambda state: {"state": state.value},
+    "context": lambda context: {"context": json.dumps(context, sort_keys=True)},
+    "schedule": _schedule_columns,
+    "rate": _rate_columns,
+}
+
+
+def handle_row(handle: Handle) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": handle.id}
+    fields = handle.__dict__
+    for name, columns in _HANDLE_COLUMNS.items():
+        row.update(columns(fields[name]))
     return row
+
+
+def handle_changes(before: Handle, after: Handle) -> dict[str, Any]:
+    """The columns of ``after`` whose value differs from ``before``: a plain validation
+    changes no indexed column, so an UPDATE of only these touches no index."""
+    old, new = before.__dict__, after.__dict__
+    changed: dict[str, Any] = {}
+    for name, columns in _HANDLE_COLUMNS.items():
+        value = new[name]
+        if value is not old[name] and value != old[name]:
+            changed.update(columns(value))
+    return changed
 
 
 def handle_from_row(row: Row) -> Handle:
@@ -190,24 +244,6 @@ def handle_from_row(row: Row) -> Handle:
 def _schedule(rotation: int, warning: int, lifetime: int, grace: int) -> HandleSchedule:
     # Handles of a type share a schedule (immutable): build each one once.
     return HandleSchedule(_td(rotation), _td(warning), _td(lifetime), _td(grace))
-
-
-def handle_use_row(handle: Handle) -> dict[str, Any]:
-    """The columns a validation can change; the rest of a handle's row stays as issued."""
-    return {
-        "state": handle.state.value,
-        "usage_count": handle.usage_count,
-        "last_used_time": optional_micros(handle.last_used_time),
-        "notify_time": optional_micros(handle.notify_time),
-        "anomaly_count": handle.anomaly_count,
-        "bound_ip": handle.bound_ip,
-        "bound_user_agent": handle.bound_user_agent,
-        "revoke_reason": handle.revoke_reason,
-        "rate_start": optional_micros(handle.rate.start),
-        "rate_previous": handle.rate.previous,
-        "rate_current": handle.rate.current,
-        "rate_flagged": optional_micros(handle.rate.flagged),
-    }
 
 
 def secret_row(secret: HandleSecret) -> dict[str, Any]:

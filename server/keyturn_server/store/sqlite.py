@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from keyturn_server.domain.errors import KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
-from keyturn_server.store.base import CommitListener, StoreStatus
+from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
@@ -133,7 +133,7 @@ class SqliteStore:
         self._reader = SqlRepository(self._read_conn)
         self._listeners: list[CommitListener] = []
         self._batch: list[_Outcome] = []
-        self._waiting: list[tuple[Callable[[SqlRepository], Any], asyncio.Future[Any]]] = []
+        self._waiting: list[tuple[Callable[[Repository], Any], asyncio.Future[Any]]] = []
         self._open = False
         self._cycle: asyncio.Future[None] | None = None
         self._last_commit = timedelta(0)
@@ -142,10 +142,10 @@ class SqliteStore:
 
     # --- the Store protocol ----------------------------------------------------------
 
-    def read(self) -> SqlRepository:
+    def read(self) -> Repository:
         return self._reader
 
-    async def write(self, work: Callable[[SqlRepository], T]) -> T:
+    async def write(self, work: Callable[[Repository], T]) -> T:
         if self._closed:
             raise Unavailable("the store is closed", reason="STORE_UNAVAILABLE")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -158,7 +158,7 @@ class SqliteStore:
         # A cancelled caller cancels only its wait: the unit commits with its batch.
         return await future
 
-    def _run(self, work: Callable[[SqlRepository], Any], future: asyncio.Future[Any]) -> None:
+    def _run(self, work: Callable[[Repository], Any], future: asyncio.Future[Any]) -> None:
         """Run one unit now, in its own savepoint of the open transaction."""
         conn = self._writer
         repo = SqlRepository(conn)
@@ -195,7 +195,7 @@ class SqliteStore:
         finally:
             self._cycle = None
 
-    async def report(self, work: Callable[[SqlRepository], T]) -> T:
+    async def report(self, work: Callable[[Repository], T]) -> T:
         def run() -> T:
             conn = connect(self.path)
             try:

@@ -4,36 +4,38 @@ validated whole before it is written, and audited."""
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 
 from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM, Permission, Principal
-from keyturn_server.domain.audit import AuditDraft, AuditLog
 from keyturn_server.domain.config import (
     Config,
-    ConfigDraft,
-    apply_update,
     config_from_json,
     config_to_json,
     default_config,
 )
+from keyturn_server.domain.config_update import ConfigDraft, apply_update
 from keyturn_server.domain.errors import Aborted
+from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.limits import common, raise_if
-from keyturn_server.store.base import Store
-from keyturn_server.store.sql import SqlRepository
+from keyturn_server.domain.repositories import ConfigRepository, Repository, Store, StoredConfig
 
 
-def _latest(repo: SqlRepository) -> Config | None:
+def _latest(repo: ConfigRepository) -> Config | None:
     found = repo.latest_config()
     if found is None:
         return None
-    body, revision, update_time, updated_by = found
-    return config_from_json(body, revision, update_time, updated_by)
+    return config_from_json(found.body, found.revision, found.update_time, found.updated_by)
+
+
+def _stored(config: Config, time: datetime) -> StoredConfig:
+    return StoredConfig(config_to_json(config), config.revision, time, config.updated_by)
 
 
 class ConfigService:
-    def __init__(self, store: Store, audit: AuditLog, clock: Clock) -> None:
+    def __init__(self, store: Store, journal: Journal, clock: Clock) -> None:
         self._store = store
-        self._audit = audit
+        self._journal = journal
         self._clock = clock
         self._current = default_config()
 
@@ -44,7 +46,7 @@ class ConfigService:
     async def load(self) -> Config:
         """Read the stored configuration; on first start store the defaults as revision 1."""
 
-        def work(repo: SqlRepository) -> Config:
+        def work(repo: Repository) -> Config:
             stored = _latest(repo)
             if stored is not None:
                 return stored
@@ -52,18 +54,13 @@ class ConfigService:
             initial = dataclasses.replace(
                 default_config(), revision=1, update_time=now, updated_by=SYSTEM.name
             )
-            repo.put_config(config_to_json(initial), 1, now, SYSTEM.name)
-            self._audit.record(
+            repo.put_config(_stored(initial, now))
+            self._journal.audit(
                 repo,
-                now,
-                AuditDraft(
-                    "config.initialize",
-                    SYSTEM.name,
-                    SYSTEM.role.value,
-                    "config",
-                    "1",
-                    details={"etag": initial.etag},
-                ),
+                "config.initialize",
+                about=Resource("config", "1"),
+                details={"etag": initial.etag},
+                time=now,
             )
             return initial
 
@@ -93,7 +90,7 @@ class ConfigService:
         principal.require(Permission.CONFIG_WRITE)
         raise_if(common(user_id, reason))
 
-        def work(repo: SqlRepository) -> Config:
+        def work(repo: Repository) -> Config:
             latest = _latest(repo) or self._current
             if etag and etag != latest.etag:
                 raise Aborted(
@@ -109,25 +106,20 @@ class ConfigService:
                 update_time=now,
                 updated_by=principal.name,
             )
-            repo.put_config(config_to_json(updated), updated.revision, now, principal.name)
-            self._audit.record(
+            repo.put_config(_stored(updated, now))
+            self._journal.audit(
                 repo,
-                now,
-                AuditDraft(
-                    "config.update",
-                    principal.name,
-                    principal.role.value,
-                    "config",
-                    str(updated.revision),
-                    user_id=user_id,
-                    reason=reason,
-                    peer=principal.peer,
-                    details={
-                        "update_mask": ",".join(mask) or "(implied)",
-                        "previous_etag": latest.etag,
-                        "etag": updated.etag,
-                    },
-                ),
+                "config.update",
+                about=Resource("config", str(updated.revision)),
+                by=principal,
+                user_id=user_id,
+                reason=reason,
+                details={
+                    "update_mask": ",".join(mask) or "(implied)",
+                    "previous_etag": latest.etag,
+                    "etag": updated.etag,
+                },
+                time=now,
             )
             repo.after_commit(lambda: setattr(self, "_current", updated))
             return updated

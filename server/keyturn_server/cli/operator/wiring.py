@@ -1,0 +1,147 @@
+"""What every operator command shares: the server flags, the client they describe, how an
+action runs and what it exits with, and the argument forms (K=V pairs, secrets on stdin).
+
+The server is --address or KEYTURN_ADDRESS (default 127.0.0.1:50051); the token is
+--token, --token-file, KEYTURN_TOKEN, or ./data/admin.token when it exists. Lists
+print tables; --json prints protobuf JSON instead. Exit codes: 0 done, 1 the
+call failed, 2 bad usage, 3 the answer was "no" (a refused validation, a server that is
+not serving, a broken audit log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from keyturn import TLS, AsyncClient, KeyturnError
+from keyturn_server.cli.operator.console import short_name
+from keyturn_server.settings import SettingsError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TOKEN_FILE = Path("data/admin.token")
+REFUSED = 3
+
+Action = Callable[[AsyncClient, argparse.Namespace], Awaitable[int]]
+
+
+class UsageError(Exception):
+    """Arguments that cannot make a request (exit code 2)."""
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    server = common.add_argument_group("server")
+    server.add_argument("--address", help="HOST:PORT (KEYTURN_ADDRESS; default 127.0.0.1:50051)")
+    server.add_argument("--token", help="bearer token (KEYTURN_TOKEN)")
+    server.add_argument("--token-file", type=Path, help="file holding the token")
+    server.add_argument("--tls", action="store_true", help="TLS with the system's roots")
+    server.add_argument("--ca", type=Path, help="CA certificate of the server (implies TLS)")
+    server.add_argument("--cert", type=Path, help="client certificate, for mutual TLS")
+    server.add_argument("--key", type=Path, help="client private key, for mutual TLS")
+    server.add_argument(
+        "--server-name",
+        help="name the server's certificate must carry, when the address is not it (implies TLS)",
+    )
+    common.add_argument("--json", action="store_true", help="print protobuf JSON")
+    return common
+
+
+#: The flags every operator command takes.
+COMMON = _common()
+
+
+def command(group: Any, name: str, action: Action, text: str) -> argparse.ArgumentParser:
+    """A command of ``group`` that runs ``action`` with a client."""
+    parser: argparse.ArgumentParser = group.add_parser(name, help=text, parents=[COMMON])
+    parser.set_defaults(run=_runner(action))
+    return parser
+
+
+def group(commands: Any, name: str, text: str) -> Any:
+    parser = commands.add_parser(name, help=text, description=__doc__.split("\n\n")[1])
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+
+def filters(parser: argparse.ArgumentParser, statuses: Any, prefix: str) -> None:
+    parser.add_argument("--type", default="")
+    names = [short_name(statuses, prefix, v).lower() for v in statuses.values() if v]
+    parser.add_argument("--status", choices=names)
+    parser.add_argument("--owner", default="")
+    parser.add_argument("--limit", type=int, help="at most this many")
+    parser.add_argument("--page-size", type=int, default=0)
+
+
+def change(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--reason", default="", help="recorded in the audit log")
+    parser.add_argument("--user-id", default="", help="on behalf of (recorded)")
+    return parser
+
+
+def context(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--context", action="append", default=[], metavar="K=V")
+    parser.add_argument("--ip", help="context ip")
+    parser.add_argument("--user-agent", help="context user_agent")
+    parser.add_argument("--user-id", default="", help="on behalf of (recorded)")
+    return parser
+
+
+def connect(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AsyncClient:
+    """The client the flags, else the environment, else the defaults describe."""
+    env = os.environ if env is None else env
+    address = args.address or env.get("KEYTURN_ADDRESS") or DEFAULT_ADDRESS
+    token = args.token
+    if token is None and args.token_file is not None:
+        token = args.token_file.read_text().strip()
+    if token is None:
+        token = env.get("KEYTURN_TOKEN")
+    if token is None and DEFAULT_TOKEN_FILE.is_file():
+        token = DEFAULT_TOKEN_FILE.read_text().strip()
+    tls: TLS | bool | None = args.tls or None
+    if args.ca or args.cert or args.key or args.server_name:
+        tls = TLS.from_files(args.ca, args.cert, args.key, args.server_name)
+    return AsyncClient(address, token or None, tls)
+
+
+def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        async def main() -> int:
+            async with connect(args) as client:
+                return await action(client, args)
+
+        try:
+            return asyncio.run(main())
+        except KeyturnError as exc:
+            print(f"keyturn: {exc}", file=sys.stderr)
+            for violation in getattr(exc, "field_violations", ()):
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            return 1
+        except (UsageError, SettingsError, ValueError, OSError) as exc:
+            print(f"keyturn: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+
+    return run
+
+
+def pairs(
+    entries: Sequence[str], ip: str | None = None, agent: str | None = None
+) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        if not sep or not name:
+            raise UsageError(f"{entry!r} is not KEY=VALUE")
+        found[name] = value
+    found.update({k: v for k, v in (("ip", ip), ("user_agent", agent)) if v})
+    return found
+
+
+def secret(value: str) -> str:
+    """A token argument; "-" reads it from standard input, which keeps it out of `ps`."""
+    return sys.stdin.readline().strip() if value == "-" else value

@@ -1,0 +1,91 @@
+"""Key material: made outside the unit of work, sealed inside it bound to its (key,
+version), and opened at most once per version while it stays in a small cache.
+
+Opening is what costs: an RSA private key is validated when loaded (~54 ms), so a loaded
+version is kept (LRU) until its key is removed or its version expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from datetime import datetime
+
+from keyturn_server.crypto import material
+from keyturn_server.crypto.algorithms import KEY_ALGORITHMS, Purpose
+from keyturn_server.crypto.keyring import Keyring
+from keyturn_server.crypto.seal import SealError, binding
+from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound
+from keyturn_server.domain.keys import Key
+from keyturn_server.domain.repositories import Store
+from keyturn_server.domain.statistics import Statistics
+
+KEY_TABLE = "key_versions"
+CACHE_SIZE = 4096
+
+
+def material_binding(key_id: str, version: int) -> bytes:
+    """What a version's sealed material is bound to."""
+    return binding(KEY_TABLE, key_id, version)
+
+
+async def new_material(algorithm: str, length: int) -> tuple[bytes, str | None]:
+    """(secret, public PEM) for a new version; RSA generation (tens of milliseconds)
+    runs in a worker thread so that the event loop keeps serving."""
+    if KEY_ALGORITHMS[algorithm].purpose is Purpose.SIGN:
+        return await asyncio.to_thread(material.generate, algorithm, length)
+    return material.generate(algorithm, length)
+
+
+class MaterialCache:
+    """Versions opened for use, most recently used last."""
+
+    def __init__(self, store: Store, keyring: Keyring, stats: Statistics) -> None:
+        self._store = store
+        self._keyring = keyring
+        self._stats = stats
+        self._loaded: OrderedDict[tuple[str, int], material.LoadedVersion] = OrderedDict()
+
+    def seal(self, key_id: str, version: int, secret: bytes) -> bytes:
+        return self._keyring.seal(secret, material_binding(key_id, version))
+
+    def load(self, key: Key, number: int, now: datetime) -> material.LoadedVersion:
+        """Version ``number`` of ``key``, ready to use, if it is still enabled."""
+        version = key.version(number)
+        if version is None:
+            raise NotFound(f"key {key.id!r} has no version {number}", reason="VERSION_NOT_FOUND")
+        if not version.usable or now >= version.expire_time:
+            raise FailedPrecondition(
+                f"version {number} of key {key.id!r} expired at "
+                f"{version.expire_time.isoformat()}; its material is destroyed",
+                reason="VERSION_EXPIRED",
+            )
+        cached = self._loaded.get((key.id, number))
+        if cached is not None:
+            self._loaded.move_to_end((key.id, number))
+            return cached
+        sealed = self._store.read().sealed_material(key.id, number)
+        if sealed is None:
+            raise FailedPrecondition(f"version {number} of key {key.id!r} has no material")
+        try:
+            secret = self._keyring.open(sealed, material_binding(key.id, number))
+        except SealError:
+            self._stats.integrity_failures += 1
+            raise DataLoss(
+                f"the stored material of key {key.id!r} version {number} failed authentication; "
+                "it was altered or belongs to another record",
+                reason="MATERIAL_TAMPERED",
+            ) from None
+        loaded = material.LoadedVersion.load(key.id, number, key.algorithm, secret)
+        self._loaded[(key.id, number)] = loaded
+        if len(self._loaded) > CACHE_SIZE:
+            self._loaded.popitem(last=False)
+        return loaded
+
+    def forget(self, key_id: str) -> None:
+        """Drop every cached version of a key (removed or destroyed)."""
+        for cached in [k for k in self._loaded if k[0] == key_id]:
+            del self._loaded[cached]
+
+    def forget_version(self, key_id: str, version: int) -> None:
+        self._loaded.pop((key_id, version), None)

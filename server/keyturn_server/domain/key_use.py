@@ -1,0 +1,192 @@
+"""Keys used in place: encrypt and decrypt, sign and verify, MAC, and public keys.
+
+New ciphertexts, signatures and MACs come from the primary version and carry its number
+(a versioned envelope); decrypting and verifying open the version an envelope names, so
+rotation is invisible to callers. An expired key still decrypts and verifies until each
+version's own max lifetime.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+from keyturn_server.clock import Clock
+from keyturn_server.crypto import material
+from keyturn_server.crypto.algorithms import KEY_ALGORITHMS, Purpose
+from keyturn_server.domain import limits
+from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
+from keyturn_server.domain.key_material import MaterialCache
+from keyturn_server.domain.key_usage import UsageCounter
+from keyturn_server.domain.keys import Key, KeyStatus
+from keyturn_server.domain.statistics import Statistics
+
+T = TypeVar("T")
+
+#: A key the principal may see, by id (NOT_FOUND otherwise), as the caller reads it.
+KeyFinder = Callable[[Principal, str], Key]
+
+
+class KeyUse:
+    def __init__(
+        self,
+        find: KeyFinder,
+        material: MaterialCache,
+        usage: UsageCounter,
+        clock: Clock,
+        stats: Statistics,
+    ) -> None:
+        self._find = find
+        self._material = material
+        self._usage = usage
+        self._clock = clock
+        self._stats = stats
+
+    def encrypt(
+        self, principal: Principal, key_id: str, plaintext: bytes, associated_data: bytes
+    ) -> tuple[bytes, int]:
+        violations: list[FieldViolation] = []
+        limits.data("plaintext", plaintext, limits.MAX_DATA, violations)
+        limits.data("associated_data", associated_data, limits.MAX_DATA, violations)
+        limits.raise_if(violations)
+        key, loaded = self._primary_for(principal, key_id, Purpose.ENCRYPT)
+        return self._timed(
+            "encrypt", key, lambda: loaded.encrypt(plaintext, associated_data)
+        ), loaded.version
+
+    def decrypt(
+        self, principal: Principal, key_id: str, ciphertext: bytes, associated_data: bytes
+    ) -> tuple[bytes, int, bool]:
+        violations: list[FieldViolation] = []
+        limits.data("ciphertext", ciphertext, limits.MAX_CIPHERTEXT, violations)
+        limits.data("associated_data", associated_data, limits.MAX_DATA, violations)
+        limits.raise_if(violations)
+        key, loaded = self._named_for(principal, key_id, Purpose.ENCRYPT, ciphertext, "ciphertext")
+        plaintext = self._timed("decrypt", key, lambda: loaded.decrypt(ciphertext, associated_data))
+        if plaintext is None:
+            raise InvalidArgument(
+                "decryption failed: the ciphertext or the associated data is not the one "
+                "this key produced",
+                field="ciphertext",
+                reason="DECRYPTION_FAILED",
+            )
+        return plaintext, loaded.version, loaded.version == key.primary_version
+
+    def sign(self, principal: Principal, key_id: str, data: bytes) -> tuple[bytes, bytes, int, str]:
+        violations: list[FieldViolation] = []
+        limits.data("data", data, limits.MAX_DATA, violations)
+        limits.raise_if(violations)
+        key, loaded = self._primary_for(principal, key_id, Purpose.SIGN)
+        raw = self._timed("sign", key, lambda: loaded.sign(data))
+        return material.wrap(loaded.version, raw), raw, loaded.version, loaded.signature_algorithm()
+
+    def verify(
+        self, principal: Principal, key_id: str, data: bytes, signature: bytes
+    ) -> tuple[bool, int]:
+        violations: list[FieldViolation] = []
+        limits.data("data", data, limits.MAX_DATA, violations)
+        limits.data("signature", signature, limits.MAX_SIGNATURE, violations)
+        limits.raise_if(violations)
+        key, loaded = self._named_for(principal, key_id, Purpose.SIGN, signature, "signature")
+        _, raw = material.unwrap(signature)
+        return self._timed("verify", key, lambda: loaded.verify(data, raw)), loaded.version
+
+    def public_key(self, principal: Principal, key_id: str, version: int) -> tuple[str, str, int]:
+        principal.require(Permission.KEY_READ)
+        key = self._find(principal, key_id)
+        _require_purpose(key, Purpose.SIGN)
+        number = version or key.primary_version
+        record = key.version(number)
+        if record is None:
+            raise NotFound(f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND")
+        if record.public_pem is None:
+            raise FailedPrecondition(f"version {number} has no public key")
+        loaded = self._material.load(key, number, self._clock.now()) if record.usable else None
+        algorithm = loaded.signature_algorithm() if loaded else key.algorithm
+        return record.public_pem, algorithm, number
+
+    def mac(self, principal: Principal, key_id: str, data: bytes) -> tuple[bytes, int]:
+        violations: list[FieldViolation] = []
+        limits.data("data", data, limits.MAX_DATA, violations)
+        limits.raise_if(violations)
+        key, loaded = self._primary_for(principal, key_id, Purpose.MAC)
+        return material.wrap(
+            loaded.version, self._timed("mac", key, lambda: loaded.mac(data))
+        ), loaded.version
+
+    def verify_mac(
+        self, principal: Principal, key_id: str, data: bytes, mac: bytes
+    ) -> tuple[bool, int]:
+        violations: list[FieldViolation] = []
+        limits.data("data", data, limits.MAX_DATA, violations)
+        limits.data("mac", mac, limits.MAX_SIGNATURE, violations)
+        limits.raise_if(violations)
+        key, loaded = self._named_for(principal, key_id, Purpose.MAC, mac, "mac")
+        _, raw = material.unwrap(mac)
+        return self._timed("verify_mac", key, lambda: loaded.verify_mac(data, raw)), loaded.version
+
+    # --- which version, and whether the key may be used -------------------------------------
+
+    def _primary_for(
+        self, principal: Principal, key_id: str, purpose: Purpose
+    ) -> tuple[Key, material.LoadedVersion]:
+        principal.require(Permission.KEY_USE)
+        key = self._find(principal, key_id)
+        _require_purpose(key, purpose)
+        now = self._clock.now()
+        require_usable(key, now, allow_expired=False)
+        return key, self._material.load(key, key.primary_version, now)
+
+    def _named_for(
+        self, principal: Principal, key_id: str, purpose: Purpose, envelope: bytes, field: str
+    ) -> tuple[Key, material.LoadedVersion]:
+        principal.require(Permission.KEY_USE)
+        key = self._find(principal, key_id)
+        _require_purpose(key, purpose)
+        now = self._clock.now()
+        require_usable(key, now, allow_expired=True)
+        try:
+            number, _ = material.unwrap(envelope)
+        except material.EnvelopeError as exc:
+            raise InvalidArgument(str(exc), field=field, reason="MALFORMED_ENVELOPE") from None
+        return key, self._material.load(key, number, now)
+
+    def _timed(self, operation: str, key: Key, fn: Callable[[], T]) -> T:
+        started = time.perf_counter()
+        result = fn()
+        self._stats.observe("use_key", time.perf_counter() - started)
+        self._stats.operations[operation] += 1
+        self._usage.count(key.id, self._clock.now())
+        return result
+
+
+def _require_purpose(key: Key, purpose: Purpose) -> None:
+    actual = KEY_ALGORITHMS[key.algorithm].purpose
+    if actual is not purpose:
+        raise FailedPrecondition(
+            f"key {key.id!r} is a {key.type} key ({key.algorithm}); it is for "
+            f"{actual.value}, not {purpose.value}",
+            reason="WRONG_KEY_PURPOSE",
+        )
+
+
+def require_usable(key: Key, now: datetime, allow_expired: bool) -> None:
+    """Active and expiring keys are used; expired ones only decrypt and verify."""
+    status = key.status(now)
+    if status in (KeyStatus.ACTIVE, KeyStatus.EXPIRING):
+        return
+    if status is KeyStatus.EXPIRED and allow_expired:
+        return
+    raise FailedPrecondition(
+        f"key {key.id!r} is {status.value.lower()}",
+        reason=f"KEY_{status.value}",
+        metadata={"status": status.value},
+    )

@@ -1,0 +1,30 @@
+"""The hash-chained audit log."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Protocol
+
+from keyturn_server.domain.audit import AuditDraft, AuditEntry, AuditHead, AuditQuery
+from keyturn_server.domain.paging import Listing
+
+
+class AuditRepository(Protocol):
+    def append_audit(
+        self, draft: AuditDraft, time: datetime, link: Callable[[bytes, int], bytes]
+    ) -> AuditEntry:
+        """Append the next entry; ``link(previous hash, sequence)`` is its hash."""
+        ...
+
+    def audit_head(self) -> AuditHead | None:
+        """The last entry written, as recorded beside the log."""
+        ...
+
+    def list_audit(
+        self, query: AuditQuery, after: int | None, limit: int
+    ) -> Listing[AuditEntry]: ...
+
+    def iter_audit(self, batch: int = 1000) -> Iterator[AuditEntry]:
+        """Every entry, by sequence."""
+        ...

@@ -1,0 +1,22 @@
+"""The stored configuration: one row per revision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class StoredConfig:
+    #: The configuration as JSON (domain.config.config_to_json).
+    body: dict[str, Any]
+    revision: int
+    update_time: datetime
+    updated_by: str
+
+
+class ConfigRepository(Protocol):
+    def latest_config(self) -> StoredConfig | None: ...
+
+    def put_config(self, config: StoredConfig) -> None: ...

@@ -1,0 +1,76 @@
+"""Handles with their secrets, and the anomalies seen on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from keyturn_server.domain.anomalies import Anomaly
+from keyturn_server.domain.handles import Handle, HandleSecret, HandleStatus
+from keyturn_server.domain.paging import Cursor, Listing
+
+
+class HandleRepository(Protocol):
+    def get_handle(self, handle_id: str, for_update: bool = False) -> Handle | None:
+        """``for_update``: the unit of work goes on to change it (locked where writers
+        run concurrently)."""
+        ...
+
+    def insert_handle(self, handle: Handle) -> None: ...
+
+    def update_handle(self, before: Handle, after: Handle) -> None:
+        """Store ``after`` over ``before`` (as read in this unit of work): only what
+        changed is written."""
+        ...
+
+    def count_active_handles(self, owner: str, now: datetime) -> int: ...
+
+    def secrets_with_handles(
+        self, digests: Sequence[bytes]
+    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
+        """The secrets with these digests, each with its handle (locked for update)."""
+        ...
+
+    def get_secret(self, digest: bytes) -> HandleSecret | None: ...
+
+    def secrets_of(self, handle_id: str) -> list[HandleSecret]:
+        """Every secret of a handle, by generation."""
+        ...
+
+    def insert_secret(self, secret: HandleSecret) -> None: ...
+
+    def update_secret(self, secret: HandleSecret) -> None: ...
+
+    def list_handles(
+        self,
+        now: datetime,
+        type_name: str,
+        status: HandleStatus | None,
+        owner: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> Listing[Handle]: ...
+
+    def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
+        """(type, status, count, total usage, highest usage) per type and status."""
+        ...
+
+    def handles_overdue(self, now: datetime) -> int:
+        """Active handles past their rotation time."""
+        ...
+
+    def handles_in_warning(
+        self, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> list[Handle]:
+        """Active handles inside their warning window, by (warn time in microseconds,
+        id) after a cursor."""
+        ...
+
+
+class AnomalyLog(Protocol):
+    def insert_anomaly(self, anomaly: Anomaly) -> None: ...
+
+    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
+        """Anomalies by kind (since a time, or ever)."""
+        ...

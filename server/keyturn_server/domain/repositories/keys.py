@@ -1,0 +1,62 @@
+"""Keys with their versions and sealed material."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+from keyturn_server.domain.keys import Key, KeyStatus, KeyVersion
+from keyturn_server.domain.paging import Cursor, Listing
+
+
+class KeyRepository(Protocol):
+    def get_key(self, key_id: str, for_update: bool = False) -> Key | None:
+        """The key with every version; ``for_update``: the unit of work goes on to
+        change it (locked where writers run concurrently)."""
+        ...
+
+    def insert_key(self, key: Key) -> None: ...
+
+    def update_key(self, key: Key) -> None: ...
+
+    def insert_version(self, version: KeyVersion, sealed_material: bytes) -> None: ...
+
+    def update_version(self, version: KeyVersion) -> None: ...
+
+    def destroy_material(self, key_id: str, version: int) -> None: ...
+
+    def sealed_material(self, key_id: str, version: int) -> bytes | None: ...
+
+    def add_key_usage(self, usage: Mapping[str, tuple[int, datetime]]) -> None:
+        """Add uses (count, last use) to keys' usage counts."""
+        ...
+
+    def list_keys(
+        self,
+        now: datetime,
+        type_name: str,
+        status: KeyStatus | None,
+        owner: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> Listing[Key]: ...
+
+    def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
+        """(type, status, count, usage, versions) per type and status."""
+        ...
+
+    def active_key_deadlines(self) -> list[tuple[str, str, int, int | None]]:
+        """(id, type, expire time, next rotation time) of active keys, in microseconds."""
+        ...
+
+    def keys_overdue(self, now: datetime) -> int:
+        """Active keys past their rotation time."""
+        ...
+
+    def keys_in_warning(
+        self, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> list[Key]:
+        """Active keys inside their warning window, by (warn time in microseconds, id)
+        after a cursor."""
+        ...

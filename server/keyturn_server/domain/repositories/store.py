@@ -1,0 +1,90 @@
+"""The Store protocol every backend implements, and the repository its units of work see.
+
+The domain states what it needs from storage as one protocol per aggregate (the modules
+beside this one); :class:`Repository` is all of them at once, which is what a unit of
+work gets. Rows and columns never cross this line: the store maps them to and from the
+domain's records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Protocol, TypeVar
+
+from keyturn_server.domain.events import Event
+from keyturn_server.domain.repositories.access_tokens import AccessTokenRepository
+from keyturn_server.domain.repositories.audit import AuditRepository
+from keyturn_server.domain.repositories.config import ConfigRepository
+from keyturn_server.domain.repositories.deadlines import DeadlineQueue
+from keyturn_server.domain.repositories.events import EventLog
+from keyturn_server.domain.repositories.handles import AnomalyLog, HandleRepository
+from keyturn_server.domain.repositories.keys import KeyRepository
+from keyturn_server.domain.repositories.meta import MetaRepository
+from keyturn_server.domain.repositories.sealed import SealedValues
+
+T = TypeVar("T")
+
+CommitListener = Callable[[list[Event]], None]
+
+
+class Transaction(Protocol):
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once this unit of work is durable (never if it is undone)."""
+        ...
+
+
+class Repository(
+    HandleRepository,
+    AnomalyLog,
+    KeyRepository,
+    EventLog,
+    AuditRepository,
+    AccessTokenRepository,
+    DeadlineQueue,
+    ConfigRepository,
+    MetaRepository,
+    SealedValues,
+    Transaction,
+    Protocol,
+):
+    """Everything a unit of work may read and change."""
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    backend: str
+    writable: bool
+    last_commit: timedelta
+    pending_writes: int
+    schema_version: int
+    problem: str = ""
+
+
+class Store(Protocol):
+    backend: str
+
+    def read(self) -> Repository:
+        """A repository for reads on the calling (event loop) thread."""
+        ...
+
+    async def write(self, work: Callable[[Repository], T]) -> T:
+        """Run ``work`` in one transaction and return its result once it is durable.
+
+        ``work`` is plain synchronous code (the domain's rules); if it raises, nothing it
+        did is kept. Events it appended reach the commit listeners after the commit and
+        before this returns.
+        """
+        ...
+
+    async def report(self, work: Callable[[Repository], T]) -> T:
+        """Run a read that may scan (counts, statistics, listings with totals) on its own
+        connection in a worker thread, so that it never blocks the event loop."""
+        ...
+
+    def add_commit_listener(self, listener: CommitListener) -> None: ...
+
+    def status(self) -> StoreStatus: ...
+
+    async def close(self) -> None: ...

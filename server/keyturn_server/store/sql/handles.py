@@ -1,0 +1,147 @@
+"""Handles, their secrets and their anomalies in SQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from keyturn_server.clock import from_micros, optional_datetime, to_micros
+from keyturn_server.domain.anomalies import Anomaly
+from keyturn_server.domain.handles import Handle, HandleSecret, HandleStatus
+from keyturn_server.domain.paging import Cursor, Listing
+from keyturn_server.store import rows
+from keyturn_server.store.sql.statements import IN_LIMIT, SqlBase, insert, update, update_row
+from keyturn_server.store.sql.status import HANDLE_STATUS, status_case
+
+_HANDLE_COUNTS = (
+    f"SELECT type, {status_case(HANDLE_STATUS)} AS status, COUNT(*) AS n, "
+    "CAST(COALESCE(SUM(usage_count), 0) AS BIGINT) AS usage, "
+    "COALESCE(MAX(usage_count), 0) AS top "
+    "FROM handles GROUP BY 1, 2"
+)
+
+
+class HandleSql(SqlBase):
+    def get_handle(self, handle_id: str, for_update: bool = False) -> Handle | None:
+        lock = self._for_update if for_update else ""
+        row = self._one(f"SELECT * FROM handles WHERE id = ?{lock}", (handle_id,))
+        return None if row is None else rows.handle_from_row(row)
+
+    def secrets_with_handles(
+        self, digests: Sequence[bytes]
+    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
+        """The secrets with these digests and their handles, in one statement per few
+        hundred digests; the handles are locked in id order, so that replicas locking
+        overlapping sets cannot deadlock."""
+        found: dict[bytes, tuple[HandleSecret, Handle]] = {}
+        wanted = list(dict.fromkeys(digests))
+        lock = " FOR UPDATE OF h" if self.concurrent_writers else ""
+        for start in range(0, len(wanted), IN_LIMIT):
+            chunk = wanted[start : start + IN_LIMIT]
+            marks = ", ".join("?" * len(chunk))
+            for row in self._all(
+                "SELECT h.*, s.digest AS s_digest, s.generation AS s_generation, "
+                "s.create_time AS s_create_time, s.superseded_time AS s_superseded_time, "
+                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token "
+                "FROM handle_secrets s JOIN handles h ON h.id = s.handle_id "
+                f"WHERE s.digest IN ({marks}) ORDER BY h.id{lock}",
+                chunk,
+            ):
+                digest = bytes(row["s_digest"])
+                secret = HandleSecret(
+                    digest=digest,
+                    handle_id=row["id"],
+                    generation=row["s_generation"],
+                    create_time=from_micros(row["s_create_time"]),
+                    superseded_time=optional_datetime(row["s_superseded_time"]),
+                    grace_until=optional_datetime(row["s_grace_until"]),
+                    sealed_token=rows.optional_bytes(row["s_sealed_token"]),
+                )
+                found[digest] = (secret, rows.handle_from_row(row))
+        return found
+
+    def insert_handle(self, handle: Handle) -> None:
+        self._run(*insert("handles", rows.handle_row(handle)))
+
+    def update_handle(self, before: Handle, after: Handle) -> None:
+        changed = rows.handle_changes(before, after)
+        if changed:
+            self._run(*update("handles", changed, {"id": before.id}))
+
+    def count_active_handles(self, owner: str, now: datetime) -> int:
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM handles WHERE owner = ? AND state = 'ACTIVE' "
+            "AND expire_time > ?",
+            (owner, to_micros(now)),
+        )
+        return int(row["n"])
+
+    def get_secret(self, digest: bytes) -> HandleSecret | None:
+        row = self._one("SELECT * FROM handle_secrets WHERE digest = ?", (digest,))
+        return None if row is None else rows.secret_from_row(row)
+
+    def secrets_of(self, handle_id: str) -> list[HandleSecret]:
+        found = self._all(
+            "SELECT * FROM handle_secrets WHERE handle_id = ? ORDER BY generation", (handle_id,)
+        )
+        return [rows.secret_from_row(r) for r in found]
+
+    def insert_secret(self, secret: HandleSecret) -> None:
+        self._run(*insert("handle_secrets", rows.secret_row(secret)))
+
+    def update_secret(self, secret: HandleSecret) -> None:
+        self._run(*update_row("handle_secrets", rows.secret_row(secret), ("digest",)))
+
+    def list_handles(
+        self,
+        now: datetime,
+        type_name: str,
+        status: HandleStatus | None,
+        owner: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> Listing[Handle]:
+        status_sql = None if status is None else HANDLE_STATUS[status]
+        found = self._page("handles", now, type_name, status_sql, owner, after, limit)
+        return Listing([rows.handle_from_row(r) for r in found.items], found.total, found.more)
+
+    def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
+        """(type, status, count, total usage, max usage) per type and computed status."""
+        n = to_micros(now)
+        found = self._all(_HANDLE_COUNTS.replace(":now", "?"), [n] * _HANDLE_COUNTS.count(":now"))
+        return [(r["type"], r["status"], r["n"], r["usage"], r["top"]) for r in found]
+
+    def handles_overdue(self, now: datetime) -> int:
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM handles WHERE state = 'ACTIVE' AND rotate_time <= ? "
+            "AND expire_time > ?",
+            (to_micros(now), to_micros(now)),
+        )
+        return int(row["n"])
+
+    def handles_in_warning(
+        self, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> list[Handle]:
+        """Active handles inside their warning window, by (warn_time, id) after a cursor."""
+        n = to_micros(now)
+        t, i = after if after is not None else (-1, "")
+        found = self._all(
+            "SELECT * FROM handles WHERE state = 'ACTIVE' AND warn_time <= ? "
+            "AND expire_time > ? AND (warn_time > ? OR (warn_time = ? AND id > ?)) "
+            "ORDER BY warn_time, id LIMIT ?",
+            (n, n, t, t, i, limit),
+        )
+        return [rows.handle_from_row(r) for r in found]
+
+    # --- anomalies ---------------------------------------------------------------------
+
+    def insert_anomaly(self, anomaly: Anomaly) -> None:
+        data = rows.anomaly_json(anomaly)
+        data["evidence"] = json.dumps(anomaly.evidence, sort_keys=True)
+        self._run(*insert("anomalies", data))
+
+    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
+        where, params = ("", ()) if since is None else (" WHERE time >= ?", (to_micros(since),))
+        found = self._all(f"SELECT kind, COUNT(*) AS n FROM anomalies{where} GROUP BY kind", params)
+        return {r["kind"]: r["n"] for r in found}

@@ -1,0 +1,120 @@
+"""Keys and their versions in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from keyturn_server.clock import to_micros
+from keyturn_server.domain.keys import Key, KeyStatus, KeyVersion
+from keyturn_server.domain.paging import Cursor, Listing
+from keyturn_server.store import rows
+from keyturn_server.store.sql.statements import SqlBase, insert, update_row
+from keyturn_server.store.sql.status import KEY_STATUS, status_case
+
+_KEY_COUNTS = (
+    f"SELECT type, {status_case(KEY_STATUS)} AS status, COUNT(*) AS n, "
+    "CAST(COALESCE(SUM(usage_count), 0) AS BIGINT) AS usage, "
+    "CAST(COALESCE(SUM(primary_version), 0) AS BIGINT) AS versions "
+    "FROM keys GROUP BY 1, 2"
+)
+
+
+class KeySql(SqlBase):
+    def get_key(self, key_id: str, for_update: bool = False) -> Key | None:
+        lock = self._for_update if for_update else ""
+        row = self._one(f"SELECT * FROM keys WHERE id = ?{lock}", (key_id,))
+        if row is None:
+            return None
+        return rows.key_from_row(row, self._versions_of(key_id))
+
+    def _versions_of(self, key_id: str) -> tuple[KeyVersion, ...]:
+        found = self._all(
+            "SELECT key_id, version, state, create_time, expire_time, destroy_time, public_pem "
+            "FROM key_versions WHERE key_id = ? ORDER BY version",
+            (key_id,),
+        )
+        return tuple(rows.version_from_row(r) for r in found)
+
+    def insert_key(self, key: Key) -> None:
+        self._run(*insert("keys", rows.key_row(key)))
+
+    def update_key(self, key: Key) -> None:
+        self._run(*update_row("keys", rows.key_row(key), ("id",)))
+
+    def insert_version(self, version: KeyVersion, sealed_material: bytes) -> None:
+        row = rows.version_row(version)
+        row["material"] = sealed_material
+        self._run(*insert("key_versions", row))
+
+    def update_version(self, version: KeyVersion) -> None:
+        self._run(*update_row("key_versions", rows.version_row(version), ("key_id", "version")))
+
+    def destroy_material(self, key_id: str, version: int) -> None:
+        self._run(
+            "UPDATE key_versions SET material = NULL WHERE key_id = ? AND version = ?",
+            (key_id, version),
+        )
+
+    def sealed_material(self, key_id: str, version: int) -> bytes | None:
+        row = self._one(
+            "SELECT material FROM key_versions WHERE key_id = ? AND version = ?",
+            (key_id, version),
+        )
+        return None if row is None or row["material"] is None else bytes(row["material"])
+
+    def add_key_usage(self, usage: Mapping[str, tuple[int, datetime]]) -> None:
+        for key_id, (count, last) in usage.items():
+            self._run(
+                "UPDATE keys SET usage_count = usage_count + ?, last_used_time = "
+                "CASE WHEN last_used_time IS NULL OR last_used_time < ? THEN ? "
+                "ELSE last_used_time END WHERE id = ?",
+                (count, to_micros(last), to_micros(last), key_id),
+            )
+
+    def list_keys(
+        self,
+        now: datetime,
+        type_name: str,
+        status: KeyStatus | None,
+        owner: str,
+        after: Cursor | None,
+        limit: int,
+    ) -> Listing[Key]:
+        status_sql = None if status is None else KEY_STATUS[status]
+        found = self._page("keys", now, type_name, status_sql, owner, after, limit)
+        keys = [rows.key_from_row(r, self._versions_of(r["id"])) for r in found.items]
+        return Listing(keys, found.total, found.more)
+
+    def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
+        """(type, status, count, usage, versions) for every type and computed status."""
+        n = to_micros(now)
+        found = self._all(_KEY_COUNTS.replace(":now", "?"), [n] * _KEY_COUNTS.count(":now"))
+        return [(r["type"], r["status"], r["n"], r["usage"], r["versions"]) for r in found]
+
+    def active_key_deadlines(self) -> list[tuple[str, str, int, int | None]]:
+        """(id, type, expire_time, next_rotation_time) of active keys, in microseconds."""
+        found = self._all(
+            "SELECT id, type, expire_time, next_rotation_time FROM keys WHERE state = 'ACTIVE'"
+        )
+        return [(r["id"], r["type"], r["expire_time"], r["next_rotation_time"]) for r in found]
+
+    def keys_overdue(self, now: datetime) -> int:
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM keys WHERE state = 'ACTIVE' AND next_rotation_time <= ?",
+            (to_micros(now),),
+        )
+        return int(row["n"])
+
+    def keys_in_warning(
+        self, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> list[Key]:
+        """Active keys inside their warning window, by (warn_time, id) after a cursor."""
+        n = to_micros(now)
+        t, i = after if after is not None else (-1, "")
+        found = self._all(
+            "SELECT * FROM keys WHERE state = 'ACTIVE' AND warn_time <= ? AND expire_time > ? "
+            "AND (warn_time > ? OR (warn_time = ? AND id > ?)) ORDER BY warn_time, id LIMIT ?",
+            (n, n, t, t, i, limit),
+        )
+        return [rows.key_from_row(r, self._versions_of(r["id"])) for r in found]

@@ -1,0 +1,117 @@
+"""Named values, the configuration, and the sealed columns in SQL."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from keyturn_server.clock import from_micros, to_micros
+from keyturn_server.domain.repositories.config import StoredConfig
+from keyturn_server.domain.repositories.sealed import SealedKind, SealedValue
+from keyturn_server.store.sql.statements import SqlBase
+
+#: kind -> (table, primary key columns, sealed column, the record's id, the bound number)
+_SEALED: dict[SealedKind, tuple[str, tuple[str, ...], str, str, str]] = {
+    SealedKind.KEY_MATERIAL: (
+        "key_versions",
+        ("key_id", "version"),
+        "material",
+        "key_id",
+        "version",
+    ),
+    SealedKind.PENDING_SUCCESSOR: (
+        "handle_secrets",
+        ("digest",),
+        "sealed_token",
+        "handle_id",
+        "generation",
+    ),
+    # An event's seal is bound to the generation of the handle in its snapshot.
+    SealedKind.DELIVERED_TOKEN: ("events", ("sequence",), "sealed_token", "subject_id", "snapshot"),
+}
+
+
+class MetaSql(SqlBase):
+    def get_meta(self, name: str) -> bytes | None:
+        row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
+        return None if row is None else bytes(row["value"])
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        self._run(
+            "INSERT INTO meta (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def meta_names(self, prefix: str) -> list[str]:
+        found = self._all("SELECT name FROM meta WHERE name LIKE ? ORDER BY name", (prefix + "%",))
+        return [r["name"] for r in found]
+
+    def delete_meta(self, name: str) -> None:
+        self._run("DELETE FROM meta WHERE name = ?", (name,))
+
+    # --- configuration -----------------------------------------------------------------
+
+    def latest_config(self) -> StoredConfig | None:
+        row = self._one(
+            "SELECT revision, body, update_time, updated_by FROM config "
+            "ORDER BY revision DESC LIMIT 1"
+        )
+        if row is None:
+            return None
+        return StoredConfig(
+            json.loads(row["body"]),
+            row["revision"],
+            from_micros(row["update_time"]),
+            row["updated_by"],
+        )
+
+    def put_config(self, config: StoredConfig) -> None:
+        self._run(
+            "INSERT INTO config (revision, body, update_time, updated_by) VALUES (?, ?, ?, ?)",
+            (
+                config.revision,
+                json.dumps(config.body, sort_keys=True),
+                to_micros(config.update_time),
+                config.updated_by,
+            ),
+        )
+
+    # --- sealed values (master-key rotation walks them) ---------------------------------
+
+    def sealed_after(
+        self, kind: SealedKind, after: SealedValue | None, limit: int
+    ) -> list[SealedValue]:
+        table, keys, column, record, number = _SEALED[kind]
+        columns = ", ".join(dict.fromkeys((*keys, record, number)))
+        where = f"{column} IS NOT NULL"
+        params: list[Any] = []
+        if after is not None:
+            where += f" AND ({', '.join(keys)}) > ({', '.join('?' for _ in keys)})"
+            params.extend(after.position)
+        found = self._all(
+            f"SELECT {columns}, {column} AS blob FROM {table} WHERE {where} "
+            f"ORDER BY {', '.join(keys)} LIMIT ?",
+            [*params, limit],
+        )
+        return [
+            SealedValue(
+                kind,
+                str(row[record]),
+                _bound_number(kind, row[number]),
+                bytes(row["blob"]),
+                tuple(row[k] for k in keys),
+            )
+            for row in found
+        ]
+
+    def replace_sealed(self, value: SealedValue, blob: bytes) -> None:
+        table, keys, column, _, _ = _SEALED[value.kind]
+        where = " AND ".join(f"{k} = ?" for k in keys)
+        self._run(f"UPDATE {table} SET {column} = ? WHERE {where}", [blob, *value.position])
+
+
+def _bound_number(kind: SealedKind, stored: Any) -> int:
+    if kind is SealedKind.DELIVERED_TOKEN:
+        return int(json.loads(str(stored))["handle"]["generation"])
+    return int(stored)

@@ -1,0 +1,272 @@
+"""The validation rule itself: :func:`handles.decide`, a pure function of the handle, the
+presented secret, what came with it, the time and the policies. One row per rule;
+the end-to-end tests (test_handles.py) check the same rules over gRPC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from keyturn_server.domain.anomalies import AnomalyAction, AnomalyKind
+from keyturn_server.domain.handles import (
+    Decision,
+    Handle,
+    HandleSchedule,
+    HandleSecret,
+    HandleState,
+    Presentation,
+    RateWindow,
+    Reason,
+    decide,
+)
+from keyturn_server.domain.policy import SecurityPolicies
+
+#: Thirty seconds into a minute: the sliding rate window weighs the previous minute half.
+NOW = datetime(2031, 5, 17, 12, 0, 30, tzinfo=UTC)
+MINUTE = NOW.replace(second=0)
+CURRENT, PREVIOUS = 2, 1  # secret generations
+FLAGGED, REVOKED = AnomalyAction.FLAGGED, AnomalyAction.REVOKED
+K = AnomalyKind
+
+
+def a_handle(**changes: object) -> Handle:
+    handle = Handle(
+        id="hdl_aaaaaaaaaaaaaaaa",
+        type="workflow",
+        algorithm="sha512",
+        state=HandleState.ACTIVE,
+        owner="svc",
+        created_for="",
+        context={},
+        usage_count=0,
+        max_usage=10,
+        create_time=NOW - timedelta(minutes=40),
+        rotate_time=NOW + timedelta(minutes=20),
+        expire_time=NOW + timedelta(hours=3),
+        warn_time=NOW + timedelta(minutes=15),
+        schedule=HandleSchedule(*(timedelta(minutes=30),) * 3, timedelta(minutes=5)),
+        generation=CURRENT,
+        notify_time=NOW + timedelta(minutes=15),
+    )
+    return dataclasses.replace(handle, **changes)  # type: ignore[arg-type]
+
+
+def a_secret(generation: int = CURRENT, grace_until: datetime | None = None) -> HandleSecret:
+    superseded = NOW - timedelta(minutes=1) if generation < CURRENT else None
+    return HandleSecret(b"d" * 32, "hdl_aaaaaaaaaaaaaaaa", generation, NOW, superseded, grace_until)
+
+
+def seen(ip: str | None = None, user_agent: str | None = None) -> Presentation:
+    return Presentation(ip, user_agent, peer="ipv4:10.0.0.9:5000")
+
+
+@dataclass(frozen=True)
+class Case:
+    handle: Handle = field(default_factory=a_handle)
+    secret: HandleSecret = field(default_factory=a_secret)
+    seen: Presentation = field(default_factory=seen)
+    policies: SecurityPolicies = field(default_factory=SecurityPolicies)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    valid: bool
+    reason: Reason | None = None
+    anomalies: tuple[tuple[AnomalyKind, AnomalyAction], ...] = ()
+    transition: HandleState | None = None
+    rotated: bool = False
+
+
+def ok(**kw: object) -> Outcome:
+    return Outcome(True, **kw)  # type: ignore[arg-type]
+
+
+def refused(reason: Reason, *anomalies: tuple[AnomalyKind, AnomalyAction], **kw: object) -> Outcome:
+    return Outcome(False, reason, anomalies, **kw)  # type: ignore[arg-type]
+
+
+IN_GRACE = a_secret(PREVIOUS, grace_until=NOW + timedelta(seconds=1))
+GRACE_OVER = a_secret(PREVIOUS, grace_until=NOW)  # the grace ends at its instant
+FULL_MINUTE = RateWindow(MINUTE, previous=0, current=100)
+BOUND = {"bound_ip": "10.0.0.1", "bound_user_agent": "wf/1.0"}
+NO_REUSE_RULE = SecurityPolicies(prevent_reuse=False)
+NO_DETECTION = SecurityPolicies(anomaly_detection=False)
+
+RULES: dict[str, tuple[Case, Outcome]] = {
+    # state and lifetime
+    "valid": (Case(), ok()),
+    "revoked: refused, use flagged": (
+        Case(a_handle(state=HandleState.REVOKED, revoke_reason="removed")),
+        refused(Reason.REVOKED, (K.USE_AFTER_REVOCATION, FLAGGED)),
+    ),
+    "revoked: flagged even where policy revokes that kind": (
+        Case(
+            a_handle(state=HandleState.REVOKED),
+            policies=SecurityPolicies(revoke_on=frozenset({K.USE_AFTER_REVOCATION})),
+        ),
+        refused(Reason.REVOKED, (K.USE_AFTER_REVOCATION, FLAGGED)),
+    ),
+    "expired at its instant: becomes EXPIRED": (
+        Case(a_handle(expire_time=NOW)),
+        refused(Reason.EXPIRED, (K.USE_AFTER_EXPIRY, FLAGGED), transition=HandleState.EXPIRED),
+    ),
+    "a microsecond before expiry: valid": (
+        Case(a_handle(expire_time=NOW + timedelta(microseconds=1))),
+        ok(),
+    ),
+    "already expired: no second transition": (
+        Case(a_handle(state=HandleState.EXPIRED)),
+        refused(Reason.EXPIRED, (K.USE_AFTER_EXPIRY, FLAGGED)),
+    ),
+    "exhausted": (
+        Case(a_handle(state=HandleState.EXHAUSTED, usage_count=10)),
+        refused(Reason.EXHAUSTED, (K.USE_AFTER_EXHAUSTION, FLAGGED)),
+    ),
+    "exhausted and past its lifetime: expiry wins": (
+        Case(a_handle(state=HandleState.EXHAUSTED, expire_time=NOW)),
+        refused(Reason.EXPIRED, (K.USE_AFTER_EXPIRY, FLAGGED), transition=HandleState.EXPIRED),
+    ),
+    # usage
+    "the last use is valid and exhausts": (
+        Case(a_handle(usage_count=9)),
+        ok(transition=HandleState.EXHAUSTED),
+    ),
+    "track_usage off: nothing is counted, nothing exhausts": (
+        Case(a_handle(usage_count=9), policies=SecurityPolicies(track_usage=False)),
+        ok(),
+    ),
+    # superseded secrets and grace
+    "previous secret inside its grace: valid, rotated": (Case(secret=IN_GRACE), ok(rotated=True)),
+    "previous secret at the end of its grace: reuse revokes": (
+        Case(secret=GRACE_OVER),
+        refused(Reason.SUPERSEDED, (K.TOKEN_REUSE, REVOKED), transition=HandleState.REVOKED),
+    ),
+    "previous secret never given a grace: reuse revokes": (
+        Case(secret=a_secret(PREVIOUS)),
+        refused(Reason.SUPERSEDED, (K.TOKEN_REUSE, REVOKED), transition=HandleState.REVOKED),
+    ),
+    "reuse revokes even with anomaly detection off": (
+        Case(secret=GRACE_OVER, policies=NO_DETECTION),
+        refused(Reason.SUPERSEDED, (K.TOKEN_REUSE, REVOKED), transition=HandleState.REVOKED),
+    ),
+    "prevent_reuse off: superseded, nothing more": (
+        Case(secret=GRACE_OVER, policies=NO_REUSE_RULE),
+        refused(Reason.SUPERSEDED),
+    ),
+    # rate limit
+    "the 100th validation of a minute is valid": (
+        Case(a_handle(rate=RateWindow(MINUTE, previous=0, current=99))),
+        ok(),
+    ),
+    "over the rate limit: refused, burst flagged": (
+        Case(a_handle(rate=FULL_MINUTE)),
+        refused(Reason.RATE_LIMITED, (K.RATE_LIMIT_BURST, FLAGGED)),
+    ),
+    "over the rate limit again in that minute: no second anomaly": (
+        Case(a_handle(rate=dataclasses.replace(FULL_MINUTE, flagged=MINUTE))),
+        refused(Reason.RATE_LIMITED),
+    ),
+    "the previous minute counts half, thirty seconds in": (
+        Case(a_handle(rate=RateWindow(MINUTE - timedelta(minutes=1), previous=0, current=200))),
+        refused(Reason.RATE_LIMITED, (K.RATE_LIMIT_BURST, FLAGGED)),
+    ),
+    # context binding
+    "the bound context: valid": (
+        Case(a_handle(**BOUND), seen=seen("10.0.0.1", "wf/1.0")),
+        ok(),
+    ),
+    "another ip: refused, drift flagged": (
+        Case(a_handle(**BOUND), seen=seen("10.0.0.2", "wf/1.0")),
+        refused(Reason.CONTEXT_MISMATCH, (K.CONTEXT_DRIFT, FLAGGED)),
+    ),
+    "another user agent: refused, drift flagged": (
+        Case(a_handle(**BOUND), seen=seen("10.0.0.1", "curl/8")),
+        refused(Reason.CONTEXT_MISMATCH, (K.CONTEXT_DRIFT, FLAGGED)),
+    ),
+    "a bound value missing from the request: refused, no evidence of drift": (
+        Case(a_handle(**BOUND), seen=seen(None, "wf/1.0")),
+        refused(Reason.CONTEXT_MISMATCH),
+    ),
+    "drift revokes where policy says so": (
+        Case(
+            a_handle(**BOUND),
+            seen=seen("10.0.0.2", "wf/1.0"),
+            policies=SecurityPolicies(revoke_on=frozenset({K.CONTEXT_DRIFT})),
+        ),
+        refused(
+            Reason.CONTEXT_MISMATCH, (K.CONTEXT_DRIFT, REVOKED), transition=HandleState.REVOKED
+        ),
+    ),
+    "anomaly detection off: drift refused, not reported": (
+        Case(a_handle(**BOUND), seen=seen("10.0.0.2", "wf/1.0"), policies=NO_DETECTION),
+        refused(Reason.CONTEXT_MISMATCH),
+    ),
+}
+
+
+def _decide(case: Case) -> Decision:
+    return decide(case.handle, case.secret, case.seen, NOW, case.policies)
+
+
+@pytest.mark.parametrize(("case", "outcome"), RULES.values(), ids=RULES.keys())
+def test_the_rule(case: Case, outcome: Outcome) -> None:
+    decision = _decide(case)
+    assert decision.valid is outcome.valid
+    assert decision.reason is outcome.reason
+    assert decision.rotated is outcome.rotated
+    assert [(a.kind, a.action) for a in decision.anomalies] == list(outcome.anomalies)
+    assert decision.transition is outcome.transition
+    if outcome.transition is not None:
+        assert decision.handle.state is outcome.transition
+    assert decision.handle.anomaly_count == case.handle.anomaly_count + len(outcome.anomalies)
+    for anomaly in decision.anomalies:
+        assert anomaly.handle_id == case.handle.id and anomaly.time == NOW
+
+
+@pytest.mark.parametrize(("case", "outcome"), RULES.values(), ids=RULES.keys())
+def test_only_a_valid_use_counts_and_binds(case: Case, outcome: Outcome) -> None:
+    before, after = case.handle, _decide(case).handle
+    counted = outcome.valid and case.policies.track_usage
+    assert after.usage_count == before.usage_count + (1 if counted else 0)
+    assert after.last_used_time == (NOW if outcome.valid else before.last_used_time)
+    if not outcome.valid:
+        assert (after.bound_ip, after.bound_user_agent) == (
+            before.bound_ip,
+            before.bound_user_agent,
+        )
+
+
+def test_the_first_use_binds_the_context_it_brings() -> None:
+    decision = _decide(Case(seen=seen("10.0.0.7", "wf/2.0")))
+    assert (decision.handle.bound_ip, decision.handle.bound_user_agent) == ("10.0.0.7", "wf/2.0")
+    only_ip = _decide(Case(seen=seen("10.0.0.7")))
+    assert (only_ip.handle.bound_ip, only_ip.handle.bound_user_agent) == ("10.0.0.7", None)
+
+
+def test_an_attempt_with_the_wrong_context_still_counts_towards_the_rate() -> None:
+    case = Case(a_handle(**BOUND, rate=RateWindow(MINUTE, 0, 5)), seen=seen("10.0.0.2", "wf/1.0"))
+    assert _decide(case).handle.rate.current == 6
+
+
+def test_a_refusal_over_the_rate_does_not_count_towards_it() -> None:
+    assert _decide(Case(a_handle(rate=FULL_MINUTE))).handle.rate.current == 100
+
+
+def test_exhaustion_stops_the_expiring_warning() -> None:
+    decision = _decide(Case(a_handle(usage_count=9)))
+    assert decision.handle.notify_time is None
+
+
+def test_drift_evidence_names_what_was_expected_and_what_was_seen() -> None:
+    decision = _decide(Case(a_handle(**BOUND), seen=seen("10.0.0.2", "wf/1.0")))
+    [anomaly] = decision.anomalies
+    assert anomaly.evidence == {"expected_ip": "10.0.0.1", "seen_ip": "10.0.0.2"}
+
+
+def test_a_revoking_anomaly_records_why() -> None:
+    decision = _decide(Case(secret=GRACE_OVER))
+    assert decision.handle.revoke_reason == "anomaly: TOKEN_REUSE"
