@@ -13,7 +13,6 @@ their errors, and the generated ``keyturn.v1`` messages they return.
 """
 
 from keyturn import v1
-from keyturn._calls import enum_value, short_name
 from keyturn._client import DEFAULT_ADDRESS, AsyncClient
 from keyturn._errors import (
     Aborted,
@@ -65,7 +64,5 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Watch",
-    "enum_value",
-    "short_name",
     "v1",
 ]
