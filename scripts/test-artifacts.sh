@@ -160,7 +160,6 @@ EOF
 package main
 
 import (
-	"context"
 	"fmt"
 
 	keyturnv1 "$module/gen/keyturn/v1"
