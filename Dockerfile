@@ -53,11 +53,12 @@ ENV DATA_DIR=/data \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 VOLUME ["/data"]
-EXPOSE 50051
+# gRPC, and HTTP/JSON (the /v1 API, Server-Sent Events, the specification's REST API).
+EXPOSE 50051 8080
 # SIGTERM drains streams and flushes the store; the default grace (10 s) covers it.
 STOPSIGNAL SIGTERM
 # The probe speaks TLS when a certificate is mounted and trusts exactly that one.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
     CMD ["python", "-m", "keyturn_server.probe", "127.0.0.1:50051"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["keyturn", "serve", "--listen", "0.0.0.0:50051"]
+CMD ["keyturn", "serve", "--listen", "0.0.0.0:50051", "--http-listen", "0.0.0.0:8080"]

@@ -18,7 +18,16 @@ from typing import Any
 
 import grpc
 
-from bench import fanout_suite, ghz, inprocess_suite, rpc_suite, rpcs, servers, store_suite
+from bench import (
+    fanout_suite,
+    ghz,
+    http_suite,
+    inprocess_suite,
+    rpc_suite,
+    rpcs,
+    servers,
+    store_suite,
+)
 from bench.fixtures import HANDLE_LENGTH, HANDLE_TYPE
 from bench.measure import Pairing
 from bench.options import Options, parse
@@ -73,6 +82,9 @@ def run(options: Options, argv: Sequence[str]) -> Report:
             if "scaling" in options.suites or "idle" in options.suites:
                 print("store size (scaling, idle) ...", flush=True)
                 report.sections += store_suite.run(options, pairing, workdir)
+        if "http" in options.suites:
+            print("HTTP/JSON ValidateHandle (h2load) ...", flush=True)
+            report.sections += http_suite.run(options, workdir)
         if "fanout" in options.suites:
             print("WatchExpiring fan-out ...", flush=True)
             report.sections += fanout_suite.run(options, workdir)

@@ -12,7 +12,7 @@ from typing import TypeVar
 from bench.ghz import Load
 from bench.report import RESULTS_DIR
 
-SUITES = ("inprocess", "rpc", "scaling", "idle", "fanout")
+SUITES = ("inprocess", "rpc", "http", "scaling", "idle", "fanout")
 T = TypeVar("T")
 
 

@@ -116,6 +116,7 @@ def start_keyturn(
     timeout: float = 300.0,
 ) -> Server:
     """``keyturn serve`` as documented: MASTER_KEY set, warnings only, no caller limit.
+    No HTTP listener unless ``extra_args`` asks for one (the default would bind 8080).
 
     The timeout is long because a first start on a large seeded store may take a while.
     """
@@ -128,6 +129,7 @@ def start_keyturn(
         "127.0.0.1:0",
         "--caller-rate-limit",
         "0",
+        *(() if "--http-listen" in extra_args else ("--http-listen", "off")),
         *extra_args,
     ]
     env = _env({"MASTER_KEY": master_key, "LOG_LEVEL": "warning"})

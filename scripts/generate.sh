@@ -8,6 +8,8 @@ if ! out=$(PYTHON=${PYTHON:-python} scripts/generate_python.sh 2>&1); then
   echo "$out" >&2
   exit 1
 fi
+# The OpenAPI document is generated from the Python stubs just written.
+"${PYTHON:-python}" scripts/openapi.py
 for generator in clients/*/generate.sh; do
   [ -x "$generator" ] && "$generator"
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts one live server (SQLite, a temp data dir, a random master key) and the scripted
 # policy server (clients/policy), and runs against them every client's run-tests.sh, the
-# Python example and the grpcurl walkthrough.
+# Python example, and the grpcurl and curl walkthroughs.
 # A suite whose toolchain is missing is reported and skipped, never silently passed; with
 # KEYTURN_REQUIRE_ALL set (CI) it fails instead.
 set -euo pipefail
@@ -10,9 +10,12 @@ root=$PWD
 BIN=$root/.venv/bin
 
 data=$(mktemp -d "${TMPDIR:-/tmp}/keyturn-clients.XXXXXX")
-port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+http_port=$(free_port)
 MASTER_KEY=$("$BIN/python" -c 'import secrets; print(secrets.token_hex(32))') \
   LOG_LEVEL=warning "$BIN/keyturn" serve --data-dir "$data" --listen "127.0.0.1:$port" \
+  --http-listen "127.0.0.1:$http_port" \
   --caller-rate-limit 0 --heartbeat 1s >"$data/server.log" 2>&1 &
 server=$!
 cleanup() { kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; rm -rf "$data"; }
@@ -76,6 +79,7 @@ suite() {  # suite NAME TOOL COMMAND...
 grpcurl_tool=go
 { [ -x tools/bin/grpcurl ] || command -v grpcurl >/dev/null; } && grpcurl_tool=bash
 [ -x scripts/grpcurl-walkthrough.sh ] && suite grpcurl "$grpcurl_tool" scripts/grpcurl-walkthrough.sh "$KEYTURN_ADDRESS" "$KEYTURN_TOKEN"
+[ -x scripts/curl-walkthrough.sh ] && suite curl curl scripts/curl-walkthrough.sh "http://127.0.0.1:$http_port" "$KEYTURN_TOKEN"
 
 echo
 if [ ${#skipped[@]} -gt 0 ]; then echo "skipped: ${skipped[*]}"; fi

@@ -158,11 +158,14 @@ refusals() {
 }
 timed "refusals (no MASTER_KEY, no certificate)" refusals
 
-port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { "$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+http_port=$(free_port)
 start() {
   podman run --detach --name "$name" "${hardened[@]}" --volume "$volume:/data" \
     --volume "$tls:/tls:ro" --env MASTER_KEY \
-    --publish "127.0.0.1:$port:50051" "$image" 2>&1 >/dev/null | quiet
+    --publish "127.0.0.1:$port:50051" --publish "127.0.0.1:$http_port:8080" "$image" \
+    2>&1 >/dev/null | quiet
 }
 healthy() {  # waits until the image's HEALTHCHECK passes
   local _
@@ -198,8 +201,9 @@ use() {
   listed=$(podman exec "$name" keyturn keys list --address localhost:50051 --ca /tls/ca.crt 2>&1 | quiet)
   grep -q "$key" <<<"$listed" || fail "keyturn keys list inside the container: $listed"
   say "keyturn keys list inside the container lists $key"
+  say "$("$BIN/python" -m tests.container_smoke https "127.0.0.1:$http_port" "$tls/ca.crt" "$work/state.json")"
 }
-timed "host client over TLS, keyturn inside" use
+timed "host clients over TLS (gRPC, HTTPS), keyturn inside" use
 
 restart() {
   podman restart --time "$grace" "$name" 2>&1 >/dev/null | quiet

@@ -47,7 +47,7 @@ done_stage
 
 step "generated code matches proto/"
 PYTHON=$BIN/python scripts/generate.sh
-generated="clients/python/keyturn/v1 clients/go/gen clients/node/src/gen"
+generated="clients/python/keyturn/v1 clients/go/gen clients/node/src/gen server/keyturn_server/api/http/openapi.json"
 if [ -n "$(git status --porcelain -- $generated)" ]; then
   git status --porcelain -- $generated
   echo "generated code is stale: run 'make generate' and commit the result" >&2

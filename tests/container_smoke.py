@@ -3,6 +3,7 @@ Python client over the published port, with TLS verified against the test CA:
 
     python -m tests.container_smoke seed  ADDRESS CA STATE   key, ciphertext, handle
     python -m tests.container_smoke check ADDRESS CA STATE   all of them survived
+    python -m tests.container_smoke https ADDRESS CA STATE   the key over HTTP/JSON
     python -m tests.container_smoke hardening                podman run flags, one a line
 
 The admin token comes from KEYTURN_TOKEN. STATE (a JSON file) holds what ``check`` needs.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import sys
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -68,6 +71,21 @@ def check(client: keyturn.Client, state: Path) -> str:
     return f"key {key.id} decrypts and handle {handle.id} validates after the restart"
 
 
+def https(address: str, ca: str, state: Path) -> str:
+    """The HTTP/JSON listener answers over TLS verified against the same CA."""
+    key_id = json.loads(state.read_text())["key_id"]
+    request = urllib.request.Request(
+        f"https://{address}/v1/keys/{key_id}",
+        headers={"Authorization": f"Bearer {os.environ['KEYTURN_TOKEN']}"},
+    )
+    context = ssl.create_default_context(cafile=ca)
+    with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+        body = json.load(answer)
+    if body.get("id") != key_id:
+        raise SystemExit(f"GET /v1/keys/{key_id} over HTTPS answered {body}")
+    return f"GET https://{address}/v1/keys/{key_id} answers the key"
+
+
 def hardening(compose: Path = COMPOSE) -> list[str]:
     """The compose file's confinement as `podman run` flags."""
     service = yaml.safe_load(compose.read_text())["services"]["keyturn"]
@@ -83,6 +101,9 @@ def main(argv: list[str]) -> int:
         print("\n".join(hardening()))
         return 0
     action, address, ca, state = argv
+    if action == "https":
+        print(https(address, ca, Path(state)))
+        return 0
     with connect(address, ca) as client:
         print(seed(client, Path(state)) if action == "seed" else check(client, Path(state)))
     return 0

@@ -113,6 +113,7 @@ class Harness:
             overrides["store"] = fresh_postgres_database()
         self.settings = Settings(
             listen=("127.0.0.1:0",),
+            http_listen=("127.0.0.1:0",),
             data_dir=data_dir,
             master_key=MASTER_KEY,
             caller_rate_limit=0,
@@ -143,6 +144,12 @@ class Harness:
     def address(self) -> str:
         assert self.app is not None
         return self.app.address
+
+    @property
+    def http_url(self) -> str:
+        """The HTTP/JSON listener, e.g. http://127.0.0.1:41234."""
+        assert self.app is not None and self.app.http is not None
+        return self.app.http.addresses[0]
 
     def channel(self) -> grpc.aio.Channel:
         channel = grpc.aio.insecure_channel(self.address)

@@ -29,6 +29,7 @@ from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.guard import Guard
 from keyturn_server.api.handles import HandleServicer
+from keyturn_server.api.http.server import HttpServer, http_server
 from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
@@ -39,6 +40,7 @@ from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
+from keyturn_server.domain.handle_lookup import HandleLookup
 from keyturn_server.domain.handle_service import HandleService
 from keyturn_server.domain.health import HealthService, Serving
 from keyturn_server.domain.journal import Journal
@@ -121,6 +123,7 @@ class App:
         self.ports: list[int] = []
         self.admin_token: str | None = None
         self.metrics_port: int | None = None
+        self.http: HttpServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._store: Store | None = None
@@ -226,22 +229,20 @@ class App:
             self.metrics,
         )
         encoder = StreamEncoder(self.clock)
-        guard.register(
-            server,
-            keys_pb2_grpc.add_KeyServiceServicer_to_server,
-            KeyServicer(keys, watch, encoder, stats, self.clock),
-        )
-        guard.register(
-            server,
-            handles_pb2_grpc.add_HandleServiceServicer_to_server,
-            HandleServicer(handles, watch, encoder, stats, self.clock),
-        )
         audit_service = AuditService(store, AuditChain(keyring.audit_key))
-        guard.register(
-            server,
-            admin_pb2_grpc.add_AdminServiceServicer_to_server,
-            AdminServicer(health_service, config, audit_service, tokens, self.clock),
-        )
+        servicers: dict[str, object] = {
+            SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, stats, self.clock),
+            SERVICE_NAMES["handles"]: HandleServicer(handles, watch, encoder, stats, self.clock),
+            SERVICE_NAMES["admin"]: AdminServicer(
+                health_service, config, audit_service, tokens, self.clock
+            ),
+        }
+        for name, add in (
+            ("keys", keys_pb2_grpc.add_KeyServiceServicer_to_server),
+            ("handles", handles_pb2_grpc.add_HandleServiceServicer_to_server),
+            ("admin", admin_pb2_grpc.add_AdminServiceServicer_to_server),
+        ):
+            guard.register(server, add, servicers[SERVICE_NAMES[name]])
         self._health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
         reflection.enable_server_reflection(
@@ -260,6 +261,15 @@ class App:
             )
             self.ports.append(port)
         await server.start()
+        if settings.http_listen:
+            self.http = http_server(
+                settings,
+                guard,
+                servicers,
+                HandleLookup(store, keyring, config, self.clock),
+                self.clock,
+            )
+            await self.http.start(settings.grace_period.total_seconds())
         scheduler.start()
         await self._update_health()
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
@@ -277,6 +287,7 @@ class App:
                     f"{split_address(a)[0]}:{p}"
                     for a, p in zip(settings.listen, self.ports, strict=True)
                 ),
+                "http": ",".join(self.http.addresses) if self.http else "",
                 "store": store.backend,
                 "tls": settings.tls,
                 "auth": not settings.insecure_no_auth,
@@ -339,10 +350,15 @@ class App:
             await self._health_servicer.enter_graceful_shutdown()
         if self._watch is not None:
             self._watch.close()  # streams end now with a resume point, not at the deadline
+        seconds = (grace or self.settings.grace_period).total_seconds()
+        stopping = []
+        if self.http is not None:
+            stopping.append(self.http.stop())
+            self.http = None
         if self._server is not None:
-            seconds = (grace or self.settings.grace_period).total_seconds()
-            await self._server.stop(seconds)
+            stopping.append(self._server.stop(seconds))
             self._server = None
+        await asyncio.gather(*stopping)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -27,6 +27,10 @@ from keyturn_server.tls import CERT_FILE, KEY_FILE, CertificateFiles, TlsError, 
 
 __all__ = ["Settings", "SettingsError", "is_loopback", "resolve", "split_address"]
 
+#: Where `keyturn serve` answers HTTP/JSON unless told otherwise: loopback only, so that
+#: `make run` and curl work out of the box and nothing is exposed by default.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8080"
+
 
 class SettingsError(ValueError):
     """A flag or environment variable has a value the server cannot use."""
@@ -53,6 +57,12 @@ class Settings:
     allow_remote_metrics: bool = False
     #: Per-key gauges (key ids as labels) on the metrics listener.
     metrics_per_resource: bool = False
+    #: HTTP/JSON listeners (the transcoded API, /api/key-management, /openapi.json);
+    #: empty: none. Same TLS settings as gRPC.
+    http_listen: tuple[str, ...] = ()
+    #: The listener is the default one: when its port is taken, the server says so and
+    #: serves gRPC only, instead of refusing to start (an explicit address must bind).
+    http_listen_is_default: bool = False
     destroy_delay: timedelta = timedelta(hours=24)
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
@@ -75,7 +85,9 @@ class Settings:
 
     def listeners(self) -> list[tuple[str, str]]:
         """(what, address) of every listener that serves the API with the server's TLS."""
-        return [("gRPC", address) for address in self.listen]
+        return [("gRPC", address) for address in self.listen] + [
+            ("HTTP", address) for address in self.http_listen
+        ]
 
     def verdicts(self) -> list[Verdict]:
         """The listener rule applied to every listener (listeners.py)."""
@@ -127,7 +139,7 @@ class Settings:
             raise SettingsError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
         if self.production and self.insecure_no_auth:
             raise SettingsError("--insecure-no-auth cannot be used with --production")
-        for address in self.listen:
+        for address in (*self.listen, *self.http_listen):
             split_address(address)
         if self.metrics_listen:
             split_address(self.metrics_listen)
@@ -217,6 +229,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(KEYTURN_METRICS_PER_RESOURCE=1)",
     )
     parser.add_argument(
+        "--http-listen",
+        action="append",
+        help="HOST:PORT for HTTP/JSON (the /v1 API, the specification's /api/key-management "
+        f"and /openapi.json); repeatable; '' or 'off' disables it (KEYTURN_HTTP_LISTEN, "
+        f"comma-separated; default {DEFAULT_HTTP_LISTEN})",
+    )
+    parser.add_argument(
         "--destroy-delay",
         type=parse_duration,
         help="waiting period before a removed key is destroyed (default 24h)",
@@ -247,6 +266,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         or env.get("KEYTURN_ENV", "").lower() == "production"
         or env.get("NODE_ENV", "").lower() == "production"
     )
+    http_listen, http_default = _http_listen(args.http_listen, env.get("KEYTURN_HTTP_LISTEN"))
     files = certificate(args, env)
     return Settings(
         listen=listen_addresses(args, env),
@@ -264,6 +284,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         metrics_listen=args.metrics_listen or env.get("KEYTURN_METRICS_LISTEN") or None,
         allow_remote_metrics=_flag(args.allow_remote_metrics, env, "KEYTURN_ALLOW_REMOTE_METRICS"),
         metrics_per_resource=_flag(args.metrics_per_resource, env, "KEYTURN_METRICS_PER_RESOURCE"),
+        http_listen=http_listen,
+        http_listen_is_default=http_default,
         destroy_delay=args.destroy_delay or defaults.destroy_delay,
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
@@ -310,3 +332,13 @@ def _flag(flag: bool | None, env: Mapping[str, str], name: str) -> bool:
     if value not in _TRUE + _FALSE:
         raise SettingsError(f"{name}={value!r} is not one of 1, true, yes, on, 0, false, no, off")
     return value in _TRUE
+
+
+def _http_listen(flags: list[str] | None, variable: str | None) -> tuple[tuple[str, ...], bool]:
+    """The HTTP listeners from --http-listen (repeatable) or KEYTURN_HTTP_LISTEN
+    (comma-separated), and whether they are the default."""
+    if flags is None and variable is None:
+        return (DEFAULT_HTTP_LISTEN,), True
+    given = flags if flags is not None else (variable or "").split(",")
+    addresses = tuple(a.strip() for a in given if a.strip() and a.strip().lower() != "off")
+    return addresses, False

@@ -4,7 +4,7 @@ loopback development servers only, nobody in particular (--insecure-no-auth)."""
 from __future__ import annotations
 
 import contextvars
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 
@@ -40,24 +40,57 @@ def peer_host(peer: str) -> str:
     return peer
 
 
+class Caller(Protocol):
+    """The other end of one call, as its transport (gRPC or HTTP) saw it."""
+
+    @property
+    def peer(self) -> str:
+        """The peer's host."""
+
+    @property
+    def authorization(self) -> str:
+        """The ``authorization`` metadata or header; "" when absent."""
+
+    def certificate_identity(self) -> str:
+        """The verified client certificate's URI SAN, DNS SAN or CN; "" without one."""
+
+
+class GrpcCaller:
+    """The caller of a gRPC call. The peer is read at once: once the caller has gone,
+    asking the call for it crashes grpc."""
+
+    __slots__ = ("_context", "peer")
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self.peer = peer_host(context.peer() or "")
+
+    @property
+    def authorization(self) -> str:
+        for key, value in self._context.invocation_metadata() or ():
+            if key == "authorization":
+                return value if isinstance(value, str) else ""
+        return ""
+
+    def certificate_identity(self) -> str:
+        return _certificate_identity(self._context)
+
+
 class Authenticator:
     def __init__(self, tokens: AccessTokenService, insecure: bool) -> None:
         self._tokens = tokens
         self._insecure = insecure
 
-    async def principal(self, context: Context, method: str, peer: str) -> Principal:
+    async def principal(self, caller: Caller, method: str) -> Principal:
         try:
-            return self._identify(context, peer)
+            return self._identify(caller)
         except Unauthenticated as exc:
-            await self._tokens.audit_failure(peer, method, exc.reason)
+            await self._tokens.audit_failure(caller.peer, method, exc.reason)
             raise
 
-    def _identify(self, context: Context, peer: str) -> Principal:
-        header = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value if isinstance(value, str) else ""
-                break
+    def _identify(self, caller: Caller) -> Principal:
+        peer = caller.peer
+        header = caller.authorization
         if header:
             scheme, _, secret = header.strip().partition(" ")
             if scheme.lower() != "bearer" or not secret.strip():
@@ -65,14 +98,14 @@ class Authenticator:
                     "authorization must be 'Bearer <token>'", reason="MALFORMED_AUTHORIZATION"
                 )
             return self._tokens.authenticate(secret.strip(), peer)
-        identity = _certificate_identity(context)
+        identity = caller.certificate_identity()
         if identity:
             role = self._tokens.role_of(identity) or Role.SERVICE
             return Principal(identity, role, "mtls", peer)
         if self._insecure:
             return Principal("anonymous", Role.ADMIN, "insecure", peer)
         raise Unauthenticated(
-            "missing credentials: send metadata 'authorization: Bearer <token>'",
+            "missing credentials: send 'authorization: Bearer <token>'",
             reason="MISSING_CREDENTIALS",
         )
 

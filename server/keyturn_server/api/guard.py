@@ -1,9 +1,12 @@
-"""Around every Keyturn RPC: authenticate, rate-limit the caller, map domain errors to
-gRPC statuses (the servicers never catch), count, and write the access log.
+"""Around every Keyturn call, over gRPC and HTTP alike: authenticate, rate-limit the
+caller, map domain errors to a google.rpc.Status (the servicers never catch), count, and
+write the access log.
 
-The guard wraps each method handler once, when the services are registered, rather than
-as a grpc interceptor, which would rebuild a handler on every call. Health and reflection
-are registered unguarded: they need no token.
+``Guard.unary`` and ``Guard.stream`` are that one code path; each transport only adapts
+it. For gRPC the guard wraps each method handler once, when the services are registered,
+rather than as a grpc interceptor, which would rebuild a handler on every call. Health and
+reflection are registered unguarded: they need no token. The HTTP transcoder
+(``api/http``) calls the same two methods with the servicers' own behaviours.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError
+from google.rpc import status_pb2
+from grpc_status import rpc_status
 
 from keyturn_server.api import auth
 from keyturn_server.api.ratelimit import CallerLimiter
-from keyturn_server.api.status import code_of, to_status
+from keyturn_server.api.status import code_of, internal_status, status_of
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.observability.logs import access
@@ -30,14 +35,26 @@ from keyturn_server.observability.metrics import Metrics
 log = logging.getLogger("keyturn.api")
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Unary: TypeAlias = Callable[[Any], Awaitable[Any]]
+Streaming: TypeAlias = Callable[[Any], AsyncGenerator[Any, None]]
 
 
-class _Undecodable:
+class Unparsable:
     """Stands in for a request that failed to parse, so that the caller gets
-    INVALID_ARGUMENT instead of the INTERNAL that gRPC would answer."""
+    INVALID_ARGUMENT (after authentication, like any other call) instead of the INTERNAL
+    that gRPC would answer or a transport-specific error."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: KeyturnError) -> None:
         self.error = error
+
+
+class Refused(Exception):
+    """A guarded call failed; ``status`` is what its caller gets, on either transport."""
+
+    def __init__(self, code: grpc.StatusCode, status: status_pb2.Status) -> None:
+        super().__init__(status.message)
+        self.code = code
+        self.status = status
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -47,8 +64,14 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     def parse(data: bytes) -> Any:
         try:
             return deserializer(data)
-        except (DecodeError, ValueError, UnicodeDecodeError) as exc:
-            return _Undecodable(exc)
+        except (DecodeError, ValueError, UnicodeDecodeError):
+            return Unparsable(
+                InvalidArgument(
+                    "the request message could not be parsed (invalid protobuf or UTF-8)",
+                    field="request",
+                    reason="MALFORMED_REQUEST",
+                )
+            )
 
     return parse
 
@@ -81,6 +104,113 @@ class Guard:
         self._stats = stats
         self._metrics = metrics
 
+    # --- the one code path ---------------------------------------------------------
+
+    async def unary(
+        self,
+        method: str,
+        caller: auth.Caller,
+        request: Any,
+        behavior: Unary,
+        transport: str = "grpc",
+    ) -> Any:
+        """``behavior(request)`` as ``caller``; raises Refused when it fails."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        principal = ""
+        try:
+            principal = await self._enter(request, caller, method)
+            return await behavior(request)
+        except KeyturnError as exc:
+            code = code_of(exc)
+            raise Refused(code, status_of(exc)) from None
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise Refused(code, self._internal(method)) from None
+        finally:
+            self._done(method, code, started, principal, caller.peer, transport)
+
+    async def stream(
+        self,
+        method: str,
+        caller: auth.Caller,
+        request: Any,
+        behavior: Streaming,
+        transport: str = "grpc",
+    ) -> AsyncGenerator[Any, None]:
+        """The messages of ``behavior(request)`` as ``caller``; raises Refused when it
+        fails, before or during the stream."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        principal = ""
+        try:
+            principal = await self._enter(request, caller, method)
+            async with contextlib.aclosing(behavior(request)) as messages:
+                async for message in messages:
+                    yield message
+        except KeyturnError as exc:
+            code = code_of(exc)
+            raise Refused(code, status_of(exc)) from None
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller went away: nothing may be sent or awaited on this call now.
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise Refused(code, self._internal(method)) from None
+        finally:
+            self._done(method, code, started, principal, caller.peer, transport)
+
+    async def _enter(self, request: Any, caller: auth.Caller, method: str) -> str:
+        """Authenticate, rate-limit and bind the caller; the principal's name."""
+        principal = await self._auth.principal(caller, method)
+        # Each call runs in its own task, so the binding ends with it: nothing to undo.
+        auth.bind(principal)
+        self._limiter.take(principal.name)
+        if isinstance(request, Unparsable):
+            raise request.error
+        return principal.name
+
+    def _internal(self, method: str) -> status_pb2.Status:
+        ref = secrets.token_hex(6)
+        log.exception("unexpected error", extra={"category": "error", "method": method, "ref": ref})
+        return internal_status(ref)
+
+    def _done(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        principal: str,
+        peer: str,
+        transport: str,
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        service = _service_of(method)
+        self._stats.requests[service] += 1
+        if code is not grpc.StatusCode.OK:
+            self._stats.errors[service] += 1
+        if self._metrics is not None:
+            self._metrics.observe_rpc(method, code.name, elapsed)
+        if access.isEnabledFor(logging.INFO):
+            access.info(
+                "rpc",
+                extra={
+                    "category": "access",
+                    "method": method,
+                    "code": code.name,
+                    "ms": round(elapsed * 1000, 3),
+                    "principal": principal,
+                    "peer": peer,
+                    "transport": transport,
+                },
+            )
+
+    # --- gRPC ----------------------------------------------------------------------
+
     def register(
         self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object
     ) -> None:
@@ -99,126 +229,47 @@ class Guard:
     def _guard(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary),
+                self._grpc_unary(method, handler.unary_unary),
                 request_deserializer=_tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         assert handler.unary_stream is not None
         return grpc.unary_stream_rpc_method_handler(
-            self._stream(method, handler.unary_stream),  # type: ignore[arg-type]
+            self._grpc_stream(method, handler.unary_stream),  # type: ignore[arg-type]
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    def _unary(self, method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
-        service = _service_of(method)
-
+    def _grpc_unary(
+        self, method: str, behavior: Callable[..., Awaitable[Any]]
+    ) -> Callable[..., Any]:
         async def run(request: Any, context: Context) -> Any:
-            started = time.perf_counter()
-            # Read now: once the caller has gone, asking the call for its peer crashes grpc.
-            peer = auth.peer_host(context.peer() or "")
-            code = grpc.StatusCode.OK
-            principal = ""
+            caller = auth.GrpcCaller(context)
             try:
-                principal = await self._enter(request, context, method, peer)
-                return await behavior(request, context)
-            except KeyturnError as exc:
-                code = code_of(exc)
-                await _abort(context, exc)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                await self._internal(context, method)
-            finally:
-                self._done(method, service, code, started, principal, peer)
+                return await self.unary(
+                    method, caller, request, lambda message: behavior(message, context)
+                )
+            except Refused as refused:
+                await _abort(context, refused)
 
         return run
 
-    def _stream(
+    def _grpc_stream(
         self, method: str, behavior: Callable[..., AsyncGenerator[Any, None]]
     ) -> Callable[..., AsyncIterator[Any]]:
-        service = _service_of(method)
-
         async def run(request: Any, context: Context) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            # Read now: once the caller has gone, asking the call for its peer crashes grpc.
-            peer = auth.peer_host(context.peer() or "")
-            code = grpc.StatusCode.OK
-            principal = ""
+            caller = auth.GrpcCaller(context)
+            messages = self.stream(
+                method, caller, request, lambda message: behavior(message, context)
+            )
             try:
-                principal = await self._enter(request, context, method, peer)
-                async with contextlib.aclosing(behavior(request, context)) as messages:
+                async with contextlib.aclosing(messages):
                     async for message in messages:
                         yield message
-            except KeyturnError as exc:
-                code = code_of(exc)
-                await _abort(context, exc)
-            except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            except (GeneratorExit, asyncio.CancelledError):
-                # The caller went away: nothing may be sent or awaited on this call now.
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                await self._internal(context, method)
-            finally:
-                self._done(method, service, code, started, principal, peer)
+            except Refused as refused:
+                await _abort(context, refused)
 
         return run
-
-    async def _enter(self, request: Any, context: Context, method: str, peer: str) -> str:
-        """Authenticate, rate-limit and bind the caller; the principal's name."""
-        principal = await self._auth.principal(context, method, peer)
-        # Each RPC runs in its own task, so the binding ends with it: nothing to undo.
-        auth.bind(principal)
-        self._limiter.take(principal.name)
-        if isinstance(request, _Undecodable):
-            raise InvalidArgument(
-                "the request message could not be parsed (invalid protobuf or UTF-8)",
-                field="request",
-                reason="MALFORMED_REQUEST",
-            )
-        return principal.name
-
-    async def _internal(self, context: Context, method: str) -> None:
-        ref = secrets.token_hex(6)
-        log.exception("unexpected error", extra={"category": "error", "method": method, "ref": ref})
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (reference {ref})")
-
-    def _done(
-        self,
-        method: str,
-        service: str,
-        code: grpc.StatusCode,
-        started: float,
-        principal: str,
-        peer: str,
-    ) -> None:
-        elapsed = time.perf_counter() - started
-        self._stats.requests[service] += 1
-        if code is not grpc.StatusCode.OK:
-            self._stats.errors[service] += 1
-        if self._metrics is not None:
-            self._metrics.observe_rpc(method, code.name, elapsed)
-        if access.isEnabledFor(logging.INFO):
-            access.info(
-                "rpc",
-                extra={
-                    "category": "access",
-                    "method": method,
-                    "code": code.name,
-                    "ms": round(elapsed * 1000, 3),
-                    "principal": principal,
-                    "peer": peer,
-                },
-            )
 
 
 def _service_of(method: str) -> str:
@@ -226,6 +277,6 @@ def _service_of(method: str) -> str:
     return method.rsplit("/", 2)[-2] if method.count("/") >= 2 else method
 
 
-async def _abort(context: Context, error: KeyturnError) -> None:
-    status = to_status(error)
+async def _abort(context: Context, refused: Refused) -> None:
+    status = rpc_status.to_status(refused.status)
     await context.abort(status.code, status.details, status.trailing_metadata)

@@ -148,5 +148,8 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
     ) -> AsyncIterator[events_pb2.ExpiryEvent]:
         request_ = watch_request(Subject.HANDLE, request)
         async with contextlib.aclosing(self._watch.watch(auth.current(), request_)) as items:
+            # Accepted (rights, filters and resume point checked): headers go out now, so
+            # that the caller knows before the first event; HTTP starts its SSE response.
+            await context.send_initial_metadata(())
             async for item in items:
                 yield self._encoder.message(item)

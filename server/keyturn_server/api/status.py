@@ -1,5 +1,6 @@
 """The one table from domain errors to gRPC status codes, with rich error details
-(google.rpc.ErrorInfo, BadRequest, RetryInfo) in grpc-status-details-bin."""
+(google.rpc.ErrorInfo, BadRequest, RetryInfo): in grpc-status-details-bin over gRPC, and
+as the google.rpc.Status that the HTTP transcoder renders as JSON."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def _pack(message: object) -> any_pb2.Any:
 
 
 def to_status(error: errors.KeyturnError) -> grpc.Status:
+    return rpc_status.to_status(status_of(error))
+
+
+def internal_status(ref: str) -> status_pb2.Status:
+    """An unexpected failure: a reference to the logged traceback, nothing else."""
+    return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {ref})")
+
+
+def status_of(error: errors.KeyturnError) -> status_pb2.Status:
+    """The google.rpc.Status of ``error``, with its details."""
     code = code_of(error)
     details = [
         _pack(
@@ -65,7 +76,6 @@ def to_status(error: errors.KeyturnError) -> grpc.Status:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    proto = status_pb2.Status(
+    return status_pb2.Status(
         code=getattr(code_pb2, code.name), message=error.message, details=details
     )
-    return rpc_status.to_status(proto)

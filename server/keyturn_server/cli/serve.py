@@ -53,6 +53,8 @@ async def _serve(app: App) -> int:
             flush=True,
         )
     print(f"keyturn listening on {', '.join(_addresses(app))}", flush=True)
+    if app.http is not None and app.http.addresses:
+        print(f"keyturn HTTP/JSON on {', '.join(app.http.addresses)}", flush=True)
     await stop.wait()
     await app.stop()
     return 0

@@ -206,31 +206,48 @@ class WatchService:
             kinds=frozenset(k for k in request.kinds if k not in stream_only),
         )
 
-    async def watch(
+    def watch(
         self, principal: Principal, request: WatchRequest
     ) -> AsyncGenerator[StreamItem, None]:
+        """The stream ``request`` asks for. Rights, filters and the resume point are checked
+        now, so that a refusal comes before the stream starts (an HTTP error rather than
+        an event, for Server-Sent Events); the stream itself starts when iterated."""
         principal.require(Permission.WATCH)
         watch_filter = self._filter(principal, request)
+        if request.resume_after is not None:
+            self._check_resume(request.resume_after)
+        return self._stream(principal, request, watch_filter)
+
+    def _check_resume(self, last: int) -> int:
+        """The latest sequence, when ``last`` is a resume point the log still covers."""
+        reader = self._store.read()
+        oldest, latest = reader.event_bounds()
+        floor = reader.sequence_floor()
+        if last < floor:
+            raise OutOfRange(
+                f"resume_after {last} is older than the event retention "
+                f"(events through {floor} were pruned); start a new watch",
+                reason="RESUME_POINT_EXPIRED",
+                metadata={"oldest_sequence": str(oldest or floor + 1)},
+            )
+        if last > latest:
+            raise OutOfRange(
+                f"resume_after {last} is ahead of the event log (latest is {latest})",
+                reason="RESUME_POINT_AHEAD",
+                metadata={"latest_sequence": str(latest)},
+            )
+        return latest
+
+    async def _stream(
+        self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter
+    ) -> AsyncGenerator[StreamItem, None]:
         subscription = self._hub.subscribe(watch_filter, self.queue_size)
         try:
-            reader = self._store.read()
-            oldest, latest = reader.event_bounds()
+            # Checked again now that the subscription is in place: nothing is missed
+            # between the log and the live part.
             if request.resume_after is not None:
                 last = request.resume_after
-                floor = reader.sequence_floor()
-                if last < floor:
-                    raise OutOfRange(
-                        f"resume_after {last} is older than the event retention "
-                        f"(events through {floor} were pruned); start a new watch",
-                        reason="RESUME_POINT_EXPIRED",
-                        metadata={"oldest_sequence": str(oldest or floor + 1)},
-                    )
-                if last > latest:
-                    raise OutOfRange(
-                        f"resume_after {last} is ahead of the event log (latest is {latest})",
-                        reason="RESUME_POINT_AHEAD",
-                        metadata={"latest_sequence": str(latest)},
-                    )
+                latest = self._check_resume(last)
                 replay = self._replay(principal, request, watch_filter, last)
                 async with contextlib.aclosing(replay) as replayed:
                     async for item in replayed:
@@ -238,6 +255,7 @@ class WatchService:
                         yield item
                 last = max(last, latest)
             else:
+                latest = self._store.read().event_bounds()[1]
                 for item in self._snapshot(watch_filter):
                     yield item
                 last = latest

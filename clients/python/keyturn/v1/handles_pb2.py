@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from keyturn.v1 import events_pb2 as keyturn_dot_v1_dot_events__pb2
 from keyturn.v1 import resources_pb2 as keyturn_dot_v1_dot_resources__pb2
 from keyturn.v1 import statistics_pb2 as keyturn_dot_v1_dot_statistics__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18keyturn/v1/handles.proto\x12\nkeyturn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xa7\x01\n\x15GenerateHandleRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12?\n\x07\x63ontext\x18\x02 \x03(\x0b\x32..keyturn.v1.GenerateHandleRequest.ContextEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x16GenerateHandleResponse\x12\"\n\x06handle\x18\x01 \x01(\x0b\x32\x12.keyturn.v1.Handle\x12\r\n\x05token\x18\x02 \x01(\t\"%\n\x10GetHandleRequest\x12\x11\n\thandle_id\x18\x01 \x01(\t\"\x82\x01\n\x12ListHandlesRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.keyturn.v1.HandleStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"g\n\x13ListHandlesResponse\x12#\n\x07handles\x18\x01 \x03(\x0b\x32\x12.keyturn.v1.Handle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xac\x02\n\nValidation\x12\r\n\x05valid\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.keyturn.v1.ValidationReason\x12\x11\n\thandle_id\x18\x03 \x01(\t\x12\x16\n\x0eremaining_uses\x18\x04 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07rotated\x18\x07 \x01(\x08\x12&\n\tanomalies\x18\x08 \x03(\x0b\x32\x13.keyturn.v1.Anomaly\x12\x0c\n\x04type\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\"\xa8\x01\n\x15ValidateHandleRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12?\n\x07\x63ontext\x18\x02 \x03(\x0b\x32..keyturn.v1.ValidateHandleRequest.ContextEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x16ValidateHandleResponse\x12*\n\nvalidation\x18\x01 \x01(\x0b\x32\x16.keyturn.v1.Validation\"f\n\x13RotateHandleRequest\x12\x13\n\thandle_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x04 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"\x83\x01\n\x14RotateHandleResponse\x12\"\n\x06handle\x18\x01 \x01(\x0b\x32\x12.keyturn.v1.Handle\x12\r\n\x05token\x18\x02 \x01(\t\x12\x38\n\x14previous_valid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x13RemoveHandleRequest\x12\x11\n\thandle_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1c\n\x1aGetHandleStatisticsRequest\"O\n\x1bGetHandleStatisticsResponse\x12\x30\n\nstatistics\x18\x01 \x01(\x0b\x32\x1c.keyturn.v1.HandleStatistics*\xc2\x02\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19VALIDATION_REASON_INVALID\x10\x01\x12\x1d\n\x19VALIDATION_REASON_REVOKED\x10\x02\x12\x1d\n\x19VALIDATION_REASON_EXPIRED\x10\x03\x12\x1f\n\x1bVALIDATION_REASON_EXHAUSTED\x10\x04\x12\"\n\x1eVALIDATION_REASON_RATE_LIMITED\x10\x05\x12&\n\"VALIDATION_REASON_CONTEXT_MISMATCH\x10\x06\x12 \n\x1cVALIDATION_REASON_SUPERSEDED\x10\x07\x12\x1f\n\x1bVALIDATION_REASON_MALFORMED\x10\x08\x32\xb2\x05\n\rHandleService\x12W\n\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\x12\x42\n\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\x03\x90\x02\x01\x12S\n\x0bListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x03\x90\x02\x01\x12W\n\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\x12Q\n\x0cRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\x12\x43\n\x0cRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\x12k\n\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a\'.keyturn.v1.GetHandleStatisticsResponse\"\x03\x90\x02\x01\x12Q\n\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18keyturn/v1/handles.proto\x12\nkeyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xa7\x01\n\x15GenerateHandleRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12?\n\x07\x63ontext\x18\x02 \x03(\x0b\x32..keyturn.v1.GenerateHandleRequest.ContextEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"K\n\x16GenerateHandleResponse\x12\"\n\x06handle\x18\x01 \x01(\x0b\x32\x12.keyturn.v1.Handle\x12\r\n\x05token\x18\x02 \x01(\t\"%\n\x10GetHandleRequest\x12\x11\n\thandle_id\x18\x01 \x01(\t\"\x82\x01\n\x12ListHandlesRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.keyturn.v1.HandleStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"g\n\x13ListHandlesResponse\x12#\n\x07handles\x18\x01 \x03(\x0b\x32\x12.keyturn.v1.Handle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"\xac\x02\n\nValidation\x12\r\n\x05valid\x18\x01 \x01(\x08\x12,\n\x06reason\x18\x02 \x01(\x0e\x32\x1c.keyturn.v1.ValidationReason\x12\x11\n\thandle_id\x18\x03 \x01(\t\x12\x16\n\x0eremaining_uses\x18\x04 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brotate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07rotated\x18\x07 \x01(\x08\x12&\n\tanomalies\x18\x08 \x03(\x0b\x32\x13.keyturn.v1.Anomaly\x12\x0c\n\x04type\x18\t \x01(\t\x12\r\n\x05owner\x18\n \x01(\t\"\xa8\x01\n\x15ValidateHandleRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12?\n\x07\x63ontext\x18\x02 \x03(\x0b\x32..keyturn.v1.ValidateHandleRequest.ContextEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x1a.\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\x16ValidateHandleResponse\x12*\n\nvalidation\x18\x01 \x01(\x0b\x32\x16.keyturn.v1.Validation\"f\n\x13RotateHandleRequest\x12\x13\n\thandle_id\x18\x01 \x01(\tH\x00\x12\x0f\n\x05token\x18\x04 \x01(\tH\x00\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\tB\x08\n\x06target\"\x83\x01\n\x14RotateHandleResponse\x12\"\n\x06handle\x18\x01 \x01(\x0b\x32\x12.keyturn.v1.Handle\x12\r\n\x05token\x18\x02 \x01(\t\x12\x38\n\x14previous_valid_until\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"I\n\x13RemoveHandleRequest\x12\x11\n\thandle_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x1c\n\x1aGetHandleStatisticsRequest\"O\n\x1bGetHandleStatisticsResponse\x12\x30\n\nstatistics\x18\x01 \x01(\x0b\x32\x1c.keyturn.v1.HandleStatistics*\xc2\x02\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19VALIDATION_REASON_INVALID\x10\x01\x12\x1d\n\x19VALIDATION_REASON_REVOKED\x10\x02\x12\x1d\n\x19VALIDATION_REASON_EXPIRED\x10\x03\x12\x1f\n\x1bVALIDATION_REASON_EXHAUSTED\x10\x04\x12\"\n\x1eVALIDATION_REASON_RATE_LIMITED\x10\x05\x12&\n\"VALIDATION_REASON_CONTEXT_MISMATCH\x10\x06\x12 \n\x1cVALIDATION_REASON_SUPERSEDED\x10\x07\x12\x1f\n\x1bVALIDATION_REASON_MALFORMED\x10\x08\x32\xc3\x07\n\rHandleService\x12o\n\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/handles:\x01*\x12\x61\n\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\"\x90\x02\x01\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/handles/{handle_id}\x12\x66\n\x0bListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x16\x90\x02\x01\x82\xd3\xe4\x93\x02\r\x12\x0b/v1/handles\x12x\n\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/handles:validate:\x01*\x12\x95\x01\n\x0cRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\"B\x82\xd3\xe4\x93\x02<\"\x1e/v1/handles/{handle_id}:rotate:\x01*Z\x17\"\x12/v1/handles:rotate:\x01*\x12\x64\n\x0cRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/handles/{handle_id}\x12\x89\x01\n\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a\'.keyturn.v1.GetHandleStatisticsResponse\"!\x90\x02\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/handles:statistics\x12r\n\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"$\x90\x02\x01\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/handles:watchExpiring0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,46 +40,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATEHANDLEREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
   _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._loaded_options = None
   _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._serialized_options = b'8\001'
+  _globals['_HANDLESERVICE'].methods_by_name['GenerateHandle']._loaded_options = None
+  _globals['_HANDLESERVICE'].methods_by_name['GenerateHandle']._serialized_options = b'\202\323\344\223\002\020\"\013/v1/handles:\001*'
   _globals['_HANDLESERVICE'].methods_by_name['GetHandle']._loaded_options = None
-  _globals['_HANDLESERVICE'].methods_by_name['GetHandle']._serialized_options = b'\220\002\001'
+  _globals['_HANDLESERVICE'].methods_by_name['GetHandle']._serialized_options = b'\220\002\001\202\323\344\223\002\031\022\027/v1/handles/{handle_id}'
   _globals['_HANDLESERVICE'].methods_by_name['ListHandles']._loaded_options = None
-  _globals['_HANDLESERVICE'].methods_by_name['ListHandles']._serialized_options = b'\220\002\001'
+  _globals['_HANDLESERVICE'].methods_by_name['ListHandles']._serialized_options = b'\220\002\001\202\323\344\223\002\r\022\013/v1/handles'
+  _globals['_HANDLESERVICE'].methods_by_name['ValidateHandle']._loaded_options = None
+  _globals['_HANDLESERVICE'].methods_by_name['ValidateHandle']._serialized_options = b'\202\323\344\223\002\031\"\024/v1/handles:validate:\001*'
+  _globals['_HANDLESERVICE'].methods_by_name['RotateHandle']._loaded_options = None
+  _globals['_HANDLESERVICE'].methods_by_name['RotateHandle']._serialized_options = b'\202\323\344\223\002<\"\036/v1/handles/{handle_id}:rotate:\001*Z\027\"\022/v1/handles:rotate:\001*'
+  _globals['_HANDLESERVICE'].methods_by_name['RemoveHandle']._loaded_options = None
+  _globals['_HANDLESERVICE'].methods_by_name['RemoveHandle']._serialized_options = b'\202\323\344\223\002\031*\027/v1/handles/{handle_id}'
   _globals['_HANDLESERVICE'].methods_by_name['GetHandleStatistics']._loaded_options = None
-  _globals['_HANDLESERVICE'].methods_by_name['GetHandleStatistics']._serialized_options = b'\220\002\001'
+  _globals['_HANDLESERVICE'].methods_by_name['GetHandleStatistics']._serialized_options = b'\220\002\001\202\323\344\223\002\030\022\026/v1/handles:statistics'
   _globals['_HANDLESERVICE'].methods_by_name['WatchExpiring']._loaded_options = None
-  _globals['_HANDLESERVICE'].methods_by_name['WatchExpiring']._serialized_options = b'\220\002\001'
-  _globals['_VALIDATIONREASON']._serialized_start=1648
-  _globals['_VALIDATIONREASON']._serialized_end=1970
-  _globals['_GENERATEHANDLEREQUEST']._serialized_start=156
-  _globals['_GENERATEHANDLEREQUEST']._serialized_end=323
-  _globals['_GENERATEHANDLEREQUEST_CONTEXTENTRY']._serialized_start=277
-  _globals['_GENERATEHANDLEREQUEST_CONTEXTENTRY']._serialized_end=323
-  _globals['_GENERATEHANDLERESPONSE']._serialized_start=325
-  _globals['_GENERATEHANDLERESPONSE']._serialized_end=400
-  _globals['_GETHANDLEREQUEST']._serialized_start=402
-  _globals['_GETHANDLEREQUEST']._serialized_end=439
-  _globals['_LISTHANDLESREQUEST']._serialized_start=442
-  _globals['_LISTHANDLESREQUEST']._serialized_end=572
-  _globals['_LISTHANDLESRESPONSE']._serialized_start=574
-  _globals['_LISTHANDLESRESPONSE']._serialized_end=677
-  _globals['_VALIDATION']._serialized_start=680
-  _globals['_VALIDATION']._serialized_end=980
-  _globals['_VALIDATEHANDLEREQUEST']._serialized_start=983
-  _globals['_VALIDATEHANDLEREQUEST']._serialized_end=1151
-  _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._serialized_start=277
-  _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._serialized_end=323
-  _globals['_VALIDATEHANDLERESPONSE']._serialized_start=1153
-  _globals['_VALIDATEHANDLERESPONSE']._serialized_end=1221
-  _globals['_ROTATEHANDLEREQUEST']._serialized_start=1223
-  _globals['_ROTATEHANDLEREQUEST']._serialized_end=1325
-  _globals['_ROTATEHANDLERESPONSE']._serialized_start=1328
-  _globals['_ROTATEHANDLERESPONSE']._serialized_end=1459
-  _globals['_REMOVEHANDLEREQUEST']._serialized_start=1461
-  _globals['_REMOVEHANDLEREQUEST']._serialized_end=1534
-  _globals['_GETHANDLESTATISTICSREQUEST']._serialized_start=1536
-  _globals['_GETHANDLESTATISTICSREQUEST']._serialized_end=1564
-  _globals['_GETHANDLESTATISTICSRESPONSE']._serialized_start=1566
-  _globals['_GETHANDLESTATISTICSRESPONSE']._serialized_end=1645
-  _globals['_HANDLESERVICE']._serialized_start=1973
-  _globals['_HANDLESERVICE']._serialized_end=2663
+  _globals['_HANDLESERVICE'].methods_by_name['WatchExpiring']._serialized_options = b'\220\002\001\202\323\344\223\002\033\022\031/v1/handles:watchExpiring'
+  _globals['_VALIDATIONREASON']._serialized_start=1678
+  _globals['_VALIDATIONREASON']._serialized_end=2000
+  _globals['_GENERATEHANDLEREQUEST']._serialized_start=186
+  _globals['_GENERATEHANDLEREQUEST']._serialized_end=353
+  _globals['_GENERATEHANDLEREQUEST_CONTEXTENTRY']._serialized_start=307
+  _globals['_GENERATEHANDLEREQUEST_CONTEXTENTRY']._serialized_end=353
+  _globals['_GENERATEHANDLERESPONSE']._serialized_start=355
+  _globals['_GENERATEHANDLERESPONSE']._serialized_end=430
+  _globals['_GETHANDLEREQUEST']._serialized_start=432
+  _globals['_GETHANDLEREQUEST']._serialized_end=469
+  _globals['_LISTHANDLESREQUEST']._serialized_start=472
+  _globals['_LISTHANDLESREQUEST']._serialized_end=602
+  _globals['_LISTHANDLESRESPONSE']._serialized_start=604
+  _globals['_LISTHANDLESRESPONSE']._serialized_end=707
+  _globals['_VALIDATION']._serialized_start=710
+  _globals['_VALIDATION']._serialized_end=1010
+  _globals['_VALIDATEHANDLEREQUEST']._serialized_start=1013
+  _globals['_VALIDATEHANDLEREQUEST']._serialized_end=1181
+  _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._serialized_start=307
+  _globals['_VALIDATEHANDLEREQUEST_CONTEXTENTRY']._serialized_end=353
+  _globals['_VALIDATEHANDLERESPONSE']._serialized_start=1183
+  _globals['_VALIDATEHANDLERESPONSE']._serialized_end=1251
+  _globals['_ROTATEHANDLEREQUEST']._serialized_start=1253
+  _globals['_ROTATEHANDLEREQUEST']._serialized_end=1355
+  _globals['_ROTATEHANDLERESPONSE']._serialized_start=1358
+  _globals['_ROTATEHANDLERESPONSE']._serialized_end=1489
+  _globals['_REMOVEHANDLEREQUEST']._serialized_start=1491
+  _globals['_REMOVEHANDLEREQUEST']._serialized_end=1564
+  _globals['_GETHANDLESTATISTICSREQUEST']._serialized_start=1566
+  _globals['_GETHANDLESTATISTICSREQUEST']._serialized_end=1594
+  _globals['_GETHANDLESTATISTICSRESPONSE']._serialized_start=1596
+  _globals['_GETHANDLESTATISTICSRESPONSE']._serialized_end=1675
+  _globals['_HANDLESERVICE']._serialized_start=2003
+  _globals['_HANDLESERVICE']._serialized_end=2966
 # @@protoc_insertion_point(module_scope)

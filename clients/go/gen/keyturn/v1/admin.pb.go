@@ -7,6 +7,7 @@
 package keyturnv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -2014,7 +2015,7 @@ var File_keyturn_v1_admin_proto protoreflect.FileDescriptor
 const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"\x16keyturn/v1/admin.proto\x12\n" +
-	"keyturn.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"0\n" +
+	"keyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"0\n" +
 	"\x10GetHealthRequest\x12\x1c\n" +
 	"\tcomponent\x18\x01 \x01(\tR\tcomponent\"?\n" +
 	"\x11GetHealthResponse\x12*\n" +
@@ -2202,16 +2203,19 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\rServingStatus\x12\x1e\n" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1e\n" +
-	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xbf\x05\n" +
-	"\fAdminService\x12M\n" +
-	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\"\x03\x90\x02\x01\x12B\n" +
-	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\"\x03\x90\x02\x01\x12C\n" +
-	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\x12_\n" +
-	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\"\x03\x90\x02\x01\x12\\\n" +
-	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\"\x03\x90\x02\x01\x12`\n" +
-	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\x12b\n" +
-	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\"\x03\x90\x02\x01\x12R\n" +
-	"\x11RevokeAccessToken\x12$.keyturn.v1.RevokeAccessTokenRequest\x1a\x17.keyturn.v1.AccessTokenB\xa5\x01\n" +
+	"\x1aSERVING_STATUS_NOT_SERVING\x10\x022\xae\a\n" +
+	"\fAdminService\x12y\n" +
+	"\tGetHealth\x12\x1c.keyturn.v1.GetHealthRequest\x1a\x1d.keyturn.v1.GetHealthResponse\"/\x82\xd3\xe4\x93\x02&Z\x18\x12\x16/v1/health/{component}\x12\n" +
+	"/v1/health\x90\x02\x01\x12T\n" +
+	"\tGetConfig\x12\x1c.keyturn.v1.GetConfigRequest\x1a\x12.keyturn.v1.Config\"\x15\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/config\x90\x02\x01\x12_\n" +
+	"\fUpdateConfig\x12\x1f.keyturn.v1.UpdateConfigRequest\x1a\x12.keyturn.v1.Config\"\x1a\x82\xd3\xe4\x93\x02\x14:\x06config2\n" +
+	"/v1/config\x12v\n" +
+	"\x0fListAuditEvents\x12\".keyturn.v1.ListAuditEventsRequest\x1a#.keyturn.v1.ListAuditEventsResponse\"\x1a\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/auditEvents\x90\x02\x01\x12z\n" +
+	"\x0eVerifyAuditLog\x12!.keyturn.v1.VerifyAuditLogRequest\x1a\".keyturn.v1.VerifyAuditLogResponse\"!\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/auditEvents:verify\x90\x02\x01\x12}\n" +
+	"\x11CreateAccessToken\x12$.keyturn.v1.CreateAccessTokenRequest\x1a%.keyturn.v1.CreateAccessTokenResponse\"\x1b\x82\xd3\xe4\x93\x02\x15:\x01*\"\x10/v1/accessTokens\x12z\n" +
+	"\x10ListAccessTokens\x12#.keyturn.v1.ListAccessTokensRequest\x1a$.keyturn.v1.ListAccessTokensResponse\"\x1b\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/accessTokens\x90\x02\x01\x12}\n" +
+	"\x11RevokeAccessToken\x12$.keyturn.v1.RevokeAccessTokenRequest\x1a\x17.keyturn.v1.AccessToken\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/accessTokens/{name}:revokeB\xa5\x01\n" +
 	"\x0ecom.keyturn.v1B\n" +
 	"AdminProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +

@@ -7,6 +7,7 @@
 package keyturnv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -921,7 +922,7 @@ var File_keyturn_v1_handles_proto protoreflect.FileDescriptor
 const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\n" +
 	"\x18keyturn/v1/handles.proto\x12\n" +
-	"keyturn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xca\x01\n" +
+	"keyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xca\x01\n" +
 	"\x15GenerateHandleRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12H\n" +
 	"\acontext\x18\x02 \x03(\v2..keyturn.v1.GenerateHandleRequest.ContextEntryR\acontext\x12\x17\n" +
@@ -1000,16 +1001,16 @@ const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\x1eVALIDATION_REASON_RATE_LIMITED\x10\x05\x12&\n" +
 	"\"VALIDATION_REASON_CONTEXT_MISMATCH\x10\x06\x12 \n" +
 	"\x1cVALIDATION_REASON_SUPERSEDED\x10\a\x12\x1f\n" +
-	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\xb2\x05\n" +
-	"\rHandleService\x12W\n" +
-	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\x12B\n" +
-	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\x03\x90\x02\x01\x12S\n" +
-	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x03\x90\x02\x01\x12W\n" +
-	"\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\x12Q\n" +
-	"\fRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\x12C\n" +
-	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\x12k\n" +
-	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\"\x03\x90\x02\x01\x12Q\n" +
-	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x010\x01B\xa7\x01\n" +
+	"\x1bVALIDATION_REASON_MALFORMED\x10\b2\xc3\a\n" +
+	"\rHandleService\x12o\n" +
+	"\x0eGenerateHandle\x12!.keyturn.v1.GenerateHandleRequest\x1a\".keyturn.v1.GenerateHandleResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/handles\x12a\n" +
+	"\tGetHandle\x12\x1c.keyturn.v1.GetHandleRequest\x1a\x12.keyturn.v1.Handle\"\"\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/handles/{handle_id}\x90\x02\x01\x12f\n" +
+	"\vListHandles\x12\x1e.keyturn.v1.ListHandlesRequest\x1a\x1f.keyturn.v1.ListHandlesResponse\"\x16\x82\xd3\xe4\x93\x02\r\x12\v/v1/handles\x90\x02\x01\x12x\n" +
+	"\x0eValidateHandle\x12!.keyturn.v1.ValidateHandleRequest\x1a\".keyturn.v1.ValidateHandleResponse\"\x1f\x82\xd3\xe4\x93\x02\x19:\x01*\"\x14/v1/handles:validate\x12\x95\x01\n" +
+	"\fRotateHandle\x12\x1f.keyturn.v1.RotateHandleRequest\x1a .keyturn.v1.RotateHandleResponse\"B\x82\xd3\xe4\x93\x02<:\x01*Z\x17:\x01*\"\x12/v1/handles:rotate\"\x1e/v1/handles/{handle_id}:rotate\x12d\n" +
+	"\fRemoveHandle\x12\x1f.keyturn.v1.RemoveHandleRequest\x1a\x12.keyturn.v1.Handle\"\x1f\x82\xd3\xe4\x93\x02\x19*\x17/v1/handles/{handle_id}\x12\x89\x01\n" +
+	"\x13GetHandleStatistics\x12&.keyturn.v1.GetHandleStatisticsRequest\x1a'.keyturn.v1.GetHandleStatisticsResponse\"!\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/handles:statistics\x90\x02\x01\x12r\n" +
+	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"$\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/handles:watchExpiring\x90\x02\x010\x01B\xa7\x01\n" +
 	"\x0ecom.keyturn.v1B\fHandlesProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"

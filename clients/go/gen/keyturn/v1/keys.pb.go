@@ -7,6 +7,7 @@
 package keyturnv1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -1531,7 +1532,7 @@ var File_keyturn_v1_keys_proto protoreflect.FileDescriptor
 const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\n" +
 	"\x15keyturn/v1/keys.proto\x12\n" +
-	"keyturn.v1\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xe0\x01\n" +
+	"keyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xe0\x01\n" +
 	"\x12GenerateKeyRequest\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\tR\x04type\x12H\n" +
 	"\bmetadata\x18\x02 \x03(\v2,.keyturn.v1.GenerateKeyRequest.MetadataEntryR\bmetadata\x12\x17\n" +
@@ -1644,27 +1645,28 @@ const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\x11VerifyMacResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12\x1f\n" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
-	"keyVersion2\xb0\t\n" +
+	"keyVersion2\xac\r\n" +
 	"\n" +
-	"KeyService\x12N\n" +
-	"\vGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\x129\n" +
-	"\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\"\x03\x90\x02\x01\x12J\n" +
-	"\bListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\"\x03\x90\x02\x01\x12:\n" +
-	"\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\x12:\n" +
-	"\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\x12<\n" +
+	"KeyService\x12c\n" +
+	"\vGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/keys\x12R\n" +
+	"\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\"\x1c\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x90\x02\x01\x12Z\n" +
+	"\bListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\"\x13\x82\xd3\xe4\x93\x02\n" +
+	"\x12\b/v1/keys\x90\x02\x01\x12_\n" +
+	"\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/keys/{key_id}:rotate\x12U\n" +
+	"\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/keys/{key_id}\x12b\n" +
 	"\n" +
-	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\x12b\n" +
-	"\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x03\x90\x02\x01\x12M\n" +
-	"\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"\x03\x90\x02\x02\x12G\n" +
-	"\aEncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"\x03\x90\x02\x02\x12G\n" +
-	"\aDecrypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\"\x03\x90\x02\x02\x12>\n" +
-	"\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\"\x03\x90\x02\x02\x12D\n" +
-	"\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\"\x03\x90\x02\x02\x12V\n" +
-	"\fGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\"\x03\x90\x02\x01\x12P\n" +
+	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:restore\x12}\n" +
+	"\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x1e\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/keys:statistics\x90\x02\x01\x12p\n" +
+	"\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/keys/{key_id}:export\x90\x02\x02\x12k\n" +
+	"\aEncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"'\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:encrypt\x90\x02\x02\x12k\n" +
+	"\aDecrypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\"'\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:decrypt\x90\x02\x02\x12_\n" +
+	"\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\"$\x82\xd3\xe4\x93\x02\x1b:\x01*\"\x16/v1/keys/{key_id}:sign\x90\x02\x02\x12g\n" +
+	"\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/keys/{key_id}:verify\x90\x02\x02\x12y\n" +
+	"\fGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\"&\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/keys/{key_id}/publicKey\x90\x02\x01\x12w\n" +
 	"\n" +
-	"ComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\"\x03\x90\x02\x02\x12M\n" +
-	"\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\"\x03\x90\x02\x02\x12Q\n" +
-	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"\x03\x90\x02\x010\x01B\xa4\x01\n" +
+	"ComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\"*\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/keys/{key_id}:computeMac\x90\x02\x02\x12s\n" +
+	"\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\")\x82\xd3\xe4\x93\x02 :\x01*\"\x1b/v1/keys/{key_id}:verifyMac\x90\x02\x02\x12o\n" +
+	"\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"!\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/keys:watchExpiring\x90\x02\x010\x01B\xa4\x01\n" +
 	"\x0ecom.keyturn.v1B\tKeysProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"

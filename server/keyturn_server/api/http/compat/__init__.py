@@ -1,0 +1,1 @@
+"""The specification's REST API (/api/key-management) on Keyturn's servicers."""

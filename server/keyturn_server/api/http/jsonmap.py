@@ -1,0 +1,233 @@
+"""Proto3 JSON both ways for the transcoder: a request message from a route's path
+variables, query parameters and body; a response message as JSON; a google.rpc.Status as
+the JSON error body of AIP-193 with the standard gRPC -> HTTP status mapping.
+
+Input accepts either field-name style (``key_id`` or ``keyId``), as proto3 JSON parsers
+must; output is lowerCamelCase and prints fields that hold their default value, so that a
+refused validation says ``"valid": false`` instead of leaving the field out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor, json_format
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
+from keyturn_server.api.http import protojson
+from keyturn_server.api.http.rules import Route
+from keyturn_server.domain.errors import FieldViolation, InvalidArgument
+
+#: google/rpc/code.proto documents the HTTP status of each code.
+HTTP_STATUS: dict[int, int] = {
+    grpc.StatusCode.OK.value[0]: 200,
+    grpc.StatusCode.CANCELLED.value[0]: 499,
+    grpc.StatusCode.UNKNOWN.value[0]: 500,
+    grpc.StatusCode.INVALID_ARGUMENT.value[0]: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED.value[0]: 504,
+    grpc.StatusCode.NOT_FOUND.value[0]: 404,
+    grpc.StatusCode.ALREADY_EXISTS.value[0]: 409,
+    grpc.StatusCode.PERMISSION_DENIED.value[0]: 403,
+    grpc.StatusCode.UNAUTHENTICATED.value[0]: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]: 429,
+    grpc.StatusCode.FAILED_PRECONDITION.value[0]: 400,
+    grpc.StatusCode.ABORTED.value[0]: 409,
+    grpc.StatusCode.OUT_OF_RANGE.value[0]: 400,
+    grpc.StatusCode.UNIMPLEMENTED.value[0]: 501,
+    grpc.StatusCode.INTERNAL.value[0]: 500,
+    grpc.StatusCode.UNAVAILABLE.value[0]: 503,
+    grpc.StatusCode.DATA_LOSS.value[0]: 500,
+}
+CODE_NAMES: dict[int, str] = {code.value[0]: code.name for code in grpc.StatusCode}
+
+#: Well-known types whose JSON form is a string, so a query parameter can carry them.
+_STRING_TYPES = {
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "google.protobuf.FieldMask",
+}
+#: Query parameters that are not request fields.
+RESERVED_QUERY = frozenset({"access_token"})
+_MAX_ERROR_TEXT = 300
+
+
+def http_status(status: status_pb2.Status) -> int:
+    return HTTP_STATUS.get(status.code, 500)
+
+
+def error_document(status: status_pb2.Status) -> dict[str, Any]:
+    """AIP-193: {"error": {"code": <HTTP status>, "message", "status": <code name>,
+    "details": [google.rpc detail messages, with their "@type"]}}."""
+    error: dict[str, Any] = {
+        "code": http_status(status),
+        "message": status.message,
+        "status": CODE_NAMES.get(status.code, "UNKNOWN"),
+    }
+    if status.details:
+        error["details"] = [json_format.MessageToDict(detail) for detail in status.details]
+    return {"error": error}
+
+
+def retry_after(status: status_pb2.Status) -> timedelta | None:
+    """The RetryInfo delay of ``status``, for a Retry-After header."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            delay: timedelta = info.retry_delay.ToTimedelta()
+            return delay
+    return None
+
+
+def to_json(message: Message) -> bytes:
+    return json.dumps(protojson.to_dict(message), separators=(",", ":")).encode()
+
+
+def request_from(
+    route: Route,
+    variables: dict[str, str],
+    query: Iterable[tuple[str, str]],
+    body: Any,
+) -> Message:
+    """The request message of ``route``. Raises InvalidArgument naming the field at fault."""
+    message_type = route.method.input_type
+    document: dict[str, Any]
+    if route.body == "*":
+        if body is None:
+            body = {}
+        if not isinstance(body, dict):
+            raise InvalidArgument("the request body must be a JSON object", field="body")
+        document = dict(body)
+    else:
+        document = {}
+        if route.body:
+            field = _field(message_type, route.body)
+            assert field is not None
+            if body is not None:
+                document[field.name] = body
+        elif body is not None:
+            raise InvalidArgument(f"{route.verb} {route.template.text} takes no body", field="body")
+    violations: list[FieldViolation] = []
+    if route.body != "*":
+        _query_into(document, message_type, query, violations)
+    for path, value in variables.items():
+        _set_path(document, message_type, path, value, violations)
+    if violations:
+        raise InvalidArgument.of(violations)
+    message: Message = route.request_class()
+    try:
+        protojson.parse_into(document, message)
+    except json_format.ParseError as exc:
+        raise InvalidArgument(str(exc)[:_MAX_ERROR_TEXT], field="body") from None
+    return message
+
+
+def _field(message_type: descriptor.Descriptor, name: str) -> descriptor.FieldDescriptor | None:
+    """A field by its proto name or its JSON name."""
+    return message_type.fields_by_name.get(name) or message_type.fields_by_camelcase_name.get(name)
+
+
+def _set_path(
+    document: dict[str, Any],
+    message_type: descriptor.Descriptor,
+    path: str,
+    value: Any,
+    violations: list[FieldViolation],
+    repeated_ok: bool = False,
+) -> None:
+    """document[a][b] = value for the field path "a.b", by proto names; a path variable
+    replaces the same field sent in the body under either name."""
+    parts = path.split(".")
+    target = document
+    current = message_type
+    for index, part in enumerate(parts):
+        field = _field(current, part)
+        if field is None:
+            violations.append(FieldViolation(path, "no such field"))
+            return
+        if field.json_name != field.name and field.json_name in target:
+            # One spelling per field: proto3 JSON parsers refuse a field given twice.
+            target.setdefault(field.name, target.pop(field.json_name))
+        last = index == len(parts) - 1
+        if not last:
+            if field.message_type is None or _is_repeated(field):
+                violations.append(FieldViolation(path, "not a message field"))
+                return
+            nested = target.setdefault(field.name, {})
+            if not isinstance(nested, dict):
+                violations.append(FieldViolation(path, "not a message field"))
+                return
+            target, current = nested, field.message_type
+            continue
+        converted = _scalar(field, value, path, violations)
+        if converted is _INVALID:
+            return
+        if _is_repeated(field):
+            if not repeated_ok:
+                target[field.name] = [converted]
+            else:
+                existing = target.get(field.name)
+                if not isinstance(existing, list):
+                    existing = target[field.name] = []
+                existing.append(converted)
+        else:
+            target[field.name] = converted
+
+
+_INVALID = object()
+
+
+def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
+
+
+def _scalar(
+    field: descriptor.FieldDescriptor, value: str, path: str, violations: list[FieldViolation]
+) -> Any:
+    """A query or path string as the JSON value proto3 JSON expects for ``field``."""
+    kind = field.type
+    if field.message_type is not None:
+        if field.message_type.GetOptions().map_entry:
+            violations.append(FieldViolation(path, "a map cannot be given as a parameter"))
+            return _INVALID
+        if field.message_type.full_name not in _STRING_TYPES and not (
+            field.message_type.full_name.startswith("google.protobuf.")
+            and field.message_type.full_name.endswith("Value")
+        ):
+            violations.append(FieldViolation(path, "a message cannot be given as a parameter"))
+            return _INVALID
+        return value
+    if kind == descriptor.FieldDescriptor.TYPE_BOOL:
+        lowered = value.lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        violations.append(FieldViolation(path, "must be true or false"))
+        return _INVALID
+    if kind in (descriptor.FieldDescriptor.TYPE_DOUBLE, descriptor.FieldDescriptor.TYPE_FLOAT):
+        try:
+            return float(value)
+        except ValueError:
+            violations.append(FieldViolation(path, "must be a number"))
+            return _INVALID
+    if kind == descriptor.FieldDescriptor.TYPE_ENUM and value.lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _query_into(
+    document: dict[str, Any],
+    message_type: descriptor.Descriptor,
+    query: Iterable[tuple[str, str]],
+    violations: list[FieldViolation],
+) -> None:
+    for name, value in query:
+        if name in RESERVED_QUERY:
+            continue
+        _set_path(document, message_type, name, value, violations, repeated_ok=True)

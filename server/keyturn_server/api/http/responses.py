@@ -1,0 +1,34 @@
+"""JSON responses of the HTTP listener: a message, or a google.rpc.Status as an error."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+from google.rpc import status_pb2
+
+from keyturn_server.api.http.jsonmap import error_document, http_status, retry_after
+
+JSON = "application/json"
+#: aiohttp would otherwise announce itself and its exact version (and Python's) to anyone.
+SERVER = {"Server": "keyturn"}
+
+
+def json_response(body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=JSON, headers=SERVER)
+
+
+def error_response(status: status_pb2.Status, http: int | None = None) -> web.Response:
+    """The AIP-193 error body, with Retry-After when the status carries a RetryInfo."""
+    response = json_response(
+        json.dumps(error_document(status), separators=(",", ":")).encode(),
+        http or http_status(status),
+    )
+    delay = retry_after(status)
+    if delay is not None:
+        response.headers["Retry-After"] = str(max(1, round(delay.total_seconds() + 0.5)))
+    return response
+
+
+def status_response(code: int, message: str, http: int | None = None) -> web.Response:
+    return error_response(status_pb2.Status(code=code, message=message), http)

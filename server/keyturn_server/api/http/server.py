@@ -1,0 +1,133 @@
+"""The HTTP/JSON listener: aiohttp's low-level server on the event loop that runs grpc.aio,
+in the same process, with the same TLS settings as gRPC.
+
+aiohttp was chosen over uvicorn (ASGI) after measuring both on a bare JSON endpoint
+(h2load --h1, 16 connections, same machine): uvicorn with httptools answered about 1.25x
+as many requests, but it is embedded only through private entry points (``Server.serve``
+installs its own signal handlers, which would take SIGTERM from ``keyturn serve``), while
+aiohttp documents running a server inside an existing loop (runners and sites), graceful
+shutdown with a timeout, TLS contexts and streaming responses, with a C HTTP parser
+(llhttp). Keyturn's own work, not the parser, is most of the cost of a call.
+
+Routes: ``/v1/...`` (the transcoded API), ``/api/key-management/...`` (the specification's
+REST API) and ``/openapi.json``; anything else is a JSON 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+
+from aiohttp import web
+from google.rpc import code_pb2
+
+from keyturn_server.api.guard import Guard
+from keyturn_server.api.http.compat.routes import CompatApi
+from keyturn_server.api.http.openapi import document_bytes, services
+from keyturn_server.api.http.responses import json_response, status_response
+from keyturn_server.api.http.transcoder import Transcoder
+from keyturn_server.clock import Clock
+from keyturn_server.domain.handle_lookup import HandleLookup
+from keyturn_server.settings import Settings, split_address
+
+log = logging.getLogger("keyturn.http")
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+COMPAT_PREFIX = "/api/key-management"
+
+
+def http_server(
+    settings: Settings,
+    guard: Guard,
+    servicers: Mapping[str, object],
+    lookup: HandleLookup,
+    clock: Clock,
+) -> HttpServer:
+    """The listener for ``settings.http_listen``, on the servicers the gRPC server uses."""
+    transcoder = Transcoder(guard, servicers, services())
+    compat = CompatApi(guard, servicers, lookup, clock)
+    return HttpServer(settings, transcoder.handle, compat.handle)
+
+
+class HttpServer:
+    def __init__(self, settings: Settings, api: Handler, compat: Handler) -> None:
+        self._settings = settings
+        self._api = api
+        self._compat = compat
+        self._runner: web.ServerRunner | None = None
+        self._openapi = document_bytes()
+        self.ports: list[int] = []
+        self.addresses: list[str] = []
+
+    async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        if path.startswith("/v1/"):
+            return await self._api(request)
+        if path == COMPAT_PREFIX or path.startswith(COMPAT_PREFIX + "/"):
+            return await self._compat(request)
+        if path == "/openapi.json" and request.method in ("GET", "HEAD"):
+            return json_response(self._openapi)
+        return status_response(code_pb2.NOT_FOUND, f"no route for {request.method} {path}")
+
+    async def start(self, grace_seconds: float) -> None:
+        server = web.Server(self._dispatch, handler_cancellation=True, access_log=None)
+        runner = self._runner = web.ServerRunner(
+            server, shutdown_timeout=grace_seconds, access_log=None
+        )
+        await runner.setup()
+        context = self._tls()
+        for address in self._settings.http_listen:
+            try:
+                sock = _bind(address)
+            except OSError as exc:
+                if not self._settings.http_listen_is_default:
+                    raise OSError(f"--http-listen {address}: {exc.strerror or exc}") from exc
+                log.warning(
+                    "HTTP/JSON is off: the default address %s is in use; "
+                    "pass --http-listen HOST:PORT (or off)",
+                    address,
+                    extra={"category": "app"},
+                )
+                continue
+            site = web.SockSite(runner, sock, ssl_context=context)
+            await site.start()
+            host, _ = split_address(address)
+            port = sock.getsockname()[1]
+            self.ports.append(port)
+            scheme = "https" if context else "http"
+            shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")  # noqa: S104
+            self.addresses.append(f"{scheme}://{shown}:{port}")
+
+    def _tls(self) -> ssl.SSLContext | None:
+        files = self._settings.certificate  # checked to fit together when gRPC loaded them
+        if files is None:
+            return None
+        return tls_context(files.cert, files.key, files.client_ca)
+
+    async def stop(self) -> None:
+        """Stop listening, let running calls finish within the grace period, close."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+
+def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
+    """TLS as for gRPC: the server's certificate, and with ``client_ca`` mutual TLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])
+    if client_ca is not None:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _bind(address: str) -> socket.socket:
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock

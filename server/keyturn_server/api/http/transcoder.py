@@ -1,0 +1,128 @@
+"""HTTP/JSON for every RPC that carries a google.api.http rule: the request message is
+built from the path, the query and the JSON body, the servicer method runs in process
+behind the same guard as over gRPC, and the response (or the google.rpc.Status) goes back
+as JSON. Server-streaming methods answer as Server-Sent Events (``sse.py``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import descriptor
+from google.protobuf.message import Message
+from google.rpc import code_pb2
+
+from keyturn_server.api.guard import Guard, Refused, Unparsable
+from keyturn_server.api.http import sse
+from keyturn_server.api.http.caller import HttpCaller
+from keyturn_server.api.http.jsonmap import request_from, to_json
+from keyturn_server.api.http.responses import (
+    JSON,
+    error_response,
+    json_response,
+    status_response,
+)
+from keyturn_server.api.http.rules import Route, Router, routes_of
+from keyturn_server.domain.errors import InvalidArgument, KeyturnError
+
+#: The largest request body, as for gRPC messages.
+MAX_BODY = 1024 * 1024
+
+
+class CallContext:
+    """What a servicer may ask of its call, answered for HTTP: nothing to send early for
+    unary calls (Server-Sent Events bring their own)."""
+
+    async def send_initial_metadata(self, metadata: object) -> None:
+        return None
+
+
+_UNARY_CONTEXT = CallContext()
+
+
+class Transcoder:
+    def __init__(
+        self,
+        guard: Guard,
+        servicers: Mapping[str, object],
+        services: Iterable[descriptor.ServiceDescriptor],
+    ) -> None:
+        self._guard = guard
+        self.router = Router(routes_of(services))
+        self._behaviors: dict[str, Callable[..., Any]] = {
+            route.rpc: getattr(
+                servicers[route.method.containing_service.full_name], route.method.name
+            )
+            for route in self.router.routes
+        }
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.rel_url.raw_path
+        found = self.router.match(request.method, path)
+        if found is None:
+            return self.no_route(request.method, path)
+        route, variables = found
+        message = await self._message(request, route, variables)
+        behavior = self._behaviors[route.rpc]
+        if route.streaming:
+            caller = HttpCaller(request, query_token=True)
+            return await sse.serve(request, route, message, self._guard, caller, behavior)
+        caller = HttpCaller(request)
+        try:
+            response = await self._guard.unary(
+                route.rpc, caller, message, lambda m: behavior(m, _UNARY_CONTEXT), "http"
+            )
+        except Refused as refused:
+            return error_response(refused.status)
+        return json_response(to_json(response))
+
+    def no_route(self, verb: str, path: str) -> web.Response:
+        allowed = self.router.allowed(path)
+        if allowed:
+            response = status_response(
+                code_pb2.INVALID_ARGUMENT, f"{verb} is not allowed on {path}", http=405
+            )
+            response.headers["Allow"] = ", ".join(allowed)
+            return response
+        return status_response(code_pb2.NOT_FOUND, f"no route for {verb} {path}")
+
+    async def _message(
+        self, request: web.BaseRequest, route: Route, variables: dict[str, str]
+    ) -> Message | Unparsable:
+        try:
+            body = await read_json(request)
+            message = request_from(route, variables, request.rel_url.query.items(), body)
+            if route.streaming:
+                sse.resume_from_header(request, message)
+            return message
+        except KeyturnError as exc:
+            return Unparsable(exc)
+
+
+async def read_json(request: web.BaseRequest) -> Any:
+    """The JSON body, or None when there is none. A body must be declared JSON: a
+    browser cannot send that cross-origin without a CORS preflight, which is not granted,
+    so a web page cannot drive a local development server."""
+    if not request.body_exists:
+        return None
+    try:
+        raw = await request.read()  # at most client_max_size (MAX_BODY)
+    except web.HTTPRequestEntityTooLarge:
+        raise InvalidArgument(
+            f"the request body exceeds {MAX_BODY} bytes", field="body", reason="BODY_TOO_LARGE"
+        ) from None
+    if not raw.strip():
+        return None
+    media = request.content_type
+    if media != JSON and not media.endswith("+json"):
+        raise InvalidArgument(
+            f"a request body must be {JSON}, not {media or 'undeclared'}",
+            field="Content-Type",
+            reason="UNSUPPORTED_MEDIA_TYPE",
+        )
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"the request body is not JSON: {exc}", field="body") from None

@@ -1,0 +1,307 @@
+"""Every RPC over HTTP/JSON (/v1, transcoded from the google.api.http rules), against a
+real server: status codes, proto3 JSON both ways, the AIP-193 error body with the same
+ErrorInfo and BadRequest details as gRPC, and the same guard (tokens, roles, limits)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from keyturn_server.api.http.openapi import services
+from keyturn_server.api.http.rules import Router, routes_of
+from tests.harness import Harness
+from tests.http_support import Answer, HttpClient
+from tests.test_auth import ALLOWED
+
+ROUTER = Router(routes_of(services()))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture
+async def http(server: Harness) -> HttpClient:
+    return HttpClient(server.http_url, server.admin_token)
+
+
+async def ok(answer: Answer, status: int = 200) -> Any:
+    assert answer.status == status, answer.text
+    return answer.body
+
+
+async def test_every_annotated_rpc_answers_over_http(server: Harness, http: HttpClient) -> None:
+    # Keys: the lifecycle and every use, through the AIP paths.
+    key = (await ok(await http.post("/v1/keys", {"type": "encryption", "userId": "user123"})))[
+        "key"
+    ]
+    key_id = key["id"]
+    assert key["status"] == "KEY_STATUS_ACTIVE" and key["createdFor"] == "user123"
+    assert (await ok(await http.get(f"/v1/keys/{key_id}")))["id"] == key_id
+    listed = await ok(await http.get("/v1/keys", params={"type": "encryption", "pageSize": "5"}))
+    assert [k["id"] for k in listed["keys"]] == [key_id] and listed["totalSize"] == "1"
+    sealed = await ok(
+        await http.post(
+            f"/v1/keys/{key_id}:encrypt", {"plaintext": b64(b"card 4111"), "associatedData": ""}
+        )
+    )
+    opened = await ok(
+        await http.post(f"/v1/keys/{key_id}:decrypt", {"ciphertext": sealed["ciphertext"]})
+    )
+    assert base64.b64decode(opened["plaintext"]) == b"card 4111" and opened["usedPrimary"]
+    rotated = await ok(await http.post(f"/v1/keys/{key_id}:rotate", {"reason": "drill"}))
+    assert rotated["primaryVersion"] == 2
+    removed = await ok(await http.delete(f"/v1/keys/{key_id}", params={"reason": "done"}))
+    assert removed["status"] == "KEY_STATUS_REMOVED"
+    restored = await ok(await http.post(f"/v1/keys/{key_id}:restore", {}))
+    assert restored["status"] == "KEY_STATUS_ACTIVE"
+
+    signing = (await ok(await http.post("/v1/keys", {"type": "signing"})))["key"]["id"]
+    signed = await ok(await http.post(f"/v1/keys/{signing}:sign", {"data": b64(b"invoice")}))
+    verified = await ok(
+        await http.post(
+            f"/v1/keys/{signing}:verify",
+            {"data": b64(b"invoice"), "signature": signed["signature"]},
+        )
+    )
+    assert verified["valid"] is True
+    public = await ok(await http.get(f"/v1/keys/{signing}/publicKey", params={"version": "1"}))
+    assert public["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+
+    session = (await ok(await http.post("/v1/keys", {"type": "session"})))["key"]["id"]
+    mac = await ok(await http.post(f"/v1/keys/{session}:computeMac", {"data": b64(b"m")}))
+    checked = await ok(
+        await http.post(f"/v1/keys/{session}:verifyMac", {"data": b64(b"m"), "mac": mac["mac"]})
+    )
+    assert checked["valid"] is True
+    exported = await ok(await http.post(f"/v1/keys/{session}:export", {"reason": "backup"}))
+    assert len(base64.b64decode(exported["material"])) == 64
+    statistics = await ok(await http.get("/v1/keys:statistics"))
+    assert statistics["statistics"]["byType"]["encryption"]["total"] == "1"
+
+    # Handles: issue, validate by token, rotate by id and by token, revoke.
+    issued = await ok(
+        await http.post("/v1/handles", {"type": "workflow", "context": {"purpose": "etl"}})
+    )
+    handle_id, token = issued["handle"]["id"], issued["token"]
+    assert (await ok(await http.get(f"/v1/handles/{handle_id}")))["id"] == handle_id
+    assert "token" not in (await ok(await http.get(f"/v1/handles/{handle_id}")))
+    assert (await ok(await http.get("/v1/handles")))["handles"][0]["id"] == handle_id
+    validation = (
+        await ok(
+            await http.post("/v1/handles:validate", {"token": token, "context": {"ip": "10.0.0.1"}})
+        )
+    )["validation"]
+    assert validation["valid"] is True and validation["handleId"] == handle_id
+    by_id = await ok(await http.post(f"/v1/handles/{handle_id}:rotate", {"reason": "drill"}))
+    by_token = await ok(await http.post("/v1/handles:rotate", {"token": by_id["token"]}))
+    assert by_token["handle"]["generation"] == 3
+    revoked = await ok(await http.delete(f"/v1/handles/{handle_id}"))
+    assert revoked["status"] == "HANDLE_STATUS_REVOKED"
+    refused = (await ok(await http.post("/v1/handles:validate", {"token": token})))["validation"]
+    assert refused["valid"] is False  # a refusal is data, printed even at its default
+    handle_stats = await ok(await http.get("/v1/handles:statistics"))
+    assert handle_stats["statistics"]["validationsSucceeded"] == "1"
+
+    # Admin: health, configuration with its etag, audit log, access tokens.
+    health = await ok(await http.get("/v1/health"))
+    assert health["health"]["status"] == "SERVING_STATUS_SERVING"
+    keys_health = await ok(await http.get("/v1/health/keys"))
+    assert [c["name"] for c in keys_health["health"]["components"]] == ["keys"]
+    config = await ok(await http.get("/v1/config"))
+    patched = await ok(
+        await http.patch(
+            "/v1/config",
+            {"securityPolicies": {"rateLimitPerHandle": 7}},
+            params={"updateMask": "securityPolicies.rateLimitPerHandle", "etag": config["etag"]},
+        )
+    )
+    assert patched["securityPolicies"]["rateLimitPerHandle"] == 7
+    assert patched["etag"] != config["etag"]
+    audit = await ok(
+        await http.get("/v1/auditEvents", params={"action": "key.generate", "pageSize": "2"})
+    )
+    assert audit["events"][0]["action"] == "key.generate"
+    assert (await ok(await http.get("/v1/auditEvents:verify")))["valid"] is True
+    created = await ok(await http.post("/v1/accessTokens", {"name": "ci", "role": "ROLE_SERVICE"}))
+    assert created["token"].startswith("kt_api-access_")
+    names = [t["name"] for t in (await ok(await http.get("/v1/accessTokens")))["accessTokens"]]
+    assert "ci" in names
+    gone = await ok(await http.post("/v1/accessTokens/ci:revoke", {"reason": "test"}))
+    assert gone["revokeTime"]
+
+    # The two streams answer too (their behaviour is in test_http_sse.py).
+    for path in ("/v1/keys:watchExpiring", "/v1/handles:watchExpiring"):
+        answer = await http.get(path, params={"resumeAfter": "999999"})
+        assert answer.status == 400 and answer.error["status"] == "OUT_OF_RANGE"
+
+    matched = [ROUTER.match(verb, path) for verb, path in http.sent]
+    routes = {(m[0].verb, m[0].template.text) for m in matched if m is not None}
+    assert routes == {(r.verb, r.template.text) for r in ROUTER.routes}
+
+
+def test_every_rpc_has_an_http_rule() -> None:
+    annotated = {r.rpc.removeprefix("/keyturn.v1.") for r in ROUTER.routes}
+    assert annotated == set(ALLOWED)
+
+
+async def test_input_takes_either_field_name_style(server: Harness, http: HttpClient) -> None:
+    for body in ({"type": "api", "userId": "a"}, {"type": "api", "user_id": "b"}):
+        key = (await ok(await http.post("/v1/keys", body)))["key"]
+        assert key["createdFor"] == body.get("userId", body.get("user_id"))
+    listed = await ok(await http.get("/v1/keys", params={"page_size": "1"}))
+    assert len(listed["keys"]) == 1 and listed["nextPageToken"]
+
+
+@pytest.mark.parametrize(
+    ("verb", "path", "kwargs", "status", "code", "field"),
+    [
+        ("GET", "/v1/keys/nope", {}, 400, "INVALID_ARGUMENT", "key_id"),
+        ("GET", "/v1/keys/key_aaaaaaaaaaaaaaaa", {}, 404, "NOT_FOUND", None),
+        ("POST", "/v1/keys", {"body": {"type": 5}}, 400, "INVALID_ARGUMENT", "body"),
+        ("POST", "/v1/keys", {"body": {"tipe": "api"}}, 400, "INVALID_ARGUMENT", "body"),
+        ("POST", "/v1/keys", {"body": ["api"]}, 400, "INVALID_ARGUMENT", "body"),
+        ("POST", "/v1/keys", {"body": {"type": "nope"}}, 400, "INVALID_ARGUMENT", "type"),
+        (
+            "POST",
+            "/v1/keys",
+            {"raw": b"{not json", "headers": {"Content-Type": "application/json"}},
+            400,
+            "INVALID_ARGUMENT",
+            "body",
+        ),
+        (
+            "POST",
+            "/v1/keys",
+            {"raw": b'{"type": "api"}', "headers": {"Content-Type": "text/plain"}},
+            400,
+            "INVALID_ARGUMENT",
+            "Content-Type",
+        ),
+        ("GET", "/v1/keys", {"params": {"pageSize": "many"}}, 400, "INVALID_ARGUMENT", "body"),
+        ("GET", "/v1/keys", {"params": {"color": "red"}}, 400, "INVALID_ARGUMENT", "color"),
+        ("GET", "/v1/keys", {"params": {"pageSize": "-1"}}, 400, "INVALID_ARGUMENT", "page_size"),
+        ("GET", "/v1/keys", {"params": {"status": "NOPE"}}, 400, "INVALID_ARGUMENT", "body"),
+        ("GET", "/v1/keys", {"body": {"x": 1}}, 400, "INVALID_ARGUMENT", "body"),
+        (
+            "GET",
+            "/v1/handles:watchExpiring",
+            {"headers": {"Last-Event-ID": "abc"}},
+            400,
+            "INVALID_ARGUMENT",
+            "Last-Event-ID",
+        ),
+        ("POST", "/v1/handles:rotate", {"body": {}}, 400, "INVALID_ARGUMENT", "target"),
+        ("DELETE", "/v1/handles/hdl_aaaaaaaaaaaaaaaa", {}, 404, "NOT_FOUND", None),
+    ],
+    ids=lambda value: value if isinstance(value, str) else None,
+)
+async def test_client_mistakes_are_4xx_with_the_grpc_details(
+    http: HttpClient,
+    verb: str,
+    path: str,
+    kwargs: dict[str, Any],
+    status: int,
+    code: str,
+    field: str | None,
+) -> None:
+    answer = await http.call(verb, path, **kwargs)
+    assert answer.status == status, answer.text
+    assert answer.error["status"] == code and answer.error["code"] == status
+    assert answer.detail("ErrorInfo")["domain"] == "keyturn.dev"
+    if field is not None:
+        assert field in answer.violations
+
+
+async def test_a_body_over_one_mebibyte_is_refused(http: HttpClient) -> None:
+    answer = await http.post("/v1/keys", {"type": "api", "userId": "x" * (1024 * 1024)})
+    assert answer.status == 400 and answer.reason == "BODY_TOO_LARGE"
+
+
+async def test_unknown_paths_and_verbs(http: HttpClient) -> None:
+    missing = await http.get("/v1/nothing")
+    assert missing.status == 404 and missing.error["status"] == "NOT_FOUND"
+    wrong = await http.call("PUT", "/v1/keys")
+    assert wrong.status == 405 and wrong.headers["Allow"] == "GET, POST"
+    elsewhere = await http.get("/")
+    assert elsewhere.status == 404
+
+
+async def test_stale_etag_is_409_aborted(http: HttpClient) -> None:
+    answer = await http.patch(
+        "/v1/config",
+        {"securityPolicies": {"trackUsage": True}},
+        params={"updateMask": "securityPolicies.trackUsage", "etag": "stale"},
+    )
+    assert answer.status == 409 and answer.error["status"] == "ABORTED"
+
+
+@pytest.mark.parametrize(
+    ("authorization", "reason"),
+    [
+        (None, "MISSING_CREDENTIALS"),
+        ("Basic abc", "MALFORMED_AUTHORIZATION"),
+        ("Bearer kt_api-access_nonsense", None),
+    ],
+)
+async def test_every_route_needs_a_valid_token(
+    server: Harness, authorization: str | None, reason: str | None
+) -> None:
+    client = HttpClient(server.http_url)
+    headers = {"Authorization": authorization} if authorization else {}
+    for route in ROUTER.routes:
+        path = route.template.text.replace("{key_id}", "key_aaaaaaaaaaaaaaaa")
+        path = path.replace("{handle_id}", "hdl_aaaaaaaaaaaaaaaa")
+        path = path.replace("{component}", "keys").replace("{name}", "ci")
+        answer = await client.call(route.verb, path, {} if route.body else None, headers=headers)
+        assert answer.status == 401, (route.verb, path, answer.text)
+        assert answer.error["status"] == "UNAUTHENTICATED"
+        if reason:
+            assert answer.reason == reason
+
+
+@pytest.mark.parametrize("role", ["operator", "service", "auditor"])
+async def test_role_matrix_over_http(server: Harness, role: str) -> None:
+    """The same rights as over gRPC (tests/test_auth.py's ALLOWED table)."""
+    caller = await server.client_for(role)
+    client = HttpClient(server.http_url, caller.token)
+    for route in ROUTER.routes:
+        if route.streaming:
+            continue
+        path = route.template.text.replace("{key_id}", "key_aaaaaaaaaaaaaaaa")
+        path = path.replace("{handle_id}", "hdl_aaaaaaaaaaaaaaaa")
+        path = path.replace("{component}", "keys").replace("{name}", "nobody")
+        answer = await client.call(route.verb, path, {} if route.body else None)
+        allowed = role in ALLOWED[route.rpc.removeprefix("/keyturn.v1.")]
+        assert (answer.status != 403) == allowed, (role, route.rpc, answer.text)
+
+
+async def test_the_caller_limit_is_shared_with_grpc_and_says_when_to_retry(
+    server: Harness,
+) -> None:
+    await server.restart(caller_rate_limit=1.0, caller_burst=2)
+    client = HttpClient(server.http_url, server.admin_token)
+    statuses = [(await client.get("/v1/config")).status for _ in range(2)]
+    assert statuses == [200, 200]
+    limited = await client.get("/v1/config")
+    assert limited.status == 429 and limited.reason == "CALLER_RATE_LIMITED"
+    assert int(limited.headers["Retry-After"]) >= 1
+    server.clock.advance(timedelta(seconds=1))
+    assert (await client.get("/v1/config")).status == 200
+
+
+async def test_http_calls_are_counted_and_logged_like_rpcs(
+    server: Harness, http: HttpClient, logs_hold_no_secrets: Any
+) -> None:
+    await ok(await http.post("/v1/keys", {"type": "api"}))
+    await http.get("/v1/keys/key_aaaaaaaaaaaaaaaa")
+    assert server.app is not None and server.app.services is not None
+    stats = server.app.services.stats
+    assert stats.requests["keyturn.v1.KeyService"] == 2
+    assert stats.errors["keyturn.v1.KeyService"] == 1
+    lines = [line for line in logs_hold_no_secrets.getvalue().splitlines() if '"access"' in line]
+    assert any('"/keyturn.v1.KeyService/GenerateKey"' in x and '"http"' in x for x in lines)
+    assert any('"NOT_FOUND"' in line for line in lines)

@@ -1,0 +1,234 @@
+"""WatchExpiring over HTTP as Server-Sent Events: ids are sequences, Last-Event-ID and
+resumeAfter resume exactly, heartbeats are comments, refusals are HTTP errors before the
+stream, and shutdown ends streams cleanly with the point to resume from."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.harness import SECRETS, Harness
+from tests.http_support import HttpClient
+
+WATCH = "/v1/handles:watchExpiring"
+
+
+@dataclass
+class Message:
+    """One SSE message as an EventSource would see it, plus the comments before it."""
+
+    id: str | None = None
+    event: str = "message"
+    data: str = ""
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+async def messages(response: aiohttp.ClientResponse) -> AsyncIterator[Message]:
+    """The SSE framing of text/event-stream (WHATWG HTML, server-sent events)."""
+    current = Message()
+    async for raw in response.content:
+        line = raw.decode().rstrip("\n")
+        if not line:
+            yield current
+            current = Message()
+        elif line.startswith(":"):
+            current.comments.append(line[1:].strip())
+        else:
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "id":
+                current.id = value
+            elif name == "event":
+                current.event = value
+            elif name == "data":
+                current.data = f"{current.data}\n{value}" if current.data else value
+
+
+async def take(
+    response: aiohttp.ClientResponse, count: int, data_only: bool = True
+) -> list[Message]:
+    found: list[Message] = []
+    async with asyncio.timeout(10):
+        async for message in messages(response):
+            if message.data or not data_only:
+                found.append(message)
+            if len(found) == count:
+                return found
+    return found
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
+        yield s
+
+
+def bearer(server: Harness) -> dict[str, str]:
+    return {"Authorization": f"Bearer {server.admin_token}"}
+
+
+async def generate(server: Harness, count: int) -> list[str]:
+    client = HttpClient(server.http_url, server.admin_token)
+    ids = []
+    for _ in range(count):
+        answer = await client.post("/v1/handles", {"type": "session"})
+        assert answer.status == 200, answer.text
+        ids.append(answer.body["handle"]["id"])
+    return ids
+
+
+async def test_events_carry_their_sequence_as_id(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(
+        server.http_url + WATCH, params={"resumeAfter": "0"}, headers=bearer(server)
+    ) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"] == "text/event-stream"
+        assert response.headers["Cache-Control"] == "no-cache"
+        ids = await generate(server, 2)
+        got = await take(response, 2)
+    assert [m.json["kind"] for m in got] == ["EVENT_KIND_CREATED"] * 2
+    assert [m.json["handle"]["id"] for m in got] == ids
+    assert [m.id for m in got] == [m.json["sequence"] for m in got]
+    assert [m.event for m in got] == ["message", "message"]
+
+
+async def test_last_event_id_resumes_exactly_once_in_order(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await generate(server, 4)
+    async with session.get(
+        server.http_url + WATCH, params={"resumeAfter": "0"}, headers=bearer(server)
+    ) as response:
+        first = await take(response, 2)
+    last = first[-1].id
+    assert last is not None
+    # A reconnecting EventSource repeats its URL (resumeAfter=0) and adds Last-Event-ID,
+    # which wins.
+    async with session.get(
+        server.http_url + WATCH,
+        params={"resumeAfter": "0"},
+        headers={**bearer(server), "Last-Event-ID": last},
+    ) as response:
+        rest = await take(response, 2)
+    sequences = [int(m.id or 0) for m in first + rest]
+    assert sequences == sorted(set(sequences)) and len(sequences) == 4
+
+
+async def test_without_a_resume_point_the_snapshot_ends_with_the_live_start(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await generate(server, 1)
+    server.clock.advance(timedelta(minutes=55))  # session handles warn 10 min before 1 h
+    async with session.get(server.http_url + WATCH, headers=bearer(server)) as response:
+        snapshot, complete = await take(response, 2)
+    assert snapshot.json["kind"] == "EVENT_KIND_EXPIRING" and snapshot.json["snapshot"]
+    assert snapshot.id is None
+    assert complete.json["kind"] == "EVENT_KIND_SNAPSHOT_COMPLETE"
+    # 1, or 2 when the scheduler has already logged the EXPIRING event of the moved clock.
+    assert complete.id == complete.json["latestSequence"] and int(complete.id) >= 1
+
+
+async def test_heartbeats_are_comments_that_move_the_resume_point(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await server.restart(heartbeat_interval=timedelta(seconds=0.2))
+    await generate(server, 1)
+    async with session.get(
+        server.http_url + "/v1/keys:watchExpiring",
+        params={"resumeAfter": "1"},
+        headers=bearer(server),
+    ) as response:
+        (beat,) = await take(response, 1, data_only=False)
+    assert beat.data == "" and beat.comments == ["heartbeat, latest sequence 1"]
+    assert beat.id == "1"
+
+
+async def test_a_stale_resume_point_is_an_http_error_before_the_stream(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    async with session.get(
+        server.http_url + WATCH, params={"resumeAfter": "50"}, headers=bearer(server)
+    ) as response:
+        assert response.status == 400
+        assert response.headers["Content-Type"] == "application/json"
+        error = (await response.json())["error"]
+    assert error["status"] == "OUT_OF_RANGE"
+    assert error["details"][0]["reason"] == "RESUME_POINT_AHEAD"
+
+
+async def test_shutdown_ends_the_stream_with_where_to_resume(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await generate(server, 1)
+    async with session.get(
+        server.http_url + WATCH, params={"resumeAfter": "1"}, headers=bearer(server)
+    ) as response:
+        stopping = asyncio.create_task(server.stop())
+        (end,) = await take(response, 1)
+        rest = await asyncio.wait_for(response.content.read(), 5)  # then a clean EOF
+        await stopping
+    assert end.event == "error" and rest == b""
+    error = end.json["error"]
+    assert error["status"] == "UNAVAILABLE" and error["code"] == 503
+    assert error["details"][0]["metadata"] == {"resume_after": "1"}
+
+
+async def test_an_event_source_may_send_its_token_in_the_query(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    query = {"access_token": server.admin_token, "resumeAfter": "0"}
+    async with session.get(server.http_url + WATCH, params=query) as response:
+        assert response.status == 200
+        await generate(server, 1)
+        assert len(await take(response, 1)) == 1
+    # Only there: everywhere else a token in a URL is not taken as credentials.
+    async with session.get(
+        server.http_url + "/v1/keys", params={"access_token": server.admin_token}
+    ) as response:
+        assert response.status == 401
+
+
+async def test_a_subscriber_that_goes_away_is_unsubscribed(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    assert server.app is not None and server.app.services is not None
+    hub = server.app.services.hub
+    async with session.get(
+        server.http_url + WATCH, params={"resumeAfter": "0"}, headers=bearer(server)
+    ) as response:
+        assert response.status == 200
+        assert len(hub) == 1
+    for _ in range(250):  # the server notices the closed connection within a moment
+        if not len(hub):
+            break
+        await asyncio.sleep(0.02)
+    assert len(hub) == 0
+
+
+async def test_tokens_are_delivered_to_the_owner_only_on_request(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await generate(server, 1)
+    await server.advance(timedelta(hours=1))  # the automatic rotation
+    async with session.get(
+        server.http_url + WATCH,
+        params={"resumeAfter": "0", "deliverTokens": "true", "kinds": "EVENT_KIND_ROTATED"},
+        headers=bearer(server),
+    ) as response:
+        (rotated,) = await take(response, 1)
+    assert rotated.json["kind"] == "EVENT_KIND_ROTATED"
+    assert rotated.json["token"].startswith("kt_session_")
+    SECRETS.add(rotated.json["token"])
