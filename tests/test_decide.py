@@ -247,9 +247,31 @@ def test_the_first_use_binds_the_context_it_brings() -> None:
     assert (only_ip.handle.bound_ip, only_ip.handle.bound_user_agent) == ("10.0.0.7", None)
 
 
-def test_an_attempt_with_the_wrong_context_still_counts_towards_the_rate() -> None:
-    case = Case(a_handle(**BOUND, rate=RateWindow(MINUTE, 0, 5)), seen=seen("10.0.0.2", "wf/1.0"))
-    assert _decide(case).handle.rate.current == 6
+@pytest.mark.parametrize(
+    "presented",
+    [seen("10.0.0.2", "wf/1.0"), seen(None, None)],
+    ids=["another-context", "no-context"],
+)
+def test_an_attempt_with_the_wrong_context_does_not_count_towards_the_rate(
+    presented: Presentation,
+) -> None:
+    # Only the owner's presentations (those that pass the binding) use up the rate: a
+    # thief without the bound context cannot lock the owner out.
+    case = Case(a_handle(**BOUND, rate=RateWindow(MINUTE, 0, 5)), seen=presented)
+    assert _decide(case).handle.rate == case.handle.rate
+
+
+def test_the_context_is_checked_before_the_rate_limit() -> None:
+    case = Case(a_handle(**BOUND, rate=FULL_MINUTE), seen=seen("10.0.0.2", "wf/1.0"))
+    assert _decide(case).reason is Reason.CONTEXT_MISMATCH
+
+
+def test_a_presentation_that_is_not_a_use_counts_towards_the_rate_only() -> None:
+    handle = a_handle(rate=RateWindow(MINUTE, 0, 5), usage_count=9)
+    decision = decide(handle, a_secret(), seen(), NOW, SecurityPolicies(), use=False)
+    assert decision.valid and decision.transition is None
+    assert decision.handle.usage_count == 9 and decision.handle.last_used_time is None
+    assert decision.handle.rate.current == 6
 
 
 def test_a_refusal_over_the_rate_does_not_count_towards_it() -> None:

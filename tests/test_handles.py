@@ -254,7 +254,9 @@ async def test_without_prevent_reuse_a_superseded_secret_is_only_refused(
 ) -> None:
     await server.set_policies(prevent_reuse=False)
     issued = await issue(server.admin)
-    rotated = await server.admin.handles.RotateHandle(R.RotateHandleRequest(token=issued.token))
+    rotated = await server.admin.handles.RotateHandle(
+        R.RotateHandleRequest(token=issued.token, context=CTX)
+    )
     await server.advance(timedelta(minutes=6))
     reused = await validate(server.admin, issued.token)
     assert reused.reason == R.VALIDATION_REASON_SUPERSEDED and not reused.anomalies
@@ -264,11 +266,11 @@ async def test_without_prevent_reuse_a_superseded_secret_is_only_refused(
 async def test_rotating_by_token_issues_a_successor(server: Harness) -> None:
     issued = await issue(server.admin)
     rotated = await server.admin.handles.RotateHandle(
-        R.RotateHandleRequest(token=issued.token, reason="self-rotation")
+        R.RotateHandleRequest(token=issued.token, reason="self-rotation", context=CTX)
     )
     assert rotated.handle.id == issued.handle.id and rotated.token != issued.token
     again = await fails(
-        server.admin.handles.RotateHandle(R.RotateHandleRequest(token=issued.token))
+        server.admin.handles.RotateHandle(R.RotateHandleRequest(token=issued.token, context=CTX))
     )
     assert again.code == grpc.StatusCode.FAILED_PRECONDITION
     assert again.reason == "ALREADY_ROTATED"

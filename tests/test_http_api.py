@@ -97,7 +97,11 @@ async def test_every_annotated_rpc_answers_over_http(server: Harness, http: Http
     )["validation"]
     assert validation["valid"] is True and validation["handleId"] == handle_id
     by_id = await ok(await http.post(f"/v1/handles/{handle_id}:rotate", {"reason": "drill"}))
-    by_token = await ok(await http.post("/v1/handles:rotate", {"token": by_id["token"]}))
+    by_token = await ok(
+        await http.post(
+            "/v1/handles:rotate", {"token": by_id["token"], "context": {"ip": "10.0.0.1"}}
+        )
+    )
     assert by_token["handle"]["generation"] == 3
     revoked = await ok(await http.delete(f"/v1/handles/{handle_id}"))
     assert revoked["status"] == "HANDLE_STATUS_REVOKED"

@@ -39,6 +39,7 @@ from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
 from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.generation import MaterialMaker
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handle_lookup import HandleLookup
 from keyturn_server.domain.handle_service import HandleService
@@ -131,6 +132,7 @@ class App:
         self.services: Services | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
+        self._maker: MaterialMaker | None = None
 
     @property
     def address(self) -> str:
@@ -163,7 +165,10 @@ class App:
         config = ConfigService(store, journal, self.clock)
         await config.load()
         material = MaterialCache(store, keyring, stats)
-        key_lifecycle = KeyLifecycle(material, config, journal, self.clock)
+        maker = self._maker = MaterialMaker(
+            settings.max_key_generations, settings.max_key_generations_per_caller
+        )
+        key_lifecycle = KeyLifecycle(material, config, journal, self.clock, maker)
         keys = KeyService(
             store,
             config,
@@ -205,6 +210,7 @@ class App:
             handle_lifecycle,
             settings.heartbeat_interval,
             settings.watch_queue_size,
+            settings.max_streams_per_caller,
         )
         health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
         self.services = Services(
@@ -371,6 +377,8 @@ class App:
                 await self._flush()
         if self.metrics is not None:
             self.metrics.close()
+        if self._maker is not None:
+            self._maker.close()
         if self._store is not None:
             await self._store.close()
             self._store = None

@@ -69,6 +69,12 @@ class Settings:
     watch_queue_size: int = 1024
     caller_rate_limit: float = 1000.0
     caller_burst: int = 2000
+    #: Open WatchExpiring streams per principal.
+    max_streams_per_caller: int = 100
+    #: Expensive key generations (RSA) running at once; None: half the cores.
+    max_key_generations: int | None = None
+    #: Expensive key generations one principal may have running or queued.
+    max_key_generations_per_caller: int = 2
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
     max_pending_requests: int = 50_000
     grace_period: timedelta = timedelta(seconds=10)
@@ -255,6 +261,32 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="requests per second per caller, 0 for none (default 1000)",
     )
+    parser.add_argument(
+        "--max-streams-per-caller",
+        type=_positive,
+        help="open WatchExpiring streams per principal (default 100)",
+    )
+    parser.add_argument(
+        "--max-key-generations",
+        type=_positive,
+        help="RSA key generations running at once, in worker processes (default: half "
+        "the cores, at least 1)",
+    )
+    parser.add_argument(
+        "--max-key-generations-per-caller",
+        type=_positive,
+        help="RSA key generations one principal may have running or queued (default 2)",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
@@ -291,6 +323,11 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
+        ),
+        max_streams_per_caller=args.max_streams_per_caller or defaults.max_streams_per_caller,
+        max_key_generations=args.max_key_generations,
+        max_key_generations_per_caller=(
+            args.max_key_generations_per_caller or defaults.max_key_generations_per_caller
         ),
     ).check()
 

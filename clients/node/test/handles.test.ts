@@ -55,7 +55,7 @@ describe("handles", () => {
 
   test("rotation by presenting the current token works without the id", async () => {
     const issued = await client.handles.generateHandle({ type: "api", context });
-    const rotated = await client.handles.rotateHandle({ token: issued.token });
+    const rotated = await client.handles.rotateHandle({ token: issued.token, context });
     assert.equal(rotated.handle?.id, issued.handle!.id);
   });
 

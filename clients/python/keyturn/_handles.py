@@ -99,13 +99,15 @@ class HandleCalls(Caller):
         handle_id: str = "",
         *,
         token: str = "",
+        context: Mapping[str, str] | None = None,
         user_id: str = "",
         reason: str = "",
         timeout: float | None = None,
     ) -> handles_pb2.RotateHandleResponse:
         """A new secret for the handle named by id, or by its current (or previous, inside
         the grace period) ``token``; the previous secret keeps validating until
-        ``previous_valid_until``."""
+        ``previous_valid_until``. By token, ``context`` (ip, user_agent) must match the
+        handle's bound context, as for a validation."""
         if bool(handle_id) == bool(token):
             raise ValueError("rotate_handle takes exactly one of handle_id and token")
         request = handles_pb2.RotateHandleRequest(user_id=user_id, reason=reason)
@@ -113,6 +115,7 @@ class HandleCalls(Caller):
             request.handle_id = handle_id
         else:
             request.token = token
+            request.context.update(context or {})
         return await self._call(self._handles.RotateHandle, request, timeout)
 
     async def remove_handle(

@@ -17,6 +17,8 @@ _POLICY_SCALARS = (
     "anomaly_detection",
     "rate_limit_per_handle",
     "max_concurrent_handles",
+    "max_keys_per_owner",
+    "refused_per_presenter",
 )
 
 
@@ -59,6 +61,8 @@ def config_message(config: Config) -> admin_pb2.Config:
             anomaly_detection=p.anomaly_detection,
             rate_limit_per_handle=p.rate_limit_per_handle,
             max_concurrent_handles=p.max_concurrent_handles,
+            max_keys_per_owner=p.max_keys_per_owner,
+            refused_per_presenter=p.refused_per_presenter,
             revoke_on=sorted(ANOMALY_KIND[k] for k in p.revoke_on),
         )
     )

@@ -168,7 +168,8 @@ def validation_message(result: Validation, now: datetime) -> handles_pb2.Validat
     if handle is not None:
         message.handle_id = handle.id
         message.type = handle.type
-        message.owner = handle.owner
+        if result.rights:
+            message.owner = handle.owner
         message.remaining_uses = handle.remaining_uses
         message.expire_time.CopyFrom(stamp(handle.expire_time))
         message.rotate_time.CopyFrom(stamp(handle.rotate_time))

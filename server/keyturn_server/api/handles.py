@@ -94,7 +94,12 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         self, request: handles_pb2.RotateHandleRequest, context: Context
     ) -> handles_pb2.RotateHandleResponse:
         rotation = await self._handles.rotate(
-            auth.current(), request.handle_id, request.token, request.user_id, request.reason
+            auth.current(),
+            request.handle_id,
+            request.token,
+            request.user_id,
+            request.reason,
+            dict(request.context),
         )
         return handles_pb2.RotateHandleResponse(
             handle=self._handle(rotation.handle),

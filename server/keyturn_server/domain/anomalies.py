@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections import deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 
 class AnomalyKind(enum.Enum):
@@ -73,36 +73,50 @@ class Anomaly:
 
 
 class InvalidTokenFloodDetector:
-    """Counts refused tokens per peer over a sliding window and reports a flood once per window.
+    """Counts failures per peer over a sliding window and reports a flood once per window.
 
     Held in memory: a flood is a property of live traffic, and restarting the server
-    resets the window, which only delays a report by at most one window.
+    resets the window, which only delays a report by at most one window. The table is
+    an LRU of fixed capacity with a two-bucket sliding counter per peer, so each record
+    is O(1) and memory is bounded however many peers show up. (Handle presentations are
+    counted per presenter by :mod:`presenters`; this one serves authentication failures.)
     """
 
-    def __init__(self, threshold: int = 20, window: timedelta = timedelta(minutes=1)) -> None:
+    def __init__(
+        self,
+        threshold: int = 20,
+        window: timedelta = timedelta(minutes=1),
+        capacity: int = 8192,
+    ) -> None:
         self.threshold = threshold
         self.window = window
-        self._seen: dict[str, deque[datetime]] = {}
-        self._reported: dict[str, datetime] = {}
+        self.capacity = capacity
+        #: peer -> [window index, previous count, current count, window last reported]
+        self._seen: OrderedDict[str, list[int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def record(self, peer: str, now: datetime) -> int | None:
-        """Record one refused token; return the count when this one makes a new flood."""
-        times = self._seen.setdefault(peer, deque())
-        times.append(now)
-        horizon = now - self.window
-        while times and times[0] <= horizon:
-            times.popleft()
-        if len(self._seen) > 10_000:
-            self._forget_idle(horizon)
-        if len(times) < self.threshold:
+        """Record one failure; return the count when this one makes a new flood."""
+        elapsed = (now - _EPOCH) / self.window
+        index = int(elapsed)
+        entry = self._seen.get(peer)
+        if entry is None:
+            entry = self._seen[peer] = [index, 0, 0, -1]
+            if len(self._seen) > self.capacity:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(peer)
+            if entry[0] != index:
+                entry[1] = entry[2] if entry[0] == index - 1 else 0
+                entry[2], entry[0] = 0, index
+        entry[2] += 1
+        count = entry[1] * (1.0 - (elapsed - index)) + entry[2]
+        if count < self.threshold or entry[3] == index:
             return None
-        last = self._reported.get(peer)
-        if last is not None and last > horizon:
-            return None
-        self._reported[peer] = now
-        return len(times)
+        entry[3] = index
+        return int(count)
 
-    def _forget_idle(self, horizon: datetime) -> None:
-        for peer in [p for p, t in self._seen.items() if not t or t[-1] <= horizon]:
-            del self._seen[peer]
-            self._reported.pop(peer, None)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -10,6 +10,9 @@ result is that of N units one after another.
 
 If the shared unit fails (a store error, or a bug hit by one item), every item is run
 again in a unit of its own, so that one bad item cannot fail the others.
+
+Results that promise nothing durable (``early``: a refusal) are answered as soon as
+they are decided, inside the unit, instead of after the commit.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ class Coalescer(Generic[Item, Result]):
         self,
         store: Store,
         run: Callable[[Repository, Sequence[Item]], list[Result]],
+        early: Callable[[Item, Result], bool] | None = None,
     ) -> None:
         self._store = store
         self._run = run
+        self._early = early
         # The store may run the unit in a worker thread (PostgreSQL) while calls arrive
         # on the loop: taking the queue and adding to it must not interleave.
         self._lock = threading.Lock()
@@ -60,11 +65,19 @@ class Coalescer(Generic[Item, Result]):
 
     async def _write(self) -> None:
         taken: list[tuple[Item, asyncio.Future[Result]]] = []
+        loop = asyncio.get_running_loop()
+        early = self._early
 
         def work(repo: Repository) -> list[Result]:
             nonlocal taken
             taken = self._take()
-            return self._run(repo, [item for item, _ in taken])
+            results = self._run(repo, [item for item, _ in taken])
+            if early is not None:
+                for (item, future), result in zip(taken, results, strict=True):
+                    if early(item, result):
+                        # The unit may run in a worker thread (PostgreSQL).
+                        loop.call_soon_threadsafe(_settle, future, result)
+            return results
 
         try:
             results = await self._store.write(work)
@@ -94,3 +107,8 @@ class Coalescer(Generic[Item, Result]):
         else:
             if not future.done():
                 future.set_result(result)
+
+
+def _settle(future: asyncio.Future[Result], result: Result) -> None:
+    if not future.done():
+        future.set_result(result)

@@ -126,6 +126,8 @@ def config_to_json(config: Config) -> dict[str, Any]:
             "anomaly_detection": p.anomaly_detection,
             "rate_limit_per_handle": p.rate_limit_per_handle,
             "max_concurrent_handles": p.max_concurrent_handles,
+            "max_keys_per_owner": p.max_keys_per_owner,
+            "refused_per_presenter": p.refused_per_presenter,
             "revoke_on": sorted(k.value for k in p.revoke_on),
         },
     }
@@ -165,6 +167,11 @@ def config_from_json(
         anomaly_detection=p["anomaly_detection"],
         rate_limit_per_handle=p["rate_limit_per_handle"],
         max_concurrent_handles=p["max_concurrent_handles"],
+        # Added after the first stored configurations: absent there, the default.
+        max_keys_per_owner=p.get("max_keys_per_owner", SecurityPolicies.max_keys_per_owner),
+        refused_per_presenter=p.get(
+            "refused_per_presenter", SecurityPolicies.refused_per_presenter
+        ),
         revoke_on=frozenset(AnomalyKind(k) for k in p["revoke_on"]),
     )
     return Config(keys, handles, policies, revision, update_time, updated_by)

@@ -275,13 +275,21 @@ def _handle_type(name: str, raw: Any, violations: list[FieldViolation]) -> Handl
     return HandleType(algorithm.name, length, rotation, warning, lifetime, max_usage, grace)
 
 
+_COUNTS = (
+    "rate_limit_per_handle",
+    "max_concurrent_handles",
+    "max_keys_per_owner",
+    "refused_per_presenter",
+)
+
+
 def _policies(
     current: SecurityPolicies, values: dict[str, Any], violations: list[FieldViolation]
 ) -> SecurityPolicies:
     changes: dict[str, Any] = {}
     for name, value in values.items():
         where = f"config.security_policies.{name}"
-        if name in ("rate_limit_per_handle", "max_concurrent_handles"):
+        if name in _COUNTS:
             if isinstance(value, bool) or not isinstance(value, int):
                 violations.append(FieldViolation(where, "must be an integer"))
             elif not 1 <= value <= 10_000_000:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.keyring import Keyring
@@ -25,12 +25,14 @@ from keyturn_server.domain.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    KeyturnError,
     NotFound,
     ResourceExhausted,
 )
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handles import (
+    RATE_WINDOW,
     Decision,
     Handle,
     HandleSchedule,
@@ -69,6 +71,9 @@ class Validation:
     handle: Handle | None
     rotated: bool = False
     anomalies: tuple[Anomaly, ...] = ()
+    #: The caller has rights on the handle (owner, operator, admin): it may see its
+    #: owner. Others validating a good token see only what they need to honour it.
+    rights: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,11 +131,14 @@ class HandleService:
             policies = self._config.current.policies
             active = repo.count_active_handles(principal.name, now)
             if active >= policies.max_concurrent_handles:
+                first = repo.earliest_active_expiry(principal.name, now)
                 raise ResourceExhausted(
                     f"{principal.name!r} already has {active} active handles "
                     f"(max_concurrent_handles is {policies.max_concurrent_handles}); "
                     "remove some or wait for them to expire",
                     reason="MAX_CONCURRENT_HANDLES",
+                    retry_after=max(first - now, timedelta(seconds=1)) if first else None,
+                    metadata={"limit": str(policies.max_concurrent_handles)},
                 )
             schedule = HandleSchedule.of(handle_type)
             expire = now + schedule.max_lifetime
@@ -201,15 +209,18 @@ class HandleService:
         return HandlePage(handles, token_after(page, handles, found.more), found.total)
 
     async def statistics(self, principal: Principal) -> tuple[Report, dict[str, int]]:
-        """The report and anomaly counts by kind."""
+        """The report and anomaly counts by kind. A service sees the anomalies of its own
+        handles only: a count that moves when a stolen token is refused would tell a
+        thief that the token is real."""
         principal.require(Permission.STATS_READ)
         now = self._clock.now()
+        owner = "" if principal.sees_all() else principal.name
 
         def work(repo: Repository) -> tuple[Report, dict[str, int]]:
             counts = report(
                 repo.handle_counts(now), recent(repo.event_counts, now, "handle"), now, handles=True
             )
-            return counts, repo.anomaly_counts()
+            return counts, repo.anomaly_counts(owner=owner)
 
         return await self._store.report(work)
 
@@ -229,13 +240,20 @@ class HandleService:
         seen = Presentation(context.get("ip"), context.get("user_agent"), principal.peer)
         parsed = tokens.parse(token)
         if parsed is None:
-            result = await self._refused(principal, seen, Reason.MALFORMED)
+            result = await self._refused(principal, Reason.MALFORMED)
+        elif self._validator.throttled(principal):
+            # Refused too often: answered as an unknown token, without a lookup.
+            result = await self._refused(principal, Reason.INVALID)
         else:
-            decision = await self._validator.decide(Presented(self._digests(parsed), seen))
+            decision = await self._validator.decide(
+                Presented(self._digests(parsed), seen, principal)
+            )
             if decision is None:
-                result = await self._refused(principal, seen, Reason.INVALID)
+                result = await self._refused(principal, Reason.INVALID)
             else:
                 result = self._as_seen_by(principal, decision)
+                if result.handle is None:
+                    await self._validator.refused(principal)
         self._stats.validations += 1
         if result.valid:
             self._stats.validations_succeeded += 1
@@ -249,18 +267,22 @@ class HandleService:
         algorithms = (handle_type.algorithm,) if handle_type else _ALGORITHMS
         return [self._keyring.digest(parsed.text, a) for a in algorithms]
 
-    async def _refused(
-        self, principal: Principal, seen: Presentation, reason: Reason
-    ) -> Validation:
-        """An unknown or malformed token: counted against the peer (floods are anomalies)."""
-        await self._validator.refused(seen.ip or principal.peer or principal.name)
+    async def _refused(self, principal: Principal, reason: Reason) -> Validation:
+        """An unknown or malformed token: counted against the presenter (its principal
+        and transport peer, not the ip it claims); floods are anomalies."""
+        await self._validator.refused(principal)
         return Validation(False, public_reason(reason), None)
 
     def _as_seen_by(self, principal: Principal, decision: Decision) -> Validation:
         handle = decision.handle
         if principal.has_rights_on(handle.owner):
             return Validation(
-                decision.valid, decision.reason, handle, decision.rotated, decision.anomalies
+                decision.valid,
+                decision.reason,
+                handle,
+                decision.rotated,
+                decision.anomalies,
+                rights=True,
             )
         if decision.valid:
             return Validation(True, None, handle, decision.rotated, ())
@@ -276,44 +298,85 @@ class HandleService:
         token: str,
         user_id: str,
         reason: str,
+        context: dict[str, str] | None = None,
     ) -> Rotation:
+        """A new secret for a handle named by id, or by presenting its secret.
+
+        By token, the caller must have rights on the handle (owner, operator, admin),
+        and the presentation passes the rules of a validation (state, context binding,
+        the handle's rate limit; it is not a use). Anyone else is answered exactly as
+        for an unknown token, and the refusal counts against the presenter."""
         principal.require(Permission.HANDLE_MANAGE)
-        limits.raise_if(limits.common(user_id, reason))
+        violations = limits.common(user_id, reason)
+        limits.mapping("context", context or {}, violations)
+        limits.raise_if(violations)
         if bool(handle_id) == bool(token):
             raise InvalidArgument("give exactly one of handle_id or token", field="target")
         if handle_id:
             check_id("hdl", handle_id, "handle_id")
-            digests: list[bytes] = []
-        else:
-            parsed = tokens.parse(token)
-            if parsed is None:
-                raise InvalidArgument(
-                    "not a Keyturn handle token", field="token", reason="MALFORMED_TOKEN"
-                )
-            digests = self._digests(parsed)
+            return await self._rotate_by_id(principal, handle_id, user_id, reason)
+        parsed = tokens.parse(token)
+        if parsed is None:
+            await self._validator.refused(principal)
+            raise InvalidArgument(
+                "not a Keyturn handle token", field="token", reason="MALFORMED_TOKEN"
+            )
+        if self._validator.throttled(principal):
+            await self._validator.refused(principal)
+            raise _token_not_valid()
+        normalised = _normalise(context or {})
+        seen = Presentation(normalised.get("ip"), normalised.get("user_agent"), principal.peer)
+        digests = self._digests(parsed)
 
-        def work(repo: Repository) -> Rotation | _Refusal:
+        def work(repo: Repository) -> Rotation | _Refusal | None:
             now = self._clock.now()
-            if handle_id:
-                handle = repo.get_handle(handle_id, for_update=True)
-                if handle is None or not principal.has_rights_on(handle.owner):
-                    raise NotFound(f"handle {handle_id!r} not found", reason="HANDLE_NOT_FOUND")
-                secret = None
-            else:
-                secret = next((s for d in digests if (s := repo.get_secret(d))), None)
-                handle = repo.get_handle(secret.handle_id, for_update=True) if secret else None
-                if handle is None or secret is None:
-                    raise _token_not_valid()
+            secret = next((s for d in digests if (s := repo.get_secret(d))), None)
+            handle = repo.get_handle(secret.handle_id, for_update=True) if secret else None
+            if handle is None or secret is None or not principal.has_rights_on(handle.owner):
+                return None  # unknown, or not the caller's to rotate: one answer
             if handle.status(now) not in (HandleStatus.ACTIVE, HandleStatus.EXPIRING):
-                if secret is not None:
-                    raise _token_not_valid()
+                return None
+            decision = decide(handle, secret, seen, now, self._config.current.policies, use=False)
+            repo.update_handle(handle, decision.handle)
+            journal_decision(self._journal, repo, decision)
+            if not decision.valid:
+                return _Refusal(decision)
+            if decision.rotated:
+                return self._presented_previous(decision.handle, secret, now)
+            new_token, rotated, until = self._lifecycle.rotate(
+                repo,
+                decision.handle,
+                by=principal,
+                user_id=user_id,
+                reason=reason or "manual",
+                deliver=False,
+            )
+            return Rotation(rotated, new_token, until)
+
+        outcome = await self._store.write(work)
+        if outcome is None:
+            await self._validator.refused(principal)
+            raise _token_not_valid()
+        if isinstance(outcome, _Refusal):
+            # Raised only now: raising inside the unit of work would undo what the
+            # refusal recorded (an anomaly, a revocation).
+            raise _rotation_refused(outcome.decision, self._clock.now())
+        return outcome
+
+    async def _rotate_by_id(
+        self, principal: Principal, handle_id: str, user_id: str, reason: str
+    ) -> Rotation:
+        def work(repo: Repository) -> Rotation:
+            now = self._clock.now()
+            handle = repo.get_handle(handle_id, for_update=True)
+            if handle is None or not principal.has_rights_on(handle.owner):
+                raise NotFound(f"handle {handle_id!r} not found", reason="HANDLE_NOT_FOUND")
+            if handle.status(now) not in (HandleStatus.ACTIVE, HandleStatus.EXPIRING):
                 raise FailedPrecondition(
                     f"handle {handle.id!r} is {handle.status(now).value.lower()}; "
                     "only active handles rotate",
                     reason="HANDLE_NOT_ACTIVE",
                 )
-            if secret is not None and secret.generation < handle.generation:
-                return self._presented_previous(repo, handle, secret, now)
             new_token, rotated, until = self._lifecycle.rotate(
                 repo,
                 handle,
@@ -324,36 +387,19 @@ class HandleService:
             )
             return Rotation(rotated, new_token, until)
 
-        outcome = await self._store.write(work)
-        if isinstance(outcome, _Refusal):
-            # Raised only now: raising inside the unit of work would undo what the
-            # refusal recorded (the reuse anomaly, the revocation).
-            raise _token_not_valid()
-        return outcome
+        return await self._store.write(work)
 
-    def _presented_previous(
-        self, repo: Repository, handle: Handle, secret: HandleSecret, now: datetime
-    ) -> Rotation | _Refusal:
-        """A superseded secret presented to RotateHandle: inside its grace it collects an
-        automatic rotation's successor; after it, it is reuse, as in a validation."""
-        in_grace = secret.grace_until is not None and now < secret.grace_until
-        if in_grace and secret.sealed_token is not None:
-            successor = self._lifecycle.collect_successor(handle, secret)
-            if successor is None:
-                raise _token_not_valid()
+    def _presented_previous(self, handle: Handle, secret: HandleSecret, now: datetime) -> Rotation:
+        """A superseded secret inside its grace (decide() refused it after the grace)
+        collects the successor an automatic rotation sealed on it."""
+        successor = self._lifecycle.collect_successor(handle, secret)
+        if successor is not None:
             return Rotation(handle, successor, secret.grace_until)
-        if in_grace:
+        if secret.sealed_token is None:
             raise FailedPrecondition(
                 "this secret was already rotated by a caller; its successor went to that caller",
                 reason="ALREADY_ROTATED",
             )
-        decision = decide(
-            handle, secret, Presentation(None, None, ""), now, self._config.current.policies
-        )
-        repo.update_handle(handle, decision.handle)
-        journal_decision(self._journal, repo, decision)
-        if decision.anomalies:
-            return _Refusal(decision)
         raise _token_not_valid()
 
     async def remove(
@@ -407,5 +453,23 @@ def _normalise(context: dict[str, str]) -> dict[str, str]:
 
 
 def _token_not_valid() -> NotFound:
-    # One answer for unknown, revoked, expired and superseded: it reveals nothing.
+    # One answer for unknown, revoked, expired and superseded tokens, and for tokens of
+    # handles the caller has no rights on: it reveals nothing.
     return NotFound("the token does not name a rotatable handle", reason="TOKEN_NOT_VALID")
+
+
+def _rotation_refused(decision: Decision, now: datetime) -> KeyturnError:
+    """Why the owner (or an operator, an admin) may not rotate by this token."""
+    if decision.reason is Reason.CONTEXT_MISMATCH:
+        return FailedPrecondition(
+            "the request's context does not match the context bound to the handle; "
+            "send the ip and user_agent it was bound to, or rotate by handle_id",
+            reason="CONTEXT_MISMATCH",
+        )
+    if decision.reason is Reason.RATE_LIMITED:
+        return ResourceExhausted(
+            f"handle {decision.handle.id!r} is over its rate limit",
+            reason="HANDLE_RATE_LIMITED",
+            retry_after=RATE_WINDOW - timedelta(seconds=now.second, microseconds=now.microsecond),
+        )
+    return _token_not_valid()

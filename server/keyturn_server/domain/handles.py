@@ -39,7 +39,7 @@ class HandleStatus(enum.Enum):
 
 class Reason(enum.Enum):
     """Why a validation was refused. Callers without rights on the handle see only
-    INVALID, RATE_LIMITED or MALFORMED (see :func:`public_reason`)."""
+    INVALID or MALFORMED (see :func:`public_reason`)."""
 
     INVALID = "INVALID"
     REVOKED = "REVOKED"
@@ -52,12 +52,11 @@ class Reason(enum.Enum):
 
 
 def public_reason(reason: Reason) -> Reason:
-    """Unknown, revoked, expired, superseded and exhausted tokens look alike to callers
-    without rights on the handle; so does a context mismatch, which would otherwise
-    tell a thief that the stolen token is good."""
-    if reason in (Reason.RATE_LIMITED, Reason.MALFORMED):
-        return reason
-    return Reason.INVALID
+    """What a caller without rights on the handle may learn: only whether the token is
+    well formed. Unknown, revoked, expired, superseded, exhausted, rate-limited and
+    context-mismatched tokens all read INVALID, as a stolen token must tell a thief
+    nothing (a visible RATE_LIMITED would say that the token is real)."""
+    return Reason.MALFORMED if reason is Reason.MALFORMED else Reason.INVALID
 
 
 @dataclass(frozen=True)
@@ -198,9 +197,18 @@ def decide(
     seen: Presentation,
     now: datetime,
     policies: SecurityPolicies,
+    *,
+    use: bool = True,
 ) -> Decision:
     """Apply every rule of a validation, in order: state, lifetime, usage, superseded
-    secret, rate limit, context binding; then count the use."""
+    secret, context binding, rate limit; then count the use.
+
+    Context binding comes before the rate limit, so that only presentations that pass
+    it (the owner's) count against the handle's rate: a thief without the bound
+    context cannot lock the owner out (refused presentations are throttled per
+    presenter instead, in :mod:`presenters`). ``use`` is False for a presentation
+    that is not a use (RotateHandle by token): it passes the same checks and counts
+    towards the rate, but not towards ``max_usage``."""
     anomalies: list[Anomaly] = []
 
     def anomaly(kind: AnomalyKind, evidence: dict[str, str]) -> AnomalyAction | None:
@@ -253,6 +261,12 @@ def decide(
             )
         return refuse(Reason.SUPERSEDED, handle)
 
+    drift = _context_drift(handle, seen)
+    if drift is not None:
+        if drift.conflicting:
+            anomaly(AnomalyKind.CONTEXT_DRIFT, drift.evidence)
+        return refuse(Reason.CONTEXT_MISMATCH, handle)
+
     rate = handle.rate.roll(now)
     if rate.estimate(now) >= policies.rate_limit_per_handle:
         if rate.flagged != rate.start:
@@ -262,22 +276,18 @@ def decide(
                 {"limit_per_minute": str(policies.rate_limit_per_handle), "peer": seen.peer},
             )
         return refuse(Reason.RATE_LIMITED, dataclasses.replace(handle, rate=rate))
-    # The attempt counts towards the rate whatever the context says.
     rate = RateWindow(rate.start, rate.previous, rate.current + 1, rate.flagged)
-    drift = _context_drift(handle, seen)
-    if drift is not None:
-        if drift.conflicting:
-            anomaly(AnomalyKind.CONTEXT_DRIFT, drift.evidence)
-        return refuse(Reason.CONTEXT_MISMATCH, dataclasses.replace(handle, rate=rate))
 
     # One copy of the record with every change.
-    changes: dict[str, Any] = {"rate": rate, "last_used_time": now}
+    changes: dict[str, Any] = {"rate": rate}
     if handle.bound_ip is None and seen.ip:
         changes["bound_ip"] = seen.ip
     if handle.bound_user_agent is None and seen.user_agent:
         changes["bound_user_agent"] = seen.user_agent
     transition = None
-    if policies.track_usage:
+    if use:
+        changes["last_used_time"] = now
+    if use and policies.track_usage:
         usage = changes["usage_count"] = handle.usage_count + 1
         if usage >= handle.max_usage:
             changes.update(state=HandleState.EXHAUSTED, notify_time=None)

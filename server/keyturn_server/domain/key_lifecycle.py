@@ -15,6 +15,7 @@ from keyturn_server.domain.access import Principal
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.deadlines import VersionRef
 from keyturn_server.domain.events import EventKind
+from keyturn_server.domain.generation import MaterialMaker
 from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.keys import (
@@ -30,12 +31,19 @@ from keyturn_server.domain.repositories import Repository
 
 class KeyLifecycle:
     def __init__(
-        self, material: MaterialCache, config: ConfigService, journal: Journal, clock: Clock
+        self,
+        material: MaterialCache,
+        config: ConfigService,
+        journal: Journal,
+        clock: Clock,
+        maker: MaterialMaker | None = None,
     ) -> None:
         self._material = material
         self._config = config
         self._journal = journal
         self._clock = clock
+        #: Makes new material (expensive kinds bounded per caller and overall).
+        self.maker = maker or MaterialMaker()
 
     def add_primary(
         self,

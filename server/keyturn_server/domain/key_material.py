@@ -1,5 +1,6 @@
-"""Key material: made outside the unit of work, sealed inside it bound to its (key,
-version), and opened at most once per version while it stays in a small cache.
+"""Key material: made outside the unit of work (:mod:`generation`), sealed inside it
+bound to its (key, version), and opened at most once per version while it stays in a
+small cache.
 
 Opening is what costs: an RSA private key is validated when loaded (~54 ms), so a loaded
 version is kept (LRU) until its key is removed or its version expires.
@@ -7,12 +8,10 @@ version is kept (LRU) until its key is removed or its version expires.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from datetime import datetime
 
 from keyturn_server.crypto import material
-from keyturn_server.crypto.algorithms import KEY_ALGORITHMS, Purpose
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.crypto.seal import SealError, binding
 from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound
@@ -27,14 +26,6 @@ CACHE_SIZE = 4096
 def material_binding(key_id: str, version: int) -> bytes:
     """What a version's sealed material is bound to."""
     return binding(KEY_TABLE, key_id, version)
-
-
-async def new_material(algorithm: str, length: int) -> tuple[bytes, str | None]:
-    """(secret, public PEM) for a new version; RSA generation (tens of milliseconds)
-    runs in a worker thread so that the event loop keeps serving."""
-    if KEY_ALGORITHMS[algorithm].purpose is Purpose.SIGN:
-        return await asyncio.to_thread(material.generate, algorithm, length)
-    return material.generate(algorithm, length)
 
 
 class MaterialCache:

@@ -23,12 +23,13 @@ from keyturn_server.domain.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.ids import check_id, new_id
 from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
-from keyturn_server.domain.key_material import MaterialCache, new_material
+from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_usage import UsageCounter
 from keyturn_server.domain.key_use import KeyUse, require_usable
 from keyturn_server.domain.keys import (
@@ -160,11 +161,23 @@ class KeyService:
                     f"keys of type {type_name!r} are not exportable; use them in place",
                     reason="KEY_NOT_EXPORTABLE",
                 )
-        secret, public_pem = await new_material(key_type.algorithm, key_type.key_length)
+        secret, public_pem = await self._lifecycle.maker.make(
+            key_type.algorithm, key_type.key_length, principal.name
+        )
         key_id = new_id("key")
 
         def work(repo: Repository) -> Key:
             now = self._clock.now()
+            cap = self._config.current.policies.max_keys_per_owner
+            held = repo.count_keys(principal.name)
+            if held >= cap:
+                raise ResourceExhausted(
+                    f"{principal.name!r} already has {held} keys (max_keys_per_owner is "
+                    f"{cap}); remove some (they count until destroyed)",
+                    reason="MAX_KEYS_PER_OWNER",
+                    retry_after=self.destroy_delay,
+                    metadata={"limit": str(cap)},
+                )
             schedule = KeySchedule.of(key_type)
             rotation, expiry, warn = primary_deadlines(now, schedule)
             version = KeyVersion(key_id, 1, VersionState.ENABLED, now, expiry, None, public_pem)
@@ -212,7 +225,9 @@ class KeyService:
         principal.require(Permission.KEY_MANAGE)
         limits.raise_if(limits.common(user_id, reason))
         key = self._get(principal, key_id)
-        secret, public_pem = await new_material(key.algorithm, key.key_length)
+        secret, public_pem = await self._lifecycle.maker.make(
+            key.algorithm, key.key_length, principal.name
+        )
 
         def work(repo: Repository) -> Key:
             current = self._locked(repo, principal, key_id)

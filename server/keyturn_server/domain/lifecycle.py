@@ -22,7 +22,6 @@ from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.deadlines import DeadlineKind, Due, SecretRef, VersionRef
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
-from keyturn_server.domain.key_material import new_material
 from keyturn_server.domain.keys import KeyState
 from keyturn_server.domain.repositories import Repository, Store
 
@@ -198,7 +197,7 @@ class Scheduler:
         enforce = self._config.current.policies.enforce_rotation
         rotation_due = key.next_rotation_time is not None and key.next_rotation_time <= now
         if enforce and (rotation_due or key.expire_time <= now):
-            secret, pem = await new_material(key.algorithm, key.key_length)
+            secret, pem = await self._keys.maker.make(key.algorithm, key.key_length, None)
 
             def rotate(repo: Repository) -> bool:
                 current = repo.get_key(key_id, for_update=True)

@@ -17,6 +17,11 @@ class SecurityPolicies:
     rate_limit_per_handle: int = 100
     #: Active handles per owner.
     max_concurrent_handles: int = 1000
+    #: Keys per owner that are not destroyed (removed keys count until destroyed).
+    max_keys_per_owner: int = 10_000
+    #: Refusals per presenter (principal and peer) per minute before its presentations
+    #: are answered like unknown tokens without a lookup (see domain/presenters.py).
+    refused_per_presenter: int = 60
     #: Anomaly kinds that revoke the handle instead of only flagging it.
     revoke_on: frozenset[AnomalyKind] = field(
         default_factory=lambda: frozenset({AnomalyKind.TOKEN_REUSE})
@@ -37,5 +42,7 @@ POLICY_FIELDS = (
     "anomaly_detection",
     "rate_limit_per_handle",
     "max_concurrent_handles",
+    "max_keys_per_owner",
+    "refused_per_presenter",
     "revoke_on",
 )

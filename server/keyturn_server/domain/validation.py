@@ -6,27 +6,34 @@ rules, and what the decision changed is stored and journalled, all in one unit o
 handle as the ones before it left it, as if each were its own transaction; with the
 SQLite store's single writer that makes the checks and the usage count atomic, and with
 PostgreSQL the handle rows are locked FOR UPDATE.
+
+A refusal that the caller has no right to see in detail (it does not own the handle, and
+is no operator or admin) must look like an unknown token, in its answer and its timing.
+So it is answered as soon as it is decided, before the commit, as an unknown token is;
+and what it records (an anomaly on the handle) is written at most once per handle per
+minute, so that a thief repeating it does not keep the writer visibly busier than with
+made-up tokens. Revocations and state changes are always written.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from keyturn_server.clock import Clock
-from keyturn_server.domain.access import SYSTEM
-from keyturn_server.domain.anomalies import (
-    Anomaly,
-    AnomalyAction,
-    AnomalyKind,
-    InvalidTokenFloodDetector,
-)
+from keyturn_server.clock import Clock, to_micros
+from keyturn_server.domain.access import SYSTEM, Principal
+from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.handles import Decision, Handle, HandleState, Presentation, decide
 from keyturn_server.domain.journal import Journal
+from keyturn_server.domain.presenters import WINDOW_SECONDS, PresenterLimiter, presenter_peer
 from keyturn_server.domain.repositories import Repository, Store
+
+#: Handles whose quiet refusals were noted this minute (see the module docstring).
+_NOTED_CAPACITY = 8192
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,14 @@ class Presented:
 
     digests: list[bytes]
     seen: Presentation
+    principal: Principal
+
+
+def _answered_early(item: Presented, result: Decision | None) -> bool:
+    """No match, or a refusal the caller may not see in detail: answered before the commit."""
+    if result is None:
+        return True
+    return not result.valid and not item.principal.has_rights_on(result.handle.owner)
 
 
 class Validator:
@@ -43,20 +58,33 @@ class Validator:
         self._config = config
         self._journal = journal
         self._clock = clock
-        self._coalescer: Coalescer[Presented, Decision | None] = Coalescer(store, self._decide_all)
-        self.floods = InvalidTokenFloodDetector()
+        self._coalescer: Coalescer[Presented, Decision | None] = Coalescer(
+            store, self._decide_all, early=_answered_early
+        )
+        self.presenters = PresenterLimiter()
+        #: handle id -> the minute of the last quiet refusal written for it
+        self._noted: OrderedDict[str, int] = OrderedDict()
 
     async def decide(self, presented: Presented) -> Decision | None:
         """The decision on a presented token; None when no stored secret matches."""
         return await self._coalescer.submit(presented)
 
-    async def refused(self, peer: str) -> None:
-        """A token that matches no secret, or is not a token at all: counted against
-        the peer that sent it; the first of a flood is an anomaly."""
+    def throttled(self, principal: Principal) -> bool:
+        """Whether this presenter has been refused too often to be answered for now."""
+        return self.presenters.throttled(
+            principal.name,
+            presenter_peer(principal.peer),
+            self._clock,
+            self._config.current.policies.refused_per_presenter,
+        )
+
+    async def refused(self, principal: Principal) -> None:
+        """A refusal the caller may not see in detail (an unknown or malformed token, or
+        a handle it has no rights on): counted against the presenter, never against the
+        address it claims; the first of a flood is an anomaly."""
         now = self._clock.now()
-        policies = self._config.current.policies
-        count = self.floods.record(peer, now) if policies.anomaly_detection else None
-        if count is None:
+        flood = self.presenters.refused(principal.name, presenter_peer(principal.peer), now)
+        if flood is None or not self._config.current.policies.anomaly_detection:
             return
         anomaly = Anomaly.new(
             AnomalyKind.INVALID_TOKEN_FLOOD,
@@ -64,18 +92,38 @@ class Validator:
             now,
             "",
             {
-                "peer": peer,
-                "refused_in_window": str(count),
-                "window_seconds": str(int(self.floods.window.total_seconds())),
+                "principal": flood.principal,
+                "peer": flood.peer,
+                "refused_in_window": str(flood.refused_in_window),
+                "window_seconds": str(WINDOW_SECONDS),
             },
         )
         await self._store.write(lambda repo: self._journal.anomaly(repo, anomaly, None))
+
+    def _quiet(self, item: Presented, decision: Decision, minute: int) -> bool:
+        """A refusal by a caller without rights that changes no state and whose handle
+        already had one written this minute: nothing to write (see the module docstring)."""
+        if decision.valid or item.principal.has_rights_on(decision.handle.owner):
+            return False
+        if decision.transition is not None or any(
+            a.action is AnomalyAction.REVOKED for a in decision.anomalies
+        ):
+            return False
+        handle_id = decision.handle.id
+        if self._noted.get(handle_id) == minute:
+            return True
+        self._noted[handle_id] = minute
+        self._noted.move_to_end(handle_id)
+        if len(self._noted) > _NOTED_CAPACITY:
+            self._noted.popitem(last=False)
+        return False
 
     def _decide_all(
         self, repo: Repository, presented: Sequence[Presented]
     ) -> list[Decision | None]:
         found = repo.secrets_with_handles([d for p in presented for d in p.digests])
         now = self._clock.now()
+        minute = to_micros(now) // (WINDOW_SECONDS * 1_000_000)
         policies = self._config.current.policies
         #: handle id -> (as read, as the decisions so far left it)
         touched: dict[str, tuple[Handle, Handle]] = {}
@@ -88,9 +136,11 @@ class Validator:
             secret, stored = hit
             read, current = touched.get(stored.id, (stored, stored))
             decision = decide(current, secret, item.seen, now, policies)
+            decisions.append(decision)
+            if not decision.valid and self._quiet(item, decision, minute):
+                continue
             touched[stored.id] = (read, decision.handle)
             journal_decision(self._journal, repo, decision)
-            decisions.append(decision)
         for read, current in touched.values():
             repo.update_handle(read, current)
         return decisions

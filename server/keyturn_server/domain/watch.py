@@ -18,7 +18,13 @@ from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock, to_micros
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import Aborted, FieldViolation, OutOfRange, Unavailable
+from keyturn_server.domain.errors import (
+    Aborted,
+    FieldViolation,
+    OutOfRange,
+    ResourceExhausted,
+    Unavailable,
+)
 from keyturn_server.domain.events import Event, EventKind, Subject
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handles import Handle
@@ -28,6 +34,8 @@ from keyturn_server.domain.repositories import Store
 
 REPLAY_BATCH = 500
 MAX_FILTER_VALUES = 100
+#: What a caller at its stream cap is told to wait: streams end when callers close them.
+STREAM_RETRY_AFTER = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)
@@ -168,6 +176,7 @@ class WatchService:
         handle_lifecycle: HandleLifecycle,
         heartbeat: timedelta,
         queue_size: int,
+        max_streams_per_caller: int = 100,
     ) -> None:
         self._store = store
         self._hub = hub
@@ -175,6 +184,10 @@ class WatchService:
         self._handle_lifecycle = handle_lifecycle
         self.heartbeat = heartbeat
         self.queue_size = queue_size
+        #: Open streams per principal: each costs ~25-30 KiB and a place in every
+        #: fan-out, so one caller must not hold thousands (10,000 took 213 MiB).
+        self.max_streams_per_caller = max_streams_per_caller
+        self._open: dict[str, int] = {}
         self._closing = False
 
     def close(self) -> None:
@@ -214,9 +227,22 @@ class WatchService:
         an event, for Server-Sent Events); the stream itself starts when iterated."""
         principal.require(Permission.WATCH)
         watch_filter = self._filter(principal, request)
+        self._admit(principal.name)
         if request.resume_after is not None:
             self._check_resume(request.resume_after)
         return self._stream(principal, request, watch_filter)
+
+    def _admit(self, name: str) -> None:
+        """Refuse a stream past the caller's cap (checked again when the stream starts)."""
+        held = self._open.get(name, 0)
+        if held >= self.max_streams_per_caller:
+            raise ResourceExhausted(
+                f"{name!r} already has {held} open WatchExpiring streams "
+                "(--max-streams-per-caller); close one, or watch more with one stream",
+                reason="TOO_MANY_STREAMS",
+                retry_after=STREAM_RETRY_AFTER,
+                metadata={"limit": str(self.max_streams_per_caller)},
+            )
 
     def _check_resume(self, last: int) -> int:
         """The latest sequence, when ``last`` is a resume point the log still covers."""
@@ -241,6 +267,9 @@ class WatchService:
     async def _stream(
         self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter
     ) -> AsyncGenerator[StreamItem, None]:
+        name = principal.name
+        self._admit(name)
+        self._open[name] = self._open.get(name, 0) + 1
         subscription = self._hub.subscribe(watch_filter, self.queue_size)
         try:
             # Checked again now that the subscription is in place: nothing is missed
@@ -269,6 +298,11 @@ class WatchService:
                     yield item
         finally:
             self._hub.unsubscribe(subscription)
+            left = self._open[name] - 1
+            if left:
+                self._open[name] = left
+            else:
+                del self._open[name]
 
     async def _replay(
         self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter, after: int

@@ -416,6 +416,8 @@ class SecurityPolicies(_message.Message):
     RATE_LIMIT_PER_HANDLE_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_HANDLES_FIELD_NUMBER: _builtins.int
     REVOKE_ON_FIELD_NUMBER: _builtins.int
+    MAX_KEYS_PER_OWNER_FIELD_NUMBER: _builtins.int
+    REFUSED_PER_PRESENTER_FIELD_NUMBER: _builtins.int
     prevent_reuse: _builtins.bool
     """A superseded secret after its grace is a reuse anomaly [true]."""
     enforce_rotation: _builtins.bool
@@ -427,6 +429,16 @@ class SecurityPolicies(_message.Message):
     """Validations per handle per minute [100]."""
     max_concurrent_handles: _builtins.int
     """Active handles per owner [1000]."""
+    max_keys_per_owner: _builtins.int
+    """Keys per owner that are not destroyed; removed keys count until they are
+    destroyed [10000].
+    """
+    refused_per_presenter: _builtins.int
+    """Refused presentations (unknown tokens, or tokens of handles the caller has
+    no rights on) per presenter (principal and transport peer) per minute;
+    past it the presenter's presentations are answered INVALID without a
+    lookup until its refusals fall back under it [60]. docs/security.md.
+    """
     @_builtins.property
     def revoke_on(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.AnomalyKind.ValueType]:
         """Anomaly kinds that revoke the handle instead of only flagging it
@@ -443,10 +455,12 @@ class SecurityPolicies(_message.Message):
         rate_limit_per_handle: _builtins.int | None = ...,
         max_concurrent_handles: _builtins.int | None = ...,
         revoke_on: _abc.Iterable[_resources_pb2.AnomalyKind.ValueType] | None = ...,
+        max_keys_per_owner: _builtins.int | None = ...,
+        refused_per_presenter: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_detection", b"_anomaly_detection", "_enforce_rotation", b"_enforce_rotation", "_max_concurrent_handles", b"_max_concurrent_handles", "_prevent_reuse", b"_prevent_reuse", "_rate_limit_per_handle", b"_rate_limit_per_handle", "_track_usage", b"_track_usage", "anomaly_detection", b"anomaly_detection", "enforce_rotation", b"enforce_rotation", "max_concurrent_handles", b"max_concurrent_handles", "prevent_reuse", b"prevent_reuse", "rate_limit_per_handle", b"rate_limit_per_handle", "track_usage", b"track_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anomaly_detection", b"_anomaly_detection", "_enforce_rotation", b"_enforce_rotation", "_max_concurrent_handles", b"_max_concurrent_handles", "_max_keys_per_owner", b"_max_keys_per_owner", "_prevent_reuse", b"_prevent_reuse", "_rate_limit_per_handle", b"_rate_limit_per_handle", "_refused_per_presenter", b"_refused_per_presenter", "_track_usage", b"_track_usage", "anomaly_detection", b"anomaly_detection", "enforce_rotation", b"enforce_rotation", "max_concurrent_handles", b"max_concurrent_handles", "max_keys_per_owner", b"max_keys_per_owner", "prevent_reuse", b"prevent_reuse", "rate_limit_per_handle", b"rate_limit_per_handle", "refused_per_presenter", b"refused_per_presenter", "track_usage", b"track_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_detection", b"_anomaly_detection", "_enforce_rotation", b"_enforce_rotation", "_max_concurrent_handles", b"_max_concurrent_handles", "_prevent_reuse", b"_prevent_reuse", "_rate_limit_per_handle", b"_rate_limit_per_handle", "_track_usage", b"_track_usage", "anomaly_detection", b"anomaly_detection", "enforce_rotation", b"enforce_rotation", "max_concurrent_handles", b"max_concurrent_handles", "prevent_reuse", b"prevent_reuse", "rate_limit_per_handle", b"rate_limit_per_handle", "revoke_on", b"revoke_on", "track_usage", b"track_usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anomaly_detection", b"_anomaly_detection", "_enforce_rotation", b"_enforce_rotation", "_max_concurrent_handles", b"_max_concurrent_handles", "_max_keys_per_owner", b"_max_keys_per_owner", "_prevent_reuse", b"_prevent_reuse", "_rate_limit_per_handle", b"_rate_limit_per_handle", "_refused_per_presenter", b"_refused_per_presenter", "_track_usage", b"_track_usage", "anomaly_detection", b"anomaly_detection", "enforce_rotation", b"enforce_rotation", "max_concurrent_handles", b"max_concurrent_handles", "max_keys_per_owner", b"max_keys_per_owner", "prevent_reuse", b"prevent_reuse", "rate_limit_per_handle", b"rate_limit_per_handle", "refused_per_presenter", b"refused_per_presenter", "revoke_on", b"revoke_on", "track_usage", b"track_usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__anomaly_detection: _TypeAlias = _typing.Literal["anomaly_detection"]  # noqa: Y015
     _WhichOneofArgType__anomaly_detection: _TypeAlias = _typing.Literal["_anomaly_detection", b"_anomaly_detection"]  # noqa: Y015
@@ -454,10 +468,14 @@ class SecurityPolicies(_message.Message):
     _WhichOneofArgType__enforce_rotation: _TypeAlias = _typing.Literal["_enforce_rotation", b"_enforce_rotation"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent_handles: _TypeAlias = _typing.Literal["max_concurrent_handles"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent_handles: _TypeAlias = _typing.Literal["_max_concurrent_handles", b"_max_concurrent_handles"]  # noqa: Y015
+    _WhichOneofReturnType__max_keys_per_owner: _TypeAlias = _typing.Literal["max_keys_per_owner"]  # noqa: Y015
+    _WhichOneofArgType__max_keys_per_owner: _TypeAlias = _typing.Literal["_max_keys_per_owner", b"_max_keys_per_owner"]  # noqa: Y015
     _WhichOneofReturnType__prevent_reuse: _TypeAlias = _typing.Literal["prevent_reuse"]  # noqa: Y015
     _WhichOneofArgType__prevent_reuse: _TypeAlias = _typing.Literal["_prevent_reuse", b"_prevent_reuse"]  # noqa: Y015
     _WhichOneofReturnType__rate_limit_per_handle: _TypeAlias = _typing.Literal["rate_limit_per_handle"]  # noqa: Y015
     _WhichOneofArgType__rate_limit_per_handle: _TypeAlias = _typing.Literal["_rate_limit_per_handle", b"_rate_limit_per_handle"]  # noqa: Y015
+    _WhichOneofReturnType__refused_per_presenter: _TypeAlias = _typing.Literal["refused_per_presenter"]  # noqa: Y015
+    _WhichOneofArgType__refused_per_presenter: _TypeAlias = _typing.Literal["_refused_per_presenter", b"_refused_per_presenter"]  # noqa: Y015
     _WhichOneofReturnType__track_usage: _TypeAlias = _typing.Literal["track_usage"]  # noqa: Y015
     _WhichOneofArgType__track_usage: _TypeAlias = _typing.Literal["_track_usage", b"_track_usage"]  # noqa: Y015
     @_typing.overload
@@ -467,9 +485,13 @@ class SecurityPolicies(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_handles) -> _WhichOneofReturnType__max_concurrent_handles | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_keys_per_owner) -> _WhichOneofReturnType__max_keys_per_owner | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__prevent_reuse) -> _WhichOneofReturnType__prevent_reuse | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rate_limit_per_handle) -> _WhichOneofReturnType__rate_limit_per_handle | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__refused_per_presenter) -> _WhichOneofReturnType__refused_per_presenter | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__track_usage) -> _WhichOneofReturnType__track_usage | None: ...
 

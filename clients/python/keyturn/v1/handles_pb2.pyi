@@ -336,18 +336,49 @@ Global___ValidateHandleResponse: _TypeAlias = ValidateHandleResponse  # noqa: Y0
 class RotateHandleRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class ContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     HANDLE_ID_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
     handle_id: _builtins.str
     """Rotate by id: the owner, an operator or an admin."""
     token: _builtins.str
     """Rotate by presenting the current secret (or the previous one inside its
-    grace period, to pick up an automatic rotation).
+    grace period, to pick up an automatic rotation): the owner, an operator
+    or an admin, under the rules of a validation (state, context binding,
+    rate limit). Anyone else gets NOT_FOUND (TOKEN_NOT_VALID), as for an
+    unknown token.
     """
     user_id: _builtins.str
     reason: _builtins.str
+    @_builtins.property
+    def context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Rotating by token: the context of this presentation ("ip", "user_agent"),
+        checked against the handle's bound context as ValidateHandle checks it.
+        Ignored when rotating by id.
+        """
+
     def __init__(
         self,
         *,
@@ -355,10 +386,11 @@ class RotateHandleRequest(_message.Message):
         token: _builtins.str = ...,
         user_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["handle_id", b"handle_id", "target", b"target", "token", b"token"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["handle_id", b"handle_id", "reason", b"reason", "target", b"target", "token", b"token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "handle_id", b"handle_id", "reason", b"reason", "target", b"target", "token", b"token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["handle_id", "token"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

@@ -32,7 +32,8 @@ def register(commands: Any) -> None:
     c.add_argument("type", help="session, workflow, api, device or a custom type")
     c = context(command(handles, "validate", handles_validate, "check a token (3: refused)"))
     c.add_argument("secret", metavar="TOKEN", help="the secret, or - to read it from stdin")
-    c = change(command(handles, "rotate", handles_rotate, "issue a new secret for a handle"))
+    c = context(command(handles, "rotate", handles_rotate, "issue a new secret for a handle"))
+    c.add_argument("--reason", default="", help="recorded in the audit log")
     c.add_argument("handle_id", nargs="?", default="")
     c.add_argument("--by-token", metavar="TOKEN", help="name it by its secret (- : stdin)")
     change(command(handles, "remove", handles_remove, "revoke at once")).add_argument("handle_id")
@@ -100,6 +101,7 @@ async def handles_rotate(client: AsyncClient, args: argparse.Namespace) -> int:
     rotation = await client.rotate_handle(
         args.handle_id,
         token=secret(args.by_token) if args.by_token else "",
+        context=pairs(args.context, args.ip, args.user_agent),
         reason=args.reason,
         user_id=args.user_id,
     )

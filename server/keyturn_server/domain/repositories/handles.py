@@ -26,6 +26,10 @@ class HandleRepository(Protocol):
 
     def count_active_handles(self, owner: str, now: datetime) -> int: ...
 
+    def earliest_active_expiry(self, owner: str, now: datetime) -> datetime | None:
+        """When the first of ``owner``'s active handles expires (a slot frees)."""
+        ...
+
     def secrets_with_handles(
         self, digests: Sequence[bytes]
     ) -> dict[bytes, tuple[HandleSecret, Handle]]:
@@ -71,6 +75,6 @@ class HandleRepository(Protocol):
 class AnomalyLog(Protocol):
     def insert_anomaly(self, anomaly: Anomaly) -> None: ...
 
-    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
-        """Anomalies by kind (since a time, or ever)."""
+    def anomaly_counts(self, since: datetime | None = None, owner: str = "") -> dict[str, int]:
+        """Anomalies by kind (since a time, or ever; on ``owner``'s handles, or all)."""
         ...

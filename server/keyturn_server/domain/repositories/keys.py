@@ -42,6 +42,10 @@ class KeyRepository(Protocol):
         limit: int,
     ) -> Listing[Key]: ...
 
+    def count_keys(self, owner: str) -> int:
+        """Keys of ``owner`` that are not destroyed."""
+        ...
+
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) per type and status."""
         ...

@@ -77,6 +77,14 @@ class HandleSql(SqlBase):
         )
         return int(row["n"])
 
+    def earliest_active_expiry(self, owner: str, now: datetime) -> datetime | None:
+        row = self._one(
+            "SELECT MIN(expire_time) AS t FROM handles WHERE owner = ? AND state = 'ACTIVE' "
+            "AND expire_time > ?",
+            (owner, to_micros(now)),
+        )
+        return None if row is None or row["t"] is None else from_micros(row["t"])
+
     def get_secret(self, digest: bytes) -> HandleSecret | None:
         row = self._one("SELECT * FROM handle_secrets WHERE digest = ?", (digest,))
         return None if row is None else rows.secret_from_row(row)
@@ -141,7 +149,15 @@ class HandleSql(SqlBase):
         data["evidence"] = json.dumps(anomaly.evidence, sort_keys=True)
         self._run(*insert("anomalies", data))
 
-    def anomaly_counts(self, since: datetime | None = None) -> dict[str, int]:
-        where, params = ("", ()) if since is None else (" WHERE time >= ?", (to_micros(since),))
+    def anomaly_counts(self, since: datetime | None = None, owner: str = "") -> dict[str, int]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if since is not None:
+            conditions.append("time >= ?")
+            params.append(to_micros(since))
+        if owner:
+            conditions.append("handle_id IN (SELECT id FROM handles WHERE owner = ?)")
+            params.append(owner)
+        where = " WHERE " + " AND ".join(conditions) if conditions else ""
         found = self._all(f"SELECT kind, COUNT(*) AS n FROM anomalies{where} GROUP BY kind", params)
         return {r["kind"]: r["n"] for r in found}

@@ -86,6 +86,13 @@ class KeySql(SqlBase):
         keys = [rows.key_from_row(r, self._versions_of(r["id"])) for r in found.items]
         return Listing(keys, found.total, found.more)
 
+    def count_keys(self, owner: str) -> int:
+        """Keys of ``owner`` that are not destroyed (the keys_by_owner index)."""
+        row = self._one(
+            "SELECT COUNT(*) AS n FROM keys WHERE owner = ? AND state != 'DESTROYED'", (owner,)
+        )
+        return int(row["n"])
+
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) for every type and computed status."""
         n = to_micros(now)

@@ -929,9 +929,17 @@ type SecurityPolicies struct {
 	MaxConcurrentHandles *uint32 `protobuf:"varint,6,opt,name=max_concurrent_handles,json=maxConcurrentHandles,proto3,oneof" json:"max_concurrent_handles,omitempty"`
 	// Anomaly kinds that revoke the handle instead of only flagging it
 	// [TOKEN_REUSE]. Setting it replaces the whole list.
-	RevokeOn      []AnomalyKind `protobuf:"varint,7,rep,packed,name=revoke_on,json=revokeOn,proto3,enum=keyturn.v1.AnomalyKind" json:"revoke_on,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RevokeOn []AnomalyKind `protobuf:"varint,7,rep,packed,name=revoke_on,json=revokeOn,proto3,enum=keyturn.v1.AnomalyKind" json:"revoke_on,omitempty"`
+	// Keys per owner that are not destroyed; removed keys count until they are
+	// destroyed [10000].
+	MaxKeysPerOwner *uint32 `protobuf:"varint,8,opt,name=max_keys_per_owner,json=maxKeysPerOwner,proto3,oneof" json:"max_keys_per_owner,omitempty"`
+	// Refused presentations (unknown tokens, or tokens of handles the caller has
+	// no rights on) per presenter (principal and transport peer) per minute;
+	// past it the presenter's presentations are answered INVALID without a
+	// lookup until its refusals fall back under it [60]. docs/security.md.
+	RefusedPerPresenter *uint32 `protobuf:"varint,9,opt,name=refused_per_presenter,json=refusedPerPresenter,proto3,oneof" json:"refused_per_presenter,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *SecurityPolicies) Reset() {
@@ -1011,6 +1019,20 @@ func (x *SecurityPolicies) GetRevokeOn() []AnomalyKind {
 		return x.RevokeOn
 	}
 	return nil
+}
+
+func (x *SecurityPolicies) GetMaxKeysPerOwner() uint32 {
+	if x != nil && x.MaxKeysPerOwner != nil {
+		return *x.MaxKeysPerOwner
+	}
+	return 0
+}
+
+func (x *SecurityPolicies) GetRefusedPerPresenter() uint32 {
+	if x != nil && x.RefusedPerPresenter != nil {
+		return *x.RefusedPerPresenter
+	}
+	return 0
 }
 
 type Config struct {
@@ -2085,7 +2107,7 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\x11warning_threshold\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x10warningThreshold\x12<\n" +
 	"\fmax_lifetime\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\x12\x1b\n" +
 	"\tmax_usage\x18\x06 \x01(\x04R\bmaxUsage\x12<\n" +
-	"\fgrace_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\"\xef\x03\n" +
+	"\fgrace_period\x18\a \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\"\x8b\x05\n" +
 	"\x10SecurityPolicies\x12(\n" +
 	"\rprevent_reuse\x18\x01 \x01(\bH\x00R\fpreventReuse\x88\x01\x01\x12.\n" +
 	"\x10enforce_rotation\x18\x02 \x01(\bH\x01R\x0fenforceRotation\x88\x01\x01\x12$\n" +
@@ -2094,13 +2116,17 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\x11anomaly_detection\x18\x04 \x01(\bH\x03R\x10anomalyDetection\x88\x01\x01\x126\n" +
 	"\x15rate_limit_per_handle\x18\x05 \x01(\rH\x04R\x12rateLimitPerHandle\x88\x01\x01\x129\n" +
 	"\x16max_concurrent_handles\x18\x06 \x01(\rH\x05R\x14maxConcurrentHandles\x88\x01\x01\x124\n" +
-	"\trevoke_on\x18\a \x03(\x0e2\x17.keyturn.v1.AnomalyKindR\brevokeOnB\x10\n" +
+	"\trevoke_on\x18\a \x03(\x0e2\x17.keyturn.v1.AnomalyKindR\brevokeOn\x120\n" +
+	"\x12max_keys_per_owner\x18\b \x01(\rH\x06R\x0fmaxKeysPerOwner\x88\x01\x01\x127\n" +
+	"\x15refused_per_presenter\x18\t \x01(\rH\aR\x13refusedPerPresenter\x88\x01\x01B\x10\n" +
 	"\x0e_prevent_reuseB\x13\n" +
 	"\x11_enforce_rotationB\x0e\n" +
 	"\f_track_usageB\x14\n" +
 	"\x12_anomaly_detectionB\x18\n" +
 	"\x16_rate_limit_per_handleB\x19\n" +
-	"\x17_max_concurrent_handles\"\x9c\x04\n" +
+	"\x17_max_concurrent_handlesB\x15\n" +
+	"\x13_max_keys_per_ownerB\x18\n" +
+	"\x16_refused_per_presenter\"\x9c\x04\n" +
 	"\x06Config\x12=\n" +
 	"\tkey_types\x18\x01 \x03(\v2 .keyturn.v1.Config.KeyTypesEntryR\bkeyTypes\x12F\n" +
 	"\fhandle_types\x18\x02 \x03(\v2#.keyturn.v1.Config.HandleTypesEntryR\vhandleTypes\x12I\n" +

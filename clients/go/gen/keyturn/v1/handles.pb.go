@@ -621,9 +621,13 @@ type RotateHandleRequest struct {
 	//
 	//	*RotateHandleRequest_HandleId
 	//	*RotateHandleRequest_Token
-	Target        isRotateHandleRequest_Target `protobuf_oneof:"target"`
-	UserId        string                       `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
-	Reason        string                       `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Target isRotateHandleRequest_Target `protobuf_oneof:"target"`
+	UserId string                       `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Reason string                       `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Rotating by token: the context of this presentation ("ip", "user_agent"),
+	// checked against the handle's bound context as ValidateHandle checks it.
+	// Ignored when rotating by id.
+	Context       map[string]string `protobuf:"bytes,5,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -697,6 +701,13 @@ func (x *RotateHandleRequest) GetReason() string {
 	return ""
 }
 
+func (x *RotateHandleRequest) GetContext() map[string]string {
+	if x != nil {
+		return x.Context
+	}
+	return nil
+}
+
 type isRotateHandleRequest_Target interface {
 	isRotateHandleRequest_Target()
 }
@@ -708,7 +719,10 @@ type RotateHandleRequest_HandleId struct {
 
 type RotateHandleRequest_Token struct {
 	// Rotate by presenting the current secret (or the previous one inside its
-	// grace period, to pick up an automatic rotation).
+	// grace period, to pick up an automatic rotation): the owner, an operator
+	// or an admin, under the rules of a validation (state, context binding,
+	// rate limit). Anyone else gets NOT_FOUND (TOKEN_NOT_VALID), as for an
+	// unknown token.
 	Token string `protobuf:"bytes,4,opt,name=token,proto3,oneof"`
 }
 
@@ -972,12 +986,16 @@ const file_keyturn_v1_handles_proto_rawDesc = "" +
 	"\x16ValidateHandleResponse\x126\n" +
 	"\n" +
 	"validation\x18\x01 \x01(\v2\x16.keyturn.v1.ValidationR\n" +
-	"validation\"\x87\x01\n" +
+	"validation\"\x8b\x02\n" +
 	"\x13RotateHandleRequest\x12\x1d\n" +
 	"\thandle_id\x18\x01 \x01(\tH\x00R\bhandleId\x12\x16\n" +
 	"\x05token\x18\x04 \x01(\tH\x00R\x05token\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reasonB\b\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12F\n" +
+	"\acontext\x18\x05 \x03(\v2,.keyturn.v1.RotateHandleRequest.ContextEntryR\acontext\x1a:\n" +
+	"\fContextEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
 	"\x06target\"\xa6\x01\n" +
 	"\x14RotateHandleResponse\x12*\n" +
 	"\x06handle\x18\x01 \x01(\v2\x12.keyturn.v1.HandleR\x06handle\x12\x14\n" +
@@ -1028,7 +1046,7 @@ func file_keyturn_v1_handles_proto_rawDescGZIP() []byte {
 }
 
 var file_keyturn_v1_handles_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_keyturn_v1_handles_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_keyturn_v1_handles_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_keyturn_v1_handles_proto_goTypes = []any{
 	(ValidationReason)(0),               // 0: keyturn.v1.ValidationReason
 	(*GenerateHandleRequest)(nil),       // 1: keyturn.v1.GenerateHandleRequest
@@ -1046,49 +1064,51 @@ var file_keyturn_v1_handles_proto_goTypes = []any{
 	(*GetHandleStatisticsResponse)(nil), // 13: keyturn.v1.GetHandleStatisticsResponse
 	nil,                                 // 14: keyturn.v1.GenerateHandleRequest.ContextEntry
 	nil,                                 // 15: keyturn.v1.ValidateHandleRequest.ContextEntry
-	(*Handle)(nil),                      // 16: keyturn.v1.Handle
-	(HandleStatus)(0),                   // 17: keyturn.v1.HandleStatus
-	(*timestamppb.Timestamp)(nil),       // 18: google.protobuf.Timestamp
-	(*Anomaly)(nil),                     // 19: keyturn.v1.Anomaly
-	(*HandleStatistics)(nil),            // 20: keyturn.v1.HandleStatistics
-	(*WatchExpiringRequest)(nil),        // 21: keyturn.v1.WatchExpiringRequest
-	(*ExpiryEvent)(nil),                 // 22: keyturn.v1.ExpiryEvent
+	nil,                                 // 16: keyturn.v1.RotateHandleRequest.ContextEntry
+	(*Handle)(nil),                      // 17: keyturn.v1.Handle
+	(HandleStatus)(0),                   // 18: keyturn.v1.HandleStatus
+	(*timestamppb.Timestamp)(nil),       // 19: google.protobuf.Timestamp
+	(*Anomaly)(nil),                     // 20: keyturn.v1.Anomaly
+	(*HandleStatistics)(nil),            // 21: keyturn.v1.HandleStatistics
+	(*WatchExpiringRequest)(nil),        // 22: keyturn.v1.WatchExpiringRequest
+	(*ExpiryEvent)(nil),                 // 23: keyturn.v1.ExpiryEvent
 }
 var file_keyturn_v1_handles_proto_depIdxs = []int32{
 	14, // 0: keyturn.v1.GenerateHandleRequest.context:type_name -> keyturn.v1.GenerateHandleRequest.ContextEntry
-	16, // 1: keyturn.v1.GenerateHandleResponse.handle:type_name -> keyturn.v1.Handle
-	17, // 2: keyturn.v1.ListHandlesRequest.status:type_name -> keyturn.v1.HandleStatus
-	16, // 3: keyturn.v1.ListHandlesResponse.handles:type_name -> keyturn.v1.Handle
+	17, // 1: keyturn.v1.GenerateHandleResponse.handle:type_name -> keyturn.v1.Handle
+	18, // 2: keyturn.v1.ListHandlesRequest.status:type_name -> keyturn.v1.HandleStatus
+	17, // 3: keyturn.v1.ListHandlesResponse.handles:type_name -> keyturn.v1.Handle
 	0,  // 4: keyturn.v1.Validation.reason:type_name -> keyturn.v1.ValidationReason
-	18, // 5: keyturn.v1.Validation.expire_time:type_name -> google.protobuf.Timestamp
-	18, // 6: keyturn.v1.Validation.rotate_time:type_name -> google.protobuf.Timestamp
-	19, // 7: keyturn.v1.Validation.anomalies:type_name -> keyturn.v1.Anomaly
+	19, // 5: keyturn.v1.Validation.expire_time:type_name -> google.protobuf.Timestamp
+	19, // 6: keyturn.v1.Validation.rotate_time:type_name -> google.protobuf.Timestamp
+	20, // 7: keyturn.v1.Validation.anomalies:type_name -> keyturn.v1.Anomaly
 	15, // 8: keyturn.v1.ValidateHandleRequest.context:type_name -> keyturn.v1.ValidateHandleRequest.ContextEntry
 	6,  // 9: keyturn.v1.ValidateHandleResponse.validation:type_name -> keyturn.v1.Validation
-	16, // 10: keyturn.v1.RotateHandleResponse.handle:type_name -> keyturn.v1.Handle
-	18, // 11: keyturn.v1.RotateHandleResponse.previous_valid_until:type_name -> google.protobuf.Timestamp
-	20, // 12: keyturn.v1.GetHandleStatisticsResponse.statistics:type_name -> keyturn.v1.HandleStatistics
-	1,  // 13: keyturn.v1.HandleService.GenerateHandle:input_type -> keyturn.v1.GenerateHandleRequest
-	3,  // 14: keyturn.v1.HandleService.GetHandle:input_type -> keyturn.v1.GetHandleRequest
-	4,  // 15: keyturn.v1.HandleService.ListHandles:input_type -> keyturn.v1.ListHandlesRequest
-	7,  // 16: keyturn.v1.HandleService.ValidateHandle:input_type -> keyturn.v1.ValidateHandleRequest
-	9,  // 17: keyturn.v1.HandleService.RotateHandle:input_type -> keyturn.v1.RotateHandleRequest
-	11, // 18: keyturn.v1.HandleService.RemoveHandle:input_type -> keyturn.v1.RemoveHandleRequest
-	12, // 19: keyturn.v1.HandleService.GetHandleStatistics:input_type -> keyturn.v1.GetHandleStatisticsRequest
-	21, // 20: keyturn.v1.HandleService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
-	2,  // 21: keyturn.v1.HandleService.GenerateHandle:output_type -> keyturn.v1.GenerateHandleResponse
-	16, // 22: keyturn.v1.HandleService.GetHandle:output_type -> keyturn.v1.Handle
-	5,  // 23: keyturn.v1.HandleService.ListHandles:output_type -> keyturn.v1.ListHandlesResponse
-	8,  // 24: keyturn.v1.HandleService.ValidateHandle:output_type -> keyturn.v1.ValidateHandleResponse
-	10, // 25: keyturn.v1.HandleService.RotateHandle:output_type -> keyturn.v1.RotateHandleResponse
-	16, // 26: keyturn.v1.HandleService.RemoveHandle:output_type -> keyturn.v1.Handle
-	13, // 27: keyturn.v1.HandleService.GetHandleStatistics:output_type -> keyturn.v1.GetHandleStatisticsResponse
-	22, // 28: keyturn.v1.HandleService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
-	21, // [21:29] is the sub-list for method output_type
-	13, // [13:21] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	16, // 10: keyturn.v1.RotateHandleRequest.context:type_name -> keyturn.v1.RotateHandleRequest.ContextEntry
+	17, // 11: keyturn.v1.RotateHandleResponse.handle:type_name -> keyturn.v1.Handle
+	19, // 12: keyturn.v1.RotateHandleResponse.previous_valid_until:type_name -> google.protobuf.Timestamp
+	21, // 13: keyturn.v1.GetHandleStatisticsResponse.statistics:type_name -> keyturn.v1.HandleStatistics
+	1,  // 14: keyturn.v1.HandleService.GenerateHandle:input_type -> keyturn.v1.GenerateHandleRequest
+	3,  // 15: keyturn.v1.HandleService.GetHandle:input_type -> keyturn.v1.GetHandleRequest
+	4,  // 16: keyturn.v1.HandleService.ListHandles:input_type -> keyturn.v1.ListHandlesRequest
+	7,  // 17: keyturn.v1.HandleService.ValidateHandle:input_type -> keyturn.v1.ValidateHandleRequest
+	9,  // 18: keyturn.v1.HandleService.RotateHandle:input_type -> keyturn.v1.RotateHandleRequest
+	11, // 19: keyturn.v1.HandleService.RemoveHandle:input_type -> keyturn.v1.RemoveHandleRequest
+	12, // 20: keyturn.v1.HandleService.GetHandleStatistics:input_type -> keyturn.v1.GetHandleStatisticsRequest
+	22, // 21: keyturn.v1.HandleService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
+	2,  // 22: keyturn.v1.HandleService.GenerateHandle:output_type -> keyturn.v1.GenerateHandleResponse
+	17, // 23: keyturn.v1.HandleService.GetHandle:output_type -> keyturn.v1.Handle
+	5,  // 24: keyturn.v1.HandleService.ListHandles:output_type -> keyturn.v1.ListHandlesResponse
+	8,  // 25: keyturn.v1.HandleService.ValidateHandle:output_type -> keyturn.v1.ValidateHandleResponse
+	10, // 26: keyturn.v1.HandleService.RotateHandle:output_type -> keyturn.v1.RotateHandleResponse
+	17, // 27: keyturn.v1.HandleService.RemoveHandle:output_type -> keyturn.v1.Handle
+	13, // 28: keyturn.v1.HandleService.GetHandleStatistics:output_type -> keyturn.v1.GetHandleStatisticsResponse
+	23, // 29: keyturn.v1.HandleService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
+	22, // [22:30] is the sub-list for method output_type
+	14, // [14:22] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_keyturn_v1_handles_proto_init() }
@@ -1109,7 +1129,7 @@ func file_keyturn_v1_handles_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyturn_v1_handles_proto_rawDesc), len(file_keyturn_v1_handles_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -429,8 +429,12 @@ class CompatApi:
         body = await call.body()
         given = call.params["handleId"]
         target = {"token": given} if looks_like_token(given) else {"handle_id": given}
+        # By token, the presentation must carry the handle's bound context (ip,
+        # userAgent), as a validation does.
+        context = shapes.string_map(body, "context", rename=True) if "token" in target else {}
         response = await self._handles.RotateHandle(
-            handles_pb2.RotateHandleRequest(**target, **_on_behalf(body)), _CONTEXT
+            handles_pb2.RotateHandleRequest(**target, context=context, **_on_behalf(body)),
+            _CONTEXT,
         )
         handle = _issued(response.handle, response.token)
         handle["previousValidUntil"] = shapes.plain(response).get("previousValidUntil")

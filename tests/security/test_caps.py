@@ -1,0 +1,134 @@
+"""One noisy caller cannot starve the others (issue 11, item 7).
+
+Before: one token held 10,000 WatchExpiring streams (RSS 142 -> 355 MiB), and eight
+concurrent RSA GenerateKey calls pushed another caller's p90 to 916 ms, because RSA
+generation held the GIL in a worker thread of the server's own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Callable
+from datetime import timedelta
+
+import grpc
+
+from keyturn.v1 import events_pb2 as E
+from keyturn.v1 import handles_pb2 as R
+from keyturn.v1 import keys_pb2 as K
+from tests.harness import Client, Harness, fails, failure
+
+
+def _cpu() -> float:
+    """CPU time of this process (the server runs in it), not of its children."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def _opened(client: Client) -> grpc.aio.UnaryStreamCall:  # type: ignore[type-arg]
+    stream = client.keys.WatchExpiring(E.WatchExpiringRequest())
+    marker = await stream.read()
+    assert marker.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    return stream
+
+
+async def test_one_caller_holds_at_most_a_hundred_streams(server: Harness) -> None:
+    noisy = await server.client_for("service", "noisy")
+    quiet = await server.client_for("service", "quiet")
+    streams = await asyncio.gather(*[_opened(noisy) for _ in range(100)])
+    extra = noisy.keys.WatchExpiring(E.WatchExpiringRequest())
+    try:
+        await extra.read()
+        raise AssertionError("the 101st stream of one caller was accepted")
+    except grpc.aio.AioRpcError as error:
+        refused = failure(error)
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "TOO_MANY_STREAMS" and refused.metadata["limit"] == "100"
+    assert refused.retry_after is not None and refused.retry_after > timedelta(0)
+
+    (await _opened(quiet)).cancel()  # another caller is unaffected
+    streams[0].cancel()
+    for _ in range(100):  # the server sees the hang-up shortly after
+        try:
+            (await _opened(noisy)).cancel()
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a closed stream did not free its place")
+    for stream in streams[1:]:
+        stream.cancel()
+
+
+async def test_one_caller_runs_at_most_two_rsa_generations(server: Harness) -> None:
+    noisy = await server.client_for("service", "noisy")
+    quiet = await server.client_for("service", "quiet")
+    calls = [noisy.keys.GenerateKey(K.GenerateKeyRequest(type="signing")) for _ in range(4)]
+    other = quiet.keys.GenerateKey(K.GenerateKeyRequest(type="signing"))
+    results = await asyncio.gather(*calls, other, return_exceptions=True)
+    refused = [failure(r) for r in results[:4] if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 2, results
+    for r in refused:
+        assert r.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert r.reason == "KEY_GENERATION_PER_CALLER" and r.retry_after is not None
+    assert not isinstance(results[4], BaseException)  # the other caller got its key
+
+
+async def test_rsa_generation_does_not_run_on_the_servers_event_loop(
+    server: Harness, record_property: Callable[[str, object], None]
+) -> None:
+    """Other callers keep their latency when RSA keys are made, because the work runs in
+    another process: this process spends on eight RSA keys about what it spends on eight
+    AES keys (in the server's own process they cost ~50-100 ms of CPU each)."""
+    callers = [await server.client_for("service", f"svc-{i}") for i in range(4)]
+    await callers[0].keys.GenerateKey(K.GenerateKeyRequest(type="signing"))  # warm up
+
+    async def eight(type_name: str) -> float:
+        started = _cpu()
+        await asyncio.gather(
+            *[
+                c.keys.GenerateKey(K.GenerateKeyRequest(type=type_name))
+                for c in callers
+                for _ in range(2)
+            ]
+        )
+        return _cpu() - started
+
+    aes, rsa = await eight("encryption"), await eight("signing")
+    record_property(
+        "figures", f"server-process CPU for 8 GenerateKey: AES {aes:.3f} s, RSA {rsa:.3f} s"
+    )
+    assert rsa < aes + 0.15, f"8 RSA keys cost {rsa:.3f} s of this process's CPU, AES {aes:.3f}"
+
+
+async def test_keys_per_owner_are_capped(server: Harness) -> None:
+    await server.set_policies(max_keys_per_owner=3)
+    owner = await server.client_for("service", "hoarder")
+    other = await server.client_for("service", "other")
+    made = [await owner.keys.GenerateKey(K.GenerateKeyRequest(type="session")) for _ in range(3)]
+    refused = await fails(owner.keys.GenerateKey(K.GenerateKeyRequest(type="session")))
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "MAX_KEYS_PER_OWNER" and refused.metadata["limit"] == "3"
+    assert refused.retry_after is not None
+    assert (await other.keys.GenerateKey(K.GenerateKeyRequest(type="session"))).key.id
+    # A removed key still holds material until it is destroyed: it counts until then.
+    await owner.keys.RemoveKey(K.RemoveKeyRequest(key_id=made[0].key.id))
+    still = await fails(owner.keys.GenerateKey(K.GenerateKeyRequest(type="session")))
+    assert still.reason == "MAX_KEYS_PER_OWNER"
+    await server.advance(timedelta(hours=25))  # destroyed
+    assert (await owner.keys.GenerateKey(K.GenerateKeyRequest(type="session"))).key.id
+
+
+async def test_handles_per_owner_are_capped_with_a_retry_delay(server: Harness) -> None:
+    await server.set_policies(max_concurrent_handles=2)
+    owner = await server.client_for("service", "hoarder")
+    other = await server.client_for("service", "other")
+    for _ in range(2):
+        await owner.handles.GenerateHandle(R.GenerateHandleRequest(type="device"))
+    refused = await fails(owner.handles.GenerateHandle(R.GenerateHandleRequest(type="device")))
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "MAX_CONCURRENT_HANDLES"
+    # When the first of its handles expires (device: 30 minutes), a place frees.
+    assert refused.retry_after == timedelta(minutes=30)
+    assert (await other.handles.GenerateHandle(R.GenerateHandleRequest(type="device"))).token
