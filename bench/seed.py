@@ -41,6 +41,7 @@ from keyturn_server.domain.handles import Handle, HandleSchedule, HandleSecret, 
 from keyturn_server.domain.ids import new_id
 from keyturn_server.domain.key_material import material_binding
 from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, VersionState
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import SqliteStore
 from keyturn_server.store.sqlite import connect as connect_like_the_server
@@ -202,7 +203,7 @@ def seed(
     keyring = asyncio.run(_unlock(data_dir, master_key))
     db = data_dir / "keyturn.db"
     conn = _connect(db)
-    repo = SqlRepository(conn)
+    repo = SqlRepository(conn, integrity=RowIntegrity(keyring.protection))
     now = datetime.now(UTC)
     sampler = _Sampler(count, sample)
     handle_tokens: list[str] = []

@@ -69,7 +69,9 @@ if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
   step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
   KEYTURN_TEST_BACKEND=postgres pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
     tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
-    tests/test_replicas.py tests/test_coalesce.py tests/test_status.py
+    tests/test_replicas.py tests/test_coalesce.py tests/test_status.py \
+    tests/security/test_forged_rows.py tests/security/test_audit_anchor.py \
+    tests/security/test_nonce_budget.py
   done_stage
 fi
 

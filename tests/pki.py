@@ -62,10 +62,14 @@ class Authority:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, names: tuple[str, ...] = SERVER_NAMES, common_name: str = "") -> Issued:
-        """A leaf for server and client use, valid for ``names`` (DNS names or IPs)."""
+        """A leaf for server and client use, valid for ``names`` (DNS names, IPs, or URIs
+        such as SPIFFE ids); ``common_name`` defaults to the first name."""
         key = ec.generate_private_key(ec.SECP256R1())
         alternatives: list[x509.GeneralName] = []
         for name in names:
+            if "://" in name:
+                alternatives.append(x509.UniformResourceIdentifier(name))
+                continue
             try:
                 alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
             except ValueError:

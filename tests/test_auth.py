@@ -290,12 +290,19 @@ async def test_tls_with_a_bearer_token(server: Harness, pki: dict[str, Any]) -> 
             )
 
 
-async def test_mutual_tls_makes_the_certificate_identity_the_principal(
+async def test_mutual_tls_makes_the_configured_principal_of_the_certificate_the_caller(
     server: Harness, pki: dict[str, Any]
 ) -> None:
     paths, files = pki["paths"], pki["files"]
+    identities = paths["ca"].parent / "identities.toml"
+    identities.write_text(
+        '[[identity]]\nname = "payments"\nrole = "service"\nuri = "spiffe://example.org/payments"\n'
+    )
     await server.restart(
-        tls_cert=paths["server_cert"], tls_key=paths["server_key"], client_ca=paths["ca"]
+        tls_cert=paths["server_cert"],
+        tls_key=paths["server_key"],
+        client_ca=paths["ca"],
+        client_identities=identities,
     )
     credentials = grpc.ssl_channel_credentials(
         files["ca"], files["client_key"], files["client_cert"]
@@ -303,9 +310,13 @@ async def test_mutual_tls_makes_the_certificate_identity_the_principal(
     async with _secure(server, credentials) as channel:
         client = Client(channel, None)
         key = (await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
-        assert key.owner == "spiffe://example.org/payments"
+        assert key.owner == "payments"
         denied = await fails(client.admin.ListAccessTokens(admin_pb2.ListAccessTokensRequest()))
-        assert denied.code == grpc.StatusCode.PERMISSION_DENIED  # mTLS identities are services
+        assert denied.code == grpc.StatusCode.PERMISSION_DENIED  # configured as a service
+        # A bearer token over the same connection is the token's principal.
+        admin = Client(channel, server.admin_token)
+        listed = await admin.admin.ListAccessTokens(admin_pb2.ListAccessTokensRequest())
+        assert "admin" in [t.name for t in listed.access_tokens]
     async with _secure(server, grpc.ssl_channel_credentials(files["ca"])) as no_cert:
         with pytest.raises(grpc.aio.AioRpcError):
             await Client(no_cert, server.admin_token).keys.ListKeys(

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
 from keyturn_server.domain.repositories import Repository, Store
@@ -27,6 +29,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         opened: Store = PostgresStore(fresh_postgres_database())
     else:
         opened = SqliteStore(tmp_path / "keyturn.db")
+    opened.protect(Protection.derived_from(os.urandom(32)))
     await opened.write(lambda repo: repo.insert_handle(TALLY))
     yield opened
     await opened.close()

@@ -2,11 +2,16 @@
 are not gRPC, oversized messages and invalid UTF-8. Every answer is a documented status
 (never UNKNOWN or INTERNAL), rejected calls change nothing, and the server stays healthy.
 
+The generated shapes include what an attacker crafts on purpose: page tokens with huge or
+infinite numbers, deep nesting or forged cursors, timestamps and durations anywhere in
+int64 (near 2^62 seconds too), and text with bidirectional overrides and C0/C1 controls.
+
 KEYTURN_FUZZ_EXAMPLES sets the examples per RPC (default 80).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -31,6 +36,7 @@ from keyturn.v1 import (
     handles_pb2_grpc,
     keys_pb2,
     keys_pb2_grpc,
+    resources_pb2,
 )
 from tests.process import ServerProcess
 
@@ -69,6 +75,7 @@ class Target:
         self.metadata: tuple[tuple[str, str], ...] = ()
         self.ids: list[str] = []
         self.tried = 0
+        self.crafted = 0
 
     def start(self) -> None:
         self.process.spawn()
@@ -139,13 +146,78 @@ def _message_class(descriptor: pb_descriptor.Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
 
 
+#: Characters that hide or reorder text: bidi embeddings, overrides and isolates, C0 and
+#: C1 controls, DEL, zero-width and BOM.
+TRICKY = [
+    *map(chr, range(0x202A, 0x202F)),
+    *map(chr, range(0x2066, 0x206A)),
+    "\x00",
+    "\x1b",
+    "\x7f",
+    "\x85",
+    "\x9b",
+    "\u200b",
+    "\ufeff",
+]
+
+
 def _text(ids: list[str]) -> st.SearchStrategy[str]:
     return st.one_of(
         st.text(max_size=40),
         st.integers(300, 5000).map(lambda n: "ж" * n),  # oversized, cheaply
         st.sampled_from([*ids, "", "admin", "encryption", "workflow", "key_aaaaaaaaaaaaaaaa"]),
         st.text(alphabet=st.characters(codec="utf-8"), max_size=200),
+        st.text(alphabet=st.sampled_from([*TRICKY, *"ab.:/_-"]), max_size=40),
     )
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+#: JSON values an unauthenticated decoder chokes on: numbers past every range, NaN and
+#: infinities, nesting past the recursion limit, and the wrong types.
+_HOSTILE_JSON = st.one_of(
+    st.integers(-(2**200), 2**200).map(str),
+    st.sampled_from(["1e400", "-1e400", "NaN", "Infinity", "null", "true", '"x"', "[]"]),
+    st.integers(1, 200_000).map(lambda depth: "[" * depth + "]" * depth),
+    st.integers(1, 50_000).map(lambda depth: '{"t":' * depth + "0" + "}" * depth),
+)
+
+
+@st.composite
+def page_tokens(draw: st.DrawFn) -> str:
+    """What a caller may put in a page token: forged cursors of every shape, with and
+    without a tag, and plain garbage."""
+    value = draw(_HOSTILE_JSON)
+    cursor = draw(
+        st.sampled_from(
+            [
+                value,
+                '{"t": ' + value + ', "i": "key_aaaaaaaaaaaaaaaa", "f": "0"}',
+                '{"t": 0, "i": ' + value + ', "f": ' + value + "}",
+                '{"s": ' + value + "}",
+            ]
+        )
+    )
+    payload = _b64(cursor.encode())
+    return draw(
+        st.one_of(
+            st.just(payload),
+            st.binary(max_size=32).map(lambda tag: f"{payload}.{_b64(tag)}"),
+            st.text(max_size=64),
+            st.integers(513, 5000).map(lambda n: "A" * n),
+        )
+    )
+
+
+#: int64 seconds, weighted towards the edges a datetime cannot hold.
+_SECONDS = st.one_of(
+    st.integers(-(10**10), 10**11),
+    st.integers(-(2**63), 2**63 - 1),
+    st.sampled_from([2**62, -(2**62), 10**15, -(10**15), 253_402_300_800, 315_576_000_001]),
+)
+_NANOS = st.integers(-(2**31), 2**31 - 1)
 
 
 def _scalar(field: F, ids: list[str]) -> st.SearchStrategy[Any]:
@@ -195,11 +267,13 @@ def messages(
         elif field.message_type is not None:
             if depth >= 2:
                 continue
-            if field.message_type.full_name == "google.protobuf.Duration":
-                seconds = draw(st.integers(-(10**11), 10**11))
-                getattr(message, field.name).seconds = seconds
-            elif field.message_type.full_name == "google.protobuf.Timestamp":
-                getattr(message, field.name).seconds = draw(st.integers(-(10**10), 10**11))
+            if field.message_type.full_name in (
+                "google.protobuf.Duration",
+                "google.protobuf.Timestamp",
+            ):
+                getattr(message, field.name).seconds = draw(_SECONDS)
+                if draw(st.booleans()):
+                    getattr(message, field.name).nanos = draw(_NANOS)
             elif field.message_type.full_name == "google.protobuf.FieldMask":
                 getattr(message, field.name).paths.extend(draw(st.lists(_text(ids), max_size=4)))
             elif field.is_repeated:
@@ -213,6 +287,8 @@ def messages(
                 )
         elif field.is_repeated:
             getattr(message, field.name).extend(draw(st.lists(_scalar(field, ids), max_size=5)))
+        elif field.name == "page_token":
+            setattr(message, field.name, draw(page_tokens()))
         else:
             setattr(message, field.name, draw(_scalar(field, ids)))
     return message
@@ -267,6 +343,95 @@ def test_random_requests_get_documented_statuses_and_rejections_change_nothing(
             # of refused tokens), and a revocation the policy ties to it.
             changed = set(target.audited_after(before)) - SECURITY_RECORDS
             assert not changed, f"a rejected {method.name} changed the store: {changed}"
+
+    run()
+    assert target.healthy()
+
+
+@st.composite
+def crafted_requests(draw: st.DrawFn) -> tuple[str, Any, Message, set[grpc.StatusCode]]:
+    """A request aimed at one of the parsers an attacker reaches on purpose, and the
+    statuses it may get."""
+    invalid = {grpc.StatusCode.INVALID_ARGUMENT}
+    kind = draw(st.sampled_from(["page", "audit-time", "ttl", "config-duration"]))
+    if kind == "page":
+        token = draw(page_tokens())
+        stub, method, request = draw(
+            st.sampled_from(
+                [
+                    (keys_pb2_grpc.KeyServiceStub, "ListKeys", keys_pb2.ListKeysRequest()),
+                    (
+                        handles_pb2_grpc.HandleServiceStub,
+                        "ListHandles",
+                        handles_pb2.ListHandlesRequest(),
+                    ),
+                    (
+                        admin_pb2_grpc.AdminServiceStub,
+                        "ListAuditEvents",
+                        admin_pb2.ListAuditEventsRequest(),
+                    ),
+                ]
+            )
+        )
+        request.page_token = token
+        return method, stub, request, invalid if token else {grpc.StatusCode.OK}
+    if kind == "audit-time":
+        request = admin_pb2.ListAuditEventsRequest(page_size=1)
+        for name in draw(
+            st.sampled_from([["start_time"], ["end_time"], ["start_time", "end_time"]])
+        ):
+            getattr(request, name).seconds = draw(_SECONDS)
+            getattr(request, name).nanos = draw(st.one_of(st.just(0), _NANOS))
+        return (
+            "ListAuditEvents",
+            admin_pb2_grpc.AdminServiceStub,
+            request,
+            invalid | {grpc.StatusCode.OK},
+        )
+    duration = {"seconds": draw(_SECONDS)}
+    if kind == "ttl":
+        request = admin_pb2.CreateAccessTokenRequest(
+            name="fuzzed", role=resources_pb2.ROLE_AUDITOR, ttl=duration
+        )
+        done = {grpc.StatusCode.OK, grpc.StatusCode.ALREADY_EXISTS}
+        return "CreateAccessToken", admin_pb2_grpc.AdminServiceStub, request, invalid | done
+    field = draw(st.sampled_from(["rotation_interval", "warning_threshold", "max_lifetime"]))
+    fields: dict[str, Any] = {
+        "algorithm": "sha256",
+        "handle_length": 32,
+        "rotation_interval": {"seconds": 60},
+        "warning_threshold": {"seconds": 10},
+        "max_lifetime": {"seconds": 120},
+        "max_usage": 5,
+        field: duration,
+    }
+    request = admin_pb2.UpdateConfigRequest(
+        config=admin_pb2.Config(handle_types={"fuzzed": admin_pb2.HandleTypeConfig(**fields)}),
+        update_mask={"paths": ["handle_types.fuzzed"]},
+    )
+    done = {grpc.StatusCode.OK}
+    return "UpdateConfig", admin_pb2_grpc.AdminServiceStub, request, invalid | done
+
+
+def test_crafted_page_tokens_times_and_durations_are_invalid_argument(target: Target) -> None:
+    @settings(
+        max_examples=EXAMPLES * 5,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(crafted=crafted_requests())
+    def run(crafted: tuple[str, Any, Message, set[grpc.StatusCode]]) -> None:
+        method, stub_class, request, allowed = crafted
+        try:
+            getattr(stub_class(target.channel), method)(
+                request, metadata=target.metadata, timeout=10
+            )
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            code = error.code()  # type: ignore[attr-defined]
+        target.crafted += 1
+        assert code in allowed, f"{method} answered {code.name}"
 
     run()
     assert target.healthy()
@@ -364,6 +529,8 @@ def test_the_server_is_healthy_after_the_fuzzing(
     assert target.process.process is not None and target.process.process.poll() is None
     record_property(
         "figures",
-        f"fuzz: {target.tried} random requests to {len(METHODS)} RPCs, plus raw bytes, an "
-        "oversized message and invalid UTF-8: 0 undocumented statuses, the server healthy",
+        f"fuzz: {target.tried} random requests to {len(METHODS)} RPCs and {target.crafted} "
+        "crafted ones (forged page tokens, times and durations past every range), plus raw "
+        "bytes, an oversized message and invalid UTF-8: 0 undocumented statuses (no INTERNAL "
+        "or UNKNOWN), the server healthy",
     )

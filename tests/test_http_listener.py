@@ -108,13 +108,20 @@ async def test_https_with_a_bearer_token(server: Harness, pki: dict[str, Any]) -
     assert answer.status == 200 and answer.body["health"]["status"] == "SERVING_STATUS_SERVING"
 
 
-async def test_mutual_tls_over_https_makes_the_certificate_the_principal(
+async def test_mutual_tls_over_https_makes_the_configured_principal_the_caller(
     server: Harness,
     pki: dict[str, Any],  # noqa: F811
 ) -> None:
     paths = pki["paths"]
+    identities = paths["ca"].parent / "identities.toml"
+    identities.write_text(
+        '[[identity]]\nname = "payments"\nrole = "service"\nuri = "spiffe://example.org/payments"\n'
+    )
     await server.restart(
-        tls_cert=paths["server_cert"], tls_key=paths["server_key"], client_ca=paths["ca"]
+        tls_cert=paths["server_cert"],
+        tls_key=paths["server_key"],
+        client_ca=paths["ca"],
+        client_identities=identities,
     )
     base = server.http_url.replace("127.0.0.1", "localhost")
     context = ssl.create_default_context(cafile=str(paths["ca"]))
@@ -122,7 +129,7 @@ async def test_mutual_tls_over_https_makes_the_certificate_the_principal(
     client = HttpClient(base)
     key = await client.post("/v1/keys", {"type": "api"}, ssl=context)
     assert key.status == 200, key.text
-    assert key.body["key"]["owner"] == "spiffe://example.org/payments"
+    assert key.body["key"]["owner"] == "payments"
     compat = await HttpClient(base + "/api/key-management").get("/keys", ssl=context)
     assert compat.status == 200 and compat.body["total"] == 1
     without = ssl.create_default_context(cafile=str(paths["ca"]))

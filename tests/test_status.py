@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.handles import (
     Handle,
     HandleSchedule,
@@ -26,6 +27,7 @@ from keyturn_server.domain.handles import (
 )
 from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyStatus
 from keyturn_server.domain.repositories import Repository
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import connect
@@ -36,6 +38,7 @@ US = timedelta(microseconds=1)
 #: Where a deadline may lie relative to now: on it, a microsecond either side, and far off.
 OFFSETS = [-timedelta(days=1), -timedelta(seconds=1), -US, timedelta(0), US, timedelta(days=1)]
 _names = itertools.count()
+INTEGRITY = RowIntegrity(Protection.derived_from(b"status" * 6))
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +52,14 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repository]:
         pg = psycopg.connect(fresh_postgres_database(), autocommit=True, row_factory=dict_row)
         for _, sql in migrations("postgres"):
             pg.execute(sql)
-        yield SqlRepository(PgConnection(pg))
+        yield SqlRepository(PgConnection(pg), integrity=INTEGRITY)
         pg.close()
         return
     conn = connect(tmp_path_factory.mktemp("status") / "status.db")
     conn.execute("PRAGMA synchronous = OFF")  # a scratch file: no need to wait for the disk
     for _, sql in migrations("sqlite"):
         conn.executescript(sql)
-    yield SqlRepository(conn)
+    yield SqlRepository(conn, integrity=INTEGRITY)
     conn.close()
 
 

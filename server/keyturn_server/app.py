@@ -34,6 +34,7 @@ from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
+from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
@@ -49,6 +50,8 @@ from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.nonce_budget import NonceLimits
+from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
@@ -99,6 +102,9 @@ def _audit_sink(entry: AuditEntry) -> None:
             "outcome": d.outcome,
             "reason": d.reason,
             "peer": d.peer,
+            # The chain's head as it grows: a witness outside the database, against which
+            # VerifyAuditLog's head can be compared (a keyed hash, not a secret).
+            "hash": entry.hash.hex(),
         },
     )
 
@@ -132,6 +138,7 @@ class App:
         self.services: Services | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
+        self._identities: IdentityFile | None = None
         self._maker: MaterialMaker | None = None
 
     @property
@@ -151,16 +158,19 @@ class App:
         # Certificates first: a wrong file ends the start before anything is opened.
         certificate = settings.certificate
         credentials = tls.server_credentials(certificate) if certificate else None
+        if settings.client_identities is not None:
+            self._identities = IdentityFile(settings.client_identities)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
         keyring, master = await unlock(
-            store, settings.data_dir, settings.master_key, settings.production
+            store, settings.data_dir, settings.master_key, settings.production, self.clock
         )
         self._keyring, self._master = keyring, master
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
+        store.add_tamper_listener(lambda _table: stats.count_integrity_failure())
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
         config = ConfigService(store, journal, self.clock)
         await config.load()
@@ -178,6 +188,8 @@ class App:
             self.clock,
             stats,
             settings.destroy_delay,
+            PageTokens(keyring.page_mac),
+            NonceLimits(settings.nonce_budget),
         )
         handle_lifecycle = HandleLifecycle(keyring, config, journal, self.clock)
         handles = HandleService(
@@ -203,6 +215,8 @@ class App:
         )
         if self.metrics is not None:
             store.add_commit_listener(self.metrics.on_commit)
+            tampered = self.metrics.tampered
+            store.add_tamper_listener(lambda table: tampered.labels(table).inc())
         watch = self._watch = WatchService(
             store,
             hub,
@@ -229,13 +243,15 @@ class App:
             ],
         )
         guard = Guard(
-            Authenticator(tokens, settings.insecure_no_auth),
+            Authenticator(tokens, settings.insecure_no_auth, self._identities),
             CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
             stats,
             self.metrics,
         )
         encoder = StreamEncoder(self.clock)
-        audit_service = AuditService(store, AuditChain(keyring.audit_key))
+        audit_service = AuditService(
+            store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
+        )
         servicers: dict[str, object] = {
             SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, stats, self.clock),
             SERVICE_NAMES["handles"]: HandleServicer(handles, watch, encoder, stats, self.clock),
@@ -316,8 +332,13 @@ class App:
         await self.services.keys.flush_usage()
         await self.services.tokens.flush_usage()
 
+    def reload_client_identities(self) -> bool:
+        """Read --client-identities again if it changed (done every few seconds)."""
+        return self._identities is not None and self._identities.refresh()
+
     async def _refresh(self) -> None:
         assert self.services is not None
+        self.reload_client_identities()
         self.services.config.refresh()
         outcome = reload_keyring(self.store, self._keyring, self._master)
         if outcome == "reloaded":

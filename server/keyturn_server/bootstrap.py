@@ -1,11 +1,14 @@
 """Unlocking a data directory: find the master key, open the keyring it wraps, or create
-both on first start. Shared by `keyturn serve` and the operator commands."""
+both on first start; then protect the store's rows with keys from the keyring. Shared by
+`keyturn serve` and the operator commands."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
+from keyturn_server.clock import Clock, SystemClock
+from keyturn_server.crypto.integrity import ROW_MACS
 from keyturn_server.crypto.keyring import REVISION, WRAP_PREFIX, Keyring, KeyringData, fingerprint
 from keyturn_server.crypto.master import (
     MasterKey,
@@ -15,16 +18,21 @@ from keyturn_server.crypto.master import (
     new_salt,
     parse_master_key,
 )
-from keyturn_server.domain.repositories import MetaRepository, Store
+from keyturn_server.domain.access import SYSTEM
+from keyturn_server.domain.audit import AuditChain, AuditDraft
+from keyturn_server.domain.repositories import Repository, Store
 
 log = logging.getLogger("keyturn.security")
+
+DEV_KEY_FILE = "master.key"
 
 
 def master_key_from(
     store: Store, data_dir: Path, master_key: str | None, production: bool
 ) -> tuple[MasterKey, bytes | None]:
     """The master key to use, and a new scrypt salt to store when one was made."""
-    salt = store.read().get_meta("master_salt")
+    reader = store.read()
+    salt = reader.get_meta("master_salt")
     if master_key:
         fresh = new_salt() if needs_salt(master_key) and salt is None else None
         return parse_master_key(master_key, salt or fresh), fresh
@@ -33,11 +41,19 @@ def master_key_from(
             "MASTER_KEY is required in production (--production or KEYTURN_ENV=production): "
             "32 random bytes as hex or base64, or a long passphrase"
         )
-    master, created = load_or_create_dev_key(data_dir / "master.key")
+    path = data_dir / DEV_KEY_FILE
+    if not path.exists() and reader.meta_names(WRAP_PREFIX):
+        # Checked before a key file is made: a refusal must leave nothing behind.
+        raise MasterKeyError(
+            f"{data_dir} was initialised with a MASTER_KEY (there is no {DEV_KEY_FILE}): "
+            "set MASTER_KEY to that key. Refusing to start in development mode; nothing "
+            "was changed."
+        )
+    master, created = load_or_create_dev_key(path)
     log.warning(
         "DEVELOPMENT MODE: no MASTER_KEY given; secrets are sealed under %s%s. "
         "Anyone who can read that file can read every key. Set MASTER_KEY in production.",
-        data_dir / "master.key",
+        path,
         " (just created)" if created else "",
         extra={"category": "security"},
     )
@@ -45,30 +61,90 @@ def master_key_from(
 
 
 async def unlock(
-    store: Store, data_dir: Path, master_key: str | None, production: bool
+    store: Store,
+    data_dir: Path,
+    master_key: str | None,
+    production: bool,
+    clock: Clock | None = None,
 ) -> tuple[Keyring, MasterKey]:
+    """Open the keyring (creating it on first start) and protect the store's rows."""
+    clock = clock or SystemClock()
     master, salt = master_key_from(store, data_dir, master_key, production)
     reader = store.read()
     wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
     if wrapped is not None:
-        return Keyring(KeyringData.unwrap(wrapped, master)), master
+        keyring = Keyring(KeyringData.unwrap(wrapped, master))
+        store.protect(keyring.protection)
+        if keyring.data.integrity < ROW_MACS:
+            await _protect_rows(store, keyring, master, clock)
+        return keyring, master
     if reader.meta_names(WRAP_PREFIX):
         raise MasterKeyError(
             f"the master key ({master.source}) is not the one this data directory was sealed "
             "with (no keyring is wrapped for it). Refusing to start; nothing was changed."
         )
-    data = KeyringData.fresh()
+    keyring = Keyring(KeyringData.fresh())
+    store.protect(keyring.protection)
 
-    def first_start(repo: MetaRepository) -> None:
+    def first_start(repo: Repository) -> None:
         if repo.meta_names(WRAP_PREFIX):
             raise MasterKeyError("another process initialised this data directory meanwhile")
-        repo.set_meta(WRAP_PREFIX + fingerprint(master), data.wrap(master))
-        repo.set_meta(REVISION, str(data.revision).encode())
+        repo.set_meta(WRAP_PREFIX + fingerprint(master), keyring.data.wrap(master))
+        repo.set_meta(REVISION, str(keyring.revision).encode())
         if salt is not None:
             repo.set_meta("master_salt", salt)
+        # The first entry of every audit log: an empty or shorter log is a truncation.
+        _audit(repo, keyring, clock, "keyring.create", fingerprint(master), {})
 
     await store.write(first_start)
-    return Keyring(data), master
+    return keyring, master
+
+
+async def _protect_rows(store: Store, keyring: Keyring, master: MasterKey, clock: Clock) -> None:
+    """The first start of a data directory made before row MACs: every row gets its MAC
+    as it stands, and the keyring records it, so that this is never done again."""
+
+    def work(repo: Repository) -> int:
+        wrapped = repo.get_meta(WRAP_PREFIX + fingerprint(master))
+        if wrapped is None:
+            raise MasterKeyError("the keyring was retired while this server started")
+        data = KeyringData.unwrap(wrapped, master)
+        if data.integrity >= ROW_MACS:
+            return -1  # another process did it meanwhile
+        count = repo.tag_every_row()
+        data.integrity = ROW_MACS
+        repo.set_meta(WRAP_PREFIX + fingerprint(master), data.wrap(master))
+        _audit(repo, keyring, clock, "store.protect", "rows", {"rows": str(count)})
+        return count
+
+    count = await store.write(work)
+    keyring.data.integrity = ROW_MACS
+    if count >= 0:
+        log.warning(
+            "rows written before row MACs were given theirs (once, now)",
+            extra={"category": "security", "rows": count},
+        )
+
+
+def _audit(
+    repo: Repository,
+    keyring: Keyring,
+    clock: Clock,
+    action: str,
+    resource_id: str,
+    details: dict[str, str],
+) -> None:
+    chain = AuditChain(keyring.audit_key)
+    now = clock.now()
+    draft = AuditDraft(
+        action=action,
+        principal=SYSTEM.name,
+        role=SYSTEM.role.value,
+        resource_type="keyring" if action.startswith("keyring") else "store",
+        resource_id=resource_id,
+        details=details,
+    )
+    repo.append_audit(draft, now, lambda previous, seq: chain.link(previous, seq, now, draft))
 
 
 def reload_keyring(store: Store, keyring: Keyring, master: MasterKey) -> str:

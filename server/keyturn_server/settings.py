@@ -49,6 +49,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     client_ca: Path | None = None
+    #: Which principal and role a client certificate is (client_identities.py).
+    client_identities: Path | None = None
     #: Where a mounted certificate is looked for (tls.crt, tls.key); named in refusals.
     tls_dir: Path | None = None
     #: A TLS-terminating proxy fronts the plaintext listeners (see listeners.py).
@@ -67,6 +69,9 @@ class Settings:
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
     watch_queue_size: int = 1024
+    #: AES-GCM encryptions per key version (NIST SP 800-38D with random nonces); a key
+    #: rotates when its primary has used half (domain/nonce_budget.py).
+    nonce_budget: int = 2**32
     caller_rate_limit: float = 1000.0
     caller_burst: int = 2000
     #: Open WatchExpiring streams per principal.
@@ -122,8 +127,17 @@ class Settings:
         return found
 
     def warnings(self) -> list[str]:
-        """What the server says loudly at start (plaintext off loopback, open metrics)."""
-        return [v.warning for v in self.verdicts() if v.warning]
+        """What the server says loudly at start (no authentication, plaintext off
+        loopback, open metrics)."""
+        found = [v.warning for v in self.verdicts() if v.warning]
+        if self.insecure_no_auth:
+            found.insert(
+                0,
+                "INSECURE: --insecure-no-auth makes every caller without a token an anonymous "
+                "ADMIN (loopback only; for development). It can read, use and remove every "
+                "key and handle; only access tokens cannot be created or revoked this way.",
+            )
+        return found
 
     def check(self) -> Settings:
         try:
@@ -143,6 +157,11 @@ class Settings:
             raise SettingsError("--tls-cert and --tls-key go together")
         if self.client_ca is not None and self.tls_cert is None:
             raise SettingsError("--client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        if self.client_identities is not None and self.client_ca is None:
+            raise SettingsError(
+                "--client-identities maps client certificates, which only --client-ca "
+                "(mutual TLS) asks for"
+            )
         if self.production and self.insecure_no_auth:
             raise SettingsError("--insecure-no-auth cannot be used with --production")
         for address in (*self.listen, *self.http_listen):
@@ -166,6 +185,16 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     if value < minimum.total_seconds():
         raise SettingsError(f"{text!r} is shorter than {minimum.total_seconds():g} s")
     return timedelta(seconds=value)
+
+
+def _budget(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 2 <= value <= 2**32:
+        raise argparse.ArgumentTypeError("must be between 2 and 2^32 (4294967296)")
+    return value
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,6 +236,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-ca",
         type=Path,
         help="require client certificates signed by this CA (mutual TLS; KEYTURN_CLIENT_CA)",
+    )
+    parser.add_argument(
+        "--client-identities",
+        type=Path,
+        help="TOML file mapping client certificates (URI SAN, DNS SAN or CN) to principals "
+        "and roles; without it certificates name nobody (KEYTURN_CLIENT_IDENTITIES)",
     )
     parser.add_argument(
         "--allow-plaintext",
@@ -255,6 +290,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--heartbeat",
         type=lambda text: parse_duration(text, minimum=timedelta(seconds=0.1)),
         help="WatchExpiring heartbeat interval (default 30s)",
+    )
+    parser.add_argument(
+        "--nonce-budget",
+        type=_budget,
+        help="AES-GCM encryptions allowed per key version (default 2^32, the NIST SP 800-38D "
+        "limit for random nonces); keys rotate when their primary has used half",
     )
     parser.add_argument(
         "--caller-rate-limit",
@@ -312,6 +353,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         tls_key=files.key if files else None,
         client_ca=_path(args.client_ca, env.get("KEYTURN_CLIENT_CA")),
         tls_dir=_path(args.tls_dir, env.get("KEYTURN_TLS_DIR")),
+        client_identities=_path(args.client_identities, env.get("KEYTURN_CLIENT_IDENTITIES")),
         allow_plaintext=_flag(args.allow_plaintext, env, "KEYTURN_ALLOW_PLAINTEXT"),
         metrics_listen=args.metrics_listen or env.get("KEYTURN_METRICS_LISTEN") or None,
         allow_remote_metrics=_flag(args.allow_remote_metrics, env, "KEYTURN_ALLOW_REMOTE_METRICS"),
@@ -324,6 +366,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),
+        nonce_budget=args.nonce_budget or defaults.nonce_budget,
         max_streams_per_caller=args.max_streams_per_caller or defaults.max_streams_per_caller,
         max_key_generations=args.max_key_generations,
         max_key_generations_per_caller=(

@@ -15,6 +15,7 @@ from keyturn_server.api.convert import (
     access_token_message,
     audit_message,
     dur,
+    from_duration,
     from_ts,
     optional_enum,
     ts,
@@ -121,8 +122,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             action=request.action,
             principal=request.principal,
             resource_id=request.resource_id,
-            start=from_ts(request.start_time, request.HasField("start_time")),
-            end=from_ts(request.end_time, request.HasField("end_time")),
+            start=from_ts(request.start_time, request.HasField("start_time"), "start_time"),
+            end=from_ts(request.end_time, request.HasField("end_time"), "end_time"),
             descending=request.descending,
         )
         page = await self._audit.list_entries(
@@ -150,7 +151,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.CreateAccessTokenRequest, context: Context
     ) -> admin_pb2.CreateAccessTokenResponse:
         role = optional_enum(ROLE_FROM, request.role, "role")
-        ttl = request.ttl.ToTimedelta() if request.HasField("ttl") else None
+        ttl = from_duration(request.ttl, "ttl") if request.HasField("ttl") else None
         token, secret = await self._tokens.create(
             auth.current(), request.name, role, ttl, request.user_id
         )

@@ -1,13 +1,18 @@
-"""Who is calling: a bearer access token, a client certificate (mutual TLS), or, on
-loopback development servers only, nobody in particular (--insecure-no-auth)."""
+"""Who is calling: a bearer access token, a client certificate (mutual TLS) that
+--client-identities maps to a principal, or, on loopback development servers only,
+nobody in particular (--insecure-no-auth)."""
 
 from __future__ import annotations
 
 import contextvars
+from collections import OrderedDict
 from typing import Any, Protocol, TypeAlias
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 
+from keyturn_server.client_identities import CertificateNames, IdentityFile
 from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.errors import Internal, Unauthenticated
@@ -51,8 +56,8 @@ class Caller(Protocol):
     def authorization(self) -> str:
         """The ``authorization`` metadata or header; "" when absent."""
 
-    def certificate_identity(self) -> str:
-        """The verified client certificate's URI SAN, DNS SAN or CN; "" without one."""
+    def certificate_names(self) -> CertificateNames | None:
+        """The names of the verified client certificate; None without one."""
 
 
 class GrpcCaller:
@@ -72,14 +77,21 @@ class GrpcCaller:
                 return value if isinstance(value, str) else ""
         return ""
 
-    def certificate_identity(self) -> str:
-        return _certificate_identity(self._context)
+    def certificate_names(self) -> CertificateNames | None:
+        auth = self._context.auth_context() or {}
+        found = next(iter(auth.get("x509_pem_cert", ())), None)
+        if not found:
+            return None
+        return certificate_names(found if isinstance(found, bytes) else str(found).encode())
 
 
 class Authenticator:
-    def __init__(self, tokens: AccessTokenService, insecure: bool) -> None:
+    def __init__(
+        self, tokens: AccessTokenService, insecure: bool, identities: IdentityFile | None = None
+    ) -> None:
         self._tokens = tokens
         self._insecure = insecure
+        self._identities = identities
 
     async def principal(self, caller: Caller, method: str) -> Principal:
         try:
@@ -98,24 +110,58 @@ class Authenticator:
                     "authorization must be 'Bearer <token>'", reason="MALFORMED_AUTHORIZATION"
                 )
             return self._tokens.authenticate(secret.strip(), peer)
-        identity = caller.certificate_identity()
-        if identity:
-            role = self._tokens.role_of(identity) or Role.SERVICE
-            return Principal(identity, role, "mtls", peer)
+        names = caller.certificate_names()
+        if names is not None:
+            return self.certificate_principal(names, peer)
         if self._insecure:
-            return Principal("anonymous", Role.ADMIN, "insecure", peer)
+            return Principal("anonymous", Role.ADMIN, "insecure", peer, may_grant=False)
         raise Unauthenticated(
             "missing credentials: send 'authorization: Bearer <token>'",
             reason="MISSING_CREDENTIALS",
         )
 
+    def certificate_principal(self, names: CertificateNames, peer: str) -> Principal:
+        """The principal a verified client certificate maps to (client_identities.py)."""
+        if self._identities is None:
+            raise Unauthenticated(
+                "client certificates name no principal on this server (no "
+                "--client-identities); send 'authorization: Bearer <token>'",
+                reason="CLIENT_IDENTITIES_NOT_CONFIGURED",
+            )
+        return self._identities.current.principal(names, peer)
 
-def _certificate_identity(context: Context) -> str:
-    """The verified client certificate's URI SAN (e.g. a SPIFFE id), DNS SAN or CN."""
-    auth = context.auth_context() or {}
-    for key in ("x509_subject_alternative_name", "x509_common_name"):
-        for value in auth.get(key, ()):
-            text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-            if text:
-                return text
-    return ""
+
+#: Certificates seen recently, parsed: a connection presents the same one on every call.
+_PARSED: OrderedDict[bytes, CertificateNames] = OrderedDict()
+_PARSED_MAX = 1024
+
+
+def certificate_names(pem: bytes) -> CertificateNames:
+    """The names in a verified client certificate (PEM), parsed once per certificate."""
+    names = _PARSED.get(pem)
+    if names is None:
+        names = parse_certificate(pem)
+        _PARSED[pem] = names
+        if len(_PARSED) > _PARSED_MAX:
+            _PARSED.popitem(last=False)
+    return names
+
+
+def parse_certificate(pem: bytes) -> CertificateNames:
+    certificate = x509.load_pem_x509_certificate(pem)
+    uris: list[str] = []
+    dns: list[str] = []
+    try:
+        alternatives = certificate.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        uris = alternatives.get_values_for_type(x509.UniformResourceIdentifier)
+        dns = alternatives.get_values_for_type(x509.DNSName)
+    common = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    cn = common[0].value if common else ""
+    return CertificateNames(
+        tuple(uris), tuple(dns), cn if isinstance(cn, str) else cn.decode(errors="replace")
+    )

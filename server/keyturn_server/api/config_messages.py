@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from keyturn.v1 import admin_pb2
-from keyturn_server.api.convert import ANOMALY_KIND, ANOMALY_KIND_FROM, dur, ts
+from keyturn_server.api.convert import ANOMALY_KIND, ANOMALY_KIND_FROM, dur, from_duration, ts
+from keyturn_server.domain import limits
 from keyturn_server.domain.config import Config
 from keyturn_server.domain.config_update import ConfigDraft
 from keyturn_server.domain.errors import InvalidArgument
@@ -69,17 +70,22 @@ def config_message(config: Config) -> admin_pb2.Config:
     return message
 
 
-def _durations(message: Any, names: tuple[str, ...], into: dict[str, Any]) -> None:
+def _durations(message: Any, names: tuple[str, ...], into: dict[str, Any], where: str) -> None:
     for name in names:
         if message.HasField(name):
-            into[name] = getattr(message, name).ToTimedelta()
+            into[name] = from_duration(getattr(message, name), f"{where}.{name}")
 
 
 def draft_from(config: admin_pb2.Config, mask: list[str]) -> ConfigDraft:
     draft = ConfigDraft()
     for name, k in config.key_types.items():
         entry: dict[str, Any] = {"algorithm": k.algorithm, "key_length": k.key_length}
-        _durations(k, ("rotation_interval", "warning_threshold", "max_lifetime"), entry)
+        _durations(
+            k,
+            ("rotation_interval", "warning_threshold", "max_lifetime"),
+            entry,
+            f"config.key_types.{limits.clip(name, 32)}",
+        )
         if k.HasField("exportable"):
             entry["exportable"] = k.exportable
         draft.key_types[name] = entry
@@ -90,7 +96,10 @@ def draft_from(config: admin_pb2.Config, mask: list[str]) -> ConfigDraft:
             "max_usage": h.max_usage,
         }
         _durations(
-            h, ("rotation_interval", "warning_threshold", "max_lifetime", "grace_period"), entry
+            h,
+            ("rotation_interval", "warning_threshold", "max_lifetime", "grace_period"),
+            entry,
+            f"config.handle_types.{limits.clip(name, 32)}",
         )
         draft.handle_types[name] = entry
     policies = config.security_policies

@@ -45,8 +45,44 @@ def dur(delta: timedelta) -> duration_pb2.Duration:
     return value
 
 
-def from_ts(stamp: timestamp_pb2.Timestamp, present: bool) -> datetime | None:
-    return stamp.ToDatetime(tzinfo=UTC) if present else None
+#: google.protobuf.Timestamp's valid range, 0001-01-01 to 9999-12-31 (what datetime holds).
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+#: google.protobuf.Duration's valid range, about 10,000 years either way.
+MAX_DURATION_SECONDS = 315_576_000_000
+_NANOS = 1_000_000_000
+
+
+def from_ts(stamp: timestamp_pb2.Timestamp, present: bool, field: str) -> datetime | None:
+    """A request's Timestamp, refused with a field violation outside the range the
+    protobuf defines (which datetime cannot hold)."""
+    if not present:
+        return None
+    if not (
+        MIN_TIMESTAMP_SECONDS <= stamp.seconds <= MAX_TIMESTAMP_SECONDS
+        and 0 <= stamp.nanos < _NANOS
+    ):
+        raise InvalidArgument(
+            "must be a time between 0001-01-01 and 9999-12-31 (nanos 0 to 999,999,999)",
+            field=field,
+        )
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def from_duration(value: duration_pb2.Duration, field: str) -> timedelta:
+    """A request's Duration, refused with a field violation outside the range the
+    protobuf defines; the domain checks the range each use allows."""
+    seconds, nanos = value.seconds, value.nanos
+    if not (
+        abs(seconds) <= MAX_DURATION_SECONDS
+        and abs(nanos) < _NANOS
+        and (seconds == 0 or nanos == 0 or (seconds > 0) == (nanos > 0))
+    ):
+        raise InvalidArgument(
+            "must be a duration within 10,000 years (seconds and nanos of one sign)",
+            field=field,
+        )
+    return value.ToTimedelta()
 
 
 E = TypeVar("E")

@@ -145,7 +145,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def Encrypt(
         self, request: keys_pb2.EncryptRequest, context: Context
     ) -> keys_pb2.EncryptResponse:
-        ciphertext, version = self._keys.encrypt(
+        ciphertext, version = await self._keys.encrypt(
             auth.current(), request.key_id, request.plaintext, request.associated_data
         )
         return keys_pb2.EncryptResponse(ciphertext=ciphertext, key_version=version)

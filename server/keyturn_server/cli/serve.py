@@ -11,6 +11,7 @@ from typing import Any
 
 from keyturn_server.app import App
 from keyturn_server.crypto.master import MasterKeyError
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.observability import logs
 from keyturn_server.settings import SettingsError, add_serve_arguments, resolve
 from keyturn_server.store.sqlite import StoreOpenError
@@ -40,7 +41,7 @@ async def _serve(app: App) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await app.start()
-    except (MasterKeyError, StoreOpenError, OSError, ValueError) as exc:
+    except (MasterKeyError, StoreOpenError, OSError, ValueError, KeyturnError) as exc:
         print(f"keyturn: cannot start: {exc}", file=sys.stderr)
         await app.stop()
         return 1

@@ -3,10 +3,11 @@
 The master key never seals a secret itself. It wraps one small keyring holding:
 - the sealing keys for secrets at rest, by generation (the current one seals);
 - the key of the keyed digests under which tokens are stored;
-- the key of the audit chain.
+- the key of the audit chain, which is also the root of the integrity keys (row MACs,
+  the audit anchor, page tokens: crypto/integrity.py).
 
 Rotating the master key therefore re-wraps the keyring and moves every sealed value to a
-new sealing generation, while token digests and the audit chain stay valid. The wrapped
+new sealing generation, while token digests, the audit chain and row MACs stay valid. The wrapped
 keyring is stored once per master key that may open it, named by the master key's
 fingerprint; removing a wrap is what retires a master key.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from keyturn_server.crypto.integrity import ROW_MACS, Mac, Protection, derive
 from keyturn_server.crypto.master import MasterKey, MasterKeyError
 from keyturn_server.crypto.seal import Sealer
 
@@ -48,11 +50,20 @@ class KeyringData:
     seal_keys: dict[int, bytes]
     token_key: bytes
     audit_key: bytes = field(repr=False)
+    #: Row protection in force (crypto.integrity.ROW_MACS once every row carries a MAC).
+    #: Kept here, under the master key, because a database writer can drop any marker
+    #: the database holds, and a second backfill would bless the rows forged meanwhile.
+    integrity: int = 0
 
     @staticmethod
     def fresh() -> KeyringData:
         return KeyringData(
-            1, 1, {1: secrets.token_bytes(32)}, secrets.token_bytes(32), secrets.token_bytes(32)
+            1,
+            1,
+            {1: secrets.token_bytes(32)},
+            secrets.token_bytes(32),
+            secrets.token_bytes(32),
+            integrity=ROW_MACS,
         )
 
     def to_bytes(self) -> bytes:
@@ -63,6 +74,7 @@ class KeyringData:
                 "seal_keys": {str(g): _b64(k) for g, k in self.seal_keys.items()},
                 "token_key": _b64(self.token_key),
                 "audit_key": _b64(self.audit_key),
+                "integrity": self.integrity,
             }
         ).encode()
 
@@ -75,6 +87,7 @@ class KeyringData:
             seal_keys={int(g): base64.b64decode(k) for g, k in data["seal_keys"].items()},
             token_key=base64.b64decode(data["token_key"]),
             audit_key=base64.b64decode(data["audit_key"]),
+            integrity=int(data.get("integrity", 0)),
         )
 
     def wrap(self, master: MasterKey) -> bytes:
@@ -109,6 +122,8 @@ class Keyring:
         self.sealer = Sealer(data.seal_keys, data.current)
         self._token_key = data.token_key
         self.audit_key = data.audit_key
+        self.protection = Protection.derived_from(data.audit_key)
+        self.page_mac = Mac(derive(data.audit_key, "page-token"))
 
     @property
     def revision(self) -> int:

@@ -78,6 +78,10 @@ class Principal:
     #: How the caller proved who it is: "token", "mtls", "insecure", "system".
     via: str = "token"
     peer: str = ""
+    #: May create or revoke credentials that outlive its call (access tokens). Not the
+    #: anonymous caller of --insecure-no-auth: it would mint admin tokens that keep
+    #: working once the server runs with authentication again.
+    may_grant: bool = True
 
     def may(self, permission: Permission) -> bool:
         return permission in ROLE_PERMISSIONS[self.role]
@@ -88,6 +92,19 @@ class Principal:
                 f"role {self.role.value.lower()} may not {permission.value}",
                 reason="ROLE_NOT_ALLOWED",
                 metadata={"permission": permission.value, "role": self.role.value},
+            )
+
+    def require_grant(self) -> None:
+        """Creating or revoking a credential: refused to a caller that may not grant."""
+        self.require(Permission.TOKEN_MANAGE)
+        if not self.may_grant:
+            raise PermissionDenied(
+                "access tokens cannot be created or revoked under --insecure-no-auth: the "
+                "anonymous caller would mint credentials that outlive this development "
+                "server; run with authentication and use the admin token, or "
+                "'keyturn token create' on the data directory",
+                reason="INSECURE_NO_AUTH",
+                metadata={"permission": Permission.TOKEN_MANAGE.value},
             )
 
     def sees_all(self) -> bool:

@@ -31,6 +31,8 @@ from keyturn_server.domain.repositories import Repository, Store
 TOKEN_BYTES = 32
 CACHE_FOR = timedelta(seconds=1)
 ADMIN_NAME = "admin"
+#: The longest lifetime a token may be given (none at all: no expiry).
+MAX_TTL = timedelta(days=3650)
 
 
 class AccessTokenService:
@@ -80,13 +82,6 @@ class AccessTokenService:
         self._known[secret] = (token, now)
         return token
 
-    def role_of(self, name: str) -> Role | None:
-        """The role registered for a name (used for mTLS identities)."""
-        token = self._store.read().get_token(name)
-        if token is None or not token.usable(self._clock.now()):
-            return None
-        return token.role
-
     async def audit_failure(self, peer: str, method: str, why: str) -> None:
         if self.failures.record(peer, self._clock.now()) is None:
             return
@@ -122,7 +117,7 @@ class AccessTokenService:
         ttl: timedelta | None,
         user_id: str,
     ) -> tuple[AccessToken, str]:
-        principal.require(Permission.TOKEN_MANAGE)
+        principal.require_grant()
         limits.raise_if(limits.common(user_id))
         if role is None:
             raise InvalidArgument("required: ADMIN, OPERATOR, SERVICE or AUDITOR", field="role")
@@ -131,8 +126,8 @@ class AccessTokenService:
             raise InvalidArgument(
                 "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
             )
-        if ttl is not None and ttl <= timedelta(0):
-            raise InvalidArgument("must be positive", field="ttl")
+        if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
+            raise InvalidArgument("must be positive and at most 3650 days", field="ttl")
         secret = tokens.new_token(tokens.ACCESS_TOKEN_TYPE, TOKEN_BYTES)
 
         def work(repo: Repository) -> AccessToken:
@@ -172,13 +167,15 @@ class AccessTokenService:
     async def revoke(
         self, principal: Principal, name: str, user_id: str, reason: str
     ) -> AccessToken:
-        principal.require(Permission.TOKEN_MANAGE)
+        principal.require_grant()
         limits.raise_if(limits.common(user_id, reason))
 
         def work(repo: Repository) -> AccessToken:
             token = repo.get_token(name)
             if token is None:
-                raise NotFound(f"no access token named {name!r}", reason="TOKEN_NOT_FOUND")
+                raise NotFound(
+                    f"no access token named {limits.quote(name)}", reason="TOKEN_NOT_FOUND"
+                )
             if token.revoke_time is not None:
                 raise FailedPrecondition(
                     f"access token {name!r} is already revoked", reason="TOKEN_ALREADY_REVOKED"

@@ -51,11 +51,13 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class AuditHead:
-    """The last entry written, recorded beside the log: entries removed from the end of
-    the log would otherwise leave a chain that still verifies."""
+    """The last entry written, recorded beside the log under a MAC (the anchor): entries
+    removed from the end of the log would otherwise leave a chain that still verifies."""
 
     sequence: int
     hash_hex: str
+    #: Why the anchor cannot be trusted (missing, or its MAC fails); "" when it can.
+    problem: str = ""
 
 
 @dataclass(frozen=True)

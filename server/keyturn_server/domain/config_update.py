@@ -25,6 +25,7 @@ from keyturn_server.domain.config import (
     KeyType,
 )
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
+from keyturn_server.domain.limits import clip, quote
 from keyturn_server.domain.policy import POLICY_FIELDS, SecurityPolicies
 
 
@@ -64,18 +65,18 @@ def apply_update(current: Config, draft: ConfigDraft, mask: list[str]) -> Config
             )
         elif head == "security_policies":
             if rest and rest not in POLICY_FIELDS:
-                violations.append(FieldViolation("update_mask", f"unknown path {path!r}"))
+                violations.append(FieldViolation("update_mask", f"unknown path {quote(path)}"))
             elif rest:
                 if rest not in draft.policies:
                     violations.append(
-                        FieldViolation(f"config.{path}", "named in update_mask but not set")
+                        FieldViolation(f"config.{clip(path)}", "named in update_mask but not set")
                     )
                 else:
                     policy_values[rest] = draft.policies[rest]
             else:
                 policy_values.update(draft.policies)
         else:
-            violations.append(FieldViolation("update_mask", f"unknown path {path!r}"))
+            violations.append(FieldViolation("update_mask", f"unknown path {quote(path)}"))
     if violations:
         raise InvalidArgument.of(violations)
 
@@ -124,7 +125,7 @@ def _apply_types(
         target[name] = proposed[name]
     elif name in builtins:
         violations.append(
-            FieldViolation(f"config.{path}", f"built-in type {name!r} cannot be deleted")
+            FieldViolation(f"config.{clip(path)}", f"built-in type {name!r} cannot be deleted")
         )
     else:
         target.pop(name, None)
@@ -193,7 +194,7 @@ def _int(
 def _key_type(name: str, raw: Any, violations: list[FieldViolation]) -> KeyType | None:
     if isinstance(raw, KeyType):
         return raw
-    prefix = f"config.key_types.{name}"
+    prefix = f"config.key_types.{clip(name, 32)}"
     _check_name(prefix, name, violations)
     before = len(violations)
     algorithm = KEY_ALGORITHMS.get(str(raw.get("algorithm", "")))
@@ -230,7 +231,7 @@ def _key_type(name: str, raw: Any, violations: list[FieldViolation]) -> KeyType 
 def _handle_type(name: str, raw: Any, violations: list[FieldViolation]) -> HandleType | None:
     if isinstance(raw, HandleType):
         return raw
-    prefix = f"config.handle_types.{name}"
+    prefix = f"config.handle_types.{clip(name, 32)}"
     _check_name(prefix, name, violations)
     before = len(violations)
     algorithm = HANDLE_ALGORITHMS.get(str(raw.get("algorithm", "")))
@@ -288,7 +289,7 @@ def _policies(
 ) -> SecurityPolicies:
     changes: dict[str, Any] = {}
     for name, value in values.items():
-        where = f"config.security_policies.{name}"
+        where = f"config.security_policies.{clip(name, 32)}"
         if name in _COUNTS:
             if isinstance(value, bool) or not isinstance(value, int):
                 violations.append(FieldViolation(where, "must be an integer"))

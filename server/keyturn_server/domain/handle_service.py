@@ -47,7 +47,7 @@ from keyturn_server.domain.handles import (
 )
 from keyturn_server.domain.ids import check_id, new_id
 from keyturn_server.domain.journal import Journal
-from keyturn_server.domain.paging import scoped_page, token_after
+from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 from keyturn_server.domain.validation import Presented, Validator, journal_decision
@@ -102,6 +102,7 @@ class HandleService:
         self._clock = clock
         self._stats = stats
         self._validator = Validator(store, config, journal, clock)
+        self._pages = PageTokens(keyring.page_mac)
 
     # --- issue and read --------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class HandleService:
         if handle_type is None:
             known = ", ".join(sorted(self._config.current.handle_types))
             raise InvalidArgument(
-                f"unknown handle type {type_name!r}; one of {known}", field="type"
+                f"unknown handle type {limits.quote(type_name)}; one of {known}", field="type"
             )
         context = _normalise(context)
         token = tokens.new_token(type_name, handle_type.handle_length)
@@ -199,7 +200,7 @@ class HandleService:
     ) -> HandlePage:
         principal.require(Permission.HANDLE_READ)
         owner, page = scoped_page(
-            principal, "handles", type_name, status, owner, page_size, page_token
+            self._pages, principal, "handles", type_name, status, owner, page_size, page_token
         )
         now = self._clock.now()
         found = await self._store.report(

@@ -16,6 +16,7 @@ from typing import Any
 from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.errors import InvalidArgument
 from keyturn_server.domain.lifecycle import Scheduler
+from keyturn_server.domain.limits import quote
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Statistics
 
@@ -71,7 +72,7 @@ class HealthService:
             principal.require(Permission.HEALTH_READ)
         if component and component not in COMPONENTS:
             raise InvalidArgument(
-                f"unknown component {component!r}; one of " + ", ".join(COMPONENTS),
+                f"unknown component {quote(component)}; one of " + ", ".join(COMPONENTS),
                 field="component",
             )
         names = [component] if component else list(COMPONENTS)
@@ -163,7 +164,7 @@ class HealthService:
             part.reasons.append(f"{overdue} keys are past their rotation time")
         if self._stats.integrity_failures:
             part.reasons.append(
-                f"{self._stats.integrity_failures} reads of stored material failed authentication"
+                f"{self._stats.integrity_failures} reads of stored records failed authentication"
             )
         return part
 

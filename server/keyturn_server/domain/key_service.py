@@ -41,7 +41,8 @@ from keyturn_server.domain.keys import (
     VersionState,
     primary_deadlines,
 )
-from keyturn_server.domain.paging import scoped_page, token_after
+from keyturn_server.domain.nonce_budget import NonceBudget, NonceLimits
+from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 
@@ -64,8 +65,11 @@ class KeyService:
         clock: Clock,
         stats: Statistics,
         destroy_delay: timedelta,
+        pages: PageTokens,
+        nonces: NonceLimits | None = None,
     ) -> None:
         self._store = store
+        self._pages = pages
         self._config = config
         self._journal = journal
         self._material = material
@@ -74,7 +78,8 @@ class KeyService:
         self._stats = stats
         self.destroy_delay = destroy_delay
         self._usage = UsageCounter(store)
-        use = KeyUse(self._get, material, self._usage, clock, stats)
+        self.nonces = NonceBudget(store, lifecycle, nonces or NonceLimits())
+        use = KeyUse(self._get, material, self._usage, clock, stats, self.nonces)
         # Use in place, as callers see it: the same service as the rest of a key's API.
         self.encrypt = use.encrypt
         self.decrypt = use.decrypt
@@ -109,7 +114,7 @@ class KeyService:
     ) -> KeyPage:
         principal.require(Permission.KEY_READ)
         owner, page = scoped_page(
-            principal, "keys", type_name, status, owner, page_size, page_token
+            self._pages, principal, "keys", type_name, status, owner, page_size, page_token
         )
         now = self._clock.now()
         found = await self._store.report(
@@ -153,12 +158,14 @@ class KeyService:
         key_type = self._config.current.key_types.get(type_name)
         if key_type is None:
             known = ", ".join(sorted(self._config.current.key_types))
-            raise InvalidArgument(f"unknown key type {type_name!r}; one of {known}", field="type")
+            raise InvalidArgument(
+                f"unknown key type {limits.quote(type_name)}; one of {known}", field="type"
+            )
         if reveal:
             principal.require(Permission.KEY_EXPORT)
             if not key_type.exportable:
                 raise FailedPrecondition(
-                    f"keys of type {type_name!r} are not exportable; use them in place",
+                    f"keys of type {limits.quote(type_name)} are not exportable; use them in place",
                     reason="KEY_NOT_EXPORTABLE",
                 )
         secret, public_pem = await self._lifecycle.maker.make(

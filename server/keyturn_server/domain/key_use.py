@@ -22,11 +22,13 @@ from keyturn_server.domain.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
+    KeyturnError,
     NotFound,
 )
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_usage import UsageCounter
 from keyturn_server.domain.keys import Key, KeyStatus
+from keyturn_server.domain.nonce_budget import NonceBudget
 from keyturn_server.domain.statistics import Statistics
 
 T = TypeVar("T")
@@ -43,14 +45,16 @@ class KeyUse:
         usage: UsageCounter,
         clock: Clock,
         stats: Statistics,
+        nonces: NonceBudget,
     ) -> None:
+        self._nonces = nonces
         self._find = find
         self._material = material
         self._usage = usage
         self._clock = clock
         self._stats = stats
 
-    def encrypt(
+    async def encrypt(
         self, principal: Principal, key_id: str, plaintext: bytes, associated_data: bytes
     ) -> tuple[bytes, int]:
         violations: list[FieldViolation] = []
@@ -58,9 +62,43 @@ class KeyUse:
         limits.data("associated_data", associated_data, limits.MAX_DATA, violations)
         limits.raise_if(violations)
         key, loaded = self._primary_for(principal, key_id, Purpose.ENCRYPT)
+        if not self._nonces.take(key.id, loaded.version):
+            key, loaded = await self._with_nonce_budget(principal, key_id, key, loaded)
         return self._timed(
             "encrypt", key, lambda: loaded.encrypt(plaintext, associated_data)
         ), loaded.version
+
+    async def _with_nonce_budget(
+        self, principal: Principal, key_id: str, key: Key, loaded: material.LoadedVersion
+    ) -> tuple[Key, material.LoadedVersion]:
+        """The primary with one encryption of its nonce budget spent: a block of budget
+        reserved first, and the key rotated first when its primary is past the rotation
+        threshold (nonce_budget.py). One Encrypt per key does this at a time; the others
+        wait for it and spend the block it reserved."""
+        budget = self._nonces
+        async with budget.lock(key.id):
+            for _ in range(3):  # the primary may move meanwhile (a replica, the scheduler)
+                key, loaded = self._primary_for(principal, key_id, Purpose.ENCRYPT)
+                if budget.take(key.id, loaded.version):
+                    return key, loaded
+                refill = await budget.refill(key.id, loaded.version)
+                if refill.rotate:
+                    try:
+                        await budget.rotate(key)
+                        continue  # encrypt with the new primary
+                    except KeyturnError:
+                        if not refill.usable:
+                            raise
+                        budget.spend(key.id, loaded.version, refill)  # still under budget
+                if budget.take(key.id, loaded.version):
+                    return key, loaded
+        raise FailedPrecondition(
+            f"key {key.id!r} version {loaded.version} has used its AES-GCM nonce budget "
+            f"({budget.limits.budget} encryptions) and a new primary could not be made; "
+            "rotate the key",
+            reason="NONCE_BUDGET_EXHAUSTED",
+            metadata={"version": str(loaded.version)},
+        )
 
     def decrypt(
         self, principal: Principal, key_id: str, ciphertext: bytes, associated_data: bytes

@@ -20,6 +20,7 @@ from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.deadlines import DeadlineKind, Due, SecretRef, VersionRef
+from keyturn_server.domain.errors import DataLoss
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.keys import KeyState
@@ -171,6 +172,14 @@ class Scheduler:
         return await self._store.write(work)
 
     def _step(self, repo: Repository, kind: DeadlineKind, item: Due, now: datetime) -> bool:
+        try:
+            return self._act(repo, kind, item, now)
+        except DataLoss:
+            # Its stored row failed authentication before anything was changed; the
+            # store reported it and keeps it from the next passes. The others go on.
+            return False
+
+    def _act(self, repo: Repository, kind: DeadlineKind, item: Due, now: datetime) -> bool:
         match kind, item:
             case K.VERSION_EXPIRE, VersionRef():
                 return self._keys.expire_version(repo, item, now)
@@ -191,7 +200,10 @@ class Scheduler:
     async def _rotate_or_expire_key(self, key_id: str, now: datetime) -> bool:
         """Keys rotate (or expire) in a unit of work of their own: new material is made
         first, outside it."""
-        key = self._store.read().get_key(key_id)
+        try:
+            key = self._store.read().get_key(key_id)
+        except DataLoss:
+            return False  # reported by the store, and kept from the next passes
         if key is None or key.state is not KeyState.ACTIVE:
             return False
         enforce = self._config.current.policies.enforce_rotation

@@ -1,7 +1,9 @@
-"""Input limits on every field a caller controls: sizes, counts and characters."""
+"""Input limits on every field a caller controls: sizes, counts and characters; and how
+an error message may quote what a caller sent (a bounded prefix, never all of it)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
@@ -17,15 +19,35 @@ MAX_CIPHERTEXT = MAX_DATA + 64
 MAX_SIGNATURE = 4096
 
 
+#: Quoted input is cut to this many characters in an error message.
+QUOTE = 64
+#: C0 and C1 controls and DEL, and the bidirectional embeddings, overrides and isolates
+#: (U+202A-U+202E, U+2066-U+2069) that make a log line or a terminal show text in
+#: another order than it was written ("Trojan Source", CVE-2021-42574).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _has_control(text: str) -> bool:
-    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+    return _CONTROL.search(text) is not None
+
+
+def clip(value: str, limit: int = QUOTE) -> str:
+    """At most ``limit`` characters of ``value``, with an ellipsis when it was longer."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+def quote(value: str, limit: int = QUOTE) -> str:
+    """``value`` quoted for an error message: a bounded prefix, controls escaped."""
+    return repr(clip(value, limit))
 
 
 def text(field: str, value: str, limit: int, violations: list[FieldViolation]) -> None:
     if len(value) > limit:
         violations.append(FieldViolation(field, f"at most {limit} characters"))
     elif _has_control(value):
-        violations.append(FieldViolation(field, "must not contain control characters"))
+        violations.append(
+            FieldViolation(field, "must not contain control or bidirectional-override characters")
+        )
 
 
 def mapping(field: str, value: Mapping[str, str], violations: list[FieldViolation]) -> None:
@@ -38,7 +60,7 @@ def mapping(field: str, value: Mapping[str, str], violations: list[FieldViolatio
         elif len(key) > MAX_MAP_KEY or _has_control(key):
             violations.append(
                 FieldViolation(
-                    f"{field}[{key[:MAX_MAP_KEY]!r}]",
+                    f"{field}[{quote(key, MAX_MAP_KEY)}]",
                     f"keys are 1-{MAX_MAP_KEY} printable characters",
                 )
             )

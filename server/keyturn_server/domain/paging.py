@@ -1,26 +1,34 @@
 """AIP-158 pagination: page sizes, and opaque page tokens that resume after a cursor.
 
-A token holds the last item's (create_time, id) and a fingerprint of the filters it was
-issued for; reusing it with other filters is INVALID_ARGUMENT, as AIP-158 asks.
+A page token is attacker input, so it carries a MAC (a key derived from the keyring)
+over its cursor, the query it pages and the principal it was issued to: a forged or
+altered token, or one reused with other filters or by another caller, is refused with
+INVALID_ARGUMENT before anything in it is parsed or used (AIP-158 asks for the filter
+check). Tokens are bounded in length, and their JSON is read only once authenticated.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
+import binascii
+import hmac
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from keyturn_server.clock import to_micros
+from keyturn_server.crypto.integrity import Mac
 from keyturn_server.domain import limits
 from keyturn_server.domain.access import Principal
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: Far longer than any token this service issues (about 120 characters).
+MAX_TOKEN = 512
+_TAG_BYTES = 16
 
 T = TypeVar("T")
 
@@ -41,41 +49,86 @@ class Cursor:
     id: str
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _refused(
+    why: str = "not a page token this service issued for this query and caller",
+) -> InvalidArgument:
+    return InvalidArgument(why, field="page_token", reason="INVALID_PAGE_TOKEN")
+
+
+class PageTokens:
+    """Issues and opens page tokens: ``payload.tag``, both base64url."""
+
+    def __init__(self, mac: Mac) -> None:
+        self._mac = mac
+
+    def _tag(self, payload: bytes, binding: tuple[object, ...]) -> bytes:
+        bound = json.dumps([str(part) for part in binding]).encode()
+        return self._mac.tag(b"keyturn/v1|page|" + bound + b"|" + payload)[:_TAG_BYTES]
+
+    def issue(self, cursor: dict[str, Any], binding: tuple[object, ...]) -> str:
+        payload = json.dumps(cursor, separators=(",", ":")).encode()
+        return f"{_b64(payload)}.{_b64(self._tag(payload, binding))}"
+
+    def open(self, token: str, binding: tuple[object, ...]) -> dict[str, Any]:
+        """The cursor in ``token``, if this service issued it for ``binding``."""
+        if len(token) > MAX_TOKEN:
+            raise _refused(f"at most {MAX_TOKEN} characters")
+        encoded, _, tag = token.partition(".")
+        try:
+            payload, presented = _unb64(encoded), _unb64(tag)
+        except (binascii.Error, ValueError):
+            raise _refused() from None
+        if not hmac.compare_digest(self._tag(payload, binding), presented):
+            raise _refused()
+        try:
+            cursor = json.loads(payload)
+        except (ValueError, RecursionError):  # issued by us: cannot happen, but never INTERNAL
+            raise _refused() from None
+        if not isinstance(cursor, dict):
+            raise _refused()
+        return cursor
+
+
 @dataclass(frozen=True)
 class Page:
     size: int
     after: Cursor | None
-    fingerprint: str
+    tokens: PageTokens
+    binding: tuple[object, ...]
 
 
-def _fingerprint(filters: tuple[object, ...]) -> str:
-    return hashlib.sha256(repr(filters).encode()).hexdigest()[:12]
-
-
-def page_request(page_size: int, page_token: str, filters: tuple[object, ...]) -> Page:
-    if page_size < 0:
+def checked_page_size(value: int) -> int:
+    """A request's page size: the default for 0, at most the maximum."""
+    if value < 0:
         raise InvalidArgument("must not be negative", field="page_size")
-    size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    fingerprint = _fingerprint(filters)
+    return min(value or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def page_request(
+    tokens: PageTokens, page_size: int, page_token: str, binding: tuple[object, ...]
+) -> Page:
+    size = checked_page_size(page_size)
     if not page_token:
-        return Page(size, None, fingerprint)
-    try:
-        padded = page_token + "=" * (-len(page_token) % 4)
-        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        cursor = Cursor(int(data["t"]), str(data["i"]))
-        issued_for = str(data["f"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidArgument("not a page token from this service", field="page_token") from None
-    if issued_for != fingerprint:
-        raise InvalidArgument("page token was issued for different filters", field="page_token")
-    return Page(size, cursor, fingerprint)
+        return Page(size, None, tokens, binding)
+    cursor = tokens.open(page_token, binding)
+    after, record = cursor.get("t"), cursor.get("i")
+    if not isinstance(after, int) or not isinstance(record, str):
+        raise _refused()
+    return Page(size, Cursor(after, record), tokens, binding)
 
 
 def next_token(page: Page, last: Cursor | None, more: bool) -> str:
     if not more or last is None:
         return ""
-    raw = json.dumps({"t": last.create_time, "i": last.id, "f": page.fingerprint})
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    return page.tokens.issue({"t": last.create_time, "i": last.id}, page.binding)
 
 
 class Listed(Protocol):
@@ -89,6 +142,7 @@ class Listed(Protocol):
 
 
 def scoped_page(
+    tokens: PageTokens,
     principal: Principal,
     kind: str,
     type_name: str,
@@ -97,13 +151,16 @@ def scoped_page(
     page_size: int,
     page_token: str,
 ) -> tuple[str, Page]:
-    """Check a List request's filters; (the owner filter the caller may use, the page)."""
+    """Check a List request's filters; (the owner filter the caller may use, the page).
+    Its token is bound to the filters and to the caller."""
     violations: list[FieldViolation] = []
     limits.text("type", type_name, 32, violations)
     limits.text("owner", owner, 64, violations)
     limits.raise_if(violations)
     owner = principal.owner_filter(owner)
-    return owner, page_request(page_size, page_token, (kind, type_name, status, owner))
+    status_name = getattr(status, "value", "")
+    binding = (kind, type_name, status_name, owner, principal.name)
+    return owner, page_request(tokens, page_size, page_token, binding)
 
 
 def token_after(page: Page, items: Sequence[Listed], more: bool) -> str:

@@ -57,6 +57,10 @@ class Statistics:
     integrity_failures: int = 0
     latency: dict[str, LatencyWindow] = field(default_factory=dict)
 
+    def count_integrity_failure(self) -> None:
+        """A stored value or row failed authentication (it was altered outside Keyturn)."""
+        self.integrity_failures += 1
+
     def observe(self, operation: str, seconds: float) -> None:
         window = self.latency.get(operation)
         if window is None:

@@ -54,6 +54,12 @@ class Metrics:
         self.subscribers = Gauge(
             "keyturn_watch_subscribers", "Open WatchExpiring streams", registry=self.registry
         )
+        self.tampered = Counter(
+            "keyturn_tampered_rows",
+            "Reads that met a stored row whose MAC failed (altered outside Keyturn), by table",
+            ["table"],
+            registry=self.registry,
+        )
         self._state = _StateCollector(per_resource)
         self.registry.register(self._state)
         self._server: Any = None

@@ -26,9 +26,11 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
@@ -86,7 +88,8 @@ class PostgresStore:
             url, min_size=2, max_size=8, kwargs=_connect_kwargs(), open=True, name="keyturn"
         )
         self._read_conn = psycopg.connect(url, **_connect_kwargs())
-        self._reader = SqlRepository(PgConnection(self._read_conn))
+        self.integrity = RowIntegrity()
+        self._reader = SqlRepository(PgConnection(self._read_conn), integrity=self.integrity)
         self._leader_conn = psycopg.connect(url, **_connect_kwargs())
         self._leader = False
         self._listeners: list[CommitListener] = []
@@ -165,7 +168,9 @@ class PostgresStore:
                         adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
                         appended = True
 
-                repo = SqlRepository(adapter, concurrent_writers=True, lock_appends=lock)
+                repo = SqlRepository(
+                    adapter, integrity=self.integrity, concurrent_writers=True, lock_appends=lock
+                )
                 value = work(repo)
                 if repo.events:
                     adapter.execute(f"NOTIFY {CHANNEL}")
@@ -182,12 +187,18 @@ class PostgresStore:
         def run() -> T:
             with self._pool.connection() as conn, conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                return work(SqlRepository(PgConnection(conn)))
+                return work(SqlRepository(PgConnection(conn), integrity=self.integrity))
 
         return await asyncio.to_thread(run)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def protect(self, protection: Protection) -> None:
+        self.integrity.protect(protection)
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        self.integrity.listeners.append(listener)
 
     def status(self) -> StoreStatus:
         return StoreStatus(

@@ -34,9 +34,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.errors import KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
 
@@ -130,7 +132,8 @@ class SqliteStore:
         self._writer.execute("PRAGMA synchronous = FULL")
         self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
-        self._reader = SqlRepository(self._read_conn)
+        self.integrity = RowIntegrity()
+        self._reader = SqlRepository(self._read_conn, integrity=self.integrity)
         self._listeners: list[CommitListener] = []
         self._batch: list[_Outcome] = []
         self._waiting: list[tuple[Callable[[Repository], Any], asyncio.Future[Any]]] = []
@@ -161,7 +164,7 @@ class SqliteStore:
     def _run(self, work: Callable[[Repository], Any], future: asyncio.Future[Any]) -> None:
         """Run one unit now, in its own savepoint of the open transaction."""
         conn = self._writer
-        repo = SqlRepository(conn)
+        repo = SqlRepository(conn, integrity=self.integrity)
         conn.execute("SAVEPOINT unit")
         try:
             value = work(repo)
@@ -201,7 +204,7 @@ class SqliteStore:
             try:
                 conn.execute("PRAGMA query_only = 1")
                 conn.execute("BEGIN")  # one consistent snapshot for every query of the report
-                return work(SqlRepository(conn))
+                return work(SqlRepository(conn, integrity=self.integrity))
             finally:
                 conn.close()
 
@@ -209,6 +212,12 @@ class SqliteStore:
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
+
+    def protect(self, protection: Protection) -> None:
+        self.integrity.protect(protection)
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        self.integrity.listeners.append(listener)
 
     def status(self) -> StoreStatus:
         return StoreStatus(

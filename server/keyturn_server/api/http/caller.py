@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from aiohttp import web
+
+from keyturn_server.api.auth import certificate_names
+from keyturn_server.client_identities import CertificateNames
 
 
 class HttpCaller:
@@ -29,20 +33,12 @@ class HttpCaller:
             return f"Bearer {self._token}"
         return header
 
-    def certificate_identity(self) -> str:
-        """The verified client certificate's URI SAN, DNS SAN or CN, in that order (the
-        TLS context only accepts certificates signed by --client-ca)."""
+    def certificate_names(self) -> CertificateNames | None:
+        """The names of the verified client certificate (the TLS context only accepts
+        certificates signed by --client-ca); --client-identities decides who they are."""
         transport = self._request.transport
-        certificate: Any = transport.get_extra_info("peercert") if transport else None
-        if not certificate:
-            return ""
-        names = certificate.get("subjectAltName", ())
-        for wanted in ("URI", "DNS"):
-            for kind, value in names:
-                if kind == wanted and value:
-                    return str(value)
-        for rdn in certificate.get("subject", ()):
-            for key, value in rdn:
-                if key == "commonName" and value:
-                    return str(value)
-        return ""
+        tls: Any = transport.get_extra_info("ssl_object") if transport else None
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        if not der:
+            return None
+        return certificate_names(ssl.DER_cert_to_PEM_cert(der).encode())

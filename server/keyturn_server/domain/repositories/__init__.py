@@ -9,7 +9,7 @@ from keyturn_server.domain.repositories.deadlines import DeadlineQueue
 from keyturn_server.domain.repositories.events import EventLog
 from keyturn_server.domain.repositories.handles import AnomalyLog, HandleRepository
 from keyturn_server.domain.repositories.keys import KeyRepository
-from keyturn_server.domain.repositories.meta import MetaRepository
+from keyturn_server.domain.repositories.meta import MetaRepository, RowProtection
 from keyturn_server.domain.repositories.sealed import SealedKind, SealedValue, SealedValues
 from keyturn_server.domain.repositories.store import (
     CommitListener,
@@ -31,6 +31,7 @@ __all__ = [
     "KeyRepository",
     "MetaRepository",
     "Repository",
+    "RowProtection",
     "SealedKind",
     "SealedValue",
     "SealedValues",

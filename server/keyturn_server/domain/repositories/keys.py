@@ -28,6 +28,11 @@ class KeyRepository(Protocol):
 
     def sealed_material(self, key_id: str, version: int) -> bytes | None: ...
 
+    def reserve_nonces(self, key_id: str, version: int, count: int, limit: int) -> int | None:
+        """Add ``count`` to the encryptions reserved for a version, durably; the total
+        after it, or None (and nothing reserved) when it would pass ``limit``."""
+        ...
+
     def add_key_usage(self, usage: Mapping[str, tuple[int, datetime]]) -> None:
         """Add uses (count, last use) to keys' usage counts."""
         ...

@@ -1,4 +1,5 @@
-"""Small named values: the wrapped keyring and its revision, the master-key salt."""
+"""Small named values (the wrapped keyring and its revision, the master-key salt), and
+the one-time protection of rows written before row MACs."""
 
 from __future__ import annotations
 
@@ -13,3 +14,10 @@ class MetaRepository(Protocol):
     def meta_names(self, prefix: str) -> list[str]: ...
 
     def delete_meta(self, name: str) -> None: ...
+
+
+class RowProtection(Protocol):
+    def tag_every_row(self) -> int:
+        """Give every row that grants rights its MAC as it stands (once, on the first
+        start of a data directory made before row MACs); the number of rows."""
+        ...

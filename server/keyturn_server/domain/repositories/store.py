@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Protocol, TypeVar
 
+from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.repositories.access_tokens import AccessTokenRepository
 from keyturn_server.domain.repositories.audit import AuditRepository
@@ -21,7 +22,7 @@ from keyturn_server.domain.repositories.deadlines import DeadlineQueue
 from keyturn_server.domain.repositories.events import EventLog
 from keyturn_server.domain.repositories.handles import AnomalyLog, HandleRepository
 from keyturn_server.domain.repositories.keys import KeyRepository
-from keyturn_server.domain.repositories.meta import MetaRepository
+from keyturn_server.domain.repositories.meta import MetaRepository, RowProtection
 from keyturn_server.domain.repositories.sealed import SealedValues
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ class Repository(
     ConfigRepository,
     MetaRepository,
     SealedValues,
+    RowProtection,
     Transaction,
     Protocol,
 ):
@@ -84,6 +86,16 @@ class Store(Protocol):
         ...
 
     def add_commit_listener(self, listener: CommitListener) -> None: ...
+
+    def protect(self, protection: Protection) -> None:
+        """Authenticate rows with these keys from now on (bootstrap, once the keyring
+        is open): rows that grant rights carry a MAC, and a row whose MAC fails is
+        treated as tampered."""
+        ...
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        """Be told (with the table) of every tampered row a read finds."""
+        ...
 
     def status(self) -> StoreStatus: ...
 

@@ -13,9 +13,14 @@ from keyturn_server.store import rows
 from keyturn_server.store.sql.meta import MetaSql
 from keyturn_server.store.sql.statements import Where
 
-#: The last entry written (sequence and hash), kept apart from the log itself so that
-#: entries removed from its end are noticed.
+#: The anchor: the last entry written (sequence and hash) with a MAC under a key derived
+#: from the keyring, kept apart from the log itself. Entries removed from the end, or the
+#: whole log, no longer match it, and a writer without MASTER_KEY cannot make another.
 HEAD = "audit_head"
+
+
+def _anchored(sequence: int, digest_hex: str) -> bytes:
+    return f"keyturn/v1|audit-anchor|{sequence}|{digest_hex}".encode()
 
 
 class AuditSql(MetaSql):
@@ -48,15 +53,27 @@ class AuditSql(MetaSql):
                 previous,
             ),
         )
-        self.set_meta(HEAD, f"{sequence}:{digest.hex()}".encode())
+        mac = self._integrity.protection.anchor.tag(_anchored(sequence, digest.hex()))
+        self.set_meta(HEAD, f"{sequence}:{digest.hex()}:{mac.hex()}".encode())
         return AuditEntry(sequence, time, draft, digest, previous)
 
     def audit_head(self) -> AuditHead | None:
         raw = self.get_meta(HEAD)
         if raw is None:
-            return None
-        sequence, _, digest = raw.decode().partition(":")
-        return AuditHead(int(sequence), digest)
+            # The keyring's creation is audited with it, so the log is never empty.
+            return AuditHead(0, "", "the log's anchor is missing: the log was deleted")
+        sequence, _, rest = raw.decode(errors="replace").partition(":")
+        digest, _, mac = rest.partition(":")
+        try:
+            number, tag = int(sequence), bytes.fromhex(mac)
+        except ValueError:
+            number, tag = 0, b""
+        if not tag or not self._integrity.protection.anchor.verify(_anchored(number, digest), tag):
+            self._integrity.report("meta", HEAD, "", "wrong" if tag else "missing")
+            return AuditHead(
+                number, digest, "the log's anchor failed authentication: it was rewritten"
+            )
+        return AuditHead(number, digest)
 
     def list_audit(self, query: AuditQuery, after: int | None, limit: int) -> Listing[AuditEntry]:
         where = Where()

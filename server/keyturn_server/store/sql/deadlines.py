@@ -1,5 +1,7 @@
 """The scheduler's view in SQL: due deadlines, each kind through its partial index
-(migrations/0001_initial.sql), so that finding work never scans a table."""
+(migrations/0001_initial.sql), so that finding work never scans a table. Keys and
+handles whose rows failed authentication (store/integrity.py) are left out: acting on
+them fails, and a deadline that stays due would keep the scheduler spinning."""
 
 from __future__ import annotations
 
@@ -57,17 +59,33 @@ DUE: dict[DeadlineKind, str] = {
 }
 
 
+#: The column naming the key or handle each kind's rows belong to.
+OWNER_ID: dict[DeadlineKind, str] = {
+    kind: "key_id" if kind is K.VERSION_EXPIRE else "handle_id" if kind is K.SECRET_GRACE else "id"
+    for kind in DeadlineKind
+}
+
+
+def _excluding(sql: str, kind: DeadlineKind, excluded: list[str]) -> str:
+    if not excluded:
+        return sql
+    marks = ", ".join("?" for _ in excluded)
+    return sql.replace(" ORDER BY", f" AND {OWNER_ID[kind]} NOT IN ({marks}) ORDER BY", 1)
+
+
 class DeadlineSql(SqlBase):
     def next_deadlines(self, kinds: Iterable[DeadlineKind]) -> list[Deadline]:
+        excluded = self._integrity.excluded()
         found = []
         for kind in kinds:
-            row = self._one(NEXT[kind])
+            row = self._one(_excluding(NEXT[kind], kind, excluded), excluded)
             if row is not None and row["t"] is not None:
                 found.append(Deadline(kind, from_micros(row["t"])))
         return found
 
     def due(self, kind: DeadlineKind, now: datetime, limit: int) -> list[Due]:
-        found = self._all(DUE[kind], (to_micros(now), limit))
+        excluded = self._integrity.excluded()
+        found = self._all(_excluding(DUE[kind], kind, excluded), (to_micros(now), *excluded, limit))
         if kind is K.VERSION_EXPIRE:
             return [VersionRef(r["id"], r["number"]) for r in found]
         if kind is K.SECRET_GRACE:

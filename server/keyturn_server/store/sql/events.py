@@ -8,6 +8,7 @@ from datetime import datetime
 from keyturn_server.clock import optional_datetime, to_micros
 from keyturn_server.domain.events import Event, NewEvent
 from keyturn_server.store import rows
+from keyturn_server.store.integrity import EVENT_COLUMNS, columns_of
 from keyturn_server.store.sql.meta import MetaSql
 
 PRUNED_THROUGH = "events_pruned_through"
@@ -21,24 +22,26 @@ class EventSql(MetaSql):
     def append_event(self, new: NewEvent, time: datetime) -> Event:
         self._serialise_append()
         anomaly = json.dumps(rows.anomaly_json(new.anomaly)) if new.anomaly else None
+        fields = (
+            to_micros(time),
+            new.kind.value,
+            new.subject.value,
+            new.subject_id,
+            new.subject_type,
+            new.owner,
+            None if new.deadline is None else to_micros(new.deadline),
+            new.reason,
+            new.key_version,
+            rows.snapshot_json(new.snapshot),
+            anomaly,
+        )
+        # Covered: the owner, who alone is delivered a sealed successor the event carries.
+        mac = self._integrity.tag("events", fields)
         row = self._one(
             "INSERT INTO events (time, kind, subject, subject_id, subject_type, owner, deadline, "
-            "reason, key_version, snapshot, anomaly, sealed_token) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence",
-            (
-                to_micros(time),
-                new.kind.value,
-                new.subject.value,
-                new.subject_id,
-                new.subject_type,
-                new.owner,
-                None if new.deadline is None else to_micros(new.deadline),
-                new.reason,
-                new.key_version,
-                rows.snapshot_json(new.snapshot),
-                anomaly,
-                new.sealed_token,
-            ),
+            "reason, key_version, snapshot, anomaly, sealed_token, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING sequence",
+            (*fields, new.sealed_token, mac),
         )
         event = Event(
             sequence=row["sequence"],
@@ -59,10 +62,18 @@ class EventSql(MetaSql):
         return event
 
     def events_after(self, sequence: int, limit: int) -> list[Event]:
+        """Events after a sequence, in order; a tampered one is left out."""
         found = self._all(
             "SELECT * FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?", (sequence, limit)
         )
-        return [rows.event_from_row(r) for r in found]
+        integrity = self._integrity
+        return [
+            rows.event_from_row(r)
+            for r in found
+            if integrity.intact(
+                "events", columns_of(r, EVENT_COLUMNS), r["mac"], f"sequence {r['sequence']}"
+            )
+        ]
 
     def event_bounds(self) -> tuple[int, int]:
         """(oldest retained sequence, latest sequence); (0, latest) when none is kept."""

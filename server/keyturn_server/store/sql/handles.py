@@ -11,6 +11,8 @@ from keyturn_server.domain.anomalies import Anomaly
 from keyturn_server.domain.handles import Handle, HandleSecret, HandleStatus
 from keyturn_server.domain.paging import Cursor, Listing
 from keyturn_server.store import rows
+from keyturn_server.store.integrity import handle_fields, secret_fields, tampered
+from keyturn_server.store.rows import Row
 from keyturn_server.store.sql.statements import IN_LIMIT, SqlBase, insert, update, update_row
 from keyturn_server.store.sql.status import HANDLE_STATUS, status_case
 
@@ -24,16 +26,43 @@ _HANDLE_COUNTS = (
 
 class HandleSql(SqlBase):
     def get_handle(self, handle_id: str, for_update: bool = False) -> Handle | None:
+        """The handle; a tampered row is DATA_LOSS."""
         lock = self._for_update if for_update else ""
         row = self._one(f"SELECT * FROM handles WHERE id = ?{lock}", (handle_id,))
-        return None if row is None else rows.handle_from_row(row)
+        if row is None:
+            return None
+        handle = self._authentic_handle(row)
+        if handle is None:
+            raise tampered("handles", handle_id)
+        return handle
+
+    def _authentic_handle(self, row: Row) -> Handle | None:
+        """The handle of a stored row, or None (reported) when the row is tampered."""
+        handle = rows.handle_from_row(row)
+        intact = self._integrity.intact(
+            "handles", handle_fields(handle), row["mac"], handle.id, resource=handle.id
+        )
+        return handle if intact else None
+
+    def _authentic_handles(self, found: list[Row]) -> list[Handle]:
+        return [h for r in found if (h := self._authentic_handle(r)) is not None]
+
+    def _authentic_secret(self, secret: HandleSecret, mac: object) -> bool:
+        return self._integrity.intact(
+            "handle_secrets",
+            secret_fields(secret),
+            mac,
+            _secret_record(secret),
+            resource=secret.handle_id,
+        )
 
     def secrets_with_handles(
         self, digests: Sequence[bytes]
     ) -> dict[bytes, tuple[HandleSecret, Handle]]:
         """The secrets with these digests and their handles, in one statement per few
         hundred digests; the handles are locked in id order, so that replicas locking
-        overlapping sets cannot deadlock."""
+        overlapping sets cannot deadlock. A pair with a tampered row is left out: the
+        token validates as an unknown one."""
         found: dict[bytes, tuple[HandleSecret, Handle]] = {}
         wanted = list(dict.fromkeys(digests))
         lock = " FOR UPDATE OF h" if self.concurrent_writers else ""
@@ -43,7 +72,8 @@ class HandleSql(SqlBase):
             for row in self._all(
                 "SELECT h.*, s.digest AS s_digest, s.generation AS s_generation, "
                 "s.create_time AS s_create_time, s.superseded_time AS s_superseded_time, "
-                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token "
+                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token, "
+                "s.mac AS s_mac "
                 "FROM handle_secrets s JOIN handles h ON h.id = s.handle_id "
                 f"WHERE s.digest IN ({marks}) ORDER BY h.id{lock}",
                 chunk,
@@ -58,15 +88,22 @@ class HandleSql(SqlBase):
                     grace_until=optional_datetime(row["s_grace_until"]),
                     sealed_token=rows.optional_bytes(row["s_sealed_token"]),
                 )
-                found[digest] = (secret, rows.handle_from_row(row))
+                if not self._authentic_secret(secret, row["s_mac"]):
+                    continue
+                handle = self._authentic_handle(row)
+                if handle is not None:
+                    found[digest] = (secret, handle)
         return found
 
     def insert_handle(self, handle: Handle) -> None:
-        self._run(*insert("handles", rows.handle_row(handle)))
+        row = rows.handle_row(handle)
+        row["mac"] = self._integrity.tag("handles", handle_fields(handle), handle.id)
+        self._run(*insert("handles", row))
 
     def update_handle(self, before: Handle, after: Handle) -> None:
         changed = rows.handle_changes(before, after)
         if changed:
+            changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
             self._run(*update("handles", changed, {"id": before.id}))
 
     def count_active_handles(self, owner: str, now: datetime) -> int:
@@ -86,20 +123,32 @@ class HandleSql(SqlBase):
         return None if row is None or row["t"] is None else from_micros(row["t"])
 
     def get_secret(self, digest: bytes) -> HandleSecret | None:
+        """The secret with this digest; a tampered one is as unknown."""
         row = self._one("SELECT * FROM handle_secrets WHERE digest = ?", (digest,))
-        return None if row is None else rows.secret_from_row(row)
+        if row is None:
+            return None
+        secret = rows.secret_from_row(row)
+        return secret if self._authentic_secret(secret, row["mac"]) else None
 
     def secrets_of(self, handle_id: str) -> list[HandleSecret]:
         found = self._all(
             "SELECT * FROM handle_secrets WHERE handle_id = ? ORDER BY generation", (handle_id,)
         )
-        return [rows.secret_from_row(r) for r in found]
+        secrets = [(rows.secret_from_row(r), r["mac"]) for r in found]
+        return [s for s, mac in secrets if self._authentic_secret(s, mac)]
 
     def insert_secret(self, secret: HandleSecret) -> None:
-        self._run(*insert("handle_secrets", rows.secret_row(secret)))
+        self._run(*insert("handle_secrets", self._tagged_secret(secret)))
 
     def update_secret(self, secret: HandleSecret) -> None:
-        self._run(*update_row("handle_secrets", rows.secret_row(secret), ("digest",)))
+        self._run(*update_row("handle_secrets", self._tagged_secret(secret), ("digest",)))
+
+    def _tagged_secret(self, secret: HandleSecret) -> dict[str, object]:
+        row = rows.secret_row(secret)
+        row["mac"] = self._integrity.tag(
+            "handle_secrets", secret_fields(secret), _secret_record(secret)
+        )
+        return row
 
     def list_handles(
         self,
@@ -112,7 +161,7 @@ class HandleSql(SqlBase):
     ) -> Listing[Handle]:
         status_sql = None if status is None else HANDLE_STATUS[status]
         found = self._page("handles", now, type_name, status_sql, owner, after, limit)
-        return Listing([rows.handle_from_row(r) for r in found.items], found.total, found.more)
+        return Listing(self._authentic_handles(found.items), found.total, found.more)
 
     def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, total usage, max usage) per type and computed status."""
@@ -140,7 +189,7 @@ class HandleSql(SqlBase):
             "ORDER BY warn_time, id LIMIT ?",
             (n, n, t, t, i, limit),
         )
-        return [rows.handle_from_row(r) for r in found]
+        return self._authentic_handles(found)
 
     # --- anomalies ---------------------------------------------------------------------
 
@@ -161,3 +210,7 @@ class HandleSql(SqlBase):
         where = " WHERE " + " AND ".join(conditions) if conditions else ""
         found = self._all(f"SELECT kind, COUNT(*) AS n FROM anomalies{where} GROUP BY kind", params)
         return {r["kind"]: r["n"] for r in found}
+
+
+def _secret_record(secret: HandleSecret) -> str:
+    return f"{secret.handle_id} generation {secret.generation}"

@@ -9,6 +9,8 @@ from keyturn_server.clock import to_micros
 from keyturn_server.domain.keys import Key, KeyStatus, KeyVersion
 from keyturn_server.domain.paging import Cursor, Listing
 from keyturn_server.store import rows
+from keyturn_server.store.integrity import KEY_COLUMNS, VERSION_COLUMNS, columns_of, tampered
+from keyturn_server.store.rows import Row
 from keyturn_server.store.sql.statements import SqlBase, insert, update_row
 from keyturn_server.store.sql.status import KEY_STATUS, status_case
 
@@ -20,35 +22,98 @@ _KEY_COUNTS = (
 )
 
 
+_VERSIONS = (
+    "SELECT key_id, version, state, create_time, expire_time, destroy_time, public_pem, "
+    "nonces_reserved, mac FROM key_versions WHERE key_id = ? ORDER BY version"
+)
+
+
 class KeySql(SqlBase):
     def get_key(self, key_id: str, for_update: bool = False) -> Key | None:
+        """The key with every version; a tampered row of either is DATA_LOSS."""
         lock = self._for_update if for_update else ""
         row = self._one(f"SELECT * FROM keys WHERE id = ?{lock}", (key_id,))
         if row is None:
             return None
-        return rows.key_from_row(row, self._versions_of(key_id))
+        key = self._authentic_key(row)
+        if key is None:
+            raise tampered("keys", key_id)
+        return key
 
-    def _versions_of(self, key_id: str) -> tuple[KeyVersion, ...]:
-        found = self._all(
-            "SELECT key_id, version, state, create_time, expire_time, destroy_time, public_pem "
-            "FROM key_versions WHERE key_id = ? ORDER BY version",
-            (key_id,),
-        )
-        return tuple(rows.version_from_row(r) for r in found)
+    def _authentic_key(self, row: Row) -> Key | None:
+        """The key of a stored row, or None (reported) when it or a version is tampered."""
+        key_id = row["id"]
+        integrity = self._integrity
+        if not integrity.intact(
+            "keys", columns_of(row, KEY_COLUMNS), row["mac"], key_id, resource=key_id
+        ):
+            return None
+        versions = []
+        for found in self._all(_VERSIONS, (key_id,)):
+            record = f"{key_id} version {found['version']}"
+            fields = columns_of(found, VERSION_COLUMNS)
+            if not integrity.intact("key_versions", fields, found["mac"], record, key_id):
+                return None
+            versions.append(rows.version_from_row(found))
+        return rows.key_from_row(row, tuple(versions))
+
+    def _authentic_keys(self, found: list[Row]) -> list[Key]:
+        return [k for r in found if (k := self._authentic_key(r)) is not None]
 
     def insert_key(self, key: Key) -> None:
-        self._run(*insert("keys", rows.key_row(key)))
+        self._run(*insert("keys", self._tagged_key(key)))
 
     def update_key(self, key: Key) -> None:
-        self._run(*update_row("keys", rows.key_row(key), ("id",)))
+        self._run(*update_row("keys", self._tagged_key(key), ("id",)))
+
+    def _tagged_key(self, key: Key) -> dict[str, object]:
+        row = rows.key_row(key)
+        row["mac"] = self._integrity.tag("keys", columns_of(row, KEY_COLUMNS))
+        return row
 
     def insert_version(self, version: KeyVersion, sealed_material: bytes) -> None:
         row = rows.version_row(version)
+        row["nonces_reserved"] = 0
+        row["mac"] = self._integrity.tag("key_versions", columns_of(row, VERSION_COLUMNS))
         row["material"] = sealed_material
         self._run(*insert("key_versions", row))
 
     def update_version(self, version: KeyVersion) -> None:
-        self._run(*update_row("key_versions", rows.version_row(version), ("key_id", "version")))
+        # The nonce reservation is the store's alone (reserve_nonces): kept as stored.
+        stored = self._one(
+            "SELECT nonces_reserved FROM key_versions WHERE key_id = ? AND version = ?",
+            (version.key_id, version.version),
+        )
+        row = rows.version_row(version)
+        row["nonces_reserved"] = stored["nonces_reserved"] if stored else 0
+        row["mac"] = self._integrity.tag("key_versions", columns_of(row, VERSION_COLUMNS))
+        del row["nonces_reserved"]
+        self._run(*update_row("key_versions", row, ("key_id", "version")))
+
+    def reserve_nonces(self, key_id: str, version: int, count: int, limit: int) -> int | None:
+        """Reserve ``count`` more encryptions of a version's budget, durably; the total
+        reserved after it, or None when it would pass ``limit`` (nothing is reserved)."""
+        row = self._one(
+            f"SELECT * FROM key_versions WHERE key_id = ? AND version = ?{self._for_update}",
+            (key_id, version),
+        )
+        if row is None:
+            return None
+        record = f"{key_id} version {version}"
+        self._integrity.require(
+            "key_versions", columns_of(row, VERSION_COLUMNS), row["mac"], record, key_id
+        )
+        total = int(row["nonces_reserved"]) + count
+        if total > limit:
+            return None
+        updated = {c: row[c] for c in VERSION_COLUMNS}
+        updated["nonces_reserved"] = total
+        mac = self._integrity.tag("key_versions", columns_of(updated, VERSION_COLUMNS))
+        self._run(
+            "UPDATE key_versions SET nonces_reserved = ?, mac = ? WHERE key_id = ? AND version = ?",
+            (total, mac, key_id, version),
+        )
+        return total
 
     def destroy_material(self, key_id: str, version: int) -> None:
         self._run(
@@ -83,8 +148,7 @@ class KeySql(SqlBase):
     ) -> Listing[Key]:
         status_sql = None if status is None else KEY_STATUS[status]
         found = self._page("keys", now, type_name, status_sql, owner, after, limit)
-        keys = [rows.key_from_row(r, self._versions_of(r["id"])) for r in found.items]
-        return Listing(keys, found.total, found.more)
+        return Listing(self._authentic_keys(found.items), found.total, found.more)
 
     def count_keys(self, owner: str) -> int:
         """Keys of ``owner`` that are not destroyed (the keys_by_owner index)."""
@@ -124,4 +188,4 @@ class KeySql(SqlBase):
             "AND (warn_time > ? OR (warn_time = ? AND id > ?)) ORDER BY warn_time, id LIMIT ?",
             (n, n, t, t, i, limit),
         )
-        return [rows.key_from_row(r, self._versions_of(r["id"])) for r in found]
+        return self._authentic_keys(found)

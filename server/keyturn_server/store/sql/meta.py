@@ -8,6 +8,7 @@ from typing import Any
 from keyturn_server.clock import from_micros, to_micros
 from keyturn_server.domain.repositories.config import StoredConfig
 from keyturn_server.domain.repositories.sealed import SealedKind, SealedValue
+from keyturn_server.store.integrity import CONFIG_COLUMNS, columns_of, tampered
 from keyturn_server.store.sql.statements import SqlBase
 
 #: kind -> (table, primary key columns, sealed column, the record's id, the bound number)
@@ -53,12 +54,18 @@ class MetaSql(SqlBase):
     # --- configuration -----------------------------------------------------------------
 
     def latest_config(self) -> StoredConfig | None:
+        """The newest revision; a tampered one is DATA_LOSS (policies grant and limit)."""
         row = self._one(
-            "SELECT revision, body, update_time, updated_by FROM config "
+            "SELECT revision, body, update_time, updated_by, mac FROM config "
             "ORDER BY revision DESC LIMIT 1"
         )
         if row is None:
             return None
+        record = f"revision {row['revision']}"
+        if not self._integrity.intact(
+            "config", columns_of(row, CONFIG_COLUMNS), row["mac"], record
+        ):
+            raise tampered("config", record)
         return StoredConfig(
             json.loads(row["body"]),
             row["revision"],
@@ -67,14 +74,17 @@ class MetaSql(SqlBase):
         )
 
     def put_config(self, config: StoredConfig) -> None:
+        row: dict[str, Any] = {
+            "revision": config.revision,
+            "body": json.dumps(config.body, sort_keys=True),
+            "update_time": to_micros(config.update_time),
+            "updated_by": config.updated_by,
+        }
+        mac = self._integrity.tag("config", columns_of(row, CONFIG_COLUMNS))
         self._run(
-            "INSERT INTO config (revision, body, update_time, updated_by) VALUES (?, ?, ?, ?)",
-            (
-                config.revision,
-                json.dumps(config.body, sort_keys=True),
-                to_micros(config.update_time),
-                config.updated_by,
-            ),
+            "INSERT INTO config (revision, body, update_time, updated_by, mac) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (*row.values(), mac),
         )
 
     # --- sealed values (master-key rotation walks them) ---------------------------------

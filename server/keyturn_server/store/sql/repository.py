@@ -11,16 +11,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from keyturn_server.domain.events import Event
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.sql.audit import AuditSql
 from keyturn_server.store.sql.deadlines import DeadlineSql
 from keyturn_server.store.sql.events import EventSql
 from keyturn_server.store.sql.handles import HandleSql
 from keyturn_server.store.sql.keys import KeySql
+from keyturn_server.store.sql.protect import ProtectSql
 from keyturn_server.store.sql.statements import Connection
 from keyturn_server.store.sql.tokens import TokenSql
 
 
-class SqlRepository(KeySql, HandleSql, EventSql, AuditSql, TokenSql, DeadlineSql):
+class SqlRepository(KeySql, HandleSql, EventSql, AuditSql, TokenSql, DeadlineSql, ProtectSql):
     """Reads and writes on one connection. Inside a write transaction it also collects
     the events appended and the callbacks to run once the transaction commits."""
 
@@ -28,10 +30,16 @@ class SqlRepository(KeySql, HandleSql, EventSql, AuditSql, TokenSql, DeadlineSql
         self,
         conn: Connection,
         *,
+        integrity: RowIntegrity | None = None,
         concurrent_writers: bool = False,
         lock_appends: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(conn, concurrent_writers=concurrent_writers, lock_appends=lock_appends)
+        super().__init__(
+            conn,
+            integrity=integrity,
+            concurrent_writers=concurrent_writers,
+            lock_appends=lock_appends,
+        )
         self.events: list[Event] = []
         self.after_commit_callbacks: list[Callable[[], None]] = []
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from keyturn_server.clock import to_micros
 from keyturn_server.domain.paging import Cursor, Listing
+from keyturn_server.store.integrity import RowIntegrity
 
 #: Parameters per ``IN (...)`` list: well within both SQLite's and PostgreSQL's limits.
 IN_LIMIT = 500
@@ -39,18 +40,23 @@ class SqlBase:
     rows that a rule reads and then changes are locked FOR UPDATE, and event and audit
     appends first call ``lock_appends`` so that sequences commit in order and the audit
     chain keeps one head.
+
+    ``integrity`` tags and checks the rows that grant rights (store/integrity.py); the
+    store shares one between all its connections.
     """
 
     def __init__(
         self,
         conn: Connection,
         *,
+        integrity: RowIntegrity | None = None,
         concurrent_writers: bool = False,
         lock_appends: Callable[[], None] | None = None,
     ) -> None:
         if concurrent_writers and lock_appends is None:
             raise ValueError("concurrent writers need a lock that serialises appends")
         self._conn = conn
+        self._integrity = integrity or RowIntegrity()
         self.concurrent_writers = concurrent_writers
         self._lock_appends = lock_appends
         #: Suffix of a SELECT whose rows the unit of work goes on to change.

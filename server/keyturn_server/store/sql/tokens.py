@@ -1,35 +1,55 @@
-"""Access tokens in SQL."""
+"""Access tokens in SQL. A tampered row authenticates nobody and lists as absent; read
+by name (to manage it) it is DATA_LOSS."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import Any
 
 from keyturn_server.clock import to_micros
 from keyturn_server.domain.access_tokens import AccessToken
 from keyturn_server.store import rows
+from keyturn_server.store.integrity import TOKEN_COLUMNS, columns_of, tampered
+from keyturn_server.store.rows import Row
 from keyturn_server.store.sql.statements import SqlBase, insert, update_row
 
 
 class TokenSql(SqlBase):
     def insert_token(self, token: AccessToken) -> None:
-        self._run(*insert("access_tokens", rows.token_row(token)))
+        self._run(*insert("access_tokens", self._tagged_token(token)))
 
     def update_token(self, token: AccessToken) -> None:
-        self._run(*update_row("access_tokens", rows.token_row(token), ("name",)))
+        self._run(*update_row("access_tokens", self._tagged_token(token), ("name",)))
+
+    def _tagged_token(self, token: AccessToken) -> dict[str, Any]:
+        row = rows.token_row(token)
+        row["mac"] = self._integrity.tag("access_tokens", columns_of(row, TOKEN_COLUMNS))
+        return row
+
+    def _authentic_token(self, row: Row) -> AccessToken | None:
+        fields = columns_of(row, TOKEN_COLUMNS)
+        if not self._integrity.intact("access_tokens", fields, row["mac"], row["name"]):
+            return None
+        return rows.token_from_row(row)
 
     def get_token(self, name: str) -> AccessToken | None:
         row = self._one("SELECT * FROM access_tokens WHERE name = ?", (name,))
-        return None if row is None else rows.token_from_row(row)
+        if row is None:
+            return None
+        token = self._authentic_token(row)
+        if token is None:
+            raise tampered("access_tokens", name)
+        return token
 
     def token_by_digest(self, digest: bytes) -> AccessToken | None:
         row = self._one("SELECT * FROM access_tokens WHERE digest = ?", (digest,))
-        return None if row is None else rows.token_from_row(row)
+        return None if row is None else self._authentic_token(row)
 
     def list_tokens(self, include_revoked: bool) -> list[AccessToken]:
         where = "" if include_revoked else " WHERE revoke_time IS NULL"
         found = self._all(f"SELECT * FROM access_tokens{where} ORDER BY name")
-        return [rows.token_from_row(r) for r in found]
+        return [t for r in found if (t := self._authentic_token(r)) is not None]
 
     def touch_tokens(self, used: Mapping[str, datetime]) -> None:
         for name, when in used.items():

@@ -1,0 +1,78 @@
+"""Development shortcuts that must not become ways in: --insecure-no-auth makes every
+caller an anonymous admin, which must not mint access tokens that keep working once the
+server runs with authentication again, and it says so loudly; a development start (no
+MASTER_KEY) on a data directory sealed with a production MASTER_KEY refuses, and leaves
+no master.key behind."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyturn.v1 import admin_pb2, keys_pb2, resources_pb2
+from keyturn_server.clock import ManualClock
+from keyturn_server.crypto.master import MasterKeyError
+from tests.harness import MASTER_KEY, Harness, fails
+
+
+async def test_the_anonymous_admin_cannot_mint_or_revoke_access_tokens(server: Harness) -> None:
+    await server.restart(insecure_no_auth=True)
+    anonymous = server.client(None)
+    minted = await fails(
+        anonymous.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name="backdoor", role=resources_pb2.ROLE_ADMIN)
+        )
+    )
+    assert minted.code == grpc.StatusCode.PERMISSION_DENIED
+    assert minted.reason == "INSECURE_NO_AUTH" and "--insecure-no-auth" in minted.message
+    revoked = await fails(
+        anonymous.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="admin"))
+    )
+    assert revoked.code == grpc.StatusCode.PERMISSION_DENIED
+
+    # Everything else still works for the developer, and the real admin token still can.
+    await anonymous.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))
+    created = await server.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="ci", role=resources_pb2.ROLE_SERVICE)
+    )
+    assert created.token
+
+    await server.restart(insecure_no_auth=False)
+    listed = await server.admin.admin.ListAccessTokens(
+        admin_pb2.ListAccessTokensRequest(include_revoked=True)
+    )
+    assert sorted(t.name for t in listed.access_tokens) == ["admin", "ci"]
+
+
+async def test_insecure_no_auth_is_announced_loudly(
+    server: Harness, logs_hold_no_secrets: io.StringIO
+) -> None:
+    await server.restart(insecure_no_auth=True)
+    lines = [json.loads(line) for line in logs_hold_no_secrets.getvalue().splitlines()]
+    loud = [
+        line
+        for line in lines
+        if line["level"] == "warning"
+        and line["category"] == "security"
+        and "--insecure-no-auth" in line["msg"]
+    ]
+    assert loud and "ADMIN" in loud[0]["msg"]
+
+
+async def test_development_mode_on_production_data_refuses_and_leaves_no_key(
+    tmp_path: Path,
+) -> None:
+    production = Harness(tmp_path / "data", ManualClock())
+    await production.start()
+    await production.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+    await production.stop()
+
+    with pytest.raises(MasterKeyError, match="MASTER_KEY"):
+        await production.start(master_key=None)
+    assert not (tmp_path / "data" / "master.key").exists()
+    await production.start(master_key=MASTER_KEY)  # the right key still opens it
+    await production.stop()
