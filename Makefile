@@ -1,17 +1,24 @@
 # Two commands on a fresh machine:
 #   make run    set up, then serve on 127.0.0.1:50051 with SQLite under ./data
 #   make test   set up, then run every check and test (what CI runs)
+# and one for the tools the README's tour and bench/ use:
+#   make tools  grpcurl, ghz and buf in ./tools/bin
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup run test test-fast lint generate bench clean
+.PHONY: setup run test test-fast lint generate bench tools clean
 
 # Two distributions, both editable: the client `keyturn` and the server that requires it.
+# The first time takes a minute or so: each step says what it is doing.
 $(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+	@echo "== setup 1/3: a virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
+	@echo "== setup 2/3: an up-to-date pip"
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e clients/python -e ".[dev]"
+	@echo "== setup 3/3: keyturn, keyturn-server and their dependencies (about a minute)"
+	$(BIN)/pip install --progress-bar off -e clients/python -e ".[dev]"
+	@echo "== setup done"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -33,6 +40,9 @@ generate: setup
 
 bench: setup
 	$(BIN)/python -m bench
+
+tools: setup
+	scripts/tools.sh
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

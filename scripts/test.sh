@@ -60,20 +60,24 @@ step "services the tests need"
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-# Two workers: the long suites (soak, crash) run beside the rest.
+# Two workers: the long suites (soak, crash) run beside the rest. The chaos tests have a
+# stage of their own below.
 step "pytest (SQLite, the embedded default)"
-pytest -q -n 2 --dist loadfile
+pytest -q -n 2 --dist loadfile --ignore=tests/chaos
 done_stage
 
 if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
   step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
   KEYTURN_TEST_BACKEND=postgres pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
     tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
-    tests/test_replicas.py tests/test_coalesce.py tests/test_status.py \
+    tests/test_replicas.py tests/test_coalesce.py tests/test_status.py tests/test_leadership.py \
     tests/security/test_forged_rows.py tests/security/test_audit_anchor.py \
     tests/security/test_nonce_budget.py
   done_stage
 fi
+
+step "chaos: replicas on a PostgreSQL cluster that is restarted, failed over and killed"
+run_stage scripts/test-chaos.sh
 
 step "clients, examples and grpcurl against a live server"
 scripts/test-clients.sh

@@ -29,6 +29,8 @@ class ServerProcess:
         self.extra = list(extra)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"{data_dir.name}-server.log"
+        #: Environment variables the server gets on top of the test's.
+        self.env: dict[str, str] = {}
 
     @property
     def address(self) -> str:
@@ -40,7 +42,7 @@ class ServerProcess:
         return self.process.pid
 
     def spawn(self) -> None:
-        env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}
+        env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning", **self.env}
         command = [
             sys.executable,
             "-m",

@@ -107,12 +107,57 @@ async def test_a_deadline_missed_while_down_is_handled_once_at_start(server: Har
     await server.settle()
     await server.restart()
     await server.settle()
-    # A warning whose deadline already passed is not sent after the fact.
-    assert await kinds_for(server, key.id) == ["CREATED", "ROTATED"]
+    # Caught up in deadline order, each once: the key's warning, then its rotation; the
+    # handle is past its end of life, so it just expires (no warning, no rotation).
+    assert await kinds_for(server, key.id) == ["CREATED", "EXPIRING", "ROTATED"]
     assert await kinds_for(server, handle.id) == ["CREATED", "EXPIRED"]
     assert (
         await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
     ).primary_version == 2
+
+
+async def test_a_missed_warning_and_rotation_are_caught_up_one_by_one_in_order(
+    server: Harness,
+) -> None:
+    """No scheduler ran past a handle's warning (4 min) and rotation (5 min): both happen,
+    the warning first and naming the rotation it was for, as they would have on time."""
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    server.clock.advance(timedelta(minutes=7))
+    await server.settle()
+    events = [e for e in await log(server) if e.subject_id == issued.handle.id]
+    assert [e.kind.value for e in events] == ["CREATED", "EXPIRING", "ROTATED"]
+    rotation = issued.handle.rotate_time.ToDatetime().replace(tzinfo=server.clock.now().tzinfo)
+    assert events[1].reason == f"rotation at {rotation.isoformat()}"
+
+
+async def test_keys_missed_warnings_and_rotations_are_caught_up_in_deadline_order(
+    server: Harness,
+) -> None:
+    """Two keys whose deadlines interleave: the catch-up follows the deadlines' order
+    across keys and kinds, not one kind after another."""
+    first = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    server.clock.advance(timedelta(hours=23))  # session: rotate 24 h, warn 2 h ahead
+    second = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    server.clock.advance(timedelta(hours=24))
+    await server.settle()
+    scheduled = [
+        (e.subject_id, e.kind.value)
+        for e in await log(server)
+        if e.kind in (EventKind.EXPIRING, EventKind.ROTATED)
+    ]
+    # first: warn 22 h, rotate 24 h; second: warn 23 h + 22 h, rotate 23 h + 24 h.
+    assert scheduled == [
+        (first.id, "EXPIRING"),
+        (first.id, "ROTATED"),
+        (second.id, "EXPIRING"),
+        (second.id, "ROTATED"),
+    ]
 
 
 async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(

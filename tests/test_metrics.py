@@ -84,3 +84,20 @@ async def test_by_default_metrics_name_no_key_only_the_first_deadline_by_type(
 def sample(text: str, series: str) -> float:
     [line] = [ln for ln in text.splitlines() if ln.startswith(series + " ")]
     return float(line.rsplit(" ", 1)[1])
+
+
+async def test_metrics_show_the_oldest_overdue_deadline_the_leader_and_the_store(
+    server: Harness,
+) -> None:
+    await server.restart(metrics_listen="127.0.0.1:0")
+    await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    text = await scrape_now(server)
+    assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 0
+    assert sample(text, "keyturn_scheduler_leader") == 1
+    assert sample(text, "keyturn_scheduler_lease_epoch") >= 1
+    assert sample(text, "keyturn_store_up") == 1
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()  # nobody schedules: due work ages
+    server.clock.advance(timedelta(minutes=4, seconds=30))  # the warning was due at 4 min
+    text = await scrape_now(server)
+    assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 30

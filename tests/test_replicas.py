@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.events import EventKind
 from tests.harness import Harness
@@ -23,6 +24,20 @@ async def rotations(replica: Harness, handle_id: str) -> int:
     """ROTATED events of a handle in the shared event log."""
     events = await replica.events()
     return sum(1 for e in events if e.kind is EventKind.ROTATED and e.subject_id == handle_id)
+
+
+async def leads(replica: Harness, within: float = 2) -> bool:
+    """Whether ``replica`` holds the scheduler lease (it is taken in the background)."""
+    assert replica.app is not None
+    leadership = replica.app.leadership
+    changed = asyncio.Event()
+    leadership.on_change(changed.set)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(within):
+            while leadership.lease() is None:
+                await changed.wait()
+                changed.clear()
+    return leadership.lease() is not None
 
 
 @pytest.fixture
@@ -83,7 +98,7 @@ async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(
     replicas: list[Harness],
 ) -> None:
     first, second = replicas
-    leaders = [h.app.store.is_leader() for h in replicas]  # type: ignore[union-attr,attr-defined]
+    leaders = [await leads(h, within=0) for h in replicas]
     assert sorted(leaders) == [False, True]
     issued = await first.admin.handles.GenerateHandle(
         handles_pb2.GenerateHandleRequest(type="device")
@@ -96,14 +111,30 @@ async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(
 
     leader, follower = (first, second) if leaders[0] else (second, first)
     await leader.stop()
-    assert follower.app is not None
-    # PostgreSQL releases the session lock when the leader's backend has exited, a moment
-    # after its connection closed; the scheduler asks again on every pass, so may the test.
-    for _ in range(100):
-        if follower.app.store.is_leader():  # type: ignore[attr-defined]
-            break
-        await asyncio.sleep(0.05)
-    assert follower.app.store.is_leader()  # type: ignore[attr-defined]
+    assert await leads(follower, within=5)  # woken as the leader's session ends
     follower.clock.advance(timedelta(minutes=5))
     await follower.settle()
     assert await rotations(follower, issued.handle.id) == 2
+
+
+async def test_every_replica_reports_overdue_work_from_the_store_whoever_leads(
+    replicas: list[Harness],
+) -> None:
+    """The leader stops scheduling (but keeps its lease): the follower's health shows the
+    overdue deadline too, and NOT_SERVING once it is older than the allowed lag."""
+    leaders = [await leads(h, within=0) for h in replicas]
+    leader, follower = replicas if leaders[0] else replicas[::-1]
+    await leader.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    assert leader.app is not None and leader.app.services is not None
+    await leader.app.services.scheduler.stop()
+    leader.clock.advance(timedelta(minutes=4, seconds=30))  # its warning was due at 4 min
+    health = await follower.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = health.health.components
+    assert part.scheduler.lag.ToTimedelta() == timedelta(seconds=30)
+    assert part.status == admin_pb2.SERVING_STATUS_SERVING  # within the minute allowed
+    assert not part.scheduler.leader and part.scheduler.lease_holder
+    leader.clock.advance(timedelta(minutes=1))
+    health = await follower.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = health.health.components
+    assert part.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+    assert "overdue" in part.reasons[0] and part.scheduler.overdue >= 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -108,7 +109,7 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     port = free_port()
     process = _start(
         ["--data-dir", str(tmp_path / "d")],
-        {"PORT": str(port), "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"},
+        {"PORT": str(port), "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "info"},
         serve,
     )
     output = _wait_listening(process)
@@ -122,7 +123,11 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert process.stderr is not None
-    assert token not in process.stderr.read()  # never in the logs
+    logged = process.stderr.read()
+    assert token not in logged  # never in the logs
+    last = json.loads(logged.strip().splitlines()[-1])  # and it says it stopped, with what
+    assert last["msg"] == "keyturn stopped"
+    assert {"streams_ended", "drain_seconds", "flush", "scheduler_lease_released"} <= set(last)
 
     second = _start(
         ["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"],

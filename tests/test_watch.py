@@ -94,6 +94,32 @@ async def test_resume_delivers_every_event_exactly_once_in_order(server: Harness
         stream.cancel()
 
 
+async def test_replayed_events_show_the_record_as_it_was_when_they_happened(
+    server: Harness,
+) -> None:
+    """Resumed long after the fact (the handle has expired since), a ROTATED event still
+    shows an ACTIVE handle and the warning an EXPIRING one: the status is the event's."""
+    from keyturn.v1 import resources_pb2
+
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )  # warn at 4 min, rotate at 5 min, expire at 30 min
+    await server.advance(timedelta(minutes=5))
+    await server.advance(timedelta(hours=1))  # expired since
+    stream = server.admin.handles.WatchExpiring(
+        E.WatchExpiringRequest(resume_after=0, ids=[issued.handle.id]), timeout=30
+    )
+    events = await collect(stream, 4)
+    stream.cancel()
+    H = resources_pb2.HandleStatus
+    assert [(E.EventKind.Name(e.kind), H.Name(e.handle.status)) for e in events] == [
+        ("EVENT_KIND_CREATED", "HANDLE_STATUS_ACTIVE"),
+        ("EVENT_KIND_EXPIRING", "HANDLE_STATUS_EXPIRING"),
+        ("EVENT_KIND_ROTATED", "HANDLE_STATUS_ACTIVE"),
+        ("EVENT_KIND_EXPIRED", "HANDLE_STATUS_EXPIRED"),
+    ]
+
+
 async def test_disconnecting_at_random_points_and_resuming_loses_and_repeats_nothing(
     server: Harness,
 ) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +42,7 @@ from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
 from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.generation import MaterialMaker
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handle_lookup import HandleLookup
@@ -49,6 +52,7 @@ from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_service import KeyService
+from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.nonce_budget import NonceLimits
 from keyturn_server.domain.paging import PageTokens
@@ -136,6 +140,8 @@ class App:
         self._store: Store | None = None
         self._health_servicer: Any = None
         self.services: Services | None = None
+        self._leadership: Leadership | None = None
+        self._health_update: asyncio.Future[None] | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
         self._identities: IdentityFile | None = None
@@ -145,6 +151,12 @@ class App:
     def address(self) -> str:
         host, _ = split_address(self.settings.listen[0])
         return f"{host or '127.0.0.1'}:{self.ports[0]}"
+
+    @property
+    def leadership(self) -> Leadership:
+        """Whether this server runs the scheduler (several replicas elect one)."""
+        assert self._leadership is not None
+        return self._leadership
 
     @property
     def store(self) -> Store:
@@ -198,7 +210,8 @@ class App:
         tokens = AccessTokenService(store, keyring, journal, self.clock)
         hub = EventHub()
         hub.latest_sequence = store.read().event_bounds()[1]
-        is_leader = getattr(store, "is_leader", lambda: True)
+        replica = settings.replica_name or f"{socket.gethostname()}:{os.getpid()}"
+        self._leadership = store.leadership(replica, self.clock)
         scheduler = Scheduler(
             store,
             self.clock,
@@ -206,7 +219,7 @@ class App:
             key_lifecycle,
             handle_lifecycle,
             settings.event_retention,
-            is_leader,
+            self._leadership,
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)
@@ -226,11 +239,14 @@ class App:
             settings.watch_queue_size,
             settings.max_streams_per_caller,
         )
-        health_service = HealthService(store, scheduler, stats, self.clock.now(), is_leader)
+        health_service = HealthService(
+            store, scheduler, stats, self.clock.now(), settings.scheduler_max_lag
+        )
+        store.add_status_listener(self._health_changed)
         self.services = Services(
             keys, handles, tokens, config, scheduler, hub, stats, health_service
         )
-        self.admin_token = await tokens.bootstrap_admin(settings.data_dir)
+        self.admin_token = await tokens.bootstrap_admin(settings.data_dir, replica)
 
         server = self._server = grpc.aio.server(
             options=[
@@ -248,7 +264,7 @@ class App:
             stats,
             self.metrics,
         )
-        encoder = StreamEncoder(self.clock)
+        encoder = StreamEncoder()
         audit_service = AuditService(
             store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
         )
@@ -283,6 +299,7 @@ class App:
             )
             self.ports.append(port)
         await server.start()
+        store.start()
         if settings.http_listen:
             self.http = http_server(
                 settings,
@@ -293,6 +310,7 @@ class App:
             )
             await self.http.start(settings.grace_period.total_seconds())
         scheduler.start()
+        await self._leadership.start()
         await self._update_health()
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
@@ -319,11 +337,18 @@ class App:
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         self._tasks.append(asyncio.ensure_future(coroutine))
 
+    def _health_changed(self) -> None:
+        """The store's status changed: tell the health service now, not at the next tick."""
+        if self._health_update is None or self._health_update.done():
+            self._health_update = asyncio.ensure_future(self._update_health())
+
     async def _every(self, seconds: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
                 await action()
+            except Unavailable as exc:  # the store logs its own outage, once
+                log.debug("periodic task skipped: %s", exc.message)
             except Exception:
                 log.exception("periodic task failed", extra={"category": "error"})
 
@@ -372,7 +397,10 @@ class App:
             await self._health_servicer.set(name, status)
 
     async def stop(self, grace: timedelta | None = None) -> None:
-        """Stop taking calls, let running ones finish (streams are ended), flush, close."""
+        """Stop taking calls, let running ones finish (streams are ended), hand the
+        scheduler over, flush, close; then say so in one line."""
+        started = time.monotonic()
+        streams = len(self.services.hub) if self.services is not None else 0
         if self._health_servicer is not None:
             await self._health_servicer.enter_graceful_shutdown()
         if self._watch is not None:
@@ -392,14 +420,36 @@ class App:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        led = False
+        flushed = "nothing to flush"
         if self.services is not None:
             await self.services.scheduler.stop()
-            with contextlib.suppress(Exception):
+            if self._leadership is not None:
+                led = self._leadership.lease() is not None
+                await self._leadership.stop()  # another replica takes over at once
+            try:
                 await self._flush()
+                flushed = "usage counts flushed"
+            except Exception as exc:
+                flushed = f"usage counts not flushed: {exc}"
         if self.metrics is not None:
             self.metrics.close()
         if self._maker is not None:
             self._maker.close()
+        backend = ""
         if self._store is not None:
+            backend = self._store.backend
             await self._store.close()
             self._store = None
+        if self.services is not None:
+            log.info(
+                "keyturn stopped",
+                extra={
+                    "category": "app",
+                    "streams_ended": streams,
+                    "drain_seconds": round(time.monotonic() - started, 3),
+                    "scheduler_lease_released": led,
+                    "flush": flushed,
+                    "store": backend,
+                },
+            )

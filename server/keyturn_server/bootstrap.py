@@ -67,37 +67,57 @@ async def unlock(
     production: bool,
     clock: Clock | None = None,
 ) -> tuple[Keyring, MasterKey]:
-    """Open the keyring (creating it on first start) and protect the store's rows."""
+    """Open the keyring (creating it on first start) and protect the store's rows.
+
+    Several replicas may start at once on an empty database. The first start claims the
+    keyring's revision (an insert that does nothing when the row exists), so exactly one
+    of them stores a keyring; the others find the claim taken, wait for its commit, and
+    start over reading what it stored, its scrypt salt included."""
     clock = clock or SystemClock()
-    master, salt = master_key_from(store, data_dir, master_key, production)
-    reader = store.read()
-    wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
-    if wrapped is not None:
-        keyring = Keyring(KeyringData.unwrap(wrapped, master))
+    for _ in range(2):
+        master, salt = master_key_from(store, data_dir, master_key, production)
+        reader = store.read()
+        # In this order: a keyring another process stores between the two reads is then
+        # seen by the second, never taken for one sealed under another master key.
+        sealed = reader.meta_names(WRAP_PREFIX)
+        wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
+        if wrapped is not None:
+            keyring = Keyring(KeyringData.unwrap(wrapped, master))
+            store.protect(keyring.protection)
+            if keyring.data.integrity < ROW_MACS:
+                await _protect_rows(store, keyring, master, clock)
+            return keyring, master
+        if sealed:
+            raise MasterKeyError(
+                f"the master key ({master.source}) is not the one this data directory was "
+                "sealed with (no keyring is wrapped for it). Refusing to start; nothing was "
+                "changed."
+            )
+        keyring = Keyring(KeyringData.fresh())
         store.protect(keyring.protection)
-        if keyring.data.integrity < ROW_MACS:
-            await _protect_rows(store, keyring, master, clock)
-        return keyring, master
-    if reader.meta_names(WRAP_PREFIX):
-        raise MasterKeyError(
-            f"the master key ({master.source}) is not the one this data directory was sealed "
-            "with (no keyring is wrapped for it). Refusing to start; nothing was changed."
+
+        def first_start(
+            repo: Repository,
+            keyring: Keyring = keyring,
+            master: MasterKey = master,
+            salt: bytes | None = salt,
+        ) -> bool:
+            if not repo.claim_meta(REVISION, str(keyring.revision).encode()):
+                return False
+            repo.set_meta(WRAP_PREFIX + fingerprint(master), keyring.data.wrap(master))
+            if salt is not None:
+                repo.set_meta("master_salt", salt)
+            # The first entry of every audit log: an empty or shorter log is a truncation.
+            _audit(repo, keyring, clock, "keyring.create", fingerprint(master), {})
+            return True
+
+        if await store.write(first_start):
+            return keyring, master
+        log.info(
+            "another process initialised the keyring at the same time; using it",
+            extra={"category": "security"},
         )
-    keyring = Keyring(KeyringData.fresh())
-    store.protect(keyring.protection)
-
-    def first_start(repo: Repository) -> None:
-        if repo.meta_names(WRAP_PREFIX):
-            raise MasterKeyError("another process initialised this data directory meanwhile")
-        repo.set_meta(WRAP_PREFIX + fingerprint(master), keyring.data.wrap(master))
-        repo.set_meta(REVISION, str(keyring.revision).encode())
-        if salt is not None:
-            repo.set_meta("master_salt", salt)
-        # The first entry of every audit log: an empty or shorter log is a truncation.
-        _audit(repo, keyring, clock, "keyring.create", fingerprint(master), {})
-
-    await store.write(first_start)
-    return keyring, master
+    raise MasterKeyError("the keyring was claimed by another process but cannot be read")
 
 
 async def _protect_rows(store: Store, keyring: Keyring, master: MasterKey, clock: Clock) -> None:

@@ -68,6 +68,10 @@ class Settings:
     destroy_delay: timedelta = timedelta(hours=24)
     event_retention: timedelta = timedelta(days=7)
     heartbeat_interval: timedelta = timedelta(seconds=30)
+    #: Due work older than this makes the scheduler NOT_SERVING on every replica.
+    scheduler_max_lag: timedelta = timedelta(minutes=1)
+    #: This replica's name in the scheduler lease (default host:pid).
+    replica_name: str = ""
     watch_queue_size: int = 1024
     #: AES-GCM encryptions per key version (NIST SP 800-38D with random nonces); a key
     #: rotates when its primary has used half (domain/nonce_budget.py).
@@ -292,6 +296,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="WatchExpiring heartbeat interval (default 30s)",
     )
     parser.add_argument(
+        "--scheduler-max-lag",
+        type=parse_duration,
+        help="health says the scheduler is NOT_SERVING when a deadline has been overdue "
+        "this long (default 1m)",
+    )
+    parser.add_argument(
+        "--replica-name",
+        help="this replica's name in the scheduler lease and health (KEYTURN_REPLICA_NAME; "
+        "default host:pid)",
+    )
+    parser.add_argument(
         "--nonce-budget",
         type=_budget,
         help="AES-GCM encryptions allowed per key version (default 2^32, the NIST SP 800-38D "
@@ -363,6 +378,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         destroy_delay=args.destroy_delay or defaults.destroy_delay,
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
+        scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
+        replica_name=args.replica_name or env.get("KEYTURN_REPLICA_NAME", ""),
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
         ),

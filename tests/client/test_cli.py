@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import io
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from keyturn_server.cli import main
 from keyturn_server.cli.operator import connect
 from tests.client import downtime
 from tests.harness import Harness
+from tests.process import free_port
 
 
 @dataclass
@@ -219,8 +221,25 @@ async def test_errors_are_reported_with_their_reason_and_exit_code(keyturn: Keyt
     assert nothing.code == 2
 
 
+def test_no_server_at_the_address_is_said_in_one_line_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing listens: the command says so at once, not after its retries' half minute."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KEYTURN_ADDRESS", raising=False)
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    code = main(["keys", "list", "--address", address, "--token", "unused"])
+    waited = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and f"no Keyturn server answers at {address}" in err, err
+    assert "connection refused" in err and "keyturn serve" in err
+    assert waited < 10  # the connect deadline is 3 s; the old behaviour waited ~27 s
+
+
 def namespace(**given: object) -> argparse.Namespace:
-    defaults = {"address": None, "token": None, "token_file": None}
+    defaults = {"address": None, "token": None, "token_file": None, "connect_timeout": None}
     defaults |= {"tls": False, "ca": None, "cert": None, "key": None, "server_name": None}
     return argparse.Namespace(**(defaults | given))
 

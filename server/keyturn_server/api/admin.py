@@ -52,6 +52,7 @@ def _component(part: Component) -> admin_pb2.ComponentHealth:
                 last_commit=dur(f["last_commit"]),
                 pending_writes=int(f["pending_writes"]),
                 schema_version=int(f["schema_version"]),
+                reachable=bool(f["reachable"]),
             )
         )
     elif part.name == "scheduler":
@@ -62,6 +63,9 @@ def _component(part: Component) -> admin_pb2.ComponentHealth:
                 overdue=int(f["overdue"]),
                 next_deadline=ts(f["next_deadline"]),
                 leader=bool(f["leader"]),
+                replica=str(f["replica"]),
+                lease_holder=str(f["lease_holder"]),
+                lease_epoch=int(f["lease_epoch"]),
             )
         )
     return message

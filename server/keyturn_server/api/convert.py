@@ -212,7 +212,12 @@ def validation_message(result: Validation, now: datetime) -> handles_pb2.Validat
     return message
 
 
-def stream_message(item: StreamItem, now: datetime) -> events_pb2.ExpiryEvent:
+def stream_message(item: StreamItem) -> events_pb2.ExpiryEvent:
+    """An item of a watch stream on the wire. A record's status is computed at the item's
+    time: an event shows the record as it was when it happened, even when replayed
+    long after (a ROTATED handle was ACTIVE then, whatever it is now)."""
+    assert item.time is not None, "every stream item carries its time"
+    now = item.time
     message = events_pb2.ExpiryEvent(
         kind=EVENT_KIND[item.kind],
         time=ts(item.time),

@@ -10,7 +10,6 @@ from collections import OrderedDict
 
 from keyturn.v1 import events_pb2
 from keyturn_server.api.convert import EVENT_KIND_FROM, required_enum, stream_message
-from keyturn_server.clock import Clock
 from keyturn_server.domain.events import EventKind, Subject
 from keyturn_server.domain.watch import StreamItem, WatchRequest
 
@@ -31,17 +30,16 @@ def watch_request(subject: Subject, request: events_pb2.WatchExpiringRequest) ->
 
 
 class StreamEncoder:
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
+    def __init__(self) -> None:
         self._cache: OrderedDict[int, events_pb2.ExpiryEvent] = OrderedDict()
 
     def message(self, item: StreamItem) -> events_pb2.ExpiryEvent:
         event = item.event
         if event is None or item.token:
-            return stream_message(item, self._clock.now())
+            return stream_message(item)
         cached = self._cache.get(event.sequence)
         if cached is None:
-            cached = self._cache[event.sequence] = stream_message(item, self._clock.now())
+            cached = self._cache[event.sequence] = stream_message(item)
             if len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
         return cached

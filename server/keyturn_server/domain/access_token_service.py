@@ -8,6 +8,7 @@ an ``admin`` token and writes it to DATA_DIR/admin.token (0600), like Vault's ro
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,11 +20,13 @@ from keyturn_server.domain.access import SYSTEM, Permission, Principal, Role
 from keyturn_server.domain.access_tokens import NAME, AccessToken
 from keyturn_server.domain.anomalies import InvalidTokenFloodDetector
 from keyturn_server.domain.errors import (
+    Aborted,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    Unavailable,
 )
 from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.repositories import Repository, Store
@@ -31,6 +34,9 @@ from keyturn_server.domain.repositories import Repository, Store
 TOKEN_BYTES = 32
 CACHE_FOR = timedelta(seconds=1)
 ADMIN_NAME = "admin"
+#: Where the admin token was written at first start (replica and path), for the others.
+ADMIN_TOKEN_AT = "admin_token.written_to"
+log = logging.getLogger("keyturn.security")
 #: The longest lifetime a token may be given (none at all: no expiry).
 MAX_TTL = timedelta(days=3650)
 
@@ -58,7 +64,14 @@ class AccessTokenService:
         if cached is not None and now - cached[1] < CACHE_FOR:
             token = cached[0]
         else:
-            token = self._lookup(secret, now)
+            try:
+                token = self._lookup(secret, now)
+            except Unavailable:
+                if cached is None:
+                    raise
+                # The store is away, so nothing can revoke it meanwhile: a token verified
+                # before still is, and the caller can at least read health.
+                token = cached[0]
         if not token.usable(now):
             raise Unauthenticated(
                 "the bearer token is unknown, expired or revoked", reason="INVALID_ACCESS_TOKEN"
@@ -138,27 +151,39 @@ class AccessTokenService:
                     + (" (revoked)" if existing.revoke_time else ""),
                     reason="TOKEN_EXISTS",
                 )
-            now = self._clock.now()
-            token = AccessToken(
-                name,
-                granted,
-                self._keyring.digest(secret),
-                now,
-                principal.name,
-                now + ttl if ttl else None,
-            )
-            repo.insert_token(token)
-            self._journal.audit(
-                repo,
-                "token.create",
-                about=Resource("access_token", name),
-                by=principal,
-                user_id=user_id,
-                details={"role": granted.value, "digest": token.digest.hex()[:16]},
-            )
-            return token
+            return self._insert(repo, principal, name, granted, secret, ttl, user_id)
 
         return await self._store.write(work), secret
+
+    def _insert(
+        self,
+        repo: Repository,
+        principal: Principal,
+        name: str,
+        role: Role,
+        secret: str,
+        ttl: timedelta | None,
+        user_id: str,
+    ) -> AccessToken:
+        now = self._clock.now()
+        token = AccessToken(
+            name,
+            role,
+            self._keyring.digest(secret),
+            now,
+            principal.name,
+            now + ttl if ttl else None,
+        )
+        repo.insert_token(token)
+        self._journal.audit(
+            repo,
+            "token.create",
+            about=Resource("access_token", name),
+            by=principal,
+            user_id=user_id,
+            details={"role": role.value, "digest": token.digest.hex()[:16]},
+        )
+        return token
 
     def list_tokens(self, principal: Principal, include_revoked: bool) -> list[AccessToken]:
         principal.require(Permission.TOKEN_MANAGE)
@@ -195,13 +220,39 @@ class AccessTokenService:
 
         return await self._store.write(work)
 
-    async def bootstrap_admin(self, data_dir: Path) -> str | None:
+    async def bootstrap_admin(self, data_dir: Path, replica: str) -> str | None:
         """On first start (no token at all) create the admin token and write it to
-        DATA_DIR/admin.token. Returns the secret when it was created."""
-        if self._store.read().list_tokens(include_revoked=True):
-            return None
-        _, secret = await self.create(SYSTEM, ADMIN_NAME, Role.ADMIN, None, "")
+        DATA_DIR/admin.token. Returns the secret when this process created it.
+
+        Replicas starting at once on an empty database create one between them: the
+        unit of work re-checks that there is no token, and of two that both found none
+        the second insert conflicts and is rolled back. Every other replica says, once
+        at start, where the token is."""
         path = data_dir / "admin.token"
+        secret = tokens.new_token(tokens.ACCESS_TOKEN_TYPE, TOKEN_BYTES)
+
+        def work(repo: Repository) -> AccessToken | None:
+            if repo.list_tokens(include_revoked=True):
+                return None
+            repo.set_meta(ADMIN_TOKEN_AT, f"{replica}:{path}".encode())
+            return self._insert(repo, SYSTEM, ADMIN_NAME, Role.ADMIN, secret, None, "")
+
+        created: AccessToken | None = None
+        if not self._store.read().list_tokens(include_revoked=True):
+            try:
+                created = await self._store.write(work)
+            except Aborted:  # another replica inserted it at this very moment
+                created = None
+        if created is None:
+            if not path.exists():
+                where = (self._store.read().get_meta(ADMIN_TOKEN_AT) or b"").decode()
+                log.info(
+                    "no admin.token in this data directory: the admin token was made at first "
+                    "start by another replica or an earlier run (admin_token_at); make more "
+                    "with 'keyturn token create'",
+                    extra={"category": "security", "admin_token_at": where or "unknown"},
+                )
+            return None
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secret + "\n")

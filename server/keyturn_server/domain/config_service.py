@@ -10,6 +10,8 @@ from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM, Permission, Principal
 from keyturn_server.domain.config import (
     Config,
+    HandleType,
+    KeyType,
     config_from_json,
     config_to_json,
     default_config,
@@ -54,7 +56,9 @@ class ConfigService:
             initial = dataclasses.replace(
                 default_config(), revision=1, update_time=now, updated_by=SYSTEM.name
             )
-            repo.put_config(_stored(initial, now))
+            if not repo.put_config(_stored(initial, now)):
+                # Another replica starting at the same time stored it first: use that.
+                return _latest(repo) or initial
             self._journal.audit(
                 repo,
                 "config.initialize",
@@ -66,6 +70,19 @@ class ConfigService:
 
         self._current = await self._store.write(work)
         return self._current
+
+    def key_type(self, name: str) -> KeyType | None:
+        """A key type by name. One not known here may have just been added through
+        another replica: the stored configuration is read again before saying no."""
+        if name not in self._current.key_types:
+            self.refresh()
+        return self._current.key_types.get(name)
+
+    def handle_type(self, name: str) -> HandleType | None:
+        """A handle type by name, read again from the store when not known here."""
+        if name not in self._current.handle_types:
+            self.refresh()
+        return self._current.handle_types.get(name)
 
     def refresh(self) -> None:
         """Pick up a revision written by another replica."""
@@ -91,22 +108,27 @@ class ConfigService:
         raise_if(common(user_id, reason))
 
         def work(repo: Repository) -> Config:
-            latest = _latest(repo) or self._current
-            if etag and etag != latest.etag:
-                raise Aborted(
-                    f"the configuration changed since etag {etag}; read it again "
-                    f"(now {latest.etag}) and reapply your change",
-                    reason="ETAG_MISMATCH",
-                    metadata={"current_etag": latest.etag},
+            # Replicas may write the next revision at the same moment: the loser finds the
+            # revision taken, and re-reads (the winner's commit is visible by then). With
+            # an etag that is a stale etag; without one the change applies on top.
+            while True:
+                latest = _latest(repo) or self._current
+                if etag and etag != latest.etag:
+                    raise Aborted(
+                        f"the configuration changed since etag {etag}; read it again "
+                        f"(now {latest.etag}) and reapply your change",
+                        reason="ETAG_MISMATCH",
+                        metadata={"current_etag": latest.etag},
+                    )
+                now = self._clock.now()
+                updated = dataclasses.replace(
+                    apply_update(latest, draft, mask),
+                    revision=latest.revision + 1,
+                    update_time=now,
+                    updated_by=principal.name,
                 )
-            now = self._clock.now()
-            updated = dataclasses.replace(
-                apply_update(latest, draft, mask),
-                revision=latest.revision + 1,
-                update_time=now,
-                updated_by=principal.name,
-            )
-            repo.put_config(_stored(updated, now))
+                if repo.put_config(_stored(updated, now)):
+                    break
             self._journal.audit(
                 repo,
                 "config.update",

@@ -63,3 +63,12 @@ class SecretRef:
 
 #: What a due deadline names: a key or handle id, a key version, or a handle secret.
 Due = str | VersionRef | SecretRef
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A deadline that has passed: its kind, when it was, and what it names."""
+
+    kind: DeadlineKind
+    time: datetime
+    ref: Due

@@ -178,12 +178,17 @@ class HandleLifecycle:
             return False
         if handle.notify_time is None or handle.notify_time > now:
             return False
-        rotating = handle.rotate_time > now and handle.rotate_time < handle.expire_time
+        if handle.expire_time <= now:
+            return False  # past its end of life (caught up late): it expires, unwarned
+        # What the warning announces is judged from when its window opened, so that one
+        # sent late (caught up after a scheduler outage) names the deadline it was for.
+        opened = handle.notify_time
+        rotating = handle.rotate_time > opened and handle.rotate_time < handle.expire_time
         deadline = handle.rotate_time if rotating else handle.expire_time
         again: datetime | None = None
         if rotating and not self._config.current.policies.enforce_rotation:
             again = handle.expire_time - handle.schedule.warning_threshold
-            again = again if again > now else None
+            again = again if again > opened else None
         repo.update_handle(handle, dataclasses.replace(handle, notify_time=again))
         what = "rotation" if rotating else "expiry"
         self._journal.event(

@@ -116,7 +116,7 @@ class HandleService:
         if not type_name:
             violations.append(FieldViolation("type", "required"))
         limits.raise_if(violations)
-        handle_type = self._config.current.handle_types.get(type_name)
+        handle_type = self._config.handle_type(type_name)
         if handle_type is None:
             known = ", ".join(sorted(self._config.current.handle_types))
             raise InvalidArgument(

@@ -1,8 +1,15 @@
 """Health of the service by component: store, scheduler, keys and handles.
 
-A component is NOT_SERVING when it cannot do its job (the store cannot commit, the
-scheduler stopped or fell far behind); figures and reasons say why. The standard gRPC
-health service is driven from the same verdicts.
+A component is NOT_SERVING when it cannot do its job (the store cannot be reached or
+cannot commit, the scheduler stopped, or due work waits longer than the allowed lag);
+figures and reasons say why. The standard gRPC health service is driven from the same
+verdicts.
+
+The scheduler's lag is the age of the oldest overdue deadline, read from the store, so
+every replica reports the same figure whoever leads, and it grows when nobody schedules
+(a stalled leader, no leader). ``leader`` is true only on the replica whose lease is the
+one stored. Health answers while the store is away: what cannot be read is reported as
+such, never as an error.
 """
 
 from __future__ import annotations
@@ -14,14 +21,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import InvalidArgument
+from keyturn_server.domain.errors import InvalidArgument, Unavailable
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.limits import quote
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Statistics
 
-#: A scheduler this far behind its oldest deadline is reported NOT_SERVING.
-MAX_LAG = timedelta(minutes=5)
+#: Due work older than this is reported NOT_SERVING (--scheduler-max-lag).
+MAX_LAG = timedelta(minutes=1)
 COMPONENTS = ("store", "scheduler", "keys", "handles")
 
 
@@ -57,13 +64,13 @@ class HealthService:
         scheduler: Scheduler,
         stats: Statistics,
         started: datetime,
-        is_leader: Callable[[], bool] = lambda: True,
+        max_lag: timedelta = MAX_LAG,
     ) -> None:
         self._store = store
         self._scheduler = scheduler
         self._stats = stats
         self._started = started
-        self._is_leader = is_leader
+        self.max_lag = max_lag
 
     async def check(
         self, principal: Principal | None, component: str, now: datetime
@@ -82,11 +89,11 @@ class HealthService:
             if name == "store":
                 components.append(store)
             elif name == "scheduler":
-                components.append(self._scheduler_component(now))
+                components.append(self._scheduler_component(now, store, count=True))
             elif name == "keys":
-                components.append(await self._store.report(lambda r: self._keys(r, now, store)))
+                components.append(await self._counted("keys", self._keys, now, store))
             else:
-                part = await self._store.report(lambda r: self._handles(r, now, store))
+                part = await self._counted("handles", self._handles, now, store)
                 if principal is not None and not principal.sees_all():
                     # A count that a refused stolen token moves is an existence oracle.
                     part.figures.pop("anomalies_last_hour", None)
@@ -98,6 +105,20 @@ class HealthService:
         )
         return HealthReport(overall, now, now - self._started, components)
 
+    async def _counted(
+        self,
+        name: str,
+        count: Callable[[Repository, datetime, Component], Component],
+        now: datetime,
+        store: Component,
+    ) -> Component:
+        try:
+            return await self._store.report(lambda r: count(r, now, store))
+        except Unavailable as exc:
+            part = Component(name)
+            part.down(f"cannot count: {exc.message}")
+            return part
+
     def _store_component(self) -> Component:
         status = self._store.status()
         part = Component(
@@ -108,36 +129,67 @@ class HealthService:
                 "last_commit": status.last_commit,
                 "pending_writes": status.pending_writes,
                 "schema_version": status.schema_version,
+                "reachable": status.reachable,
             },
         )
         if not status.writable:
             part.down(status.problem or "the store cannot commit")
         return part
 
-    def _scheduler_component(self, now: datetime) -> Component:
+    def _scheduler_component(self, now: datetime, store: Component, count: bool) -> Component:
         s = self._scheduler
-        leader = self._is_leader()
-        lag, earliest = s.observe(now) if leader else (timedelta(0), s.next_deadline)
+        held = s.leadership.lease()
         part = Component(
             "scheduler",
             figures={
                 "running": s.running,
-                "lag": lag,
-                "overdue": s.overdue if lag else 0,
-                "next_deadline": earliest,
-                "leader": leader,
+                "lag": timedelta(0),
+                "overdue": 0,
+                "next_deadline": None,
+                "leader": False,
+                "replica": s.leadership.holder,
+                "lease_holder": "",
+                "lease_epoch": 0,
             },
         )
+        if store.status is Serving.NOT_SERVING:
+            part.down("deadlines cannot be read or acted on while the store is not serving")
+            return part
+        try:
+            reader = self._store.read()
+            lag, earliest = s.observe(now)
+            stored = reader.scheduler_lease()
+            overdue = (
+                sum(len(reader.due(kind, now, 1000)) for kind in s.kinds()) if count and lag else 0
+            )
+        except Unavailable as exc:
+            part.down(f"deadlines cannot be read: {exc.message}")
+            return part
+        leader = held is not None and stored is not None and stored.epoch == held.epoch
+        part.figures.update(
+            lag=lag,
+            overdue=overdue,
+            next_deadline=earliest,
+            leader=leader,
+            lease_holder=stored.holder if stored else "",
+            lease_epoch=stored.epoch if stored else 0,
+        )
         if leader and not s.running:
-            part.down("the scheduler is not running")
-        elif lag > MAX_LAG:
-            part.down(f"the scheduler is {lag} behind its oldest deadline")
+            part.down("this replica holds the scheduler lease but its scheduler is not running")
+        if lag > self.max_lag:
+            holder = f"held by {stored.holder}" if stored and stored.holder else "held by nobody"
+            part.down(
+                f"the oldest overdue deadline is {_seconds(lag)} old, more than the "
+                f"{_seconds(self.max_lag)} allowed: no replica is keeping up "
+                f"(scheduler lease {holder})"
+            )
         return part
 
     def serving(self, now: datetime) -> dict[str, Serving]:
         """Cheap verdicts for the standard health service: no counting."""
-        core = self._store_component().status
-        scheduler = self._scheduler_component(now).status
+        store = self._store_component()
+        core = store.status
+        scheduler = self._scheduler_component(now, store, count=False).status
         overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler) else core
         return {"": overall, "keys": core, "handles": core, "admin": core}
 
@@ -192,3 +244,7 @@ class HealthService:
         if overdue:
             part.reasons.append(f"{overdue} handles are past their rotation time")
         return part
+
+
+def _seconds(span: timedelta) -> str:
+    return f"{span.total_seconds():.0f} s"

@@ -150,7 +150,10 @@ class KeyLifecycle:
             return False
         if key.notify_time is None or key.notify_time > now:
             return False
-        deadline = warning_deadline(key, now)
+        if key.expire_time <= now:
+            return False  # its primary's life is over (caught up late): replaced, unwarned
+        # Judged from when the window opened: a warning caught up late names its deadline.
+        deadline = warning_deadline(key, key.notify_time)
         again: datetime | None = None
         if not self._config.current.policies.enforce_rotation and deadline < key.expire_time:
             again = key.expire_time - key.schedule.warning_threshold

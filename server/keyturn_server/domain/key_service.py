@@ -155,7 +155,7 @@ class KeyService:
         if not type_name:
             violations.append(FieldViolation("type", "required"))
         limits.raise_if(violations)
-        key_type = self._config.current.key_types.get(type_name)
+        key_type = self._config.key_type(type_name)
         if key_type is None:
             known = ", ".join(sorted(self._config.current.key_types))
             raise InvalidArgument(

@@ -4,8 +4,18 @@ It asks the store for the earliest due deadline of each kind (an indexed lookup,
 cost does not grow with the number of records), sleeps on the injected clock until then
 or until a change may have moved a deadline earlier, and handles what is due in small
 transactions. Each handler re-checks its condition inside the transaction, so a
-deadline is acted on exactly once even if two passes (or two replicas) race, and work
-missed while the server was down is done at the first pass after start.
+deadline is acted on exactly once even if two passes race.
+
+Work missed while no scheduler ran (the server was down, or replicas were between
+leaders) is caught up in deadline order across every kind, one deadline at a time: a
+handle whose warning and rotation both passed gets its EXPIRING warning and then its
+ROTATED, as it would have on time. Each deadline is acted on as of now (a late rotation
+issues a secret that lives a full interval from now); a rotation whose record has since
+reached its end of life is not made, the record expires instead.
+
+Only the replica holding the scheduler's lease acts, and every write it makes is fenced
+by the lease (domain/lease.py): a replica that lost the lease without noticing cannot
+act, its write fails with LeaseLost and it stops.
 """
 
 from __future__ import annotations
@@ -13,25 +23,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM
 from keyturn_server.domain.config_service import ConfigService
-from keyturn_server.domain.deadlines import DeadlineKind, Due, SecretRef, VersionRef
-from keyturn_server.domain.errors import DataLoss
+from keyturn_server.domain.deadlines import DeadlineKind, Overdue, SecretRef, VersionRef
+from keyturn_server.domain.errors import DataLoss, Unavailable
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.keys import KeyState
+from keyturn_server.domain.leadership import Leadership
+from keyturn_server.domain.lease import Lease, LeaseLost, fenced
 from keyturn_server.domain.repositories import Repository, Store
 
 log = logging.getLogger("keyturn.scheduler")
 
+T = TypeVar("T")
 BATCH = 100
+#: How long a replica that does not lead sleeps when nothing wakes it: it is woken when
+#: it gains the lease, so this is only a backstop.
+IDLE = timedelta(seconds=30)
 K = DeadlineKind
-#: Order matters: rotation replaces a primary before its expiry is considered, and a
-#: handle at the end of its life expires rather than rotating once more.
+#: Order among deadlines at the same instant: rotation replaces a primary before its
+#: expiry is considered, and a handle at the end of its life expires rather than
+#: rotating once more.
 KINDS = (
     K.KEY_ROTATE,
     K.KEY_EXPIRE,
@@ -43,6 +61,33 @@ KINDS = (
     K.HANDLE_NOTIFY,
     K.SECRET_GRACE,
 )
+_RANK = {kind: rank for rank, kind in enumerate(KINDS)}
+#: Key rotation makes new material outside the unit of work, so each is a unit alone.
+_ALONE = (K.KEY_ROTATE, K.KEY_EXPIRE)
+
+
+def in_deadline_order(batches: list[list[Overdue]], limit: int) -> list[Overdue]:
+    """Merge each kind's earliest due deadlines (at most ``limit`` per kind) into one
+    list in deadline order. A kind that filled its batch may have more due after its
+    last item, so nothing later than the earliest such last item is taken this time."""
+    horizon = min((b[-1].time for b in batches if len(b) >= limit), default=None)
+    found = [i for b in batches for i in b if horizon is None or i.time <= horizon]
+    return sorted(found, key=lambda i: (i.time, _RANK[i.kind]))
+
+
+def _units(items: list[Overdue]) -> Iterator[list[Overdue]]:
+    """Consecutive deadlines that share one unit of work, in order."""
+    unit: list[Overdue] = []
+    for item in items:
+        if item.kind in _ALONE:
+            if unit:
+                yield unit
+                unit = []
+            yield [item]
+        else:
+            unit.append(item)
+    if unit:
+        yield unit
 
 
 class Scheduler:
@@ -54,7 +99,7 @@ class Scheduler:
         keys: KeyLifecycle,
         handles: HandleLifecycle,
         retention: timedelta,
-        is_leader: Callable[[], bool] = lambda: True,
+        leadership: Leadership,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -62,7 +107,7 @@ class Scheduler:
         self._keys = keys
         self._handles = handles
         self.retention = retention
-        self._is_leader = is_leader
+        self.leadership = leadership
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -71,6 +116,7 @@ class Scheduler:
         self.next_deadline: datetime | None = None
         self.passes = 0
         self.failures = 0
+        leadership.on_change(self.poke)
 
     # --- running -----------------------------------------------------------------------
 
@@ -89,7 +135,7 @@ class Scheduler:
         return self._task is not None and not self._task.done()
 
     def poke(self, *_: object) -> None:
-        """Something changed: deadlines may have moved earlier."""
+        """Something changed: deadlines may have moved earlier, or the lease changed."""
         self._wake.set()
 
     async def _run(self) -> None:
@@ -99,33 +145,48 @@ class Scheduler:
                 await self.settle()
             except asyncio.CancelledError:
                 raise
+            except Unavailable as exc:  # the store says so itself, once, when it goes
+                log.debug("scheduler pass skipped: %s", exc.message)
+                self.failures += 1
+                await asyncio.sleep(1)
             except Exception:
                 self.failures += 1
                 log.exception("scheduler pass failed", extra={"category": "error"})
                 await asyncio.sleep(1)
-            self._config.refresh()
+            with contextlib.suppress(Unavailable):
+                self._config.refresh()
             deadline = self.next_deadline
-            if deadline is None or not self._is_leader():
-                deadline = self._clock.now() + timedelta(seconds=30)
+            if deadline is None or self.leadership.lease() is None:
+                deadline = self._clock.now() + IDLE
             await self._clock.sleep_until(deadline, self._wake)
 
     async def settle(self) -> None:
         """Handle everything due at the clock's current time; return when nothing is.
-        A replica that does not lead does nothing."""
-        if not self._is_leader():
+        A replica that does not hold the lease does nothing."""
+        lease = self.leadership.lease()
+        if lease is None:
             return
         async with self._lock:
-            while await self._pass():
-                pass
+            try:
+                while await self._pass(lease):
+                    pass
+            except LeaseLost as lost:
+                log.warning(
+                    "scheduler lease lost; this replica stopped scheduling",
+                    extra={"category": "error", "problem": str(lost)},
+                )
+                self.leadership.lost(lease)
+                return
             self.next_deadline = self._next_deadline()
 
-    def _kinds(self) -> list[DeadlineKind]:
+    def kinds(self) -> list[DeadlineKind]:
+        """The kinds acted on under the current policies."""
         enforce = self._config.current.policies.enforce_rotation
         return [k for k in KINDS if enforce or not k.is_rotation]
 
     def observe(self, now: datetime) -> tuple[timedelta, datetime | None]:
-        """(lag, earliest deadline) read live from the store: a stuck scheduler shows
-        its lag growing even though it is not running passes."""
+        """(age of the oldest overdue deadline, earliest deadline), read live from the
+        store: the same on every replica, whoever leads, and growing when nobody does."""
         earliest = self._next_deadline()
         if earliest is None or earliest > now:
             return timedelta(0), earliest
@@ -133,71 +194,71 @@ class Scheduler:
 
     def _next_deadline(self) -> datetime | None:
         reader = self._store.read()
-        times = [d.time for d in reader.next_deadlines(self._kinds())]
+        times = [d.time for d in reader.next_deadlines(self.kinds())]
         oldest = reader.oldest_event_time()
         if oldest is not None:
             times.append(oldest + self.retention)
         return min(times) if times else None
 
-    async def _pass(self) -> bool:
-        """One sweep over every kind; True when it did something (sweep again)."""
+    async def _write(self, lease: Lease, work: Callable[[Repository], T]) -> T:
+        return await self._store.write(fenced(lease, work))
+
+    async def _pass(self, lease: Lease) -> bool:
+        """One sweep, in deadline order; True when it did something (sweep again)."""
         now = self._clock.now()
         reader = self._store.read()
-        due_times = [d.time for d in reader.next_deadlines(self._kinds()) if d.time <= now]
-        self.lag = now - min(due_times) if due_times else timedelta(0)
+        batches = [reader.due(kind, now, BATCH) for kind in self.kinds()]
+        items = in_deadline_order(batches, BATCH)
+        self.overdue = sum(len(b) for b in batches)
+        self.lag = now - items[0].time if items else timedelta(0)
         did = False
-        overdue = 0
-        for kind in self._kinds():
-            due = reader.due(kind, now, BATCH)
-            overdue += len(due)
-            if due and await self._act_on(kind, due, now):
+        for unit in _units(items):
+            if await self._act_on(lease, unit, now):
                 did = True
-        self.overdue = overdue
         oldest = reader.oldest_event_time()
         if oldest is not None and oldest + self.retention <= now:
-            await self._store.write(lambda repo: repo.prune_events(now - self.retention))
+            await self._write(lease, lambda repo: repo.prune_events(now - self.retention))
         self.passes += 1
         return did
 
-    async def _act_on(self, kind: DeadlineKind, due: list[Due], now: datetime) -> bool:
-        """Act on due items; True if any was acted on (a step that finds its condition
-        no longer true skips the item)."""
-        if kind in (K.KEY_ROTATE, K.KEY_EXPIRE):
-            acted = [await self._rotate_or_expire_key(str(key_id), now) for key_id in due]
-            return any(acted)
+    async def _act_on(self, lease: Lease, unit: list[Overdue], now: datetime) -> bool:
+        """Act on due items in order; True if any was acted on (a step that finds its
+        condition no longer true skips the item)."""
+        if unit[0].kind in _ALONE:
+            return await self._rotate_or_expire_key(lease, str(unit[0].ref), now)
 
         def work(repo: Repository) -> bool:
-            return any([self._step(repo, kind, item, now) for item in due])
+            return any([self._step(repo, item, now) for item in unit])
 
-        return await self._store.write(work)
+        return await self._write(lease, work)
 
-    def _step(self, repo: Repository, kind: DeadlineKind, item: Due, now: datetime) -> bool:
+    def _step(self, repo: Repository, item: Overdue, now: datetime) -> bool:
         try:
-            return self._act(repo, kind, item, now)
+            return self._act(repo, item, now)
         except DataLoss:
             # Its stored row failed authentication before anything was changed; the
             # store reported it and keeps it from the next passes. The others go on.
             return False
 
-    def _act(self, repo: Repository, kind: DeadlineKind, item: Due, now: datetime) -> bool:
-        match kind, item:
-            case K.VERSION_EXPIRE, VersionRef():
-                return self._keys.expire_version(repo, item, now)
-            case K.SECRET_GRACE, SecretRef():
-                return self._handles.end_grace(repo, item, now)
-            case K.KEY_NOTIFY, str():
-                return self._keys.warn(repo, item, now)
-            case K.KEY_DESTROY, str():
-                return self._keys.destroy(repo, item, now)
-            case K.HANDLE_EXPIRE, str():
-                return self._handles.expire(repo, item, now)
-            case K.HANDLE_ROTATE, str():
-                return self._handles.rotate_due(repo, item, now)
-            case K.HANDLE_NOTIFY, str():
-                return self._handles.warn(repo, item, now)
-        raise AssertionError(f"no step for {kind} {item!r}")
+    def _act(self, repo: Repository, item: Overdue, now: datetime) -> bool:
+        match item.kind, item.ref:
+            case K.VERSION_EXPIRE, VersionRef() as ref:
+                return self._keys.expire_version(repo, ref, now)
+            case K.SECRET_GRACE, SecretRef() as ref:
+                return self._handles.end_grace(repo, ref, now)
+            case K.KEY_NOTIFY, str(key_id):
+                return self._keys.warn(repo, key_id, now)
+            case K.KEY_DESTROY, str(key_id):
+                return self._keys.destroy(repo, key_id, now)
+            case K.HANDLE_EXPIRE, str(handle_id):
+                return self._handles.expire(repo, handle_id, now)
+            case K.HANDLE_ROTATE, str(handle_id):
+                return self._handles.rotate_due(repo, handle_id, now)
+            case K.HANDLE_NOTIFY, str(handle_id):
+                return self._handles.warn(repo, handle_id, now)
+        raise AssertionError(f"no step for {item!r}")
 
-    async def _rotate_or_expire_key(self, key_id: str, now: datetime) -> bool:
+    async def _rotate_or_expire_key(self, lease: Lease, key_id: str, now: datetime) -> bool:
         """Keys rotate (or expire) in a unit of work of their own: new material is made
         first, outside it."""
         try:
@@ -223,7 +284,7 @@ class Scheduler:
                 )
                 return True
 
-            return await self._store.write(rotate)
+            return await self._write(lease, rotate)
         if key.expire_time <= now:
-            return await self._store.write(lambda repo: self._keys.expire(repo, key_id, now))
+            return await self._write(lease, lambda repo: self._keys.expire(repo, key_id, now))
         return False

@@ -43,6 +43,14 @@ def configure(level: str, stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(parse_level(level))
     root.propagate = False
+    # The PostgreSQL pool says "discarding broken connection" for each one a database
+    # restart breaks; the store reports the outage itself, once. Only its errors show.
+    pool = logging.getLogger("psycopg")
+    for old in list(pool.handlers):
+        pool.removeHandler(old)
+    pool.addHandler(handler)
+    pool.setLevel(logging.ERROR)
+    pool.propagate = False
 
 
 def parse_level(level: str) -> int:

@@ -1,6 +1,6 @@
 """Prometheus metrics on --metrics-listen: RPCs by method and code, keys and handles by
-type and status, rotations, anomalies, scheduler lag, and the earliest key expiry and
-rotation by type.
+type and status, rotations, anomalies, the scheduler (oldest overdue deadline, leader,
+lease epoch), whether the store is up, and the earliest key expiry and rotation by type.
 
 The listener answers without a token, so by default nothing names a resource: per-key
 gauges labelled with key ids are exported only with --metrics-per-resource (they also
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator, Sized
 from functools import partial
 from typing import Any
@@ -19,12 +20,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from keyturn_server.clock import Clock
+from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import Event, EventKind
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.repositories import Repository, Store
 
 log = logging.getLogger("keyturn.metrics")
 REFRESH_SECONDS = 15.0
+#: The scheduler's and the store's gauges are cheap: refreshed more often.
+SCHEDULER_SECONDS = 5.0
 
 
 class Metrics:
@@ -48,7 +52,28 @@ class Metrics:
         )
         self.lag = Gauge(
             "keyturn_scheduler_lag_seconds",
-            "Scheduler lag behind its oldest due deadline",
+            "Age of the oldest overdue deadline (same as keyturn_scheduler_oldest_overdue_seconds)",
+            registry=self.registry,
+        )
+        self.oldest_overdue = Gauge(
+            "keyturn_scheduler_oldest_overdue_seconds",
+            "Age of the oldest deadline due and not acted on, read from the store: the same "
+            "on every replica, growing while no replica schedules",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "keyturn_scheduler_leader",
+            "1 while this replica holds the scheduler lease (exactly one replica should)",
+            registry=self.registry,
+        )
+        self.lease_epoch = Gauge(
+            "keyturn_scheduler_lease_epoch",
+            "The scheduler lease's epoch as stored: it rises by one at every takeover",
+            registry=self.registry,
+        )
+        self.store_up = Gauge(
+            "keyturn_store_up",
+            "1 while the store can be reached and written, else 0",
             registry=self.registry,
         )
         self.subscribers = Gauge(
@@ -89,19 +114,41 @@ class Metrics:
         self, store: Store, clock: Clock, scheduler: Scheduler, subscribers: int
     ) -> None:
         """Counting scans tables, so it runs in the background, not on every scrape."""
-        self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
-        self.lag.set(scheduler.observe(clock.now())[0].total_seconds())
+        self.refresh_scheduler(store, clock, scheduler)
         self.subscribers.set(subscribers)
+        if store.status().writable:
+            self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
+
+    def refresh_scheduler(self, store: Store, clock: Clock, scheduler: Scheduler) -> None:
+        """The store's state and the scheduler's, from a few indexed reads."""
+        up = store.status().writable
+        self.store_up.set(1 if up else 0)
+        if not up:
+            return
+        lag, _ = scheduler.observe(clock.now())
+        self.lag.set(lag.total_seconds())
+        self.oldest_overdue.set(lag.total_seconds())
+        held = scheduler.leadership.lease()
+        stored = store.read().scheduler_lease()
+        self.leader.set(1 if held and stored and held.epoch == stored.epoch else 0)
+        self.lease_epoch.set(stored.epoch if stored else 0)
 
     async def refresh_forever(
         self, store: Store, clock: Clock, scheduler: Scheduler, hub: Sized
     ) -> None:
+        counted = 0.0
         while True:
             try:
-                await self.refresh(store, clock, scheduler, len(hub))
+                if time.monotonic() - counted >= REFRESH_SECONDS:
+                    counted = time.monotonic()
+                    await self.refresh(store, clock, scheduler, len(hub))
+                else:
+                    self.refresh_scheduler(store, clock, scheduler)
+            except Unavailable:
+                self.store_up.set(0)  # the store reports its outage itself
             except Exception:
                 log.exception("metrics refresh failed", extra={"category": "error"})
-            await asyncio.sleep(REFRESH_SECONDS)
+            await asyncio.sleep(SCHEDULER_SECONDS)
 
 
 def _snapshot(repo: Repository, now: Any) -> dict[str, Any]:

@@ -34,9 +34,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from keyturn_server.clock import Clock
 from keyturn_server.crypto.integrity import Protection
-from keyturn_server.domain.errors import KeyturnError, ResourceExhausted, Unavailable
+from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
+from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
@@ -87,6 +89,12 @@ def check(conn: sqlite3.Connection, path: Path) -> None:
 
 def store_error(exc: sqlite3.Error) -> KeyturnError:
     """A write that SQLite refused, as the status the caller should see."""
+    if isinstance(exc, sqlite3.IntegrityError):
+        # Another process inserted the same row first (units here run one at a time).
+        return Aborted(
+            f"a concurrent change conflicted with this one ({exc}); nothing of it was kept: retry",
+            reason="STORE_CONFLICT",
+        )
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return ResourceExhausted(
             "the store is full (no space left for the database); nothing of this request was kept",
@@ -141,6 +149,7 @@ class SqliteStore:
         self._cycle: asyncio.Future[None] | None = None
         self._last_commit = timedelta(0)
         self._problem = ""
+        self._status_listeners: list[Callable[[], None]] = []
         self._closed = False
 
     # --- the Store protocol ----------------------------------------------------------
@@ -171,7 +180,8 @@ class SqliteStore:
         except BaseException as exc:  # the unit's own failure: undo it, keep the batch
             conn.execute("ROLLBACK TO unit")
             conn.execute("RELEASE unit")
-            error = store_error(exc) if isinstance(exc, sqlite3.OperationalError) else exc
+            refused = isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError)
+            error = store_error(exc) if isinstance(exc, sqlite3.Error) and refused else exc
             if not future.done():
                 future.set_exception(error)
             return
@@ -213,6 +223,21 @@ class SqliteStore:
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
 
+    def add_status_listener(self, listener: Callable[[], None]) -> None:
+        self._status_listeners.append(listener)
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            for listener in self._status_listeners:
+                listener()
+
+    def leadership(self, holder: str, clock: Clock) -> Leadership:
+        return SoleLeader(self, clock, holder)
+
+    def start(self) -> None:
+        pass
+
     def protect(self, protection: Protection) -> None:
         self.integrity.protect(protection)
 
@@ -245,13 +270,13 @@ class SqliteStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
-            self._problem = f"commit failed: {exc}"
+            self._set_problem(f"commit failed: {exc}")
             log.error("store commit failed", extra={"category": "error", "problem": str(exc)})
             self._fail([(None, o.future) for o in batch], store_error(exc))
             return
         if not batch:
             return
-        self._problem = ""
+        self._set_problem("")
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         events = [e for outcome in batch for e in outcome.events]
         if events:

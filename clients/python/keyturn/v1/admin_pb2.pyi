@@ -249,10 +249,13 @@ class StoreHealth(_message.Message):
     LAST_COMMIT_FIELD_NUMBER: _builtins.int
     PENDING_WRITES_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
     backend: _builtins.str
     writable: _builtins.bool
     pending_writes: _builtins.int
     schema_version: _builtins.int
+    reachable: _builtins.bool
+    """False while the database cannot be reached at all (then not writable either)."""
     @_builtins.property
     def last_commit(self) -> _duration_pb2.Duration:
         """Duration of the last committed write batch."""
@@ -265,10 +268,11 @@ class StoreHealth(_message.Message):
         last_commit: _duration_pb2.Duration | None = ...,
         pending_writes: _builtins.int = ...,
         schema_version: _builtins.int = ...,
+        reachable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_commit", b"last_commit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "last_commit", b"last_commit", "pending_writes", b"pending_writes", "schema_version", b"schema_version", "writable", b"writable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "last_commit", b"last_commit", "pending_writes", b"pending_writes", "reachable", b"reachable", "schema_version", b"schema_version", "writable", b"writable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,13 +287,26 @@ class SchedulerHealth(_message.Message):
     OVERDUE_FIELD_NUMBER: _builtins.int
     NEXT_DEADLINE_FIELD_NUMBER: _builtins.int
     LEADER_FIELD_NUMBER: _builtins.int
+    REPLICA_FIELD_NUMBER: _builtins.int
+    LEASE_HOLDER_FIELD_NUMBER: _builtins.int
+    LEASE_EPOCH_FIELD_NUMBER: _builtins.int
     running: _builtins.bool
     overdue: _builtins.int
+    """Deadlines due and not yet acted on."""
     leader: _builtins.bool
-    """With several replicas, whether this one runs the scheduler."""
+    """Whether this replica holds the scheduler lease (the one stored)."""
+    replica: _builtins.str
+    """This replica's name in the lease (host:pid)."""
+    lease_holder: _builtins.str
+    """The replica holding the lease as stored, and the lease's epoch (its fencing token,
+    raised by every takeover).
+    """
+    lease_epoch: _builtins.int
     @_builtins.property
     def lag(self) -> _duration_pb2.Duration:
-        """How far the scheduler is behind its oldest due deadline."""
+        """Age of the oldest overdue deadline, read from the store: the same on every replica,
+        whichever leads, and growing while no replica schedules.
+        """
 
     @_builtins.property
     def next_deadline(self) -> _timestamp_pb2.Timestamp: ...
@@ -301,10 +318,13 @@ class SchedulerHealth(_message.Message):
         overdue: _builtins.int = ...,
         next_deadline: _timestamp_pb2.Timestamp | None = ...,
         leader: _builtins.bool = ...,
+        replica: _builtins.str = ...,
+        lease_holder: _builtins.str = ...,
+        lease_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "next_deadline", b"next_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "leader", b"leader", "next_deadline", b"next_deadline", "overdue", b"overdue", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "leader", b"leader", "lease_epoch", b"lease_epoch", "lease_holder", b"lease_holder", "next_deadline", b"next_deadline", "overdue", b"overdue", "replica", b"replica", "running", b"running"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

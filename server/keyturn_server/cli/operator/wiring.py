@@ -4,8 +4,8 @@ action runs and what it exits with, and the argument forms (K=V pairs, secrets o
 The server is --address or KEYTURN_ADDRESS (default 127.0.0.1:50051); the token is
 --token, --token-file, KEYTURN_TOKEN, or ./data/admin.token when it exists. Lists
 print tables; --json prints protobuf JSON instead. Exit codes: 0 done, 1 the
-call failed, 2 bad usage, 3 the answer was "no" (a refused validation, a server that is
-not serving, a broken audit log).
+call failed (or no server answered within --connect-timeout), 2 bad usage, 3 the answer
+was "no" (a refused validation, a server that is not serving, a broken audit log).
 """
 
 from __future__ import annotations
@@ -18,13 +18,24 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from keyturn import TLS, AsyncClient, KeyturnError
+from keyturn import (
+    NO_RETRY,
+    TLS,
+    AsyncClient,
+    DeadlineExceeded,
+    KeyturnError,
+    RetryPolicy,
+    Unavailable,
+)
 from keyturn_server.cli.operator.console import short_name
 from keyturn_server.settings import SettingsError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TOKEN_FILE = Path("data/admin.token")
 REFUSED = 3
+#: How long a command waits for a server to answer before saying there is none: the
+#: client's own retries would otherwise keep a mistyped address waiting half a minute.
+CONNECT_TIMEOUT = 3.0
 
 Action = Callable[[AsyncClient, argparse.Namespace], Awaitable[int]]
 
@@ -46,6 +57,12 @@ def _common() -> argparse.ArgumentParser:
     server.add_argument(
         "--server-name",
         help="name the server's certificate must carry, when the address is not it (implies TLS)",
+    )
+    server.add_argument(
+        "--connect-timeout",
+        type=float,
+        help="seconds to wait for the server to answer at all "
+        f"(KEYTURN_CONNECT_TIMEOUT; default {CONNECT_TIMEOUT:g})",
     )
     common.add_argument("--json", action="store_true", help="print protobuf JSON")
     return common
@@ -90,7 +107,13 @@ def context(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def connect(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> AsyncClient:
+def connect(
+    args: argparse.Namespace,
+    env: Mapping[str, str] | None = None,
+    *,
+    retry: RetryPolicy | None = None,
+    timeout: float = 30.0,
+) -> AsyncClient:
     """The client the flags, else the environment, else the defaults describe."""
     env = os.environ if env is None else env
     address = args.address or env.get("KEYTURN_ADDRESS") or DEFAULT_ADDRESS
@@ -104,17 +127,51 @@ def connect(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> A
     tls: TLS | bool | None = args.tls or None
     if args.ca or args.cert or args.key or args.server_name:
         tls = TLS.from_files(args.ca, args.cert, args.key, args.server_name)
-    return AsyncClient(address, token or None, tls)
+    return AsyncClient(address, token or None, tls, timeout=timeout, retry=retry)
+
+
+class NoServer(Exception):
+    """Nothing answers at the address (exit code 1, one line)."""
+
+
+async def reach(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> None:
+    """Make sure a server answers at all, quickly, before the command's own call (whose
+    retries of an unreachable address would take its whole deadline to give up)."""
+    env = os.environ if env is None else env
+    seconds = args.connect_timeout or float(env.get("KEYTURN_CONNECT_TIMEOUT") or CONNECT_TIMEOUT)
+    async with connect(args, env, retry=NO_RETRY, timeout=seconds) as probe:
+        try:
+            await probe.get_health("store")  # cheap; any answer will do, even a refusal
+        except (Unavailable, DeadlineExceeded) as exc:
+            if exc.reason:  # the server itself said so (its database is away): it is there
+                return
+            why = "no answer" if isinstance(exc, DeadlineExceeded) else _last_words(exc.message)
+            raise NoServer(
+                f"no Keyturn server answers at {probe.address} within {seconds:g}s ({why}); "
+                "start one with 'keyturn serve', or name it with --address or KEYTURN_ADDRESS"
+            ) from None
+        except KeyturnError:
+            return
+
+
+def _last_words(message: str) -> str:
+    """gRPC's 'failed to connect to all addresses; last error: ...: Connection refused'
+    as 'connection refused'."""
+    return message.rsplit(": ", 1)[-1].strip().lower() or "unreachable"
 
 
 def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         async def main() -> int:
+            await reach(args)
             async with connect(args) as client:
                 return await action(client, args)
 
         try:
             return asyncio.run(main())
+        except NoServer as exc:
+            print(f"keyturn: {exc}", file=sys.stderr)
+            return 1
         except KeyturnError as exc:
             print(f"keyturn: {exc}", file=sys.stderr)
             for violation in getattr(exc, "field_violations", ()):

@@ -2,6 +2,7 @@
 runs units of work over them. The store package implements these; the domain imports
 nothing from it."""
 
+from keyturn_server.domain.lease import LeaseRepository
 from keyturn_server.domain.repositories.access_tokens import AccessTokenRepository
 from keyturn_server.domain.repositories.audit import AuditRepository
 from keyturn_server.domain.repositories.config import ConfigRepository, StoredConfig
@@ -29,6 +30,7 @@ __all__ = [
     "EventLog",
     "HandleRepository",
     "KeyRepository",
+    "LeaseRepository",
     "MetaRepository",
     "Repository",
     "RowProtection",

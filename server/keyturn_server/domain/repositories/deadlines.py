@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
-from keyturn_server.domain.deadlines import Deadline, DeadlineKind, Due
+from keyturn_server.domain.deadlines import Deadline, DeadlineKind, Overdue
 
 
 class DeadlineQueue(Protocol):
@@ -14,7 +14,8 @@ class DeadlineQueue(Protocol):
         """The earliest deadline of each kind that has one."""
         ...
 
-    def due(self, kind: DeadlineKind, now: datetime, limit: int) -> list[Due]:
-        """What a deadline of ``kind`` at or before ``now`` names, earliest first: key or
-        handle ids, a VersionRef for VERSION_EXPIRE, a SecretRef for SECRET_GRACE."""
+    def due(self, kind: DeadlineKind, now: datetime, limit: int) -> list[Overdue]:
+        """The deadlines of ``kind`` at or before ``now``, earliest first, each with what
+        it names: key or handle ids, a VersionRef for VERSION_EXPIRE, a SecretRef for
+        SECRET_GRACE."""
         ...

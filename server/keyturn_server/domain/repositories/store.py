@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.events import Event
+from keyturn_server.domain.lease import LeaseRepository
 from keyturn_server.domain.repositories.access_tokens import AccessTokenRepository
 from keyturn_server.domain.repositories.audit import AuditRepository
 from keyturn_server.domain.repositories.config import ConfigRepository
@@ -24,6 +25,10 @@ from keyturn_server.domain.repositories.handles import AnomalyLog, HandleReposit
 from keyturn_server.domain.repositories.keys import KeyRepository
 from keyturn_server.domain.repositories.meta import MetaRepository, RowProtection
 from keyturn_server.domain.repositories.sealed import SealedValues
+
+if TYPE_CHECKING:
+    from keyturn_server.clock import Clock
+    from keyturn_server.domain.leadership import Leadership
 
 T = TypeVar("T")
 
@@ -44,6 +49,7 @@ class Repository(
     AuditRepository,
     AccessTokenRepository,
     DeadlineQueue,
+    LeaseRepository,
     ConfigRepository,
     MetaRepository,
     SealedValues,
@@ -62,6 +68,8 @@ class StoreStatus:
     pending_writes: int
     schema_version: int
     problem: str = ""
+    #: False while the database cannot be reached at all (then not writable either).
+    reachable: bool = True
 
 
 class Store(Protocol):
@@ -97,6 +105,19 @@ class Store(Protocol):
         """Be told (with the table) of every tampered row a read finds."""
         ...
 
+    def add_status_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the event loop) when ``status()`` may have changed: the
+        database went away or came back, a commit failed or succeeded again."""
+        ...
+
     def status(self) -> StoreStatus: ...
+
+    def leadership(self, holder: str, clock: Clock) -> Leadership:
+        """How this process learns whether it runs the scheduler (``holder`` names it)."""
+        ...
+
+    def start(self) -> None:
+        """Begin background work (called once the event loop runs)."""
+        ...
 
     async def close(self) -> None: ...

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from keyturn_server.clock import from_micros, to_micros
-from keyturn_server.domain.deadlines import Deadline, DeadlineKind, Due, SecretRef, VersionRef
+from keyturn_server.domain.deadlines import (
+    Deadline,
+    DeadlineKind,
+    Due,
+    Overdue,
+    SecretRef,
+    VersionRef,
+)
 from keyturn_server.store.sql.statements import SqlBase
 
 K = DeadlineKind
@@ -36,26 +44,29 @@ NEXT: dict[DeadlineKind, str] = {
     "WHERE sealed_token IS NOT NULL ORDER BY grace_until LIMIT 1",
 }
 
-#: What is due at a time (the first parameter), at most a number (the second) of them.
+#: What is due at a time (the first parameter), at most a number (the second) of them,
+#: with the deadline's time (t).
 DUE: dict[DeadlineKind, str] = {
-    K.KEY_NOTIFY: "SELECT id FROM keys WHERE state = 'ACTIVE' AND notify_time IS NOT NULL "
-    "AND notify_time <= ? ORDER BY notify_time LIMIT ?",
-    K.KEY_ROTATE: "SELECT id FROM keys WHERE state = 'ACTIVE' "
-    "AND next_rotation_time <= ? ORDER BY next_rotation_time LIMIT ?",
-    K.KEY_EXPIRE: "SELECT id FROM keys WHERE state = 'ACTIVE' "
-    "AND expire_time <= ? ORDER BY expire_time LIMIT ?",
-    K.VERSION_EXPIRE: "SELECT key_id AS id, version AS number FROM key_versions "
-    "WHERE state = 'ENABLED' AND expire_time <= ? ORDER BY expire_time LIMIT ?",
-    K.KEY_DESTROY: "SELECT id FROM keys WHERE state = 'REMOVED' "
-    "AND destroy_time <= ? ORDER BY destroy_time LIMIT ?",
-    K.HANDLE_NOTIFY: "SELECT id FROM handles WHERE state = 'ACTIVE' "
+    K.KEY_NOTIFY: "SELECT id, notify_time AS t FROM keys WHERE state = 'ACTIVE' "
     "AND notify_time IS NOT NULL AND notify_time <= ? ORDER BY notify_time LIMIT ?",
-    K.HANDLE_ROTATE: "SELECT id FROM handles WHERE state = 'ACTIVE' "
-    "AND rotate_time <= ? ORDER BY rotate_time LIMIT ?",
-    K.HANDLE_EXPIRE: "SELECT id FROM handles WHERE state IN ('ACTIVE', 'EXHAUSTED') "
+    K.KEY_ROTATE: "SELECT id, next_rotation_time AS t FROM keys WHERE state = 'ACTIVE' "
+    "AND next_rotation_time <= ? ORDER BY next_rotation_time LIMIT ?",
+    K.KEY_EXPIRE: "SELECT id, expire_time AS t FROM keys WHERE state = 'ACTIVE' "
     "AND expire_time <= ? ORDER BY expire_time LIMIT ?",
-    K.SECRET_GRACE: "SELECT handle_id AS id, generation AS number FROM handle_secrets "
-    "WHERE sealed_token IS NOT NULL AND grace_until <= ? ORDER BY grace_until LIMIT ?",
+    K.VERSION_EXPIRE: "SELECT key_id AS id, version AS number, expire_time AS t "
+    "FROM key_versions WHERE state = 'ENABLED' AND expire_time <= ? "
+    "ORDER BY expire_time LIMIT ?",
+    K.KEY_DESTROY: "SELECT id, destroy_time AS t FROM keys WHERE state = 'REMOVED' "
+    "AND destroy_time <= ? ORDER BY destroy_time LIMIT ?",
+    K.HANDLE_NOTIFY: "SELECT id, notify_time AS t FROM handles WHERE state = 'ACTIVE' "
+    "AND notify_time IS NOT NULL AND notify_time <= ? ORDER BY notify_time LIMIT ?",
+    K.HANDLE_ROTATE: "SELECT id, rotate_time AS t FROM handles WHERE state = 'ACTIVE' "
+    "AND rotate_time <= ? ORDER BY rotate_time LIMIT ?",
+    K.HANDLE_EXPIRE: "SELECT id, expire_time AS t FROM handles "
+    "WHERE state IN ('ACTIVE', 'EXHAUSTED') AND expire_time <= ? ORDER BY expire_time LIMIT ?",
+    K.SECRET_GRACE: "SELECT handle_id AS id, generation AS number, grace_until AS t "
+    "FROM handle_secrets WHERE sealed_token IS NOT NULL AND grace_until <= ? "
+    "ORDER BY grace_until LIMIT ?",
 }
 
 
@@ -83,11 +94,15 @@ class DeadlineSql(SqlBase):
                 found.append(Deadline(kind, from_micros(row["t"])))
         return found
 
-    def due(self, kind: DeadlineKind, now: datetime, limit: int) -> list[Due]:
+    def due(self, kind: DeadlineKind, now: datetime, limit: int) -> list[Overdue]:
         excluded = self._integrity.excluded()
         found = self._all(_excluding(DUE[kind], kind, excluded), (to_micros(now), *excluded, limit))
-        if kind is K.VERSION_EXPIRE:
-            return [VersionRef(r["id"], r["number"]) for r in found]
-        if kind is K.SECRET_GRACE:
-            return [SecretRef(r["id"], r["number"]) for r in found]
-        return [r["id"] for r in found]
+        return [Overdue(kind, from_micros(r["t"]), _ref(kind, r)) for r in found]
+
+
+def _ref(kind: DeadlineKind, row: Any) -> Due:
+    if kind is K.VERSION_EXPIRE:
+        return VersionRef(row["id"], row["number"])
+    if kind is K.SECRET_GRACE:
+        return SecretRef(row["id"], row["number"])
+    return str(row["id"])

@@ -44,6 +44,14 @@ class MetaSql(SqlBase):
             (name, value),
         )
 
+    def claim_meta(self, name: str, value: bytes) -> bool:
+        row = self._one(
+            "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING "
+            "RETURNING name",
+            (name, value),
+        )
+        return row is not None
+
     def meta_names(self, prefix: str) -> list[str]:
         found = self._all("SELECT name FROM meta WHERE name LIKE ? ORDER BY name", (prefix + "%",))
         return [r["name"] for r in found]
@@ -73,7 +81,7 @@ class MetaSql(SqlBase):
             row["updated_by"],
         )
 
-    def put_config(self, config: StoredConfig) -> None:
+    def put_config(self, config: StoredConfig) -> bool:
         row: dict[str, Any] = {
             "revision": config.revision,
             "body": json.dumps(config.body, sort_keys=True),
@@ -81,11 +89,14 @@ class MetaSql(SqlBase):
             "updated_by": config.updated_by,
         }
         mac = self._integrity.tag("config", columns_of(row, CONFIG_COLUMNS))
-        self._run(
+        # A concurrent writer of the same revision makes this wait for its commit, then
+        # insert nothing: the loser learns it lost without an error.
+        inserted = self._one(
             "INSERT INTO config (revision, body, update_time, updated_by, mac) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (revision) DO NOTHING RETURNING revision",
             (*row.values(), mac),
         )
+        return inserted is not None
 
     # --- sealed values (master-key rotation walks them) ---------------------------------
 

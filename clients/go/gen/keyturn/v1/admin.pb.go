@@ -581,6 +581,8 @@ type StoreHealth struct {
 	LastCommit    *durationpb.Duration `protobuf:"bytes,3,opt,name=last_commit,json=lastCommit,proto3" json:"last_commit,omitempty"`
 	PendingWrites int64                `protobuf:"varint,4,opt,name=pending_writes,json=pendingWrites,proto3" json:"pending_writes,omitempty"`
 	SchemaVersion int64                `protobuf:"varint,5,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	// False while the database cannot be reached at all (then not writable either).
+	Reachable     bool `protobuf:"varint,6,opt,name=reachable,proto3" json:"reachable,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -650,15 +652,30 @@ func (x *StoreHealth) GetSchemaVersion() int64 {
 	return 0
 }
 
+func (x *StoreHealth) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
 type SchedulerHealth struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Running bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`
-	// How far the scheduler is behind its oldest due deadline.
-	Lag          *durationpb.Duration   `protobuf:"bytes,2,opt,name=lag,proto3" json:"lag,omitempty"`
+	// Age of the oldest overdue deadline, read from the store: the same on every replica,
+	// whichever leads, and growing while no replica schedules.
+	Lag *durationpb.Duration `protobuf:"bytes,2,opt,name=lag,proto3" json:"lag,omitempty"`
+	// Deadlines due and not yet acted on.
 	Overdue      int64                  `protobuf:"varint,3,opt,name=overdue,proto3" json:"overdue,omitempty"`
 	NextDeadline *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=next_deadline,json=nextDeadline,proto3" json:"next_deadline,omitempty"`
-	// With several replicas, whether this one runs the scheduler.
-	Leader        bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// Whether this replica holds the scheduler lease (the one stored).
+	Leader bool `protobuf:"varint,5,opt,name=leader,proto3" json:"leader,omitempty"`
+	// This replica's name in the lease (host:pid).
+	Replica string `protobuf:"bytes,6,opt,name=replica,proto3" json:"replica,omitempty"`
+	// The replica holding the lease as stored, and the lease's epoch (its fencing token,
+	// raised by every takeover).
+	LeaseHolder   string `protobuf:"bytes,7,opt,name=lease_holder,json=leaseHolder,proto3" json:"lease_holder,omitempty"`
+	LeaseEpoch    int64  `protobuf:"varint,8,opt,name=lease_epoch,json=leaseEpoch,proto3" json:"lease_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -726,6 +743,27 @@ func (x *SchedulerHealth) GetLeader() bool {
 		return x.Leader
 	}
 	return false
+}
+
+func (x *SchedulerHealth) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
+func (x *SchedulerHealth) GetLeaseHolder() string {
+	if x != nil {
+		return x.LeaseHolder
+	}
+	return ""
+}
+
+func (x *SchedulerHealth) GetLeaseEpoch() int64 {
+	if x != nil {
+		return x.LeaseEpoch
+	}
+	return 0
 }
 
 // Settings of one key type. Durations are at least one second.
@@ -2075,20 +2113,25 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\arevoked\x18\x05 \x01(\x03R\arevoked\x12%\n" +
 	"\x0erotation_queue\x18\x06 \x01(\x03R\rrotationQueue\x12\x18\n" +
 	"\aoverdue\x18\a \x01(\x03R\aoverdue\x12.\n" +
-	"\x13anomalies_last_hour\x18\b \x01(\x03R\x11anomaliesLastHour\"\xcd\x01\n" +
+	"\x13anomalies_last_hour\x18\b \x01(\x03R\x11anomaliesLastHour\"\xeb\x01\n" +
 	"\vStoreHealth\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x1a\n" +
 	"\bwritable\x18\x02 \x01(\bR\bwritable\x12:\n" +
 	"\vlast_commit\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"lastCommit\x12%\n" +
 	"\x0epending_writes\x18\x04 \x01(\x03R\rpendingWrites\x12%\n" +
-	"\x0eschema_version\x18\x05 \x01(\x03R\rschemaVersion\"\xcb\x01\n" +
+	"\x0eschema_version\x18\x05 \x01(\x03R\rschemaVersion\x12\x1c\n" +
+	"\treachable\x18\x06 \x01(\bR\treachable\"\xa9\x02\n" +
 	"\x0fSchedulerHealth\x12\x18\n" +
 	"\arunning\x18\x01 \x01(\bR\arunning\x12+\n" +
 	"\x03lag\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12\x18\n" +
 	"\aoverdue\x18\x03 \x01(\x03R\aoverdue\x12?\n" +
 	"\rnext_deadline\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\fnextDeadline\x12\x16\n" +
-	"\x06leader\x18\x05 \x01(\bR\x06leader\"\xce\x02\n" +
+	"\x06leader\x18\x05 \x01(\bR\x06leader\x12\x18\n" +
+	"\areplica\x18\x06 \x01(\tR\areplica\x12!\n" +
+	"\flease_holder\x18\a \x01(\tR\vleaseHolder\x12\x1f\n" +
+	"\vlease_epoch\x18\b \x01(\x03R\n" +
+	"leaseEpoch\"\xce\x02\n" +
 	"\rKeyTypeConfig\x12\x1c\n" +
 	"\talgorithm\x18\x01 \x01(\tR\talgorithm\x12\x1d\n" +
 	"\n" +

@@ -1,0 +1,221 @@
+"""Connections to PostgreSQL that survive it: how each is opened, how a failure becomes the
+status a caller sees, the bounded backoff of every reconnection, and the self-healing
+connection that serves reads on the event loop.
+
+A restart, a failover or a killed backend breaks a connection; the next use fails. That
+call is answered UNAVAILABLE (retryable) and the connection is replaced in a background
+thread, retrying every 0.1 s growing to 2 s, so a database that is back is used again
+within about two seconds and the event loop never waits for a connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from keyturn_server.domain.errors import Aborted, KeyturnError, Unavailable
+
+log = logging.getLogger("keyturn.store")
+
+#: A dead peer is noticed within seconds on both sides, even when no packet says so (a
+#: host that vanished): TCP keepalives from the client, and from the server for its
+#: sessions (so that a dead replica's scheduler lock is released), and a bound on
+#: unacknowledged sends.
+_SESSION = (
+    "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 "
+    "-c tcp_user_timeout=10000"
+)
+
+
+def connect_kwargs(role: str, options: str = "") -> dict[str, Any]:
+    """Keyword arguments of psycopg.connect for a connection of ``role`` (it shows in
+    pg_stat_activity.application_name as keyturn/ROLE)."""
+    return {
+        "row_factory": dict_row,
+        "autocommit": True,
+        "connect_timeout": 3,
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,
+        "application_name": f"keyturn/{role}",
+        "options": f"{_SESSION} {options}".strip(),
+    }
+
+
+def connect(url: str, role: str, options: str = "") -> psycopg.Connection[Any]:
+    return psycopg.connect(url, **connect_kwargs(role, options))
+
+
+def describe(exc: BaseException) -> str:
+    """One line: libpq's messages span several."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
+    """The status a caller sees for a database failure; None for a defect (a bad
+    statement), which stays an internal error."""
+    if (exc.sqlstate or "")[:2] in ("40", "23"):  # transaction rollback, integrity
+        # A deadlock, a serialization failure, or a concurrent insert of the same row:
+        # the transaction was rolled back whole; trying again can succeed.
+        return Aborted(
+            f"a concurrent change conflicted with this one ({describe(exc)}); nothing of it "
+            "was kept: retry",
+            reason="STORE_CONFLICT",
+        )
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return Unavailable(
+            f"the database is unavailable ({describe(exc)}); retry",
+            reason="STORE_UNAVAILABLE",
+        )
+    return None
+
+
+class Backoff:
+    """Bounded exponential backoff with jitter: 0.1 s doubling to at most 2 s."""
+
+    def __init__(self, first: float = 0.1, most: float = 2.0) -> None:
+        self.first = first
+        self.most = most
+        self._next = first
+
+    def reset(self) -> None:
+        self._next = self.first
+
+    def delay(self) -> float:
+        current = self._next
+        self._next = min(self.most, current * 2)
+        return current * random.uniform(0.8, 1.2)
+
+
+def translate(sql: str, cache: dict[str, str] = {}) -> str:  # noqa: B006 (a cache)
+    """The repository's ``?`` placeholders as psycopg's ``%s`` (and ``%`` escaped)."""
+    query = cache.get(sql)
+    if query is None:
+        query = cache[sql] = sql.replace("%", "%%").replace("?", "%s")
+    return query
+
+
+class Cursor:
+    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+        self._cursor = cursor
+
+    def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+
+class PgConnection:
+    """Adapts psycopg to the repository's ``execute(sql with ?, params)``."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return Cursor(self._conn.execute(translate(sql), list(params)))
+
+
+class ReadConnection:
+    """The connection that serves reads on the event loop, replaced when it breaks.
+
+    A read fails at once with UNAVAILABLE while ``problem()`` says the database is away,
+    or while a broken connection is being replaced (in a thread, with backoff, so the
+    loop never waits for a connect); ``repaired`` is called once a new one is in place.
+    """
+
+    def __init__(self, url: str, problem: Callable[[], str], repaired: Callable[[], None]) -> None:
+        self._url = url
+        self._problem = problem
+        self._repaired = repaired
+        self._conn: psycopg.Connection[Any] | None = connect(url, "reads")
+        self._swap = threading.Lock()
+        self._repairer: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        problem = self._problem()
+        if problem:
+            raise Unavailable(problem, reason="STORE_UNAVAILABLE")
+        conn = self._conn
+        if conn is None:
+            raise Unavailable(
+                "the connection to the database is being re-established; retry",
+                reason="STORE_UNAVAILABLE",
+            )
+        try:
+            return Cursor(conn.execute(translate(sql), list(params)))
+        except psycopg.Error as exc:
+            if conn.broken or conn.closed:
+                self.lost(conn)
+            error = as_domain_error(exc)
+            if error is None:
+                raise
+            raise error from None
+
+    def lost(self, conn: psycopg.Connection[Any]) -> None:
+        """``conn`` broke: replace it in the background."""
+        with self._swap:
+            if conn is not self._conn:
+                return
+            self._conn = None
+            if self._repairer is None or not self._repairer.is_alive():
+                self._repairer = threading.Thread(
+                    target=self._repair, name="keyturn-pg-reads", daemon=True
+                )
+                self._repairer.start()
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+
+    def verify(self) -> None:
+        """(Off the event loop, while reads are refused:) make sure there is a working
+        connection, replacing it now if there is not."""
+        conn = self._conn
+        if conn is not None:
+            try:
+                conn.execute("")
+                return
+            except psycopg.Error:
+                self.lost(conn)
+        self._replace()
+
+    def _replace(self) -> bool:
+        """Connect, unless another thread did meanwhile; whether there is one now."""
+        if self._conn is not None:
+            return True
+        try:
+            fresh = connect(self._url, "reads")
+        except psycopg.Error as exc:
+            log.debug("reconnecting reads failed: %s", describe(exc))
+            return False
+        with self._swap:
+            placed = self._conn is None and not self._closing.is_set()
+            if placed:
+                self._conn = fresh
+        if placed:
+            self._repaired()
+        else:
+            fresh.close()
+        return True
+
+    def _repair(self) -> None:
+        backoff = Backoff()
+        while not self._closing.is_set() and not self._replace():
+            self._closing.wait(backoff.delay())
+
+    def close(self) -> None:
+        self._closing.set()
+        with self._swap:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

@@ -1,0 +1,307 @@
+"""The PostgreSQL store: several server replicas share one database.
+
+- Writes run in worker threads, one transaction each, on pooled connections; rows that a
+  rule reads and then changes are locked FOR UPDATE, so validations stay atomic across
+  replicas.
+- Event and audit appends take one transaction-scoped advisory lock, so sequences commit
+  in order and the audit chain has one head. Every replica publishes events to its
+  subscribers strictly in sequence order by reading the log after each commit — its own,
+  or another replica's announced with NOTIFY — so nothing is skipped or repeated.
+- One replica at a time holds the scheduler's lease (leadership.py), and every handler
+  re-checks its condition under row locks, so each rotation happens exactly once.
+- Every connection survives the database going away (connections.py, link.py): while it
+  is, work is refused at once with UNAVAILABLE and health says NOT_SERVING; once it is
+  back, broken connections are replaced and the events missed meanwhile are published.
+  A URL naming several hosts (``host=a,b`` with ``target_session_attrs=read-write``)
+  follows a failover to a promoted standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from keyturn_server.clock import Clock
+from keyturn_server.crypto.integrity import Protection
+from keyturn_server.domain.errors import KeyturnError, Unavailable
+from keyturn_server.domain.events import Event
+from keyturn_server.domain.leadership import Leadership
+from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store.integrity import RowIntegrity
+from keyturn_server.store.postgres.connections import (
+    PgConnection,
+    ReadConnection,
+    as_domain_error,
+    connect,
+    connect_kwargs,
+    describe,
+)
+from keyturn_server.store.postgres.leadership import PgLeadership
+from keyturn_server.store.postgres.link import Link
+from keyturn_server.store.schema import migrations
+from keyturn_server.store.sql import SqlRepository
+
+T = TypeVar("T")
+log = logging.getLogger("keyturn.store")
+
+APPEND_LOCK = 0x6B74_0001  # serialises event and audit appends
+MIGRATE_LOCK = 0x6B74_0003
+CHANNEL = "keyturn_events"
+#: How long a call waits for a pooled connection before it is refused (UNAVAILABLE).
+POOL_WAIT = 1.0
+#: A session idle inside a transaction this long is ended by the server, so that a
+#: stalled replica cannot hold row locks (or the lease row) for ever.
+IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=30000"
+
+
+class PostgresStore:
+    backend = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            setup = connect(url, "setup")
+        except psycopg.Error as exc:
+            raise OSError(f"cannot connect to PostgreSQL: {describe(exc)}") from None
+        with setup:
+            self.schema_version = self._migrate(setup)
+        self._pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=2,
+            max_size=8,
+            kwargs=connect_kwargs("pool", IDLE_IN_TRANSACTION),
+            # A pooled connection is checked as it is handed out, and replaced if broken.
+            check=ConnectionPool.check_connection,
+            timeout=POOL_WAIT,
+            # The pool's own retries back off without bound (1 s, 2 s, 4 s...): let them
+            # give up quickly while the database is away; the pool grows again on demand
+            # once it is back, at once.
+            reconnect_timeout=2,
+            open=True,
+            name="keyturn",
+        )
+        self._link = Link(
+            url,
+            CHANNEL,
+            notified=self._announced,
+            refresh=self._refresh_connections,
+            up=self._reached,
+            down=self._status_changed,
+        )
+        self._reads = ReadConnection(url, lambda: self._link.problem, self._reads_repaired)
+        self.integrity = RowIntegrity()
+        self._reader = SqlRepository(self._reads, integrity=self.integrity)
+        self._listeners: list[CommitListener] = []
+        self._status_listeners: list[Callable[[], None]] = []
+        self._published = self._reader.event_bounds()[1]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = 0
+        self._last_commit = timedelta(0)
+        self._problem = ""
+        self._closed = False
+
+    # --- schema and leadership ---------------------------------------------------------
+
+    @staticmethod
+    def _migrate(conn: psycopg.Connection[Any]) -> int:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS keyturn_schema (version INTEGER NOT NULL)")
+            row = conn.execute("SELECT MAX(version) AS v FROM keyturn_schema").fetchone()
+            current = (row or {}).get("v") or 0
+            steps = migrations("postgres")
+            latest = steps[-1][0]
+            if current > latest:
+                raise OSError(f"the database has schema {current}, newer than this server")
+            for version, sql in steps:
+                if version > current:
+                    with conn.transaction():
+                        conn.execute(sql)
+                        conn.execute("INSERT INTO keyturn_schema VALUES (%s)", (version,))
+            return int(latest)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+    def leadership(self, holder: str, clock: Clock) -> Leadership:
+        return PgLeadership(self.url, holder, clock)
+
+    # --- the Store protocol ------------------------------------------------------------
+
+    def read(self) -> Repository:
+        return self._reader
+
+    async def write(self, work: Callable[[Repository], T]) -> T:
+        self.start()
+        self._refuse_while_unreachable()
+        self._pending += 1
+        try:
+            value, callbacks = await asyncio.to_thread(self._transaction, work)
+        finally:
+            self._pending -= 1
+        self._publish_new()
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-commit callback failed", extra={"category": "error"})
+        return value
+
+    def _transaction(self, work: Callable[[Repository], T]) -> tuple[T, list[Callable[[], None]]]:
+        started = time.perf_counter()
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                adapter = PgConnection(conn)
+                appended = False
+
+                def lock() -> None:
+                    nonlocal appended
+                    if not appended:
+                        adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
+                        appended = True
+
+                repo = SqlRepository(
+                    adapter, integrity=self.integrity, concurrent_writers=True, lock_appends=lock
+                )
+                value = work(repo)
+                if repo.events:
+                    adapter.execute(f"NOTIFY {CHANNEL}")
+        except psycopg.Error as exc:
+            raise self._failed(exc, "write") from None
+        self._set_problem("")
+        self._last_commit = timedelta(seconds=time.perf_counter() - started)
+        return value, repo.after_commit_callbacks
+
+    async def report(self, work: Callable[[Repository], T]) -> T:
+        self._refuse_while_unreachable()
+
+        def run() -> T:
+            try:
+                with self._pool.connection() as conn, conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    return work(SqlRepository(PgConnection(conn), integrity=self.integrity))
+            except psycopg.Error as exc:
+                raise self._failed(exc, "report") from None
+
+        return await asyncio.to_thread(run)
+
+    def _refuse_while_unreachable(self) -> None:
+        """Fail fast while the link says the database is away (no wait for a pool)."""
+        problem = self._link.problem
+        if problem:
+            raise Unavailable(problem, reason="STORE_UNAVAILABLE")
+
+    def _failed(self, exc: psycopg.Error, what: str) -> Exception:
+        error = as_domain_error(exc)
+        if error is None:
+            return exc
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            self._set_problem(f"a {what} failed: {describe(exc)}")
+        return error
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            self._status_changed()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def protect(self, protection: Protection) -> None:
+        self.integrity.protect(protection)
+
+    def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
+        self.integrity.listeners.append(listener)
+
+    def add_status_listener(self, listener: Callable[[], None]) -> None:
+        self._status_listeners.append(listener)
+
+    def status(self) -> StoreStatus:
+        problem = self._link.problem or self._problem
+        return StoreStatus(
+            self.backend,
+            not problem,
+            self._last_commit,
+            self._pending,
+            self.schema_version,
+            problem,
+            reachable=self._link.reachable,
+        )
+
+    def start(self) -> None:
+        """Begin receiving other replicas' events and watching the link (once the loop
+        runs)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._link.start()
+
+    async def close(self) -> None:
+        self._closed = True
+        await asyncio.to_thread(self._link.close)
+        self._reads.close()
+        await asyncio.to_thread(self._pool.close)
+
+    # --- recovery ----------------------------------------------------------------------
+
+    def _on_loop(self, action: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(action)
+
+    def _announced(self) -> None:
+        """(Another thread:) events may have been committed: publish them."""
+        self._on_loop(self._publish_new)
+
+    def _reads_repaired(self) -> None:
+        """(Another thread:) reads work again: publish what waited, and say so."""
+        self._announced()
+        self._status_changed()
+
+    def _status_changed(self) -> None:
+        for listener in self._status_listeners:
+            self._on_loop(listener)
+
+    def _refresh_connections(self) -> None:
+        """(The link's thread, before work is let through:) replace the pooled and the
+        reads' connections that broke while the database was away."""
+        with contextlib.suppress(psycopg.Error):
+            self._pool.check()
+        self._reads.verify()
+
+    def _reached(self) -> None:
+        """(The link's thread:) the database answers again, or for the first time:
+        publish what was committed while we could not listen, and clear the last
+        write's failure (the database is demonstrably there)."""
+        self._announced()
+        self._on_loop(lambda: self._set_problem(""))
+        self._status_changed()
+
+    # --- ordered fan-out ---------------------------------------------------------------
+
+    def _publish_new(self) -> None:
+        """Publish every committed event after the last one published, in order."""
+        if self._closed:
+            return
+        while True:
+            try:
+                events: list[Event] = self._reader.events_after(self._published, 1000)
+            except KeyturnError:
+                return  # published once the reads' connection is back (it calls again)
+            if not events:
+                return
+            self._published = events[-1].sequence
+            for listener in self._listeners:
+                try:
+                    listener(events)
+                except Exception:
+                    log.exception("commit listener failed", extra={"category": "error"})
+            if len(events) < 1000:
+                return
