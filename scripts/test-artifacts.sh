@@ -160,7 +160,6 @@ EOF
 package main
 
 import (
-	"context"
 	"fmt"
 
 	keyturnv1 "$module/gen/keyturn/v1"
@@ -168,7 +167,7 @@ import (
 )
 
 func main() {
-	client, err := keyturn.Dial(context.Background(), "127.0.0.1:1", keyturn.WithLazyConnect())
+	client, err := keyturn.NewClient("127.0.0.1:1") // no I/O until the first call
 	if err != nil {
 		panic(err)
 	}

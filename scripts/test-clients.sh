@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts one live server (SQLite, a temp data dir, a random master key) and runs against
-# it every client's run-tests.sh, the Python example, and the grpcurl and curl walkthroughs.
+# Starts one live server (SQLite, a temp data dir, a random master key) and the scripted
+# policy server (clients/policy), and runs against them every client's run-tests.sh, the
+# Python example, and the grpcurl and curl walkthroughs.
 # A suite whose toolchain is missing is reported and skipped, never silently passed; with
 # KEYTURN_REQUIRE_ALL set (CI) it fails instead.
 set -euo pipefail
@@ -28,6 +29,21 @@ export KEYTURN_ADDRESS="127.0.0.1:$port"
 KEYTURN_TOKEN=$(cat "$data/admin.token")
 export KEYTURN_TOKEN KEYTURN_BIN="$BIN/keyturn"
 echo "live server on $KEYTURN_ADDRESS"
+
+# The shared client-policy cases (clients/policy/cases.json) run against one scripted server.
+"$BIN/python" clients/policy/scripted_server.py --env-file "$data/policy.env" >"$data/policy.log" 2>&1 &
+policy=$!
+trap 'kill "$policy" 2>/dev/null || true; wait "$policy" 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 150); do
+  [ -f "$data/policy.env" ] && break
+  kill -0 "$policy" 2>/dev/null || { cat "$data/policy.log" >&2; exit 1; }
+  sleep 0.2
+done
+set -a
+# shellcheck source=/dev/null
+. "$data/policy.env"
+set +a
+echo "scripted policy server on $KEYTURN_POLICY_ADDRESS"
 
 failed=()
 skipped=()

@@ -31,10 +31,11 @@ run_stage() {
 }
 
 step "format and lint (ruff), types (mypy)"
-lint_paths="server tests bench clients/python/keyturn examples/python scripts"
+lint_paths="server tests bench clients/python/keyturn clients/policy examples/python scripts"
 ruff format --check $lint_paths
 ruff check $lint_paths
 mypy  # server, client and bench, strict (pyproject.toml)
+mypy --strict clients/policy/scripted_server.py  # the client suites' scripted server
 done_stage
 
 step "API contract (buf lint, buf breaking against the previous commit)"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Java client (Maven generates the keyturn.v1 stubs from proto/), runs its live
-# tests against KEYTURN_ADDRESS (host:port, plaintext) with KEYTURN_TOKEN (admin), installs
-# it into the local Maven repository, then runs examples/java against the same server.
+# Builds the Java client (Maven generates the keyturn.v1 stubs from proto/), runs its tests
+# against KEYTURN_ADDRESS (host:port, plaintext) with KEYTURN_TOKEN (admin) and against the
+# scripted policy server (clients/policy: started here unless KEYTURN_POLICY_ADDRESS names
+# one), installs it into the local Maven repository, then runs examples/java against the
+# live server.
 # Needs only a JDK 17+ and Maven 3.8+; everything else comes from the Maven repository.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -10,6 +12,8 @@ root="$(cd "$here/../.." && pwd)"
 : "${KEYTURN_ADDRESS:?set KEYTURN_ADDRESS to host:port of a running Keyturn server}"
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to an admin bearer token of that server}"
 export KEYTURN_ADDRESS KEYTURN_TOKEN
+# The shared policy cases need the scripted server: run this script under one.
+[ -n "${KEYTURN_POLICY_ADDRESS:-}" ] || exec "$root/clients/policy/with-scripted-server.sh" "$0" "$@"
 
 # The local repository is $KEYTURN_M2_REPOSITORY, by default Maven's usual ~/.m2/repository:
 # the first run downloads the pinned plugins, protoc, protoc-gen-grpc-java and the gRPC

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs (npm ci), builds and tests the Node client against the live server given by
-# KEYTURN_ADDRESS (host:port, plaintext) and KEYTURN_TOKEN (admin token), then runs the
-# example in examples/node. Without KEYTURN_ADDRESS it starts a throwaway server first.
+# KEYTURN_ADDRESS (host:port, plaintext) and KEYTURN_TOKEN (admin token) and against the
+# scripted policy server (clients/policy: started here unless KEYTURN_POLICY_ADDRESS names
+# one), then runs the example in examples/node. Without KEYTURN_ADDRESS it starts a
+# throwaway server first.
 # The watch-restart test always runs its own server (KEYTURN_SERVER_CMD, or .venv's keyturn).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 npm_ci() { npm ci --no-audit --no-fund --loglevel=error >/dev/null; }
+# The shared policy cases need the scripted server: run this script under one.
+[ -n "${KEYTURN_POLICY_ADDRESS:-}" ] || exec "$root/clients/policy/with-scripted-server.sh" "$0" "$@"
 
 step() { printf '\n== node: %s\n' "$*"; }
 
@@ -37,7 +41,7 @@ if [ -z "${KEYTURN_ADDRESS:-}" ]; then
 fi
 : "${KEYTURN_TOKEN:?set KEYTURN_TOKEN to the admin token of the server}"
 
-step "tests against $KEYTURN_ADDRESS"
+step "tests against $KEYTURN_ADDRESS and the scripted policy server"
 node --test --test-concurrency=1 dist/test/*.test.js
 
 step "example (examples/node)"

@@ -138,7 +138,7 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	client, err := keyturn.Dial(ctx, addr, keyturn.WithToken(os.Getenv("KEYTURN_TOKEN")))
+	client, err := keyturn.NewClient(addr, keyturn.WithToken(os.Getenv("KEYTURN_TOKEN")))
 	if err != nil {
 		return err
 	}

@@ -123,7 +123,7 @@ async function main(): Promise<number> {
     }
     return 1;
   } finally {
-    client.close();
+    await client.close();
   }
 }
 

@@ -20,6 +20,7 @@ from keyturn import AsyncClient
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.cli import main
 from keyturn_server.cli.operator import connect
+from keyturn_server.clock import ManualClock
 from tests.client import downtime
 from tests.harness import Harness
 from tests.process import free_port
@@ -241,6 +242,7 @@ def test_no_server_at_the_address_is_said_in_one_line_within_seconds(
 def namespace(**given: object) -> argparse.Namespace:
     defaults = {"address": None, "token": None, "token_file": None, "connect_timeout": None}
     defaults |= {"tls": False, "ca": None, "cert": None, "key": None, "server_name": None}
+    defaults |= {"plaintext": False}
     return argparse.Namespace(**(defaults | given))
 
 
@@ -271,3 +273,64 @@ async def test_address_and_token_come_from_flags_then_environment_then_defaults(
     async with connect(namespace(**flags), env) as client:
         assert client.address == expected[0]
         assert dict(client._metadata)["authorization"] == f"Bearer {expected[1]}"
+
+
+def _own_address() -> str | None:
+    """An address of this machine that is not loopback, if it has one (the source address
+    it would use towards a documentation network: nothing is sent)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        host: str = probe.getsockname()[0]
+    return None if host.startswith("127.") else host
+
+
+async def test_plaintext_off_loopback_only_when_asked(
+    tmp_path: Path, clock: ManualClock, keyturn_plain: Keyturn
+) -> None:
+    """Off loopback the CLI speaks TLS unless told --plaintext (a TLS-terminating proxy
+    beside the operator): a plaintext server there answers only to that flag."""
+    host = _own_address()
+    if host is None:
+        pytest.skip("this machine has no non-loopback address")
+    server = Harness(tmp_path / "data", clock)
+    await server.start(listen=("0.0.0.0:0",))
+    try:
+        address = f"{host}:{server.app.ports[0]}"  # type: ignore[union-attr]
+        flags = ("--address", address, "--token", server.admin_token, "--connect-timeout", "2")
+        refused = await keyturn_plain("health", *flags)
+        assert refused.code == 1 and "no Keyturn server answers" in refused.err
+        plain = await keyturn_plain("health", *flags, "--plaintext")
+        assert plain.code == 0, plain.err
+        from_env = await keyturn_plain("health", *flags, env={"KEYTURN_PLAINTEXT": "1"})
+        assert from_env.code == 0, from_env.err
+        both = await keyturn_plain("health", *flags, "--plaintext", "--server-name", "x")
+        assert both.code == 2 and "--plaintext cannot be combined" in both.err
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def keyturn_plain(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Keyturn:
+    """`keyturn ARGS...` with no address or token from the environment."""
+    monkeypatch.delenv("KEYTURN_ADDRESS", raising=False)
+    monkeypatch.delenv("KEYTURN_TOKEN", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    async def run(*argv: str, env: dict[str, str] | None = None) -> Run:
+        capsys.readouterr()
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        code = await asyncio.to_thread(main, list(argv))
+        for name in env or {}:
+            monkeypatch.delenv(name)
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run

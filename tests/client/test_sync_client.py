@@ -26,6 +26,7 @@ async def test_calls_iterators_and_errors_work_without_an_event_loop(server: Har
             with pytest.raises(keyturn.NotFound):
                 client.get_key("key_" + "b" * 16)
             assert client.get_health().health.version
+            assert client.get_key(key.id, timeout=5.0) == key  # the per-call deadline
 
     await asyncio.to_thread(use)
 

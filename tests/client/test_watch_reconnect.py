@@ -1,6 +1,8 @@
 """The reconnect policy of a Watch, driven by scripted streams instead of a server so
-that its delays can be read exactly: 1 s doubling to 30 s, back to 1 s after a message,
-and no reconnect for failures that another try cannot fix."""
+that its delays can be read exactly (the random draw of the jitter is pinned to its top):
+caps of 1 s doubling to 30 s, back to 1 s after a message, and no reconnect for failures
+that another try cannot fix. tests/client/test_policy_table.py runs the shared cases of
+every client over a real channel."""
 
 from __future__ import annotations
 
@@ -19,6 +21,11 @@ from keyturn._watch import EventStream
 from keyturn.v1 import events_pb2
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def at_the_cap() -> float:
+    """The jitter's random draw at its top: each wait is its cap."""
+    return 1.0
 
 
 def event(sequence: int, kind: int = events_pb2.EVENT_KIND_CREATED) -> events_pb2.ExpiryEvent:
@@ -89,7 +96,13 @@ class ScriptedServer:
         self.sleeps.append(seconds)
 
     def watch(self, **kwargs: bool) -> Watch:
-        return Watch(self.open, events_pb2.WatchExpiringRequest(), sleep=self.sleep, **kwargs)
+        return Watch(
+            self.open,
+            events_pb2.WatchExpiringRequest(),
+            sleep=self.sleep,
+            draw=at_the_cap,
+            **kwargs,
+        )
 
     def resume_points(self) -> list[int | None]:
         return [r.resume_after if r.HasField("resume_after") else None for r in self.requests]
@@ -205,7 +218,38 @@ async def test_the_caller_is_told_of_each_reconnect() -> None:
         server.open,
         events_pb2.WatchExpiringRequest(),
         sleep=server.sleep,
+        draw=at_the_cap,
         on_retry=lambda error, delay: told.append((error.code.name if error else "END", delay)),
     )
     await take(watch, 1)
     assert told == [("UNAVAILABLE", 1.0), ("END", 2.0)]
+
+
+async def test_the_jitter_draws_each_wait_below_its_cap() -> None:
+    down = [Connection(ends_with=failure(UNAVAILABLE)) for _ in range(3)]
+    server = ScriptedServer(*down, Connection([event(1)]))
+    watch = Watch(
+        server.open, events_pb2.WatchExpiringRequest(), sleep=server.sleep, draw=lambda: 0.25
+    )
+    await take(watch, 1)
+    assert server.sleeps == [0.25, 0.5, 1.0]
+
+
+async def test_a_cancelled_stream_reconnects_unless_the_client_was_closed() -> None:
+    closed = False
+    server = ScriptedServer(
+        Connection([event(1)], ends_with=failure(grpc.StatusCode.CANCELLED)),
+        Connection([event(2)], ends_with=failure(grpc.StatusCode.CANCELLED)),
+    )
+    watch = Watch(
+        server.open,
+        events_pb2.WatchExpiringRequest(),
+        sleep=server.sleep,
+        closed=lambda: closed,
+    )
+    assert (await anext(watch)).sequence == 1
+    assert (await anext(watch)).sequence == 2  # a CANCELLED nobody asked for: reconnect
+    closed = True
+    with pytest.raises(StopAsyncIteration):
+        await anext(watch)
+    assert watch.reconnects == 1

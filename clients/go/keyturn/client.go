@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -43,23 +42,21 @@ type Handles struct {
 // Admin is AdminService plus helpers.
 type Admin struct{ keyturnv1.AdminServiceClient }
 
-// Dial connects to the Keyturn server at addr ("host:port" or a gRPC target
-// such as "dns:///host:port"). Unless WithLazyConnect is given, it first
-// checks within ctx that the server answers (a health check, which needs no
-// token), so a wrong address or TLS setting fails here, with the transport's
-// reason, rather than on the first call.
-func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
-	s := defaultSettings()
-	if isLoopback(addr) {
-		s.plaintext = true
-	}
-	for _, opt := range opts {
-		opt(&s)
-	}
+// NewClient returns a client of the Keyturn server at target ("host:port" or
+// a gRPC target such as "dns:///host:port"). Like grpc.NewClient it does no
+// I/O: the connection is made by the first call, and a wrong address or TLS
+// setting shows there (Health.Check is a call that needs no token).
+//
+// The transport is TLS unless target is a loopback address (WithTLS,
+// WithPlaintext); unary calls get DefaultTimeout unless their context has a
+// deadline (WithDefaultTimeout); calls the API marks idempotent are retried
+// per DefaultRetryPolicy (WithRetryPolicy).
+func NewClient(target string, opts ...Option) (*Client, error) {
+	s := settingsFor(target, opts...)
 
 	dialOpts := []grpc.DialOption{
 		grpc.WithUserAgent("keyturn-go"),
-		grpc.WithChainUnaryInterceptor(convertUnaryErrors, retryUnavailable(s.retry)),
+		grpc.WithChainUnaryInterceptor(convertUnaryErrors, defaultDeadline(s.timeout), retrying(s.retry, jitter)),
 		grpc.WithChainStreamInterceptor(convertStreamErrors),
 	}
 	if s.plaintext {
@@ -76,33 +73,23 @@ func Dial(ctx context.Context, addr string, opts ...Option) (*Client, error) {
 	}
 	dialOpts = append(dialOpts, s.dialOptions...)
 
-	conn, err := grpc.NewClient(addr, dialOpts...)
+	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("keyturn: dial %s: %w", addr, err)
+		return nil, fmt.Errorf("keyturn: client for %s: %w", target, err)
 	}
-	c := &Client{
+	return &Client{
 		Keys:    &Keys{keyturnv1.NewKeyServiceClient(conn), conn},
 		Handles: &Handles{keyturnv1.NewHandleServiceClient(conn), conn},
 		Admin:   &Admin{keyturnv1.NewAdminServiceClient(conn)},
 		Health:  healthpb.NewHealthClient(conn),
 		conn:    conn,
-	}
-	if !s.lazy {
-		// Any answer from the server, even NOT_SERVING or UNIMPLEMENTED,
-		// proves that the address and the transport work.
-		_, err := c.Health.Check(ctx, &healthpb.HealthCheckRequest{})
-		if code := CodeOf(err); code == codes.Unavailable || code == codes.DeadlineExceeded || code == codes.Canceled {
-			_ = conn.Close()
-			return nil, fmt.Errorf("connect to %s: %w", addr, err)
-		}
-	}
-	return c, nil
+	}, nil
 }
 
 // Conn returns the underlying connection, for other services on the same server.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
-// Close closes the connection; streams in progress end with CANCELLED.
+// Close closes the connection; calls and watches in progress end with CANCELED.
 func (c *Client) Close() error { return c.conn.Close() }
 
 func convertUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,

@@ -19,10 +19,11 @@ const Domain = "keyturn.dev"
 // Error is a failed Keyturn call: the gRPC status code and message plus the
 // rich details the server sends in grpc-status-details-bin.
 //
-// Every error returned by a Client's RPCs is an *Error (use errors.As), and it
-// still works with status.Code and status.FromError. Match it by code with the
-// sentinels (errors.Is(err, keyturn.ErrNotFound)) or the Is* predicates, and by
-// reason with HasReason.
+// Every error returned by a Client's RPCs is an *Error. Match its code with
+// CodeOf (switch keyturn.CodeOf(err) { case codes.NotFound: ... }); read its
+// reason and details through errors.As. It still works with status.Code and
+// status.FromError, and errors.Is(err, context.DeadlineExceeded) (or
+// context.Canceled) holds for DEADLINE_EXCEEDED (CANCELED).
 type Error struct {
 	Code    codes.Code
 	Message string
@@ -46,25 +47,6 @@ type FieldViolation struct {
 	Description string
 	Reason      string
 }
-
-// Sentinels for errors.Is: each matches every *Error with the same code.
-var (
-	ErrInvalidArgument    = &Error{Code: codes.InvalidArgument}
-	ErrNotFound           = &Error{Code: codes.NotFound}
-	ErrAlreadyExists      = &Error{Code: codes.AlreadyExists}
-	ErrFailedPrecondition = &Error{Code: codes.FailedPrecondition}
-	ErrAborted            = &Error{Code: codes.Aborted}
-	ErrResourceExhausted  = &Error{Code: codes.ResourceExhausted}
-	ErrUnauthenticated    = &Error{Code: codes.Unauthenticated}
-	ErrPermissionDenied   = &Error{Code: codes.PermissionDenied}
-	ErrOutOfRange         = &Error{Code: codes.OutOfRange}
-	ErrDataLoss           = &Error{Code: codes.DataLoss}
-	ErrUnavailable        = &Error{Code: codes.Unavailable}
-	ErrInternal           = &Error{Code: codes.Internal}
-	ErrUnimplemented      = &Error{Code: codes.Unimplemented}
-	ErrDeadlineExceeded   = &Error{Code: codes.DeadlineExceeded}
-	ErrCanceled           = &Error{Code: codes.Canceled}
-)
 
 // Error formats as "keyturn: NOT_FOUND: message (reason KEY_NOT_FOUND)",
 // naming the fields of any violations the message does not already spell out.
@@ -101,9 +83,9 @@ func (e *Error) GRPCStatus() *status.Status {
 	return status.New(e.Code, e.Message)
 }
 
-// Is matches a target *Error whose non-zero Code and Reason equal this
-// error's (so the sentinels match by code, and &Error{Reason: "KEY_NOT_FOUND"}
-// by reason), and the context errors for CANCELLED and DEADLINE_EXCEEDED.
+// Is makes errors.Is(err, context.DeadlineExceeded) and
+// errors.Is(err, context.Canceled) hold for the matching codes, as they do for
+// a context that ran out.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case context.Canceled:
@@ -111,11 +93,7 @@ func (e *Error) Is(target error) bool {
 	case context.DeadlineExceeded:
 		return e.Code == codes.DeadlineExceeded
 	}
-	t, ok := target.(*Error)
-	if !ok || (t.Code == codes.OK && t.Reason == "") {
-		return false
-	}
-	return (t.Code == codes.OK || t.Code == e.Code) && (t.Reason == "" || t.Reason == e.Reason)
+	return false
 }
 
 // FieldViolation returns the violation reported for field, if any.
@@ -128,10 +106,10 @@ func (e *Error) FieldViolation(field string) (FieldViolation, bool) {
 	return FieldViolation{}, false
 }
 
-// AsError returns err as an *Error: itself when it already is (or wraps) one,
+// asError returns err as an *Error: itself when it already is (or wraps) one,
 // or the decoded gRPC status it carries. It returns nil for nil and for errors
 // that carry no gRPC status.
-func AsError(err error) *Error {
+func asError(err error) *Error {
 	if err == nil {
 		return nil
 	}
@@ -171,59 +149,21 @@ func convertError(err error) error {
 	if err == nil {
 		return nil
 	}
-	if e := AsError(err); e != nil {
+	if e := asError(err); e != nil {
 		return e
 	}
 	return err
 }
 
-// CodeOf returns the gRPC code of err: OK for nil, Unknown for an error
-// without a status.
+// CodeOf returns the gRPC code of err: OK for nil, Canceled or
+// DeadlineExceeded for the context errors, Unknown for any other error
+// without a status. It is the way to match a Keyturn error by code.
 func CodeOf(err error) codes.Code {
 	if err == nil {
 		return codes.OK
 	}
-	if e := AsError(err); e != nil {
+	if e := asError(err); e != nil {
 		return e.Code
 	}
 	return status.FromContextError(err).Code()
 }
-
-// HasReason reports whether err carries the ErrorInfo reason (e.g. "KEY_NOT_FOUND").
-func HasReason(err error, reason string) bool {
-	e := AsError(err)
-	return e != nil && e.Reason == reason
-}
-
-// IsInvalidArgument reports whether err is INVALID_ARGUMENT.
-func IsInvalidArgument(err error) bool { return CodeOf(err) == codes.InvalidArgument }
-
-// IsNotFound reports whether err is NOT_FOUND.
-func IsNotFound(err error) bool { return CodeOf(err) == codes.NotFound }
-
-// IsAlreadyExists reports whether err is ALREADY_EXISTS.
-func IsAlreadyExists(err error) bool { return CodeOf(err) == codes.AlreadyExists }
-
-// IsFailedPrecondition reports whether err is FAILED_PRECONDITION (wrong state).
-func IsFailedPrecondition(err error) bool { return CodeOf(err) == codes.FailedPrecondition }
-
-// IsAborted reports whether err is ABORTED (stale etag, watch overflow).
-func IsAborted(err error) bool { return CodeOf(err) == codes.Aborted }
-
-// IsResourceExhausted reports whether err is RESOURCE_EXHAUSTED (rate or quota).
-func IsResourceExhausted(err error) bool { return CodeOf(err) == codes.ResourceExhausted }
-
-// IsUnauthenticated reports whether err is UNAUTHENTICATED.
-func IsUnauthenticated(err error) bool { return CodeOf(err) == codes.Unauthenticated }
-
-// IsPermissionDenied reports whether err is PERMISSION_DENIED.
-func IsPermissionDenied(err error) bool { return CodeOf(err) == codes.PermissionDenied }
-
-// IsOutOfRange reports whether err is OUT_OF_RANGE (stale resume point).
-func IsOutOfRange(err error) bool { return CodeOf(err) == codes.OutOfRange }
-
-// IsDataLoss reports whether err is DATA_LOSS (stored ciphertext failed authentication).
-func IsDataLoss(err error) bool { return CodeOf(err) == codes.DataLoss }
-
-// IsUnavailable reports whether err is UNAVAILABLE.
-func IsUnavailable(err error) bool { return CodeOf(err) == codes.Unavailable }

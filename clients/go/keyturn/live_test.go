@@ -18,11 +18,9 @@ func liveClient(t *testing.T) *keyturn.Client {
 		t.Skip("KEYTURN_ADDRESS is not set: this test needs a live Keyturn server " +
 			"(export KEYTURN_ADDRESS=host:port and KEYTURN_TOKEN=<admin token>, or run clients/go/run-tests.sh)")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	client, err := keyturn.Dial(ctx, addr, keyturn.WithToken(os.Getenv("KEYTURN_TOKEN")))
+	client, err := keyturn.NewClient(addr, keyturn.WithToken(os.Getenv("KEYTURN_TOKEN")))
 	if err != nil {
-		t.Fatalf("Dial(%s): %v", addr, err)
+		t.Fatalf("NewClient(%s): %v", addr, err)
 	}
 	t.Cleanup(func() { _ = client.Close() })
 	return client

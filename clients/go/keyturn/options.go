@@ -2,11 +2,12 @@ package keyturn
 
 import (
 	"crypto/tls"
+	"time"
 
 	"google.golang.org/grpc"
 )
 
-// Option configures Dial.
+// Option configures NewClient.
 type Option func(*settings)
 
 type settings struct {
@@ -14,12 +15,18 @@ type settings struct {
 	tlsConfig   *tls.Config
 	plaintext   bool
 	retry       RetryPolicy
-	lazy        bool
+	timeout     time.Duration
 	dialOptions []grpc.DialOption
 }
 
-func defaultSettings() settings {
-	return settings{retry: DefaultRetryPolicy}
+// settingsFor applies opts to the defaults for target: plaintext for a
+// loopback target, TLS for any other.
+func settingsFor(target string, opts ...Option) settings {
+	s := settings{retry: DefaultRetryPolicy(), timeout: DefaultTimeout, plaintext: isLoopback(target)}
+	for _, opt := range opts {
+		opt(&s)
+	}
+	return s
 }
 
 // WithToken sends "authorization: Bearer <token>" with every call. Over
@@ -30,7 +37,9 @@ func WithToken(token string) Option {
 }
 
 // WithTLS connects over TLS with the given configuration (nil: system roots,
-// server name from the address). It is the default for non-loopback addresses.
+// server name from the address); set RootCAs for a private CA, Certificates
+// for mutual TLS and ServerName when it differs from the address. TLS is the
+// default for non-loopback addresses.
 func WithTLS(cfg *tls.Config) Option {
 	return func(s *settings) {
 		if cfg == nil {
@@ -46,16 +55,16 @@ func WithPlaintext() Option {
 	return func(s *settings) { s.tlsConfig, s.plaintext = nil, true }
 }
 
-// WithRetryPolicy replaces DefaultRetryPolicy for idempotent unary calls;
-// RetryPolicy{MaxAttempts: 1} disables retries.
+// WithRetryPolicy replaces DefaultRetryPolicy for the calls the API marks
+// idempotent; RetryPolicy{MaxAttempts: 1} disables retries.
 func WithRetryPolicy(p RetryPolicy) Option {
 	return func(s *settings) { s.retry = p }
 }
 
-// WithLazyConnect makes Dial return at once instead of first checking that
-// the server answers; calls then connect on demand.
-func WithLazyConnect() Option {
-	return func(s *settings) { s.lazy = true }
+// WithDefaultTimeout sets the deadline of unary calls whose context has none
+// (DefaultTimeout unless set; 0: none). It covers all of a call's attempts.
+func WithDefaultTimeout(d time.Duration) Option {
+	return func(s *settings) { s.timeout = d }
 }
 
 // WithDialOptions passes extra options to grpc.NewClient (after Keyturn's own).

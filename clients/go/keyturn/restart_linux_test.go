@@ -18,7 +18,7 @@ func TestWatchDeliversEveryEventOnceAcrossServerRestarts(t *testing.T) {
 	server := startOwnServer(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	watcher := server.dial(ctx)
+	watcher := server.client()
 	defer watcher.Close()
 
 	var reconnects atomic.Int32
@@ -32,7 +32,7 @@ func TestWatchDeliversEveryEventOnceAcrossServerRestarts(t *testing.T) {
 	// newKey generates a key over a fresh connection and waits for its event.
 	newKey := func() {
 		t.Helper()
-		c := server.dial(ctx)
+		c := server.client()
 		defer c.Close()
 		key := must(c.Keys.GenerateKey(ctx, &keyturnv1.GenerateKeyRequest{Type: "encryption"}))(t).GetKey()
 		_, more := log.await(t, "CREATED of "+key.GetId(), createdKey(key.GetId()))

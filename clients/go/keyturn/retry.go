@@ -5,102 +5,163 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
 )
 
-// RetryPolicy says how idempotent unary calls are retried after UNAVAILABLE.
-// Calls that change state (Generate*, Rotate*, Remove*, ValidateHandle, which
-// counts a use, ...) are never retried: the first attempt may have landed.
+// DefaultTimeout is the deadline of a unary call whose context has none,
+// retries included (see WithDefaultTimeout).
+const DefaultTimeout = 30 * time.Second
+
+// Backoff is exponential backoff with full jitter: before retry n (0 for the
+// first) the wait is drawn at random from [0, min(Max, Initial×Multiplier^n)),
+// so that clients cut off together do not come back in step.
+type Backoff struct {
+	Initial    time.Duration
+	Max        time.Duration
+	Multiplier float64
+}
+
+// Cap is the longest wait before retry n (0 for the first).
+func (b Backoff) Cap(retry int) time.Duration {
+	ceiling := max(b.Max, b.Initial)
+	c := float64(b.Initial)
+	for i := 0; i < retry && c < float64(ceiling); i++ {
+		c *= max(b.Multiplier, 1)
+	}
+	return time.Duration(min(c, float64(ceiling)))
+}
+
+// Delay is the wait before retry n for a random draw in [0, 1).
+func (b Backoff) Delay(retry int, draw float64) time.Duration {
+	return time.Duration(draw * float64(b.Cap(retry)))
+}
+
+// RetryPolicy says how calls that the API marks idempotent are retried.
 type RetryPolicy struct {
-	// MaxAttempts counts the first try; 1 (or less) disables retries.
+	Backoff Backoff
+	// MaxAttempts caps the attempts, the first included; 0 leaves it to the
+	// call's deadline alone, and 1 turns retries off.
 	MaxAttempts int
-	// InitialBackoff is the wait before the second attempt; each later wait
-	// is Multiplier times longer, capped at MaxBackoff, with jitter.
-	InitialBackoff time.Duration
-	MaxBackoff     time.Duration
-	Multiplier     float64
 }
 
-// DefaultRetryPolicy is used unless WithRetryPolicy says otherwise.
-var DefaultRetryPolicy = RetryPolicy{
-	MaxAttempts:    4,
-	InitialBackoff: 200 * time.Millisecond,
-	MaxBackoff:     2 * time.Second,
-	Multiplier:     2,
+// DefaultRetryPolicy is the policy of every Keyturn client: waits below
+// 100 ms doubling to 5 s, until the call's deadline.
+func DefaultRetryPolicy() RetryPolicy {
+	return RetryPolicy{Backoff: Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Multiplier: 2}}
 }
 
-// idempotent lists the unary methods that read, or compute without changing
-// any state but usage counters, and so are safe to send twice.
-var idempotent = map[string]bool{
-	keyturnv1.KeyService_GetKey_FullMethodName:                 true,
-	keyturnv1.KeyService_ListKeys_FullMethodName:               true,
-	keyturnv1.KeyService_GetKeyStatistics_FullMethodName:       true,
-	keyturnv1.KeyService_Encrypt_FullMethodName:                true,
-	keyturnv1.KeyService_Decrypt_FullMethodName:                true,
-	keyturnv1.KeyService_Sign_FullMethodName:                   true,
-	keyturnv1.KeyService_Verify_FullMethodName:                 true,
-	keyturnv1.KeyService_GetPublicKey_FullMethodName:           true,
-	keyturnv1.KeyService_ComputeMac_FullMethodName:             true,
-	keyturnv1.KeyService_VerifyMac_FullMethodName:              true,
-	keyturnv1.HandleService_GetHandle_FullMethodName:           true,
-	keyturnv1.HandleService_ListHandles_FullMethodName:         true,
-	keyturnv1.HandleService_GetHandleStatistics_FullMethodName: true,
-	keyturnv1.AdminService_GetHealth_FullMethodName:            true,
-	keyturnv1.AdminService_GetConfig_FullMethodName:            true,
-	keyturnv1.AdminService_ListAuditEvents_FullMethodName:      true,
-	keyturnv1.AdminService_VerifyAuditLog_FullMethodName:       true,
-	keyturnv1.AdminService_ListAccessTokens_FullMethodName:     true,
-	healthpb.Health_Check_FullMethodName:                       true,
+// DefaultWatchBackoff is the reconnect backoff of a watch: waits below 1 s
+// doubling to 30 s.
+func DefaultWatchBackoff() Backoff {
+	return Backoff{Initial: time.Second, Max: 30 * time.Second, Multiplier: 2}
 }
 
-// IsIdempotent reports whether the unary method (a full name such as
-// keyturnv1.KeyService_GetKey_FullMethodName) is retried after UNAVAILABLE.
-func IsIdempotent(fullMethod string) bool { return idempotent[fullMethod] }
+// retryable holds the full names of the methods whose idempotency_level,
+// read from the generated descriptors, is NO_SIDE_EFFECTS or IDEMPOTENT.
+var retryable = retryableMethods(
+	keyturnv1.File_keyturn_v1_keys_proto,
+	keyturnv1.File_keyturn_v1_handles_proto,
+	keyturnv1.File_keyturn_v1_admin_proto,
+)
 
-// retryUnavailable is the unary interceptor that applies a RetryPolicy.
-func retryUnavailable(p RetryPolicy) grpc.UnaryClientInterceptor {
+func retryableMethods(files ...protoreflect.FileDescriptor) map[string]bool {
+	found := map[string]bool{}
+	for _, file := range files {
+		for i := range file.Services().Len() {
+			service := file.Services().Get(i)
+			for j := range service.Methods().Len() {
+				method := service.Methods().Get(j)
+				options, _ := method.Options().(*descriptorpb.MethodOptions)
+				switch options.GetIdempotencyLevel() {
+				case descriptorpb.MethodOptions_NO_SIDE_EFFECTS, descriptorpb.MethodOptions_IDEMPOTENT:
+					found["/"+string(service.FullName())+"/"+string(method.Name())] = true
+				}
+			}
+		}
+	}
+	return found
+}
+
+// Retryable reports whether failed attempts of the method (a full name such
+// as keyturnv1.KeyService_GetKey_FullMethodName) are sent again: whether the
+// API marks it NO_SIDE_EFFECTS or IDEMPOTENT.
+func Retryable(fullMethod string) bool { return retryable[fullMethod] }
+
+// retryInfo is the wait a google.rpc.RetryInfo in err's details asks for.
+func retryInfo(err error) (time.Duration, bool) {
+	for _, detail := range status.Convert(err).Details() {
+		if info, ok := detail.(*errdetails.RetryInfo); ok {
+			return info.GetRetryDelay().AsDuration(), true
+		}
+	}
+	return 0, false
+}
+
+// retried reports whether a retryable call that failed with err is tried
+// again (UNAVAILABLE; RESOURCE_EXHAUSTED with a RetryInfo, a rate limit
+// rather than a quota), and the least wait the server asked for.
+func retried(err error) (time.Duration, bool) {
+	floor, asked := retryInfo(err)
+	switch status.Code(err) {
+	case codes.Unavailable:
+		return floor, true
+	case codes.ResourceExhausted:
+		return floor, asked
+	}
+	return 0, false
+}
+
+// defaultDeadline gives a unary call whose context has no deadline one of
+// timeout, fixed before the first attempt so that retries share it.
+func defaultDeadline(timeout time.Duration) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+		invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
+	) error {
+		if _, ok := ctx.Deadline(); !ok && timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		return invoker(ctx, method, req, reply, cc, opts...)
+	}
+}
+
+// retrying is the unary interceptor that applies a RetryPolicy. Each attempt
+// runs under the call's context, so it carries only the time that remains;
+// when the next wait would end past the deadline, the last error is returned
+// at once.
+func retrying(p RetryPolicy, draw func() float64) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 		invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
 	) error {
 		err := invoker(ctx, method, req, reply, cc, opts...)
-		if !idempotent[method] {
+		if !retryable[method] {
 			return err
 		}
-		backoff := p.InitialBackoff
-		for attempt := 1; attempt < p.MaxAttempts && status.Code(err) == codes.Unavailable; attempt++ {
-			if sleepErr := sleep(ctx, jitter(backoff)); sleepErr != nil {
+		deadline, bounded := ctx.Deadline()
+		for attempt := 1; err != nil && (p.MaxAttempts <= 0 || attempt < p.MaxAttempts); attempt++ {
+			floor, ok := retried(err)
+			if !ok {
 				return err
 			}
-			backoff = p.next(backoff)
+			wait := max(p.Backoff.Delay(attempt-1, draw()), floor)
+			if bounded && time.Until(deadline) <= wait {
+				return err
+			}
+			if sleep(ctx, wait) != nil {
+				return err
+			}
 			err = invoker(ctx, method, req, reply, cc, opts...)
 		}
 		return err
 	}
-}
-
-func (p RetryPolicy) next(d time.Duration) time.Duration {
-	m := p.Multiplier
-	if m < 1 {
-		m = 1
-	}
-	d = time.Duration(float64(d) * m)
-	if p.MaxBackoff > 0 && d > p.MaxBackoff {
-		d = p.MaxBackoff
-	}
-	return d
-}
-
-// jitter spreads retries of many clients over [d/2, d].
-func jitter(d time.Duration) time.Duration {
-	if d <= 1 {
-		return d
-	}
-	return d/2 + rand.N(d/2+1)
 }
 
 // sleep waits for d or until ctx is done, whichever comes first.
@@ -117,3 +178,6 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
+
+// jitter is the source of the random draws of backoffs.
+func jitter() float64 { return rand.Float64() }

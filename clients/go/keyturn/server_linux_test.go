@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	"github.com/keyturn/keyturn/clients/go/keyturn"
 )
 
@@ -113,16 +116,27 @@ func (s *ownServer) start() bool {
 			return false
 		case <-time.After(100 * time.Millisecond):
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		c, err := keyturn.Dial(ctx, s.addr)
-		cancel()
-		if err == nil {
-			_ = c.Close()
+		if s.answers() {
 			return true
 		}
 	}
 	s.t.Fatalf("server on %s not ready after 30 s; log:\n%s", s.addr, s.log.String())
 	return false
+}
+
+// answers reports whether the server answers a health check at all (even
+// NOT_SERVING proves it listens).
+func (s *ownServer) answers() bool {
+	c, err := keyturn.NewClient(s.addr)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err = c.Health.Check(ctx, &healthpb.HealthCheckRequest{})
+	code := keyturn.CodeOf(err)
+	return code != codes.Unavailable && code != codes.DeadlineExceeded
 }
 
 // withoutServerSettings drops variables that would point the server elsewhere
@@ -164,13 +178,13 @@ func (s *ownServer) restart(sig syscall.Signal) {
 	}
 }
 
-// dial connects with the admin token the server wrote on its first start.
-func (s *ownServer) dial(ctx context.Context) *keyturn.Client {
+// client connects with the admin token the server wrote on its first start.
+func (s *ownServer) client() *keyturn.Client {
 	s.t.Helper()
 	token := must(os.ReadFile(filepath.Join(s.dataDir, "admin.token")))(s.t)
-	c, err := keyturn.Dial(ctx, s.addr, keyturn.WithToken(strings.TrimSpace(string(token))))
+	c, err := keyturn.NewClient(s.addr, keyturn.WithToken(strings.TrimSpace(string(token))))
 	if err != nil {
-		s.t.Fatal(errors.Join(errors.New("dial own server"), err))
+		s.t.Fatal(errors.Join(errors.New("client of own server"), err))
 	}
 	return c
 }

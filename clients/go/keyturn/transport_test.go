@@ -78,12 +78,12 @@ func serveFlaky(t *testing.T, failures int, opts ...grpc.ServerOption) (*flakyKe
 }
 
 var fastRetries = keyturn.WithRetryPolicy(keyturn.RetryPolicy{
-	MaxAttempts: 4, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond, Multiplier: 2,
+	MaxAttempts: 4, Backoff: keyturn.Backoff{Initial: time.Millisecond, Max: 5 * time.Millisecond, Multiplier: 2},
 })
 
 func TestIdempotentCallIsRetriedAfterUnavailable(t *testing.T) {
 	keys, addr := serveFlaky(t, 2)
-	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	c := must(keyturn.NewClient(addr, fastRetries))(t)
 	defer c.Close()
 
 	key := must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
@@ -94,32 +94,32 @@ func TestIdempotentCallIsRetriedAfterUnavailable(t *testing.T) {
 
 func TestRetriesStopAfterMaxAttempts(t *testing.T) {
 	keys, addr := serveFlaky(t, 10)
-	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	c := must(keyturn.NewClient(addr, fastRetries))(t)
 	defer c.Close()
 
 	_, err := c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"})
-	if !keyturn.IsUnavailable(err) || keys.calls["GetKey"] != 4 {
+	if keyturn.CodeOf(err) != codes.Unavailable || keys.calls["GetKey"] != 4 {
 		t.Errorf("GetKey error %v after %d attempts; want UNAVAILABLE after 4", err, keys.calls["GetKey"])
 	}
 }
 
 func TestCallThatChangesStateIsNotRetried(t *testing.T) {
 	keys, addr := serveFlaky(t, 1)
-	c := must(keyturn.Dial(testContext(t), addr, fastRetries))(t)
+	c := must(keyturn.NewClient(addr, fastRetries))(t)
 	defer c.Close()
 
 	_, err := c.Keys.GenerateKey(testContext(t), &keyturnv1.GenerateKeyRequest{Type: "encryption"})
-	if !keyturn.IsUnavailable(err) || keys.calls["GenerateKey"] != 1 {
+	if keyturn.CodeOf(err) != codes.Unavailable || keys.calls["GenerateKey"] != 1 {
 		t.Errorf("GenerateKey error %v after %d attempts; want UNAVAILABLE after 1", err, keys.calls["GenerateKey"])
 	}
-	if keyturn.IsIdempotent(keyturnv1.HandleService_ValidateHandle_FullMethodName) {
+	if keyturn.Retryable(keyturnv1.HandleService_ValidateHandle_FullMethodName) {
 		t.Error("ValidateHandle counts a use and must not be retried")
 	}
 }
 
 func TestBearerTokenIsSentOverPlaintextToLoopback(t *testing.T) {
 	keys, addr := serveFlaky(t, 0)
-	c := must(keyturn.Dial(testContext(t), addr, keyturn.WithToken("kt_secret")))(t)
+	c := must(keyturn.NewClient(addr, keyturn.WithToken("kt_secret")))(t)
 	defer c.Close()
 
 	must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
@@ -131,7 +131,7 @@ func TestBearerTokenIsSentOverPlaintextToLoopback(t *testing.T) {
 func TestBearerTokenIsSentOverTLS(t *testing.T) {
 	cert, roots := selfSignedCertificate(t)
 	keys, addr := serveFlaky(t, 0, grpc.Creds(credentials.NewServerTLSFromCert(&cert)))
-	c := must(keyturn.Dial(testContext(t), addr, keyturn.WithToken("kt_secret"),
+	c := must(keyturn.NewClient(addr, keyturn.WithToken("kt_secret"),
 		keyturn.WithTLS(&tls.Config{RootCAs: roots, ServerName: "keyturn.test", MinVersion: tls.VersionTLS12})))(t)
 	defer c.Close()
 
@@ -141,20 +141,39 @@ func TestBearerTokenIsSentOverTLS(t *testing.T) {
 	}
 }
 
-func TestDialFailsFastWhenNothingListens(t *testing.T) {
+func TestNewClientDoesNoIOAndAWriteToAClosedPortFailsAtOnce(t *testing.T) {
 	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
 	addr := lis.Addr().String()
 	_ = lis.Close()
 
-	_, err := keyturn.Dial(testContext(t), addr)
-	if err == nil || !keyturn.IsUnavailable(err) {
-		t.Errorf("Dial to a closed port = %v; want UNAVAILABLE", err)
-	}
-	lazy, err := keyturn.Dial(testContext(t), addr, keyturn.WithLazyConnect())
+	c, err := keyturn.NewClient(addr)
 	if err != nil {
-		t.Fatalf("Dial with WithLazyConnect = %v", err)
+		t.Fatalf("NewClient to a closed port = %v; want a client (no I/O yet)", err)
 	}
-	_ = lazy.Close()
+	defer c.Close()
+	start := time.Now()
+	_, err = c.Keys.GenerateKey(testContext(t), &keyturnv1.GenerateKeyRequest{Type: "encryption"})
+	if keyturn.CodeOf(err) != codes.Unavailable || time.Since(start) > 5*time.Second {
+		t.Errorf("GenerateKey to a closed port = %v after %v; want UNAVAILABLE at once", err, time.Since(start))
+	}
+}
+
+func TestAReadToAClosedPortRetriesUntilItsDeadline(t *testing.T) {
+	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	addr := lis.Addr().String()
+	_ = lis.Close()
+	c := must(keyturn.NewClient(addr, keyturn.WithDefaultTimeout(600*time.Millisecond)))(t)
+	defer c.Close()
+
+	start := time.Now()
+	_, err := c.Keys.GetKey(context.Background(), &keyturnv1.GetKeyRequest{KeyId: "key_x"})
+	elapsed := time.Since(start)
+	if code := keyturn.CodeOf(err); code != codes.Unavailable && code != codes.DeadlineExceeded {
+		t.Errorf("GetKey to a closed port = %v; want UNAVAILABLE or DEADLINE_EXCEEDED", err)
+	}
+	if elapsed < 150*time.Millisecond || elapsed > 5*time.Second {
+		t.Errorf("GetKey gave up after %v; want about the 600 ms default deadline", elapsed)
+	}
 }
 
 // selfSignedCertificate makes a server certificate for "keyturn.test" and a

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/protobuf/proto"
 
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
@@ -23,15 +24,18 @@ type Opener func(ctx context.Context, req *keyturnv1.WatchExpiringRequest,
 type WatchOption func(*watchSettings)
 
 type watchSettings struct {
-	initialBackoff time.Duration
-	maxBackoff     time.Duration
-	heartbeats     bool
-	onReconnect    func(err error, wait time.Duration)
+	backoff     Backoff
+	heartbeats  bool
+	onReconnect func(err error, wait time.Duration)
+	// closed reports whether the client was closed (a CANCELED then ends
+	// the watch rather than reconnecting it).
+	closed func() bool
+	draw   func() float64
 }
 
-// WithWatchBackoff replaces the reconnection backoff (1 s doubling to 30 s).
-func WithWatchBackoff(initial, maxBackoff time.Duration) WatchOption {
-	return func(s *watchSettings) { s.initialBackoff, s.maxBackoff = initial, maxBackoff }
+// WithWatchBackoff replaces the reconnect backoff (DefaultWatchBackoff).
+func WithWatchBackoff(b Backoff) WatchOption {
+	return func(s *watchSettings) { s.backoff = b }
 }
 
 // WithHeartbeats also delivers EVENT_KIND_HEARTBEAT events, whose
@@ -46,26 +50,38 @@ func WithReconnectHook(fn func(err error, wait time.Duration)) WatchOption {
 	return func(s *watchSettings) { s.onReconnect = fn }
 }
 
-// notRetried are the codes that end a watch: a retry would fail the same way.
-var notRetried = map[codes.Code]bool{
-	codes.InvalidArgument:  true,
-	codes.PermissionDenied: true,
-	codes.Unauthenticated:  true,
-	codes.OutOfRange:       true, // resume point older than the retention
-	codes.Unimplemented:    true,
-	// The client was closed ("grpc: the client connection is closing"); a
-	// caller's own cancellation ends the watch through ctx first.
-	codes.Canceled: true,
+// watchEndsOn are the codes that end a watch for good: another try would fail
+// the same way. Every other failure, and a clean end of stream, reconnects.
+var watchEndsOn = map[codes.Code]bool{
+	codes.InvalidArgument:    true,
+	codes.NotFound:           true,
+	codes.AlreadyExists:      true,
+	codes.PermissionDenied:   true,
+	codes.Unauthenticated:    true,
+	codes.FailedPrecondition: true,
+	codes.OutOfRange:         true, // resume point older than the retention
+	codes.Unimplemented:      true,
+	codes.DataLoss:           true,
 }
 
 // Watch follows KeyService.WatchExpiring, reconnecting by itself; see WatchExpiring.
 func (k *Keys) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	return WatchExpiring(ctx, wakeFirst(k.conn, k.WatchExpiring), req, opts...)
+	return WatchExpiring(ctx, wakeFirst(k.conn, k.WatchExpiring), req, append(opts, endsWith(k.conn))...)
 }
 
 // Watch follows HandleService.WatchExpiring, reconnecting by itself; see WatchExpiring.
 func (h *Handles) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	return WatchExpiring(ctx, wakeFirst(h.conn, h.WatchExpiring), req, opts...)
+	return WatchExpiring(ctx, wakeFirst(h.conn, h.WatchExpiring), req, append(opts, endsWith(h.conn))...)
+}
+
+// endsWith ends a watch once conn is closed: its streams then fail with
+// CANCELED, which from a live connection would mean a reset to recover from.
+func endsWith(conn *grpc.ClientConn) WatchOption {
+	return func(s *watchSettings) {
+		if conn != nil {
+			s.closed = func() bool { return conn.GetState() == connectivity.Shutdown }
+		}
+	}
 }
 
 // wakeFirst makes the channel try to connect at once before each stream: the
@@ -90,17 +106,21 @@ func wakeFirst(conn *grpc.ClientConn, open Opener) Opener {
 // their warning window (sequence 0, snapshot=true) and EVENT_KIND_SNAPSHOT_COMPLETE;
 // live events follow. After a failure it reconnects with resume_after set to
 // the last sequence seen (an event's sequence, or the latest_sequence of a
-// heartbeat or SNAPSHOT_COMPLETE), waiting 1 s, doubling up to 30 s, and
-// starting again from 1 s once a stream has delivered a message. Should a
+// heartbeat or SNAPSHOT_COMPLETE), after a wait drawn below a cap of 1 s
+// doubling up to 30 s (full jitter), at least as long as a RetryInfo asks; the
+// cap starts again from 1 s once a stream has delivered a message. Should a
 // stream fail before its snapshot completes, the next one resends the snapshot.
 //
 // Heartbeats are consumed unless WithHeartbeats is given. The sequence ends
 // after the caller breaks out of the loop, or after yielding a final error:
-// ctx's error, or an *Error with code INVALID_ARGUMENT, PERMISSION_DENIED,
-// UNAUTHENTICATED, OUT_OF_RANGE, UNIMPLEMENTED or CANCELED (e.g. the Client
-// was closed).
+// ctx's error; an *Error with a code another try cannot fix
+// (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED,
+// UNAUTHENTICATED, FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED,
+// DATA_LOSS); or CANCELED once the Client is closed. Other failures
+// (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED, INTERNAL, a CANCELED the caller
+// did not cause...) and a clean end of stream reconnect.
 func WatchExpiring(ctx context.Context, open Opener, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	s := watchSettings{initialBackoff: time.Second, maxBackoff: 30 * time.Second}
+	s := watchSettings{backoff: DefaultWatchBackoff(), closed: func() bool { return false }, draw: jitter}
 	for _, opt := range opts {
 		opt(&s)
 	}
@@ -125,7 +145,7 @@ type watcher struct {
 }
 
 func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, error) bool) {
-	wait := w.settings.initialBackoff
+	retry := 0
 	for {
 		received, stopped, err := w.follow(ctx, yield)
 		if stopped {
@@ -135,13 +155,16 @@ func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, er
 			yield(nil, ctx.Err())
 			return
 		}
-		if err != nil && notRetried[CodeOf(err)] {
+		if err != nil && (watchEndsOn[CodeOf(err)] || w.settings.closed()) {
 			yield(nil, err)
 			return
 		}
 		if received {
-			wait = w.settings.initialBackoff
+			retry = 0
 		}
+		floor, _ := retryInfo(err)
+		wait := max(w.settings.backoff.Delay(retry, w.settings.draw()), floor)
+		retry++
 		if w.settings.onReconnect != nil {
 			w.settings.onReconnect(err, wait)
 		}
@@ -149,7 +172,6 @@ func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, er
 			yield(nil, ctx.Err())
 			return
 		}
-		wait = min(wait*2, w.settings.maxBackoff)
 	}
 }
 

@@ -41,17 +41,21 @@ export class AdminClient {
 
   /** Health of every component, or of one. */
   async getHealth(component: HealthComponent = "", options?: CallOptions): Promise<Health> {
-    const response = await this.calls.read((o) => this.rpc.getHealth({ component }, o), options);
+    const response = await this.calls.unary(
+      AdminService.method.getHealth,
+      (o) => this.rpc.getHealth({ component }, o),
+      options,
+    );
     return response.health ?? create(HealthSchema);
   }
 
   getConfig(options?: CallOptions): Promise<Config> {
-    return this.calls.read((o) => this.rpc.getConfig({}, o), options);
+    return this.calls.unary(AdminService.method.getConfig, (o) => this.rpc.getConfig({}, o), options);
   }
 
   /** Applies `config` under `updateMask`; a stale `etag` fails with AbortedError. */
   updateConfig(request: Init<typeof UpdateConfigRequestSchema>, options?: CallOptions): Promise<Config> {
-    return this.calls.write((o) => this.rpc.updateConfig(request, o), options);
+    return this.calls.unary(AdminService.method.updateConfig, (o) => this.rpc.updateConfig(request, o), options);
   }
 
   /** One page; see `iterateAuditEvents` to walk them all. */
@@ -59,7 +63,7 @@ export class AdminClient {
     request: Init<typeof ListAuditEventsRequestSchema>,
     options?: CallOptions,
   ): Promise<ListAuditEventsResponse> {
-    return this.calls.read((o) => this.rpc.listAuditEvents(request, o), options);
+    return this.calls.unary(AdminService.method.listAuditEvents, (o) => this.rpc.listAuditEvents(request, o), options);
   }
 
   /** Every audit event matching `filter`, page after page as the caller consumes them. */
@@ -73,9 +77,9 @@ export class AdminClient {
     });
   }
 
-  /** Walks the hash chain; a read, so it is retried like one. */
+  /** Walks the hash chain; a read (NO_SIDE_EFFECTS), so it is retried like one. */
   verifyAuditLog(options?: CallOptions): Promise<VerifyAuditLogResponse> {
-    return this.calls.read((o) => this.rpc.verifyAuditLog({}, o), options);
+    return this.calls.unary(AdminService.method.verifyAuditLog, (o) => this.rpc.verifyAuditLog({}, o), options);
   }
 
   /** Creates a bearer token; the response's `token` is the secret, shown this once. */
@@ -83,18 +87,30 @@ export class AdminClient {
     request: Init<typeof CreateAccessTokenRequestSchema>,
     options?: CallOptions,
   ): Promise<CreateAccessTokenResponse> {
-    return this.calls.write((o) => this.rpc.createAccessToken(request, o), options);
+    return this.calls.unary(
+      AdminService.method.createAccessToken,
+      (o) => this.rpc.createAccessToken(request, o),
+      options,
+    );
   }
 
   async listAccessTokens(
     request: Init<typeof ListAccessTokensRequestSchema> = {},
     options?: CallOptions,
   ): Promise<AccessToken[]> {
-    const response = await this.calls.read((o) => this.rpc.listAccessTokens(request, o), options);
+    const response = await this.calls.unary(
+      AdminService.method.listAccessTokens,
+      (o) => this.rpc.listAccessTokens(request, o),
+      options,
+    );
     return response.accessTokens;
   }
 
   revokeAccessToken(request: Init<typeof RevokeAccessTokenRequestSchema>, options?: CallOptions): Promise<AccessToken> {
-    return this.calls.write((o) => this.rpc.revokeAccessToken(request, o), options);
+    return this.calls.unary(
+      AdminService.method.revokeAccessToken,
+      (o) => this.rpc.revokeAccessToken(request, o),
+      options,
+    );
   }
 }

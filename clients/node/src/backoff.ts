@@ -1,42 +1,52 @@
 /**
- * Exponential backoff with jitter, and an abortable sleep, shared by unary retries and
- * the reconnecting watch.
+ * Exponential backoff with full jitter, and an abortable sleep, shared by unary retries and
+ * the reconnecting watch (clients/README.md: the same numbers in every Keyturn client).
  */
 
 export interface BackoffPolicy {
-  /** First delay in milliseconds. */
+  /** Cap of the first wait, in milliseconds. */
   readonly initialMs: number;
-  /** Ceiling of the delay in milliseconds. */
+  /** Ceiling of the cap, in milliseconds. */
   readonly maxMs: number;
-  /** Growth factor between consecutive delays. */
+  /** Growth of the cap between consecutive waits. */
   readonly multiplier: number;
-  /**
-   * Fraction of each delay that is randomised (0: none, 0.2: up to 20% shorter), so
-   * that many clients cut off at once do not come back in step.
-   */
-  readonly jitter: number;
 }
 
-/** Successive delays of one policy: 1 s, 2 s, 4 s ... up to the ceiling; reset() restarts. */
+/** The longest wait before retry `retry` (0 for the first). */
+export function backoffCap({ initialMs, maxMs, multiplier }: BackoffPolicy, retry: number): number {
+  const ceiling = Math.max(maxMs, initialMs);
+  let cap = initialMs;
+  for (let i = 0; i < retry && cap < ceiling; i++) cap *= Math.max(multiplier, 1);
+  return Math.min(cap, ceiling);
+}
+
+/**
+ * The wait before retry `retry` for a random `draw` in [0, 1): full jitter spreads clients
+ * that failed together over the whole window instead of bringing them back in step.
+ */
+export function backoffDelay(policy: BackoffPolicy, retry: number, draw: number): number {
+  return draw * backoffCap(policy, retry);
+}
+
+/** Successive waits of one policy; reset() starts again from the first cap. */
 export class Backoff {
-  private attempt = 0;
+  private retry = 0;
 
   constructor(
     private readonly policy: BackoffPolicy,
     private readonly random: () => number = Math.random,
   ) {}
 
-  /** The delay before the next attempt, in milliseconds; each call grows it. */
+  /** The wait before the next attempt, in milliseconds; each call grows the cap. */
   next(): number {
-    const { initialMs, maxMs, multiplier, jitter } = this.policy;
-    const base = Math.min(maxMs, initialMs * multiplier ** this.attempt);
-    this.attempt += 1;
-    return Math.round(base * (1 - jitter * this.random()));
+    const delay = backoffDelay(this.policy, this.retry, this.random());
+    this.retry += 1;
+    return delay;
   }
 
-  /** Back to the initial delay, after a success. */
+  /** Back to the first cap, after a success. */
   reset(): void {
-    this.attempt = 0;
+    this.retry = 0;
   }
 }
 

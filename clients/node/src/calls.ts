@@ -1,67 +1,64 @@
 /**
- * How one unary call runs: errors become KeyturnError subclasses, and idempotent reads
- * are retried on UNAVAILABLE with exponential backoff. Calls that change state run once:
+ * How one unary call runs (clients/README.md): one deadline fixed when it starts, errors as
+ * KeyturnError subclasses, and retries only for the methods whose `idempotency_level` allows
+ * them, on UNAVAILABLE or on RESOURCE_EXHAUSTED with a RetryInfo. Every other call runs once:
  * a retried GenerateKey or ValidateHandle could act twice.
  */
+import type { DescMethod } from "@bufbuild/protobuf";
 import { Code, ConnectError, type CallOptions } from "@connectrpc/connect";
 import { Backoff, sleep, type BackoffPolicy } from "./backoff.js";
-import { toKeyturnError } from "./errors.js";
+import { toKeyturnError, type KeyturnError } from "./errors.js";
+import { isRetried, isRetryable, retryInfoMs } from "./policy.js";
 import { linkSignals } from "./signals.js";
 
 export interface RetryPolicy extends BackoffPolicy {
-  /** Attempts in total, the first included; 1 turns retries off. */
-  readonly maxAttempts: number;
+  /** Attempts in total, the first included (1 turns retries off); unset: the deadline decides. */
+  readonly maxAttempts?: number;
 }
 
+/** Waits below 100 ms doubling to 5 s, until the call's deadline. */
 export const DEFAULT_RETRY_POLICY: RetryPolicy = {
-  maxAttempts: 5,
   initialMs: 100,
-  maxMs: 3_000,
+  maxMs: 5_000,
   multiplier: 2,
-  jitter: 0.2,
 };
+
+/** The deadline of a unary call that sets none of its own, retries included. */
+export const DEFAULT_TIMEOUT_MS = 30_000;
 
 /** Runs unary calls for the service clients. */
 export class Calls {
   constructor(
     private readonly retryPolicy: RetryPolicy,
-    private readonly defaultTimeoutMs: number | undefined,
+    /** 0: no deadline unless the call sets one. */
+    private readonly defaultTimeoutMs: number,
     /** Aborted when the client closes: running calls end, new ones fail at once. */
     private readonly clientClosed: AbortSignal,
+    private readonly random: () => number = Math.random,
   ) {}
 
-  /** A call that changes state: one attempt. */
-  write<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
-    return this.run(call, options, 1);
-  }
-
-  /** An idempotent read (Get*, List*, statistics, health, config): retried on UNAVAILABLE. */
-  read<T>(call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
-    return this.run(call, options, this.retryPolicy.maxAttempts);
-  }
-
-  /** Runs `call` up to `maxAttempts` times, backing off between attempts that were UNAVAILABLE. */
-  private async run<T>(
-    call: (options: CallOptions) => Promise<T>,
-    options: CallOptions,
-    maxAttempts: number,
-  ): Promise<T> {
-    const backoff = new Backoff(this.retryPolicy);
+  /**
+   * Runs `call` for `method` within one deadline: `options.timeoutMs`, else the client's.
+   * Each attempt carries only the time that remains; a wait that would end past the deadline
+   * is not slept: the last error is thrown at once.
+   */
+  async unary<T>(method: DescMethod, call: (options: CallOptions) => Promise<T>, options: CallOptions = {}): Promise<T> {
+    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
+    const deadline = timeoutMs > 0 ? Date.now() + timeoutMs : undefined;
+    const maxAttempts = isRetryable(method) ? (this.retryPolicy.maxAttempts ?? Infinity) : 1;
+    const backoff = new Backoff(this.retryPolicy, this.random);
     const linked = linkSignals(options.signal, this.clientClosed);
-    const callOptions = this.withDefaults(options, linked.signal);
     try {
       for (let attempt = 1; ; attempt++) {
+        const left = deadline === undefined ? undefined : Math.max(1, deadline - Date.now());
         try {
-          return await call(callOptions);
+          return await call({ ...options, signal: linked.signal, timeoutMs: left });
         } catch (reason) {
           const error = toKeyturnError(reason, linked.signal);
-          if (error.code !== Code.Unavailable || attempt >= maxAttempts) throw error;
-          try {
-            await sleep(backoff.next(), linked.signal);
-          } catch (aborted) {
-            // The signal's reason may be anything (a string, a plain Error): it is a cancellation.
-            throw toKeyturnError(ConnectError.from(aborted, Code.Canceled));
-          }
+          if (attempt >= maxAttempts || !isRetried(error)) throw error;
+          const wait = Math.max(backoff.next(), retryInfoMs(error) ?? 0);
+          if (deadline !== undefined && Date.now() + wait >= deadline) throw error;
+          await this.pause(wait, linked.signal);
         }
       }
     } finally {
@@ -69,8 +66,12 @@ export class Calls {
     }
   }
 
-  private withDefaults(options: CallOptions, signal: AbortSignal): CallOptions {
-    const timeoutMs = options.timeoutMs ?? this.defaultTimeoutMs;
-    return { ...options, signal, ...(timeoutMs === undefined ? {} : { timeoutMs }) };
+  private async pause(ms: number, signal: AbortSignal): Promise<void> {
+    try {
+      await sleep(ms, signal);
+    } catch (aborted) {
+      // The signal's reason may be anything (a string, a plain Error): it is a cancellation.
+      throw toKeyturnError(ConnectError.from(aborted, Code.Canceled)) satisfies KeyturnError;
+    }
   }
 }

@@ -59,16 +59,16 @@ export class HandlesClient {
     request: Init<typeof GenerateHandleRequestSchema>,
     options?: CallOptions,
   ): Promise<GenerateHandleResponse> {
-    return this.calls.write((o) => this.rpc.generateHandle(request, o), options);
+    return this.calls.unary(HandleService.method.generateHandle, (o) => this.rpc.generateHandle(request, o), options);
   }
 
   getHandle(request: Init<typeof GetHandleRequestSchema>, options?: CallOptions): Promise<Handle> {
-    return this.calls.read((o) => this.rpc.getHandle(request, o), options);
+    return this.calls.unary(HandleService.method.getHandle, (o) => this.rpc.getHandle(request, o), options);
   }
 
   /** One page; see `iterateHandles` to walk them all. */
   listHandles(request: Init<typeof ListHandlesRequestSchema>, options?: CallOptions): Promise<ListHandlesResponse> {
-    return this.calls.read((o) => this.rpc.listHandles(request, o), options);
+    return this.calls.unary(HandleService.method.listHandles, (o) => this.rpc.listHandles(request, o), options);
   }
 
   /** Every handle matching `filter`, page after page as the caller consumes them. */
@@ -81,7 +81,11 @@ export class HandlesClient {
 
   /** Checks a token and counts the use; `valid: false` comes with a `reason`. */
   async validateHandle(request: Init<typeof ValidateHandleRequestSchema>, options?: CallOptions): Promise<Validation> {
-    const response = await this.calls.write((o) => this.rpc.validateHandle(request, o), options);
+    const response = await this.calls.unary(
+      HandleService.method.validateHandle,
+      (o) => this.rpc.validateHandle(request, o),
+      options,
+    );
     return response.validation ?? create(ValidationSchema);
   }
 
@@ -92,16 +96,24 @@ export class HandlesClient {
       handleId !== undefined
         ? { case: "handleId" as const, value: handleId }
         : { case: "token" as const, value: token ?? "" };
-    return this.calls.write((o) => this.rpc.rotateHandle({ ...rest, target }, o), options);
+    return this.calls.unary(
+      HandleService.method.rotateHandle,
+      (o) => this.rpc.rotateHandle({ ...rest, target }, o),
+      options,
+    );
   }
 
   /** Revokes the handle at once. */
   removeHandle(request: Init<typeof RemoveHandleRequestSchema>, options?: CallOptions): Promise<Handle> {
-    return this.calls.write((o) => this.rpc.removeHandle(request, o), options);
+    return this.calls.unary(HandleService.method.removeHandle, (o) => this.rpc.removeHandle(request, o), options);
   }
 
   async getHandleStatistics(options?: CallOptions): Promise<HandleStatistics> {
-    const response = await this.calls.read((o) => this.rpc.getHandleStatistics({}, o), options);
+    const response = await this.calls.unary(
+      HandleService.method.getHandleStatistics,
+      (o) => this.rpc.getHandleStatistics({}, o),
+      options,
+    );
     return response.statistics ?? create(HandleStatisticsSchema);
   }
 

@@ -13,7 +13,7 @@ export {
   type RotateHandleTarget,
 } from "./handles.js";
 export { AdminClient, type AuditEventFilter, type HealthComponent } from "./admin.js";
-export { DEFAULT_RETRY_POLICY, type RetryPolicy } from "./calls.js";
+export { DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_MS, type RetryPolicy } from "./calls.js";
 export type { BackoffPolicy } from "./backoff.js";
 export {
   DEFAULT_WATCH_BACKOFF,

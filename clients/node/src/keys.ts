@@ -1,6 +1,7 @@
 /**
  * KeyService: keys generated, rotated and used in place by the service. Thin typed
- * methods, one per RPC; reads are retried on UNAVAILABLE, writes run once.
+ * methods, one per RPC; the calls the API marks idempotent (reads, encrypt, sign, MACs...) are
+ * retried per the client policy, the others run once.
  */
 import { create } from "@bufbuild/protobuf";
 import { createClient, type CallOptions, type Client, type Transport } from "@connectrpc/connect";
@@ -53,16 +54,16 @@ export class KeysClient {
   }
 
   generateKey(request: Init<typeof GenerateKeyRequestSchema>, options?: CallOptions): Promise<GenerateKeyResponse> {
-    return this.calls.write((o) => this.rpc.generateKey(request, o), options);
+    return this.calls.unary(KeyService.method.generateKey, (o) => this.rpc.generateKey(request, o), options);
   }
 
   getKey(request: Init<typeof GetKeyRequestSchema>, options?: CallOptions): Promise<Key> {
-    return this.calls.read((o) => this.rpc.getKey(request, o), options);
+    return this.calls.unary(KeyService.method.getKey, (o) => this.rpc.getKey(request, o), options);
   }
 
   /** One page; see `iterateKeys` to walk them all. */
   listKeys(request: Init<typeof ListKeysRequestSchema>, options?: CallOptions): Promise<ListKeysResponse> {
-    return this.calls.read((o) => this.rpc.listKeys(request, o), options);
+    return this.calls.unary(KeyService.method.listKeys, (o) => this.rpc.listKeys(request, o), options);
   }
 
   /** Every key matching `filter`, page after page as the caller consumes them. */
@@ -74,52 +75,56 @@ export class KeysClient {
   }
 
   rotateKey(request: Init<typeof RotateKeyRequestSchema>, options?: CallOptions): Promise<Key> {
-    return this.calls.write((o) => this.rpc.rotateKey(request, o), options);
+    return this.calls.unary(KeyService.method.rotateKey, (o) => this.rpc.rotateKey(request, o), options);
   }
 
   removeKey(request: Init<typeof RemoveKeyRequestSchema>, options?: CallOptions): Promise<Key> {
-    return this.calls.write((o) => this.rpc.removeKey(request, o), options);
+    return this.calls.unary(KeyService.method.removeKey, (o) => this.rpc.removeKey(request, o), options);
   }
 
   restoreKey(request: Init<typeof RestoreKeyRequestSchema>, options?: CallOptions): Promise<Key> {
-    return this.calls.write((o) => this.rpc.restoreKey(request, o), options);
+    return this.calls.unary(KeyService.method.restoreKey, (o) => this.rpc.restoreKey(request, o), options);
   }
 
   async getKeyStatistics(options?: CallOptions): Promise<KeyStatistics> {
-    const response = await this.calls.read((o) => this.rpc.getKeyStatistics({}, o), options);
+    const response = await this.calls.unary(
+      KeyService.method.getKeyStatistics,
+      (o) => this.rpc.getKeyStatistics({}, o),
+      options,
+    );
     return response.statistics ?? create(KeyStatisticsSchema);
   }
 
   exportKey(request: Init<typeof ExportKeyRequestSchema>, options?: CallOptions): Promise<ExportKeyResponse> {
-    return this.calls.write((o) => this.rpc.exportKey(request, o), options);
+    return this.calls.unary(KeyService.method.exportKey, (o) => this.rpc.exportKey(request, o), options);
   }
 
   encrypt(request: Init<typeof EncryptRequestSchema>, options?: CallOptions): Promise<EncryptResponse> {
-    return this.calls.write((o) => this.rpc.encrypt(request, o), options);
+    return this.calls.unary(KeyService.method.encrypt, (o) => this.rpc.encrypt(request, o), options);
   }
 
   decrypt(request: Init<typeof DecryptRequestSchema>, options?: CallOptions): Promise<DecryptResponse> {
-    return this.calls.write((o) => this.rpc.decrypt(request, o), options);
+    return this.calls.unary(KeyService.method.decrypt, (o) => this.rpc.decrypt(request, o), options);
   }
 
   sign(request: Init<typeof SignRequestSchema>, options?: CallOptions): Promise<SignResponse> {
-    return this.calls.write((o) => this.rpc.sign(request, o), options);
+    return this.calls.unary(KeyService.method.sign, (o) => this.rpc.sign(request, o), options);
   }
 
   verify(request: Init<typeof VerifyRequestSchema>, options?: CallOptions): Promise<VerifyResponse> {
-    return this.calls.write((o) => this.rpc.verify(request, o), options);
+    return this.calls.unary(KeyService.method.verify, (o) => this.rpc.verify(request, o), options);
   }
 
   getPublicKey(request: Init<typeof GetPublicKeyRequestSchema>, options?: CallOptions): Promise<GetPublicKeyResponse> {
-    return this.calls.read((o) => this.rpc.getPublicKey(request, o), options);
+    return this.calls.unary(KeyService.method.getPublicKey, (o) => this.rpc.getPublicKey(request, o), options);
   }
 
   computeMac(request: Init<typeof ComputeMacRequestSchema>, options?: CallOptions): Promise<ComputeMacResponse> {
-    return this.calls.write((o) => this.rpc.computeMac(request, o), options);
+    return this.calls.unary(KeyService.method.computeMac, (o) => this.rpc.computeMac(request, o), options);
   }
 
   verifyMac(request: Init<typeof VerifyMacRequestSchema>, options?: CallOptions): Promise<VerifyMacResponse> {
-    return this.calls.write((o) => this.rpc.verifyMac(request, o), options);
+    return this.calls.unary(KeyService.method.verifyMac, (o) => this.rpc.verifyMac(request, o), options);
   }
 
   /** Expiry warnings, rotations and removals of keys; reconnects and resumes by itself. */

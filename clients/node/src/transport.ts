@@ -1,12 +1,14 @@
 /**
  * The gRPC transport of a client: Connect's gRPC protocol over Node's HTTP/2, one
- * connection per client, with the bearer token in every call's metadata.
+ * connection per client, TLS unless the address is loopback (or plaintext is asked for),
+ * with the bearer token in every call's metadata.
  */
 import type * as http2 from "node:http2";
 import type { Interceptor, Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { isLoopback } from "./policy.js";
 
-/** Transport security. Plaintext unless `tls` is given. */
+/** Transport security settings, for a private CA, mutual TLS or another server name. */
 export interface TlsOptions {
   /** CA certificates (PEM) to trust instead of Node's default roots. */
   readonly ca?: string | Buffer;
@@ -22,7 +24,11 @@ export interface ConnectionOptions {
   readonly address: string;
   /** Bearer token sent as `authorization: Bearer <token>`. */
   readonly token?: string;
-  /** true: TLS with Node's default roots; an object: TLS with these settings. */
+  /**
+   * Unset: TLS with Node's default roots, or plaintext when the address is loopback
+   * (127.0.0.0/8, ::1, localhost). true: TLS; an object: TLS with these settings; false:
+   * plaintext to any address (a TLS-terminating proxy next to the client, say).
+   */
   readonly tls?: boolean | TlsOptions;
   /** Run before the bearer-token interceptor, outermost first. */
   readonly interceptors?: readonly Interceptor[];
@@ -34,7 +40,7 @@ export interface Connection {
   /** Aborted by close(): watches stop reconnecting. */
   readonly closed: AbortSignal;
   /** Closes the connection; calls still running fail with CANCELLED. */
-  close(): void;
+  close(): Promise<void>;
 }
 
 export function connect(options: ConnectionOptions): Connection {
@@ -47,16 +53,20 @@ export function connect(options: ConnectionOptions): Connection {
   return {
     transport,
     closed: lifetime.signal,
-    close: () => {
+    close: async () => {
       lifetime.abort();
       sessions.abort();
+      // Let the aborted calls and watches see their end before the caller goes on.
+      await new Promise((resolve) => setImmediate(resolve));
     },
   };
 }
 
-function baseUrlOf({ address, tls }: ConnectionOptions): string {
+/** The URL a client connects to: https unless plaintext was chosen or the address is loopback. */
+export function baseUrlOf({ address, tls }: Pick<ConnectionOptions, "address" | "tls">): string {
   if (/^https?:\/\//.test(address)) return address;
-  return `${tls ? "https" : "http"}://${address}`;
+  const secure = tls === undefined ? !isLoopback(address) : tls !== false;
+  return `${secure ? "https" : "http"}://${address}`;
 }
 
 function nodeOptionsOf(tls: ConnectionOptions["tls"]): http2.SecureClientSessionOptions {

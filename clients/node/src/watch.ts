@@ -3,16 +3,19 @@
  *
  * The watch keeps a checkpoint: the sequence of the last event it yielded, or the
  * `latestSequence` of the last HEARTBEAT or SNAPSHOT_COMPLETE. When the stream breaks it
- * waits (1 s, doubling up to 30 s, back to 1 s after any message) and reopens the stream
- * with `resumeAfter` = the checkpoint, so the server replays exactly what was missed; an
- * event whose sequence is not past the checkpoint is dropped, so none is yielded twice.
- * Errors that a retry cannot fix (INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED,
- * OUT_OF_RANGE, UNIMPLEMENTED) end the iteration by throwing.
+ * waits (a random time below a cap of 1 s doubling up to 30 s, back to 1 s after any
+ * message, and at least what a RetryInfo asks) and reopens the stream with `resumeAfter` =
+ * the checkpoint, so the server replays exactly what was missed; an event whose sequence is
+ * not past the checkpoint is dropped, so none is yielded twice. Errors that a retry cannot
+ * fix (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS, PERMISSION_DENIED, UNAUTHENTICATED,
+ * FAILED_PRECONDITION, OUT_OF_RANGE, UNIMPLEMENTED, DATA_LOSS) end the iteration by throwing;
+ * the caller's signal or closing the client ends it quietly. Everything else reconnects.
  */
 import type { MessageInitShape } from "@bufbuild/protobuf";
-import { Code, type CallOptions } from "@connectrpc/connect";
+import type { CallOptions } from "@connectrpc/connect";
 import { Backoff, sleep, type BackoffPolicy } from "./backoff.js";
 import { toKeyturnError, type KeyturnError } from "./errors.js";
+import { WATCH_ENDS_ON, retryInfoMs } from "./policy.js";
 import { linkSignals } from "./signals.js";
 import {
   EventKind,
@@ -46,7 +49,7 @@ export interface WatchOptions {
   readonly heartbeats?: boolean;
   /** Ends the iteration quietly when aborted. */
   readonly signal?: AbortSignal;
-  /** Reconnect delays; default 1 s doubling up to 30 s with 20% jitter. */
+  /** Reconnect delays: caps of 1 s doubling up to 30 s, each wait drawn below its cap. */
   readonly backoff?: Partial<BackoffPolicy>;
   /** Told before each reconnect: why, after how long, and from which sequence. */
   readonly onReconnect?: (reconnect: Reconnect) => void;
@@ -64,16 +67,7 @@ export const DEFAULT_WATCH_BACKOFF: BackoffPolicy = {
   initialMs: 1_000,
   maxMs: 30_000,
   multiplier: 2,
-  jitter: 0.2,
 };
-
-const NOT_RETRIED: ReadonlySet<Code> = new Set([
-  Code.InvalidArgument,
-  Code.PermissionDenied,
-  Code.Unauthenticated,
-  Code.OutOfRange,
-  Code.Unimplemented,
-]);
 
 /** A reconnecting WatchExpiring stream; iterate it once with `for await`. */
 export class ExpiryWatch implements AsyncIterable<ExpiryEvent> {
@@ -121,9 +115,9 @@ export class ExpiryWatch implements AsyncIterable<ExpiryEvent> {
       } catch (reason) {
         if (signal.aborted) return;
         failure = toKeyturnError(reason, signal);
-        if (NOT_RETRIED.has(failure.code)) throw failure;
+        if (WATCH_ENDS_ON.has(failure.code)) throw failure;
       }
-      const delayMs = backoff.next();
+      const delayMs = Math.max(backoff.next(), failure === undefined ? 0 : (retryInfoMs(failure) ?? 0));
       this.options.onReconnect?.({ error: failure, delayMs, resumeAfter: this.checkpoint });
       try {
         await sleep(delayMs, signal);

@@ -14,11 +14,27 @@ describe("client", () => {
       for await (const event of watch) void (event && yielded++);
     })();
     await eventually(() => watch.lastSequence !== undefined, 10_000, "SNAPSHOT_COMPLETE");
-    client.close();
+    await client.close();
     await consumer; // returns instead of reconnecting forever
     assert.ok(yielded >= 1);
 
     await assert.rejects(client.keys.getKey({ keyId: "key_aaaaaaaaaaaaaaaa" }), CancelledError);
+  });
+
+  test("await using closes the client at the end of its block", async () => {
+    let escaped: KeyturnClient | undefined;
+    let consumer: Promise<void> | undefined;
+    {
+      await using client = adminClient();
+      escaped = client;
+      const watch = client.keys.watchExpiring();
+      consumer = (async () => {
+        for await (const event of watch) void event;
+      })();
+      await eventually(() => watch.lastSequence !== undefined, 10_000, "SNAPSHOT_COMPLETE");
+    }
+    await consumer; // the watch ended with the block
+    await assert.rejects(escaped.keys.getKey({ keyId: "key_aaaaaaaaaaaaaaaa" }), CancelledError);
   });
 
   test("a caller's abort during the retry backoff ends the read with CancelledError", async () => {
@@ -30,7 +46,9 @@ describe("client", () => {
     const client = new KeyturnClient({
       address: "127.0.0.1:1",
       token: "unused",
-      retry: { maxAttempts: 5, initialMs: 60_000, maxMs: 60_000, jitter: 0 },
+      // A wait drawn below an hour (full jitter), with no deadline to cut it short.
+      retry: { maxAttempts: 5, initialMs: 3_600_000, maxMs: 3_600_000 },
+      timeoutMs: 0,
       interceptors: [
         (next) => async (request) => {
           attempts++;
@@ -58,7 +76,7 @@ describe("client", () => {
       assert.equal(attempts, 1, "no retry after the abort");
       assert.ok(Date.now() - started < 5_000, "the abort ends the backoff at once");
     } finally {
-      client.close();
+      await client.close();
     }
   });
 });

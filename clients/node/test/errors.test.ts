@@ -60,7 +60,7 @@ describe("errors from the live server", () => {
       assert.ok(error instanceof UnauthenticatedError);
       assert.match(error.reason, /\S/);
     } finally {
-      stranger.close();
+      await stranger.close();
     }
   });
 
@@ -72,7 +72,7 @@ describe("errors from the live server", () => {
       assert.equal(error.reason, "ROLE_NOT_ALLOWED");
       assert.match(error.metadata["permission"] ?? "", /\S/);
     } finally {
-      service.close();
+      await service.close();
     }
   });
 
@@ -101,7 +101,7 @@ describe("errors from the live server", () => {
       assert.ok(write instanceof UnavailableError);
       assert.equal(attempts, 1, "a call that changes state is never retried");
     } finally {
-      nowhere.close();
+      await nowhere.close();
     }
   });
 });

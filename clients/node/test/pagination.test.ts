@@ -25,9 +25,9 @@ before(async () => {
   }
 });
 
-after(() => {
-  service.close();
-  admin.close();
+after(async () => {
+  await service.close();
+  await admin.close();
 });
 
 describe("pagination", () => {

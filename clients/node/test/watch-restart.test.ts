@@ -82,8 +82,8 @@ describe("watchExpiring across server restarts", () => {
     } finally {
       stop.abort();
       await consumer;
-      watcher.close();
-      actor.close();
+      await watcher.close();
+      await actor.close();
     }
 
     const sequences = logged.map((e) => e.sequence);
@@ -99,7 +99,8 @@ describe("watchExpiring across server restarts", () => {
     );
     assert.ok(reconnects.length >= 2, "reconnected after each restart");
     for (const reconnect of reconnects) {
-      assert.ok(reconnect.delayMs >= 800 && reconnect.delayMs <= 30_000, `delay ${reconnect.delayMs}`);
+      // Full jitter: anywhere below the cap, which never exceeds 30 s.
+      assert.ok(reconnect.delayMs >= 0 && reconnect.delayMs < 30_000, `delay ${reconnect.delayMs}`);
     }
   });
 });
@@ -155,7 +156,7 @@ describe("watchExpiring with deliverTokens", () => {
       assert.equal(removed.status, HandleStatus.REVOKED);
     } finally {
       stop.abort();
-      client.close();
+      await client.close();
     }
   });
 });

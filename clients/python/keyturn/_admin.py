@@ -23,14 +23,16 @@ def _timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 
 class AdminCalls(Caller):
-    async def get_health(self, component: str = "") -> admin_pb2.GetHealthResponse:
+    async def get_health(
+        self, component: str = "", *, timeout: float | None = None
+    ) -> admin_pb2.GetHealthResponse:
         """Health of everything, or of one component ("keys", "handles", "store",
         "scheduler")."""
         request = admin_pb2.GetHealthRequest(component=component)
-        return await self._call(self._admin.GetHealth, request, read=True)
+        return await self._call(self._admin.GetHealth, request, timeout)
 
-    async def get_config(self) -> admin_pb2.Config:
-        return await self._call(self._admin.GetConfig, admin_pb2.GetConfigRequest(), read=True)
+    async def get_config(self, *, timeout: float | None = None) -> admin_pb2.Config:
+        return await self._call(self._admin.GetConfig, admin_pb2.GetConfigRequest(), timeout)
 
     async def update_config(
         self,
@@ -40,6 +42,7 @@ class AdminCalls(Caller):
         update_mask: Sequence[str] = (),
         user_id: str = "",
         reason: str = "",
+        timeout: float | None = None,
     ) -> admin_pb2.Config:
         """Applies ``config`` at the paths of ``update_mask`` (e.g. "key_types.custom",
         "security_policies.rate_limit_per_handle"; empty: everything given). ``etag`` is
@@ -51,7 +54,7 @@ class AdminCalls(Caller):
             user_id=user_id,
             reason=reason,
         )
-        return await self._call(self._admin.UpdateConfig, request)
+        return await self._call(self._admin.UpdateConfig, request, timeout)
 
     async def list_audit_events(
         self,
@@ -64,6 +67,7 @@ class AdminCalls(Caller):
         descending: bool = False,
         page_size: int = 0,
         page_token: str = "",
+        timeout: float | None = None,
     ) -> admin_pb2.ListAuditEventsResponse:
         """One page of the audit log; see ``iter_audit_events`` for all of it."""
         request = admin_pb2.ListAuditEventsRequest(
@@ -76,7 +80,7 @@ class AdminCalls(Caller):
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(self._admin.ListAuditEvents, request, read=True)
+        return await self._call(self._admin.ListAuditEvents, request, timeout)
 
     def iter_audit_events(
         self,
@@ -89,7 +93,11 @@ class AdminCalls(Caller):
         descending: bool = False,
         page_size: int = 0,
         limit: int | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[admin_pb2.AuditEvent]:
+        """Every matching audit event (at most ``limit``), page after page; ``timeout``
+        bounds each page's call."""
+
         async def fetch(token: str) -> admin_pb2.ListAuditEventsResponse:
             return await self.list_audit_events(
                 action=action,
@@ -100,17 +108,26 @@ class AdminCalls(Caller):
                 descending=descending,
                 page_size=page_size,
                 page_token=token,
+                timeout=timeout,
             )
 
         return pages(fetch, lambda r: r.events, lambda r: r.next_page_token, limit)
 
-    async def verify_audit_log(self) -> admin_pb2.VerifyAuditLogResponse:
+    async def verify_audit_log(
+        self, *, timeout: float | None = None
+    ) -> admin_pb2.VerifyAuditLogResponse:
         """Walks the hash chain; ``valid`` is false with the first broken link."""
         request = admin_pb2.VerifyAuditLogRequest()
-        return await self._call(self._admin.VerifyAuditLog, request, read=True)
+        return await self._call(self._admin.VerifyAuditLog, request, timeout)
 
     async def create_access_token(
-        self, name: str, role: RoleLike, *, ttl: timedelta | None = None, user_id: str = ""
+        self,
+        name: str,
+        role: RoleLike,
+        *,
+        ttl: timedelta | None = None,
+        user_id: str = "",
+        timeout: float | None = None,
     ) -> admin_pb2.CreateAccessTokenResponse:
         """A bearer token for principal ``name`` with ``role`` ("admin", "operator",
         "service", "auditor"); its secret is in ``token``, shown once."""
@@ -119,16 +136,24 @@ class AdminCalls(Caller):
         )
         if ttl is not None:
             request.ttl.FromTimedelta(ttl)
-        return await self._call(self._admin.CreateAccessToken, request)
+        return await self._call(self._admin.CreateAccessToken, request, timeout)
 
     async def list_access_tokens(
-        self, *, include_revoked: bool = False
+        self,
+        *,
+        include_revoked: bool = False,
+        timeout: float | None = None,
     ) -> admin_pb2.ListAccessTokensResponse:
         request = admin_pb2.ListAccessTokensRequest(include_revoked=include_revoked)
-        return await self._call(self._admin.ListAccessTokens, request, read=True)
+        return await self._call(self._admin.ListAccessTokens, request, timeout)
 
     async def revoke_access_token(
-        self, name: str, *, user_id: str = "", reason: str = ""
+        self,
+        name: str,
+        *,
+        user_id: str = "",
+        reason: str = "",
+        timeout: float | None = None,
     ) -> admin_pb2.AccessToken:
         request = admin_pb2.RevokeAccessTokenRequest(name=name, user_id=user_id, reason=reason)
-        return await self._call(self._admin.RevokeAccessToken, request)
+        return await self._call(self._admin.RevokeAccessToken, request, timeout)

@@ -1,5 +1,6 @@
-"""What every typed method shares: the stubs, the call itself (metadata, timeout, retry
-of reads, error mapping), enum arguments given as names, and page walking."""
+"""What every typed method shares: the stubs, the call itself (metadata, one deadline,
+retries of the calls the API marks idempotent, error mapping), enum arguments given as
+names, and page walking."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
+from keyturn import _policy
 from keyturn._errors import from_rpc_error
 from keyturn._retry import RetryPolicy, retrying
 from keyturn.v1 import admin_pb2_grpc, handles_pb2_grpc, keys_pb2_grpc
@@ -37,24 +39,36 @@ class Caller:
         self._metadata = tuple(metadata)
         self._timeout = timeout
         self._retry = retry
+        # The stubs' callables of the methods whose idempotency_level allows a retry.
+        stubs = zip(_policy.SERVICES, (self._keys, self._handles, self._admin), strict=True)
+        self._retryable: frozenset[object] = frozenset(
+            getattr(stub, method.name)
+            for service, stub in stubs
+            for method in service.methods
+            if _policy.retryable(method)
+        )
 
     async def _call(
         self,
         method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
         request: Req,
-        *,
-        read: bool = False,
+        timeout: float | None = None,
     ) -> Resp:
-        """One unary call. Reads (idempotent) are retried on UNAVAILABLE; any failure is
+        """One unary call within one deadline: ``timeout`` seconds, or the client's.
+        Methods the API marks idempotent are retried per the policy; any failure is
         raised as a KeyturnError subclass."""
 
-        async def attempt() -> Resp:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
+        async def attempt(left: float | None) -> Resp:
+            return await method(request, timeout=left, metadata=self._metadata)
 
+        policy = self._retry if method in self._retryable else _ONCE
         try:
-            return await (retrying(attempt, self._retry) if read else attempt())
+            return await retrying(attempt, policy, self._timeout if timeout is None else timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
+
+
+_ONCE = RetryPolicy(max_attempts=1)
 
 
 async def pages(

@@ -24,9 +24,11 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
     """Asyncio client of KeyService, HandleService and AdminService.
 
     Each method sends one RPC and returns its response message (``keyturn.v1``); a failed
-    call raises a ``KeyturnError`` subclass. Reads are retried while the server is
-    UNAVAILABLE, following ``retry``; writes never are. Use it as an async context
-    manager, or call ``close()``::
+    call raises a ``KeyturnError`` subclass. Calls the API marks idempotent (reads, and
+    Encrypt, Sign, MAC...) are retried on UNAVAILABLE, and on RESOURCE_EXHAUSTED with a
+    RetryInfo, following ``retry``; the others never are. Each call has one deadline,
+    its ``timeout=`` or the client's, shared by all its attempts (clients/README.md).
+    Use it as an async context manager, or call ``close()``::
 
         async with AsyncClient("127.0.0.1:50051", token=token) as client:
             created = await client.generate_key("encryption", user_id="user123")
@@ -44,14 +46,19 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         retry: RetryPolicy | None = None,
         channel_options: ChannelOptions = (),
     ) -> None:
-        """``address`` is HOST:PORT; ``token`` the bearer token; ``tls`` None for
-        plaintext, True for TLS with the system's roots, or a ``TLS``; ``timeout`` the
-        deadline of each unary call in seconds (None: none)."""
+        """``address`` is HOST:PORT; ``token`` the bearer token; ``tls`` None for TLS
+        unless the address is loopback, True for TLS with the system's roots, a ``TLS``
+        for a private CA or mutual TLS, False for plaintext to any address; ``timeout``
+        the default deadline of each unary call in seconds, retries included (None:
+        none); ``retry`` how calls the API marks idempotent are retried."""
         self.address = address
         self._channel = open_channel(address, tls, channel_options)
+        self._closed = False
         super().__init__(self._channel, call_metadata(token), timeout, retry or RetryPolicy())
 
     async def close(self) -> None:
+        """Closes the channel: calls in flight fail with Cancelled, watches end."""
+        self._closed = True
         await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
@@ -108,5 +115,10 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
             return method(request, metadata=self._metadata)
 
         return Watch(
-            open_stream, request, heartbeats=heartbeats, backoff=backoff, on_retry=on_retry
+            open_stream,
+            request,
+            heartbeats=heartbeats,
+            backoff=backoff,
+            on_retry=on_retry,
+            closed=lambda: self._closed,
         )

@@ -13,7 +13,12 @@ HandleStatusLike: TypeAlias = "resources_pb2.HandleStatus.ValueType | str | None
 
 class HandleCalls(Caller):
     async def generate_handle(
-        self, type: str, *, context: Mapping[str, str] | None = None, user_id: str = ""
+        self,
+        type: str,
+        *,
+        context: Mapping[str, str] | None = None,
+        user_id: str = "",
+        timeout: float | None = None,
     ) -> handles_pb2.GenerateHandleResponse:
         """A new handle of ``type`` ("session", "workflow", "api", "device" or custom) and
         its secret ``token``, which the server shows only this once. ``ip`` and
@@ -21,11 +26,13 @@ class HandleCalls(Caller):
         request = handles_pb2.GenerateHandleRequest(
             type=type, context=context or {}, user_id=user_id
         )
-        return await self._call(self._handles.GenerateHandle, request)
+        return await self._call(self._handles.GenerateHandle, request, timeout)
 
-    async def get_handle(self, handle_id: str) -> resources_pb2.Handle:
+    async def get_handle(
+        self, handle_id: str, *, timeout: float | None = None
+    ) -> resources_pb2.Handle:
         request = handles_pb2.GetHandleRequest(handle_id=handle_id)
-        return await self._call(self._handles.GetHandle, request, read=True)
+        return await self._call(self._handles.GetHandle, request, timeout)
 
     async def list_handles(
         self,
@@ -35,6 +42,7 @@ class HandleCalls(Caller):
         owner: str = "",
         page_size: int = 0,
         page_token: str = "",
+        timeout: float | None = None,
     ) -> handles_pb2.ListHandlesResponse:
         """One page of handles; see ``iter_handles`` for all of them."""
         request = handles_pb2.ListHandlesRequest(
@@ -44,7 +52,7 @@ class HandleCalls(Caller):
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(self._handles.ListHandles, request, read=True)
+        return await self._call(self._handles.ListHandles, request, timeout)
 
     def iter_handles(
         self,
@@ -54,25 +62,37 @@ class HandleCalls(Caller):
         owner: str = "",
         page_size: int = 0,
         limit: int | None = None,
+        timeout: float | None = None,
     ) -> AsyncIterator[resources_pb2.Handle]:
-        """Every matching handle (at most ``limit``), page after page."""
+        """Every matching handle (at most ``limit``), page after page; ``timeout`` bounds
+        each page's call."""
 
         async def fetch(token: str) -> handles_pb2.ListHandlesResponse:
             return await self.list_handles(
-                type=type, status=status, owner=owner, page_size=page_size, page_token=token
+                type=type,
+                status=status,
+                owner=owner,
+                page_size=page_size,
+                page_token=token,
+                timeout=timeout,
             )
 
         return pages(fetch, lambda r: r.handles, lambda r: r.next_page_token, limit)
 
     async def validate_handle(
-        self, token: str, *, context: Mapping[str, str] | None = None, user_id: str = ""
+        self,
+        token: str,
+        *,
+        context: Mapping[str, str] | None = None,
+        user_id: str = "",
+        timeout: float | None = None,
     ) -> handles_pb2.ValidateHandleResponse:
         """Checks ``token`` and counts the use. A refusal is data (``validation.valid`` is
         false, with a ``reason``), not an exception. Never retried: each call counts."""
         request = handles_pb2.ValidateHandleRequest(
             token=token, context=context or {}, user_id=user_id
         )
-        return await self._call(self._handles.ValidateHandle, request)
+        return await self._call(self._handles.ValidateHandle, request, timeout)
 
     async def rotate_handle(
         self,
@@ -82,6 +102,7 @@ class HandleCalls(Caller):
         context: Mapping[str, str] | None = None,
         user_id: str = "",
         reason: str = "",
+        timeout: float | None = None,
     ) -> handles_pb2.RotateHandleResponse:
         """A new secret for the handle named by id, or by its current (or previous, inside
         the grace period) ``token``; the previous secret keeps validating until
@@ -95,17 +116,24 @@ class HandleCalls(Caller):
         else:
             request.token = token
             request.context.update(context or {})
-        return await self._call(self._handles.RotateHandle, request)
+        return await self._call(self._handles.RotateHandle, request, timeout)
 
     async def remove_handle(
-        self, handle_id: str, *, user_id: str = "", reason: str = ""
+        self,
+        handle_id: str,
+        *,
+        user_id: str = "",
+        reason: str = "",
+        timeout: float | None = None,
     ) -> resources_pb2.Handle:
         """Revokes the handle at once."""
         request = handles_pb2.RemoveHandleRequest(
             handle_id=handle_id, user_id=user_id, reason=reason
         )
-        return await self._call(self._handles.RemoveHandle, request)
+        return await self._call(self._handles.RemoveHandle, request, timeout)
 
-    async def get_handle_statistics(self) -> handles_pb2.GetHandleStatisticsResponse:
+    async def get_handle_statistics(
+        self, *, timeout: float | None = None
+    ) -> handles_pb2.GetHandleStatisticsResponse:
         request = handles_pb2.GetHandleStatisticsRequest()
-        return await self._call(self._handles.GetHandleStatistics, request, read=True)
+        return await self._call(self._handles.GetHandleStatistics, request, timeout)

@@ -1,5 +1,6 @@
-"""How the client reaches the server: plaintext or TLS (optionally mutual), the bearer
-token, and channel options that make a restarted server reachable again quickly."""
+"""How the client reaches the server: TLS (optionally mutual) unless the address is
+loopback or plaintext is asked for, the bearer token, and channel options that make a
+restarted server reachable again quickly."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from typing import Any, TypeAlias
 
 import grpc
 
-#: What ``AsyncClient(tls=...)`` accepts: None or False for plaintext, True for TLS with
-#: the system's roots, or a TLS object for a private CA, a client certificate, or both.
+from keyturn._policy import is_loopback
+
+#: What ``AsyncClient(tls=...)`` accepts: None (the default) for plaintext to a loopback
+#: address and TLS with the system's roots to any other; True for TLS with the system's
+#: roots; a TLS object for a private CA, a client certificate, or both; False for
+#: plaintext to any address (a TLS-terminating proxy next to the client, say).
 TLSLike: TypeAlias = "TLS | bool | None"
 
 ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
@@ -67,13 +72,19 @@ def open_channel(
     """A channel to ``address`` (HOST:PORT); ``options`` override the defaults."""
     merged = dict(DEFAULT_CHANNEL_OPTIONS)
     merged.update(dict(options))
-    if tls is None or tls is False:
+    if not uses_tls(address, tls):
         return grpc.aio.insecure_channel(address, options=list(merged.items()))
-    settings = TLS() if tls is True else tls
-    assert isinstance(settings, TLS)
+    settings = tls if isinstance(tls, TLS) else TLS()
     if settings.server_name:
         merged["grpc.ssl_target_name_override"] = settings.server_name
     return grpc.aio.secure_channel(address, settings.credentials(), options=list(merged.items()))
+
+
+def uses_tls(address: str, tls: TLSLike) -> bool:
+    """TLS unless told otherwise (False) or, by default (None), to a loopback address."""
+    if tls is None:
+        return not is_loopback(address)
+    return tls is not False
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

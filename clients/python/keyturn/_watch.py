@@ -3,40 +3,30 @@
 It remembers the last sequence it saw (an event's ``sequence``, or the
 ``latest_sequence`` of a HEARTBEAT or SNAPSHOT_COMPLETE) and, when the stream breaks,
 reconnects with ``resume_after`` set to it: the server replays what happened meanwhile,
-so the caller sees every event once and in order. Reconnects wait 1 s, doubling up to
-30 s, and the wait starts again from 1 s after any message. Codes that another try
-cannot fix end the watch with their exception.
+so the caller sees every event once and in order. Reconnects wait a random time below a
+cap of 1 s doubling up to 30 s (full jitter), at least as long as a RetryInfo asks; the
+cap starts again from 1 s after any message. Codes that another try cannot fix
+(``_policy.WATCH_ENDS_ON``) end the watch with their exception; closing the client ends
+it quietly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 from typing import Protocol
 
 import grpc
 
-from keyturn._errors import KeyturnError, ResourceExhausted, from_rpc_error
-from keyturn._retry import Backoff, Sleep
+from keyturn import _policy
+from keyturn._errors import KeyturnError, from_rpc_error
+from keyturn._retry import Backoff, Draw, Sleep
 from keyturn.v1 import events_pb2
 
-#: Reconnect delays of a watch: 1 s, 2 s, 4 s ... 30 s.
+#: Reconnect delays of a watch: below 1 s, 2 s, 4 s ... 30 s.
 WATCH_BACKOFF = Backoff(initial=1.0, maximum=30.0, multiplier=2.0)
-
-#: Failures that end a watch instead of a reconnect: a bad request, a missing right, a
-#: resume point the server no longer has, a server without the method.
-NOT_RETRIED = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.PERMISSION_DENIED,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
 
 HEARTBEAT = events_pb2.EVENT_KIND_HEARTBEAT
 SNAPSHOT_COMPLETE = events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
@@ -69,9 +59,13 @@ class Watch:
         heartbeats: bool = False,
         backoff: Backoff = WATCH_BACKOFF,
         on_retry: OnRetry | None = None,
+        closed: Callable[[], bool] = lambda: False,
         sleep: Sleep = asyncio.sleep,
+        draw: Draw = random.random,
     ) -> None:
         self._open = open_stream
+        self._closed = closed
+        self._draw = draw
         self._request = request
         self._heartbeats = heartbeats
         self._backoff = backoff
@@ -126,24 +120,26 @@ class Watch:
         return True
 
     async def _run(self) -> AsyncGenerator[events_pb2.ExpiryEvent, None]:
-        delays = self._backoff.delays()
-        while True:
+        delays = self._backoff.delays(self._draw)
+        while not self._closed():
             failure: KeyturnError | None = None
+            wait_at_least = 0.0
             stream = self._open(self._next_request())
             try:
                 async for event in stream:
-                    delays = self._backoff.delays()  # a message resets the backoff
+                    delays = self._backoff.delays(self._draw)  # a message resets the backoff
                     if self._accept(event):
                         yield event
             except grpc.aio.AioRpcError as error:
+                if self._closed():
+                    return
                 failure = from_rpc_error(error)
-                if error.code() in NOT_RETRIED:
+                if error.code() in _policy.WATCH_ENDS_ON:
                     raise failure from error
+                wait_at_least = _policy.retry_delay(error) or 0.0
             finally:
                 stream.cancel()
-            delay = next(delays)
-            if isinstance(failure, ResourceExhausted) and failure.retry_after is not None:
-                delay = max(delay, failure.retry_after.total_seconds())
+            delay = max(next(delays), wait_at_least)
             if self._on_retry is not None:
                 self._on_retry(failure, delay)
             await self._sleep(delay)

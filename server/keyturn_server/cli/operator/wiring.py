@@ -50,7 +50,16 @@ def _common() -> argparse.ArgumentParser:
     server.add_argument("--address", help="HOST:PORT (KEYTURN_ADDRESS; default 127.0.0.1:50051)")
     server.add_argument("--token", help="bearer token (KEYTURN_TOKEN)")
     server.add_argument("--token-file", type=Path, help="file holding the token")
-    server.add_argument("--tls", action="store_true", help="TLS with the system's roots")
+    transport = server.add_mutually_exclusive_group()
+    transport.add_argument(
+        "--tls", action="store_true", help="TLS with the system's roots (the default off loopback)"
+    )
+    transport.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no TLS even off loopback: only to a TLS-terminating proxy beside you "
+        "(KEYTURN_PLAINTEXT=1)",
+    )
     server.add_argument("--ca", type=Path, help="CA certificate of the server (implies TLS)")
     server.add_argument("--cert", type=Path, help="client certificate, for mutual TLS")
     server.add_argument("--key", type=Path, help="client private key, for mutual TLS")
@@ -124,9 +133,16 @@ def connect(
         token = env.get("KEYTURN_TOKEN")
     if token is None and DEFAULT_TOKEN_FILE.is_file():
         token = DEFAULT_TOKEN_FILE.read_text().strip()
+    # None: TLS unless the address is loopback (the clients' policy); False: plaintext.
     tls: TLS | bool | None = args.tls or None
     if args.ca or args.cert or args.key or args.server_name:
+        if args.plaintext:
+            raise UsageError(
+                "--plaintext cannot be combined with --ca, --cert, --key or --server-name"
+            )
         tls = TLS.from_files(args.ca, args.cert, args.key, args.server_name)
+    elif args.plaintext or env.get("KEYTURN_PLAINTEXT", "").lower() in ("1", "true", "yes", "on"):
+        tls = False
     return AsyncClient(address, token or None, tls, timeout=timeout, retry=retry)
 
 

@@ -4,9 +4,11 @@ import com.google.protobuf.Any;
 import com.google.protobuf.InvalidProtocolBufferException;
 import com.google.rpc.BadRequest;
 import com.google.rpc.ErrorInfo;
+import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.protobuf.StatusProto;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -15,11 +17,12 @@ import java.util.Optional;
 /**
  * What a failed Keyturn call says beyond its status code: the {@code google.rpc.ErrorInfo}
  * (reason such as {@code KEY_NOT_FOUND}, domain {@code keyturn.dev}, metadata) and, for
- * INVALID_ARGUMENT, the {@code google.rpc.BadRequest} field violations, decoded from the
- * {@code grpc-status-details-bin} trailer.
+ * INVALID_ARGUMENT, the {@code google.rpc.BadRequest} field violations, and the wait a {@code
+ * google.rpc.RetryInfo} asks for, decoded from the {@code grpc-status-details-bin} trailer.
  *
  * @param reason the ErrorInfo reason, or "" when the error carries none (e.g. a transport
  *     failure that never reached the service)
+ * @param retryDelay how long the server asks the caller to wait (RetryInfo), if it said
  */
 public record ErrorDetails(
     Status.Code code,
@@ -27,7 +30,8 @@ public record ErrorDetails(
     String reason,
     String domain,
     Map<String, String> metadata,
-    List<FieldViolation> fieldViolations) {
+    List<FieldViolation> fieldViolations,
+    Optional<Duration> retryDelay) {
 
   /** One entry of {@code google.rpc.BadRequest}: which request field was wrong, and why. */
   public record FieldViolation(String field, String description) {}
@@ -37,8 +41,11 @@ public record ErrorDetails(
     Status status = error.getStatus();
     String message = status.getDescription() == null ? "" : status.getDescription();
     com.google.rpc.Status rich = StatusProto.fromThrowable(error);
+    Optional<Duration> retryDelay =
+        CallPolicy.retryDelay(
+            status, error.getTrailers() == null ? new Metadata() : error.getTrailers());
     if (rich == null) {
-      return new ErrorDetails(status.getCode(), message, "", "", Map.of(), List.of());
+      return new ErrorDetails(status.getCode(), message, "", "", Map.of(), List.of(), retryDelay);
     }
     ErrorInfo info = ErrorInfo.getDefaultInstance();
     List<FieldViolation> violations = new ArrayList<>();
@@ -56,7 +63,7 @@ public record ErrorDetails(
           violations.add(new FieldViolation(v.getField(), v.getDescription()));
         }
       }
-      // Other details (RetryInfo...) are left to callers that need them: StatusProto.
+      // Other details are left to callers that need them: StatusProto.
     }
     return new ErrorDetails(
         status.getCode(),
@@ -64,7 +71,8 @@ public record ErrorDetails(
         info.getReason(),
         info.getDomain(),
         Map.copyOf(info.getMetadataMap()),
-        List.copyOf(violations));
+        List.copyOf(violations),
+        retryDelay);
   }
 
   /** The violation reported for {@code field}, if the server named that field. */

@@ -2,110 +2,294 @@ package dev.keyturn.client;
 
 import io.grpc.CallOptions;
 import io.grpc.Channel;
+import io.grpc.ChannelCredentials;
 import io.grpc.ClientCall;
 import io.grpc.ClientInterceptor;
 import io.grpc.ClientInterceptors;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
+import io.grpc.ManagedChannelBuilder;
 import io.grpc.MethodDescriptor;
+import io.grpc.TlsChannelCredentials;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Path;
 import java.time.Duration;
+import java.util.Iterator;
+import java.util.Objects;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.function.Function;
 import keyturn.v1.AdminServiceGrpc;
 import keyturn.v1.AdminServiceGrpc.AdminServiceBlockingStub;
+import keyturn.v1.Events.ExpiryEvent;
+import keyturn.v1.Events.WatchExpiringRequest;
 import keyturn.v1.HandleServiceGrpc;
 import keyturn.v1.HandleServiceGrpc.HandleServiceBlockingStub;
 import keyturn.v1.KeyServiceGrpc;
 import keyturn.v1.KeyServiceGrpc.KeyServiceBlockingStub;
 
 /**
- * A channel to one Keyturn server and blocking stubs for its three services, each call
- * carrying the bearer token and a default deadline.
+ * A channel to one Keyturn server and blocking stubs for its three services, following the
+ * policy every Keyturn client shares (clients/README.md): TLS unless the address is loopback,
+ * the bearer token on every call, one deadline per unary call (30 s unless the call sets its
+ * own with {@code withDeadlineAfter}), retries of the calls the API marks idempotent, and
+ * watches that reconnect and resume by themselves.
  *
  * <pre>{@code
- * try (KeyturnClient client = KeyturnClient.connect("127.0.0.1:50051", token)) {
+ * try (KeyturnClient client = KeyturnClient.builder("127.0.0.1:50051").token(token).build()) {
  *   Key key = client.keys().generateKey(
  *       GenerateKeyRequest.newBuilder().setType("encryption").build()).getKey();
+ *   Key same = client.keys().withDeadlineAfter(2, TimeUnit.SECONDS)
+ *       .getKey(GetKeyRequest.newBuilder().setKeyId(key.getId()).build());
  * } catch (StatusRuntimeException e) {
- *   ErrorDetails details = ErrorDetails.of(e);  // reason, field violations
+ *   ErrorDetails details = ErrorDetails.of(e);  // reason, field violations, retry delay
  * }
  * }</pre>
  */
 public final class KeyturnClient implements AutoCloseable {
-  /** Applied to calls that set no deadline of their own ({@code stub.withDeadlineAfter}). */
-  public static final Duration DEFAULT_DEADLINE = Duration.ofSeconds(30);
+  /** The deadline of a unary call that sets none, retries included. */
+  public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(30);
 
   private final ManagedChannel channel;
+  private final ScheduledExecutorService scheduler;
   private final KeyServiceBlockingStub keys;
   private final HandleServiceBlockingStub handles;
   private final AdminServiceBlockingStub admin;
+  private final WatchOptions watchOptions;
 
-  /** Uses {@code channel} (e.g. one built with TLS credentials); {@link #close} shuts it down. */
-  public KeyturnClient(ManagedChannel channel, String token) {
+  private KeyturnClient(Builder builder, ManagedChannel channel) {
     this.channel = channel;
-    BearerToken credentials = new BearerToken(token);
-    Channel withDeadline = ClientInterceptors.intercept(channel, new DefaultDeadline());
-    this.keys = KeyServiceGrpc.newBlockingStub(withDeadline).withCallCredentials(credentials);
-    this.handles = HandleServiceGrpc.newBlockingStub(withDeadline).withCallCredentials(credentials);
-    this.admin = AdminServiceGrpc.newBlockingStub(withDeadline).withCallCredentials(credentials);
+    this.scheduler =
+        Executors.newSingleThreadScheduledExecutor(
+            task -> {
+              Thread thread = new Thread(task, "keyturn-retry");
+              thread.setDaemon(true);
+              return thread;
+            });
+    // The last interceptor runs first: the deadline is fixed before any attempt starts.
+    Channel intercepted =
+        ClientInterceptors.intercept(
+            channel,
+            new RetryingInterceptor(
+                builder.retryPolicy, scheduler, () -> ThreadLocalRandom.current().nextDouble()),
+            new DefaultDeadline(builder.defaultTimeout));
+    KeyServiceBlockingStub keyStub = KeyServiceGrpc.newBlockingStub(intercepted);
+    HandleServiceBlockingStub handleStub = HandleServiceGrpc.newBlockingStub(intercepted);
+    AdminServiceBlockingStub adminStub = AdminServiceGrpc.newBlockingStub(intercepted);
+    if (builder.token != null) {
+      BearerToken credentials = new BearerToken(builder.token, builder.plaintextAllowed());
+      keyStub = keyStub.withCallCredentials(credentials);
+      handleStub = handleStub.withCallCredentials(credentials);
+      adminStub = adminStub.withCallCredentials(credentials);
+    }
+    this.keys = keyStub;
+    this.handles = handleStub;
+    this.admin = adminStub;
+    this.watchOptions = builder.watchOptions;
   }
 
-  /** Connects in plaintext to {@code address} ("host:port"), as the loopback test server listens. */
-  public static KeyturnClient connect(String address, String token) {
-    return new KeyturnClient(
-        Grpc.newChannelBuilder(address, InsecureChannelCredentials.create()).build(), token);
+  /** A client of the server at {@code address} ("host:port"), configured by the builder. */
+  public static Builder builder(String address) {
+    return new Builder(address);
   }
 
-  /** Connects to KEYTURN_ADDRESS with KEYTURN_TOKEN, the variables the test scripts set. */
-  public static KeyturnClient fromEnvironment() {
-    return connect(requireEnv("KEYTURN_ADDRESS"), requireEnv("KEYTURN_TOKEN"));
-  }
-
+  /** KeyService; {@code keys().withDeadlineAfter(...)} sets one call's deadline. */
   public KeyServiceBlockingStub keys() {
     return keys;
   }
 
+  /** HandleService. */
   public HandleServiceBlockingStub handles() {
     return handles;
   }
 
+  /** AdminService. */
   public AdminServiceBlockingStub admin() {
     return admin;
   }
 
+  /** The underlying channel, for other services on the same server. */
   public ManagedChannel channel() {
     return channel;
   }
 
+  /** KeyService.WatchExpiring, reconnecting and resuming by itself; see {@link ExpiryWatch}. */
+  public ExpiryWatch watchKeys(WatchExpiringRequest request) {
+    return watchKeys(request, watchOptions);
+  }
+
+  public ExpiryWatch watchKeys(WatchExpiringRequest request, WatchOptions options) {
+    return watch(request, options, keys::watchExpiring);
+  }
+
+  /** HandleService.WatchExpiring, reconnecting and resuming by itself. */
+  public ExpiryWatch watchHandles(WatchExpiringRequest request) {
+    return watchHandles(request, watchOptions);
+  }
+
+  public ExpiryWatch watchHandles(WatchExpiringRequest request, WatchOptions options) {
+    return watch(request, options, handles::watchExpiring);
+  }
+
+  private ExpiryWatch watch(
+      WatchExpiringRequest request,
+      WatchOptions options,
+      Function<WatchExpiringRequest, Iterator<ExpiryEvent>> open) {
+    Function<WatchExpiringRequest, Iterator<ExpiryEvent>> reconnecting =
+        r -> {
+          channel.resetConnectBackoff(); // the watch's backoff decides when, not the channel's
+          return open.apply(r);
+        };
+    return new ExpiryWatch(
+        reconnecting,
+        request,
+        options,
+        channel::isShutdown,
+        () -> ThreadLocalRandom.current().nextDouble());
+  }
+
+  /** Closes the channel: calls in flight fail with CANCELLED, watches end. */
   @Override
   public void close() {
-    channel.shutdown();
+    channel.shutdownNow();
+    scheduler.shutdownNow();
     try {
-      if (!channel.awaitTermination(5, TimeUnit.SECONDS)) {
-        channel.shutdownNow();
-      }
+      channel.awaitTermination(5, TimeUnit.SECONDS);
     } catch (InterruptedException e) {
-      channel.shutdownNow();
       Thread.currentThread().interrupt();
     }
   }
 
-  private static String requireEnv(String name) {
-    String value = System.getenv(name);
-    if (value == null || value.isBlank()) {
-      throw new IllegalStateException(name + " is not set");
+  /** Settings of a {@link KeyturnClient}. */
+  public static final class Builder {
+    private final String address;
+    private String token;
+    private Boolean tls;
+    private Path trustedCertificates;
+    private Path clientCertificateChain;
+    private Path clientKey;
+    private String serverName;
+    private Duration defaultTimeout = DEFAULT_TIMEOUT;
+    private RetryPolicy retryPolicy = RetryPolicy.DEFAULT;
+    private WatchOptions watchOptions = WatchOptions.defaults();
+
+    private Builder(String address) {
+      this.address = Objects.requireNonNull(address, "address");
     }
-    return value;
+
+    /** Sends {@code authorization: Bearer <token>} on every call. */
+    public Builder token(String token) {
+      this.token = Objects.requireNonNull(token, "token");
+      return this;
+    }
+
+    /** TLS with the system's roots, also to a loopback address. */
+    public Builder tls() {
+      this.tls = true;
+      return this;
+    }
+
+    /**
+     * Plaintext to any address: for a TLS-terminating proxy next to the client. Loopback
+     * addresses are plaintext by default; anything else is TLS unless this is called.
+     */
+    public Builder plaintext() {
+      this.tls = false;
+      return this;
+    }
+
+    /** TLS trusting the CA certificates in this PEM file instead of the system's roots. */
+    public Builder trustedCertificates(Path pem) {
+      this.trustedCertificates = Objects.requireNonNull(pem, "pem");
+      return tls();
+    }
+
+    /** TLS with this client certificate chain and private key (PEM): mutual TLS. */
+    public Builder clientCertificate(Path certificateChain, Path privateKey) {
+      this.clientCertificateChain = Objects.requireNonNull(certificateChain, "certificateChain");
+      this.clientKey = Objects.requireNonNull(privateKey, "privateKey");
+      return tls();
+    }
+
+    /** The name to check the server's certificate against, when it is not the address's. */
+    public Builder serverName(String name) {
+      this.serverName = Objects.requireNonNull(name, "name");
+      return this;
+    }
+
+    /** The deadline of unary calls that set none (30 s); {@link Duration#ZERO}: none. */
+    public Builder defaultTimeout(Duration timeout) {
+      this.defaultTimeout = Objects.requireNonNull(timeout, "timeout");
+      return this;
+    }
+
+    /** How the calls the API marks idempotent are retried ({@link RetryPolicy#DEFAULT}). */
+    public Builder retryPolicy(RetryPolicy policy) {
+      this.retryPolicy = Objects.requireNonNull(policy, "policy");
+      return this;
+    }
+
+    /** The options of watches opened without their own ({@link WatchOptions#defaults}). */
+    public Builder watchOptions(WatchOptions options) {
+      this.watchOptions = Objects.requireNonNull(options, "options");
+      return this;
+    }
+
+    boolean usesTls() {
+      return tls != null ? tls : !CallPolicy.isLoopback(address);
+    }
+
+    private boolean plaintextAllowed() {
+      return !usesTls();
+    }
+
+    private ChannelCredentials credentials() {
+      if (!usesTls()) {
+        return InsecureChannelCredentials.create();
+      }
+      TlsChannelCredentials.Builder credentials = TlsChannelCredentials.newBuilder();
+      try {
+        if (trustedCertificates != null) {
+          credentials.trustManager(trustedCertificates.toFile());
+        }
+        if (clientCertificateChain != null) {
+          credentials.keyManager(clientCertificateChain.toFile(), clientKey.toFile());
+        }
+      } catch (IOException e) {
+        throw new UncheckedIOException("reading TLS files", e);
+      }
+      return credentials.build();
+    }
+
+    public KeyturnClient build() {
+      ManagedChannelBuilder<?> channel = Grpc.newChannelBuilder(address, credentials());
+      if (serverName != null) {
+        channel.overrideAuthority(serverName);
+      }
+      return new KeyturnClient(this, channel.build());
+    }
   }
 
-  /** Gives every call a deadline, so that a stalled server fails a call instead of hanging it. */
+  /** Gives a unary call without a deadline the default one, before its first attempt. */
   private static final class DefaultDeadline implements ClientInterceptor {
+    private final Duration timeout;
+
+    DefaultDeadline(Duration timeout) {
+      this.timeout = timeout;
+    }
+
     @Override
     public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
         MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
       // Server streams (WatchExpiring) are meant to stay open: no default deadline there.
-      if (options.getDeadline() == null && method.getType() == MethodDescriptor.MethodType.UNARY) {
-        options = options.withDeadlineAfter(DEFAULT_DEADLINE.toMillis(), TimeUnit.MILLISECONDS);
+      if (options.getDeadline() == null
+          && !timeout.isZero()
+          && method.getType() == MethodDescriptor.MethodType.UNARY) {
+        options = options.withDeadlineAfter(timeout.toNanos(), TimeUnit.NANOSECONDS);
       }
       return next.newCall(method, options);
     }

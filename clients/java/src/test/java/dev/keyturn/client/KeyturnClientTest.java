@@ -12,6 +12,7 @@ import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.nio.charset.StandardCharsets;
 import java.util.Map;
+import java.util.concurrent.TimeUnit;
 import keyturn.v1.Handles.GenerateHandleRequest;
 import keyturn.v1.Handles.GenerateHandleResponse;
 import keyturn.v1.Handles.ValidateHandleRequest;
@@ -31,27 +32,26 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 
 /**
- * The generated stubs and the wrapper against a live server: KEYTURN_ADDRESS (host:port,
- * plaintext) and KEYTURN_TOKEN (an admin token), as clients/java/run-tests.sh passes them.
+ * The generated stubs and the client against a live server (see {@link LiveServer}): keys,
+ * handles, errors and their details, a per-call deadline.
  */
 class KeyturnClientTest {
   private static final String USER = "user123";
-  private static final String UNSET = "set KEYTURN_ADDRESS and KEYTURN_TOKEN to a live server";
   private static KeyturnClient client;
 
   @BeforeAll
   static void connect() {
-    if (isSet("KEYTURN_ADDRESS") && isSet("KEYTURN_TOKEN")) {
-      client = KeyturnClient.fromEnvironment();
+    if (LiveServer.configured()) {
+      client = LiveServer.client();
     } else {
       // Printed as well: surefire shows an assumption's message only in its reports.
-      System.err.println("KeyturnClientTest skipped: " + UNSET);
+      System.err.println("KeyturnClientTest skipped: " + LiveServer.UNSET);
     }
   }
 
   @BeforeEach
   void requireServer() {
-    assumeTrue(client != null, UNSET);
+    assumeTrue(client != null, LiveServer.UNSET);
   }
 
   @AfterAll
@@ -166,6 +166,19 @@ class KeyturnClientTest {
   }
 
   @Test
+  void aPerCallDeadlineEndsACallThatCannotMeetIt() {
+    StatusRuntimeException error =
+        assertThrows(
+            StatusRuntimeException.class,
+            () ->
+                client
+                    .keys()
+                    .withDeadlineAfter(1, TimeUnit.NANOSECONDS)
+                    .getKey(GetKeyRequest.newBuilder().setKeyId("key_aaaaaaaaaaaaaaaa").build()));
+    assertEquals(Status.Code.DEADLINE_EXCEEDED, error.getStatus().getCode());
+  }
+
+  @Test
   void anUnknownKeyIsNotFoundWithReasonKeyNotFound() {
     StatusRuntimeException error =
         assertThrows(
@@ -176,10 +189,5 @@ class KeyturnClientTest {
     assertEquals(Status.Code.NOT_FOUND, details.code(), details::toString);
     assertEquals("KEY_NOT_FOUND", details.reason());
     assertTrue(details.fieldViolations().isEmpty());
-  }
-
-  private static boolean isSet(String name) {
-    String value = System.getenv(name);
-    return value != null && !value.isBlank();
   }
 }

@@ -97,7 +97,7 @@ public final class UsageExample {
 
   public static void main(String[] args) {
     int status;
-    try (KeyturnClient client = KeyturnClient.fromEnvironment()) {
+    try (KeyturnClient client = connect()) {
       status = example(new KeyManager(client));
     } catch (StatusRuntimeException e) {
       ErrorDetails details = ErrorDetails.of(e);
@@ -111,6 +111,17 @@ public final class UsageExample {
     if (status != 0) {
       System.exit(status);
     }
+  }
+
+  /** KEYTURN_ADDRESS (default 127.0.0.1:50051) with the token in KEYTURN_TOKEN. */
+  private static KeyturnClient connect() {
+    String address = System.getenv().getOrDefault("KEYTURN_ADDRESS", "127.0.0.1:50051");
+    String token = System.getenv("KEYTURN_TOKEN");
+    if (token == null || token.isBlank()) {
+      System.err.println("Error: set KEYTURN_TOKEN (and KEYTURN_ADDRESS, default 127.0.0.1:50051)");
+      System.exit(2);
+    }
+    return KeyturnClient.builder(address).token(token).build();
   }
 
   private static int example(KeyManager keyManager) {
