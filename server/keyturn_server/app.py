@@ -86,7 +86,7 @@ def open_store(settings: Settings) -> Store:
     if settings.store.startswith(("postgres://", "postgresql://")):
         from keyturn_server.store.postgres import PostgresStore
 
-        store: Store = PostgresStore(settings.store)
+        store: Store = PostgresStore(settings.store, lease_ttl=settings.scheduler_lease_ttl)
         return store
     if settings.store:
         raise ValueError(

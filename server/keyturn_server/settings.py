@@ -71,6 +71,10 @@ class Settings:
     heartbeat_interval: timedelta = timedelta(seconds=30)
     #: Due work older than this makes the scheduler NOT_SERVING on every replica.
     scheduler_max_lag: timedelta = timedelta(minutes=1)
+    #: PostgreSQL: a scheduler holder that shows no sign of life this long has its lock
+    #: session ended by a follower, which takes over (store/postgres/leadership.py).
+    #: Zero: never (a frozen holder keeps the scheduler until it resumes or dies).
+    scheduler_lease_ttl: timedelta = timedelta(seconds=15)
     #: This replica's name in the scheduler lease (default host:pid).
     replica_name: str = ""
     watch_queue_size: int = 1024
@@ -206,6 +210,24 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
+#: A holder verifies its lease every second: a shorter TTL would end healthy sessions.
+MIN_LEASE_TTL = timedelta(seconds=3)
+
+
+def _lease_ttl(text: str) -> timedelta:
+    if text.strip() in ("0", "off"):
+        return timedelta(0)
+    return parse_duration(text, minimum=MIN_LEASE_TTL)
+
+
+def _lease_ttl_setting(
+    flag: timedelta | None, variable: str | None, defaults: Settings
+) -> timedelta:
+    if flag is not None:
+        return flag
+    return _lease_ttl(variable) if variable else defaults.scheduler_lease_ttl
+
+
 def _budget(text: str) -> int:
     try:
         value = int(text.replace("_", ""), 0)
@@ -317,6 +339,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "this long (default 1m)",
     )
     parser.add_argument(
+        "--scheduler-lease-ttl",
+        type=_lease_ttl,
+        help="PostgreSQL: a replica whose scheduler shows no sign of life this long loses "
+        "the scheduler to another replica (KEYTURN_SCHEDULER_LEASE_TTL; default 15s; "
+        "0 = never, at least 3s otherwise)",
+    )
+    parser.add_argument(
         "--replica-name",
         help="this replica's name in the scheduler lease and health (KEYTURN_REPLICA_NAME; "
         "default host:pid)",
@@ -403,6 +432,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
+        scheduler_lease_ttl=_lease_ttl_setting(
+            args.scheduler_lease_ttl, env.get("KEYTURN_SCHEDULER_LEASE_TTL"), defaults
+        ),
         replica_name=args.replica_name or env.get("KEYTURN_REPLICA_NAME", ""),
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit

@@ -113,10 +113,11 @@ async def _failover(
     replicas: list[Replica],
     fail: str,
 ) -> tuple[float, float, Replica]:
-    """Make the leader fail (``fail``: "kill" or "lock"); returns (seconds from the
-    failure to the first due rotation, seconds until exactly one leader, the new one)."""
+    """Make the leader fail (``fail``: "kill", "lock", or "freeze": SIGSTOP until the new
+    leader acts, then SIGCONT); returns (seconds from the failure to the first due
+    rotation, seconds until exactly one leader, the new one)."""
     leader, _ = await single_leader(replicas, within=10)
-    survivors = [r for r in replicas if r is not leader] if fail == "kill" else replicas
+    survivors = [r for r in replicas if r is not leader] if fail != "lock" else replicas
     watchers = [Watcher(r, latest_sequence(cluster, database)) for r in survivors]
     for watcher in watchers:
         watcher.start()
@@ -127,14 +128,22 @@ async def _failover(
     failed_at = time.time()
     if fail == "kill":
         leader.kill()
+    elif fail == "freeze":
+        os.kill(leader.pid, signal.SIGSTOP)
     else:
         pid = cluster.lock_holder(database, LEADER_LOCK)
         assert pid is not None, "nobody holds the scheduler's lock"
         assert cluster.terminate(database, pid)
-    due, happened = await rotations.first_after(failed_at, within=30)
-    failover = happened - max(failed_at, due)
-    new_leader, _ = await single_leader(survivors, within=FAILOVER_BOUND)
-    settled = time.time() - failed_at
+    try:
+        due, happened = await rotations.first_after(failed_at, within=30)
+        failover = happened - max(failed_at, due)
+        new_leader, _ = await single_leader(survivors, within=FAILOVER_BOUND)
+        settled = time.time() - failed_at
+    finally:
+        if fail == "freeze":
+            os.kill(leader.pid, signal.SIGCONT)
+    if fail == "freeze":  # awake again, it must find itself superseded, and act on nothing
+        survivors = replicas
     # Exactly one leader, and it stays so; rotations due from now on are on time.
     await asyncio.sleep(2)
     assert [r.name for r in await leaders(survivors)] == [new_leader.name]
@@ -174,6 +183,29 @@ async def test_a_killed_lock_connection_leaves_exactly_one_leader_within_5s(
         f"one leader after {settled:.2f} s",
     )
     assert failover < FAILOVER_BOUND
+
+
+async def test_a_frozen_leader_loses_the_scheduler_once_its_lease_runs_out(
+    cluster: Cluster,
+    database: str,
+    make_replicas: ReplicaFactory,
+    record_property: pytest.RecordProperty,
+) -> None:
+    """SIGSTOP the leader (a paused VM): its session lives on and keeps the lock, but it
+    gives no sign of life, so after the lease's TTL a follower ends that session and
+    takes over; woken, the old leader acts on nothing and does not lead again."""
+    ttl = 3.0
+    replicas = await _cluster_of_three(
+        cluster, database, make_replicas, "--scheduler-lease-ttl", f"{ttl:g}s"
+    )
+    failover, settled, new_leader = await _failover(cluster, database, replicas, "freeze")
+    record_property(
+        "figures",
+        f"chaos: leader frozen (SIGSTOP), lease TTL {ttl:g} s -> first due rotation "
+        f"{failover:.2f} s later, one leader after {settled:.2f} s",
+    )
+    assert failover < ttl + FAILOVER_BOUND
+    assert [r.name for r in await leaders(replicas)] == [new_leader.name]
 
 
 async def test_followers_that_lost_their_lock_connections_still_take_over(

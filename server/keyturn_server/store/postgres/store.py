@@ -44,7 +44,7 @@ from keyturn_server.store.postgres.connections import (
     connect_kwargs,
     describe,
 )
-from keyturn_server.store.postgres.leadership import PgLeadership
+from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
@@ -65,8 +65,9 @@ IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=30000"
 class PostgresStore:
     backend = "postgresql"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lease_ttl: timedelta = DEFAULT_LEASE_TTL) -> None:
         self.url = url
+        self.lease_ttl = lease_ttl
         try:
             setup = connect(url, "setup")
         except psycopg.Error as exc:
@@ -132,7 +133,7 @@ class PostgresStore:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
 
     def leadership(self, holder: str, clock: Clock) -> Leadership:
-        return PgLeadership(self.url, holder, clock)
+        return PgLeadership(self.url, holder, clock, self.lease_ttl)
 
     # --- the Store protocol ------------------------------------------------------------
 
