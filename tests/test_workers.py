@@ -211,6 +211,44 @@ async def test_a_killed_worker_is_replaced_and_another_takes_the_scheduler(
         await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
 
 
+async def test_a_hung_worker_is_killed_replaced_and_loses_the_scheduler(
+    tmp_path: Path,
+) -> None:
+    """A worker that is alive but not running (SIGSTOP here; a stuck event loop, a paused
+    container) would keep its share of connections and the scheduler's lock for ever."""
+    server = ServerProcess(
+        tmp_path / "data", "--workers", "2", "--http-listen", "off", "--worker-timeout", "3s"
+    )
+    await server.start()
+    try:
+        before = workers_of(server)
+        hung = scheduler_pid(server)
+        assert hung in before
+        os.kill(hung, signal.SIGSTOP)
+        loop = asyncio.get_running_loop()
+        stopped_at = loop.time()
+        deadline = stopped_at + 20
+        while not (len(workers_of(server)) == 2 and hung not in workers_of(server)):
+            assert loop.time() < deadline, "the hung worker was never replaced"
+            await asyncio.sleep(0.1)
+        replaced_after = loop.time() - stopped_at
+        assert 3 <= replaced_after < 8  # not before its timeout, and soon after it
+        assert not exists(hung)
+        while scheduler_pid(server) not in workers_of(server):
+            assert loop.time() < deadline, "nobody took the scheduler over"
+            await asyncio.sleep(0.1)
+        assert "has not run for" in server.log.read_text()
+        channel = grpc.aio.insecure_channel(server.address)
+        try:
+            client = Client(channel, server.token())
+            await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
+        finally:
+            await channel.close()
+    finally:
+        if server.process is not None:
+            server.terminate()
+
+
 async def test_sigterm_stops_every_worker_and_exits_zero(workers: ServerProcess) -> None:
     children = workers_of(workers)
     assert workers.terminate() == 0

@@ -94,6 +94,9 @@ class Settings:
     grace_period: timedelta = timedelta(seconds=10)
     #: Serving processes on one host (--workers); more than one starts a supervisor.
     workers: int = 1
+    #: The supervisor kills (and restarts) a worker whose event loop has not said it runs
+    #: for this long, as gunicorn's --timeout does; zero: never.
+    worker_timeout: timedelta = timedelta(seconds=30)
     #: Set in a serving process that a supervisor started (process/worker.py).
     worker: WorkerRole | None = None
 
@@ -210,6 +213,8 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
+#: A worker says it is alive once a second.
+MIN_WORKER_TIMEOUT = timedelta(seconds=3)
 #: A holder verifies its lease every second: a shorter TTL would end healthy sessions.
 MIN_LEASE_TTL = timedelta(seconds=3)
 
@@ -218,6 +223,12 @@ def _lease_ttl(text: str) -> timedelta:
     if text.strip() in ("0", "off"):
         return timedelta(0)
     return parse_duration(text, minimum=MIN_LEASE_TTL)
+
+
+def _worker_timeout(text: str) -> timedelta:
+    if text.strip() in ("0", "off"):
+        return timedelta(0)
+    return parse_duration(text, minimum=MIN_WORKER_TIMEOUT)
 
 
 def _lease_ttl_setting(
@@ -367,6 +378,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"(one per available core, at most {AUTO_CAP}); KEYTURN_WORKERS; default 1",
     )
     parser.add_argument(
+        "--worker-timeout",
+        type=_worker_timeout,
+        help="with --workers: a worker whose event loop has not run this long is killed "
+        "and restarted (KEYTURN_WORKER_TIMEOUT; default 30s; 0 = never, at least 3s "
+        "otherwise)",
+    )
+    parser.add_argument(
         "--max-streams-per-caller",
         type=_positive,
         help="open WatchExpiring streams per principal (default 100)",
@@ -432,6 +450,13 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
+        worker_timeout=(
+            args.worker_timeout
+            if args.worker_timeout is not None
+            else _worker_timeout(env["KEYTURN_WORKER_TIMEOUT"])
+            if env.get("KEYTURN_WORKER_TIMEOUT")
+            else defaults.worker_timeout
+        ),
         scheduler_lease_ttl=_lease_ttl_setting(
             args.scheduler_lease_ttl, env.get("KEYTURN_SCHEDULER_LEASE_TTL"), defaults
         ),

@@ -89,8 +89,8 @@ async def _serve(app: App) -> int:
     role = app.settings.worker
     if role is not None:
         os.write(role.ready_fd, b"ready\n")
-        os.close(role.ready_fd)
-        watching = asyncio.ensure_future(_stop_when_orphaned(app, stop))
+        os.set_blocking(role.ready_fd, False)  # a busy supervisor must not stall the loop
+        watching = asyncio.ensure_future(_keep_in_touch(app, role.ready_fd, stop))
     else:
         _announce(app.settings, app.admin_token, _addresses(app.settings.listen, app.ports))
         if app.http is not None and app.http.addresses:
@@ -102,13 +102,19 @@ async def _serve(app: App) -> int:
     return 0
 
 
-async def _stop_when_orphaned(app: App, stop: asyncio.Event) -> None:
-    """A worker whose supervisor is gone stops (its supervisor would have told it)."""
-    while not stop.is_set():
-        if app.membership is not None and app.membership.orphaned():
-            stop.set()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
+async def _keep_in_touch(app: App, pipe: int, stop: asyncio.Event) -> None:
+    """Once a second, from the event loop, tell the supervisor this worker runs (it kills
+    one that stops saying so: --worker-timeout); stop when the supervisor is gone."""
+    try:
+        while not stop.is_set():
+            if app.membership is not None and app.membership.orphaned():
+                stop.set()
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(pipe, b".")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        os.close(pipe)
 
 
 async def _supervise(settings: Settings, argv: list[str], inherit: tuple[int, ...]) -> int:

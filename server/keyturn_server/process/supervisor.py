@@ -9,7 +9,10 @@ exact), one of them schedules (:mod:`leader`), and each wakes the others after c
 that made events (:mod:`peers`).
 
 The supervisor says "listening" once every worker serves, passes SIGTERM and SIGINT on
-and waits for the workers to drain, and restarts a worker that dies (after 1 s, doubling
+and waits for the workers to drain, and restarts a worker that dies or hangs (a worker's
+event loop writes a byte to the supervisor every second; one silent for
+``--worker-timeout`` is killed: it would hold its share of connections, and perhaps the
+scheduler, while doing nothing) (after 1 s, doubling
 to 30 s while it keeps dying; a worker that served a minute starts again from 1 s). If
 workers die more than ``MAX_CRASHES`` times within ``CRASH_WINDOW`` it stops them all
 and exits 1, so that systemd or an orchestrator sees the failure. Workers stop by
@@ -60,6 +63,10 @@ class _Worker:
     started: float = 0.0
     backoff: float = FIRST_BACKOFF
     restart_at: float | None = None
+    #: The read end of the pipe it says "ready", then "alive" once a second, on.
+    pipe: int | None = None
+    #: When it last said so (time.monotonic).
+    heard: float = 0.0
 
 
 @dataclass
@@ -135,7 +142,8 @@ class Supervisor:
         return ready_read
 
     async def _ready(self, worker: _Worker, ready_read: int) -> bool:
-        """Wait until ``worker`` says it serves; False if it ended first."""
+        """Wait until ``worker`` says it serves (then keep listening to it); False if it
+        ended first."""
         loop = asyncio.get_running_loop()
         try:
             said = await asyncio.wait_for(
@@ -143,9 +151,57 @@ class Supervisor:
             )
         except TimeoutError:
             said = b""
-        finally:
+        if not said.startswith(b"ready"):
             os.close(ready_read)
-        return said.startswith(b"ready")
+            return False
+        os.set_blocking(ready_read, False)
+        worker.pipe, worker.heard = ready_read, time.monotonic()
+        loop.add_reader(ready_read, self._hear, worker)
+        return True
+
+    def _hear(self, worker: _Worker) -> None:
+        pipe = worker.pipe
+        if pipe is None:
+            return
+        try:
+            said = os.read(pipe, 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        if said:
+            worker.heard = time.monotonic()
+        else:  # the worker ended
+            self._deafen(worker)
+
+    def _deafen(self, worker: _Worker) -> None:
+        if worker.pipe is not None:
+            asyncio.get_running_loop().remove_reader(worker.pipe)
+            os.close(worker.pipe)
+            worker.pipe = None
+
+    def _kill_silent(self, now: float) -> None:
+        """SIGKILL workers that stopped saying they run; the loop restarts them."""
+        timeout = self.settings.worker_timeout.total_seconds()
+        if not timeout:
+            return
+        for worker in self._workers:
+            process = worker.process
+            silent = now - worker.heard
+            if worker.pipe is None or process is None or process.returncode is not None:
+                continue
+            if silent <= timeout:
+                continue
+            log.error(
+                "worker %d (pid %d) has not run for %.0f s (--worker-timeout); killing it",
+                worker.index,
+                process.pid,
+                silent,
+                extra={"category": "error", "worker": worker.index, "pid": process.pid},
+            )
+            self._deafen(worker)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
 
     async def start(self) -> None:
         """Start every worker and wait until all serve (or raise StartFailed)."""
@@ -185,6 +241,7 @@ class Supervisor:
             if stop.is_set():
                 break
             now = time.monotonic()
+            self._kill_silent(now)
             for worker in self._workers:
                 ended = worker.process is not None and worker.process.returncode is not None
                 if ended and not self._crashed(worker, now):
@@ -199,6 +256,7 @@ class Supervisor:
     def _crashed(self, worker: _Worker, now: float) -> bool:
         """Note a worker's death and plan its restart; False once they keep dying."""
         code = _exit_of(worker)
+        self._deafen(worker)
         worker.process = None
         self._crashes.append(now)
         while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
@@ -272,6 +330,8 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+        for worker in self._workers:
+            self._deafen(worker)
         self._ports.close()
         if self._peers is not None:
             shutil.rmtree(self._peers, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""--scheduler-lease-ttl: how long a silent scheduler holder keeps the lease on PostgreSQL
-(the takeover itself is in tests/chaos/test_leadership.py)."""
+"""How long a silent process keeps its place: --scheduler-lease-ttl (a scheduler holder on
+PostgreSQL; the takeover is in tests/chaos/test_leadership.py) and --worker-timeout (a
+worker of --workers; the kill is in tests/test_workers.py)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,28 @@ def test_a_lease_ttl_a_healthy_holder_could_outlive_is_refused(text: str) -> Non
         settings(["--scheduler-lease-ttl", text])
     with pytest.raises(SettingsError):
         settings([], {"KEYTURN_SCHEDULER_LEASE_TTL": text})
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, timedelta(seconds=30)),
+        (["--worker-timeout", "10s"], {}, timedelta(seconds=10)),
+        (["--worker-timeout", "off"], {}, timedelta(0)),
+        ([], {"KEYTURN_WORKER_TIMEOUT": "2m"}, timedelta(minutes=2)),
+        (["--worker-timeout", "5s"], {"KEYTURN_WORKER_TIMEOUT": "2m"}, timedelta(seconds=5)),
+    ],
+)
+def test_the_worker_timeout_comes_from_the_flag_then_the_environment(
+    argv: list[str], env: dict[str, str], expected: timedelta
+) -> None:
+    assert settings(argv, env).worker_timeout == expected
+
+
+@pytest.mark.parametrize("text", ["1s", "never"])
+def test_a_worker_timeout_shorter_than_its_heartbeat_is_refused(text: str) -> None:
+    """Workers say they run once a second: below 3 s a busy one would be killed."""
+    with pytest.raises((SettingsError, SystemExit)):
+        settings(["--worker-timeout", text])
+    with pytest.raises(SettingsError):
+        settings([], {"KEYTURN_WORKER_TIMEOUT": text})
