@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,6 +23,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _limit_open_files(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 class ServerProcess:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir
@@ -32,6 +37,8 @@ class ServerProcess:
         self.stdout = data_dir.parent / f"{data_dir.name}-server.out"
         #: Environment variables the server gets on top of the test's.
         self.env: dict[str, str] = {}
+        #: RLIMIT_NOFILE (soft and hard) of the server process; None: the test's.
+        self.open_files: int | None = None
 
     @property
     def address(self) -> str:
@@ -58,7 +65,14 @@ class ServerProcess:
             *self.extra,
         ]
         with self.log.open("ab") as log, self.stdout.open("ab") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=log)
+            limit = self.open_files
+            self.process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=log,
+                preexec_fn=None if limit is None else lambda: _limit_open_files(limit),
+            )
 
     async def start(self, within: float = 30) -> None:
         self.spawn()

@@ -38,6 +38,7 @@ from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
 from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
+from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_files_limit
 from keyturn_server.crypto import native
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
@@ -80,6 +81,8 @@ HEALTH_INTERVAL = 5.0
 #: How often configuration and keyring changes made elsewhere (another replica, or
 #: `keyturn master-key rotate`) are picked up.
 REFRESH_INTERVAL = 2.0
+#: Below this many open files the server says how few connections it can hold.
+LOW_OPEN_FILES = 4096
 
 
 def open_store(settings: Settings) -> Store:
@@ -171,6 +174,8 @@ class App:
         self.admin_token: str | None = None
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
+        #: Connections each listener kind may hold (connection_budget.py).
+        self.connection_cap = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._guard: Guard | None = None
@@ -304,8 +309,22 @@ class App:
         )
         self.admin_token = await tokens.bootstrap_admin(settings.data_dir, replica)
 
+        files = raise_open_files_limit()
+        self.connection_cap = settings.max_connections or files.per_listener()
+        if files.soft < LOW_OPEN_FILES:
+            log.warning(
+                "open files are limited to %d: each listener holds at most %d connections; "
+                "raise the hard limit (LimitNOFILE=, ulimit -Hn) for more",
+                files.soft,
+                self.connection_cap,
+                extra={"category": "app"},
+            )
         server = self._server = grpc.aio.server(
             options=[
+                # Past its share of file descriptors a listener refuses connections, and
+                # one that never finishes its handshake is closed (connection_budget.py).
+                ("grpc.max_allowed_incoming_connections", self.connection_cap),
+                ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 4 * MAX_MESSAGE),
                 ("grpc.server.max_pending_requests", settings.max_pending_requests),

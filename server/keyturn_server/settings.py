@@ -91,6 +91,9 @@ class Settings:
     max_key_generations_per_caller: int = 2
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
     max_pending_requests: int = 50_000
+    #: Connections each listener kind (gRPC, HTTP) may hold; None: a share of the open
+    #: files limit, at most 10,000 (connection_budget.py).
+    max_connections: int | None = None
     grace_period: timedelta = timedelta(seconds=10)
     #: Serving processes on one host (--workers); more than one starts a supervisor.
     workers: int = 1
@@ -239,6 +242,15 @@ def _lease_ttl_setting(
     return _lease_ttl(variable) if variable else defaults.scheduler_lease_ttl
 
 
+def _positive_setting(text: str | None, name: str) -> int | None:
+    if not text:
+        return None
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
+
+
 def _budget(text: str) -> int:
     try:
         value = int(text.replace("_", ""), 0)
@@ -385,6 +397,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "otherwise)",
     )
     parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        help="connections the gRPC listeners, and apart the HTTP listeners, may hold "
+        "(KEYTURN_MAX_CONNECTIONS; default: a share of the open files limit, at most 10000)",
+    )
+    parser.add_argument(
         "--max-streams-per-caller",
         type=_positive,
         help="open WatchExpiring streams per principal (default 100)",
@@ -450,6 +468,8 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
+        max_connections=args.max_connections
+        or _positive_setting(env.get("KEYTURN_MAX_CONNECTIONS"), "KEYTURN_MAX_CONNECTIONS"),
         worker_timeout=(
             args.worker_timeout
             if args.worker_timeout is not None

@@ -1,0 +1,98 @@
+"""A flood of connections that never finish a request must not take the rest of the
+server with it: each listener holds at most its share of the open files limit, and
+connections that stay silent are closed (server/keyturn_server/connection_budget.py).
+
+The server runs with 1,024 open files (soft and hard), the default of many hosts and
+containers; the flood comes from this process, whose own limit is higher."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyturn.v1 import admin_pb2
+from tests.harness import Client
+from tests.process import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+OPEN_FILES = 1024
+FLOOD = 1100
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    http_port = free_port()
+    process = ServerProcess(tmp_path / "data", "--http-listen", f"127.0.0.1:{http_port}")
+    process.open_files = OPEN_FILES
+    process.http_port = http_port  # type: ignore[attr-defined]
+    await process.start()
+    try:
+        yield process
+    finally:
+        if process.process is not None:
+            process.terminate()
+
+
+def _flood(port: int, first_bytes: bytes = b"") -> list[socket.socket]:
+    sockets = []
+    for _ in range(FLOOD):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if first_bytes:
+            sock.sendall(first_bytes)
+        sockets.append(sock)
+    return sockets
+
+
+def _http_get(port: int, path: str) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def _closed_by_server(sockets: list[socket.socket]) -> int:
+    closed = 0
+    for sock in sockets:
+        sock.setblocking(False)
+        try:
+            if sock.recv(1024) == b"":
+                closed += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    return closed
+
+
+async def _health(server: ServerProcess) -> None:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        client = Client(channel, server.token())
+        await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=5)
+
+
+async def test_silent_grpc_connections_leave_http_served_and_are_closed(
+    server: ServerProcess,
+) -> None:
+    """1,100 connections to the gRPC port that never send the HTTP/2 preface: the HTTP
+    listener still answers, and grpc closes them once their handshake times out."""
+    http_port: int = server.http_port  # type: ignore[attr-defined]
+    flood = await asyncio.to_thread(_flood, server.port)
+    try:
+        assert await asyncio.to_thread(_http_get, http_port, "/openapi.json") == 200
+        started = time.monotonic()
+        while await asyncio.to_thread(_closed_by_server, flood) < FLOOD:
+            assert time.monotonic() - started < 30, "silent gRPC connections stayed open"
+            await asyncio.sleep(1)
+        await _health(server)
+    finally:
+        for sock in flood:
+            sock.close()
