@@ -24,12 +24,20 @@ from tests.process import ServerProcess, free_port
 pytestmark = pytest.mark.slow
 OPEN_FILES = 1024
 FLOOD = 1100
+#: The HTTP listener's idle timeout in these tests (default 30 s).
+IDLE_S = 3
 
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[ServerProcess]:
     http_port = free_port()
-    process = ServerProcess(tmp_path / "data", "--http-listen", f"127.0.0.1:{http_port}")
+    process = ServerProcess(
+        tmp_path / "data",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--http-idle-timeout",
+        f"{IDLE_S}s",
+    )
     process.open_files = OPEN_FILES
     process.http_port = http_port  # type: ignore[attr-defined]
     await process.start()
@@ -96,3 +104,42 @@ async def test_silent_grpc_connections_leave_http_served_and_are_closed(
     finally:
         for sock in flood:
             sock.close()
+
+
+async def test_half_sent_http_requests_leave_grpc_served_and_are_closed(
+    server: ServerProcess,
+) -> None:
+    """1,100 connections to the HTTP port that send the start of a request and stop (a
+    slowloris): gRPC still answers, the HTTP listener refuses what is past its share, and
+    closes the rest once they have had no request in progress for the idle timeout."""
+    http_port: int = server.http_port  # type: ignore[attr-defined]
+    flood = await asyncio.to_thread(_flood, http_port, b"GET /v1/keys HTTP/1.1\r\nHost: x\r\n")
+    try:
+        await _health(server)
+        started = time.monotonic()
+        while await asyncio.to_thread(_closed_by_server, flood) < FLOOD:
+            assert time.monotonic() - started < IDLE_S + 10, "half-sent requests stayed open"
+            await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(_http_get, http_port, "/openapi.json") == 200
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+async def test_an_http_connection_that_keeps_asking_is_not_cut(server: ServerProcess) -> None:
+    """The idle timeout counts from the last answer: a client that keeps using its
+    keep-alive connection keeps it."""
+    http_port: int = server.http_port  # type: ignore[attr-defined]
+    connection = http.client.HTTPConnection("127.0.0.1", http_port, timeout=5)
+    try:
+        sockets = set()
+        for _ in range(2 * IDLE_S + 1):  # 7 s of use, with a 3 s idle timeout
+            connection.request("GET", "/openapi.json")
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            sockets.add(id(connection.sock))
+            await asyncio.sleep(1)
+        assert len(sockets) == 1  # http.client would have opened a new one after a close
+    finally:
+        connection.close()

@@ -381,6 +381,7 @@ class App:
                 HandleLookup(store, keyring, config, self.clock),
                 self.clock,
             )
+            self.http.connection_cap = self.connection_cap
             await self.http.start(settings.grace_period.total_seconds())
         scheduler.start()
         await self._leadership.start()

@@ -94,6 +94,9 @@ class Settings:
     #: Connections each listener kind (gRPC, HTTP) may hold; None: a share of the open
     #: files limit, at most 10,000 (connection_budget.py).
     max_connections: int | None = None
+    #: An HTTP connection with no request in progress this long is closed: idle
+    #: keep-alive, and request headers that never finish (api/http/connections.py).
+    http_idle_timeout: timedelta = timedelta(seconds=30)
     grace_period: timedelta = timedelta(seconds=10)
     #: Serving processes on one host (--workers); more than one starts a supervisor.
     workers: int = 1
@@ -403,6 +406,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "(KEYTURN_MAX_CONNECTIONS; default: a share of the open files limit, at most 10000)",
     )
     parser.add_argument(
+        "--http-idle-timeout",
+        type=lambda text: parse_duration(text, minimum=timedelta(seconds=1)),
+        help="close an HTTP connection with no request in progress this long: idle "
+        "keep-alive, or headers still arriving (default 30s)",
+    )
+    parser.add_argument(
         "--max-streams-per-caller",
         type=_positive,
         help="open WatchExpiring streams per principal (default 100)",
@@ -468,6 +477,7 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
+        http_idle_timeout=args.http_idle_timeout or defaults.http_idle_timeout,
         max_connections=args.max_connections
         or _positive_setting(env.get("KEYTURN_MAX_CONNECTIONS"), "KEYTURN_MAX_CONNECTIONS"),
         worker_timeout=(

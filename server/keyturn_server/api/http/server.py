@@ -26,6 +26,7 @@ from google.rpc import code_pb2
 
 from keyturn_server.api.guard import Guard
 from keyturn_server.api.http.compat.routes import CompatApi
+from keyturn_server.api.http.connections import CappedServer
 from keyturn_server.api.http.openapi import document_bytes, services
 from keyturn_server.api.http.responses import json_response, status_response
 from keyturn_server.api.http.transcoder import Transcoder
@@ -54,6 +55,8 @@ def http_server(
 class HttpServer:
     def __init__(self, settings: Settings, api: Handler, compat: Handler) -> None:
         self._settings = settings
+        #: Connections this listener may hold (App sets it from connection_budget.py).
+        self.connection_cap = 10_000
         self._api = api
         self._compat = compat
         self._runner: web.ServerRunner | None = None
@@ -72,7 +75,13 @@ class HttpServer:
         return status_response(code_pb2.NOT_FOUND, f"no route for {request.method} {path}")
 
     async def start(self, grace_seconds: float) -> None:
-        server = web.Server(self._dispatch, handler_cancellation=True, access_log=None)
+        server = CappedServer(
+            self._dispatch,
+            cap=self.connection_cap,
+            handler_cancellation=True,
+            access_log=None,
+            keepalive_timeout=self._settings.http_idle_timeout.total_seconds(),
+        )
         runner = self._runner = web.ServerRunner(
             server, shutdown_timeout=grace_seconds, access_log=None
         )
