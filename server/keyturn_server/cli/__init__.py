@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from keyturn_server import __version__
-from keyturn_server.cli import masterkey, serve, tokens
+from keyturn_server.cli import backup, masterkey, serve, tokens
 
 
 def parser() -> argparse.ArgumentParser:
@@ -20,6 +20,7 @@ def parser() -> argparse.ArgumentParser:
     serve.register(commands)
     tokens.register(commands)
     masterkey.register(commands)
+    backup.register(commands)
     try:
         from keyturn_server.cli import operator
     except ImportError:  # the operator commands need the client package

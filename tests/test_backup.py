@@ -1,0 +1,184 @@
+"""`keyturn backup create|restore` (cli/backup.py): a copy taken while the server writes is
+consistent, verified and private; restored, it serves every key and handle it held; and
+a restore never runs under a live server, never uses a copy the master key cannot open,
+and never deletes what the directory held."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from tests.harness import MASTER_KEY, Client
+from tests.process import ServerProcess
+
+pytestmark = pytest.mark.slow
+OTHER_KEY = "ab" * 32
+
+
+def keyturn(*args: str, master_key: str | None = MASTER_KEY) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_KEY", "DATA_DIR")}
+    if master_key:
+        env["MASTER_KEY"] = master_key
+    return subprocess.run(
+        [sys.executable, "-m", "keyturn_server", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+async def _client_of(server: ServerProcess) -> tuple[grpc.aio.Channel, Client]:
+    channel = grpc.aio.insecure_channel(server.address)
+    return channel, Client(channel, server.token())
+
+
+async def test_a_copy_taken_under_writes_restores_every_key_and_handle(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--http-listen", "off")
+    await server.start()
+    channel, client = await _client_of(server)
+    try:
+        key = (await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+        sealed = await client.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"x"))
+        session = (await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+        exported = await client.keys.ExportKey(keys_pb2.ExportKeyRequest(key_id=session.id))
+        issued = await client.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        writing = True
+
+        async def write() -> int:  # the server keeps committing while the copy is made
+            made = 0
+            while writing:
+                await client.handles.GenerateHandle(
+                    handles_pb2.GenerateHandleRequest(type="workflow")
+                )
+                made += 1
+            return made
+
+        writer = asyncio.ensure_future(write())
+        await asyncio.sleep(0.3)
+        backup = tmp_path / "copies" / "keyturn.backup"
+        made = await asyncio.to_thread(
+            keyturn, "backup", "create", str(backup), "--data-dir", str(server.data_dir)
+        )
+        writing = False
+        assert await writer > 0
+        assert made.returncode == 0, made.stderr
+        assert "opens with MASTER_KEY, audit log intact" in made.stdout
+        assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+        content = backup.read_bytes()
+        assert exported.material not in content  # material is sealed in the copy
+        assert issued.token.encode() not in content  # handle secrets are digests
+        admin_token = server.token()
+        assert admin_token.encode() not in content
+    finally:
+        await channel.close()
+        server.terminate()
+
+    restored = tmp_path / "restored"
+    put = keyturn("backup", "restore", str(backup), "--data-dir", str(restored))
+    assert put.returncode == 0, put.stderr
+    again = ServerProcess(restored, "--http-listen", "off")
+    await again.start()
+    channel = grpc.aio.insecure_channel(again.address)
+    try:
+        # Access tokens are in the copy (as digests): the old admin token works again.
+        assert not (restored / "admin.token").exists()
+        client = Client(channel, admin_token)
+        opened = await client.keys.Decrypt(
+            keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+        )
+        assert opened.plaintext == b"x"
+        valid = await client.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=issued.token)
+        )
+        assert valid.validation.valid
+        audit = await client.admin.VerifyAuditLog(admin_pb2.VerifyAuditLogRequest())
+        assert audit.valid and audit.entries_checked > 0
+    finally:
+        await channel.close()
+        again.terminate()
+
+
+@pytest.fixture
+async def stopped_copy(tmp_path: Path) -> Path:
+    """A data directory made by a server that has stopped, and a backup of it."""
+    server = ServerProcess(tmp_path / "data", "--http-listen", "off")
+    await server.start()
+    server.terminate()
+    backup = tmp_path / "keyturn.backup"
+    made = keyturn("backup", "create", str(backup), "--data-dir", str(server.data_dir))
+    assert made.returncode == 0, made.stderr
+    return backup
+
+
+async def test_a_restore_is_refused_while_a_server_holds_the_directory(
+    tmp_path: Path, stopped_copy: Path
+) -> None:
+    server = ServerProcess(tmp_path / "data", "--http-listen", "off")
+    await server.start()
+    try:
+        before = (server.data_dir / "keyturn.db").read_bytes()
+        put = keyturn(
+            "backup", "restore", str(stopped_copy), "--data-dir", str(server.data_dir), "--force"
+        )
+        assert put.returncode == 1
+        assert "in use by another Keyturn server" in put.stderr
+        assert (server.data_dir / "keyturn.db").read_bytes() == before
+    finally:
+        server.terminate()
+
+
+def test_a_copy_the_master_key_cannot_open_is_not_restored(
+    tmp_path: Path, stopped_copy: Path
+) -> None:
+    target = tmp_path / "elsewhere"
+    put = keyturn(
+        "backup", "restore", str(stopped_copy), "--data-dir", str(target), master_key=OTHER_KEY
+    )
+    assert put.returncode == 1
+    assert "does not open with this MASTER_KEY" in put.stderr
+    assert not (target / "keyturn.db").exists()
+    assert MASTER_KEY not in put.stderr + put.stdout and OTHER_KEY not in put.stderr
+
+
+def test_existing_data_is_moved_aside_only_when_asked(tmp_path: Path, stopped_copy: Path) -> None:
+    data_dir = tmp_path / "data"
+    before = (data_dir / "keyturn.db").read_bytes()
+    refused = keyturn("backup", "restore", str(stopped_copy), "--data-dir", str(data_dir))
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    forced = keyturn("backup", "restore", str(stopped_copy), "--data-dir", str(data_dir), "--force")
+    assert forced.returncode == 0, forced.stderr
+    [aside] = data_dir.glob("keyturn.db.replaced-*[0-9Z]")
+    assert aside.read_bytes() == before
+    assert aside.name in forced.stdout
+
+
+def test_a_damaged_or_foreign_file_is_not_restored(tmp_path: Path, stopped_copy: Path) -> None:
+    damaged = tmp_path / "damaged.backup"
+    damaged.write_bytes(stopped_copy.read_bytes()[:4096] + b"\0" * 8192)
+    target = tmp_path / "target"
+    put = keyturn("backup", "restore", str(damaged), "--data-dir", str(target))
+    assert put.returncode == 1, put.stdout
+    assert not (target / "keyturn.db").exists()
+
+
+def test_an_existing_copy_is_only_replaced_when_asked(tmp_path: Path, stopped_copy: Path) -> None:
+    again = keyturn("backup", "create", str(stopped_copy), "--data-dir", str(tmp_path / "data"))
+    assert again.returncode == 1 and "--force" in again.stderr
+
+
+def test_postgresql_stores_are_sent_to_their_own_tools() -> None:
+    said = keyturn("backup", "create", "/tmp/x", "--store", "postgresql://nowhere/keyturn")
+    assert said.returncode == 2
+    assert "pg_dump" in said.stderr
