@@ -183,8 +183,8 @@ class KeyService:
         def work(repo: Repository) -> Key:
             now = self._clock.now()
             cap = self._config.current.policies.max_keys_per_owner
-            held = repo.count_keys(principal.name)
-            if held >= cap:
+            if not repo.claim_key_slot(principal.name, cap):
+                held = repo.count_keys(principal.name)
                 raise ResourceExhausted(
                     f"{principal.name!r} already has {held} keys (max_keys_per_owner is "
                     f"{cap}); remove some (they count until destroyed)",
