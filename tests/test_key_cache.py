@@ -129,3 +129,20 @@ async def test_nothing_is_cached_on_postgresql(server: Harness) -> None:
     reads = cache.reads
     await server.admin.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"x"))
     assert cache.reads == reads + 1
+
+
+async def test_material_is_forgotten_where_the_removal_was_not_made(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker removed the key: this process never ran the removal's own
+    ``forget``, so its next fresh read of the key must drop the material it holds."""
+    assert server.app is not None and server.app.services is not None
+    material = server.app.services.keys._material
+    key = await _cached_key(server)
+    assert (key.id, 1) in material._loaded
+    monkeypatch.setattr(material, "forget", lambda key_id: None)  # as on another worker
+    await server.admin.keys.RemoveKey(K.RemoveKeyRequest(key_id=key.id, reason="leaked"))
+    assert (key.id, 1) in material._loaded  # what another worker would still hold
+    monkeypatch.undo()
+    await server.admin.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert (key.id, 1) not in material._loaded

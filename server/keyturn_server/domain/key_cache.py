@@ -25,10 +25,16 @@ On SQLite the stamp is ``PRAGMA data_version`` of the read connection (about 1-3
 PostgreSQL there is none (store/postgres/store.py says why) and every call reads.
 
 The material a version decrypts with is cached apart (:mod:`key_material`), and is only
-used after a record read this way says the version is still enabled.
+used after a record read this way says the version is still enabled. Every fresh read is
+also shown to ``on_read``, which drops the material of what the record says is gone: the
+process that removed or destroyed a key forgets its material at once, and the others
+(workers) forget it the next time they read the key, instead of keeping it until it ages
+out of the material cache.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from keyturn_server.domain.keys import Key
 from keyturn_server.domain.repositories import Store
@@ -37,9 +43,15 @@ CACHE_SIZE = 4096
 
 
 class KeyCache:
-    def __init__(self, store: Store, size: int = CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        store: Store,
+        size: int = CACHE_SIZE,
+        on_read: Callable[[Key], None] | None = None,
+    ) -> None:
         self._store = store
         self._size = size
+        self._on_read = on_read
         self._keys: dict[str, Key] = {}
         self._stamp: int | None = None
         #: Reads that went to the store (a hit costs only the stamp).
@@ -49,18 +61,23 @@ class KeyCache:
         """The key as committed now, with every version, verified when it was read."""
         stamp = self._store.change_stamp()
         if stamp is None:
-            self.reads += 1
-            return self._store.read().get_key(key_id)
+            return self._read(key_id)
         if stamp != self._stamp:
             self._keys.clear()
             self._stamp = stamp
         key = self._keys.get(key_id)
         if key is not None:
             return key
-        self.reads += 1
-        key = self._store.read().get_key(key_id)
+        key = self._read(key_id)
         if key is not None:
             if len(self._keys) >= self._size:
                 del self._keys[next(iter(self._keys))]  # the oldest read
             self._keys[key_id] = key
+        return key
+
+    def _read(self, key_id: str) -> Key | None:
+        self.reads += 1
+        key = self._store.read().get_key(key_id)
+        if key is not None and self._on_read is not None:
+            self._on_read(key)
         return key

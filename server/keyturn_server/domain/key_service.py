@@ -79,7 +79,7 @@ class KeyService:
         self._stats = stats
         self.destroy_delay = destroy_delay
         self._usage = UsageCounter(store)
-        self.cache = KeyCache(store)
+        self.cache = KeyCache(store, on_read=material.drop_unusable)
         self.nonces = NonceBudget(store, lifecycle, nonces or NonceLimits())
         use = KeyUse(self._find, material, self._usage, clock, stats, self.nonces)
         # Use in place, as callers see it: the same service as the rest of a key's API.
