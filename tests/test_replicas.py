@@ -94,6 +94,28 @@ async def test_validations_across_replicas_never_exceed_max_usage(
     assert handle.usage_count == 50
 
 
+async def test_the_keys_per_owner_cap_holds_with_both_replicas_generating(
+    replicas: list[Harness],
+) -> None:
+    cap = 10
+    await replicas[0].set_policies(max_keys_per_owner=cap)
+    for replica in replicas:  # the other hears of the change by NOTIFY
+        assert replica.app is not None and replica.app.services is not None
+        config = replica.app.services.config
+        for _ in range(500):
+            if config.current.policies.max_keys_per_owner == cap:
+                break
+            await asyncio.sleep(0.02)
+        assert config.current.policies.max_keys_per_owner == cap
+    calls = [
+        replicas[i % 2].admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        for i in range(40)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    made = [r for r in results if isinstance(r, keys_pb2.GenerateKeyResponse)]
+    assert len(made) == cap  # concurrent transactions, one last slot: taken once
+
+
 async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(
     replicas: list[Harness],
 ) -> None:

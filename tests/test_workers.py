@@ -16,14 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, resources_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.process.leader import LOCK_FILE
 from keyturn_server.process.worker import AUTO_CAP, available_cores, parse_workers
 from keyturn_server.settings import Settings, SettingsError
-from tests.harness import Client
+from tests.harness import Client, fails
 from tests.process import ServerProcess
 
 E = events_pb2
+K = keys_pb2
 R = handles_pb2
 CHANNELS = 16
 
@@ -119,6 +120,67 @@ async def test_max_usage_is_exact_with_every_worker_validating_one_handle(
     handle = await clients[1].handles.GetHandle(R.GetHandleRequest(handle_id=issued.handle.id))
     assert handle.usage_count == limit
     assert handle.status == resources_pb2.HANDLE_STATUS_EXHAUSTED
+
+
+async def by_worker(clients: list[Client]) -> list[list[Client]]:
+    """The clients grouped by the worker their connection landed on."""
+    groups: dict[str, list[Client]] = {}
+    for client in clients:
+        health = await client.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+        (scheduler,) = [c.scheduler for c in health.health.components if c.name == "scheduler"]
+        groups.setdefault(scheduler.replica, []).append(client)
+    return list(groups.values())
+
+
+async def test_a_key_changed_through_one_worker_is_seen_by_the_next_call_on_the_other(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    first, second = (group[0] for group in await by_worker(clients))
+    key = (await first.keys.GenerateKey(K.GenerateKeyRequest(type="encryption"))).key
+    sealed = await first.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    for client in (first, second, first, second):  # both hold it now (and its nonce block)
+        await client.keys.Decrypt(K.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext))
+        await client.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    for one, other in ((first, second), (second, first), (first, second)):
+        await one.keys.RemoveKey(K.RemoveKeyRequest(key_id=key.id, reason="leaked"))
+        refused = await fails(other.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"y")))
+        assert refused.reason == "KEY_REMOVED"
+        await other.keys.RestoreKey(K.RestoreKeyRequest(key_id=key.id))
+        await one.keys.Decrypt(K.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext))
+    await second.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    rotated = await first.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"z"))
+    assert rotated.key_version == 2
+    got = await first.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert got.primary_version == 2
+
+
+async def test_the_keys_per_owner_cap_holds_with_every_worker_generating(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    cap = 12
+    config = await clients[0].admin.GetConfig(admin_pb2.GetConfigRequest())
+    await clients[0].admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(
+                security_policies=admin_pb2.SecurityPolicies(max_keys_per_owner=cap)
+            ),
+            update_mask={"paths": ["security_policies.max_keys_per_owner"]},
+            etag=config.etag,
+        )
+    )
+    for client in clients:  # every worker has the new cap (a wake-up away)
+        for _ in range(100):
+            seen = await client.admin.GetConfig(admin_pb2.GetConfigRequest())
+            if seen.security_policies.max_keys_per_owner == cap:
+                break
+            await asyncio.sleep(0.02)
+    calls = [c.keys.GenerateKey(K.GenerateKeyRequest(type="session")) for c in clients * 3]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    made = [r for r in results if isinstance(r, keys_pb2.GenerateKeyResponse)]
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(made) == cap  # not one more, not one less
+    assert len(refused) == len(calls) - cap
+    assert {r.code() for r in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 async def test_watchers_on_every_worker_see_every_event_once_in_order(

@@ -18,6 +18,7 @@ from keyturn.v1 import events_pb2 as E
 from keyturn.v1 import handles_pb2 as R
 from keyturn.v1 import keys_pb2 as K
 from tests.harness import Client, Harness, fails, failure
+from tests.security.database import run_sql
 
 
 def _cpu() -> float:
@@ -132,3 +133,21 @@ async def test_handles_per_owner_are_capped_with_a_retry_delay(server: Harness) 
     # When the first of its handles expires (device: 30 minutes), a place frees.
     assert refused.retry_after == timedelta(minutes=30)
     assert (await other.handles.GenerateHandle(R.GenerateHandleRequest(type="device"))).token
+
+
+async def test_a_store_upgraded_to_the_owner_counts_counts_the_keys_it_holds(
+    server: Harness,
+) -> None:
+    for _ in range(3):
+        await server.admin.keys.GenerateKey(K.GenerateKeyRequest(type="session"))
+    await server.stop()
+    run_sql(server, "DROP TABLE key_owners")  # as schema 2 left the store
+    if server.settings.store:
+        run_sql(server, "DELETE FROM keyturn_schema WHERE version > 2")
+    else:
+        run_sql(server, "PRAGMA user_version = 2")
+    await server.start()  # migration 3 counts the keys already there
+    await server.set_policies(max_keys_per_owner=4)
+    assert await server.admin.keys.GenerateKey(K.GenerateKeyRequest(type="session"))
+    refused = await fails(server.admin.keys.GenerateKey(K.GenerateKeyRequest(type="session")))
+    assert refused.reason == "MAX_KEYS_PER_OWNER"

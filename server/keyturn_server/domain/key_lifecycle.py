@@ -193,6 +193,7 @@ class KeyLifecycle:
             versions=tuple(versions),
         )
         repo.update_key(destroyed)
+        repo.release_key_slot(key.owner)
         repo.after_commit(lambda: self._material.forget(key_id))
         self._journal.event(
             repo,

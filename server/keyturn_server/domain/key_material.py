@@ -15,7 +15,7 @@ from keyturn_server.crypto import material
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.crypto.seal import SealError, binding
 from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound
-from keyturn_server.domain.keys import Key
+from keyturn_server.domain.keys import Key, KeyState
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 
@@ -77,6 +77,15 @@ class MaterialCache:
         """Drop every cached version of a key (removed or destroyed)."""
         for cached in [k for k in self._loaded if k[0] == key_id]:
             del self._loaded[cached]
+
+    def drop_unusable(self, key: Key) -> None:
+        """Forget what ``key``, as just read, says may no longer be used."""
+        if key.state is not KeyState.ACTIVE:
+            self.forget(key.id)
+            return
+        for version in key.versions:
+            if not version.usable:
+                self._loaded.pop((key.id, version.version), None)
 
     def forget_version(self, key_id: str, version: int) -> None:
         self._loaded.pop((key_id, version), None)

@@ -28,6 +28,7 @@ from keyturn_server.domain.errors import (
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.ids import check_id, new_id
 from keyturn_server.domain.journal import Journal
+from keyturn_server.domain.key_cache import KeyCache
 from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_usage import UsageCounter
@@ -78,8 +79,9 @@ class KeyService:
         self._stats = stats
         self.destroy_delay = destroy_delay
         self._usage = UsageCounter(store)
+        self.cache = KeyCache(store, on_read=material.drop_unusable)
         self.nonces = NonceBudget(store, lifecycle, nonces or NonceLimits())
-        use = KeyUse(self._get, material, self._usage, clock, stats, self.nonces)
+        use = KeyUse(self._find, material, self._usage, clock, stats, self.nonces)
         # Use in place, as callers see it: the same service as the rest of a key's API.
         self.encrypt = use.encrypt
         self.decrypt = use.decrypt
@@ -91,13 +93,18 @@ class KeyService:
 
     # --- reading -------------------------------------------------------------------------
 
-    def _get(self, principal: Principal, key_id: str) -> Key:
+    def _find(self, principal: Principal, key_id: str) -> Key:
+        """The key as stored (usage as last flushed), if ``principal`` may see it."""
         check_id("key", key_id, "key_id")
-        key = self._store.read().get_key(key_id)
+        key = self.cache.get(key_id)
         if key is None:
             raise NotFound(f"key {key_id!r} not found", reason="KEY_NOT_FOUND")
         principal.require_visible("key", key_id, key.owner)
-        return self._usage.with_pending(key)
+        return key
+
+    def _get(self, principal: Principal, key_id: str) -> Key:
+        """The key as callers read it: with the uses not flushed yet."""
+        return self._usage.with_pending(self._find(principal, key_id))
 
     def get(self, principal: Principal, key_id: str) -> Key:
         principal.require(Permission.KEY_READ)
@@ -176,8 +183,8 @@ class KeyService:
         def work(repo: Repository) -> Key:
             now = self._clock.now()
             cap = self._config.current.policies.max_keys_per_owner
-            held = repo.count_keys(principal.name)
-            if held >= cap:
+            if not repo.claim_key_slot(principal.name, cap):
+                held = repo.count_keys(principal.name)
                 raise ResourceExhausted(
                     f"{principal.name!r} already has {held} keys (max_keys_per_owner is "
                     f"{cap}); remove some (they count until destroyed)",

@@ -51,6 +51,15 @@ class KeyRepository(Protocol):
         """Keys of ``owner`` that are not destroyed."""
         ...
 
+    def claim_key_slot(self, owner: str, cap: int) -> bool:
+        """Count a new key of ``owner`` unless it holds ``cap`` keys already (False: nothing
+        counted). Atomic against concurrent units of work."""
+        ...
+
+    def release_key_slot(self, owner: str) -> None:
+        """A key of ``owner`` was destroyed."""
+        ...
+
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) per type and status."""
         ...

@@ -97,6 +97,13 @@ class Store(Protocol):
         connection in a worker thread, so that it never blocks the event loop."""
         ...
 
+    def change_stamp(self) -> int | None:
+        """A number that differs from the last one returned whenever anything was
+        committed since (by this process or any other), as seen by :meth:`read`; None
+        when the backend has no cheap local signal, and then nothing read may be cached
+        across calls (key_cache.py). Take it *before* the read it vouches for."""
+        ...
+
     def add_commit_listener(self, listener: CommitListener) -> None: ...
 
     def protect(self, protection: Protection) -> None:

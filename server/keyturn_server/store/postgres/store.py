@@ -140,6 +140,14 @@ class PostgresStore:
     def read(self) -> Repository:
         return self._reader
 
+    def change_stamp(self) -> None:
+        """None: no cache of stored records on PostgreSQL. Other replicas' commits reach
+        this one by NOTIFY, after they are visible to readers, so a record cached until
+        the notification arrives could be used after it was disabled elsewhere; and a
+        per-call check (say, the newest event sequence) is a round trip to the database,
+        about what the read it would save costs."""
+        return None
+
     async def write(self, work: Callable[[Repository], T]) -> T:
         self.start()
         self._refuse_while_unreachable()

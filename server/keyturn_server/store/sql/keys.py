@@ -151,11 +151,27 @@ class KeySql(SqlBase):
         return Listing(self._authentic_keys(found.items), found.total, found.more)
 
     def count_keys(self, owner: str) -> int:
-        """Keys of ``owner`` that are not destroyed (the keys_by_owner index)."""
-        row = self._one(
-            "SELECT COUNT(*) AS n FROM keys WHERE owner = ? AND state != 'DESTROYED'", (owner,)
+        """Keys of ``owner`` that are not destroyed (kept in key_owners)."""
+        row = self._one("SELECT held FROM key_owners WHERE owner = ?", (owner,))
+        return 0 if row is None else int(row["held"])
+
+    def claim_key_slot(self, owner: str, cap: int) -> bool:
+        """Count one more key for ``owner`` unless it holds ``cap`` already. One statement
+        that takes the owner's row lock: of two units racing for the last slot (replicas
+        on PostgreSQL), the second re-reads the first's count once it commits."""
+        return (
+            self._one(
+                "INSERT INTO key_owners (owner, held) VALUES (?, 1) ON CONFLICT (owner) "
+                "DO UPDATE SET held = key_owners.held + 1 WHERE key_owners.held < ? "
+                "RETURNING held",
+                (owner, cap),
+            )
+            is not None
         )
-        return int(row["n"])
+
+    def release_key_slot(self, owner: str) -> None:
+        """One key of ``owner`` is destroyed: it no longer counts."""
+        self._run("UPDATE key_owners SET held = held - 1 WHERE owner = ? AND held > 0", (owner,))
 
     def key_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, usage, versions) for every type and computed status."""
