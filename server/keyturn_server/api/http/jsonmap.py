@@ -101,7 +101,8 @@ def request_from(
             body = {}
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object", field="body")
-        document = dict(body)
+        # Path variables are written into it; without any it is read as it is.
+        document = dict(body) if variables else body
     else:
         document = {}
         if route.body:

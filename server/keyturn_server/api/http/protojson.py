@@ -164,16 +164,15 @@ def parse_into(document: dict[str, Any], message: Message) -> None:
     fields = _INPUT.get(message.DESCRIPTOR.full_name)
     if fields is None:
         fields = _INPUT[message.DESCRIPTOR.full_name] = _input_plan(message.DESCRIPTOR)
-    simple: list[tuple[str, descriptor.FieldDescriptor, Any]] = []
     seen: set[str] = set()
     for key, value in document.items():
         found = fields.get(key)
         if found is None or found[1].name in seen or not _fits(found[0], value):
+            # From the start: what was set so far is set again to the same values.
             json_format.ParseDict(document, message)
             return
-        seen.add(found[1].name)
-        simple.append((found[0], found[1], value))
-    for kind, field, value in simple:
+        kind, field = found
+        seen.add(field.name)
         if kind == "map":
             getattr(message, field.name).update(value)
         else:

@@ -92,7 +92,9 @@ class Transcoder:
     ) -> Message | Unparsable:
         try:
             body = await read_json(request)
-            message = request_from(route, variables, request.rel_url.query.items(), body)
+            # A route whose body is the whole request takes no query parameters.
+            query = () if route.body == "*" else request.rel_url.query.items()
+            message = request_from(route, variables, query, body)
             if route.streaming:
                 sse.resume_from_header(request, message)
             return message

@@ -49,8 +49,11 @@ class Call:
     """One request to a compatibility route, as its operation sees it."""
 
     params: dict[str, str]
-    query: Mapping[str, str]
     request: web.BaseRequest
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        return self.request.rel_url.query
 
     async def body(self) -> dict[str, Any]:
         return shapes.body_object(await read_json(self.request))
@@ -257,7 +260,7 @@ class CompatApi:
         path = request.rel_url.path
         route, params, allowed = self._find(request.method, path)
         if route is not None:
-            call = Call(params, request.rel_url.query, request)
+            call = Call(params, request)
             try:
                 status, fields = await self._guard.unary(
                     route.rpc, HttpCaller(request), call, route.operation, "compat"
