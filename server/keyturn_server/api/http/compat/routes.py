@@ -425,10 +425,11 @@ class CompatApi:
         if not token:
             raise InvalidArgument("required: the handle's id (its token)", field="handleId")
         request = handles_pb2.ValidateHandleRequest(
-            token=token,
-            context=shapes.string_map(body, "context", rename=True),
-            user_id=shapes.text_field(body, "userId"),
+            token=token, user_id=shapes.text_field(body, "userId")
         )
+        context = shapes.string_map(body, "context", rename=True)
+        if context:  # a map given to the constructor costs about 2 µs, even empty
+            request.context.update(context)
         response = await self._handles.ValidateHandle(request, _CONTEXT)
         validation = shapes.plain(response.validation)
         # Keyturn's handle_id is the public id; here "id" means the token, so it is renamed.
