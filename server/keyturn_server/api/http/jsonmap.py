@@ -9,7 +9,6 @@ refused validation says ``"valid": false`` instead of leaving the field out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -19,7 +18,7 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from keyturn_server.api.http import protojson
+from keyturn_server.api.http import codec, protojson
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
@@ -85,7 +84,7 @@ def retry_after(status: status_pb2.Status) -> timedelta | None:
 
 
 def to_json(message: Message) -> bytes:
-    return json.dumps(protojson.to_dict(message), separators=(",", ":")).encode()
+    return codec.dumps(protojson.to_dict(message))
 
 
 def request_from(
@@ -102,7 +101,8 @@ def request_from(
             body = {}
         if not isinstance(body, dict):
             raise InvalidArgument("the request body must be a JSON object", field="body")
-        document = dict(body)
+        # Path variables are written into it; without any it is read as it is.
+        document = dict(body) if variables else body
     else:
         document = {}
         if route.body:

@@ -22,6 +22,8 @@ from typing import Any
 from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
+from keyturn_server.api.http import printers
+
 _F = descriptor.FieldDescriptor
 _INT64 = {_F.TYPE_INT64, _F.TYPE_SINT64, _F.TYPE_SFIXED64, _F.TYPE_UINT64, _F.TYPE_FIXED64}
 _INT32 = {_F.TYPE_INT32, _F.TYPE_SINT32, _F.TYPE_SFIXED32, _F.TYPE_UINT32, _F.TYPE_FIXED32}
@@ -34,12 +36,26 @@ _Step = tuple[str, str, Convert, bool, str]
 _PLANS: dict[str, list[_Step] | None] = {}
 
 
+#: Hand-built printers of the hottest messages (printers.py), by full name.
+_FAST = printers.proto_json_printers(lambda m: to_dict(m))
+
+
 class _Unplanned(Exception):
     """A field kind without a fast converter (float32)."""
 
 
 def to_dict(message: Message) -> dict[str, Any]:
     """As MessageToDict(message, always_print_fields_with_no_presence=True)."""
+    name = message.DESCRIPTOR.full_name
+    fast = _FAST.get(name)
+    if fast is not None:
+        return fast(message)
+    return planned_dict(message)
+
+
+def planned_dict(message: Message) -> dict[str, Any]:
+    """``to_dict`` by the message type's plan, without the hand-built printers (their
+    reference in tests)."""
     name = message.DESCRIPTOR.full_name
     if name not in _PLANS:
         try:
@@ -84,6 +100,8 @@ def _plan(message_type: Any) -> list[_Step]:
 
 def _converter(field: descriptor.FieldDescriptor) -> Convert:
     if field.message_type is not None:
+        if field.message_type.full_name == "google.protobuf.Timestamp":
+            return _timestamp
         if field.message_type.full_name in _STRING_WKT:
             return _to_json_string
         return to_dict
@@ -105,6 +123,10 @@ def _converter(field: descriptor.FieldDescriptor) -> Convert:
 
 def _same(value: Any) -> Any:
     return value
+
+
+def _timestamp(value: Any) -> str:
+    return printers.timestamp_text(value.seconds, value.nanos)
 
 
 def _to_json_string(value: Any) -> str:
@@ -142,16 +164,15 @@ def parse_into(document: dict[str, Any], message: Message) -> None:
     fields = _INPUT.get(message.DESCRIPTOR.full_name)
     if fields is None:
         fields = _INPUT[message.DESCRIPTOR.full_name] = _input_plan(message.DESCRIPTOR)
-    simple: list[tuple[str, descriptor.FieldDescriptor, Any]] = []
     seen: set[str] = set()
     for key, value in document.items():
         found = fields.get(key)
         if found is None or found[1].name in seen or not _fits(found[0], value):
+            # From the start: what was set so far is set again to the same values.
             json_format.ParseDict(document, message)
             return
-        seen.add(found[1].name)
-        simple.append((found[0], found[1], value))
-    for kind, field, value in simple:
+        kind, field = found
+        seen.add(field.name)
         if kind == "map":
             getattr(message, field.name).update(value)
         else:

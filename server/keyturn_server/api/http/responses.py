@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 from google.rpc import status_pb2
 
+from keyturn_server.api.http import codec
 from keyturn_server.api.http.jsonmap import error_document, http_status, retry_after
 
 JSON = "application/json"
@@ -21,7 +20,7 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 def error_response(status: status_pb2.Status, http: int | None = None) -> web.Response:
     """The AIP-193 error body, with Retry-After when the status carries a RetryInfo."""
     response = json_response(
-        json.dumps(error_document(status), separators=(",", ":")).encode(),
+        codec.dumps(error_document(status)),
         http or http_status(status),
     )
     delay = retry_after(status)

@@ -4,6 +4,7 @@ is served over HTTP as soon as its stubs are regenerated."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +28,12 @@ class Route:
     method: descriptor.MethodDescriptor
     request_class: Any
 
-    @property
+    @functools.cached_property
     def rpc(self) -> str:
         """'/keyturn.v1.KeyService/GetKey', as gRPC, logs and metrics name it."""
         return f"/{self.method.containing_service.full_name}/{self.method.name}"
 
-    @property
+    @functools.cached_property
     def streaming(self) -> bool:
         return bool(self.method.server_streaming)
 

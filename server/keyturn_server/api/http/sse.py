@@ -16,7 +16,6 @@ browser's EventSource.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,7 @@ from google.rpc import status_pb2
 
 from keyturn.v1 import events_pb2
 from keyturn_server.api.guard import Guard, Refused, Unparsable
-from keyturn_server.api.http import protojson
+from keyturn_server.api.http import codec, protojson
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import error_document
 from keyturn_server.api.http.responses import SERVER, error_response
@@ -113,11 +112,11 @@ def frame(message: Message) -> bytes:
         )
     else:
         sequence = 0
-    data = json.dumps(protojson.to_dict(message), separators=(",", ":"))
+    data = codec.dumps(protojson.to_dict(message)).decode()
     head = f"id: {sequence}\n" if sequence else ""
     return f"{head}data: {data}\n\n".encode()
 
 
 def error_frame(status: status_pb2.Status) -> bytes:
-    data = json.dumps(error_document(status), separators=(",", ":"))
+    data = codec.dumps(error_document(status)).decode()
     return f"event: error\ndata: {data}\n\n".encode()

@@ -5,7 +5,6 @@ as JSON. Server-streaming methods answer as Server-Sent Events (``sse.py``)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2
 
 from keyturn_server.api.guard import Guard, Refused, Unparsable
-from keyturn_server.api.http import sse
+from keyturn_server.api.http import codec, sse
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import request_from, to_json
 from keyturn_server.api.http.responses import (
@@ -93,7 +92,9 @@ class Transcoder:
     ) -> Message | Unparsable:
         try:
             body = await read_json(request)
-            message = request_from(route, variables, request.rel_url.query.items(), body)
+            # A route whose body is the whole request takes no query parameters.
+            query = () if route.body == "*" else request.rel_url.query.items()
+            message = request_from(route, variables, query, body)
             if route.streaming:
                 sse.resume_from_header(request, message)
             return message
@@ -107,12 +108,18 @@ async def read_json(request: web.BaseRequest) -> Any:
     so a web page cannot drive a local development server."""
     if not request.body_exists:
         return None
-    try:
-        raw = await request.read()  # at most client_max_size (MAX_BODY)
-    except web.HTTPRequestEntityTooLarge:
-        raise InvalidArgument(
-            f"the request body exceeds {MAX_BODY} bytes", field="body", reason="BODY_TOO_LARGE"
-        ) from None
+    content = request.content
+    if content.is_eof():
+        # All of it arrived with the headers (nearly every API call): take it as it is
+        # rather than through read()'s loop of awaits, a tenth of a validation's time.
+        raw = content.read_nowait()
+        if len(raw) > MAX_BODY:
+            raise _too_large()
+    else:
+        try:
+            raw = await request.read()  # at most client_max_size (MAX_BODY)
+        except web.HTTPRequestEntityTooLarge:
+            raise _too_large() from None
     if not raw.strip():
         return None
     media = request.content_type
@@ -123,6 +130,12 @@ async def read_json(request: web.BaseRequest) -> Any:
             reason="UNSUPPORTED_MEDIA_TYPE",
         )
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return codec.loads(raw)
+    except codec.DecodeError as exc:
         raise InvalidArgument(f"the request body is not JSON: {exc}", field="body") from None
+
+
+def _too_large() -> InvalidArgument:
+    return InvalidArgument(
+        f"the request body exceeds {MAX_BODY} bytes", field="body", reason="BODY_TOO_LARGE"
+    )

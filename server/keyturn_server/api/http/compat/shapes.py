@@ -21,6 +21,7 @@ from google.protobuf import descriptor, duration_pb2
 from google.protobuf.message import Message
 
 from keyturn.v1 import admin_pb2
+from keyturn_server.api.http import printers
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 _F = descriptor.FieldDescriptor
@@ -50,6 +51,15 @@ def iso(moment: datetime) -> str:
 
 
 def plain(message: Message) -> dict[str, Any]:
+    fast = _FAST.get(message.DESCRIPTOR.full_name)
+    if fast is not None:
+        return fast(message)
+    return generic_plain(message)
+
+
+def generic_plain(message: Message) -> dict[str, Any]:
+    """``plain`` by walking the descriptor, without the hand-built printers (their
+    reference in tests)."""
     out: dict[str, Any] = {}
     for field in message.DESCRIPTOR.fields:
         if field.is_repeated:
@@ -74,7 +84,7 @@ def _value(field: Any, value: Any) -> Any:
         if name == "google.protobuf.Timestamp":
             if not value.seconds and not value.nanos:
                 return None
-            return iso(value.ToDatetime(tzinfo=UTC))
+            return printers.timestamp_iso(value.seconds, value.nanos)
         if name == "google.protobuf.Duration":
             return milliseconds(value.ToTimedelta())
         return plain(value)
@@ -83,6 +93,10 @@ def _value(field: Any, value: Any) -> Any:
     if field.type == _F.TYPE_BYTES:
         return base64.b64encode(value).decode()
     return value
+
+
+#: Hand-built printers of the hottest messages (api/http/printers.py), by full name.
+_FAST = printers.plain_printers(lambda m: plain(m))
 
 
 def milliseconds(delta: timedelta) -> int | float:
