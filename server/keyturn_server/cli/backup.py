@@ -14,8 +14,9 @@ as the data directory (it is written 0600).
 
 Access tokens are in the copy, so the tokens that worked work again after a restore (the
 `admin.token` file beside the store is not copied: keep the token, or make one with
-`keyturn token create`). Restoring needs the MASTER_KEY the copy was made under, is refused while a server holds
-the data directory, and never deletes data: what the directory held is moved aside.
+`keyturn token create`). Restoring needs the MASTER_KEY the copy was made under, is
+refused while a server holds the data directory, and never deletes data: what the
+directory held is moved aside.
 Handles issued and keys rotated after the copy are not in it; deadlines that passed
 meanwhile are caught up by the scheduler, in order, when the server starts.
 
