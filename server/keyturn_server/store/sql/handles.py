@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from keyturn_server.clock import from_micros, optional_datetime, to_micros
+from keyturn_server.clock import from_micros, to_micros
 from keyturn_server.domain.anomalies import Anomaly
 from keyturn_server.domain.handles import Handle, HandleSecret, HandleStatus
 from keyturn_server.domain.paging import Cursor, Listing
@@ -22,6 +22,20 @@ _HANDLE_COUNTS = (
     "COALESCE(MAX(usage_count), 0) AS top "
     "FROM handles GROUP BY 1, 2"
 )
+
+#: The secrets and their handles by digest, each row's columns by position: the secret's
+#: (rows.SECRET_COLUMNS), its MAC, the handle's MAC, the handle's (rows.HANDLE_COLUMNS).
+_SECRETS_WITH_HANDLES = (
+    "SELECT "
+    + ", ".join(
+        [f"s.{c}" for c in rows.SECRET_COLUMNS]
+        + ["s.mac", "h.mac"]
+        + [f"h.{c}" for c in rows.HANDLE_COLUMNS]
+    )
+    + " FROM handle_secrets s JOIN handles h ON h.id = s.handle_id WHERE s.digest IN "
+)
+_SECRET_END = len(rows.SECRET_COLUMNS)
+_HANDLE_START = _SECRET_END + 2
 
 
 class HandleSql(SqlBase):
@@ -39,10 +53,12 @@ class HandleSql(SqlBase):
     def _authentic_handle(self, row: Row) -> Handle | None:
         """The handle of a stored row, or None (reported) when the row is tampered."""
         handle = rows.handle_from_row(row)
-        intact = self._integrity.intact(
-            "handles", handle_fields(handle), row["mac"], handle.id, resource=handle.id
+        return handle if self._intact_handle(handle, row["mac"]) else None
+
+    def _intact_handle(self, handle: Handle, mac: object) -> bool:
+        return self._integrity.intact(
+            "handles", handle_fields(handle), mac, handle.id, resource=handle.id
         )
-        return handle if intact else None
 
     def _authentic_handles(self, found: list[Row]) -> list[Handle]:
         return [h for r in found if (h := self._authentic_handle(r)) is not None]
@@ -69,30 +85,15 @@ class HandleSql(SqlBase):
         for start in range(0, len(wanted), IN_LIMIT):
             chunk = wanted[start : start + IN_LIMIT]
             marks = ", ".join("?" * len(chunk))
-            for row in self._all(
-                "SELECT h.*, s.digest AS s_digest, s.generation AS s_generation, "
-                "s.create_time AS s_create_time, s.superseded_time AS s_superseded_time, "
-                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token, "
-                "s.mac AS s_mac "
-                "FROM handle_secrets s JOIN handles h ON h.id = s.handle_id "
-                f"WHERE s.digest IN ({marks}) ORDER BY h.id{lock}",
-                chunk,
-            ):
-                digest = bytes(row["s_digest"])
-                secret = HandleSecret(
-                    digest=digest,
-                    handle_id=row["id"],
-                    generation=row["s_generation"],
-                    create_time=from_micros(row["s_create_time"]),
-                    superseded_time=optional_datetime(row["s_superseded_time"]),
-                    grace_until=optional_datetime(row["s_grace_until"]),
-                    sealed_token=rows.optional_bytes(row["s_sealed_token"]),
-                )
-                if not self._authentic_secret(secret, row["s_mac"]):
+            for row in self._all(f"{_SECRETS_WITH_HANDLES}({marks}) ORDER BY h.id{lock}", chunk):
+                # By position: a name lookup in an SQLite row searches its columns.
+                values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
+                secret = rows.secret_from_values(values[:_SECRET_END])
+                if not self._authentic_secret(secret, values[_SECRET_END]):
                     continue
-                handle = self._authentic_handle(row)
-                if handle is not None:
-                    found[digest] = (secret, handle)
+                handle = rows.handle_from_values(values[_HANDLE_START:])
+                if self._intact_handle(handle, values[_SECRET_END + 1]):
+                    found[secret.digest] = (secret, handle)
         return found
 
     def insert_handle(self, handle: Handle) -> None:
