@@ -208,7 +208,7 @@ def handle_changes(before: Handle, after: Handle) -> dict[str, Any]:
 #: JSON, the schedule) is kept, keyed by the raw values read: a row whose other columns
 #: differ in any way, forged or not, is mapped afresh, and the MAC is checked on the
 #: record mapped either way (store/integrity.py), so the cache grants nothing.
-_COUNTER_COLUMNS = (
+COUNTER_COLUMNS = (
     "usage_count",
     "last_used_time",
     "rate_start",
@@ -216,6 +216,8 @@ _COUNTER_COLUMNS = (
     "rate_current",
     "rate_flagged",
 )
+#: The Handle fields stored in COUNTER_COLUMNS.
+COUNTER_FIELDS = ("usage_count", "last_used_time", "rate")
 _SETTLED_COLUMNS = (
     "id",
     "type",
@@ -241,7 +243,7 @@ _SETTLED_COLUMNS = (
     "revoke_reason",
 )
 #: The order of the values :func:`handle_from_values` takes (a SELECT lists them so).
-HANDLE_COLUMNS = _SETTLED_COLUMNS + _COUNTER_COLUMNS
+HANDLE_COLUMNS = _SETTLED_COLUMNS + COUNTER_COLUMNS
 _SETTLED = len(_SETTLED_COLUMNS)
 #: Distinct settled rows kept (about 1.5 KiB each): one per handle validated lately.
 SETTLED_CACHE = 16_384

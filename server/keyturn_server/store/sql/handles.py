@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -35,6 +37,15 @@ _SECRETS_WITH_HANDLES = (
     + " FROM handle_secrets s JOIN handles h ON h.id = s.handle_id WHERE s.digest IN "
 )
 _SECRET_END = len(rows.SECRET_COLUMNS)
+#: The fields a validation's use leaves alone (all but the counters it moves).
+_settled_fields = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Handle) if f.name not in rows.COUNTER_FIELDS)
+)
+_COUNT_USE = (
+    "UPDATE handles SET "
+    + ", ".join(f"{c} = ?" for c in (*rows.COUNTER_COLUMNS, "mac"))
+    + " WHERE id = ?"
+)
 _HANDLE_START = _SECRET_END + 2
 
 
@@ -102,6 +113,29 @@ class HandleSql(SqlBase):
         self._run(*insert("handles", row))
 
     def update_handle(self, before: Handle, after: Handle) -> None:
+        if _settled_fields(before) == _settled_fields(after):
+            # A plain validation: one prepared statement, no diff (the hot path).
+            rate, last_used = after.rate, after.last_used_time
+            if (
+                after.usage_count == before.usage_count
+                and last_used == before.last_used_time
+                and rate == before.rate
+            ):
+                return
+            self._run(
+                _COUNT_USE,
+                (
+                    after.usage_count,
+                    None if last_used is None else to_micros(last_used),
+                    None if rate.start is None else to_micros(rate.start),
+                    rate.previous,
+                    rate.current,
+                    None if rate.flagged is None else to_micros(rate.flagged),
+                    self._integrity.tag("handles", handle_fields(after), after.id),
+                    after.id,
+                ),
+            )
+            return
         changed = rows.handle_changes(before, after)
         if changed:
             changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
