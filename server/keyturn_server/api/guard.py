@@ -216,7 +216,13 @@ class Guard:
     def register(
         self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object
     ) -> None:
-        """Register ``servicer`` as the generated ``add`` would, every method guarded."""
+        """Register ``servicer``'s methods, every one guarded, as generic handlers only.
+
+        Not as registered methods, which the generated ``add`` also makes: grpc.aio's
+        server keeps one pending request per registered method and waits on all of
+        them (``asyncio.wait``) for every call it accepts, so each call paid for every
+        method of every service (about 45 here; 20 µs of CPU per call). A generic
+        handler is found by one dictionary lookup per service."""
         capture = _Capture()
         add(servicer, capture)
         guarded = {
@@ -226,7 +232,6 @@ class Guard:
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(capture.service, guarded),)
         )
-        server.add_registered_method_handlers(capture.service, guarded)  # type: ignore[attr-defined]
 
     def _guard(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
