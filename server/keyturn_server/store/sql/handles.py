@@ -30,8 +30,10 @@ _HANDLE_COUNTS = (
 _SECRETS_WITH_HANDLES = (
     "SELECT "
     + ", ".join(
-        [f"s.{c}" for c in rows.SECRET_COLUMNS]
-        + ["s.mac", "h.mac"]
+        # Aliased: the secret's and the handle's columns share names (mac, generation,
+        # create_time), and a PostgreSQL row is a dict, which would keep only one.
+        [f"s.{c} AS s_{c}" for c in (*rows.SECRET_COLUMNS, "mac")]
+        + ["h.mac AS h_mac"]
         + [f"h.{c}" for c in rows.HANDLE_COLUMNS]
     )
     + " FROM handle_secrets s JOIN handles h ON h.id = s.handle_id WHERE s.digest IN "
