@@ -191,3 +191,29 @@ async def test_tampered_rows_are_counted_in_statistics_and_metrics(server: Harne
     stats = await server.admin.keys.GetKeyStatistics(keys_pb2.GetKeyStatisticsRequest())
     # Every read that meets the row counts: the start's look at the tokens, the refusal.
     assert counted == [stats.statistics.integrity_failures] and counted[0] >= 2
+
+
+async def test_the_counters_a_validation_writes_are_covered_and_read_back(
+    server: Harness,
+) -> None:
+    # A plain use rewrites only the counters (and the MAC); binding the context takes the
+    # general path. Read back by a new process memory, every row must authenticate.
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    request = handles_pb2.ValidateHandleRequest(token=issued.token, context={"ip": "10.0.0.1"})
+    for _ in range(3):
+        assert (await server.admin.handles.ValidateHandle(request)).validation.valid
+        await server.advance(timedelta(seconds=50))  # the rate window rolls over
+    await server.restart()
+    read = await server.admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=issued.handle.id)
+    )
+    assert read.usage_count == 3
+    assert read.last_used_time.ToDatetime(UTC) == server.clock.now() - timedelta(seconds=50)
+    assert (await server.admin.handles.ValidateHandle(request)).validation.valid
+    await tamper(server, ("UPDATE handles SET usage_count = 0 WHERE id = ?", (issued.handle.id,)))
+    refused = await fails(
+        server.admin.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=issued.handle.id))
+    )
+    assert refused.code == grpc.StatusCode.DATA_LOSS

@@ -335,3 +335,28 @@ async def test_rows_written_before_row_macs_get_theirs_once(server: Harness) -> 
     await tamper(server, ("UPDATE keys SET mac = NULL, owner = 'thief' WHERE id = ?", (key.id,)))
     forged = await fails(server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id)))
     assert forged.code == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_handle_forged_after_it_was_validated_is_not_served_from_memory(
+    server: Harness,
+) -> None:
+    # The store keeps the mapping of a handle's settled columns once read: a forged
+    # column must still be read, mapped and checked, never answered from that memory.
+    victim = server.client(await _service(server, "victim"))
+    thief_token = await _service(server, "thief")
+    issued = await victim.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+    request = handles_pb2.ValidateHandleRequest(token=issued.token)
+    assert (await victim.handles.ValidateHandle(request)).validation.valid
+    await tamper(
+        server,
+        (
+            "UPDATE handles SET owner = 'thief', max_usage = max_usage + 1 WHERE id = ?",
+            (issued.handle.id,),
+        ),
+    )
+    seen = (await server.client(thief_token).handles.ValidateHandle(request)).validation
+    assert not seen.valid and seen.handle_id == ""
+    read = await fails(
+        server.admin.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=issued.handle.id))
+    )
+    assert read.code == grpc.StatusCode.DATA_LOSS

@@ -5,6 +5,7 @@ nobody in particular (--insecure-no-auth)."""
 from __future__ import annotations
 
 import contextvars
+import functools
 from collections import OrderedDict
 from typing import Any, Protocol, TypeAlias
 
@@ -34,6 +35,7 @@ def bind(principal: Principal) -> None:
     _PRINCIPAL.set(principal)
 
 
+@functools.lru_cache(maxsize=4096)
 def peer_host(peer: str) -> str:
     """'ipv4:127.0.0.1:5000' -> '127.0.0.1'; '[::1]' kept bracket-free."""
     kind, _, rest = peer.partition(":")
@@ -95,12 +97,17 @@ class Authenticator:
 
     async def principal(self, caller: Caller, method: str) -> Principal:
         try:
-            return self._identify(caller)
+            return self.identify(caller)
         except Unauthenticated as exc:
-            await self._tokens.audit_failure(caller.peer, method, exc.reason)
+            await self.audit_failure(caller, method, exc)
             raise
 
-    def _identify(self, caller: Caller) -> Principal:
+    async def audit_failure(self, caller: Caller, method: str, exc: Unauthenticated) -> None:
+        await self._tokens.audit_failure(caller.peer, method, exc.reason)
+
+    def identify(self, caller: Caller) -> Principal:
+        """The caller's principal; raises Unauthenticated (not yet audited: the guard
+        audits it, so that the call that succeeds awaits nothing here)."""
         peer = caller.peer
         header = caller.authorization
         if header:

@@ -85,7 +85,10 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         self, request: handles_pb2.ValidateHandleRequest, context: Context
     ) -> handles_pb2.ValidateHandleResponse:
         result = await self._handles.validate(
-            auth.current(), request.token, dict(request.context), request.user_id
+            auth.current(),
+            request.token,
+            dict(request.context) if request.context else {},
+            request.user_id,
         )
         if not result.valid:
             access.refused(result.reason.value if result.reason else "INVALID")

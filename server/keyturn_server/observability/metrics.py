@@ -88,10 +88,18 @@ class Metrics:
         self._state = _StateCollector(per_resource)
         self.registry.register(self._state)
         self._server: Any = None
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        self.rpcs.labels(method, code).inc()
-        self.latency.labels(method).observe(seconds)
+        # The labelled children, looked up once: labels() validates and locks per call.
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            children = self._rpc_children[(method, code)] = (
+                self.rpcs.labels(method, code),
+                self.latency.labels(method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def on_commit(self, events: list[Event]) -> None:
         for event in events:

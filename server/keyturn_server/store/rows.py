@@ -203,41 +203,128 @@ def handle_changes(before: Handle, after: Handle) -> dict[str, Any]:
     return changed
 
 
+#: The columns a plain validation changes. Every other column of a handle changes only
+#: on rotation, binding, revocation and the like, so its mapping (datetimes, the context's
+#: JSON, the schedule) is kept, keyed by the raw values read: a row whose other columns
+#: differ in any way, forged or not, is mapped afresh, and the MAC is checked on the
+#: record mapped either way (store/integrity.py), so the cache grants nothing.
+COUNTER_COLUMNS = (
+    "usage_count",
+    "last_used_time",
+    "rate_start",
+    "rate_previous",
+    "rate_current",
+    "rate_flagged",
+)
+#: The Handle fields stored in COUNTER_COLUMNS.
+COUNTER_FIELDS = ("usage_count", "last_used_time", "rate")
+_SETTLED_COLUMNS = (
+    "id",
+    "type",
+    "algorithm",
+    "state",
+    "owner",
+    "created_for",
+    "context",
+    "max_usage",
+    "create_time",
+    "rotate_time",
+    "expire_time",
+    "warn_time",
+    "rotation_interval",
+    "warning_threshold",
+    "max_lifetime",
+    "grace_period",
+    "generation",
+    "notify_time",
+    "anomaly_count",
+    "bound_ip",
+    "bound_user_agent",
+    "revoke_reason",
+)
+#: The order of the values :func:`handle_from_values` takes (a SELECT lists them so).
+HANDLE_COLUMNS = _SETTLED_COLUMNS + COUNTER_COLUMNS
+_SETTLED = len(_SETTLED_COLUMNS)
+#: Distinct settled rows kept (about 1.5 KiB each): one per handle validated lately.
+SETTLED_CACHE = 16_384
+
+
 def handle_from_row(row: Row) -> Handle:
-    return Handle(
-        id=row["id"],
-        type=row["type"],
-        algorithm=row["algorithm"],
-        state=HandleState(row["state"]),
-        owner=row["owner"],
-        created_for=row["created_for"],
-        context=json.loads(row["context"]),
-        usage_count=row["usage_count"],
-        max_usage=row["max_usage"],
-        create_time=from_micros(row["create_time"]),
-        rotate_time=from_micros(row["rotate_time"]),
-        expire_time=from_micros(row["expire_time"]),
-        warn_time=from_micros(row["warn_time"]),
-        schedule=_schedule(
-            row["rotation_interval"],
-            row["warning_threshold"],
-            row["max_lifetime"],
-            row["grace_period"],
-        ),
-        generation=row["generation"],
-        notify_time=optional_datetime(row["notify_time"]),
-        last_used_time=optional_datetime(row["last_used_time"]),
-        anomaly_count=row["anomaly_count"],
-        bound_ip=row["bound_ip"],
-        bound_user_agent=row["bound_user_agent"],
-        revoke_reason=row["revoke_reason"],
-        rate=RateWindow(
-            optional_datetime(row["rate_start"]),
-            row["rate_previous"],
-            row["rate_current"],
-            optional_datetime(row["rate_flagged"]),
-        ),
+    return handle_from_values(tuple(row[c] for c in HANDLE_COLUMNS))
+
+
+def handle_from_values(values: tuple[Any, ...]) -> Handle:
+    """The Handle of a stored row's :data:`HANDLE_COLUMNS` values, in order (the store
+    checks its MAC on the result)."""
+    usage, last_used, rate_start, previous, current, flagged = values[_SETTLED:]
+    # Built without Handle.__init__ (a frozen dataclass sets each of its 22 fields
+    # through object.__setattr__): the same record, at a fraction of the cost.
+    handle: Handle = object.__new__(Handle)
+    fields = handle.__dict__
+    fields.update(_settled(values[:_SETTLED]))
+    fields["usage_count"] = usage
+    fields["last_used_time"] = None if last_used is None else from_micros(last_used)
+    fields["rate"] = RateWindow(
+        None if rate_start is None else _minute(rate_start),
+        previous,
+        current,
+        None if flagged is None else _minute(flagged),
     )
+    return handle
+
+
+@functools.lru_cache(maxsize=SETTLED_CACHE)
+def _settled(values: tuple[Any, ...]) -> dict[str, Any]:
+    """The fields of a handle's settled columns (never to be mutated: it is shared)."""
+    (
+        handle_id,
+        handle_type,
+        algorithm,
+        state,
+        owner,
+        created_for,
+        context,
+        max_usage,
+        create_time,
+        rotate_time,
+        expire_time,
+        warn_time,
+        rotation_interval,
+        warning_threshold,
+        max_lifetime,
+        grace_period,
+        generation,
+        notify_time,
+        anomaly_count,
+        bound_ip,
+        bound_user_agent,
+        revoke_reason,
+    ) = values
+    return {
+        "id": handle_id,
+        "type": handle_type,
+        "algorithm": algorithm,
+        "state": HandleState(state),
+        "owner": owner,
+        "created_for": created_for,
+        "context": json.loads(context),
+        "max_usage": max_usage,
+        "create_time": from_micros(create_time),
+        "rotate_time": from_micros(rotate_time),
+        "expire_time": from_micros(expire_time),
+        "warn_time": from_micros(warn_time),
+        "schedule": _schedule(rotation_interval, warning_threshold, max_lifetime, grace_period),
+        "generation": generation,
+        "notify_time": optional_datetime(notify_time),
+        "anomaly_count": anomaly_count,
+        "bound_ip": bound_ip,
+        "bound_user_agent": bound_user_agent,
+        "revoke_reason": revoke_reason,
+    }
+
+
+#: Rate windows start on whole minutes: few distinct values.
+_minute = functools.lru_cache(maxsize=256)(from_micros)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -258,15 +345,34 @@ def secret_row(secret: HandleSecret) -> dict[str, Any]:
     }
 
 
+SECRET_COLUMNS = (
+    "digest",
+    "handle_id",
+    "generation",
+    "create_time",
+    "superseded_time",
+    "grace_until",
+    "sealed_token",
+)
+
+
 def secret_from_row(row: Row) -> HandleSecret:
+    return secret_from_values(tuple(row[c] for c in SECRET_COLUMNS))
+
+
+@functools.lru_cache(maxsize=SETTLED_CACHE)
+def secret_from_values(values: tuple[Any, ...]) -> HandleSecret:
+    """The HandleSecret of a stored row's :data:`SECRET_COLUMNS` values, in order. A
+    secret changes only when its handle rotates: the same row maps to the same record."""
+    digest, handle_id, generation, create_time, superseded, grace_until, sealed = values
     return HandleSecret(
-        digest=bytes(row["digest"]),
-        handle_id=row["handle_id"],
-        generation=row["generation"],
-        create_time=from_micros(row["create_time"]),
-        superseded_time=optional_datetime(row["superseded_time"]),
-        grace_until=optional_datetime(row["grace_until"]),
-        sealed_token=optional_bytes(row["sealed_token"]),
+        digest=bytes(digest),
+        handle_id=handle_id,
+        generation=generation,
+        create_time=from_micros(create_time),
+        superseded_time=optional_datetime(superseded),
+        grace_until=optional_datetime(grace_until),
+        sealed_token=optional_bytes(sealed),
     )
 
 

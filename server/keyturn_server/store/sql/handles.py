@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
 from collections.abc import Sequence
 from datetime import datetime
 
-from keyturn_server.clock import from_micros, optional_datetime, to_micros
+from keyturn_server.clock import from_micros, to_micros
 from keyturn_server.domain.anomalies import Anomaly
 from keyturn_server.domain.handles import Handle, HandleSecret, HandleStatus
 from keyturn_server.domain.paging import Cursor, Listing
@@ -22,6 +24,31 @@ _HANDLE_COUNTS = (
     "COALESCE(MAX(usage_count), 0) AS top "
     "FROM handles GROUP BY 1, 2"
 )
+
+#: The secrets and their handles by digest, each row's columns by position: the secret's
+#: (rows.SECRET_COLUMNS), its MAC, the handle's MAC, the handle's (rows.HANDLE_COLUMNS).
+_SECRETS_WITH_HANDLES = (
+    "SELECT "
+    + ", ".join(
+        # Aliased: the secret's and the handle's columns share names (mac, generation,
+        # create_time), and a PostgreSQL row is a dict, which would keep only one.
+        [f"s.{c} AS s_{c}" for c in (*rows.SECRET_COLUMNS, "mac")]
+        + ["h.mac AS h_mac"]
+        + [f"h.{c}" for c in rows.HANDLE_COLUMNS]
+    )
+    + " FROM handle_secrets s JOIN handles h ON h.id = s.handle_id WHERE s.digest IN "
+)
+_SECRET_END = len(rows.SECRET_COLUMNS)
+#: The fields a validation's use leaves alone (all but the counters it moves).
+_settled_fields = operator.attrgetter(
+    *(f.name for f in dataclasses.fields(Handle) if f.name not in rows.COUNTER_FIELDS)
+)
+_COUNT_USE = (
+    "UPDATE handles SET "
+    + ", ".join(f"{c} = ?" for c in (*rows.COUNTER_COLUMNS, "mac"))
+    + " WHERE id = ?"
+)
+_HANDLE_START = _SECRET_END + 2
 
 
 class HandleSql(SqlBase):
@@ -39,10 +66,12 @@ class HandleSql(SqlBase):
     def _authentic_handle(self, row: Row) -> Handle | None:
         """The handle of a stored row, or None (reported) when the row is tampered."""
         handle = rows.handle_from_row(row)
-        intact = self._integrity.intact(
-            "handles", handle_fields(handle), row["mac"], handle.id, resource=handle.id
+        return handle if self._intact_handle(handle, row["mac"]) else None
+
+    def _intact_handle(self, handle: Handle, mac: object) -> bool:
+        return self._integrity.intact(
+            "handles", handle_fields(handle), mac, handle.id, resource=handle.id
         )
-        return handle if intact else None
 
     def _authentic_handles(self, found: list[Row]) -> list[Handle]:
         return [h for r in found if (h := self._authentic_handle(r)) is not None]
@@ -69,30 +98,15 @@ class HandleSql(SqlBase):
         for start in range(0, len(wanted), IN_LIMIT):
             chunk = wanted[start : start + IN_LIMIT]
             marks = ", ".join("?" * len(chunk))
-            for row in self._all(
-                "SELECT h.*, s.digest AS s_digest, s.generation AS s_generation, "
-                "s.create_time AS s_create_time, s.superseded_time AS s_superseded_time, "
-                "s.grace_until AS s_grace_until, s.sealed_token AS s_sealed_token, "
-                "s.mac AS s_mac "
-                "FROM handle_secrets s JOIN handles h ON h.id = s.handle_id "
-                f"WHERE s.digest IN ({marks}) ORDER BY h.id{lock}",
-                chunk,
-            ):
-                digest = bytes(row["s_digest"])
-                secret = HandleSecret(
-                    digest=digest,
-                    handle_id=row["id"],
-                    generation=row["s_generation"],
-                    create_time=from_micros(row["s_create_time"]),
-                    superseded_time=optional_datetime(row["s_superseded_time"]),
-                    grace_until=optional_datetime(row["s_grace_until"]),
-                    sealed_token=rows.optional_bytes(row["s_sealed_token"]),
-                )
-                if not self._authentic_secret(secret, row["s_mac"]):
+            for row in self._all(f"{_SECRETS_WITH_HANDLES}({marks}) ORDER BY h.id{lock}", chunk):
+                # By position: a name lookup in an SQLite row searches its columns.
+                values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
+                secret = rows.secret_from_values(values[:_SECRET_END])
+                if not self._authentic_secret(secret, values[_SECRET_END]):
                     continue
-                handle = self._authentic_handle(row)
-                if handle is not None:
-                    found[digest] = (secret, handle)
+                handle = rows.handle_from_values(values[_HANDLE_START:])
+                if self._intact_handle(handle, values[_SECRET_END + 1]):
+                    found[secret.digest] = (secret, handle)
         return found
 
     def insert_handle(self, handle: Handle) -> None:
@@ -101,6 +115,29 @@ class HandleSql(SqlBase):
         self._run(*insert("handles", row))
 
     def update_handle(self, before: Handle, after: Handle) -> None:
+        if _settled_fields(before) == _settled_fields(after):
+            # A plain validation: one prepared statement, no diff (the hot path).
+            rate, last_used = after.rate, after.last_used_time
+            if (
+                after.usage_count == before.usage_count
+                and last_used == before.last_used_time
+                and rate == before.rate
+            ):
+                return
+            self._run(
+                _COUNT_USE,
+                (
+                    after.usage_count,
+                    None if last_used is None else to_micros(last_used),
+                    None if rate.start is None else to_micros(rate.start),
+                    rate.previous,
+                    rate.current,
+                    None if rate.flagged is None else to_micros(rate.flagged),
+                    self._integrity.tag("handles", handle_fields(after), after.id),
+                    after.id,
+                ),
+            )
+            return
         changed = rows.handle_changes(before, after)
         if changed:
             changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
