@@ -215,10 +215,11 @@ class ScriptedService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             if "hang_ms" in answer:
                 await asyncio.sleep(answer["hang_ms"] / 1000)
             elif answer["code"] != "OK":
+                attempt.answered = time.monotonic()
                 await end_with(context, answer)
             return b""  # an empty message parses as any response type
         finally:
-            attempt.answered = time.monotonic()
+            attempt.answered = attempt.answered or time.monotonic()
 
     async def stream(
         self,
@@ -242,9 +243,12 @@ class ScriptedService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             for notation in connection["events"]:
                 yield event(notation).SerializeToString()
             if connection["end"]["code"] != "OK":
+                # Noted before the status leaves: the client's wait starts when it gets it,
+                # and a busy loop may run this frame again only after its next attempt.
+                attempt.answered = time.monotonic()
                 await end_with(context, connection["end"])
         finally:
-            attempt.answered = time.monotonic()
+            attempt.answered = attempt.answered or time.monotonic()
 
 
 def event(notation: str) -> events_pb2.ExpiryEvent:
