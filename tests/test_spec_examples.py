@@ -2,7 +2,8 @@
 requests), extracted from the specification when the test runs (never copied here), run
 unchanged against a live server's /api/key-management, every step checked.
 
-The specification lives beside the repository (``../shared/seed/...``); KEYTURN_SPEC
+The specification lives beside the repository (``../shared/seed/...``), or beside the
+checkout a local clone was made from (``git clone . /tmp/x`` in CI's own check); KEYTURN_SPEC
 names another place. Where it or Node is missing the tests are skipped, and under
 KEYTURN_REQUIRE_ALL (CI) they fail instead.
 """
@@ -37,15 +38,29 @@ AXIOS = "axios@^1"
 
 def spec_path() -> Path | None:
     """KEYTURN_SPEC, else shared/seed/<spec> beside the repository or one of its parents
-    (a worktree sits a level deeper than the main checkout)."""
+    (a worktree sits a level deeper than the main checkout), else beside the local
+    checkout this one was cloned from."""
     given = os.environ.get("KEYTURN_SPEC")
     if given:
         return Path(given)
-    for parent in ROOT.parents:
-        candidate = parent / "shared" / "seed" / SPEC_NAME
-        if candidate.exists():
-            return candidate
+    for checkout in (ROOT, _origin()):
+        for parent in checkout.parents if checkout else ():
+            candidate = parent / "shared" / "seed" / SPEC_NAME
+            if candidate.exists():
+                return candidate
     return None
+
+
+def _origin() -> Path | None:
+    """The checkout ``origin`` names, when it is a directory on this machine."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "config", "--get", "remote.origin.url"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    path = Path(found.removeprefix("file://")) if found else None
+    return path.resolve() if path is not None and path.is_dir() else None
 
 
 def missing(what: str) -> None:
