@@ -7,11 +7,9 @@ throughput and latency live in bench/."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,27 +19,9 @@ from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain import batching
 from keyturn_server.domain.batching import BatchWindow
 from keyturn_server.domain.coalesce import Coalescer
-from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
-from keyturn_server.domain.repositories import Repository
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import Harness
-
-TALLY = Handle(
-    id="hdl_tallytallytally",
-    type="tally",
-    algorithm="sha256",
-    state=HandleState.ACTIVE,
-    owner="test",
-    created_for="",
-    context={},
-    usage_count=0,
-    max_usage=1_000_000,
-    create_time=datetime(2031, 1, 1, tzinfo=UTC),
-    rotate_time=datetime(2031, 1, 2, tzinfo=UTC),
-    expire_time=datetime(2031, 1, 2, tzinfo=UTC),
-    warn_time=datetime(2031, 1, 2, tzinfo=UTC),
-    schedule=HandleSchedule(*(timedelta(days=1),) * 4),
-)
+from tests.test_coalesce import TALLY, Counter
 
 
 @pytest.fixture
@@ -51,19 +31,6 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await opened.write(lambda repo: repo.insert_handle(TALLY))
     yield opened
     await opened.close()
-
-
-def count(repo: Repository, items: Sequence[int]) -> list[int]:
-    """Adds each item to the stored total, as validations add uses."""
-    tally = repo.get_handle(TALLY.id, for_update=True)
-    assert tally is not None
-    total = tally.usage_count
-    seen = []
-    for item in items:
-        total += item
-        seen.append(total)
-    repo.update_handle(tally, dataclasses.replace(tally, usage_count=total))
-    return seen
 
 
 async def caller(coalescer: Coalescer[int, int], calls: int, spread: float) -> list[int]:
@@ -79,7 +46,7 @@ async def caller(coalescer: Coalescer[int, int], calls: int, spread: float) -> l
 async def test_one_caller_in_lockstep_gets_a_unit_per_call_and_no_holds(
     store: SqliteStore,
 ) -> None:
-    coalescer: Coalescer[int, int] = Coalescer(store, count)
+    coalescer: Coalescer[int, int] = Coalescer(store, Counter().run)
     answers = await caller(coalescer, 40, 0.0005)
     assert answers == list(range(1, 41))
     figures = coalescer.window.figures
@@ -89,7 +56,7 @@ async def test_one_caller_in_lockstep_gets_a_unit_per_call_and_no_holds(
 
 
 async def test_many_callers_share_units_that_grow_with_the_load(store: SqliteStore) -> None:
-    coalescer: Coalescer[int, int] = Coalescer(store, count)
+    coalescer: Coalescer[int, int] = Coalescer(store, Counter().run)
     callers, calls = 32, 25
     results = await asyncio.gather(*(caller(coalescer, calls, 0.002) for _ in range(callers)))
     answers = sorted(a for r in results for a in r)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Harness
+from tests.walkthrough import command_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "curl-walkthrough.sh"
@@ -19,24 +19,9 @@ DOC = ROOT / "docs" / "curl.md"
 README = ROOT / "README.md"
 
 
-def curl_calls(text: str) -> list[str]:
-    """Every curl command line of a shell text, continuations joined, without the capture
-    around it, whitespace collapsed."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    calls = []
-    for line in joined.splitlines():
-        start = line.find("curl -")
-        if start < 0:
-            continue
-        call = line[start:]
-        call = re.sub(r"( 2>&1)?\)( \|\| status=\$\?)?$", "", call)
-        calls.append(" ".join(call.split()))
-    return calls
-
-
 def test_the_doc_shows_every_call_the_walkthrough_makes() -> None:
-    script = curl_calls(SCRIPT.read_text())
-    documented = curl_calls(DOC.read_text())
+    script = command_calls(SCRIPT.read_text(), "curl")
+    documented = command_calls(DOC.read_text(), "curl")
     assert len(script) >= 20
     assert [call for call in script if call not in documented] == []
     assert [call for call in documented if call not in script] == []
@@ -44,9 +29,9 @@ def test_the_doc_shows_every_call_the_walkthrough_makes() -> None:
 
 def test_the_readme_tour_is_part_of_the_walkthrough() -> None:
     tour = README.read_text().split("## A tour with curl", 1)[1].split("\n## ", 1)[0]
-    shown = curl_calls(tour)
+    shown = command_calls(tour, "curl")
     assert len(shown) >= 4
-    assert [call for call in shown if call not in curl_calls(SCRIPT.read_text())] == []
+    assert [call for call in shown if call not in command_calls(SCRIPT.read_text(), "curl")] == []
 
 
 async def test_the_walkthrough_passes_against_a_real_server(server: Harness) -> None:

@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.harness import Harness
+from tests.walkthrough import command_calls
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "grpcurl-walkthrough.sh"
 DOC = ROOT / "docs" / "grpcurl.md"
 
 
-def grpcurl_calls(text: str) -> list[str]:
-    """Every grpcurl command line of a shell text, continuations joined, without the
-    capture around it, whitespace collapsed."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    calls = []
-    for line in joined.splitlines():
-        start = line.find("grpcurl -")
-        if start < 0:
-            continue
-        call = line[start:]
-        call = re.sub(r"( 2>&1)?\)( \|\| status=\$\?)?$", "", call)
-        calls.append(" ".join(call.split()))
-    return calls
-
-
 def test_the_doc_shows_every_call_the_walkthrough_makes() -> None:
-    script = grpcurl_calls(SCRIPT.read_text())
-    documented = grpcurl_calls(DOC.read_text())
+    script = command_calls(SCRIPT.read_text(), "grpcurl")
+    documented = command_calls(DOC.read_text(), "grpcurl")
     assert len(script) >= 14
     assert [call for call in script if call not in documented] == []
     assert [call for call in documented if call not in script] == []
