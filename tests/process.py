@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
+import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.harness import MASTER_KEY
@@ -78,6 +80,27 @@ class ServerProcess:
         self.spawn()
         await self.wait_listening(within)
         await self.wait_serving(within)
+
+    def start_http(self, within: float = 30) -> str:
+        """Start with an HTTP listener and wait, without an event loop (for synchronous
+        fixtures), until it answers; its base URL."""
+        http = f"127.0.0.1:{free_port()}"
+        self.extra += ["--http-listen", http]
+        self.spawn()
+        base = f"http://{http}"
+        deadline = time.monotonic() + within
+        while True:
+            assert self.process is not None and self.process.poll() is None, (
+                f"server exited: {self.log.read_text()[-2000:]}"
+            )
+            try:
+                if requests.get(base + "/openapi.json", timeout=1).ok:
+                    return base
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"HTTP listener not answering after {within}s")
+            time.sleep(0.1)
 
     async def wait_listening(self, within: float) -> None:
         """Until the server says it listens (with --workers: once every worker serves)."""

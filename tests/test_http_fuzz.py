@@ -6,25 +6,19 @@ server error: a client's mistake is a 4xx, whatever it sends."""
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 
 from keyturn_server.api.http import openapi
-from tests.harness import MASTER_KEY, SECRETS
-from tests.process import free_port
+from tests.harness import SECRETS
+from tests.process import ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -48,45 +42,15 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    data = tmp_path_factory.mktemp("fuzz") / "data"
-    http_port = free_port()
-    log = data.parent / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "keyturn_server",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--caller-rate-limit",
-        "0",
-    ]
-    env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http_port}"
+    server = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data")
+    base = server.start_http()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()[-2000:]
-            try:
-                if requests.get(base + "/openapi.json", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-        token = (data / "admin.token").read_text().strip()
+        token = server.token()
         SECRETS.add(token)
         yield Live(base, token)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    assert '"level":"error"' not in log.read_text()
+        server.terminate()
+    assert '"level":"error"' not in server.log.read_text()
 
 
 #: Examples per operation and generation mode (valid and invalid requests).

@@ -14,18 +14,15 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.harness import MASTER_KEY
-from tests.process import free_port
+from tests.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_NAME = "key-management-and-handle-rotation.md"
@@ -90,33 +87,12 @@ class LiveServer:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """`keyturn serve --insecure-no-auth` on loopback: the examples send no token."""
-    data = tmp_path_factory.mktemp("examples") / "data"
-    port = free_port()
-    log = data.parent / "server.log"
-    command = [
-        sys.executable, "-m", "keyturn_server", "serve", "--data-dir", str(data),
-        "--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"127.0.0.1:{port}",
-        "--insecure-no-auth", "--caller-rate-limit", "0",
-    ]  # fmt: skip
-    env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(tmp_path_factory.mktemp("examples") / "data", "--insecure-no-auth")
+    base = server.start_http()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()[-2000:]
-            try:
-                if requests.get(base + "/openapi.json", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.1)
-        yield LiveServer(base, data)
+        yield LiveServer(base, server.data_dir)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        server.terminate()
 
 
 def check_effects(live: LiveServer, printed: str) -> None:
