@@ -219,30 +219,24 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
-#: A worker says it is alive once a second.
-MIN_WORKER_TIMEOUT = timedelta(seconds=3)
-#: A holder verifies its lease every second: a shorter TTL would end healthy sessions.
-MIN_LEASE_TTL = timedelta(seconds=3)
+#: A scheduler holder verifies its lease, and a worker says it runs, once a second:
+#: shorter limits would end healthy ones.
+MIN_LIVENESS_LIMIT = timedelta(seconds=3)
 
 
-def _lease_ttl(text: str) -> timedelta:
+def _liveness_limit(text: str) -> timedelta:
+    """ "0" or "off" (zero: never), or a duration of at least MIN_LIVENESS_LIMIT."""
     if text.strip() in ("0", "off"):
         return timedelta(0)
-    return parse_duration(text, minimum=MIN_LEASE_TTL)
+    return parse_duration(text, minimum=MIN_LIVENESS_LIMIT)
 
 
-def _worker_timeout(text: str) -> timedelta:
-    if text.strip() in ("0", "off"):
-        return timedelta(0)
-    return parse_duration(text, minimum=MIN_WORKER_TIMEOUT)
-
-
-def _lease_ttl_setting(
-    flag: timedelta | None, variable: str | None, defaults: Settings
+def _flag_then_variable(
+    flag: timedelta | None, variable: str | None, default: timedelta
 ) -> timedelta:
     if flag is not None:
         return flag
-    return _lease_ttl(variable) if variable else defaults.scheduler_lease_ttl
+    return _liveness_limit(variable) if variable else default
 
 
 def _positive_setting(text: str | None, name: str) -> int | None:
@@ -366,7 +360,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scheduler-lease-ttl",
-        type=_lease_ttl,
+        type=_liveness_limit,
         help="PostgreSQL: a replica whose scheduler shows no sign of life this long loses "
         "the scheduler to another replica (KEYTURN_SCHEDULER_LEASE_TTL; default 15s; "
         "0 = never, at least 3s otherwise)",
@@ -394,7 +388,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--worker-timeout",
-        type=_worker_timeout,
+        type=_liveness_limit,
         help="with --workers: a worker whose event loop has not run this long is killed "
         "and restarted (KEYTURN_WORKER_TIMEOUT; default 30s; 0 = never, at least 3s "
         "otherwise)",
@@ -480,15 +474,13 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         http_idle_timeout=args.http_idle_timeout or defaults.http_idle_timeout,
         max_connections=args.max_connections
         or _positive_setting(env.get("KEYTURN_MAX_CONNECTIONS"), "KEYTURN_MAX_CONNECTIONS"),
-        worker_timeout=(
-            args.worker_timeout
-            if args.worker_timeout is not None
-            else _worker_timeout(env["KEYTURN_WORKER_TIMEOUT"])
-            if env.get("KEYTURN_WORKER_TIMEOUT")
-            else defaults.worker_timeout
+        worker_timeout=_flag_then_variable(
+            args.worker_timeout, env.get("KEYTURN_WORKER_TIMEOUT"), defaults.worker_timeout
         ),
-        scheduler_lease_ttl=_lease_ttl_setting(
-            args.scheduler_lease_ttl, env.get("KEYTURN_SCHEDULER_LEASE_TTL"), defaults
+        scheduler_lease_ttl=_flag_then_variable(
+            args.scheduler_lease_ttl,
+            env.get("KEYTURN_SCHEDULER_LEASE_TTL"),
+            defaults.scheduler_lease_ttl,
         ),
         replica_name=args.replica_name or env.get("KEYTURN_REPLICA_NAME", ""),
         caller_rate_limit=(
