@@ -39,6 +39,8 @@ class ServerProcess:
         self.stdout = data_dir.parent / f"{data_dir.name}-server.out"
         #: Environment variables the server gets on top of the test's.
         self.env: dict[str, str] = {}
+        #: The HTTP listener's port, when the server has one this object gave it.
+        self.http_port: int | None = None
         #: RLIMIT_NOFILE (soft and hard) of the server process; None: the test's.
         self.open_files: int | None = None
 
@@ -84,7 +86,8 @@ class ServerProcess:
     def start_http(self, within: float = 30) -> str:
         """Start with an HTTP listener and wait, without an event loop (for synchronous
         fixtures), until it answers; its base URL."""
-        http = f"127.0.0.1:{free_port()}"
+        self.http_port = free_port()
+        http = f"127.0.0.1:{self.http_port}"
         self.extra += ["--http-listen", http]
         self.spawn()
         base = f"http://{http}"

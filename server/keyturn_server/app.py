@@ -174,8 +174,6 @@ class App:
         self.admin_token: str | None = None
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
-        #: Connections each listener kind may hold (connection_budget.py).
-        self.connection_cap = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._guard: Guard | None = None
@@ -310,20 +308,20 @@ class App:
         self.admin_token = await tokens.bootstrap_admin(settings.data_dir, replica)
 
         files = raise_open_files_limit()
-        self.connection_cap = settings.max_connections or files.per_listener()
+        connection_cap = settings.max_connections or files.per_listener()
         if files.soft < LOW_OPEN_FILES:
             log.warning(
                 "open files are limited to %d: each listener holds at most %d connections; "
                 "raise the hard limit (LimitNOFILE=, ulimit -Hn) for more",
                 files.soft,
-                self.connection_cap,
+                connection_cap,
                 extra={"category": "app"},
             )
         server = self._server = grpc.aio.server(
             options=[
                 # Past its share of file descriptors a listener refuses connections, and
                 # one that never finishes its handshake is closed (connection_budget.py).
-                ("grpc.max_allowed_incoming_connections", self.connection_cap),
+                ("grpc.max_allowed_incoming_connections", connection_cap),
                 ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", 4 * MAX_MESSAGE),
@@ -380,8 +378,8 @@ class App:
                 servicers,
                 HandleLookup(store, keyring, config, self.clock),
                 self.clock,
+                connection_cap,
             )
-            self.http.connection_cap = self.connection_cap
             await self.http.start(settings.grace_period.total_seconds())
         scheduler.start()
         await self._leadership.start()

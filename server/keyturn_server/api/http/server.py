@@ -45,18 +45,21 @@ def http_server(
     servicers: Mapping[str, object],
     lookup: HandleLookup,
     clock: Clock,
+    connection_cap: int,
 ) -> HttpServer:
     """The listener for ``settings.http_listen``, on the servicers the gRPC server uses."""
     transcoder = Transcoder(guard, servicers, services())
     compat = CompatApi(guard, servicers, lookup, clock)
-    return HttpServer(settings, transcoder.handle, compat.handle)
+    return HttpServer(settings, transcoder.handle, compat.handle, connection_cap)
 
 
 class HttpServer:
-    def __init__(self, settings: Settings, api: Handler, compat: Handler) -> None:
+    def __init__(
+        self, settings: Settings, api: Handler, compat: Handler, connection_cap: int
+    ) -> None:
         self._settings = settings
-        #: Connections this listener may hold (App sets it from connection_budget.py).
-        self.connection_cap = 10_000
+        #: Connections this listener may hold (connection_budget.py).
+        self.connection_cap = connection_cap
         self._api = api
         self._compat = compat
         self._runner: web.ServerRunner | None = None
