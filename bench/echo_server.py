@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from bench.baseline import listen_argument, load, wait_argument
+from keyturn_server.process import collector
 
 messages, services = load()
 
@@ -35,6 +36,7 @@ async def serve(listen: str, wait: float) -> None:
     services.add_EchoServicer_to_server(Echo(wait), server)
     port = server.add_insecure_port(listen)
     await server.start()
+    collector.settle_after_start()  # as keyturn serve does: like compared with like
     print(f"baseline listening on {listen.rsplit(':', 1)[0]}:{port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

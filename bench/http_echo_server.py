@@ -16,6 +16,7 @@ import socket
 from aiohttp import web
 
 from bench.baseline import listen_argument
+from keyturn_server.process import collector
 
 _ANSWER = {
     "validation": {
@@ -49,6 +50,7 @@ async def serve(listen: str) -> None:
     await runner.setup()
     sock = socket.create_server((host, int(port)), backlog=1024)
     await web.SockSite(runner, sock).start()
+    collector.settle_after_start()  # as keyturn serve does: like compared with like
     print(f"baseline listening on {host}:{sock.getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,7 +17,7 @@ import pytest
 from keyturn.v1 import admin_pb2, handles_pb2
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain import batching
-from keyturn_server.domain.batching import BatchWindow
+from keyturn_server.domain.batching import LIMIT, BatchWindow
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import Harness
@@ -96,6 +96,30 @@ async def test_a_hold_lasts_while_work_arrives_up_to_the_cap() -> None:
         assert loop.time() - started >= 0.05
     finally:
         feeding.cancel()
+
+
+async def test_a_hold_closes_at_the_limit_though_work_keeps_arriving() -> None:
+    # So that the next batch gathers while this one commits (batching.LIMIT).
+    window = BatchWindow(cap=1.0)
+    assert window.limit == LIMIT
+    window.arrived()
+    arrived = [1]
+
+    async def arrivals() -> None:
+        while True:
+            await asyncio.sleep(0.0001)
+            window.arrived()
+            arrived[0] += 1
+
+    feeding = asyncio.ensure_future(arrivals())
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await window.hold(pending=1)
+        assert loop.time() - started < 0.5  # far below the cap
+    finally:
+        feeding.cancel()
+    assert LIMIT <= arrived[0] < 2 * LIMIT
 
 
 async def test_a_full_batch_is_not_held() -> None:

@@ -20,6 +20,7 @@ from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.observability import logs
+from keyturn_server.process import collector
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
 from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
@@ -86,6 +87,7 @@ async def _serve(app: App) -> int:
         print(f"keyturn: cannot start: {exc}", file=sys.stderr)
         await app.stop()
         return 1
+    collector.settle_after_start()
     role = app.settings.worker
     if role is not None:
         os.write(role.ready_fd, b"ready\n")
