@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from keyturn_server.domain.anomalies import AnomalyAction, AnomalyKind
 from keyturn_server.domain.handles import (
@@ -21,6 +23,8 @@ from keyturn_server.domain.handles import (
     Presentation,
     RateWindow,
     Reason,
+    _decide_by_every_rule,
+    _plain_use,
     decide,
 )
 from keyturn_server.domain.policy import SecurityPolicies
@@ -292,3 +296,67 @@ def test_drift_evidence_names_what_was_expected_and_what_was_seen() -> None:
 def test_a_revoking_anomaly_records_why() -> None:
     decision = _decide(Case(secret=GRACE_OVER))
     assert decision.handle.revoke_reason == "anomaly: TOKEN_REUSE"
+
+
+# --- the plain-use shortcut ----------------------------------------------------------
+
+# Weighted towards the plain use, so that both sides of the shortcut are drawn often.
+_IPS = st.sampled_from([None, None, "", "10.0.0.1", "10.0.0.2"])
+_AGENTS = st.sampled_from([None, None, "", "curl/8", "python/3"])
+#: A handle binds only what a request brought: never an empty value.
+_BOUND_IPS = st.sampled_from([None, None, None, "10.0.0.1"])
+_BOUND_AGENTS = st.sampled_from([None, None, None, "curl/8"])
+_STARTS = st.sampled_from(
+    [MINUTE, MINUTE, MINUTE, None, MINUTE - timedelta(minutes=1), MINUTE + timedelta(seconds=7)]
+)
+
+
+@st.composite
+def presentations(
+    draw: st.DrawFn,
+) -> tuple[Handle, HandleSecret, Presentation, datetime, SecurityPolicies, bool]:
+    handle = a_handle(
+        state=draw(st.sampled_from([HandleState.ACTIVE] * 4 + list(HandleState))),
+        usage_count=draw(st.integers(0, 12)),
+        max_usage=draw(st.integers(1, 30)),
+        expire_time=NOW
+        + draw(st.sampled_from([timedelta(hours=1)] * 3 + [timedelta(0), timedelta(hours=-1)])),
+        bound_ip=draw(_BOUND_IPS),
+        bound_user_agent=draw(_BOUND_AGENTS),
+        rate=RateWindow(
+            draw(_STARTS), draw(st.integers(0, 8)), draw(st.integers(0, 8)), draw(_STARTS)
+        ),
+    )
+    secret = a_secret(
+        draw(st.sampled_from([CURRENT, CURRENT, CURRENT, PREVIOUS])),
+        draw(st.sampled_from([None, NOW + timedelta(minutes=1)])),
+    )
+    seen = Presentation(draw(_IPS), draw(_AGENTS), "peer")
+    now = NOW + draw(st.sampled_from([timedelta(0), timedelta(seconds=29), timedelta(seconds=31)]))
+    policies = SecurityPolicies(
+        track_usage=draw(st.booleans()),
+        anomaly_detection=draw(st.booleans()),
+        rate_limit_per_handle=draw(st.integers(1, 30)),
+    )
+    return handle, secret, seen, now, policies, draw(st.booleans())
+
+
+@settings(max_examples=2000, deadline=None)
+@given(presentations())
+def test_the_plain_use_shortcut_decides_as_every_rule_does(
+    drawn: tuple[Handle, HandleSecret, Presentation, datetime, SecurityPolicies, bool],
+) -> None:
+    handle, secret, seen, now, policies, use = drawn
+    shortcut = _plain_use(handle, secret, seen, now, policies, use)
+    full = _decide_by_every_rule(handle, secret, seen, now, policies, use)
+    event("shortcut" if shortcut is not None else "every rule")
+    if shortcut is not None:
+        assert shortcut == full
+    elif full.valid and not full.rotated and full.transition is None:
+        # What the shortcut leaves to the full rule, though valid: a rate window that
+        # rolls, or a context to bind on this first use.
+        rolls = handle.rate.start != now.replace(second=0, microsecond=0)
+        binds = (handle.bound_ip is None and bool(seen.ip)) or (
+            handle.bound_user_agent is None and bool(seen.user_agent)
+        )
+        assert rolls or binds
