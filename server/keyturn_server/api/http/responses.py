@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from multidict import CIMultiDict
 from google.rpc import status_pb2
 
 from keyturn_server.api.http import codec
@@ -16,7 +15,7 @@ SERVER = {"Server": "keyturn"}
 
 #: Built once: aiohttp copies them into each response, and parsing a content_type
 #: argument on every answer cost more than the copy.
-_JSON_HEADERS = CIMultiDict({**SERVER, "Content-Type": JSON})
+_JSON_HEADERS = {**SERVER, "Content-Type": JSON}
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:

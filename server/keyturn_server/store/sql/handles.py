@@ -48,6 +48,8 @@ _COUNT_USE = (
     + ", ".join(f"{c} = ?" for c in (*rows.COUNTER_COLUMNS, "mac"))
     + " WHERE id = ?"
 )
+#: Where a row's handle part starts: the handle's MAC, then rows.HANDLE_COLUMNS.
+_HANDLE_PART = _SECRET_END + 1
 _HANDLE_START = _SECRET_END + 2
 
 
@@ -95,18 +97,27 @@ class HandleSql(SqlBase):
         found: dict[bytes, tuple[HandleSecret, Handle]] = {}
         wanted = list(dict.fromkeys(digests))
         lock = " FOR UPDATE OF h" if self.concurrent_writers else ""
+        decoded = self._integrity.decoded
         for start in range(0, len(wanted), IN_LIMIT):
             chunk = wanted[start : start + IN_LIMIT]
             marks = ", ".join("?" * len(chunk))
             for row in self._all(f"{_SECRETS_WITH_HANDLES}({marks}) ORDER BY h.id{lock}", chunk):
                 # By position: a name lookup in an SQLite row searches its columns.
                 values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
-                secret = rows.secret_from_values(values[:_SECRET_END])
-                if not self._authentic_secret(secret, values[_SECRET_END]):
-                    continue
-                handle = rows.handle_from_values(values[_HANDLE_START:])
-                if self._intact_handle(handle, values[_SECRET_END + 1]):
-                    found[secret.digest] = (secret, handle)
+                secret_values, handle_values = values[:_HANDLE_PART], values[_HANDLE_PART:]
+                secret = decoded.secret(secret_values)
+                if secret is None:
+                    secret = rows.secret_from_values(values[:_SECRET_END])
+                    if not self._authentic_secret(secret, values[_SECRET_END]):
+                        continue
+                    decoded.keep_secret(secret_values, secret)
+                handle = decoded.handle(handle_values)
+                if handle is None:
+                    handle = rows.handle_from_values(values[_HANDLE_START:])
+                    if not self._intact_handle(handle, values[_SECRET_END + 1]):
+                        continue
+                    decoded.keep_handle(handle_values, handle)
+                found[secret.digest] = (secret, handle)
         return found
 
     def insert_handle(self, handle: Handle) -> None:
@@ -124,20 +135,19 @@ class HandleSql(SqlBase):
                 and rate == before.rate
             ):
                 return
-            self._run(
-                _COUNT_USE,
-                (
-                    after.usage_count,
-                    None if last_used is None else to_micros(last_used),
-                    None if rate.start is None else to_micros(rate.start),
-                    rate.previous,
-                    rate.current,
-                    None if rate.flagged is None else to_micros(rate.flagged),
-                    self._integrity.tag("handles", handle_fields(after), after.id),
-                    after.id,
-                ),
+            counters = (
+                after.usage_count,
+                None if last_used is None else to_micros(last_used),
+                None if rate.start is None else to_micros(rate.start),
+                rate.previous,
+                rate.current,
+                None if rate.flagged is None else to_micros(rate.flagged),
             )
+            tag = self._integrity.tag("handles", handle_fields(after), after.id)
+            self._run(_COUNT_USE, (*counters, tag, after.id))
+            self._integrity.decoded.wrote_counters(before, after, counters, tag)
             return
+        self._integrity.decoded.forget_handle(before.id)
         changed = rows.handle_changes(before, after)
         if changed:
             changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
