@@ -1,0 +1,152 @@
+"""The log stream cannot stop the server (observability/logs.py): lines are written by a
+thread of their own, so a reader that stops reading stderr (a stalled log shipper, a
+full pipe) costs log lines, never calls; and what was dropped is said once the stream
+flows again."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from keyturn.v1 import keys_pb2, keys_pb2_grpc
+from keyturn_server.observability import logs
+from tests.harness import MASTER_KEY
+from tests.process import free_port
+
+#: Far more than a pipe holds (64 KiB is about 250 access lines of failed calls).
+CALLS = 1500
+
+
+def test_a_server_whose_stderr_nobody_reads_keeps_answering(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    read_end, write_end = os.pipe()  # stderr: a pipe that nobody reads until the end
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "keyturn_server",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            address,
+            "--http-listen",
+            "off",
+            "--insecure-no-auth",
+            "--caller-rate-limit",
+            "0",
+        ],
+        env={**os.environ, "MASTER_KEY": MASTER_KEY},
+        stdout=subprocess.PIPE,
+        stderr=write_end,
+    )
+    os.close(write_end)
+    lines: list[bytes] = []
+    reader: threading.Thread | None = None
+    try:
+        assert server.stdout is not None
+        while b"keyturn listening on" not in (said := server.stdout.readline()):
+            assert said, "the server ended before it listened"
+        with grpc.insecure_channel(address) as channel:
+            keys = keys_pb2_grpc.KeyServiceStub(channel)
+            started = time.monotonic()
+            for n in range(CALLS):  # each refused call is an access line of its own
+                with pytest.raises(grpc.RpcError) as refused:
+                    keys.GetKey(keys_pb2.GetKeyRequest(key_id=_unknown_key(n)), timeout=10)
+                assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            assert time.monotonic() - started < 60
+        reader = threading.Thread(target=lambda: lines.extend(_read_all(read_end)))
+        reader.start()
+        server.terminate()
+        assert server.wait(30) == 0
+        reader.join(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+        if reader is None:  # ended before reading: the pipe is still ours to close
+            os.close(read_end)
+    access = [json.loads(line) for line in b"".join(lines).splitlines() if line.startswith(b"{")]
+    refused_lines = [a for a in access if a.get("method") == "/keyturn.v1.KeyService/GetKey"]
+    assert len(refused_lines) == CALLS  # well under the queue's limit: nothing was lost
+
+
+def _unknown_key(n: int) -> str:
+    """A well-formed key id that names no key (base32: letters only)."""
+    return "key_" + "".join("abcdefghij"[int(d)] for d in f"{n:016d}")
+
+
+def _read_all(fd: int) -> list[bytes]:
+    chunks = []
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    return chunks
+
+
+class _Stalled(io.StringIO):
+    """A stream whose writes block until released: a reader that stopped reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.released = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.released.wait(30)
+        return super().write(text)
+
+
+def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
+    stream = _Stalled()
+    logs.configure("info", stream, queue_limit=10)
+    log = logging.getLogger("keyturn.access")
+    try:
+        started = time.monotonic()
+        for n in range(100):
+            log.info("rpc", extra={"category": "access", "n": n})
+        assert time.monotonic() - started < 1  # the caller never waited for the stream
+        stream.released.set()
+    finally:
+        logs._stop_writer()  # writes what is queued
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    written = [line["n"] for line in lines if "n" in line]
+    notice = [line for line in lines if "dropped" in line]
+    assert written == sorted(written) and 10 <= len(written) <= 12
+    assert len(notice) == 1 and notice[0]["dropped"] == 100 - len(written)
+    assert notice[0]["level"] == "warning" and notice[0]["category"] == "error"
+
+
+def test_an_exception_is_written_with_its_type_and_traceback() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream)
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("keyturn.api").exception("failed", extra={"category": "error"})
+    finally:
+        logs._stop_writer()
+    line = json.loads(stream.getvalue())
+    assert line["error"] == "ValueError" and "boom" in line["traceback"]
+
+
+def teardown_module() -> None:
+    # Leave the keyturn loggers as the other tests expect them: no handler of ours.
+    root = logging.getLogger("keyturn")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.propagate = True
+    asyncio.set_event_loop_policy(None)
