@@ -322,4 +322,3 @@ class DecodedRows:
 
     def forget_handle(self, handle_id: str) -> None:
         self.handles.pop(handle_id, None)
-
