@@ -24,8 +24,9 @@ from keyturn.v1 import (
 from keyturn_server.app import App
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.events import Event
-from keyturn_server.domain.repositories import Repository, SealedKind, SealedValue
+from keyturn_server.domain.repositories import Repository, SealedKind, SealedValue, Store
 from keyturn_server.settings import Settings
+from keyturn_server.store.sqlite import SqliteStore
 
 MASTER_KEY = "6b65797475726e2d746573742d6d61737465722d6b65792d3332627974657321"
 
@@ -103,6 +104,16 @@ def fresh_postgres_database() -> str:
     with psycopg.connect(base, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
     return base.rsplit("/", 1)[0] + "/" + name
+
+
+def open_store(directory: Path) -> Store:
+    """A fresh store on its own: a new PostgreSQL database under
+    KEYTURN_TEST_BACKEND=postgres, else a SQLite file in ``directory`` (keys not set)."""
+    if BACKEND == "postgres":
+        from keyturn_server.store.postgres import PostgresStore
+
+        return PostgresStore(fresh_postgres_database())
+    return SqliteStore(directory / "keyturn.db")
 
 
 class Harness:

@@ -17,18 +17,12 @@ from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
 from keyturn_server.domain.repositories import Repository, Store
-from keyturn_server.store.sqlite import SqliteStore
-from tests.harness import BACKEND, fresh_postgres_database
+from tests.harness import open_store
 
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    if BACKEND == "postgres":
-        from keyturn_server.store.postgres import PostgresStore
-
-        opened: Store = PostgresStore(fresh_postgres_database())
-    else:
-        opened = SqliteStore(tmp_path / "keyturn.db")
+    opened = open_store(tmp_path)
     opened.protect(Protection.derived_from(os.urandom(32)))
     await opened.write(lambda repo: repo.insert_handle(TALLY))
     yield opened

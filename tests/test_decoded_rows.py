@@ -20,7 +20,7 @@ from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.handles import Handle, HandleSecret, RateWindow
 from keyturn_server.domain.repositories import Store
 from keyturn_server.store.sqlite import SqliteStore
-from tests.harness import BACKEND, Harness, fails, fresh_postgres_database
+from tests.harness import BACKEND, Harness, fails, open_store
 from tests.security.database import tamper
 from tests.test_coalesce import TALLY
 
@@ -29,12 +29,7 @@ SECRET = HandleSecret(b"s" * 32, TALLY.id, 1, TALLY.create_time)
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    if BACKEND == "postgres":
-        from keyturn_server.store.postgres import PostgresStore
-
-        opened: Store = PostgresStore(fresh_postgres_database())
-    else:
-        opened = SqliteStore(tmp_path / "keyturn.db")
+    opened = open_store(tmp_path)
     opened.protect(Protection.derived_from(os.urandom(32)))
 
     def setup(repo: object) -> None:

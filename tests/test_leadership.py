@@ -19,8 +19,7 @@ from keyturn_server.domain.lease import Lease, LeaseLost, fenced
 from keyturn_server.domain.lifecycle import in_deadline_order
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.store.postgres.connections import Backoff, as_domain_error
-from keyturn_server.store.sqlite import SqliteStore
-from tests.harness import BACKEND, Harness, fresh_postgres_database
+from tests.harness import Harness, open_store
 
 K = DeadlineKind
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -101,12 +100,7 @@ def test_reconnection_backoff_grows_to_two_seconds_and_no_further() -> None:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    if BACKEND == "postgres":
-        from keyturn_server.store.postgres import PostgresStore
-
-        opened: Store = PostgresStore(fresh_postgres_database())
-    else:
-        opened = SqliteStore(tmp_path / "keyturn.db")
+    opened = open_store(tmp_path)
     yield opened
     await opened.close()
 
