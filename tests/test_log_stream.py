@@ -150,3 +150,14 @@ def teardown_module() -> None:
         root.removeHandler(handler)
     root.propagate = True
     asyncio.set_event_loop_policy(None)
+
+
+def test_writes_end_at_line_ends_and_stay_within_what_a_pipe_keeps_whole() -> None:
+    lines = [f'{{"n":{n},"pad":"{"x" * (n * 37 % 700)}"}}' for n in range(200)]
+    lines.append("y" * 5000)  # longer than a pipe keeps whole: a write of its own
+    written = logs.chunks(lines)
+    assert "".join(written) == "".join(line + "\n" for line in lines)  # nothing lost, in order
+    assert all(chunk.endswith("\n") for chunk in written)
+    assert all(len(chunk.encode()) <= logs.ATOMIC_WRITE for chunk in written[:-1])
+    assert written[-1] == "y" * 5000 + "\n"
+    assert len(written) < len(lines) // 4  # batched, not a write per line

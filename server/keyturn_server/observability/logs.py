@@ -52,6 +52,8 @@ QUEUE_LIMIT = 10_000
 STOP_WAIT = 5.0
 #: Under load, how long the writer lets records gather between two writes.
 GATHER = 0.005
+#: The largest write a pipe keeps whole (POSIX PIPE_BUF on Linux).
+ATOMIC_WRITE = 4096
 
 
 class _Enqueue(logging.Handler):
@@ -140,10 +142,30 @@ class _Writer:
         if not lines:
             return
         try:
-            self._stream.write("\n".join(lines) + "\n")
-            self._stream.flush()
+            for chunk in chunks(lines):
+                self._stream.write(chunk)
+                self._stream.flush()
         except (OSError, ValueError):  # the stream is gone (closed, broken pipe)
             pass
+
+
+def chunks(lines: list[str], limit: int = ATOMIC_WRITE) -> list[str]:
+    """``lines`` joined into writes of at most ``limit`` bytes that end at line ends (a
+    longer line is a write of its own). Workers share one stderr: a pipe keeps a write
+    of up to PIPE_BUF bytes whole, so their lines interleave but never mix."""
+    found: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        length = len(line.encode()) + 1
+        if current and size + length > limit:
+            found.append("".join(current))
+            current, size = [], 0
+        current.append(line + "\n")
+        size += length
+    if current:
+        found.append("".join(current))
+    return found
 
 
 _writer: _Writer | None = None
