@@ -55,7 +55,9 @@ class Tree:
         return Tree(name, Path(path).resolve(), pairs, args)
 
 
-def _serve(tree: Tree, workdir: Path, level: str) -> Server:
+def serve_tree(tree: Tree, workdir: Path, level: str, extra: tuple[str, ...] = ()) -> Server:
+    """``tree``'s server on a fresh data directory: port 0, no per-caller limit (all the
+    load comes from one caller), the tree's own flags and ``extra``."""
     data = workdir / tree.name
     env = _env({"MASTER_KEY": secrets.token_hex(32), "LOG_LEVEL": level, **tree.env})
     env["PYTHONPATH"] = f"{tree.path / 'server'}:{tree.path / 'clients' / 'python'}"
@@ -70,6 +72,7 @@ def _serve(tree: Tree, workdir: Path, level: str) -> Server:
         "127.0.0.1:0",
         "--caller-rate-limit",
         "0",
+        *extra,
         *tree.args,
     ]
     return _start(tree.name, argv, env, workdir / f"{tree.name}.log", _READY, 120)
@@ -134,7 +137,7 @@ def main() -> None:
     tokens: dict[str, str] = {}
     try:
         for tree in map(Tree.parse, args.tree):
-            server = servers[tree.name] = _serve(tree, workdir, args.level)
+            server = servers[tree.name] = serve_tree(tree, workdir, args.level)
             token = tokens[tree.name] = (workdir / tree.name / "admin.token").read_text().strip()
             prepared = asyncio.run(_prepare(server.address, token, 64))
             calls[tree.name] = {r.label: r.call for r in rpcs.per_rpc(prepared, token)}[args.rpc]

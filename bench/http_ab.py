@@ -17,51 +17,28 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
+import re
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 from bench import profile
-from bench.ab import _READY as _GRPC_READY
-from bench.ab import Tree
+from bench.ab import Tree, serve_tree
 from bench.ghz import Load
 from bench.h2load import HttpResult, ensure_h2load, post
 from bench.http_suite import ROUTES, _handle
-from bench.servers import Server, _env, _start, start_baseline
+from bench.servers import Server, start_baseline
 
 _READY = r"keyturn HTTP/JSON on (http://\S+)"
 
 
 def _serve(tree: Tree, workdir: Path) -> tuple[Server, str]:
-    import re
-
-    data = workdir / tree.name
-    env = _env({"MASTER_KEY": secrets.token_hex(32), **tree.env})
-    env["PYTHONPATH"] = f"{tree.path / 'server'}:{tree.path / 'clients' / 'python'}"
-    argv = [
-        sys.executable,
-        "-m",
-        "keyturn_server",
-        "serve",
-        "--data-dir",
-        str(data),
-        "--listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--caller-rate-limit",
-        "0",
-        *tree.args,
-    ]
-    server = _start(tree.name, argv, env, workdir / f"{tree.name}.log", _GRPC_READY, 120)
+    """``tree``'s server as bench.ab starts it, with an HTTP listener; its base URL."""
+    server = serve_tree(tree, workdir, "info", ("--http-listen", "127.0.0.1:0"))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         found = re.search(_READY, server.log_path.read_text(errors="replace"))
@@ -73,35 +50,8 @@ def _serve(tree: Tree, workdir: Path) -> tuple[Server, str]:
 
 def _sample(server: Server, url: str, body: Path, headers: dict[str, str], load: Load) -> str:
     """py-spy's folded stacks of ``server`` while h2load posts to ``url``."""
-    spy = profile.ensure_py_spy()
     out = Path(tempfile.mkdtemp(prefix="keyturn-spy-")) / "raw.txt"
-    duration = max(1, int(load.seconds) - 1)
-    recorder = subprocess.Popen(
-        [
-            str(spy),
-            "record",
-            "--pid",
-            str(server.pid),
-            "--duration",
-            str(duration),
-            "--rate",
-            str(profile.RATE),
-            "--gil",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-            "--nonblocking",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    driver = threading.Thread(target=post, args=(url, body, headers, load))
-    driver.start()
-    recorder.communicate(timeout=load.seconds + 60)
-    driver.join()
-    return out.read_text()
+    return profile.record(server, load.seconds, out, lambda: post(url, body, headers, load))
 
 
 def _top(raw: str, count: int = 30) -> list[tuple[str, float, float]]:
@@ -109,12 +59,7 @@ def _top(raw: str, count: int = 30) -> list[tuple[str, float, float]]:
     total = 0
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    for line in raw.splitlines():
-        stack_text, _, count_text = line.rpartition(" ")
-        if not stack_text or not count_text.isdigit():
-            continue
-        n = int(count_text)
-        stack = [profile._function(f) for f in stack_text.split(";")]
+    for stack, n in profile.stacks(raw):
         total += n
         own[stack[-1]] += n
         for frame in set(stack):

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,18 +105,22 @@ def _counted(frame: str) -> bool:
     return "keyturn_server/" in frame or "grpc/" in frame
 
 
+def stacks(raw: str) -> Iterator[tuple[list[str], int]]:
+    """py-spy's raw (collapsed stack) output: each stack, outermost frame first, with
+    line numbers dropped, and its sample count."""
+    for line in raw.splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if stack_text and count_text.isdigit():
+            yield [_function(f) for f in stack_text.split(";")], int(count_text)
+
+
 def fold(raw: str, load: LoadResult, seconds: float) -> Profile:
     """Fold py-spy's raw (collapsed stack) output."""
     total = 0
     threads: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    for line in raw.splitlines():
-        stack_text, _, count_text = line.rpartition(" ")
-        if not stack_text or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        stack = [_function(f) for f in stack_text.split(";")]
+    for stack, count in stacks(raw):
         total += count
         threads[_thread(stack)] += count
         own[stack[-1]] += count
@@ -136,10 +141,10 @@ def fold(raw: str, load: LoadResult, seconds: float) -> Profile:
     )
 
 
-def sample(server: Server, call: Call, load: Load, seconds: float, workdir: Path) -> Profile:
-    """Drive ``call`` with ghz for ``seconds`` while py-spy records the server."""
+def record(server: Server, seconds: float, out: Path, drive: Callable[[], object]) -> str:
+    """py-spy's raw stacks of the thread holding the GIL in ``server`` while ``drive``
+    (the load, lasting ``seconds``) runs in another thread."""
     spy = ensure_py_spy()
-    out = workdir / "py-spy.txt"
     # py-spy starts first and stops before the load does: every sample is under load.
     duration = max(1, int(seconds) - 1)
     recorder = subprocess.Popen(
@@ -163,15 +168,24 @@ def sample(server: Server, call: Call, load: Load, seconds: float, workdir: Path
         stderr=subprocess.STDOUT,
         text=True,
     )
-    results: list[LoadResult] = []
-    driver = threading.Thread(
-        target=lambda: results.append(
-            ghz.run(call, replace(load, seconds=seconds, warmup=0.0), server.address, workdir)
-        )
-    )
+    driver = threading.Thread(target=drive)
     driver.start()
     log, _ = recorder.communicate(timeout=seconds + 60)
     driver.join()
     if recorder.returncode != 0 or not out.exists():
         raise ProfileError(f"py-spy failed: {log.strip()[-1000:]}")
-    return fold(out.read_text(), results[0], duration)
+    return out.read_text()
+
+
+def sample(server: Server, call: Call, load: Load, seconds: float, workdir: Path) -> Profile:
+    """Drive ``call`` with ghz for ``seconds`` while py-spy records the server."""
+    results: list[LoadResult] = []
+    raw = record(
+        server,
+        seconds,
+        workdir / "py-spy.txt",
+        lambda: results.append(
+            ghz.run(call, replace(load, seconds=seconds, warmup=0.0), server.address, workdir)
+        ),
+    )
+    return fold(raw, results[0], max(1, int(seconds) - 1))
