@@ -5,7 +5,6 @@ flows again."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -14,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -109,6 +109,21 @@ class _Stalled(io.StringIO):
         return super().write(text)
 
 
+@pytest.fixture
+def configured() -> Iterator[None]:
+    """logs.configure changes process-wide loggers: put them back as they were, for the
+    tests that run after these in the same process."""
+    loggers = [logging.getLogger("keyturn"), logging.getLogger("psycopg")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    logs.stop()
+    for lg, (handlers, level, propagate) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+@pytest.mark.usefixtures("configured")
 def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
     stream = _Stalled()
     logs.configure("info", stream, queue_limit=10)
@@ -120,7 +135,7 @@ def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
         assert time.monotonic() - started < 1  # the caller never waited for the stream
         stream.released.set()
     finally:
-        logs._stop_writer()  # writes what is queued
+        logs.stop()  # writes what is queued
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     written = [line["n"] for line in lines if "n" in line]
     notice = [line for line in lines if "dropped" in line]
@@ -129,6 +144,7 @@ def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
     assert notice[0]["level"] == "warning" and notice[0]["category"] == "error"
 
 
+@pytest.mark.usefixtures("configured")
 def test_an_exception_is_written_with_its_type_and_traceback() -> None:
     stream = io.StringIO()
     logs.configure("info", stream)
@@ -138,18 +154,9 @@ def test_an_exception_is_written_with_its_type_and_traceback() -> None:
         except ValueError:
             logging.getLogger("keyturn.api").exception("failed", extra={"category": "error"})
     finally:
-        logs._stop_writer()
+        logs.stop()
     line = json.loads(stream.getvalue())
     assert line["error"] == "ValueError" and "boom" in line["traceback"]
-
-
-def teardown_module() -> None:
-    # Leave the keyturn loggers as the other tests expect them: no handler of ours.
-    root = logging.getLogger("keyturn")
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    root.propagate = True
-    asyncio.set_event_loop_policy(None)
 
 
 def test_writes_end_at_line_ends_and_stay_within_what_a_pipe_keeps_whole() -> None:

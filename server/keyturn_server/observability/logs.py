@@ -171,8 +171,8 @@ def chunks(lines: list[str], limit: int = ATOMIC_WRITE) -> list[str]:
 _writer: _Writer | None = None
 
 
-def _stop_writer() -> None:
-    """Write what is queued (at exit, or before configuring again)."""
+def stop() -> None:
+    """Write what is queued and end the writer (at exit, or before configuring again)."""
     global _writer
     if _writer is not None:
         _writer.stop()
@@ -183,12 +183,11 @@ def configure(level: str, stream: TextIO | None = None, queue_limit: int = QUEUE
     """Route every keyturn logger to one JSON handler at ``level`` (LOG_LEVEL), written
     by a thread of its own (see the module docstring)."""
     global _writer
-    _stop_writer()
+    stop()
     lines: queue.Queue[str | None] = queue.Queue(queue_limit)
     handler = _Enqueue(lines)
     _writer = _Writer(lines, handler, stream or sys.stderr)
     _writer.start()
-    atexit.register(_stop_writer)
     root = logging.getLogger("keyturn")
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -215,3 +214,6 @@ def parse_level(level: str) -> int:
 access = logging.getLogger("keyturn.access")
 audit = logging.getLogger("keyturn.audit")
 security = logging.getLogger("keyturn.security")
+
+
+atexit.register(stop)  # once: the writer in place at exit writes what is queued
