@@ -18,7 +18,7 @@ import pytest
 from keyturn.v1 import handles_pb2
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.handles import Handle, HandleSecret, RateWindow
-from keyturn_server.domain.repositories import Store
+from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import BACKEND, Harness, fails, open_store
 from tests.security.database import tamper
@@ -71,6 +71,22 @@ async def test_a_row_read_back_as_written_is_the_record_written(store: Store) ->
     store.integrity.decoded.clear()  # type: ignore[attr-defined]
     _, decoded = await found(store)
     assert decoded == written and decoded is not written
+
+
+async def test_a_write_rolled_back_is_not_taken_from_memory(store: Store) -> None:
+    # The memory is updated when the row is written, before the commit: a unit that
+    # fails afterwards (or a database that goes away before the commit) leaves the stored
+    # row as it was, and that is what the next read must give.
+    _, read = await found(store)
+
+    def fails_after_its_update(repo: Repository) -> None:
+        repo.update_handle(read, used(read, 7))
+        raise RuntimeError("the unit fails after its update")
+
+    with pytest.raises(RuntimeError):
+        await store.write(fails_after_its_update)
+    _, again = await found(store)
+    assert again.usage_count == read.usage_count and again == read
 
 
 async def test_a_change_by_another_writer_is_decoded_afresh(store: Store, tmp_path: Path) -> None:
