@@ -7,6 +7,11 @@ a terminal on hold) used to block the loop in ``write`` once the pipe's 64 KiB w
 and with it every call, health checks included. Lines that find the queue full
 (``QUEUE_LIMIT``) are dropped and counted, and the writer says how many as soon as it can
 write again: the audit trail of record is the store's audit log, not these lines.
+
+What is dropped first is what matters least. Access and app lines may fill the queue only
+up to ``BULK_SHARE`` of it: the rest is kept for security, audit and error lines, so a
+flood of refused calls from one caller (one access line each) with a slow reader cannot
+push out the authentication failures and anomalies that show the attack.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class JsonFormatter(logging.Formatter):
 
 #: Records waiting for the writer thread, at most (a few MiB); past it they are dropped.
 QUEUE_LIMIT = 10_000
+#: The share of the queue that access and app lines may fill; the rest is kept for the
+#: lines that must not be crowded out (PRIORITY).
+BULK_SHARE = 0.8
+PRIORITY = frozenset({"security", "audit", "error"})
 #: How long stopping waits for room in a full queue to say it is done (at exit).
 STOP_WAIT = 5.0
 #: Under load, how long the writer lets records gather between two writes.
@@ -58,16 +67,22 @@ ATOMIC_WRITE = 4096
 
 class _Enqueue(logging.Handler):
     """Formats each record where it is logged (JSON, as a line) and queues the line for
-    the writer thread; counts the lines dropped on a full queue."""
+    the writer thread; counts the lines dropped, by category, when there is no room."""
 
     def __init__(self, lines: queue.Queue[str | None]) -> None:
         super().__init__()
         self.setFormatter(JsonFormatter())
         self.lines = lines
-        self.dropped = 0
+        self.bulk_limit = int(lines.maxsize * BULK_SHARE)
+        #: Lines dropped so far, by category (only ever grows).
+        self.dropped: dict[str, int] = {}
         self._count = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
+        category = getattr(record, "category", "app")
+        if category not in PRIORITY and self.lines.qsize() >= self.bulk_limit:
+            self._drop(category)
+            return
         try:
             line = self.format(record)
         except Exception:
@@ -76,8 +91,11 @@ class _Enqueue(logging.Handler):
         try:
             self.lines.put_nowait(line)
         except queue.Full:
-            with self._count:  # other threads log too (the PostgreSQL pool, workers)
-                self.dropped += 1
+            self._drop(category)
+
+    def _drop(self, category: str) -> None:
+        with self._count:  # other threads log too (the PostgreSQL pool, workers)
+            self.dropped[category] = self.dropped.get(category, 0) + 1
 
 
 class _Writer:
@@ -93,7 +111,7 @@ class _Writer:
         self._lines = lines
         self._enqueue = enqueue
         self._stream = stream
-        self._reported = 0
+        self._reported: dict[str, int] = {}
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -124,20 +142,24 @@ class _Writer:
             time.sleep(GATHER)
 
     def _write(self, lines: list[str]) -> None:
-        dropped = self._enqueue.dropped
+        dropped = dict(self._enqueue.dropped)
         if dropped != self._reported:
-            lost, self._reported = dropped - self._reported, dropped
+            lost = {c: n - self._reported.get(c, 0) for c, n in dropped.items()}
+            lost = {c: n for c, n in lost.items() if n}
+            self._reported = dropped
             notice = logging.LogRecord(
                 "keyturn.logs",
                 logging.WARNING,
                 __file__,
                 0,
                 "%d log lines dropped: the log stream was not being read",
-                (lost,),
+                (sum(lost.values()),),
                 None,
             )
             notice.category = "error"
-            notice.dropped = lost
+            notice.dropped = sum(lost.values())
+            for category, count in sorted(lost.items()):
+                setattr(notice, f"dropped_{category}", count)
             lines.insert(0, self._enqueue.format(notice))
         if not lines:
             return
