@@ -113,7 +113,7 @@ class _Stalled(io.StringIO):
 def configured() -> Iterator[None]:
     """logs.configure changes process-wide loggers: put them back as they were, for the
     tests that run after these in the same process."""
-    loggers = [logging.getLogger("keyturn"), logging.getLogger("psycopg")]
+    loggers = [logging.getLogger("keyturn"), logging.getLogger("psycopg"), logging.getLogger()]
     saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
     yield
     logs.stop()
@@ -188,6 +188,28 @@ def test_security_lines_past_the_whole_queue_are_dropped_and_counted_as_such() -
     assert 10 <= len(kept) <= 11  # the whole queue, not only its bulk share
     (notice,) = [line for line in lines if "dropped" in line]
     assert notice["dropped_security"] == 30 - len(kept) == notice["dropped"]
+
+
+@pytest.mark.usefixtures("configured")
+def test_libraries_log_json_lines_through_the_queue_too() -> None:
+    """aiohttp, asyncio and grpc log through Python's logging; with no handler of their own
+    their warnings went to stderr as plain text, written on the caller's thread."""
+    stream = _Stalled()
+    logs.configure("info", stream)
+    try:
+        started = time.monotonic()
+        logging.getLogger("asyncio").warning("socket.send() raised exception.")
+        logging.getLogger("aiohttp.server").error("Error handling request")
+        logging.getLogger("grpc._cython.cygrpc").info("chatter below WARNING")
+        assert time.monotonic() - started < 1  # queued, not written by the caller
+        stream.released.set()
+    finally:
+        logs.stop()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(line["logger"], line["category"]) for line in lines] == [
+        ("asyncio", "app"),
+        ("aiohttp.server", "error"),
+    ]
 
 
 @pytest.mark.usefixtures("configured")

@@ -31,12 +31,20 @@ _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"messa
 CATEGORIES = ("access", "audit", "error", "security", "app")
 
 
+def category_of(record: logging.LogRecord) -> str:
+    """The record's category; a library's record has none: error from ERROR up, else app."""
+    category = getattr(record, "category", None)
+    if isinstance(category, str):
+        return category
+    return "error" if record.levelno >= logging.ERROR else "app"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "category": getattr(record, "category", "app"),
+            "category": category_of(record),
             "logger": record.name,
             "msg": record.getMessage(),
         }
@@ -79,7 +87,7 @@ class _Enqueue(logging.Handler):
         self._count = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
-        category = getattr(record, "category", "app")
+        category = category_of(record)
         if category not in PRIORITY and self.lines.qsize() >= self.bulk_limit:
             self._drop(category)
             return
@@ -224,6 +232,15 @@ def configure(level: str, stream: TextIO | None = None, queue_limit: int = QUEUE
     pool.addHandler(handler)
     pool.setLevel(logging.ERROR)
     pool.propagate = False
+    # Every other library (aiohttp, asyncio, grpc) logs through the same handler from
+    # WARNING up. Without it Python's last-resort handler wrote their lines to stderr as
+    # plain text, on the event loop, past the queue: a stalled reader could block the
+    # loop again, and a JSON log shipper got tracebacks it could not parse.
+    base = logging.getLogger()
+    for old in list(base.handlers):
+        base.removeHandler(old)
+    base.addHandler(handler)
+    base.setLevel(logging.WARNING)
 
 
 def parse_level(level: str) -> int:

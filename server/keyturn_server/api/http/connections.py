@@ -19,19 +19,25 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from keyturn_server.api.http.protocol import Protocol
+
 log = logging.getLogger("keyturn.http")
 #: At most one "connections refused" line per this many seconds.
 REPORT_EVERY = 10.0
 
 
 class CappedServer(web.Server):
-    """aiohttp's low-level server, holding at most ``cap`` connections at once."""
+    """aiohttp's low-level server, holding at most ``cap`` connections at once, each
+    served by :class:`Protocol` (malformed requests answered without their bytes)."""
 
     def __init__(self, handler: Any, *, cap: int, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.cap = cap
         self.refused = 0
         self._reported = 0.0
+
+    def __call__(self) -> RequestHandler:
+        return Protocol(self, loop=self._loop, **self._kwargs)
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         if len(self._connections) >= self.cap:

@@ -1,0 +1,77 @@
+"""How the HTTP listener answers a request it cannot parse: without the request's bytes.
+
+aiohttp answers a malformed request (a header or URL over 8,190 bytes, broken chunked
+framing, too many headers) itself, before any route runs, with a text/plain 400 whose
+body is the parser's message, and logs that message with a traceback through the
+``aiohttp.server`` logger. The message quotes up to a hundred bytes of what it choked
+on: the start of an oversized ``Authorization: Bearer ...`` header is the token, and a
+body with bad chunk framing is whatever the caller sent (a plaintext to encrypt, a
+handle token to validate). Both went to the caller's error body and, as plain-text
+lines, into a log that is otherwise JSON. Here such a request gets the listener's usual
+google.rpc.Status JSON with a message that names only what was wrong, and one access
+line naming the parser's error type, never its message.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from google.rpc import code_pb2
+
+from keyturn_server.api.http.responses import status_response
+
+log = logging.getLogger("keyturn.access")
+
+#: What a caller is told, by the parser's error type: never the bytes it quoted.
+_TOLD = {
+    "LineTooLong": "the request line or a header is longer than the server accepts",
+    "BadStatusLine": "the request line is not HTTP/1.x",
+    "BadHttpMethod": "the request line is not HTTP/1.x",
+    "InvalidHeader": "a header is malformed",
+    "InvalidURLError": "the request's URL is malformed",
+    "TransferEncodingError": "the request body's chunked framing is malformed",
+    "ContentLengthError": "the request body does not match its Content-Length",
+}
+_MALFORMED = "the request is not well-formed HTTP/1.1"
+
+
+def told(exc: BaseException | None) -> str:
+    """What the caller is told about ``exc``: a fixed sentence per error type."""
+    if isinstance(exc, LineTooLong):
+        return _TOLD["LineTooLong"]
+    return _TOLD.get(type(exc).__name__, _MALFORMED)
+
+
+class Protocol(RequestHandler):
+    """aiohttp's connection handler, answering its own errors as the listener does."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or not isinstance(exc, HttpProcessingError):
+            # Not a parse error: aiohttp's own answer and log, as for any server error
+            # (the dispatcher answers every error of Keyturn's own code before this).
+            return super().handle_error(request, status, exc, message)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response was sent already")
+        log.info(
+            "bad HTTP request",
+            extra={
+                "category": "access",
+                "code": "INVALID_ARGUMENT",
+                "http_status": status,
+                "error": type(exc).__name__,
+                "peer": request.remote or "",
+                "transport": "http",
+            },
+        )
+        response = status_response(code_pb2.INVALID_ARGUMENT, told(exc), status)
+        response.force_close()
+        return response
