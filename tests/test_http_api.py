@@ -220,6 +220,30 @@ async def test_client_mistakes_are_4xx_with_the_grpc_details(
         assert field in answer.violations
 
 
+async def test_a_body_naming_a_member_twice_is_refused_on_both_apis(
+    server: Harness, http: HttpClient
+) -> None:
+    """Which of two values counts is a parser's choice (orjson and json keep the last; a
+    proxy in front may keep the first): protobuf's JSON parsers refuse such a body, and
+    so does Keyturn, before anything runs."""
+    json_ = {"Content-Type": "application/json"}
+    before = (await ok(await http.get("/v1/keys"))).get("keys", [])
+    answers = [
+        await http.call("POST", "/v1/keys", raw=b'{"type":"api","type":"signing"}', headers=json_),
+        await http.call(
+            "POST",
+            "/api/key-management/keys/generate",
+            raw=b'{"type":"api","metadata":{"a":"1","a":"2"}}',
+            headers=json_,
+        ),
+    ]
+    for answer in answers:
+        assert answer.status == 400, answer.text
+        assert "twice in one object" in answer.text, answer.text
+    after = (await ok(await http.get("/v1/keys"))).get("keys", [])
+    assert after == before  # nothing was made
+
+
 async def test_a_body_over_one_mebibyte_is_refused(http: HttpClient) -> None:
     answer = await http.post("/v1/keys", {"type": "api", "userId": "x" * (1024 * 1024)})
     assert answer.status == 400 and answer.reason == "BODY_TOO_LARGE"

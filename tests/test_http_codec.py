@@ -3,6 +3,7 @@ number silently rounded into a field's range on the way in."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from google.protobuf import json_format
 
@@ -38,3 +39,41 @@ def test_an_int64_just_past_its_range_is_refused_not_rounded_into_it() -> None:
 def test_what_is_not_json_is_refused_on_either_path(text: bytes) -> None:
     with pytest.raises(codec.DecodeError):
         codec.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        (b'{"type": "encryption", "type": "signing"}', "type"),
+        (b'{"a": 1, "\\u0061": 2}', "a"),  # the same name, spelled two ways
+        (b'{"x": {"b": "q\\":", "b": 3}}', "b"),  # nested, a colon inside a string
+        (b'{"a": 12345678901234567890, "a": 1}', "a"),  # the exact-integer path
+        (b'[{"k": 1}, {"k": 2, "m": {"k": 3, "k": 4}}]', "k"),
+    ],
+)
+def test_an_object_naming_a_member_twice_is_refused(text: bytes, name: str) -> None:
+    """orjson and json keep the last value; protobuf's JSON parsers refuse the document.
+    A proxy in front that read the first value would check another request."""
+    with pytest.raises(codec.DuplicateName) as refused:
+        codec.loads(text)
+    assert refused.value.name == name
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"a": "x:y", "b": ":", "c": {"a": 1}}',  # colons in strings, a name reused apart
+        b'[{"a": 1}, {"a": 2}]',
+        b'{"token": "kt_x"}',
+        b'{"s": "\\\\", "t": "\\"", "u": 1}',
+    ],
+)
+def test_distinct_names_are_read_as_always(text: bytes) -> None:
+    assert codec.loads(text) == orjson.loads(text)
+
+
+def test_a_document_nested_past_pythons_recursion_limit_is_counted_without_recursion() -> None:
+    document = codec.loads(b"[" * 1000 + b'{"a": 1, "b": 2}' + b"]" * 1000)
+    for _ in range(1000):
+        (document,) = document
+    assert document == {"a": 1, "b": 2}

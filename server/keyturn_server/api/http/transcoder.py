@@ -24,6 +24,7 @@ from keyturn_server.api.http.responses import (
     status_response,
 )
 from keyturn_server.api.http.rules import Route, Router, routes_of
+from keyturn_server.domain import limits
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 
 #: The largest request body, as for gRPC messages.
@@ -133,6 +134,11 @@ async def read_json(request: web.BaseRequest) -> Any:
         return codec.loads(raw)
     except codec.DecodeError as exc:
         raise InvalidArgument(f"the request body is not JSON: {exc}", field="body") from None
+    except codec.DuplicateName as exc:
+        raise InvalidArgument(
+            f"the request body names {limits.quote(exc.name)} twice in one object",
+            field="body",
+        ) from None
 
 
 def _too_large() -> InvalidArgument:
