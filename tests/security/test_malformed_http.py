@@ -83,6 +83,8 @@ def test_a_malformed_request_gets_a_json_error_without_its_bytes(
     assert headers["content-type"].startswith("application/json")
     error = json.loads(body)["error"]
     assert error["status"] == "INVALID_ARGUMENT" and error["code"] == 400
+    (info,) = [d for d in error["details"] if d["@type"].endswith("ErrorInfo")]
+    assert info["reason"] == "MALFORMED_HTTP_REQUEST" and info["domain"] == "keyturn.dev"
     assert token not in body.decode() and token[:16] not in body.decode()
     assert BODY_SECRET not in body.decode()
 

@@ -19,9 +19,9 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
-from google.rpc import code_pb2
-
-from keyturn_server.api.http.responses import status_response
+from keyturn_server.api.http.responses import error_response
+from keyturn_server.api.status import status_of
+from keyturn_server.domain.errors import InvalidArgument
 
 log = logging.getLogger("keyturn.access")
 
@@ -72,6 +72,7 @@ class Protocol(RequestHandler):
                 "transport": "http",
             },
         )
-        response = status_response(code_pb2.INVALID_ARGUMENT, told(exc), status)
+        refusal = InvalidArgument(told(exc), reason="MALFORMED_HTTP_REQUEST")
+        response = error_response(status_of(refusal), status)
         response.force_close()
         return response
