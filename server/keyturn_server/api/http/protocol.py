@@ -19,6 +19,7 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
+
 from keyturn_server.api.http.responses import error_response
 from keyturn_server.api.status import status_of
 from keyturn_server.domain.errors import InvalidArgument
