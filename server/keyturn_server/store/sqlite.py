@@ -51,6 +51,8 @@ T = TypeVar("T")
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5000
 CATCH_UP_BATCH = 1000
+#: While commits keep failing (a full disk), how often the log says so again.
+REMIND_EVERY = 60.0
 log = logging.getLogger("keyturn.store")
 
 
@@ -161,6 +163,10 @@ class SqliteStore:
         self._cycle: asyncio.Future[None] | None = None
         self._last_commit = timedelta(0)
         self._problem = ""
+        #: Commits failed in a row, and since when (monotonic), for the log's transitions.
+        self._failed_commits = 0
+        self._failing_since = 0.0
+        self._reminded = 0.0
         self._status_listeners: list[Callable[[], None]] = []
         self._closed = False
         self.window = BatchWindow()
@@ -312,13 +318,12 @@ class SqliteStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
-            self._set_problem(f"commit failed: {exc}")
-            log.error("store commit failed", extra={"category": "error", "problem": str(exc)})
+            self._commit_failed(str(exc))
             self._fail([(None, o.future) for o in batch], store_error(exc))
             return
         if not batch:
             return
-        self._set_problem("")
+        self._commit_succeeded()
         self.commits += 1
         self.writes += len(batch)
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
@@ -338,6 +343,42 @@ class SqliteStore:
                     log.exception("after-commit callback failed", extra={"category": "error"})
             if not outcome.future.done():
                 outcome.future.set_result(outcome.value)
+
+    def _commit_failed(self, problem: str) -> None:
+        """Say so when commits start failing, every REMIND_EVERY while they go on, and when
+        the problem changes; not once per commit. Under load with a full disk that was
+        hundreds of lines a second, written to a disk that had no room for them."""
+        now = time.monotonic()
+        self._failed_commits += 1
+        changed = f"commit failed: {problem}" != self._problem
+        if self._failed_commits == 1 or changed or now - self._reminded >= REMIND_EVERY:
+            if self._failed_commits == 1:
+                self._failing_since = now
+            self._reminded = now
+            log.error(
+                "store commits fail: calls that change something are refused until they "
+                "succeed again",
+                extra={
+                    "category": "error",
+                    "problem": problem,
+                    "failed_commits": self._failed_commits,
+                    "seconds": round(now - self._failing_since, 1),
+                },
+            )
+        self._set_problem(f"commit failed: {problem}")
+
+    def _commit_succeeded(self) -> None:
+        if self._failed_commits:
+            log.warning(
+                "store commits succeed again",
+                extra={
+                    "category": "error",
+                    "failed_commits": self._failed_commits,
+                    "down_seconds": round(time.monotonic() - self._failing_since, 1),
+                },
+            )
+            self._failed_commits = 0
+        self._set_problem("")
 
     def _tell_listeners(self, events: list[Event]) -> None:
         for listener in self._listeners:
