@@ -43,6 +43,7 @@ from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhauste
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.store import files
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
@@ -70,10 +71,12 @@ class _Outcome:
     callbacks: list[Callable[[], None]] = field(default_factory=list)
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     """A connection as the server opens it: autocommit (transactions are explicit), rows
-    by column name, and a busy timeout for another process holding the write lock."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    by column name, and a busy timeout for another process holding the write lock.
+    ``create=False``: fail rather than make an empty database where the file was."""
+    target = path if create else f"{path.resolve().as_uri()}?mode=rw"
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=not create)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     return conn
@@ -177,6 +180,8 @@ class SqliteStore:
         self._data_version = self._data_version_now()
         #: Called after a commit that made events (shared mode: wake the other workers).
         self.announce: Callable[[], None] | None = None
+        self.files = files.FileWatch(path)
+        self._copying: asyncio.Future[None] | None = None
 
     # --- the Store protocol ----------------------------------------------------------
 
@@ -219,6 +224,10 @@ class SqliteStore:
         try:
             while self._waiting:
                 await self.window.hold(len(self._waiting))
+                if self._files_lost():
+                    self._fail(self._waiting, Unavailable(files.REFUSAL, reason="STORE_FILE_GONE"))
+                    self._waiting = []
+                    continue
                 try:
                     await self._begin()
                 except sqlite3.Error as exc:
@@ -255,8 +264,11 @@ class SqliteStore:
             self._writer.execute("PRAGMA busy_timeout = 0")
 
     async def report(self, work: Callable[[Repository], T]) -> T:
+        if self._files_lost():
+            raise Unavailable(files.REFUSAL, reason="STORE_FILE_GONE")
+
         def run() -> T:
-            conn = connect(self.path)
+            conn = connect(self.path, create=False)
             try:
                 conn.execute("PRAGMA query_only = 1")
                 conn.execute("BEGIN")  # one consistent snapshot for every query of the report
@@ -273,6 +285,7 @@ class SqliteStore:
         self._status_listeners.append(listener)
 
     def _set_problem(self, problem: str) -> None:
+        problem = self.files.problem or problem  # lost files stay the problem
         if problem != self._problem:
             self._problem = problem
             for listener in self._status_listeners:
@@ -291,6 +304,7 @@ class SqliteStore:
         self.integrity.listeners.append(listener)
 
     def status(self) -> StoreStatus:
+        self._files_lost()  # health checks look every few seconds, idle or not
         return StoreStatus(
             backend=self.backend,
             writable=not self._problem,
@@ -306,8 +320,44 @@ class SqliteStore:
         self._closed = True
         while self._cycle is not None:
             await self._cycle
+        if self._copying is not None:
+            await self._copying
         self._writer.close()
         self._read_conn.close()
+
+    # --- the files under the store (store/files.py) ------------------------------------
+
+    def _files_lost(self) -> bool:
+        """Whether the database file or its WAL was removed or replaced; the first time,
+        say so and save a copy of what this server still sees."""
+        if self.files.problem:
+            return True
+        if not self.files.check():
+            return False
+        log.error(
+            "the database file is gone from under the server",
+            extra={"category": "error", "problem": self.files.problem},
+        )
+        self._set_problem(self.files.problem)
+        with contextlib.suppress(RuntimeError):  # no loop (closing): nothing to copy with
+            loop = asyncio.get_running_loop()
+            self._copying = loop.run_in_executor(None, self._save_copy)
+        return True
+
+    def _save_copy(self) -> None:
+        try:
+            saved = files.save_copy(self._read_conn, self.path)
+        except (OSError, sqlite3.Error):
+            log.exception("saving a copy of the lost database failed", extra={"category": "error"})
+            return
+        log.error(
+            "saved a copy of the lost database; stop the server and restore it",
+            extra={
+                "category": "error",
+                "copy": str(saved),
+                "restore": f"keyturn backup restore {saved} --data-dir {self.path.parent}",
+            },
+        )
 
     # --- commits ------------------------------------------------------------------------
 
