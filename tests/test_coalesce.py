@@ -15,6 +15,7 @@ import pytest
 
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.coalesce import Coalescer
+from keyturn_server.domain.errors import ResourceExhausted, Unavailable
 from keyturn_server.domain.handles import Handle, HandleSchedule, HandleState
 from keyturn_server.domain.repositories import Repository, Store
 from tests.harness import open_store
@@ -133,3 +134,46 @@ async def test_calls_arriving_while_a_unit_runs_are_all_answered(store: Store) -
     assert await stored_total(store) == 500
     assert sum(len(unit) for unit in counter.units) == 500
     assert len(counter.units) < 500  # calls did share units
+
+
+async def test_a_backlog_is_taken_in_units_of_at_most_the_limit(store: Store) -> None:
+    """Calls piled up during a stall (here: in one turn) are worked off in units of
+    ``unit_limit``, in order, not in one unit that holds the loop for all of them."""
+    counter = Counter()
+    coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
+    coalescer.unit_limit = 100
+    answers = await asyncio.gather(*(coalescer.submit(1) for _ in range(1000)))
+    assert answers == list(range(1, 1001))  # in arrival order, each counted once
+    assert [len(unit) for unit in counter.units] == [100] * 10
+    assert await stored_total(store) == 1000
+
+
+async def test_past_max_pending_a_call_is_refused_at_once(store: Store) -> None:
+    counter = Counter()
+    coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
+    coalescer.max_pending = 50
+    waiting = [coalescer.submit(1) for _ in range(50)]
+    with pytest.raises(ResourceExhausted) as refused:
+        coalescer.submit(1)
+    assert refused.value.reason == "STORE_BEHIND" and refused.value.retry_after
+    assert await asyncio.gather(*waiting) == list(range(1, 51))  # the others are served
+    assert await coalescer.submit(1) == 51  # and room is made again
+
+
+class Unwritable(Counter):
+    """A store that cannot write at all (a full disk): every unit fails the same way."""
+
+    def run(self, repo: Repository, items: Sequence[int]) -> list[int]:
+        self.units.append(list(items))
+        raise Unavailable("the store could not write", reason="STORE_UNAVAILABLE")
+
+
+async def test_a_store_that_cannot_write_fails_every_item_at_once(store: Store) -> None:
+    """Each item alone would only fail its own commit in turn, one after another."""
+    counter = Unwritable()
+    coalescer: Coalescer[int, int] = Coalescer(store, counter.run)
+    answers = await asyncio.gather(
+        *(coalescer.submit(n) for n in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(a, Unavailable) for a in answers)
+    assert counter.units == [list(range(20))]  # no unit of its own for each

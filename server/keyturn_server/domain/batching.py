@@ -28,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import timedelta
+
+from keyturn_server.domain.errors import ResourceExhausted
 
 #: Longest a batch is held open for more work.
 CAP = 0.008
@@ -38,6 +41,17 @@ CAP = 0.008
 #: 64 served 9-11% more (bench.http_ab), and changed nothing for gRPC, whose batches
 #: stay under it. 32 did no better than 64 and pays each commit's cost over fewer items.
 LIMIT = 64
+#: Most items one unit of work or one transaction takes. Units and transactions run on the
+#: event loop: after a stall (a slow fsync, another process holding the write lock) the
+#: backlog used to run as one, every waiting validation in a row, while the loop served
+#: nothing else, health checks included. In pieces this size (about 15 ms of validations)
+#: the loop serves other calls between them.
+UNIT_LIMIT = 256
+#: Items that may wait at one batching point. Past it a write is refused at once
+#: (RESOURCE_EXHAUSTED, STORE_BEHIND, retry in a second) instead of queueing without bound
+#: while the store cannot keep up: memory stays bounded and callers hear it at once.
+MAX_PENDING = 10_000
+BEHIND_RETRY = timedelta(seconds=1)
 #: Waits shorter than this are not worth a timer; longer ones mean the load is light.
 MIN_QUIET = 0.0001
 MAX_QUIET = 0.001
@@ -121,3 +135,14 @@ class BatchWindow:
         self._fruitless = 0 if gained else self._fruitless + 1
         self.figures.holds += 1
         self.figures.held_seconds += time.perf_counter() - started
+
+
+def behind(limit: int) -> ResourceExhausted:
+    """The refusal of a write that finds ``limit`` items queued already."""
+    return ResourceExhausted(
+        f"the store is behind: {limit} writes are waiting for it (a slow disk, or another "
+        "process holding its write lock); nothing of this request was done: retry shortly",
+        reason="STORE_BEHIND",
+        retry_after=BEHIND_RETRY,
+        metadata={"limit": str(limit)},
+    )

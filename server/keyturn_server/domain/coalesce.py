@@ -12,8 +12,15 @@ Under load the unit is held back a little while calls keep arriving (:mod:`batch
 so that one unit and one commit serve many of them; with one call in flight it goes to
 the store at once.
 
-If the shared unit fails (a store error, or a bug hit by one item), every item is run
-again in a unit of its own, so that one bad item cannot fail the others.
+A unit takes at most ``unit_limit`` calls (:data:`batching.UNIT_LIMIT`): a backlog built
+up during a stall is worked off in units of that size, the next one queued as soon as one
+is taken, and the loop serves other calls between them. Past ``max_pending`` waiting
+calls a new one is refused at once (STORE_BEHIND).
+
+If the shared unit fails with a bug hit by one item, every item is run again in a unit of
+its own, so that one bad item cannot fail the others. A store that cannot write at all
+(UNAVAILABLE, RESOURCE_EXHAUSTED: a full disk, a lost file) fails every item at once:
+trying each alone would only fail each one's commit in turn.
 
 Results that promise nothing durable (``early``: a refusal) are answered as soon as
 they are decided, inside the unit, instead of after the commit.
@@ -26,7 +33,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
-from keyturn_server.domain.batching import BatchWindow
+from keyturn_server.domain.batching import MAX_PENDING, UNIT_LIMIT, BatchWindow, behind
+from keyturn_server.domain.errors import ResourceExhausted, Unavailable
 from keyturn_server.domain.repositories import Repository, Store
 
 Item = TypeVar("Item")
@@ -51,23 +59,42 @@ class Coalescer(Generic[Item, Result]):
         self._queued = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.window = BatchWindow()
+        self.unit_limit = UNIT_LIMIT
+        self.max_pending = MAX_PENDING
 
     def submit(self, item: Item) -> asyncio.Future[Result]:
         """Queue ``item``; its result, to await. A future rather than a coroutine: the
         call that awaits it resumes through one frame less (it is the hottest wait)."""
+        if len(self._pending) >= self.max_pending:
+            raise behind(self.max_pending)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self.window.arrived()
         with self._lock:
             self._pending.append((item, future))
             start, self._queued = not self._queued, True
         if start:
-            task = asyncio.ensure_future(self._write())
-            self._tasks.add(task)  # the loop keeps only a weak reference to tasks
-            task.add_done_callback(self._tasks.discard)
+            self._start()
         return future
 
-    def _take(self) -> list[tuple[Item, asyncio.Future[Result]]]:
-        """Every call waiting now; the next call queues a new unit."""
+    def _start(self) -> None:
+        task = asyncio.ensure_future(self._write())
+        self._tasks.add(task)  # the loop keeps only a weak reference to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> tuple[list[tuple[Item, asyncio.Future[Result]]], bool]:
+        """The calls waiting now, at most ``unit_limit``, and whether more are left. The
+        next call queues a new unit; calls left over are the caller's to queue one for
+        (it runs on the loop or, on PostgreSQL, in a worker thread)."""
+        with self._lock:
+            taken, self._pending = (
+                self._pending[: self.unit_limit],
+                self._pending[self.unit_limit :],
+            )
+            self._queued = more = bool(self._pending)
+        return taken, more
+
+    def _drain(self) -> list[tuple[Item, asyncio.Future[Result]]]:
+        """Every call waiting (the unit was cancelled: the server stops)."""
         with self._lock:
             taken, self._pending, self._queued = self._pending, [], False
         return taken
@@ -79,7 +106,9 @@ class Coalescer(Generic[Item, Result]):
 
         def work(repo: Repository) -> list[Result]:
             nonlocal taken
-            taken = self._take()
+            taken, more = self._take()
+            if more:  # more than one unit's worth waits: the next unit now
+                loop.call_soon_threadsafe(self._start)
             results = self._run(repo, [item for item, _ in taken])
             if early is not None:
                 for (item, future), result in zip(taken, results, strict=True):
@@ -92,17 +121,21 @@ class Coalescer(Generic[Item, Result]):
             await self.window.hold(len(self._pending))
             results = await self._store.write(work)
         except asyncio.CancelledError:
-            for _, future in taken or self._take():
+            for _, future in taken or self._drain():
                 future.cancel()
             raise
         except Exception as exc:
             if not taken:  # refused before it ran (the store is closing): nobody served
-                for _, future in self._take():
-                    if not future.done():
-                        future.set_exception(exc)
+                taken, more = self._take()
+                if more:
+                    self._start()
+            elif not isinstance(exc, Unavailable | ResourceExhausted):
+                for item, future in taken:  # one after another: arrival order still holds
+                    await self._alone(item, future)
                 return
-            for item, future in taken:  # one after another: arrival order still holds
-                await self._alone(item, future)
+            for _, future in taken:
+                if not future.done():
+                    future.set_exception(exc)
             return
         self.window.closed(len(taken))
         for (_, future), result in zip(taken, results, strict=True):

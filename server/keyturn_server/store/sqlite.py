@@ -8,6 +8,8 @@ thread when another process holds it), runs the waiting units of work on the eve
 each inside its own SAVEPOINT, lets one turn of the loop add the units it brings, then
 commits in a worker thread; only then are the callers answered. Units arriving during a
 commit form the next batch: one thread hop and one fsync per batch, none per request.
+A batch takes at most ``UNIT_LIMIT`` units, and past ``MAX_PENDING`` waiting a write is
+refused at once (STORE_BEHIND): see :mod:`keyturn_server.domain.batching`.
 (BEGIN in a worker thread, measured before batches were held open, made batches bigger
 only by the time its hop took; the hold does that on purpose now.)
 
@@ -38,7 +40,7 @@ from typing import Any, TypeVar
 
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.integrity import Protection
-from keyturn_server.domain.batching import BatchWindow
+from keyturn_server.domain.batching import MAX_PENDING, UNIT_LIMIT, BatchWindow, behind
 from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhausted, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
@@ -173,6 +175,8 @@ class SqliteStore:
         self._status_listeners: list[Callable[[], None]] = []
         self._closed = False
         self.window = BatchWindow()
+        self.unit_limit = UNIT_LIMIT
+        self.max_pending = MAX_PENDING
         self.commits = 0
         self.writes = 0
         #: Last event sequence given to the commit listeners (shared mode).
@@ -195,6 +199,8 @@ class SqliteStore:
         self.window.arrived()
         if self._open:
             self._run(work, future)
+        elif len(self._waiting) >= self.max_pending:
+            raise behind(self.max_pending)
         else:
             self._waiting.append((work, future))
             if self._cycle is None:
@@ -234,7 +240,10 @@ class SqliteStore:
                     self._fail(self._waiting, store_error(exc))
                     self._waiting = []
                     continue
-                waiting, self._waiting = self._waiting, []
+                # At most unit_limit units a transaction: a backlog after a stall goes
+                # in several, and the loop serves other calls between them.
+                waiting = self._waiting[: self.unit_limit]
+                self._waiting = self._waiting[self.unit_limit :]
                 self._open = True
                 for work, future in waiting:
                     self._run(work, future)
