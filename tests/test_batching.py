@@ -19,7 +19,6 @@ from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain import batching
 from keyturn_server.domain.batching import LIMIT, BatchWindow
 from keyturn_server.domain.coalesce import Coalescer
-from keyturn_server.domain.errors import ResourceExhausted
 from keyturn_server.domain.repositories import Repository
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import Harness
@@ -172,17 +171,3 @@ async def test_a_backlog_of_units_commits_in_transactions_of_at_most_the_limit(
     answers = await asyncio.gather(*(store.write(add_one) for _ in range(1000)))
     assert answers == list(range(1, 1001))
     assert store.commits - before >= 10
-
-
-async def test_past_max_pending_a_write_is_refused_at_once(store: SqliteStore) -> None:
-    store.max_pending = 20
-
-    def add_one(repo: Repository) -> int:
-        return Counter().run(repo, [1])[0]
-
-    waiting = [asyncio.ensure_future(store.write(add_one)) for _ in range(20)]
-    await asyncio.sleep(0)  # queued: the batch is not open yet
-    with pytest.raises(ResourceExhausted) as refused:
-        await store.write(add_one)
-    assert refused.value.reason == "STORE_BEHIND"
-    assert await asyncio.gather(*waiting) == list(range(1, 21))

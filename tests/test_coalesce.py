@@ -177,3 +177,19 @@ async def test_a_store_that_cannot_write_fails_every_item_at_once(store: Store) 
     )
     assert all(isinstance(a, Unavailable) for a in answers)
     assert counter.units == [list(range(20))]  # no unit of its own for each
+
+
+async def test_past_max_pending_a_write_is_refused_at_once(store: Store) -> None:
+    """On either backend: writes waiting for the store (SQLite: for the next batch;
+    PostgreSQL: for a pooled connection) are bounded."""
+    store.max_pending = 20  # type: ignore[attr-defined]  # each backend has it
+
+    def add_one(repo: Repository) -> int:
+        return Counter().run(repo, [1])[0]
+
+    waiting = [asyncio.ensure_future(store.write(add_one)) for _ in range(20)]
+    await asyncio.sleep(0)  # all 20 are waiting for the store
+    with pytest.raises(ResourceExhausted) as refused:
+        await store.write(add_one)
+    assert refused.value.reason == "STORE_BEHIND"
+    assert sorted(await asyncio.gather(*waiting)) == list(range(1, 21))

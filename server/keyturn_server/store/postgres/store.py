@@ -31,6 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.integrity import Protection
+from keyturn_server.domain.batching import MAX_PENDING, behind
 from keyturn_server.domain.errors import KeyturnError, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
@@ -109,6 +110,7 @@ class PostgresStore:
         self._commits = 0
         self._problem = ""
         self._closed = False
+        self.max_pending = MAX_PENDING
 
     # --- schema and leadership ---------------------------------------------------------
 
@@ -151,6 +153,8 @@ class PostgresStore:
     async def write(self, work: Callable[[Repository], T]) -> T:
         self.start()
         self._refuse_while_unreachable()
+        if self._pending >= self.max_pending:  # see domain/batching.py
+            raise behind(self.max_pending)
         self._pending += 1
         try:
             value, callbacks = await asyncio.to_thread(self._transaction, work)
