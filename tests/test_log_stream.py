@@ -139,11 +139,14 @@ def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     written = [line["n"] for line in lines if "n" in line]
     notice = [line for line in lines if "dropped" in line]
-    # Access lines fill the queue's bulk share (8 of 10); the writer may hold one more.
-    assert written == sorted(written) and 8 <= len(written) <= 10
-    assert len(notice) == 1 and notice[0]["dropped"] == 100 - len(written)
-    assert notice[0]["dropped_access"] == notice[0]["dropped"]
-    assert notice[0]["level"] == "warning" and notice[0]["category"] == "error"
+    # Access lines fill the queue's bulk share (8 of 10), and the writer holds what it
+    # took from the queue before the stream stalled: at most as much again.
+    assert written == sorted(written) and 8 <= len(written) <= 2 * 8
+    # Said as soon as the writer can write again (more than once if drops went on while
+    # it wrote): every dropped line counted once, under its category.
+    assert notice and sum(n["dropped"] for n in notice) == 100 - len(written)
+    assert all(n["dropped_access"] == n["dropped"] for n in notice)
+    assert all(n["level"] == "warning" and n["category"] == "error" for n in notice)
 
 
 @pytest.mark.usefixtures("configured")
@@ -166,10 +169,10 @@ def test_a_flood_of_access_lines_cannot_crowd_out_security_lines() -> None:
     kept = [line["n"] for line in lines if line.get("category") == "security"]
     assert kept == list(range(0, 1000, 50))  # every one, in order
     written = [line for line in lines if line.get("category") == "access"]
-    assert len(written) <= 81
-    (notice,) = [line for line in lines if "dropped" in line]
-    assert notice["dropped_access"] == 1000 - len(written) == notice["dropped"]
-    assert "dropped_security" not in notice
+    assert len(written) <= 2 * 80  # the bulk share, and as much again held by the writer
+    notices = [line for line in lines if "dropped" in line]
+    assert sum(n["dropped_access"] for n in notices) == 1000 - len(written)
+    assert not any("dropped_security" in n for n in notices)
 
 
 @pytest.mark.usefixtures("configured")
@@ -185,9 +188,9 @@ def test_security_lines_past_the_whole_queue_are_dropped_and_counted_as_such() -
         logs.stop()
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     kept = [line for line in lines if line.get("category") == "security"]
-    assert 10 <= len(kept) <= 11  # the whole queue, not only its bulk share
-    (notice,) = [line for line in lines if "dropped" in line]
-    assert notice["dropped_security"] == 30 - len(kept) == notice["dropped"]
+    assert 10 <= len(kept) <= 2 * 10  # the whole queue (not only its bulk share of 8)
+    notices = [line for line in lines if "dropped" in line]
+    assert sum(n["dropped_security"] for n in notices) == 30 - len(kept)
 
 
 @pytest.mark.usefixtures("configured")
