@@ -4,15 +4,23 @@
 # (tests/client/test_grpcurl_walkthrough.py keeps the two in step).
 #
 # Usage: scripts/grpcurl-walkthrough.sh ADDRESS TOKEN
+#        scripts/grpcurl-walkthrough.sh --install   (only build grpcurl into tools/bin)
 #   ADDRESS  HOST:PORT of a plaintext server; TOKEN  an admin token.
 # grpcurl is taken from tools/bin, else built there with `go install` at a pinned
 # version, else taken from PATH.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 usage="usage: $0 ADDRESS TOKEN"
+GRPCURL_VERSION=v1.9.3
+if [ "${1:-}" = "--install" ]; then
+  if [ ! -x "$root/tools/bin/grpcurl" ]; then
+    echo "installing grpcurl $GRPCURL_VERSION into tools/bin"
+    GOBIN="$root/tools/bin" go install "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+  fi
+  exit 0
+fi
 ADDRESS=${1:?$usage}
 TOKEN=${2:?$usage}
-GRPCURL_VERSION=v1.9.3
 PY="$root/.venv/bin/python"
 [ -x "$PY" ] || PY="$(command -v python3)"
 

@@ -1,6 +1,6 @@
 # Sourced by scripts/test.sh: starts the services the tests need and exports where they
 # are. PostgreSQL: a throwaway cluster in a temp dir on a free loopback port (installed
-# from Debian's packages first when missing and we are root).
+# from Debian's packages first when missing and we are root). grpcurl: built with go.
 
 _keyturn_free_port() {
   "${BIN:-.venv/bin}/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -58,5 +58,22 @@ stop_services() {
   fi
 }
 
+# grpcurl, for the operators' walkthrough (tests/client/test_grpcurl_walkthrough.py):
+# built once into tools/bin at the walkthrough's pinned version.
+install_grpcurl() {
+  if [ -x tools/bin/grpcurl ] || command -v grpcurl >/dev/null; then
+    return 0
+  fi
+  if command -v go >/dev/null; then
+    scripts/grpcurl-walkthrough.sh --install
+  elif [ -n "${KEYTURN_REQUIRE_ALL:-}" ]; then
+    echo "grpcurl is not installed and go is not there to build it" >&2
+    return 1
+  else
+    echo "grpcurl is not installed: its walkthrough will be skipped" >&2
+  fi
+}
+
 trap stop_services EXIT  # set first: a failed start still removes its temp cluster
 start_postgres
+install_grpcurl

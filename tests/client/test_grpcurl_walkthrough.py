@@ -31,8 +31,12 @@ def grpcurl() -> str | None:
     return str(pinned) if pinned.exists() else shutil.which("grpcurl")
 
 
-@pytest.mark.skipif(grpcurl() is None, reason="grpcurl is not installed (tools/bin or PATH)")
 async def test_the_walkthrough_passes_against_a_real_server(server: Harness) -> None:
+    if grpcurl() is None:  # scripts/services.sh builds it where go is (CI does)
+        missing = "grpcurl is not installed (tools/bin or PATH)"
+        if os.environ.get("KEYTURN_REQUIRE_ALL"):
+            pytest.fail(f"{missing} (KEYTURN_REQUIRE_ALL is set)")
+        pytest.skip(missing)
     process = await asyncio.create_subprocess_exec(
         str(SCRIPT),
         server.address,
