@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 import keyturn
 from keyturn_server import cli, probe
@@ -209,3 +212,67 @@ def test_production_serves_tls_on_all_interfaces_from_a_mounted_directory(
         _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0
     assert "plaintext" not in stderr.lower()  # no warning: it serves TLS
+
+
+# --- a renewed certificate (certificates.py) --------------------------------------------
+
+
+def served_serial(port: int, ca: Path, alpn: str) -> int:
+    """The serial number of the certificate a new TLS connection to ``port`` is given."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols([alpn])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="keyturn.test") as connection,
+    ):
+        der = connection.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def serial_of(issued_pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(issued_pem).serial_number
+
+
+async def serials(harness: Harness, ca: Path) -> tuple[int, int]:
+    """(gRPC, HTTP): what each listener serves to a new connection now."""
+    grpc_port = int(harness.address.rsplit(":", 1)[1])
+    http_port = int(harness.http_url.rsplit(":", 1)[1])
+    return (
+        await asyncio.to_thread(served_serial, grpc_port, ca, "h2"),
+        await asyncio.to_thread(served_serial, http_port, ca, "http/1.1"),
+    )
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    tls_server: Harness, tmp_path: Path, authority: Authority
+) -> None:
+    """cert-manager renews the mounted secret; before, the old certificate was served
+    until a restart, and at its expiry every handshake failed."""
+    assert tls_server.app is not None and tls_server.app.certificate is not None
+    tls_server.app.certificate.check_every = 0  # look at the files at every handshake
+    ca = tmp_path / "tls" / "ca.crt"
+    first = serial_of((tmp_path / "tls" / "tls.crt").read_bytes())
+    assert await serials(tls_server, ca) == (first, first)
+    trusted = keyturn.TLS.from_files(ca=ca, server_name="keyturn.test")
+    async with keyturn.AsyncClient(tls_server.address, tls_server.admin_token, trusted) as client:
+        await client.get_health()  # a connection opened on the first certificate
+        renewed = authority.write(tmp_path / "tls")
+        assert await serials(tls_server, ca) == (serial_of(renewed.cert),) * 2
+        assert (await client.get_health()).health.version  # the open connection goes on
+
+
+async def test_new_files_that_do_not_fit_are_not_served(
+    tls_server: Harness, tmp_path: Path, authority: Authority
+) -> None:
+    """A renewal caught half way (the certificate written, not yet its key) keeps the
+    certificate that works; the pair is served once it fits."""
+    assert tls_server.app is not None and tls_server.app.certificate is not None
+    tls_server.app.certificate.check_every = 0
+    ca, directory = tmp_path / "tls" / "ca.crt", tmp_path / "tls"
+    first = serial_of((directory / "tls.crt").read_bytes())
+    renewed = authority.issue()
+    write(directory / "tls.crt", renewed.cert)  # its key is not there yet
+    assert await serials(tls_server, ca) == (first, first)
+    write(directory / "tls.key", renewed.key)
+    assert await serials(tls_server, ca) == (serial_of(renewed.cert),) * 2

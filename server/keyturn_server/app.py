@@ -26,7 +26,6 @@ from keyturn.v1 import (
     keys_pb2,
     keys_pb2_grpc,
 )
-from keyturn_server import tls
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.guard import Guard
@@ -36,6 +35,7 @@ from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import reload_keyring, unlock
+from keyturn_server.certificates import ServedCertificate
 from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_files_limit
@@ -174,6 +174,8 @@ class App:
         self.admin_token: str | None = None
         self.metrics_port: int | None = None
         self.http: HttpServer | None = None
+        #: The certificate both listeners serve, read again when its files change.
+        self.certificate: ServedCertificate | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._server: grpc.aio.Server | None = None
         self._guard: Guard | None = None
@@ -213,7 +215,8 @@ class App:
         native.check()
         # Certificates first: a wrong file ends the start before anything is opened.
         certificate = settings.certificate
-        credentials = tls.server_credentials(certificate) if certificate else None
+        served = self.certificate = ServedCertificate(certificate) if certificate else None
+        credentials = served.grpc_credentials() if served else None
         if not settings.reuse_port:  # a port in use: one line, before anything is created
             for address in settings.listen:
                 check_free(address)
@@ -379,6 +382,7 @@ class App:
                 HandleLookup(store, keyring, config, self.clock),
                 self.clock,
                 connection_cap,
+                served,
             )
             await self.http.start(settings.grace_period.total_seconds())
         scheduler.start()
@@ -441,6 +445,8 @@ class App:
 
     async def _refresh(self) -> None:
         assert self.services is not None
+        if self.certificate is not None:  # handshakes look too; this says so when idle
+            self.certificate.check()
         self.reload_client_identities()
         self.services.config.refresh()
         if self.membership is not None:

@@ -14,6 +14,7 @@ no CA bundle and skips no verification, on loopback or anywhere else.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,13 +79,17 @@ def load(files: CertificateFiles) -> tuple[bytes, bytes, bytes | None]:
     return chain, private, client_ca
 
 
-def server_credentials(files: CertificateFiles) -> grpc.ServerCredentials:
-    chain, private, client_ca = load(files)
+def http_context(files: CertificateFiles, client_ca: bytes | None) -> ssl.SSLContext:
+    """TLS for the HTTP listener as for gRPC: the server's certificate (from the files:
+    Python loads a chain from files only), and with ``client_ca`` (PEM) mutual TLS."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key)
+    context.set_alpn_protocols(["http/1.1"])
     if client_ca is not None:
-        return grpc.ssl_server_credentials(
-            [(private, chain)], root_certificates=client_ca, require_client_auth=True
-        )
-    return grpc.ssl_server_credentials([(private, chain)])
+        context.load_verify_locations(cadata=client_ca.decode("ascii"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def probe_channel(address: str, files: CertificateFiles) -> grpc.Channel:

@@ -19,7 +19,6 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from pathlib import Path
 
 from aiohttp import web
 from google.rpc import code_pb2
@@ -30,6 +29,7 @@ from keyturn_server.api.http.connections import CappedServer
 from keyturn_server.api.http.openapi import document_bytes, services
 from keyturn_server.api.http.responses import json_response, status_response
 from keyturn_server.api.http.transcoder import Transcoder
+from keyturn_server.certificates import ServedCertificate
 from keyturn_server.clock import Clock
 from keyturn_server.domain.handle_lookup import HandleLookup
 from keyturn_server.settings import Settings, split_address
@@ -46,18 +46,26 @@ def http_server(
     lookup: HandleLookup,
     clock: Clock,
     connection_cap: int,
+    certificate: ServedCertificate | None = None,
 ) -> HttpServer:
-    """The listener for ``settings.http_listen``, on the servicers the gRPC server uses."""
+    """The listener for ``settings.http_listen``, on the servicers the gRPC server uses;
+    with ``certificate``, HTTPS serving what the gRPC listener serves."""
     transcoder = Transcoder(guard, servicers, services())
     compat = CompatApi(guard, servicers, lookup, clock)
-    return HttpServer(settings, transcoder.handle, compat.handle, connection_cap)
+    return HttpServer(settings, transcoder.handle, compat.handle, connection_cap, certificate)
 
 
 class HttpServer:
     def __init__(
-        self, settings: Settings, api: Handler, compat: Handler, connection_cap: int
+        self,
+        settings: Settings,
+        api: Handler,
+        compat: Handler,
+        connection_cap: int,
+        certificate: ServedCertificate | None,
     ) -> None:
         self._settings = settings
+        self._certificate = certificate
         #: Connections this listener may hold (connection_budget.py).
         self.connection_cap = connection_cap
         self._api = api
@@ -113,28 +121,13 @@ class HttpServer:
             self.addresses.append(f"{scheme}://{shown}:{port}")
 
     def _tls(self) -> ssl.SSLContext | None:
-        files = self._settings.certificate  # checked to fit together when gRPC loaded them
-        if files is None:
-            return None
-        return tls_context(files.cert, files.key, files.client_ca)
+        return self._certificate.http_context() if self._certificate is not None else None
 
     async def stop(self) -> None:
         """Stop listening, let running calls finish within the grace period, close."""
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
-    """TLS as for gRPC: the server's certificate, and with ``client_ca`` mutual TLS."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
-    context.set_alpn_protocols(["http/1.1"])
-    if client_ca is not None:
-        context.load_verify_locations(client_ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-    return context
 
 
 def _bind(address: str, reuse_port: bool) -> socket.socket:
