@@ -61,9 +61,15 @@ class Authority:
     def pem(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, names: tuple[str, ...] = SERVER_NAMES, common_name: str = "") -> Issued:
+    def issue(
+        self,
+        names: tuple[str, ...] = SERVER_NAMES,
+        common_name: str = "",
+        valid_for: timedelta = timedelta(days=1),
+    ) -> Issued:
         """A leaf for server and client use, valid for ``names`` (DNS names, IPs, or URIs
-        such as SPIFFE ids); ``common_name`` defaults to the first name."""
+        such as SPIFFE ids) from now on for ``valid_for``; ``common_name`` defaults to the
+        first name."""
         key = ec.generate_private_key(ec.SECP256R1())
         alternatives: list[x509.GeneralName] = []
         for name in names:
@@ -84,7 +90,7 @@ class Authority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(days=1))
+            .not_valid_after(now + valid_for)
             .add_extension(
                 x509.ExtendedKeyUsage(
                     [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
@@ -106,10 +112,15 @@ class Authority:
             ),
         )
 
-    def write(self, directory: Path, names: tuple[str, ...] = SERVER_NAMES) -> Issued:
+    def write(
+        self,
+        directory: Path,
+        names: tuple[str, ...] = SERVER_NAMES,
+        valid_for: timedelta = timedelta(days=1),
+    ) -> Issued:
         """tls.crt, tls.key and ca.crt in ``directory`` (a Kubernetes TLS secret's layout)."""
         directory.mkdir(parents=True, exist_ok=True)
-        issued = self.issue(names)
+        issued = self.issue(names, valid_for=valid_for)
         (directory / "tls.crt").write_bytes(issued.cert)
         (directory / "tls.key").write_bytes(issued.key)
         (directory / "ca.crt").write_bytes(self.pem)

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from keyturn_server.tls import TlsError
 from tests.harness import MASTER_KEY, Harness
 from tests.pki import Authority
 from tests.process import free_port
+from tests.test_metrics import scrape
 
 
 @pytest.fixture
@@ -276,3 +278,33 @@ async def test_new_files_that_do_not_fit_are_not_served(
     assert await serials(tls_server, ca) == (first, first)
     write(directory / "tls.key", renewed.key)
     assert await serials(tls_server, ca) == (serial_of(renewed.cert),) * 2
+
+
+async def test_the_served_certificate_s_expiry_is_a_metric(
+    tls_server: Harness, tmp_path: Path, authority: Authority
+) -> None:
+    """An alert on it fires when a renewal did not arrive, before handshakes fail."""
+    await tls_server.restart(metrics_listen="127.0.0.1:0")
+    assert tls_server.app is not None and tls_server.app.certificate is not None
+    tls_server.app.certificate.check_every = 0
+
+    def expiry() -> float:
+        text = scrape_now_sync(tls_server)
+        (line,) = [ln for ln in text.splitlines() if ln.startswith(EXPIRY_METRIC + " ")]
+        return float(line.split()[1])
+
+    first = x509.load_pem_x509_certificate((tmp_path / "tls" / "tls.crt").read_bytes())
+    assert await asyncio.to_thread(expiry) == first.not_valid_after_utc.timestamp()
+    renewed = authority.write(tmp_path / "tls", valid_for=timedelta(days=2))
+    tls_server.app.certificate.check()
+    later = x509.load_pem_x509_certificate(renewed.cert).not_valid_after_utc.timestamp()
+    assert later > first.not_valid_after_utc.timestamp()
+    assert await asyncio.to_thread(expiry) == later
+
+
+EXPIRY_METRIC = "keyturn_tls_certificate_expiry_timestamp_seconds"
+
+
+def scrape_now_sync(harness: Harness) -> str:
+    assert harness.app is not None and harness.app.metrics_port is not None
+    return scrape(harness.app.metrics_port)

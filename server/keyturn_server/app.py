@@ -289,6 +289,8 @@ class App:
             store.add_commit_listener(self.metrics.on_commit)
             tampered = self.metrics.tampered
             store.add_tamper_listener(lambda table: tampered.labels(table).inc())
+            if served is not None:
+                self.metrics.watch_certificate(lambda: served.current.not_after.timestamp())
         watch = self._watch = WatchService(
             store,
             hub,

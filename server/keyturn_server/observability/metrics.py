@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from functools import partial
 from typing import Any
 
@@ -89,6 +89,15 @@ class Metrics:
         self.registry.register(self._state)
         self._server: Any = None
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+    def watch_certificate(self, not_after: Callable[[], float]) -> None:
+        """Export when the served TLS certificate expires (read at each scrape), so that an
+        alert fires when a renewal did not arrive, not when handshakes start failing."""
+        Gauge(
+            "keyturn_tls_certificate_expiry_timestamp_seconds",
+            "When the TLS certificate served to new connections expires (Unix time)",
+            registry=self.registry,
+        ).set_function(not_after)
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         # The labelled children, looked up once: labels() validates and locks per call.
