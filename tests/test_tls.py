@@ -308,3 +308,44 @@ EXPIRY_METRIC = "keyturn_tls_certificate_expiry_timestamp_seconds"
 def scrape_now_sync(harness: Harness) -> str:
     assert harness.app is not None and harness.app.metrics_port is not None
     return scrape(harness.app.metrics_port)
+
+
+async def test_a_rotated_client_ca_admits_its_clients_and_no_longer_the_old_ones(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Mutual TLS: the client CA file replaced by the next CA's takes effect for new
+    connections, both ways: its clients get in, the retired CA's no longer do."""
+    retired, current = Authority("retired client CA"), Authority("current client CA")
+    directory = tmp_path / "tls"
+    retired.write(directory)  # the server's own certificate, by the retired CA: no matter
+    client_ca = write(directory / "client-ca.crt", retired.pem)
+    harness = Harness(
+        tmp_path / "data",
+        clock,
+        tls_cert=directory / "tls.crt",
+        tls_key=directory / "tls.key",
+        client_ca=client_ca,
+    )
+    await harness.start()
+    try:
+        assert harness.app is not None and harness.app.certificate is not None
+        harness.app.certificate.check_every = 0
+
+        async def admitted(authority: Authority) -> bool:
+            issued = authority.issue(("spiffe://example.org/caller",))  # a new connection each
+            tls = keyturn.TLS(retired.pem, issued.cert, issued.key, "keyturn.test")
+            client = keyturn.AsyncClient(
+                harness.address, harness.admin_token, tls, retry=keyturn.NO_RETRY, timeout=5
+            )
+            async with client:
+                try:
+                    await client.get_health()
+                except keyturn.Unavailable:  # the handshake was refused
+                    return False
+            return True
+
+        assert (await admitted(retired), await admitted(current)) == (True, False)
+        write(client_ca, current.pem)
+        assert (await admitted(retired), await admitted(current)) == (False, True)
+    finally:
+        await harness.stop()
