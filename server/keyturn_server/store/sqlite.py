@@ -338,19 +338,19 @@ class SqliteStore:
 
     def _files_lost(self) -> bool:
         """Whether the database file or its WAL was removed or replaced; the first time,
-        say so and save a copy of what this server still sees."""
-        if self.files.problem:
-            return True
-        if not self.files.check():
-            return False
-        log.error(
-            "the database file is gone from under the server",
-            extra={"category": "error", "problem": self.files.problem},
-        )
-        self._set_problem(self.files.problem)
-        with contextlib.suppress(RuntimeError):  # no loop (closing): nothing to copy with
-            loop = asyncio.get_running_loop()
-            self._copying = loop.run_in_executor(None, self._save_copy)
+        say so, and save a copy of what this server still sees (once, from the loop)."""
+        if not self.files.problem:
+            if not self.files.check():
+                return False
+            log.error(
+                "the database file is gone from under the server",
+                extra={"category": "error", "problem": self.files.problem},
+            )
+            self._set_problem(self.files.problem)
+        if self._copying is None:
+            with contextlib.suppress(RuntimeError):  # not on the loop: the next check copies
+                loop = asyncio.get_running_loop()
+                self._copying = loop.run_in_executor(None, self._save_copy)
         return True
 
     def _save_copy(self) -> None:
