@@ -8,7 +8,8 @@ made under them. So the store compares the files' identities (device and inode) 
 those it opened, before each batch of writes and at each health check. Once they differ
 it refuses every write (UNAVAILABLE, STORE_FILE_GONE: nothing kept that a restart would
 lose), says NOT_SERVING, and saves a copy of the database as it still sees it next to
-where the file was, for ``keyturn backup restore``; reads go on from the open files.
+where the file was, for ``keyturn backup restore``. Single reads go on from the open
+files; reports (lists, statistics), which open the file by its name, are refused too.
 """
 
 from __future__ import annotations
