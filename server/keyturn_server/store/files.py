@@ -54,7 +54,7 @@ class FileWatch:
 
     def check(self) -> str:
         """The problem (also kept in ``problem``), if a watched file was removed or
-        replaced since it was first seen; about 2 µs."""
+        replaced since it was first seen: a stat of each, about 5 µs."""
         if self.problem:
             return self.problem
         for path, known in self._known.items():
