@@ -84,10 +84,10 @@ class ServedCertificate:
         self._given_to_grpc = self.current
         self._http: tuple[Served, ssl.SSLContext] | None = None
 
-    def check(self, now: float | None = None) -> Served:
+    def check(self) -> Served:
         """The certificate to serve: the files' own if they changed and load, else the
-        one served so far. Looks at the files at most once per CHECK_EVERY."""
-        moment = time.monotonic() if now is None else now
+        one served so far. Looks at the files at most once per ``check_every``."""
+        moment = time.monotonic()
         with self._lock:
             if moment - self._looked < self.check_every:
                 return self.current
@@ -157,10 +157,12 @@ class ServedCertificate:
         try:
             context = http_context(self.files, served.client_ca)
         except (OSError, ssl.SSLError) as exc:  # the files changed again since they loaded
+            if known is None:  # at start: the files were just checked, so this is new
+                raise
             log.warning(
                 "new TLS files could not be read for HTTP: %s", exc, extra={"category": "security"}
             )
-            return known[1] if known is not None else http_context(self.files, served.client_ca)
+            return known[1]
         self._http = (served, context)
         return context
 

@@ -155,17 +155,18 @@ class _Writer:
             lost = {c: n - self._reported.get(c, 0) for c, n in dropped.items()}
             lost = {c: n for c, n in lost.items() if n}
             self._reported = dropped
+            total = sum(lost.values())
             notice = logging.LogRecord(
                 "keyturn.logs",
                 logging.WARNING,
                 __file__,
                 0,
                 "%d log lines dropped: the log stream was not being read",
-                (sum(lost.values()),),
+                (total,),
                 None,
             )
             notice.category = "error"
-            notice.dropped = sum(lost.values())
+            notice.dropped = total
             for category, count in sorted(lost.items()):
                 setattr(notice, f"dropped_{category}", count)
             lines.insert(0, self._enqueue.format(notice))

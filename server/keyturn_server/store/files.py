@@ -42,7 +42,6 @@ class FileWatch:
     them. The WAL may appear after the database is opened: it is watched from then on."""
 
     def __init__(self, database: Path) -> None:
-        self.database = database
         self._known: dict[Path, Identity | None] = {
             database: identity(database),
             database.with_name(database.name + "-wal"): None,

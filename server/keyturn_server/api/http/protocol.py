@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
 from keyturn_server.api.http.responses import error_response
@@ -40,10 +40,12 @@ _MALFORMED = "the request is not well-formed HTTP/1.1"
 
 
 def told(exc: BaseException | None) -> str:
-    """What the caller is told about ``exc``: a fixed sentence per error type."""
-    if isinstance(exc, LineTooLong):
-        return _TOLD["LineTooLong"]
-    return _TOLD.get(type(exc).__name__, _MALFORMED)
+    """What the caller is told about ``exc``: the sentence of its type or of the nearest
+    type it derives from (aiohttp raises subclasses of these), else a general one."""
+    for kind in type(exc).__mro__:
+        if kind.__name__ in _TOLD:
+            return _TOLD[kind.__name__]
+    return _MALFORMED
 
 
 class Protocol(RequestHandler):
