@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable
 
+import grpc
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
@@ -59,3 +61,59 @@ async def test_a_backlog_after_the_write_lock_was_held_is_worked_off_in_pieces(
         )
         assert stored.usage_count == CALLS // HANDLES  # every acknowledged use, once
     assert await commits(server) - before >= CALLS // UNIT_LIMIT
+
+
+async def test_one_token_flooding_during_a_stall_is_held_to_its_own_budget(
+    server: Harness,
+) -> None:
+    """An attacker with one service token floods validations while the write lock is held.
+    Its caller limit refuses it before its calls join the backlog every caller shares, so
+    what it can queue is its burst plus its rate over the stall (at the defaults 2,000 +
+    1,000/s: 7,000 over the store's 5 s lock wait, under MAX_PENDING's 10,000), and another
+    caller's validation still waits its turn and is served."""
+    await server.restart(caller_rate_limit=1, caller_burst=40)  # the clock stands: 40 calls
+    await server.set_policies(rate_limit_per_handle=1000)
+    flooder = await server.client_for("service", "flooder")
+    bystander = await server.client_for("service", "bystander")
+    mine = await flooder.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+    theirs = await bystander.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        flood = [
+            asyncio.ensure_future(
+                outcome(
+                    flooder.handles.ValidateHandle(
+                        handles_pb2.ValidateHandleRequest(token=mine.token)
+                    )
+                )
+            )
+            for _ in range(200)
+        ]
+        waiting = asyncio.ensure_future(
+            bystander.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=theirs.token))
+        )
+        await asyncio.sleep(0.5)
+        refused = [call.result() for call in flood if call.done()]
+        assert refused.count("RESOURCE_EXHAUSTED") == 200 - 39  # 1 of 40 made its handle
+        assert not waiting.done()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await waiting).validation.valid
+    served = await asyncio.gather(*flood)
+    assert served.count("OK") == 39
+    stored = await server.admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=mine.handle.id)
+    )
+    assert stored.usage_count == 39
+
+
+async def outcome(call: Awaitable[object]) -> str:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code().name
+    return "OK"
