@@ -17,8 +17,12 @@ import grpc
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
+from keyturn_server.api.ratelimit import CallerLimiter
+from keyturn_server.clock import ManualClock
 from keyturn_server.domain.batching import UNIT_LIMIT
-from tests.harness import Harness
+from keyturn_server.domain.errors import ResourceExhausted
+from tests.harness import Failure, Harness, failure
+from tests.test_listeners import settings
 
 pytestmark = pytest.mark.sqlite_only
 CALLS = 1500
@@ -33,6 +37,7 @@ async def commits(server: Harness) -> int:
 async def test_a_backlog_after_the_write_lock_was_held_is_worked_off_in_pieces(
     server: Harness,
 ) -> None:
+    await server.restart(caller_max_in_flight=CALLS)  # one caller's calls make the backlog
     await server.set_policies(rate_limit_per_handle=CALLS)
     made = [  # session handles allow 1,000 uses each
         await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
@@ -111,9 +116,110 @@ async def test_one_token_flooding_during_a_stall_is_held_to_its_own_budget(
     assert stored.usage_count == 39
 
 
+async def test_one_caller_may_have_only_its_share_of_calls_waiting_on_a_stalled_store(
+    server: Harness,
+) -> None:
+    """A stall longer than a rate limit covers (a hung fsync, a lock held for minutes), or a
+    caller trusted with no rate limit: one token's calls in progress are capped, so its
+    flood cannot take the whole shared backlog (MAX_PENDING) and leave every other caller
+    refused with STORE_BEHIND. Past its cap its calls are refused at once; another
+    caller's call still waits its turn and is served."""
+    await server.restart(caller_rate_limit=0, caller_max_in_flight=50)
+    await server.set_policies(rate_limit_per_handle=1000)
+    flooder = await server.client_for("service", "flooder")
+    bystander = await server.client_for("service", "bystander")
+    mine = await flooder.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+    theirs = await bystander.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        flood = [
+            asyncio.ensure_future(
+                fails_or_ok(
+                    flooder.handles.ValidateHandle(
+                        handles_pb2.ValidateHandleRequest(token=mine.token)
+                    )
+                )
+            )
+            for _ in range(200)
+        ]
+        await asyncio.sleep(0.5)
+        waiting = asyncio.ensure_future(
+            bystander.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=theirs.token))
+        )
+        await asyncio.sleep(0.3)
+        refused = [call.result() for call in flood if call.done()]
+        assert len(refused) == 150
+        assert all(r is not None and r.reason == "CALLER_IN_FLIGHT" for r in refused), refused[:1]
+        assert refused[0] is not None and refused[0].metadata["limit"] == "50"
+        assert refused[0].retry_after is not None
+        assert not waiting.done()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert (await waiting).validation.valid
+    served = await asyncio.gather(*flood)
+    assert served.count(None) == 50
+    stored = await server.admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=mine.handle.id)
+    )
+    assert stored.usage_count == 50
+    # The cap counts calls in progress, not calls made: once they are answered the
+    # caller has its whole share again.
+    again = await asyncio.gather(
+        *(
+            fails_or_ok(
+                flooder.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=mine.token))
+            )
+            for _ in range(50)
+        )
+    )
+    assert again.count(None) == 50
+
+
+async def fails_or_ok(call: Awaitable[object]) -> Failure | None:
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return failure(error)
+    return None
+
+
 async def outcome(call: Awaitable[object]) -> str:
     try:
         await call
     except grpc.aio.AioRpcError as error:
         return error.code().name
     return "OK"
+
+
+def test_a_caller_has_its_whole_share_again_once_its_calls_are_answered() -> None:
+    limiter = CallerLimiter(ManualClock(), per_second=0, burst=0, max_in_flight=2)
+    limiter.enter("a")
+    limiter.enter("a")
+    limiter.enter("b")  # the cap is per caller
+    with pytest.raises(ResourceExhausted):
+        limiter.enter("a")
+    for _ in range(2):
+        limiter.leave("a")
+    limiter.enter("a")
+    limiter.enter("a")
+    unlimited = CallerLimiter(ManualClock(), per_second=0, burst=0, max_in_flight=0)
+    for _ in range(5000):
+        unlimited.enter("a")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 1000), (["--caller-max-in-flight", "50"], 50), (["--caller-max-in-flight", "0"], 0)],
+)
+def test_the_cap_on_calls_in_progress_comes_from_its_flag(argv: list[str], expected: int) -> None:
+    assert settings(argv).caller_max_in_flight == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "many", "1.5"])
+def test_a_cap_on_calls_in_progress_that_is_not_a_count_is_refused(text: str) -> None:
+    with pytest.raises(SystemExit):
+        settings(["--caller-max-in-flight", text])

@@ -341,7 +341,12 @@ class App:
         )
         guard = self._guard = Guard(
             Authenticator(tokens, settings.insecure_no_auth, self._identities),
-            CallerLimiter(self.clock, settings.caller_rate_limit, settings.caller_burst),
+            CallerLimiter(
+                self.clock,
+                settings.caller_rate_limit,
+                settings.caller_burst,
+                settings.caller_max_in_flight,
+            ),
             stats,
             self.metrics,
         )

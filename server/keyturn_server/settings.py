@@ -83,6 +83,9 @@ class Settings:
     nonce_budget: int = 2**32
     caller_rate_limit: float = 1000.0
     caller_burst: int = 2000
+    #: Unary calls one principal may have in progress at once, per serving process; 0:
+    #: no cap (api/ratelimit.py). A tenth of the store's shared backlog.
+    caller_max_in_flight: int = 1000
     #: Open WatchExpiring streams per principal.
     max_streams_per_caller: int = 100
     #: Expensive key generations (RSA) running at once; None: half the cores.
@@ -382,6 +385,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="requests per second per caller and serving process, 0 for none (default 1000)",
     )
     parser.add_argument(
+        "--caller-max-in-flight",
+        type=_whole,
+        help="calls one caller may have in progress at once, per serving process, 0 for no "
+        "cap (default 1000); past it its calls are refused at once (CALLER_IN_FLIGHT)",
+    )
+    parser.add_argument(
         "--workers",
         help="serving processes sharing the port and the database: a number, or auto "
         f"(one per available core, at most {AUTO_CAP}); KEYTURN_WORKERS; default 1",
@@ -421,6 +430,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         help="RSA key generations one principal may have running or queued (default 2)",
     )
+
+
+def _whole(text: str) -> int:
+    """A whole number, 0 or more."""
+    if text.strip() == "0":
+        return 0
+    return _positive(text)
 
 
 def _positive(text: str) -> int:
@@ -485,6 +501,11 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         replica_name=args.replica_name or env.get("KEYTURN_REPLICA_NAME", ""),
         caller_rate_limit=(
             defaults.caller_rate_limit if args.caller_rate_limit is None else args.caller_rate_limit
+        ),
+        caller_max_in_flight=(
+            defaults.caller_max_in_flight
+            if args.caller_max_in_flight is None
+            else args.caller_max_in_flight
         ),
         nonce_budget=args.nonce_budget or defaults.nonce_budget,
         workers=1 if worker is not None else _workers(args.workers, env.get("KEYTURN_WORKERS")),

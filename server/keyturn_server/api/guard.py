@@ -129,7 +129,12 @@ class Guard:
                 await self._auth.audit_failure(caller, method, exc)
                 raise
             principal = self._enter(who, request)
-            return await behavior(request)
+            # Unary calls only: a stream is in progress for hours and has its own cap.
+            self._limiter.enter(principal)
+            try:
+                return await behavior(request)
+            finally:
+                self._limiter.leave(principal)
         except KeyturnError as exc:
             code = code_of(exc)
             raise Refused(code, status_of(exc)) from None
