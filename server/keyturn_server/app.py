@@ -40,6 +40,7 @@ from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_files_limit
 from keyturn_server.crypto import native
+from keyturn_server.domain import time_floor
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
@@ -234,6 +235,7 @@ class App:
             store, settings.data_dir, settings.master_key, settings.production, self.clock
         )
         self._keyring, self._master = keyring, master
+        time_floor.restore(store, self.clock)  # the host's clock may have come back behind
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
         stats = Statistics()
@@ -399,6 +401,7 @@ class App:
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
         self._spawn(self._every(REFRESH_INTERVAL, self._refresh))
         self._spawn(self._every(guard.access.interval, self.flush_access_log))
+        self._spawn(self._every(time_floor.EVERY, lambda: time_floor.save(store, self.clock)))
         if self.metrics is not None and settings.metrics_listen:
             host, port = split_address(settings.metrics_listen)
             self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
@@ -525,6 +528,8 @@ class App:
                 flushed = "usage counts flushed"
             except Exception as exc:
                 flushed = f"usage counts not flushed: {exc}"
+            with contextlib.suppress(Exception):  # a store that cannot write says so itself
+                await time_floor.save(self.store, self.clock)
         if self.membership is not None:
             self.membership.stop()
         if self._guard is not None:

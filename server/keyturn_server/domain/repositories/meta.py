@@ -3,6 +3,7 @@ the one-time protection of rows written before row MACs."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Protocol
 
 
@@ -19,6 +20,15 @@ class MetaRepository(Protocol):
     def meta_names(self, prefix: str) -> list[str]: ...
 
     def delete_meta(self, name: str) -> None: ...
+
+    def clock_floor(self) -> datetime | None:
+        """The latest time a server of this store reached, if it is there and authentic
+        (a forged one is reported and ignored)."""
+        ...
+
+    def raise_clock_floor(self, now: datetime) -> None:
+        """Make ``now`` the floor, unless the floor is later already."""
+        ...
 
 
 class RowProtection(Protocol):

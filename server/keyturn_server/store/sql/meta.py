@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from keyturn_server.clock import from_micros, to_micros
@@ -32,6 +33,10 @@ _SEALED: dict[SealedKind, tuple[str, tuple[str, ...], str, str, str]] = {
 }
 
 
+#: The latest time a server of this store reached (domain/time_floor.py), with its MAC.
+CLOCK_FLOOR = "clock_floor"
+
+
 class MetaSql(SqlBase):
     def get_meta(self, name: str) -> bytes | None:
         row = self._one("SELECT value FROM meta WHERE name = ?", (name,))
@@ -58,6 +63,27 @@ class MetaSql(SqlBase):
 
     def delete_meta(self, name: str) -> None:
         self._run("DELETE FROM meta WHERE name = ?", (name,))
+
+    def clock_floor(self) -> datetime | None:
+        raw = self.get_meta(CLOCK_FLOOR)
+        if raw is None:
+            return None
+        text, _, mac = raw.decode(errors="replace").partition(":")
+        try:
+            micros, tag = int(text), bytes.fromhex(mac)
+        except ValueError:
+            micros, tag = 0, None
+        if not self._integrity.intact("meta", (CLOCK_FLOOR, micros), tag, CLOCK_FLOOR):
+            return None  # reported; the next raise writes a good one
+        return from_micros(micros)
+
+    def raise_clock_floor(self, now: datetime) -> None:
+        current = self.clock_floor()
+        if current is not None and current >= now:
+            return
+        micros = to_micros(now)
+        tag = self._integrity.tag("meta", (CLOCK_FLOOR, micros))
+        self.set_meta(CLOCK_FLOOR, f"{micros}:{tag.hex()}".encode())
 
     # --- configuration -----------------------------------------------------------------
 

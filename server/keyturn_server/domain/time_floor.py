@@ -1,0 +1,35 @@
+"""The store's clock floor: the latest time a server of this store reached.
+
+:class:`~keyturn_server.clock.SystemClock` keeps a process's time from running backward
+when the system clock is stepped back; this keeps it across a restart. A host that comes
+back with its clock behind (a hardware clock that drifted while it was off, a virtual
+machine restored from a snapshot) would otherwise start every server at the earlier
+time, and every live handle and key version would have that much more to live. Each
+serving process raises the floor once a minute and as it stops, and tells its clock at
+start not to give a time before it; so a restart loses at most a minute of it.
+
+The floor carries a MAC, as the audit log's anchor does. Forged far ahead, it would move
+the server's time there: the scheduler would expire every handle and destroy every
+removed key past its delay. A floor that fails authentication is reported and ignored.
+"""
+
+from __future__ import annotations
+
+from keyturn_server.clock import Clock
+from keyturn_server.domain.repositories import Store
+
+#: Seconds between raises of the floor by each serving process.
+EVERY = 60.0
+
+
+def restore(store: Store, clock: Clock) -> None:
+    """Tell ``clock`` the store's floor (after the keyring is open: the floor has a MAC)."""
+    floor = store.read().clock_floor()
+    if floor is not None:
+        clock.not_before(floor)
+
+
+async def save(store: Store, clock: Clock) -> None:
+    """Raise the store's floor to the clock's time."""
+    now = clock.now()
+    await store.write(lambda repo: repo.raise_clock_floor(now))

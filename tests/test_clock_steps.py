@@ -1,0 +1,208 @@
+"""The host's clock stepped back: by NTP correcting a bad source, an operator's `date -s`, a
+virtual machine resumed from a snapshot, a host booted with its hardware clock behind.
+
+Expiry, rate windows, rotation and the audit log's times all compare the system clock
+with stored times. Stepped back an hour, every live handle and key version had an hour
+more to live (a handle past its maximum lifetime validated again), the scheduler's
+deadlines moved an hour later, and audit entries were written an hour before the ones
+already there. Now the server's time never runs backward: it keeps running at the pace
+of the monotonic clock until the system clock catches up, and a server started with its
+clock behind the store's latest time starts from that time."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from keyturn.v1 import admin_pb2, handles_pb2
+from keyturn_server.clock import SystemClock
+from tests.harness import Harness
+
+START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+class Host:
+    """The host's two clocks: the wall clock, which NTP or an operator can step, and the
+    monotonic clock, which nothing steps."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.wall = start.timestamp()
+        self.monotonic = 5_000.0
+
+    def clock(self) -> SystemClock:
+        """The clock a server process on this host reads (a new one per process)."""
+        return SystemClock(wall=lambda: self.wall, monotonic=lambda: self.monotonic)
+
+    def advance(self, delta: timedelta) -> None:
+        """Time passes."""
+        self.wall += delta.total_seconds()
+        self.monotonic += delta.total_seconds()
+
+    def step(self, delta: timedelta) -> None:
+        """The wall clock is set, and only it moves."""
+        self.wall += delta.total_seconds()
+
+
+async def validate(server: Harness, token: str) -> handles_pb2.Validation:
+    answer = await server.admin.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(token=token)
+    )
+    return answer.validation
+
+
+def life_left(made: handles_pb2.GenerateHandleResponse, host: Host) -> timedelta:
+    return made.handle.expire_time.ToDatetime(UTC) - datetime.fromtimestamp(host.wall, UTC)
+
+
+async def audit_times(server: Harness) -> list[datetime]:
+    listed = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(page_size=1000)
+    )
+    entries = sorted(listed.events, key=lambda e: e.sequence)
+    return [e.time.ToDatetime(UTC) for e in entries]
+
+
+async def test_a_clock_stepped_back_gives_no_handle_back_the_time_it_lived(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        host.advance(life_left(made, host) - timedelta(minutes=1))
+        assert (await validate(server, made.token)).valid
+        with caplog.at_level(logging.WARNING, logger="keyturn.clock"):
+            host.step(-timedelta(hours=1))
+            host.advance(timedelta(minutes=2))  # its maximum lifetime has passed
+            late = await validate(server, made.token)
+        assert not late.valid
+        assert handles_pb2.ValidationReason.Name(late.reason) == "VALIDATION_REASON_EXPIRED"
+        stepped = [r for r in caplog.records if r.name == "keyturn.clock"]
+        assert stepped and "back" in stepped[0].getMessage()
+        # What is written while the clock is behind is written at the server's time.
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="api"))
+        times = await audit_times(server)
+        assert times == sorted(times)
+    finally:
+        await server.stop()
+
+
+async def test_a_server_started_with_its_clock_behind_starts_from_the_stores_time(
+    tmp_path: Path,
+) -> None:
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        host.advance(life_left(made, host) - timedelta(minutes=1))
+        assert (await validate(server, made.token)).valid
+        await server.stop()
+        host.step(-timedelta(hours=1))  # the host comes back with its clock an hour behind
+        server.clock = host.clock()  # a new process
+        await server.start()
+        host.advance(timedelta(minutes=2))
+        assert not (await validate(server, made.token)).valid
+    finally:
+        await server.stop()
+
+
+@pytest.mark.sqlite_only
+async def test_a_forged_time_in_the_store_does_not_move_the_server_ahead(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Set far ahead, the floor would expire every handle and destroy every removed key:
+    it is authenticated like the audit log's anchor, and a forged one is ignored."""
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    made = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    await server.stop()
+    year_2100 = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
+    with sqlite3.connect(tmp_path / "data" / "keyturn.db") as db:
+        db.execute(
+            "UPDATE meta SET value = ? WHERE name = 'clock_floor'",
+            (f"{year_2100}:{'00' * 32}".encode(),),
+        )
+        assert db.total_changes == 1
+    server.clock = host.clock()
+    try:
+        with caplog.at_level(logging.ERROR):
+            await server.start()
+        assert (await validate(server, made.token)).valid
+        assert any("failed authentication" in r.getMessage() for r in caplog.records)
+    finally:
+        await server.stop()
+
+
+async def test_a_clock_stepped_forward_is_followed_and_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step forward cannot be told from the correction of a clock that was behind, and
+    only ends things early: it is followed, and logged."""
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        with caplog.at_level(logging.WARNING, logger="keyturn.clock"):
+            host.step(life_left(made, host))
+            assert not (await validate(server, made.token)).valid
+        assert any("forward" in r.getMessage() for r in caplog.records)
+    finally:
+        await server.stop()
+
+
+# --- the clock alone ---------------------------------------------------------------
+
+
+def close(a: datetime, b: datetime) -> bool:
+    """Equal but for float rounding (the clocks are read as float seconds)."""
+    return abs(a - b) < timedelta(microseconds=10)
+
+
+def test_time_never_runs_backward_and_runs_on_at_the_monotonic_pace() -> None:
+    host = Host()
+    clock = host.clock()
+    first = clock.now()
+    host.step(-timedelta(milliseconds=300))  # a small step back: held, not followed
+    assert clock.now() == first
+    host.advance(timedelta(seconds=1))
+    assert close(clock.now(), first + timedelta(milliseconds=700))
+    before = clock.now()
+    host.step(-timedelta(hours=2))
+    assert close(clock.now(), before)
+    host.advance(timedelta(minutes=10))
+    assert close(clock.now(), before + timedelta(minutes=10))
+    host.step(timedelta(hours=2))  # the clock is put right: followed again
+    host.advance(timedelta(seconds=5))
+    assert close(clock.now(), datetime.fromtimestamp(host.wall, UTC))
+    host.step(-timedelta(hours=1))  # and a second step back is caught as the first was
+    assert close(clock.now(), datetime.fromtimestamp(host.wall, UTC) + timedelta(hours=1))
+
+
+def test_a_clock_started_behind_its_floor_runs_from_the_floor() -> None:
+    host = Host()
+    clock = host.clock()
+    floor = clock.now() + timedelta(days=3)
+    clock.not_before(floor)
+    assert close(clock.now(), floor)
+    host.advance(timedelta(seconds=30))
+    assert close(clock.now(), floor + timedelta(seconds=30))
+    later = host.clock()
+    later.not_before(clock.now() - timedelta(days=10))  # a floor behind the clock: no effect
+    assert close(later.now(), datetime.fromtimestamp(host.wall, UTC))
+
+
+def test_the_system_clock_reads_the_real_time() -> None:
+    clock = SystemClock()
+    assert abs(clock.now() - datetime.now(UTC)) < timedelta(seconds=1)
