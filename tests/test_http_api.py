@@ -258,6 +258,24 @@ async def test_unknown_paths_and_verbs(http: HttpClient) -> None:
     assert elsewhere.status == 404
 
 
+async def test_a_path_that_matches_no_route_is_not_quoted_back(http: HttpClient) -> None:
+    """A path may hold a handle token (the specification's routes take one in place of an
+    id), and a mistyped one still does: the 404 or 405 names no part of it, for a proxy
+    that logs error bodies or a client that prints them."""
+    token = (await ok(await http.post("/v1/handles", {"type": "api"})))["token"]
+    for verb, path in (
+        ("POST", f"/v1/handles/{token}:validat"),
+        ("PUT", f"/v1/handles/{token}"),
+        ("GET", f"/api/key-management/handles/{token}/usage"),
+        ("PUT", f"/api/key-management/handles/{token}"),
+        ("GET", f"/{token}"),
+    ):
+        answer = await http.call(verb, path)
+        assert answer.status in (404, 405), (verb, answer.status)
+        assert token not in answer.text, (verb, answer.text)
+        assert token not in str(answer.headers), (verb, answer.headers)
+
+
 async def test_stale_etag_is_409_aborted(http: HttpClient) -> None:
     answer = await http.patch(
         "/v1/config",

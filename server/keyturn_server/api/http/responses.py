@@ -36,3 +36,15 @@ def error_response(status: status_pb2.Status, http: int | None = None) -> web.Re
 
 def status_response(code: int, message: str, http: int | None = None) -> web.Response:
     return error_response(status_pb2.Status(code=code, message=message), http)
+
+
+# A path may hold a handle token (the specification's routes take one in place of an id),
+# and a mistyped one still does: the refusals of a path name no part of it.
+
+
+def no_route(verb: str) -> str:
+    return f"no route for {verb} at this path; the routes are listed at /openapi.json"
+
+
+def not_allowed(verb: str) -> str:
+    return f"{verb} is not allowed on this path; the Allow header lists the verbs it takes"

@@ -27,7 +27,7 @@ from keyturn_server.api.guard import Guard
 from keyturn_server.api.http.compat.routes import CompatApi
 from keyturn_server.api.http.connections import CappedServer
 from keyturn_server.api.http.openapi import document_bytes, services
-from keyturn_server.api.http.responses import json_response, status_response
+from keyturn_server.api.http.responses import json_response, no_route, status_response
 from keyturn_server.api.http.transcoder import Transcoder
 from keyturn_server.certificates import ServedCertificate
 from keyturn_server.clock import Clock
@@ -83,7 +83,7 @@ class HttpServer:
             return await self._compat(request)
         if path == "/openapi.json" and request.method in ("GET", "HEAD"):
             return json_response(self._openapi)
-        return status_response(code_pb2.NOT_FOUND, f"no route for {request.method} {path}")
+        return status_response(code_pb2.NOT_FOUND, no_route(request.method))
 
     async def start(self, grace_seconds: float) -> None:
         server = CappedServer(

@@ -21,6 +21,8 @@ from keyturn_server.api.http.responses import (
     JSON,
     error_response,
     json_response,
+    no_route,
+    not_allowed,
     status_response,
 )
 from keyturn_server.api.http.rules import Route, Router, routes_of
@@ -81,12 +83,10 @@ class Transcoder:
     def no_route(self, verb: str, path: str) -> web.Response:
         allowed = self.router.allowed(path)
         if allowed:
-            response = status_response(
-                code_pb2.INVALID_ARGUMENT, f"{verb} is not allowed on {path}", http=405
-            )
+            response = status_response(code_pb2.INVALID_ARGUMENT, not_allowed(verb), http=405)
             response.headers["Allow"] = ", ".join(allowed)
             return response
-        return status_response(code_pb2.NOT_FOUND, f"no route for {verb} {path}")
+        return status_response(code_pb2.NOT_FOUND, no_route(verb))
 
     async def _message(
         self, request: web.BaseRequest, route: Route, variables: dict[str, str]

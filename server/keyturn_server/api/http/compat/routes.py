@@ -26,7 +26,7 @@ from keyturn_server.api.http import codec
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.compat import shapes
 from keyturn_server.api.http.jsonmap import CODE_NAMES, http_status
-from keyturn_server.api.http.responses import json_response
+from keyturn_server.api.http.responses import json_response, no_route, not_allowed
 from keyturn_server.api.http.transcoder import CallContext, read_json
 from keyturn_server.clock import Clock
 from keyturn_server.domain.errors import InvalidArgument
@@ -272,14 +272,14 @@ class CompatApi:
             response = self._error(
                 status_pb2.Status(
                     code=code_pb2.INVALID_ARGUMENT,
-                    message=f"{request.method} is not allowed on {path}",
+                    message=not_allowed(request.method),
                 ),
                 405,
             )
             response.headers["Allow"] = ", ".join(sorted(set(allowed)))
             return response
         return self._error(
-            status_pb2.Status(code=code_pb2.NOT_FOUND, message=f"no route for {path}")
+            status_pb2.Status(code=code_pb2.NOT_FOUND, message=no_route(request.method))
         )
 
     def _find(self, verb: str, path: str) -> tuple[CompatRoute | None, dict[str, str], list[str]]:
