@@ -351,6 +351,7 @@ class App:
             ),
             stats,
             self.metrics,
+            classify=store.classify,
         )
         encoder = StreamEncoder()
         audit_service = AuditService(
@@ -437,8 +438,9 @@ class App:
                 await action()
             except Unavailable as exc:  # the store logs its own outage, once
                 log.debug("periodic task skipped: %s", exc.message)
-            except Exception:
-                log.exception("periodic task failed", extra={"category": "error"})
+            except Exception as exc:
+                if self._store is None or self._store.classify(exc) is None:
+                    log.exception("periodic task failed", extra={"category": "error"})
 
     async def _flush(self) -> None:
         assert self.services is not None

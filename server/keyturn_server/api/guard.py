@@ -101,8 +101,12 @@ class Guard:
         stats: Statistics,
         metrics: Metrics | None,
         access: AccessLog | None = None,
+        classify: Callable[[BaseException], KeyturnError | None] = lambda _: None,
     ) -> None:
         self._auth = authenticator
+        #: The store's reading of its own failures (a damaged file): known, said in its
+        #: log once, and answered with their status rather than INTERNAL.
+        self._classify = classify
         self._limiter = limiter
         self._stats = stats
         self._metrics = metrics
@@ -141,9 +145,10 @@ class Guard:
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            raise Refused(code, self._internal(method)) from None
+        except Exception as exc:
+            refused = self._unexpected(method, exc)
+            code = refused.code
+            raise refused from None
         finally:
             self._done(method, code, started, principal, caller.peer, transport)
 
@@ -177,9 +182,10 @@ class Guard:
             # The caller went away: nothing may be sent or awaited on this call now.
             code = grpc.StatusCode.CANCELLED
             raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            raise Refused(code, self._internal(method)) from None
+        except Exception as exc:
+            refused = self._unexpected(method, exc)
+            code = refused.code
+            raise refused from None
         finally:
             self._done(method, code, started, principal, caller.peer, transport)
 
@@ -192,6 +198,12 @@ class Guard:
         if isinstance(request, Unparsable):
             raise request.error
         return principal.name
+
+    def _unexpected(self, method: str, exc: Exception) -> Refused:
+        known = self._classify(exc)
+        if known is not None:
+            return Refused(code_of(known), status_of(known))
+        return Refused(grpc.StatusCode.INTERNAL, self._internal(method))
 
     def _internal(self, method: str) -> status_pb2.Status:
         ref = secrets.token_hex(6)

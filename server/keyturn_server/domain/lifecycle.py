@@ -149,9 +149,10 @@ class Scheduler:
                 log.debug("scheduler pass skipped: %s", exc.message)
                 self.failures += 1
                 await asyncio.sleep(1)
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
-                log.exception("scheduler pass failed", extra={"category": "error"})
+                if self._store.classify(exc) is None:  # else the store has said it, once
+                    log.exception("scheduler pass failed", extra={"category": "error"})
                 await asyncio.sleep(1)
             with contextlib.suppress(Unavailable):
                 self._config.refresh()

@@ -45,7 +45,7 @@ from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhauste
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
-from keyturn_server.store import files
+from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
@@ -168,6 +168,8 @@ class SqliteStore:
         self._cycle: asyncio.Future[None] | None = None
         self._last_commit = timedelta(0)
         self._problem = ""
+        #: Set for good once SQLite finds a damaged page (store/damage.py).
+        self._damage = ""
         #: Commits failed in a row, and since when (monotonic), for the log's transitions.
         self._failed_commits = 0
         self._failing_since = 0.0
@@ -195,6 +197,8 @@ class SqliteStore:
     async def write(self, work: Callable[[Repository], T]) -> T:
         if self._closed:
             raise Unavailable("the store is closed", reason="STORE_UNAVAILABLE")
+        if self._damage:
+            raise damage.refusal()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self.window.arrived()
         if self._open:
@@ -220,6 +224,7 @@ class SqliteStore:
             conn.execute("RELEASE unit")
             refused = isinstance(exc, sqlite3.OperationalError | sqlite3.IntegrityError)
             error = store_error(exc) if isinstance(exc, sqlite3.Error) and refused else exc
+            error = self.classify(exc) or error
             if not future.done():
                 future.set_exception(error)
             return
@@ -234,10 +239,14 @@ class SqliteStore:
                     self._fail(self._waiting, Unavailable(files.REFUSAL, reason="STORE_FILE_GONE"))
                     self._waiting = []
                     continue
+                if self._damage:
+                    self._fail(self._waiting, damage.refusal())
+                    self._waiting = []
+                    continue
                 try:
                     await self._begin()
                 except sqlite3.Error as exc:
-                    self._fail(self._waiting, store_error(exc))
+                    self._fail(self._waiting, self.classify(exc) or store_error(exc))
                     self._waiting = []
                     continue
                 # At most unit_limit units a transaction: a backlog after a stall goes
@@ -294,7 +303,7 @@ class SqliteStore:
         self._status_listeners.append(listener)
 
     def _set_problem(self, problem: str) -> None:
-        problem = self.files.problem or problem  # lost files stay the problem
+        problem = self.files.problem or self._damage or problem  # these stay the problem
         if problem != self._problem:
             self._problem = problem
             for listener in self._status_listeners:
@@ -333,6 +342,27 @@ class SqliteStore:
             await self._copying
         self._writer.close()
         self._read_conn.close()
+
+    def classify(self, exc: BaseException) -> KeyturnError | None:
+        """What ``exc``, raised by a read or a write of this store, means to a caller:
+        a damaged file (which makes the store damaged, and is said once); else None."""
+        if damage.is_refusal(exc):
+            return exc
+        if not damage.is_damage(exc):
+            return None
+        if not self._damage:
+            self._damage = f"database file damaged: {exc}"
+            log.error(
+                "the database file is damaged; changes are refused until the last backup is "
+                "restored",
+                extra={
+                    "category": "error",
+                    "problem": str(exc),
+                    "restore": f"keyturn backup restore <backup> --data-dir {self.path.parent}",
+                },
+            )
+            self._set_problem(self._damage)
+        return damage.refusal()
 
     # --- the files under the store (store/files.py) ------------------------------------
 
@@ -377,8 +407,10 @@ class SqliteStore:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
-            self._commit_failed(str(exc))
-            self._fail([(None, o.future) for o in batch], store_error(exc))
+            known = self.classify(exc)
+            if known is None:
+                self._commit_failed(str(exc))
+            self._fail([(None, o.future) for o in batch], known or store_error(exc))
             return
         if not batch:
             return

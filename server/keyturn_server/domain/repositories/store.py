@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from keyturn_server.crypto.integrity import Protection
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.lease import LeaseRepository
 from keyturn_server.domain.repositories.access_tokens import AccessTokenRepository
@@ -122,6 +123,12 @@ class Store(Protocol):
         ...
 
     def status(self) -> StoreStatus: ...
+
+    def classify(self, exc: BaseException) -> KeyturnError | None:
+        """What ``exc``, raised by a read or a write of this store anywhere (a servicer,
+        the scheduler), means to a caller, when it is the store's own failure that the
+        store has said in its log already (a damaged database file); else None."""
+        ...
 
     def leadership(self, holder: str, clock: Clock) -> Leadership:
         """How this process learns whether it runs the scheduler (``holder`` names it)."""

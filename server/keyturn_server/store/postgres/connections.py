@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from keyturn_server.domain.errors import Aborted, KeyturnError, Unavailable
+from keyturn_server.domain.errors import Aborted, DataLoss, KeyturnError, Unavailable
 
 log = logging.getLogger("keyturn.store")
 
@@ -63,6 +63,11 @@ def describe(exc: BaseException) -> str:
 def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
     """The status a caller sees for a database failure; None for a defect (a bad
     statement), which stays an internal error."""
+    if exc.sqlstate in ("XX001", "XX002"):  # data_corrupted, index_corrupted
+        return DataLoss(
+            f"the database reports damaged data ({describe(exc)}); restore it from a backup",
+            reason="STORE_CORRUPT",
+        )
     if (exc.sqlstate or "")[:2] in ("40", "23"):  # transaction rollback, integrity
         # A deadlock, a serialization failure, or a concurrent insert of the same row:
         # the transaction was rolled back whole; trying again can succeed.

@@ -238,6 +238,11 @@ class PostgresStore:
     def add_status_listener(self, listener: Callable[[], None]) -> None:
         self._status_listeners.append(listener)
 
+    def classify(self, exc: BaseException) -> KeyturnError | None:
+        # Database errors are mapped where the units run (as_domain_error); PostgreSQL
+        # keeps its own files, and its server's log says what happened to them.
+        return None
+
     def status(self) -> StoreStatus:
         problem = self._link.problem or self._problem
         return StoreStatus(
