@@ -43,6 +43,8 @@ class ServerProcess:
         self.http_port: int | None = None
         #: RLIMIT_NOFILE (soft and hard) of the server process; None: the test's.
         self.open_files: int | None = None
+        #: A command the server runs under (e.g. setpriv to drop capabilities).
+        self.prefix: list[str] = []
 
     @property
     def address(self) -> str:
@@ -56,6 +58,7 @@ class ServerProcess:
     def spawn(self) -> None:
         env = {**os.environ, "MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "warning", **self.env}
         command = [
+            *self.prefix,
             sys.executable,
             "-m",
             "keyturn_server",

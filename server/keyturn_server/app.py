@@ -64,6 +64,7 @@ from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
 from keyturn_server.observability import logs
 from keyturn_server.observability.metrics import Metrics
+from keyturn_server.process.hardening import harden
 from keyturn_server.process.membership import Membership
 from keyturn_server.process.ports import PortUnavailable, check_free
 from keyturn_server.settings import Settings, split_address
@@ -245,7 +246,7 @@ class App:
         await config.load()
         material = MaterialCache(store, keyring, stats)
         maker = self._maker = MaterialMaker(
-            settings.max_key_generations, settings.max_key_generations_per_caller
+            settings.max_key_generations, settings.max_key_generations_per_caller, harden
         )
         key_lifecycle = KeyLifecycle(material, config, journal, self.clock, maker)
         keys = KeyService(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import timedelta
@@ -41,8 +42,16 @@ def default_overall() -> int:
 
 
 class MaterialMaker:
-    def __init__(self, overall: int | None = None, per_caller: int = 2) -> None:
+    def __init__(
+        self,
+        overall: int | None = None,
+        per_caller: int = 2,
+        prepare: Callable[[], object] | None = None,
+    ) -> None:
+        """``prepare`` runs first in each worker process (a module-level function: it
+        is pickled): the server's hardening, since workers hold private keys too."""
         self.overall = overall or default_overall()
+        self._prepare = prepare
         self.per_caller = per_caller
         self._slots = asyncio.Semaphore(self.overall)
         #: Generations running or queued, in total and per caller.
@@ -106,7 +115,9 @@ class MaterialMaker:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                max_workers=self.overall, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.overall,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=self._prepare,
             )
         return self._pool
 

@@ -111,6 +111,10 @@ class Supervisor:
 
     # --- workers ---------------------------------------------------------------------
 
+    def _secrets(self) -> dict[str, str]:
+        key = self.settings.master_key
+        return {"MASTER_KEY": key} if key else {}
+
     async def _spawn(self, worker: _Worker) -> int:
         """Start ``worker``; the read end of its readiness pipe."""
         assert self._peers is not None
@@ -130,7 +134,9 @@ class Supervisor:
                 "-m",
                 "keyturn_server",
                 *self.argv,
-                env={**os.environ, **role.environment()},
+                # The master key was withheld from this process's environment
+                # (hardening.py): each worker gets it from here, and only they do.
+                env={**os.environ, **role.environment(), **self._secrets()},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,  # the supervisor speaks for them
                 pass_fds=(ready_write, *self.inherit),
