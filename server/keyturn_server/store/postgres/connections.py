@@ -68,6 +68,14 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
             f"the database reports damaged data ({describe(exc)}); restore it from a backup",
             reason="STORE_CORRUPT",
         )
+    if exc.sqlstate == "25006":  # read_only_sql_transaction
+        # A DBA's maintenance (default_transaction_read_only) or a session on a hot
+        # standby: nothing was written, and the database takes writes again later.
+        return Unavailable(
+            "the database is read-only at the moment (maintenance, or a standby); nothing "
+            "of this request was kept: retry",
+            reason="STORE_READ_ONLY",
+        )
     if (exc.sqlstate or "")[:2] in ("40", "23"):  # transaction rollback, integrity
         # A deadlock, a serialization failure, or a concurrent insert of the same row:
         # the transaction was rolled back whole; trying again can succeed.

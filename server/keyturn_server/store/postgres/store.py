@@ -171,22 +171,33 @@ class PostgresStore:
     def _transaction(self, work: Callable[[Repository], T]) -> tuple[T, list[Callable[[], None]]]:
         started = time.perf_counter()
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                adapter = PgConnection(conn)
-                appended = False
+            with self._pool.connection() as conn:
+                try:
+                    with conn.transaction():
+                        adapter = PgConnection(conn)
+                        appended = False
 
-                def lock() -> None:
-                    nonlocal appended
-                    if not appended:
-                        adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
-                        appended = True
+                        def lock() -> None:
+                            nonlocal appended
+                            if not appended:
+                                adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
+                                appended = True
 
-                repo = SqlRepository(
-                    adapter, integrity=self.integrity, concurrent_writers=True, lock_appends=lock
-                )
-                value = work(repo)
-                if repo.events:
-                    adapter.execute(f"NOTIFY {CHANNEL}")
+                        repo = SqlRepository(
+                            adapter,
+                            integrity=self.integrity,
+                            concurrent_writers=True,
+                            lock_appends=lock,
+                        )
+                        value = work(repo)
+                        if repo.events:
+                            adapter.execute(f"NOTIFY {CHANNEL}")
+                except psycopg.errors.ReadOnlySqlTransaction:
+                    # A session made read-only (default_transaction_read_only is read
+                    # when it starts) or on a standby stays so: the pool replaces a
+                    # closed connection, so the next write gets a session as it is now.
+                    conn.close()
+                    raise
         except psycopg.Error as exc:
             raise self._failed(exc, "write") from None
         self._set_problem("")
@@ -217,7 +228,9 @@ class PostgresStore:
         error = as_domain_error(exc)
         if error is None:
             return exc
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
+            error.reason == "STORE_READ_ONLY"
+        ):
             self._set_problem(f"a {what} failed: {describe(exc)}")
         return error
 
