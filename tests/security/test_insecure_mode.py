@@ -17,6 +17,7 @@ from keyturn.v1 import admin_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.crypto.master import MasterKeyError
 from tests.harness import MASTER_KEY, Harness, fails
+from tests.http_support import HttpClient
 
 
 async def test_the_anonymous_admin_cannot_mint_or_revoke_access_tokens(server: Harness) -> None:
@@ -76,3 +77,44 @@ async def test_development_mode_on_production_data_refuses_and_leaves_no_key(
     assert not (tmp_path / "data" / "master.key").exists()
     await production.start(master_key=MASTER_KEY)  # the right key still opens it
     await production.stop()
+
+
+async def test_a_web_page_cannot_drive_an_unauthenticated_server(server: Harness) -> None:
+    """With --insecure-no-auth, nothing but the loopback address stands between the API and
+    any web page the developer visits: the browser sends what the page asks to 127.0.0.1
+    (a form or a no-cors fetch, whose answer the page cannot read but whose effect is
+    done), and a name the page's site rebinds to 127.0.0.1 (DNS rebinding) makes it the
+    same origin, answers included. Requests that carry a browser's cross-site marks, or a
+    Host that is not a loopback name, are refused; curl, the clients and the
+    specification's examples send neither."""
+    await server.restart(insecure_no_auth=True)
+    http = HttpClient(server.http_url)
+    port = server.http_url.rsplit(":", 1)[1]
+    body = {"type": "encryption", "userId": "page"}
+    attempts = {
+        "a DNS-rebound name": {"Host": f"evil.example:{port}"},
+        "a cross-site form or fetch": {
+            "Origin": "https://evil.example",
+            "Content-Type": "text/plain",
+        },
+        "a cross-site request without Origin": {"Sec-Fetch-Site": "cross-site"},
+    }
+    for what, headers in attempts.items():
+        for path in ("/api/key-management/keys/generate", "/v1/keys"):
+            answer = await http.post(path, body, headers=headers)
+            assert answer.status == 403, (what, path, answer.status, answer.text)
+            assert "evil.example" not in answer.text
+    listed = await http.get("/v1/keys")
+    assert listed.status == 200 and not (listed.body or {}).get("keys"), listed.text  # none made
+
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "localhost"):
+        made = await http.post("/v1/keys", body, headers={"Host": host})
+        assert made.status == 200, (host, made.text)
+    same_page = await http.post("/v1/keys", body, headers={"Sec-Fetch-Site": "none"})
+    assert same_page.status == 200  # typed into the address bar: no page asked for it
+
+    # With authentication, a page has no token to send: nothing is refused for its Host.
+    await server.restart(insecure_no_auth=False)
+    named = HttpClient(server.http_url, server.admin_token)
+    answer = await named.get("/v1/keys", headers={"Host": "keyturn.internal"})
+    assert answer.status == 200

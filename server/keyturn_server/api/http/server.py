@@ -24,6 +24,7 @@ from aiohttp import web
 from google.rpc import code_pb2
 
 from keyturn_server.api.guard import Guard
+from keyturn_server.api.http import browsers
 from keyturn_server.api.http.compat.routes import CompatApi
 from keyturn_server.api.http.connections import CappedServer
 from keyturn_server.api.http.openapi import document_bytes, services
@@ -76,6 +77,10 @@ class HttpServer:
         self.addresses: list[str] = []
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._settings.insecure_no_auth:
+            refused = browsers.refusal(request)
+            if refused is not None:
+                return refused
         path = request.rel_url.raw_path
         if path.startswith("/v1/"):
             return await self._api(request)
