@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from keyturn.v1 import admin_pb2, keys_pb2, resources_pb2
+from keyturn_server.api.http.browsers import loopback_name
 from keyturn_server.clock import ManualClock
 from keyturn_server.crypto.master import MasterKeyError
 from tests.harness import MASTER_KEY, Harness, fails
@@ -118,3 +119,24 @@ async def test_a_web_page_cannot_drive_an_unauthenticated_server(server: Harness
     named = HttpClient(server.http_url, server.admin_token)
     answer = await named.get("/v1/keys", headers={"Host": "keyturn.internal"})
     assert answer.status == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("localhost", True),
+        ("LOCALHOST:8080", True),
+        ("api.localhost:8080", True),  # RFC 6761: browsers resolve it to loopback themselves
+        ("127.0.0.1:8080", True),
+        ("127.1.2.3", True),
+        ("[::1]:8080", True),
+        ("::1", True),
+        ("evil.example:8080", False),
+        ("localhost.evil.example", False),
+        ("10.0.0.1:8080", False),
+        ("[::2]:8080", False),
+        ("", False),
+    ],
+)
+def test_which_host_names_are_loopback(host: str, loopback: bool) -> None:
+    assert loopback_name(host) is loopback
