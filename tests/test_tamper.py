@@ -257,3 +257,76 @@ async def test_a_data_loss_error_names_no_secret(server: Harness) -> None:
     )
     assert failed.code == grpc.StatusCode.DATA_LOSS
     assert "\\x" not in failed.message and "00000000" not in failed.message
+
+
+async def _rotation(data_dir: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "keyturn_server",
+        "master-key",
+        "rotate",
+        "--data-dir",
+        str(data_dir),
+        env={**os.environ, "MASTER_KEY": MASTER_KEY, "NEW_MASTER_KEY": NEW_MASTER_KEY},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def _wraps(data_dir: Path) -> int:
+    db = sqlite_utils.Database(data_dir / "keyturn.db")
+    try:
+        return len(list(db.query("SELECT name FROM meta WHERE name LIKE 'keyring.wrap.%'")))
+    finally:
+        db.close()
+
+
+async def test_a_rotation_killed_half_way_can_be_run_again_and_loses_nothing(
+    server: Harness,
+) -> None:
+    """The on-call's worst case of a rotation: the command is killed (a lost SSH session,
+    an OOM kill) after the new keyring generation is in place and before the old master
+    key is retired. Servers go on with either key meanwhile, and running the same command
+    again finishes the job."""
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    sealed = await server.admin.keys.Encrypt(
+        keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"payroll")
+    )
+    rotation = await _rotation(server.data_dir)
+    for _ in range(300):  # until both master keys open the keyring (then it waits 3 s)
+        if _wraps(server.data_dir) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert _wraps(server.data_dir) == 2
+    rotation.kill()
+    await rotation.wait()
+
+    # Half-way: a server started with the old key still serves, and so would the new one.
+    await server.restart(master_key=MASTER_KEY)
+    plain = await server.admin.keys.Decrypt(
+        keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+    )
+    assert plain.plaintext == b"payroll"
+    later = await server.admin.keys.Encrypt(
+        keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"sealed half-way")
+    )
+
+    again = await _rotation(server.data_dir)
+    _, stderr = await again.communicate()
+    assert again.returncode == 0, stderr
+    assert _wraps(server.data_dir) == 1
+    await server.stop()
+    with pytest.raises(MasterKeyError):
+        await server.start(master_key=MASTER_KEY)
+    await server.start(master_key=NEW_MASTER_KEY)
+    for ciphertext, text in (
+        (sealed.ciphertext, b"payroll"),
+        (later.ciphertext, b"sealed half-way"),
+    ):
+        answer = await server.admin.keys.Decrypt(
+            keys_pb2.DecryptRequest(key_id=key.id, ciphertext=ciphertext)
+        )
+        assert answer.plaintext == text
+    verified = await server.admin.admin.VerifyAuditLog(admin_pb2.VerifyAuditLogRequest())
+    assert verified.valid
