@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,7 @@ class HttpClient:
         path: str,
         body: Any = None,
         *,
-        raw: bytes | None = None,
+        raw: bytes | AsyncIterator[bytes] | None = None,
         headers: dict[str, str] | None = None,
         params: Any = None,
         ssl: Any = None,
@@ -87,7 +88,7 @@ class HttpClient:
         if body is not None:
             data = json.dumps(body).encode()
             sent_headers.setdefault("Content-Type", "application/json")
-        if data is not None and len(data) > 64 * 1024:
+        if isinstance(data, bytes) and len(data) > 64 * 1024:
             data = io.BytesIO(data)  # type: ignore[assignment]  # aiohttp warns on big bytes
         self.sent.append((verb, path))
         timeout = aiohttp.ClientTimeout(total=30)

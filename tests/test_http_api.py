@@ -5,6 +5,7 @@ ErrorInfo and BadRequest details as gRPC, and the same guard (tokens, roles, lim
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from keyturn_server.api.http.openapi import services
 from keyturn_server.api.http.rules import Router, routes_of
+from keyturn_server.domain import limits
 from tests.harness import Harness
 from tests.http_support import Answer, HttpClient
 from tests.test_auth import ALLOWED
@@ -244,9 +246,22 @@ async def test_a_body_naming_a_member_twice_is_refused_on_both_apis(
     assert after == before  # nothing was made
 
 
-async def test_a_body_over_one_mebibyte_is_refused(http: HttpClient) -> None:
-    answer = await http.post("/v1/keys", {"type": "api", "userId": "x" * (1024 * 1024)})
+async def test_a_body_over_the_request_limit_is_refused(http: HttpClient) -> None:
+    answer = await http.post("/v1/keys", {"type": "api", "userId": "x" * limits.MAX_REQUEST})
     assert answer.status == 400 and answer.reason == "BODY_TOO_LARGE"
+    # Sent in chunks (no Content-Length), it is refused as it passes the limit.
+    chunked = await http.call(
+        "POST",
+        "/v1/keys",
+        raw=_chunks(b'{"type": "api", "userId": "' + b"x" * limits.MAX_REQUEST + b'"}'),
+        headers={"Content-Type": "application/json"},
+    )
+    assert chunked.status == 400 and chunked.reason == "BODY_TOO_LARGE"
+
+
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 16384):
+        yield body[start : start + 16384]
 
 
 async def test_unknown_paths_and_verbs(http: HttpClient) -> None:

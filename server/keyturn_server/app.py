@@ -40,7 +40,7 @@ from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
 from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_files_limit
 from keyturn_server.crypto import native
-from keyturn_server.domain import time_floor
+from keyturn_server.domain import limits, time_floor
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
 from keyturn_server.domain.audit_service import AuditService
@@ -77,7 +77,8 @@ SERVICE_NAMES = {
     "handles": handles_pb2.DESCRIPTOR.services_by_name["HandleService"].full_name,
     "admin": admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 }
-MAX_MESSAGE = 1024 * 1024
+#: Responses may be larger than requests (a page of a listing).
+MAX_RESPONSE = 4 * 1024 * 1024
 FLUSH_INTERVAL = 5.0
 HEALTH_INTERVAL = 5.0
 #: How often configuration and keyring changes made elsewhere (another replica, or
@@ -331,8 +332,9 @@ class App:
                 # one that never finishes its handshake is closed (connection_budget.py).
                 ("grpc.max_allowed_incoming_connections", connection_cap),
                 ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
-                ("grpc.max_receive_message_length", MAX_MESSAGE),
-                ("grpc.max_send_message_length", 4 * MAX_MESSAGE),
+                # Past it a message is refused from its length prefix, unread.
+                ("grpc.max_receive_message_length", limits.MAX_REQUEST),
+                ("grpc.max_send_message_length", MAX_RESPONSE),
                 ("grpc.server.max_pending_requests", settings.max_pending_requests),
                 ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
                 ("grpc.keepalive_permit_without_calls", 1),

@@ -20,7 +20,7 @@ from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.observability import logs
-from keyturn_server.process import collector, hardening
+from keyturn_server.process import collector, hardening, memory
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
 from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     os.umask(0o077)  # every file the server creates is private to its user
     hardening.harden()  # no core file, no reading of its memory by the same user
     hardening.withhold_secrets()  # read into settings: no child inherits them
+    memory.return_large_buffers()  # a flood of large requests leaves no heap behind
     if settings.worker is not None:  # the supervisor holds the data directory
         return asyncio.run(_serve(App(settings)))
     lock = DataDirLock(settings.data_dir) if not settings.store else None

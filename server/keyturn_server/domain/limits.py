@@ -17,6 +17,13 @@ MAX_DATA = 64 * 1024
 #: A ciphertext is the plaintext plus envelope (5), nonce (12) and tag (16).
 MAX_CIPHERTEXT = MAX_DATA + 64
 MAX_SIGNATURE = 4096
+#: The largest request the listeners take, whole (a gRPC message, an HTTP body): the
+#: largest valid one (a plaintext and its associated data, each MAX_DATA, base64 in JSON
+#: being 4/3 of that) with room for the rest. It bounds what a caller, authenticated or
+#: not, makes the server hold per request in flight: a request is received whole, and
+#: held several times over while it is parsed, before its caller is known. At 1 MiB, 256
+#: such requests without a token took the server from 70 MiB to 1.7 GB.
+MAX_REQUEST = 256 * 1024
 
 
 #: Quoted input is cut to this many characters in an error message.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 from google.protobuf import descriptor
 from google.protobuf.message import Message
 from google.rpc import code_pb2
@@ -30,7 +30,7 @@ from keyturn_server.domain import limits
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 
 #: The largest request body, as for gRPC messages.
-MAX_BODY = 1024 * 1024
+MAX_BODY = limits.MAX_REQUEST
 
 
 class CallContext:
@@ -109,6 +109,9 @@ async def read_json(request: web.BaseRequest) -> Any:
     so a web page cannot drive a local development server."""
     if not request.body_exists:
         return None
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY:
+        raise _too_large()  # refused before a byte of it is read
     content = request.content
     if content.is_eof():
         # All of it arrived with the headers (nearly every API call): take it as it is
@@ -117,10 +120,7 @@ async def read_json(request: web.BaseRequest) -> Any:
         if len(raw) > MAX_BODY:
             raise _too_large()
     else:
-        try:
-            raw = await request.read()  # at most client_max_size (MAX_BODY)
-        except web.HTTPRequestEntityTooLarge:
-            raise _too_large() from None
+        raw = await _read_at_most(content, MAX_BODY)
     if not raw.strip():
         return None
     media = request.content_type
@@ -139,6 +139,19 @@ async def read_json(request: web.BaseRequest) -> Any:
             f"the request body names {limits.quote(exc.name)} twice in one object",
             field="body",
         ) from None
+
+
+async def _read_at_most(content: StreamReader, limit: int) -> bytes:
+    """The body as it arrives (chunked, or slower than its headers), refused as soon as
+    it passes ``limit`` rather than once aiohttp's own limit (1 MiB) is read."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _too_large() -> InvalidArgument:
