@@ -228,9 +228,10 @@ def test_no_server_at_the_address_is_said_in_one_line_within_seconds(
     """Nothing listens: the command says so at once, not after its retries' half minute."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("KEYTURN_ADDRESS", raising=False)
+    monkeypatch.setenv("KEYTURN_TOKEN", "unused")
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
-    code = main(["keys", "list", "--address", address, "--token", "unused"])
+    code = main(["keys", "list", "--address", address])
     waited = time.monotonic() - started
     err = capsys.readouterr().err
     assert code == 1
@@ -334,3 +335,17 @@ def keyturn_plain(
         return Run(code, captured.out, captured.err)
 
     return run
+
+
+async def test_a_token_on_the_command_line_works_and_is_warned_about(
+    keyturn: Keyturn, server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any user of the host reads a process's arguments (ps, /proc/<pid>/cmdline), and
+    the shell keeps them: the operator is told, once, without the token repeated."""
+    monkeypatch.delenv("KEYTURN_TOKEN")
+    done = await keyturn("health", "--token", server.admin_token)
+    assert done.code == 0, done.err
+    assert "visible to other users" in done.err and "KEYTURN_TOKEN" in done.err
+    assert server.admin_token not in done.err + done.out
+    quiet = await keyturn("health", "--token-file", str(server.data_dir / "admin.token"))
+    assert quiet.code == 0 and "visible" not in quiet.err

@@ -127,6 +127,14 @@ def connect(
     env = os.environ if env is None else env
     address = args.address or env.get("KEYTURN_ADDRESS") or DEFAULT_ADDRESS
     token = args.token
+    if token is not None:
+        # Any user of the host reads a process's arguments (/proc/<pid>/cmdline, ps),
+        # and the shell keeps them in its history: say so, as mysql does for -p.
+        print(
+            "keyturn: warning: a token on the command line is visible to other users of this "
+            "host (ps) and stays in your shell history; use KEYTURN_TOKEN or --token-file",
+            file=sys.stderr,
+        )
     if token is None and args.token_file is not None:
         token = args.token_file.read_text().strip()
     if token is None:
