@@ -240,6 +240,7 @@ class App:
         time_floor.restore(store, self.clock)  # the host's clock may have come back behind
         keyring.reloader = lambda: reload_keyring(store, keyring, master)
         self._retired = False
+        self._outdated = False
         stats = Statistics()
         store.add_tamper_listener(lambda _table: stats.count_integrity_failure())
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
@@ -463,6 +464,11 @@ class App:
         if self.certificate is not None:  # handshakes look too; this says so when idle
             self.certificate.check()
         self.reload_client_identities()
+        if self.store.check_schema() and self._leadership is not None and not self._outdated:
+            # A scheduler that cannot write would keep the lease from the upgraded
+            # replicas: let another one take it.
+            self._outdated = True
+            await self._leadership.stop()
         self.services.config.refresh()
         if self.membership is not None:
             self.membership.check()

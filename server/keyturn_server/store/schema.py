@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
+
+from keyturn_server.domain.errors import Unavailable
+
+log = logging.getLogger("keyturn.store")
 
 DIALECTS = {
     "sqlite": {"{{BLOB}}": "BLOB", "{{SEQUENCE}}": "INTEGER PRIMARY KEY AUTOINCREMENT"},
@@ -28,3 +33,47 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 
 
 LATEST = max(v for v, _ in migrations("sqlite"))
+
+
+class NewerSchema:
+    """Whether a newer Keyturn has upgraded the schema under this running server.
+
+    The schema is checked at start; a newer server (the first replica of a rolling
+    upgrade, a newer `keyturn` command on the data directory) may upgrade it later, and
+    this one would go on writing rows in its own format: rows without the columns the
+    newer code requires, counts in tables the newer code no longer reads. So once the
+    store finds a newer version it stops writing for good (UNAVAILABLE, SCHEMA_NEWER:
+    callers retry on an upgraded replica), health says NOT_SERVING, and the log says so
+    once. Reads go on."""
+
+    def __init__(self, mine: int) -> None:
+        self.mine = mine
+        self.found = 0
+
+    def see(self, version: int) -> bool:
+        """Note the database's version; whether it is newer than this server's."""
+        if version > self.mine and not self.found:
+            self.found = version
+            log.error(
+                "the database schema was upgraded by a newer Keyturn; this server no longer "
+                "writes to it: upgrade and restart it",
+                extra={"category": "error", "schema": version, "server_schema": self.mine},
+            )
+        return bool(self.found)
+
+    @property
+    def problem(self) -> str:
+        return (
+            f"the database has schema {self.found}, newer than this server's {self.mine}: "
+            "upgrade this server"
+            if self.found
+            else ""
+        )
+
+    def refusal(self) -> Unavailable:
+        return Unavailable(
+            f"this server is older than its database (schema {self.mine} < {self.found}) and "
+            "no longer writes to it; nothing of this request was done: retry on an upgraded "
+            "server",
+            reason="SCHEMA_NEWER",
+        )

@@ -47,7 +47,7 @@ from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
-from keyturn_server.store.schema import migrations
+from keyturn_server.store.schema import NewerSchema, migrations
 from keyturn_server.store.sql import SqlRepository
 
 T = TypeVar("T")
@@ -170,6 +170,7 @@ class SqliteStore:
         self._problem = ""
         #: Set for good once SQLite finds a damaged page (store/damage.py).
         self._damage = ""
+        self.newer = NewerSchema(self.schema_version)
         #: Commits failed in a row, and since when (monotonic), for the log's transitions.
         self._failed_commits = 0
         self._failing_since = 0.0
@@ -199,6 +200,8 @@ class SqliteStore:
             raise Unavailable("the store is closed", reason="STORE_UNAVAILABLE")
         if self._damage:
             raise damage.refusal()
+        if self.newer.found:
+            raise self.newer.refusal()
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self.window.arrived()
         if self._open:
@@ -247,6 +250,11 @@ class SqliteStore:
                     await self._begin()
                 except sqlite3.Error as exc:
                     self._fail(self._waiting, self.classify(exc) or store_error(exc))
+                    self._waiting = []
+                    continue
+                if self._schema_upgraded():  # in the transaction: no write slips past
+                    self._writer.execute("ROLLBACK")
+                    self._fail(self._waiting, self.newer.refusal())
                     self._waiting = []
                     continue
                 # At most unit_limit units a transaction: a backlog after a stall goes
@@ -302,8 +310,25 @@ class SqliteStore:
     def add_status_listener(self, listener: Callable[[], None]) -> None:
         self._status_listeners.append(listener)
 
+    def _schema_upgraded(self) -> bool:
+        """Whether a newer Keyturn upgraded the file's schema (about a microsecond)."""
+        version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
+        if version <= self.schema_version:
+            return False
+        self.newer.see(version)
+        self._set_problem(self.newer.problem)
+        return True
+
+    def check_schema(self) -> bool:
+        if not self.newer.found:
+            version = int(self._read_conn.execute("PRAGMA user_version").fetchone()[0])
+            if self.newer.see(version):
+                self._set_problem(self.newer.problem)
+        return bool(self.newer.found)
+
     def _set_problem(self, problem: str) -> None:
-        problem = self.files.problem or self._damage or problem  # these stay the problem
+        # These stay the problem: nothing but a restart (and a restore) ends them.
+        problem = self.files.problem or self._damage or self.newer.problem or problem
         if problem != self._problem:
             self._problem = problem
             for listener in self._status_listeners:

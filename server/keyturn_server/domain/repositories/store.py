@@ -124,6 +124,12 @@ class Store(Protocol):
 
     def status(self) -> StoreStatus: ...
 
+    def check_schema(self) -> bool:
+        """Look whether a newer Keyturn upgraded the database's schema since the start;
+        if so, write nothing from now on (store/schema.py), and say so (True). Called
+        every few seconds."""
+        ...
+
     def classify(self, exc: BaseException) -> KeyturnError | None:
         """What ``exc``, raised by a read or a write of this store anywhere (a servicer,
         the scheduler), means to a caller, when it is the store's own failure that the

@@ -47,7 +47,7 @@ from keyturn_server.store.postgres.connections import (
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
-from keyturn_server.store.schema import migrations
+from keyturn_server.store.schema import NewerSchema, migrations
 from keyturn_server.store.sql import SqlRepository
 
 T = TypeVar("T")
@@ -111,6 +111,7 @@ class PostgresStore:
         self._problem = ""
         self._closed = False
         self.max_pending = MAX_PENDING
+        self.newer = NewerSchema(self.schema_version)
 
     # --- schema and leadership ---------------------------------------------------------
 
@@ -153,6 +154,8 @@ class PostgresStore:
     async def write(self, work: Callable[[Repository], T]) -> T:
         self.start()
         self._refuse_while_unreachable()
+        if self.newer.found:
+            raise self.newer.refusal()
         if self._pending >= self.max_pending:  # see domain/batching.py
             raise behind(self.max_pending)
         self._pending += 1
@@ -251,13 +254,26 @@ class PostgresStore:
     def add_status_listener(self, listener: Callable[[], None]) -> None:
         self._status_listeners.append(listener)
 
+    def check_schema(self) -> bool:
+        """(Every couple of seconds, on the loop:) a newer replica may have upgraded the
+        shared database: one indexed read of its version."""
+        if self.newer.found:
+            return True
+        try:
+            row = self._reads.execute("SELECT MAX(version) AS v FROM keyturn_schema").fetchone()
+        except KeyturnError:
+            return False  # the database is away: the link says so
+        if self.newer.see(int(row["v"] or 0)):
+            self._set_problem(self.newer.problem)
+        return bool(self.newer.found)
+
     def classify(self, exc: BaseException) -> KeyturnError | None:
         # Database errors are mapped where the units run (as_domain_error); PostgreSQL
         # keeps its own files, and its server's log says what happened to them.
         return None
 
     def status(self) -> StoreStatus:
-        problem = self._link.problem or self._problem
+        problem = self._link.problem or self.newer.problem or self._problem
         return StoreStatus(
             self.backend,
             not problem,
