@@ -58,6 +58,18 @@ def life_left(made: handles_pb2.GenerateHandleResponse, host: Host) -> timedelta
     return made.handle.expire_time.ToDatetime(UTC) - datetime.fromtimestamp(host.wall, UTC)
 
 
+async def a_minute_before_the_end(
+    server: Harness, host: Host
+) -> handles_pb2.GenerateHandleResponse:
+    """A session handle, used once a minute before its maximum lifetime ends."""
+    made = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    host.advance(life_left(made, host) - timedelta(minutes=1))
+    assert (await validate(server, made.token)).valid
+    return made
+
+
 async def audit_times(server: Harness) -> list[datetime]:
     listed = await server.admin.admin.ListAuditEvents(
         admin_pb2.ListAuditEventsRequest(page_size=1000)
@@ -72,11 +84,7 @@ async def test_a_clock_stepped_back_gives_no_handle_back_the_time_it_lived(
     host = Host()
     server = await Harness(tmp_path / "data", host.clock()).start()
     try:
-        made = await server.admin.handles.GenerateHandle(
-            handles_pb2.GenerateHandleRequest(type="session")
-        )
-        host.advance(life_left(made, host) - timedelta(minutes=1))
-        assert (await validate(server, made.token)).valid
+        made = await a_minute_before_the_end(server, host)
         with caplog.at_level(logging.WARNING, logger="keyturn.clock"):
             host.step(-timedelta(hours=1))
             host.advance(timedelta(minutes=2))  # its maximum lifetime has passed
@@ -99,11 +107,7 @@ async def test_a_server_started_with_its_clock_behind_starts_from_the_stores_tim
     host = Host()
     server = await Harness(tmp_path / "data", host.clock()).start()
     try:
-        made = await server.admin.handles.GenerateHandle(
-            handles_pb2.GenerateHandleRequest(type="session")
-        )
-        host.advance(life_left(made, host) - timedelta(minutes=1))
-        assert (await validate(server, made.token)).valid
+        made = await a_minute_before_the_end(server, host)
         await server.stop()
         host.step(-timedelta(hours=1))  # the host comes back with its clock an hour behind
         server.clock = host.clock()  # a new process

@@ -10,8 +10,10 @@ counted once, in several commits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -21,10 +23,11 @@ from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.batching import UNIT_LIMIT
 from keyturn_server.domain.errors import ResourceExhausted
-from tests.harness import Failure, Harness, failure
+from tests.harness import Client, Failure, Harness, failure
 from tests.test_listeners import settings
 
 pytestmark = pytest.mark.sqlite_only
+T = TypeVar("T")
 CALLS = 1500
 HANDLES = 3
 
@@ -77,36 +80,14 @@ async def test_one_token_flooding_during_a_stall_is_held_to_its_own_budget(
     1,000/s: 7,000 over the store's 5 s lock wait, under MAX_PENDING's 10,000), and another
     caller's validation still waits its turn and is served."""
     await server.restart(caller_rate_limit=1, caller_burst=40)  # the clock stands: 40 calls
-    await server.set_policies(rate_limit_per_handle=1000)
-    flooder = await server.client_for("service", "flooder")
-    bystander = await server.client_for("service", "bystander")
-    mine = await flooder.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
-    theirs = await bystander.handles.GenerateHandle(
-        handles_pb2.GenerateHandleRequest(type="session")
-    )
-    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        flood = [
-            asyncio.ensure_future(
-                outcome(
-                    flooder.handles.ValidateHandle(
-                        handles_pb2.ValidateHandleRequest(token=mine.token)
-                    )
-                )
-            )
-            for _ in range(200)
-        ]
-        waiting = asyncio.ensure_future(
-            bystander.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=theirs.token))
-        )
+    flooder, mine, bystander, theirs = await two_callers(server)
+    with write_lock_held(server):
+        flood = flood_of(200, lambda: outcome(validate(flooder, mine.token)))
+        waiting = asyncio.ensure_future(validate(bystander, theirs.token))
         await asyncio.sleep(0.5)
         refused = [call.result() for call in flood if call.done()]
         assert refused.count("RESOURCE_EXHAUSTED") == 200 - 39  # 1 of 40 made its handle
         assert not waiting.done()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert (await waiting).validation.valid
     served = await asyncio.gather(*flood)
     assert served.count("OK") == 39
@@ -125,30 +106,11 @@ async def test_one_caller_may_have_only_its_share_of_calls_waiting_on_a_stalled_
     refused with STORE_BEHIND. Past its cap its calls are refused at once; another
     caller's call still waits its turn and is served."""
     await server.restart(caller_rate_limit=0, caller_max_in_flight=50)
-    await server.set_policies(rate_limit_per_handle=1000)
-    flooder = await server.client_for("service", "flooder")
-    bystander = await server.client_for("service", "bystander")
-    mine = await flooder.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
-    theirs = await bystander.handles.GenerateHandle(
-        handles_pb2.GenerateHandleRequest(type="session")
-    )
-    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
-    holder.execute("BEGIN IMMEDIATE")
-    try:
-        flood = [
-            asyncio.ensure_future(
-                fails_or_ok(
-                    flooder.handles.ValidateHandle(
-                        handles_pb2.ValidateHandleRequest(token=mine.token)
-                    )
-                )
-            )
-            for _ in range(200)
-        ]
+    flooder, mine, bystander, theirs = await two_callers(server)
+    with write_lock_held(server):
+        flood = flood_of(200, lambda: fails_or_ok(validate(flooder, mine.token)))
         await asyncio.sleep(0.5)
-        waiting = asyncio.ensure_future(
-            bystander.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=theirs.token))
-        )
+        waiting = asyncio.ensure_future(validate(bystander, theirs.token))
         await asyncio.sleep(0.3)
         refused = [call.result() for call in flood if call.done()]
         assert len(refused) == 150
@@ -156,9 +118,6 @@ async def test_one_caller_may_have_only_its_share_of_calls_waiting_on_a_stalled_
         assert refused[0] is not None and refused[0].metadata["limit"] == "50"
         assert refused[0].retry_after is not None
         assert not waiting.done()
-    finally:
-        holder.execute("ROLLBACK")
-        holder.close()
     assert (await waiting).validation.valid
     served = await asyncio.gather(*flood)
     assert served.count(None) == 50
@@ -185,6 +144,41 @@ async def fails_or_ok(call: Awaitable[object]) -> Failure | None:
     except grpc.aio.AioRpcError as error:
         return failure(error)
     return None
+
+
+Made = handles_pb2.GenerateHandleResponse
+
+
+async def two_callers(server: Harness) -> tuple[Client, Made, Client, Made]:
+    """An attacker's service token and a bystander's, each with a session handle that
+    allows 1,000 validations a minute."""
+    await server.set_policies(rate_limit_per_handle=1000)
+    flooder = await server.client_for("service", "flooder")
+    bystander = await server.client_for("service", "bystander")
+    session = handles_pb2.GenerateHandleRequest(type="session")
+    mine = await flooder.handles.GenerateHandle(session)
+    theirs = await bystander.handles.GenerateHandle(session)
+    return flooder, mine, bystander, theirs
+
+
+@contextlib.contextmanager
+def write_lock_held(server: Harness) -> Iterator[None]:
+    """The database's write lock, held by another process's connection meanwhile."""
+    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def validate(client: Client, token: str) -> Awaitable[handles_pb2.ValidateHandleResponse]:
+    return client.handles.ValidateHandle(handles_pb2.ValidateHandleRequest(token=token))
+
+
+def flood_of(count: int, call: Callable[[], Awaitable[T]]) -> list[asyncio.Future[T]]:
+    return [asyncio.ensure_future(call()) for _ in range(count)]
 
 
 async def outcome(call: Awaitable[object]) -> str:

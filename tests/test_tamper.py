@@ -171,18 +171,7 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
     assert _generations(server.data_dir) == {1}
 
     # Another process rotates while this server keeps serving on its event loop.
-    rotation = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "keyturn_server",
-        "master-key",
-        "rotate",
-        "--data-dir",
-        str(server.data_dir),
-        env={**os.environ, "MASTER_KEY": MASTER_KEY, "NEW_MASTER_KEY": NEW_MASTER_KEY},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    rotation = await _rotation(server.data_dir)
     served = 0
     while rotation.returncode is None:
         answer = await server.admin.keys.Decrypt(
@@ -227,18 +216,7 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
 async def test_rotating_with_the_wrong_current_key_changes_nothing(server: Harness) -> None:
     await _keys(server, 2)
     await server.stop()
-    wrong = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "keyturn_server",
-        "master-key",
-        "rotate",
-        "--data-dir",
-        str(server.data_dir),
-        env={**os.environ, "MASTER_KEY": "ab" * 32, "NEW_MASTER_KEY": NEW_MASTER_KEY},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    wrong = await _rotation(server.data_dir, current="ab" * 32)
     _, stderr = await wrong.communicate()
     assert wrong.returncode == 1 and b"not the one" in stderr
     await server.start()
@@ -259,7 +237,8 @@ async def test_a_data_loss_error_names_no_secret(server: Harness) -> None:
     assert "\\x" not in failed.message and "00000000" not in failed.message
 
 
-async def _rotation(data_dir: Path) -> asyncio.subprocess.Process:
+async def _rotation(data_dir: Path, current: str = MASTER_KEY) -> asyncio.subprocess.Process:
+    """`keyturn master-key rotate` from ``current`` to NEW_MASTER_KEY, running."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -268,7 +247,7 @@ async def _rotation(data_dir: Path) -> asyncio.subprocess.Process:
         "rotate",
         "--data-dir",
         str(data_dir),
-        env={**os.environ, "MASTER_KEY": MASTER_KEY, "NEW_MASTER_KEY": NEW_MASTER_KEY},
+        env={**os.environ, "MASTER_KEY": current, "NEW_MASTER_KEY": NEW_MASTER_KEY},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
