@@ -93,7 +93,10 @@ class SystemClock:
         else:
             if self._behind:
                 self._behind = False
-                log.warning("the system clock caught up with Keyturn's time; following it again")
+                log.warning(
+                    "the system clock caught up with Keyturn's time; following it again",
+                    extra={"category": "error"},
+                )
             elif drift > STEP:
                 log.warning(
                     "the system clock jumped forward by %.1f s; expiries and rotations it "
