@@ -253,7 +253,7 @@ async def _rotation(data_dir: Path, current: str = MASTER_KEY) -> asyncio.subpro
     )
 
 
-def _wraps(data_dir: Path) -> int:
+def keyring_wraps(data_dir: Path) -> int:
     db = sqlite_utils.Database(data_dir / "keyturn.db")
     try:
         return len(list(db.query("SELECT name FROM meta WHERE name LIKE 'keyring.wrap.%'")))
@@ -274,10 +274,10 @@ async def test_a_rotation_killed_half_way_can_be_run_again_and_loses_nothing(
     )
     rotation = await _rotation(server.data_dir)
     for _ in range(300):  # until both master keys open the keyring (then it waits 3 s)
-        if _wraps(server.data_dir) == 2:
+        if keyring_wraps(server.data_dir) == 2:
             break
         await asyncio.sleep(0.05)
-    assert _wraps(server.data_dir) == 2
+    assert keyring_wraps(server.data_dir) == 2
     rotation.kill()
     await rotation.wait()
 
@@ -294,7 +294,7 @@ async def test_a_rotation_killed_half_way_can_be_run_again_and_loses_nothing(
     again = await _rotation(server.data_dir)
     _, stderr = await again.communicate()
     assert again.returncode == 0, stderr
-    assert _wraps(server.data_dir) == 1
+    assert keyring_wraps(server.data_dir) == 1
     await server.stop()
     with pytest.raises(MasterKeyError):
         await server.start(master_key=MASTER_KEY)

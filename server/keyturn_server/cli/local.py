@@ -11,6 +11,7 @@ from pathlib import Path
 
 from keyturn_server.app import open_store
 from keyturn_server.domain.repositories import Store
+from keyturn_server.process import hardening
 from keyturn_server.settings import Settings
 
 
@@ -36,6 +37,9 @@ async def opened(settings: Settings) -> AsyncIterator[Store]:
     if not settings.store and not (settings.data_dir / "keyturn.db").exists():
         raise OSError(f"no Keyturn data in {settings.data_dir} (start the server once first)")
     os.umask(0o077)  # whatever the command writes stays private, like the server's files
+    # It holds MASTER_KEY (and a rotation NEW_MASTER_KEY) and the keyring while it runs:
+    # closed to other processes of the user, as the server is (process/hardening.py).
+    hardening.harden()
     store = open_store(settings)
     try:
         yield store
