@@ -177,24 +177,7 @@ class PostgresStore:
             with self._pool.connection() as conn:
                 try:
                     with conn.transaction():
-                        adapter = PgConnection(conn)
-                        appended = False
-
-                        def lock() -> None:
-                            nonlocal appended
-                            if not appended:
-                                adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
-                                appended = True
-
-                        repo = SqlRepository(
-                            adapter,
-                            integrity=self.integrity,
-                            concurrent_writers=True,
-                            lock_appends=lock,
-                        )
-                        value = work(repo)
-                        if repo.events:
-                            adapter.execute(f"NOTIFY {CHANNEL}")
+                        value, repo = self._unit(conn, work)
                 except psycopg.errors.ReadOnlySqlTransaction:
                     # A session made read-only (default_transaction_read_only is read
                     # when it starts) or on a standby stays so: the pool replaces a
@@ -207,6 +190,27 @@ class PostgresStore:
         self._commits += 1
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
         return value, repo.after_commit_callbacks
+
+    def _unit(
+        self, conn: psycopg.Connection[Any], work: Callable[[Repository], T]
+    ) -> tuple[T, SqlRepository]:
+        """``work`` in the transaction open on ``conn``; its value and repository."""
+        adapter = PgConnection(conn)
+        appended = False
+
+        def lock() -> None:
+            nonlocal appended
+            if not appended:
+                adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
+                appended = True
+
+        repo = SqlRepository(
+            adapter, integrity=self.integrity, concurrent_writers=True, lock_appends=lock
+        )
+        value = work(repo)
+        if repo.events:
+            adapter.execute(f"NOTIFY {CHANNEL}")
+        return value, repo
 
     async def report(self, work: Callable[[Repository], T]) -> T:
         self._refuse_while_unreachable()
@@ -231,9 +235,9 @@ class PostgresStore:
         error = as_domain_error(exc)
         if error is None:
             return exc
-        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) or (
-            error.reason == "STORE_READ_ONLY"
-        ):
+        # Away or read-only (and, as psycopg classes them, a deadlock or serialization
+        # failure): health says so until a write succeeds.
+        if isinstance(error, Unavailable) or isinstance(exc, psycopg.OperationalError):
             self._set_problem(f"a {what} failed: {describe(exc)}")
         return error
 
