@@ -11,7 +11,7 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -171,7 +171,7 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
     assert _generations(server.data_dir) == {1}
 
     # Another process rotates while this server keeps serving on its event loop.
-    rotation = await _rotation(server.data_dir)
+    rotation = await start_rotation(server.data_dir)
     served = 0
     while rotation.returncode is None:
         answer = await server.admin.keys.Decrypt(
@@ -216,7 +216,7 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
 async def test_rotating_with_the_wrong_current_key_changes_nothing(server: Harness) -> None:
     await _keys(server, 2)
     await server.stop()
-    wrong = await _rotation(server.data_dir, current="ab" * 32)
+    wrong = await start_rotation(server.data_dir, current="ab" * 32)
     _, stderr = await wrong.communicate()
     assert wrong.returncode == 1 and b"not the one" in stderr
     await server.start()
@@ -237,9 +237,13 @@ async def test_a_data_loss_error_names_no_secret(server: Harness) -> None:
     assert "\\x" not in failed.message and "00000000" not in failed.message
 
 
-async def _rotation(data_dir: Path, current: str = MASTER_KEY) -> asyncio.subprocess.Process:
-    """`keyturn master-key rotate` from ``current`` to NEW_MASTER_KEY, running."""
+async def start_rotation(
+    data_dir: Path, current: str = MASTER_KEY, under: Sequence[str] = ()
+) -> asyncio.subprocess.Process:
+    """`keyturn master-key rotate` from ``current`` to NEW_MASTER_KEY, running (``under``
+    a command that runs it, such as setpriv)."""
     return await asyncio.create_subprocess_exec(
+        *under,
         sys.executable,
         "-m",
         "keyturn_server",
@@ -251,6 +255,16 @@ async def _rotation(data_dir: Path, current: str = MASTER_KEY) -> asyncio.subpro
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+async def both_keys_wrap(data_dir: Path) -> None:
+    """Until a rotation has the keyring wrapped for both master keys (then it waits 3 s
+    for running servers to reload, before it re-seals anything)."""
+    for _ in range(300):
+        if keyring_wraps(data_dir) == 2:
+            return
+        await asyncio.sleep(0.05)
+    assert keyring_wraps(data_dir) == 2
 
 
 def keyring_wraps(data_dir: Path) -> int:
@@ -272,12 +286,8 @@ async def test_a_rotation_killed_half_way_can_be_run_again_and_loses_nothing(
     sealed = await server.admin.keys.Encrypt(
         keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"payroll")
     )
-    rotation = await _rotation(server.data_dir)
-    for _ in range(300):  # until both master keys open the keyring (then it waits 3 s)
-        if keyring_wraps(server.data_dir) == 2:
-            break
-        await asyncio.sleep(0.05)
-    assert keyring_wraps(server.data_dir) == 2
+    rotation = await start_rotation(server.data_dir)
+    await both_keys_wrap(server.data_dir)
     rotation.kill()
     await rotation.wait()
 
@@ -291,7 +301,7 @@ async def test_a_rotation_killed_half_way_can_be_run_again_and_loses_nothing(
         keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"sealed half-way")
     )
 
-    again = await _rotation(server.data_dir)
+    again = await start_rotation(server.data_dir)
     _, stderr = await again.communicate()
     assert again.returncode == 0, stderr
     assert keyring_wraps(server.data_dir) == 1

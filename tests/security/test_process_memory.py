@@ -15,10 +15,8 @@ reader both run without capabilities (setpriv), as a process of an ordinary user
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import requests
 
 from tests.harness import MASTER_KEY, Harness
 from tests.process import ServerProcess
-from tests.test_tamper import NEW_MASTER_KEY, keyring_wraps
+from tests.test_tamper import NEW_MASTER_KEY, both_keys_wrap, start_rotation
 
 NO_CAPABILITIES = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--"]
 
@@ -107,25 +105,9 @@ async def test_a_command_that_opens_the_data_directory_is_closed_too(server: Har
     for as long as it runs: minutes on a large store. It waits three seconds once the new
     keyring generation is in place (for running servers to reload), which is when it is
     read here."""
-    rotation = await asyncio.create_subprocess_exec(
-        *NO_CAPABILITIES,
-        sys.executable,
-        "-m",
-        "keyturn_server",
-        "master-key",
-        "rotate",
-        "--data-dir",
-        str(server.data_dir),
-        env={**os.environ, "MASTER_KEY": MASTER_KEY, "NEW_MASTER_KEY": NEW_MASTER_KEY},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    rotation = await start_rotation(server.data_dir, under=NO_CAPABILITIES)
     try:
-        for _ in range(300):
-            if keyring_wraps(server.data_dir) == 2:
-                break
-            await asyncio.sleep(0.05)
-        assert keyring_wraps(server.data_dir) == 2
+        await both_keys_wrap(server.data_dir)
         answer = await asyncio.to_thread(read_as_peer, f"/proc/{rotation.pid}/environ")
         assert answer.returncode != 0 and b"Permission denied" in answer.stderr
         assert NEW_MASTER_KEY.encode() not in answer.stdout
