@@ -252,7 +252,7 @@ class SqliteStore:
                     self._fail(self._waiting, self.classify(exc) or store_error(exc))
                     self._waiting = []
                     continue
-                if self._schema_upgraded():  # in the transaction: no write slips past
+                if self._schema_upgraded(self._writer):  # in the transaction: none slips past
                     self._writer.execute("ROLLBACK")
                     self._fail(self._waiting, self.newer.refusal())
                     self._waiting = []
@@ -310,21 +310,16 @@ class SqliteStore:
     def add_status_listener(self, listener: Callable[[], None]) -> None:
         self._status_listeners.append(listener)
 
-    def _schema_upgraded(self) -> bool:
-        """Whether a newer Keyturn upgraded the file's schema (about a microsecond)."""
-        version = int(self._writer.execute("PRAGMA user_version").fetchone()[0])
-        if version <= self.schema_version:
-            return False
-        self.newer.see(version)
-        self._set_problem(self.newer.problem)
-        return True
+    def _schema_upgraded(self, conn: sqlite3.Connection) -> bool:
+        """Whether a newer Keyturn upgraded the file's schema, as ``conn`` sees it (about
+        a microsecond)."""
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if self.newer.see(version):
+            self._set_problem(self.newer.problem)
+        return bool(self.newer.found)
 
     def check_schema(self) -> bool:
-        if not self.newer.found:
-            version = int(self._read_conn.execute("PRAGMA user_version").fetchone()[0])
-            if self.newer.see(version):
-                self._set_problem(self.newer.problem)
-        return bool(self.newer.found)
+        return bool(self.newer.found) or self._schema_upgraded(self._read_conn)
 
     def _set_problem(self, problem: str) -> None:
         # These stay the problem: nothing but a restart (and a restore) ends them.
