@@ -12,6 +12,7 @@ clock behind the store's latest time starts from that time."""
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
-from keyturn_server.clock import SystemClock
+from keyturn_server.clock import ManualClock, SystemClock
 from tests.harness import Harness
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -210,3 +211,36 @@ def test_a_clock_started_behind_its_floor_runs_from_the_floor() -> None:
 def test_the_system_clock_reads_the_real_time() -> None:
     clock = SystemClock()
     assert abs(clock.now() - datetime.now(UTC)) < timedelta(seconds=1)
+
+
+@pytest.mark.postgres
+async def test_a_replica_whose_clock_runs_ahead_does_not_move_the_others(
+    tmp_path: Path,
+) -> None:
+    """A second process with a clock two hours ahead (a replica on a misconfigured host)
+    raising the shared floor would move every replica that restarts after it two hours
+    ahead: their handles expiring early, removed keys destroyed early. Only the replica
+    that leads the scheduler raises it."""
+    leader_clock = ManualClock(START)
+    leader = await Harness(tmp_path / "a", leader_clock).start()
+    ahead = Harness(
+        tmp_path / "b", ManualClock(START + timedelta(hours=2)), store=leader.settings.store
+    )
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy(tmp_path / "a" / "admin.token", tmp_path / "b" / "admin.token")
+    await ahead.start()
+    try:
+        assert leader.app is not None and ahead.app is not None
+        assert leader.app.leadership.lease() is not None
+        assert ahead.app.leadership.lease() is None
+        await leader.app.save_time_floor()
+        await ahead.app.save_time_floor()
+        floor = await leader.app.store.report(lambda repo: repo.clock_floor())
+        assert floor == START
+        await leader.stop()
+        leader.clock = ManualClock(START + timedelta(seconds=5))  # restarted, its clock right
+        await leader.start()
+        assert leader.clock.now() == START + timedelta(seconds=5)
+    finally:
+        await ahead.stop()
+        await leader.stop()

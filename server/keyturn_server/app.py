@@ -406,7 +406,7 @@ class App:
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
         self._spawn(self._every(REFRESH_INTERVAL, self._refresh))
         self._spawn(self._every(guard.access.interval, self.flush_access_log))
-        self._spawn(self._every(time_floor.EVERY, lambda: time_floor.save(store, self.clock)))
+        self._spawn(self._every(time_floor.EVERY, self.save_time_floor))
         if self.metrics is not None and settings.metrics_listen:
             host, port = split_address(settings.metrics_listen)
             self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
@@ -445,6 +445,11 @@ class App:
             except Exception as exc:
                 if self._store is None or self._store.classify(exc) is None:
                     log.exception("periodic task failed", extra={"category": "error"})
+
+    async def save_time_floor(self) -> None:
+        """Raise the store's time floor, if this process leads (domain/time_floor.py)."""
+        if self._leadership is not None:
+            await time_floor.save(self.store, self.clock, self._leadership)
 
     async def _flush(self) -> None:
         assert self.services is not None
@@ -533,14 +538,14 @@ class App:
             await self.services.scheduler.stop()
             if self._leadership is not None:
                 led = self._leadership.lease() is not None
+                with contextlib.suppress(Exception):  # a store that cannot write says so
+                    await self.save_time_floor()  # while it still leads
                 await self._leadership.stop()  # another replica takes over at once
             try:
                 await self._flush()
                 flushed = "usage counts flushed"
             except Exception as exc:
                 flushed = f"usage counts not flushed: {exc}"
-            with contextlib.suppress(Exception):  # a store that cannot write says so itself
-                await time_floor.save(self.store, self.clock)
         if self.membership is not None:
             self.membership.stop()
         if self._guard is not None:

@@ -5,8 +5,11 @@ when the system clock is stepped back; this keeps it across a restart. A host th
 back with its clock behind (a hardware clock that drifted while it was off, a virtual
 machine restored from a snapshot) would otherwise start every server at the earlier
 time, and every live handle and key version would have that much more to live. Each
-serving process raises the floor once a minute and as it stops, and tells its clock at
-start not to give a time before it; so a restart loses at most a minute of it.
+process that leads the scheduler raises the floor once a minute and as it stops, and
+every process tells its clock at start not to give a time before it; so a restart loses
+at most a minute of it. Only the leader raises it: its clock is the one the scheduler's
+expiries and rotations already follow, and a replica whose clock runs hours ahead would
+otherwise move every replica that restarts after it hours ahead too.
 
 The floor carries a MAC, as the audit log's anchor does. Forged far ahead, it would move
 the server's time there: the scheduler would expire every handle and destroy every
@@ -16,6 +19,7 @@ removed key past its delay. A floor that fails authentication is reported and ig
 from __future__ import annotations
 
 from keyturn_server.clock import Clock
+from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import Store
 
 #: Seconds between raises of the floor by each serving process.
@@ -29,7 +33,9 @@ def restore(store: Store, clock: Clock) -> None:
         clock.not_before(floor)
 
 
-async def save(store: Store, clock: Clock) -> None:
-    """Raise the store's floor to the clock's time."""
+async def save(store: Store, clock: Clock, leadership: Leadership) -> None:
+    """Raise the store's floor to the clock's time, if this process leads."""
+    if leadership.lease() is None:
+        return
     now = clock.now()
     await store.write(lambda repo: repo.raise_clock_floor(now))
