@@ -30,6 +30,19 @@ run_stage() {
   esac
 }
 
+# A stage far past its usual time has hung: it is stopped, and fails the run in minutes
+# with its name, instead of using up CI's whole budget. SIGTERM reaches the pytest
+# workers too, and each prints its threads' stacks on the way out (tests/conftest.py).
+bounded() {
+  local minutes=$1 rc=0
+  shift
+  timeout --kill-after=60 "${minutes}m" "$@" || rc=$?
+  if [ "$rc" = 124 ]; then
+    echo "stage '$stage_name' ran past $minutes minutes and was stopped" >&2
+  fi
+  return "$rc"
+}
+
 step "format and lint (ruff), types (mypy)"
 lint_paths="server tests bench clients/python/keyturn clients/policy examples/python scripts"
 ruff format --check $lint_paths
@@ -63,19 +76,19 @@ step "services the tests need"
 # Two workers: the long suites (soak, crash) run beside the rest. The chaos tests have a
 # stage of their own below.
 step "pytest (SQLite, the embedded default)"
-pytest -q -n 2 --dist loadfile --ignore=tests/chaos
+bounded 25 pytest -q -n 2 --dist loadfile --ignore=tests/chaos
 done_stage
 
 # The token checks have two implementations (crypto/native.py): the suite above ran the
 # native one where it is built; the tests that present tokens run again on the Python one.
 step "pytest (pure-Python token checks: KEYTURN_NATIVE=0)"
-KEYTURN_NATIVE=0 pytest -q -n 2 --dist loadfile tests/test_token_checks.py tests/test_handles.py \
+KEYTURN_NATIVE=0 bounded 5 pytest -q -n 2 --dist loadfile tests/test_token_checks.py tests/test_handles.py \
   tests/test_auth.py tests/test_token_cli.py tests/test_watch.py
 done_stage
 
 if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
   step "pytest (PostgreSQL: the same service tests, and several replicas on one database)"
-  KEYTURN_TEST_BACKEND=postgres pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
+  KEYTURN_TEST_BACKEND=postgres bounded 12 pytest -q -n 2 --dist loadfile tests/test_keys.py tests/test_handles.py \
     tests/test_admin.py tests/test_auth.py tests/test_lifecycle.py tests/test_watch.py \
     tests/test_replicas.py tests/test_coalesce.py tests/test_status.py tests/test_leadership.py \
     tests/security/test_forged_rows.py tests/security/test_audit_anchor.py \
@@ -86,18 +99,18 @@ if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
 fi
 
 step "chaos: replicas on a PostgreSQL cluster that is restarted, failed over and killed"
-run_stage scripts/test-chaos.sh
+run_stage bounded 15 scripts/test-chaos.sh
 
 step "clients, examples and grpcurl against a live server"
-scripts/test-clients.sh
+bounded 12 scripts/test-clients.sh
 done_stage
 
 step "release artifacts (version, wheels and sdists, npm pack, jars, Go module) into dist/"
-scripts/test-artifacts.sh
+bounded 10 scripts/test-artifacts.sh
 done_stage
 
 step "container image (podman build, smoke test: TLS, non-root, read-only, restart, stop)"
-run_stage scripts/test-container.sh
+run_stage bounded 15 scripts/test-container.sh
 
 echo
 printf '%s\n' "${durations[@]}"

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+import faulthandler
 import io
 import logging
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any, TextIO
 
 import pytest
 
@@ -11,9 +16,34 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.observability.logs import JsonFormatter
 from tests.harness import BACKEND, SECRETS, Harness
 
-#: Per-test timeout of the suites marked slow (crash, soak: minutes each); the others
-#: have pyproject's default.
-SLOW_TIMEOUT = 900
+#: Per-test timeout of the suites marked slow (the longest, the soak, takes about two
+#: minutes; three under a loaded CPU); the others have pyproject's default.
+SLOW_TIMEOUT = 420
+
+
+#: The terminal's stderr, kept before output capture replaces it (as pytest's faulthandler
+#: plugin keeps it): where a hung test's stacks go.
+_stderr: TextIO | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A hang names itself. A test past its timeout ends its xdist worker (pyproject's
+    timeout_method = thread: a test stuck in C code or in its teardown cannot ignore it,
+    as it could SIGALRM), and the stacks of every thread are printed a few seconds
+    before; a run stopped from outside (the stage bound in scripts/test.sh sends
+    SIGTERM) prints them too. Without this, CI only says it ran out of time."""
+    global _stderr
+    _stderr = os.fdopen(os.dup(sys.stderr.fileno()), "w")
+    faulthandler.register(signal.SIGTERM, file=_stderr, all_threads=True, chain=True)
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
+    if _stderr is not None and settings.timeout and settings.timeout > 5:
+        faulthandler.dump_traceback_later(settings.timeout - 3, file=_stderr)
+
+
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

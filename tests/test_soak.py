@@ -21,8 +21,8 @@ from keyturn.v1 import events_pb2, handles_pb2, keys_pb2
 from tests.harness import Client
 from tests.process import ServerProcess
 
-pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only]
 SECONDS = float(os.environ.get("KEYTURN_SOAK_SECONDS", "120"))
+pytestmark = [pytest.mark.slow, pytest.mark.sqlite_only, pytest.mark.timeout(SECONDS + 300)]
 STREAMS = int(os.environ.get("KEYTURN_SOAK_STREAMS", "1000"))
 SAMPLE_EVERY = max(1.0, SECONDS / 24)
 
