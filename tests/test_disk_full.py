@@ -11,6 +11,7 @@ Mounting needs root; without it the test is skipped, unless KEYTURN_REQUIRE_ALL 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -23,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn_server.app import FLUSH_INTERVAL
 from tests.harness import Client, fails
 from tests.process import ServerProcess
 
@@ -71,6 +73,17 @@ async def outcome(call: object) -> str:
     except grpc.aio.AioRpcError as error:
         return error.code().name
     return "OK"
+
+
+async def serving_again(health: health_pb2_grpc.HealthStub, within: float = 10) -> bool:
+    """Whether health says SERVING within ``within`` seconds, asked only health checks."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        if checked.status == health_pb2.HealthCheckResponse.SERVING:
+            return True
+        await asyncio.sleep(0.2)
+    return False
 
 
 async def test_a_full_disk_refuses_writes_keeps_counts_exact_and_recovers(
@@ -129,10 +142,14 @@ async def test_a_full_disk_refuses_writes_keeps_counts_exact_and_recovers(
             checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
 
+            # A load balancer sends nothing more to a server that says NOT_SERVING. Once
+            # its last writes of its own are done (usage counts are flushed every five
+            # seconds), nothing would write again: it must find out by itself that it
+            # can, or it never serves again.
+            await asyncio.sleep(FLUSH_INTERVAL + 1)
             filler.unlink()
+            assert await serving_again(health), "still NOT_SERVING with room on the disk"
             assert await use(5) == {"validate OK": 5, "generate OK": 5}
-            checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-            assert checked.status == health_pb2.HealthCheckResponse.SERVING
             stored = await client.handles.GetHandle(
                 handles_pb2.GetHandleRequest(handle_id=made.handle.id)
             )

@@ -18,7 +18,7 @@ from keyturn_server.domain.errors import Aborted, Unavailable
 from keyturn_server.domain.lease import Lease, LeaseLost, fenced
 from keyturn_server.domain.lifecycle import in_deadline_order
 from keyturn_server.domain.repositories import Repository, Store
-from keyturn_server.store.postgres.connections import Backoff, as_domain_error
+from keyturn_server.store.postgres.connections import Backoff, as_domain_error, says_unwritable
 from tests.harness import Harness, open_store
 
 K = DeadlineKind
@@ -87,6 +87,27 @@ def test_database_failures_reach_callers_as_retryable_statuses_not_internal(
         assert mapped is None  # a defect stays an internal error
     else:
         assert isinstance(mapped, status) and mapped.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("error", "unwritable"),
+    [
+        (psycopg.OperationalError("server closed the connection"), True),
+        (psycopg.errors.ReadOnlySqlTransaction("read-only transaction"), True),
+        (psycopg.errors.DiskFull("could not extend file"), True),
+        # One transaction's fate, not the database's state: a retry can succeed at once,
+        # and a replica that said NOT_SERVING for it would be drained for nothing.
+        (psycopg.errors.DeadlockDetected("deadlock detected"), False),
+        (psycopg.errors.SerializationFailure("could not serialize"), False),
+        (psycopg.errors.UniqueViolation("duplicate key"), False),
+        (psycopg.errors.SyntaxError("syntax error"), False),
+    ],
+    ids=["closed", "read-only", "disk-full", "deadlock", "serialization", "unique", "defect"],
+)
+def test_only_failures_of_the_database_itself_say_it_cannot_take_writes(
+    error: psycopg.Error, unwritable: bool
+) -> None:
+    assert says_unwritable(error) is unwritable
 
 
 def test_reconnection_backoff_grows_to_two_seconds_and_no_further() -> None:

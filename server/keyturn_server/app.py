@@ -405,6 +405,7 @@ class App:
         self._spawn(self._every(FLUSH_INTERVAL, self._flush))
         self._spawn(self._every(HEALTH_INTERVAL, self._update_health))
         self._spawn(self._every(REFRESH_INTERVAL, self._refresh))
+        self._spawn(self._every(REFRESH_INTERVAL, store.recheck_writes))
         self._spawn(self._every(guard.access.interval, self.flush_access_log))
         self._spawn(self._every(time_floor.EVERY, self.save_time_floor))
         if self.metrics is not None and settings.metrics_listen:

@@ -57,6 +57,8 @@ CATCH_UP_BATCH = 1000
 #: While commits keep failing (a full disk), how often the log says so again.
 REMIND_EVERY = 60.0
 log = logging.getLogger("keyturn.store")
+#: The meta row that recheck_writes changes while commits fail.
+WRITES_RECHECKED = "writes_rechecked"
 
 
 class StoreOpenError(Exception):
@@ -454,6 +456,15 @@ class SqliteStore:
                     log.exception("after-commit callback failed", extra={"category": "error"})
             if not outcome.future.done():
                 outcome.future.set_result(outcome.value)
+
+    async def recheck_writes(self) -> None:
+        if not self._failed_commits or self.files.problem or self._damage or self.newer.found:
+            return  # nothing failed, or what did is not going to pass (_set_problem)
+        # A real change: a commit that changes nothing writes nothing, and would succeed
+        # on a disk with no room left.
+        stamp = str(time.time_ns()).encode()
+        with contextlib.suppress(KeyturnError):
+            await self.write(lambda repo: repo.set_meta(WRITES_RECHECKED, stamp))
 
     def _commit_failed(self, problem: str) -> None:
         """Say so when commits start failing, every REMIND_EVERY while they go on, and when

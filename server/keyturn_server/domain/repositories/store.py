@@ -130,6 +130,13 @@ class Store(Protocol):
         every few seconds."""
         ...
 
+    async def recheck_writes(self) -> None:
+        """While writes fail for a reason that can pass (a full disk, a read-only or
+        failing database), try one harmless write; if it goes through, the store says it
+        is writable again. Called every few seconds: a server that says NOT_SERVING gets
+        no calls from load balancers, so without it no write would ever find out."""
+        ...
+
     def classify(self, exc: BaseException) -> KeyturnError | None:
         """What ``exc``, raised by a read or a write of this store anywhere (a servicer,
         the scheduler), means to a caller, when it is the store's own failure that the

@@ -92,6 +92,14 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
     return None
 
 
+def says_unwritable(exc: psycopg.Error) -> bool:
+    """Whether ``exc``, failing a write, says the database cannot take writes now (it is
+    away, read-only, out of room: health says NOT_SERVING until a write goes through),
+    rather than that one transaction could not (a deadlock, a serialization failure, a
+    conflicting insert: the caller retries; the replica serves on)."""
+    return isinstance(as_domain_error(exc), Unavailable)
+
+
 class Backoff:
     """Bounded exponential backoff with jitter: 0.1 s doubling to at most 2 s."""
 

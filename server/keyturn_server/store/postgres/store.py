@@ -44,6 +44,7 @@ from keyturn_server.store.postgres.connections import (
     connect,
     connect_kwargs,
     describe,
+    says_unwritable,
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
@@ -235,9 +236,7 @@ class PostgresStore:
         error = as_domain_error(exc)
         if error is None:
             return exc
-        # Away or read-only (and, as psycopg classes them, a deadlock or serialization
-        # failure): health says so until a write succeeds.
-        if isinstance(error, Unavailable) or isinstance(exc, psycopg.OperationalError):
+        if says_unwritable(exc):  # health says so until a write goes through
             self._set_problem(f"a {what} failed: {describe(exc)}")
         return error
 
@@ -270,6 +269,25 @@ class PostgresStore:
         if self.newer.see(int(row["v"] or 0)):
             self._set_problem(self.newer.problem)
         return bool(self.newer.found)
+
+    async def recheck_writes(self) -> None:
+        if not self._problem or self._link.problem or self.newer.found:
+            return  # nothing failed, or the link (or a newer schema) says what is wrong
+        try:
+            await asyncio.to_thread(self._write_probe)
+        except psycopg.Error as exc:
+            log.debug("writes still fail: %s", describe(exc))
+            return
+        self._set_problem("")
+
+    def _write_probe(self) -> None:
+        """(A thread:) a write that changes nothing, on a session of its own: a new session
+        has the database's defaults as they are now (read-only, or not any more). Once it
+        goes through, the pool's sessions are replaced: those opened while the database
+        was read-only stay so, and each would fail a caller's write first."""
+        with connect(self.url, "probe") as conn:
+            conn.execute("UPDATE keyturn_schema SET version = version WHERE false")
+        self._pool.drain()
 
     def classify(self, exc: BaseException) -> KeyturnError | None:
         # Database errors are mapped where the units run (as_domain_error); PostgreSQL
