@@ -14,7 +14,8 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import psycopg
@@ -68,6 +69,17 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
             f"the database reports damaged data ({describe(exc)}); restore it from a backup",
             reason="STORE_CORRUPT",
         )
+    if exc.sqlstate == "55P03":  # lock_not_available: the read's lock_timeout
+        return Unavailable(
+            "a table this call needs is locked in the database (VACUUM FULL, CLUSTER, "
+            "ALTER TABLE, or a LOCK TABLE left open); nothing of this request was done: retry",
+            reason="STORE_LOCKED",
+        )
+    if exc.sqlstate == "57014":  # query_canceled: the read's statement_timeout
+        return Unavailable(
+            "the database took too long to answer a read; nothing of this request was done: retry",
+            reason="STORE_SLOW",
+        )
     if exc.sqlstate == "25006":  # read_only_sql_transaction
         # A DBA's maintenance (default_transaction_read_only) or a session on a hot
         # standby: nothing was written, and the database takes writes again later.
@@ -96,8 +108,10 @@ def says_unwritable(exc: psycopg.Error) -> bool:
     """Whether ``exc``, failing a write, says the database cannot take writes now (it is
     away, read-only, out of room: health says NOT_SERVING until a write goes through),
     rather than that one transaction could not (a deadlock, a serialization failure, a
-    conflicting insert: the caller retries; the replica serves on)."""
-    return isinstance(as_domain_error(exc), Unavailable)
+    conflicting insert, a table locked for maintenance: the caller retries; the replica
+    serves on)."""
+    error = as_domain_error(exc)
+    return isinstance(error, Unavailable) and error.reason not in HELD_BACK
 
 
 class Backoff:
@@ -146,22 +160,78 @@ class PgConnection:
         return Cursor(self._conn.execute(translate(sql), list(params)))
 
 
+#: The reads' session: a read waits at most this long for a lock, and runs at most this
+#: long, since the event loop waits with it. Reads wait for no row lock, only for a
+#: table's ACCESS EXCLUSIVE one (VACUUM FULL, CLUSTER, most ALTER TABLE, LOCK TABLE),
+#: which is held for as long as the maintenance takes.
+READS = "-c lock_timeout=50ms -c statement_timeout=2s"
+#: The pool's sessions (writes, in threads): a write waits at most this long for a lock.
+#: Row locks and the append lock are held for a commit's few milliseconds; a table lock
+#: for as long as the maintenance takes, and every write behind it held a pooled
+#: session, so that writes to other tables found none free.
+WRITES = "-c lock_timeout=1s"
+#: Reasons for which the work that met them is refused at once for a while (seconds)
+#: before it is tried again: otherwise each caller's read would hold the loop (each
+#: write, a pooled session) for the whole wait, one after another, and under load the
+#: server would serve nothing else.
+HELD_BACK = {"STORE_LOCKED": 1.0, "STORE_SLOW": 5.0}
+
+
+class HoldBack:
+    """Work (a read's statement, a write's unit of work) that ran into a locked table or
+    the statement timeout is refused at once for a while; all other work goes on. Used
+    on the event loop only."""
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._held: dict[Hashable, tuple[float, Unavailable]] = {}
+
+    def check(self, key: Hashable) -> None:
+        held = self._held.get(key)
+        if held is not None and time.monotonic() < held[0]:
+            raise Unavailable(held[1].message, reason=held[1].reason)  # a fresh traceback
+
+    def failed(self, key: Hashable, error: KeyturnError, statement: str = "") -> None:
+        seconds = HELD_BACK.get(error.reason)
+        if seconds is None:
+            return
+        now = time.monotonic()
+        self._held = {k: h for k, h in self._held.items() if h[0] > now}
+        if not self._held:
+            log.warning(
+                f"{self._what} wait on the database: what met it is refused for now, the "
+                "rest is served",
+                extra={"category": "error", "problem": error.message, "statement": statement},
+            )
+        self._held[key] = (now + seconds, Unavailable(error.message, reason=error.reason))
+
+    def served(self, key: Hashable) -> None:
+        if self._held.pop(key, None) is not None and not self._held:
+            log.warning(f"{self._what} are served again", extra={"category": "error"})
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+
 class ReadConnection:
     """The connection that serves reads on the event loop, replaced when it breaks.
 
     A read fails at once with UNAVAILABLE while ``problem()`` says the database is away,
     or while a broken connection is being replaced (in a thread, with backoff, so the
     loop never waits for a connect); ``repaired`` is called once a new one is in place.
+    A statement that ran into a locked table or the statement timeout is held back
+    (HoldBack): refused at once for a while, every other statement served.
     """
 
     def __init__(self, url: str, problem: Callable[[], str], repaired: Callable[[], None]) -> None:
         self._url = url
         self._problem = problem
         self._repaired = repaired
-        self._conn: psycopg.Connection[Any] | None = connect(url, "reads")
+        self._conn: psycopg.Connection[Any] | None = connect(url, "reads", READS)
         self._swap = threading.Lock()
         self._repairer: threading.Thread | None = None
         self._closing = threading.Event()
+        self._held = HoldBack("reads")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         problem = self._problem()
@@ -173,15 +243,21 @@ class ReadConnection:
                 "the connection to the database is being re-established; retry",
                 reason="STORE_UNAVAILABLE",
             )
+        if self._held:
+            self._held.check(sql)
         try:
-            return Cursor(conn.execute(translate(sql), list(params)))
+            cursor = Cursor(conn.execute(translate(sql), list(params)))
         except psycopg.Error as exc:
             if conn.broken or conn.closed:
                 self.lost(conn)
             error = as_domain_error(exc)
             if error is None:
                 raise
+            self._held.failed(sql, error, sql[:120])
             raise error from None
+        if self._held:
+            self._held.served(sql)
+        return cursor
 
     def lost(self, conn: psycopg.Connection[Any]) -> None:
         """``conn`` broke: replace it in the background."""
@@ -214,7 +290,7 @@ class ReadConnection:
         if self._conn is not None:
             return True
         try:
-            fresh = connect(self._url, "reads")
+            fresh = connect(self._url, "reads", READS)
         except psycopg.Error as exc:
             log.debug("reconnecting reads failed: %s", describe(exc))
             return False

@@ -38,6 +38,8 @@ from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.postgres.connections import (
+    WRITES,
+    HoldBack,
     PgConnection,
     ReadConnection,
     as_domain_error,
@@ -80,7 +82,7 @@ class PostgresStore:
             url,
             min_size=2,
             max_size=8,
-            kwargs=connect_kwargs("pool", IDLE_IN_TRANSACTION),
+            kwargs=connect_kwargs("pool", f"{IDLE_IN_TRANSACTION} {WRITES}"),
             # A pooled connection is checked as it is handed out, and replaced if broken.
             check=ConnectionPool.check_connection,
             timeout=POOL_WAIT,
@@ -110,6 +112,7 @@ class PostgresStore:
         self._last_commit = timedelta(0)
         self._commits = 0
         self._problem = ""
+        self._held = HoldBack("writes")
         self._closed = False
         self.max_pending = MAX_PENDING
         self.newer = NewerSchema(self.schema_version)
@@ -159,11 +162,21 @@ class PostgresStore:
             raise self.newer.refusal()
         if self._pending >= self.max_pending:  # see domain/batching.py
             raise behind(self.max_pending)
+        # Units from one place in the code touch the same tables: one that met a locked
+        # table is held back as a whole (HoldBack), without taking a pooled session.
+        unit = getattr(work, "__code__", work)
+        if self._held:
+            self._held.check(unit)
         self._pending += 1
         try:
             value, callbacks = await asyncio.to_thread(self._transaction, work)
+        except KeyturnError as error:
+            self._held.failed(unit, error, getattr(unit, "co_qualname", ""))
+            raise
         finally:
             self._pending -= 1
+        if self._held:
+            self._held.served(unit)
         self._publish_new()
         for callback in callbacks:
             try:

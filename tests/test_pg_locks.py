@@ -1,0 +1,91 @@
+"""A table locked in the database under the replicas: a DBA's VACUUM FULL or CLUSTER, a
+migration's ALTER TABLE, a `LOCK TABLE` left open in a psql session.
+
+Reads run on the event loop (an indexed lookup answers faster than a thread hop), and a
+read of a table under an ACCESS EXCLUSIVE lock waits for it. It used to wait for as long
+as the lock was held, with the loop: every call froze, health checks included, on every
+replica at once, and load balancers and liveness probes gave up on all of them. Writes
+waited too, each holding one of the pool's sessions, until none was left for writes to
+other tables. Now a read waits at most 50 ms for a lock and a write a second; what met
+the lock (that read's statement, that write's unit of work) is then refused at once
+(UNAVAILABLE, STORE_LOCKED: retryable) for a second before it is tried again, and the
+server serves everything else meanwhile. (Run with KEYTURN_TEST_BACKEND=postgres.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+
+import grpc
+import psycopg
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from keyturn.v1 import handles_pb2, keys_pb2
+from tests.harness import Harness, fails
+
+pytestmark = pytest.mark.postgres
+
+
+async def test_a_table_locked_in_the_database_does_not_freeze_the_server(
+    server: Harness, logs_hold_no_secrets: io.StringIO
+) -> None:
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    made = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    validate = handles_pb2.ValidateHandleRequest(token=made.token)
+    health = health_pb2_grpc.HealthStub(server.channel())
+    loop = asyncio.get_running_loop()
+    url = server.settings.store
+    assert url is not None
+    with psycopg.connect(url) as dba:  # a transaction, open until the block ends
+        dba.execute("LOCK TABLE handles IN ACCESS EXCLUSIVE MODE")
+
+        started = loop.time()
+        refused = await fails(server.admin.handles.ValidateHandle(validate, timeout=10))
+        assert refused.code == grpc.StatusCode.UNAVAILABLE, refused
+        assert refused.reason == "STORE_LOCKED", refused
+        assert "lock" in refused.message
+        # Many callers at once: each is told at once, not after a wait of its own.
+        many = await asyncio.gather(
+            *(fails(server.admin.handles.ValidateHandle(validate, timeout=10)) for _ in range(50))
+        )
+        assert {f.reason for f in many} == {"STORE_LOCKED"}
+        assert loop.time() - started < 3  # the first waited for the lock up to a second
+
+        # Everything that does not need the locked table is served meanwhile.
+        checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=2)
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        got = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id), timeout=2)
+        assert got.id == key.id
+        sealed = await server.admin.keys.Encrypt(
+            keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"still served"), timeout=2
+        )
+        assert sealed.ciphertext
+
+    # The lock is gone (the transaction ended): the handle is served again within the
+    # second its statement is held back, with nothing counted for the refused calls.
+    outcomes = []
+    for _ in range(25):
+        try:
+            answer = await server.admin.handles.ValidateHandle(validate, timeout=5)
+        except grpc.aio.AioRpcError as error:
+            outcomes.append(error.code().name)
+            await asyncio.sleep(0.2)
+            continue
+        outcomes.append("OK")
+        break
+    assert outcomes[-1] == "OK" and set(outcomes) <= {"UNAVAILABLE", "OK"}, outcomes
+    assert answer.validation.valid
+    stored = await server.admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=made.handle.id)
+    )
+    assert stored.usage_count == 1
+    # Said when it starts and when it ends (for reads, for writes), not once per call.
+    said = [json.loads(line)["msg"] for line in logs_hold_no_secrets.getvalue().splitlines()]
+    waits = [m for m in said if "wait on the database" in m]
+    again = [m for m in said if m.endswith("are served again")]
+    assert 1 <= len(waits) <= 2 and len(again) == len(waits), (waits, again)
