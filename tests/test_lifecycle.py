@@ -11,9 +11,11 @@ import pytest
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
+from keyturn_server.domain import lifecycle
 from keyturn_server.domain.events import Event, EventKind
 from keyturn_server.domain.repositories import SealedKind
 from tests.harness import Harness, fails
+from tests.test_listeners import settings
 
 E = events_pb2
 DAY = timedelta(days=1)
@@ -226,6 +228,97 @@ async def test_events_past_retention_are_pruned(server: Harness) -> None:
     assert not await log(server)
 
 
+async def test_handles_that_ended_are_deleted_once_past_the_retention(server: Harness) -> None:
+    """Counted from the end of a handle's maximum lifetime, whatever ended it: a revoked
+    session handle (24 h) is kept as long as it could have lived, then the retention."""
+    await server.restart(handle_retention=timedelta(hours=2))
+
+    async def generate(kind: str) -> handles_pb2.GenerateHandleResponse:
+        request = handles_pb2.GenerateHandleRequest(type=kind)
+        made: handles_pb2.GenerateHandleResponse = await server.admin.handles.GenerateHandle(
+            request
+        )
+        return made
+
+    async def kept(made: handles_pb2.GenerateHandleResponse) -> bool:
+        request = handles_pb2.GetHandleRequest(handle_id=made.handle.id)
+        outcome = "OK"
+        try:
+            await server.admin.handles.GetHandle(request)
+        except grpc.aio.AioRpcError as error:
+            outcome = error.code().name
+        assert outcome in ("OK", "NOT_FOUND"), outcome
+        assert server.app is not None
+        secrets = server.app.store.read().secrets_of(made.handle.id)
+        assert bool(secrets) == (outcome == "OK")  # its secrets go with it
+        return outcome == "OK"
+
+    expired = await generate("api")  # lifetime 1 h
+    revoked = await generate("session")  # lifetime 24 h
+    await server.admin.handles.RemoveHandle(
+        handles_pb2.RemoveHandleRequest(handle_id=revoked.handle.id)
+    )
+    session = await generate("session")
+    await server.advance(timedelta(hours=1))
+    assert await kept(expired)  # ended an instant ago
+    await server.advance(timedelta(hours=2))
+    assert not await kept(expired)
+    assert await kept(revoked) and await kept(session)
+    refused = await server.admin.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(token=expired.token)
+    )
+    assert not refused.validation.valid
+    await server.advance(timedelta(hours=21))  # the sessions' lifetime ends: 24 h
+    assert await kept(revoked) and await kept(session)  # ended, within the retention
+    await server.advance(timedelta(hours=2))
+    assert not await kept(revoked) and not await kept(session)
+
+
+async def test_a_backlog_of_ended_handles_goes_in_batches(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle, "PURGE_BATCH", 3)
+    await server.restart(handle_retention=timedelta(hours=1))
+    made = [
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="api"))
+        for _ in range(7)
+    ]
+    await server.advance(timedelta(hours=1))
+    await server.advance(timedelta(hours=1, seconds=1))
+    listed = await server.admin.handles.ListHandles(handles_pb2.ListHandlesRequest())
+    assert not {h.id for h in listed.handles} & {m.handle.id for m in made}
+
+
+async def test_with_the_retention_off_ended_handles_are_kept(server: Harness) -> None:
+    await server.restart(handle_retention=None)
+    made = await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="api"))
+    await server.advance(timedelta(days=400))
+    kept = await server.admin.handles.GetHandle(
+        handles_pb2.GetHandleRequest(handle_id=made.handle.id)
+    )
+    assert kept.status == resources_pb2.HANDLE_STATUS_EXPIRED
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], timedelta(days=30)),
+        (["--handle-retention", "90d"], timedelta(days=90)),
+        (["--handle-retention", "off"], None),
+        (["--handle-retention", "0"], None),
+    ],
+)
+def test_the_handle_retention_comes_from_its_flag(
+    argv: list[str], expected: timedelta | None
+) -> None:
+    assert settings(argv).handle_retention == expected
+
+
+def test_a_handle_retention_shorter_than_an_hour_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        settings(["--handle-retention", "10m"])
+
+
 async def test_scheduler_lag_shows_in_health_when_it_stops(server: Harness) -> None:
     await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
     assert server.app is not None and server.app.services is not None
@@ -249,13 +342,14 @@ def test_every_scheduler_query_uses_an_index(tmp_path: object) -> None:
 
     from keyturn_server.store.schema import migrations
     from keyturn_server.store.sql.deadlines import DUE, NEXT
+    from keyturn_server.store.sql.handles import ENDED_BEFORE, OLDEST_ENDED
 
     assert isinstance(tmp_path, Path)
     conn = sqlite3.connect(tmp_path / "plan.db")
     for _, sql in migrations("sqlite"):
         conn.executescript(sql)
     conn.execute("ANALYZE")
-    queries = list(NEXT.values()) + list(DUE.values())
+    queries = [*NEXT.values(), *DUE.values(), OLDEST_ENDED, ENDED_BEFORE]
     for sql in queries:
         params = () if "?" not in sql else (0, 100)
         steps = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]

@@ -284,6 +284,7 @@ class App:
             handle_lifecycle,
             settings.event_retention,
             self._leadership,
+            settings.handle_retention,
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)

@@ -68,6 +68,9 @@ class Settings:
     http_listen_is_default: bool = False
     destroy_delay: timedelta = timedelta(hours=24)
     event_retention: timedelta = timedelta(days=7)
+    #: Handles that ended are deleted this long after the end of their maximum lifetime
+    #: (None: kept for ever).
+    handle_retention: timedelta | None = timedelta(days=30)
     heartbeat_interval: timedelta = timedelta(seconds=30)
     #: Due work older than this makes the scheduler NOT_SERVING on every replica.
     scheduler_max_lag: timedelta = timedelta(minutes=1)
@@ -222,6 +225,13 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
+def _retention(text: str) -> timedelta:
+    """ "off" or "0" (kept for ever: a zero duration), or a duration of at least an hour."""
+    if text.strip() in ("0", "off"):
+        return timedelta(0)
+    return parse_duration(text, minimum=timedelta(hours=1))
+
+
 #: A scheduler holder verifies its lease, and a worker says it runs, once a second:
 #: shorter limits would end healthy ones.
 MIN_LIVENESS_LIMIT = timedelta(seconds=3)
@@ -349,6 +359,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--event-retention",
         type=parse_duration,
         help="how long the event log keeps events for resuming (default 7d)",
+    )
+    parser.add_argument(
+        "--handle-retention",
+        type=_retention,
+        help="how long handles that ended (expired, exhausted, revoked) are kept past the "
+        "end of their maximum lifetime, then deleted with their secrets (default 30d; 'off': "
+        "for ever)",
     )
     parser.add_argument(
         "--heartbeat",
@@ -485,6 +502,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         http_listen_is_default=http_default,
         destroy_delay=args.destroy_delay or defaults.destroy_delay,
         event_retention=args.event_retention or defaults.event_retention,
+        handle_retention=(
+            defaults.handle_retention if args.handle_retention is None else args.handle_retention
+        )
+        or None,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
         http_idle_timeout=args.http_idle_timeout or defaults.http_idle_timeout,

@@ -1,4 +1,5 @@
-"""The scheduler: warnings, rotations, expiries and destruction, at their deadlines.
+"""The scheduler: warnings, rotations, expiries and destruction, at their deadlines; and
+the purge of events and of ended handles past their retention.
 
 It asks the store for the earliest due deadline of each kind (an indexed lookup, so its
 cost does not grow with the number of records), sleeps on the injected clock until then
@@ -43,6 +44,8 @@ log = logging.getLogger("keyturn.scheduler")
 
 T = TypeVar("T")
 BATCH = 100
+#: Ended handles deleted per transaction (each deletion updates the handles' indexes).
+PURGE_BATCH = 200
 #: How long a replica that does not lead sleeps when nothing wakes it: it is woken when
 #: it gains the lease, so this is only a backstop.
 IDLE = timedelta(seconds=30)
@@ -100,6 +103,7 @@ class Scheduler:
         handles: HandleLifecycle,
         retention: timedelta,
         leadership: Leadership,
+        handle_retention: timedelta | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -107,6 +111,10 @@ class Scheduler:
         self._keys = keys
         self._handles = handles
         self.retention = retention
+        #: How long handles that ended are kept past the end of their maximum lifetime
+        #: (None: for ever). A busy service issues millions of short-lived handles; kept
+        #: for ever, they fill the disk and slow every count over them.
+        self.handle_retention = handle_retention
         self.leadership = leadership
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -199,6 +207,10 @@ class Scheduler:
         oldest = reader.oldest_event_time()
         if oldest is not None:
             times.append(oldest + self.retention)
+        if self.handle_retention is not None:
+            ended = reader.oldest_ended_handle()
+            if ended is not None:
+                times.append(ended + self.handle_retention)
         return min(times) if times else None
 
     async def _write(self, lease: Lease, work: Callable[[Repository], T]) -> T:
@@ -219,8 +231,28 @@ class Scheduler:
         oldest = reader.oldest_event_time()
         if oldest is not None and oldest + self.retention <= now:
             await self._write(lease, lambda repo: repo.prune_events(now - self.retention))
+        if await self._purge_handles(lease, reader, now):
+            did = True
         self.passes += 1
         return did
+
+    async def _purge_handles(self, lease: Lease, reader: Repository, now: datetime) -> bool:
+        """Delete one batch of handles ended longer than the retention ago; True when the
+        batch was full (sweep again: the rest goes in further batches, between which
+        calls are served)."""
+        if self.handle_retention is None:
+            return False
+        ended = reader.oldest_ended_handle()
+        if ended is None or ended + self.handle_retention > now:
+            return False
+        before = now - self.handle_retention
+        purged = await self._write(lease, lambda repo: repo.purge_handles(before, PURGE_BATCH))
+        if purged:
+            log.info(
+                "purged handles that ended before the retention",
+                extra={"category": "scheduler", "count": purged, "ended_before": before},
+            )
+        return purged == PURGE_BATCH
 
     async def _act_on(self, lease: Lease, unit: list[Overdue], now: datetime) -> bool:
         """Act on due items in order; True if any was acted on (a step that finds its

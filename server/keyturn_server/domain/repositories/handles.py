@@ -60,6 +60,16 @@ class HandleRepository(Protocol):
         """(type, status, count, total usage, highest usage) per type and status."""
         ...
 
+    def oldest_ended_handle(self) -> datetime | None:
+        """The earliest maximum-lifetime end of a handle that ended (expired, exhausted
+        or revoked); None when none did."""
+        ...
+
+    def purge_handles(self, ended_before: datetime, limit: int) -> int:
+        """Delete at most ``limit`` ended handles whose maximum lifetime ended before
+        ``ended_before``, oldest first, with their secrets; how many."""
+        ...
+
     def handles_overdue(self, now: datetime) -> int:
         """Active handles past their rotation time."""
         ...

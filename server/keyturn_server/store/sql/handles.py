@@ -25,6 +25,14 @@ _HANDLE_COUNTS = (
     "FROM handles GROUP BY 1, 2"
 )
 
+#: Handles that ended, as the index handles_ended (migration 4) has them: the scheduler
+#: finds the oldest, and those past the retention, through it.
+_ENDED = "state IN ('EXHAUSTED', 'EXPIRED', 'REVOKED')"
+OLDEST_ENDED = f"SELECT MIN(expire_time) AS t FROM handles WHERE {_ENDED}"
+ENDED_BEFORE = (
+    f"SELECT id FROM handles WHERE {_ENDED} AND expire_time <= ? ORDER BY expire_time LIMIT ?"
+)
+
 #: The secrets and their handles by digest, each row's columns by position: the secret's
 #: (rows.SECRET_COLUMNS), its MAC, the handle's MAC, the handle's (rows.HANDLE_COLUMNS).
 _SECRETS_WITH_HANDLES = (
@@ -215,6 +223,19 @@ class HandleSql(SqlBase):
         n = to_micros(now)
         found = self._all(_HANDLE_COUNTS.replace(":now", "?"), [n] * _HANDLE_COUNTS.count(":now"))
         return [(r["type"], r["status"], r["n"], r["usage"], r["top"]) for r in found]
+
+    def oldest_ended_handle(self) -> datetime | None:
+        row = self._one(OLDEST_ENDED)
+        return None if row is None or row["t"] is None else from_micros(row["t"])
+
+    def purge_handles(self, ended_before: datetime, limit: int) -> int:
+        found = self._all(ENDED_BEFORE, (to_micros(ended_before), min(limit, IN_LIMIT)))
+        ids = [r["id"] for r in found]
+        if ids:
+            marks = ", ".join("?" * len(ids))
+            self._run(f"DELETE FROM handle_secrets WHERE handle_id IN ({marks})", ids)
+            self._run(f"DELETE FROM handles WHERE id IN ({marks})", ids)
+        return len(ids)
 
     def handles_overdue(self, now: datetime) -> int:
         row = self._one(
