@@ -69,15 +69,16 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
             f"the database reports damaged data ({describe(exc)}); restore it from a backup",
             reason="STORE_CORRUPT",
         )
-    if exc.sqlstate == "55P03":  # lock_not_available: the read's lock_timeout
+    if exc.sqlstate == "55P03":  # lock_not_available: the session's lock_timeout
         return Unavailable(
             "a table this call needs is locked in the database (VACUUM FULL, CLUSTER, "
             "ALTER TABLE, or a LOCK TABLE left open); nothing of this request was done: retry",
             reason="STORE_LOCKED",
         )
-    if exc.sqlstate == "57014":  # query_canceled: the read's statement_timeout
+    if exc.sqlstate == "57014":  # query_canceled: statement_timeout, or an administrator
         return Unavailable(
-            "the database took too long to answer a read; nothing of this request was done: retry",
+            "the database cancelled a statement (it ran past its time limit, or was "
+            "cancelled by an administrator); nothing of this request was done: retry",
             reason="STORE_SLOW",
         )
     if exc.sqlstate == "25006":  # read_only_sql_transaction
