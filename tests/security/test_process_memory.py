@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,6 +49,16 @@ def read_as_peer(path: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*NO_CAPABILITIES, "cat", path], capture_output=True, timeout=10)
 
 
+def became_sleep(pid: int) -> None:
+    """Wait until ``pid`` runs sleep. Until then it is still the forked test process or
+    setpriv, with every capability, which a reader without any may not read: reading
+    it that early failed the control under a loaded CI machine."""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/comm").read_text().strip() != "sleep":
+        assert time.monotonic() < deadline, "the bystander never became sleep"
+        time.sleep(0.01)
+
+
 def test_another_process_of_the_same_user_cannot_read_the_servers_memory(
     server: ServerProcess,
 ) -> None:
@@ -57,6 +68,7 @@ def test_another_process_of_the_same_user_cannot_read_the_servers_memory(
         [*NO_CAPABILITIES, "sleep", "30"], env={"MASTER_KEY": MASTER_KEY}
     ) as bystander:
         try:
+            became_sleep(bystander.pid)
             control = read_as_peer(f"/proc/{bystander.pid}/environ")
         finally:
             bystander.kill()
