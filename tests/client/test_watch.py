@@ -94,6 +94,7 @@ async def test_a_watch_survives_a_server_restart_without_losing_or_repeating_an_
 
     # Down and up again; nothing happens while it is down.
     await downtime.restart_in_place(server)
+    await downtime.reconnected(client)
 
     # Right after the restart, before the watch is back (it waits 1 s): replayed.
     replayed = [(await client.generate_key("api")).key.id for _ in range(2)]
