@@ -18,7 +18,12 @@ from keyturn_server.domain.errors import Aborted, Unavailable
 from keyturn_server.domain.lease import Lease, LeaseLost, fenced
 from keyturn_server.domain.lifecycle import in_deadline_order
 from keyturn_server.domain.repositories import Repository, Store
-from keyturn_server.store.postgres.connections import Backoff, as_domain_error, says_unwritable
+from keyturn_server.store.postgres.connections import (
+    Backoff,
+    HoldBack,
+    as_domain_error,
+    says_unwritable,
+)
 from tests.harness import Harness, open_store
 
 K = DeadlineKind
@@ -108,6 +113,26 @@ def test_only_failures_of_the_database_itself_say_it_cannot_take_writes(
     error: psycopg.Error, unwritable: bool
 ) -> None:
     assert says_unwritable(error) is unwritable
+
+
+def test_a_locked_table_holds_its_statement_back_and_a_slow_read_only_itself() -> None:
+    """A lock belongs to the table, so every execution of the statement would wait for it:
+    held back. Slowness belongs to the parameters: one caller whose listing is slow (say,
+    an owner of a million handles) must not get the same statement refused for everyone
+    else, whose executions are fast."""
+    held = HoldBack("reads")
+    slow = Unavailable("the database cancelled a statement", reason="STORE_SLOW")
+    held.failed("SELECT listing", slow)
+    held.check("SELECT listing")  # the next caller's execution is tried
+    assert not held
+    locked = Unavailable("a table this call needs is locked", reason="STORE_LOCKED")
+    held.failed("SELECT handle", locked)
+    with pytest.raises(Unavailable) as refused:
+        held.check("SELECT handle")
+    assert refused.value.reason == "STORE_LOCKED"
+    held.check("SELECT key")  # other statements go on
+    held.served("SELECT handle")
+    held.check("SELECT handle")
 
 
 def test_reconnection_backoff_grows_to_two_seconds_and_no_further() -> None:

@@ -112,7 +112,7 @@ def says_unwritable(exc: psycopg.Error) -> bool:
     conflicting insert, a table locked for maintenance: the caller retries; the replica
     serves on)."""
     error = as_domain_error(exc)
-    return isinstance(error, Unavailable) and error.reason not in HELD_BACK
+    return isinstance(error, Unavailable) and error.reason not in ONE_CALLS_FATE
 
 
 class Backoff:
@@ -171,17 +171,19 @@ READS = "-c lock_timeout=50ms -c statement_timeout=2s"
 #: for as long as the maintenance takes, and every write behind it held a pooled
 #: session, so that writes to other tables found none free.
 WRITES = "-c lock_timeout=1s"
-#: Reasons for which the work that met them is refused at once for a while (seconds)
-#: before it is tried again: otherwise each caller's read would hold the loop (each
-#: write, a pooled session) for the whole wait, one after another, and under load the
-#: server would serve nothing else.
-HELD_BACK = {"STORE_LOCKED": 1.0, "STORE_SLOW": 5.0}
+#: Work that met a locked table is refused at once this long (seconds) before it is tried
+#: again: otherwise each caller's read would hold the loop (each write, a pooled session)
+#: for the whole wait, one after another, and under load the server would serve nothing
+#: else. A statement that ran too long is not held back: its cost is the parameters',
+#: and one caller's slow listing must not get the statement refused for everyone else.
+HOLD_LOCKED = 1.0
+#: Failures that were one call's fate, not the database's state (says_unwritable).
+ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_SLOW")
 
 
 class HoldBack:
-    """Work (a read's statement, a write's unit of work) that ran into a locked table or
-    the statement timeout is refused at once for a while; all other work goes on. Used
-    on the event loop only."""
+    """Work (a read's statement, a write's unit of work) that ran into a locked table is
+    refused at once for a while; all other work goes on. Used on the event loop only."""
 
     def __init__(self, what: str) -> None:
         self._what = what
@@ -193,8 +195,7 @@ class HoldBack:
             raise Unavailable(held[1].message, reason=held[1].reason)  # a fresh traceback
 
     def failed(self, key: Hashable, error: KeyturnError, statement: str = "") -> None:
-        seconds = HELD_BACK.get(error.reason)
-        if seconds is None:
+        if error.reason != "STORE_LOCKED":
             return
         now = time.monotonic()
         self._held = {k: h for k, h in self._held.items() if h[0] > now}
@@ -204,7 +205,7 @@ class HoldBack:
                 "rest is served",
                 extra={"category": "error", "problem": error.message, "statement": statement},
             )
-        self._held[key] = (now + seconds, Unavailable(error.message, reason=error.reason))
+        self._held[key] = (now + HOLD_LOCKED, Unavailable(error.message, reason=error.reason))
 
     def served(self, key: Hashable) -> None:
         if self._held.pop(key, None) is not None and not self._held:
@@ -220,8 +221,8 @@ class ReadConnection:
     A read fails at once with UNAVAILABLE while ``problem()`` says the database is away,
     or while a broken connection is being replaced (in a thread, with backoff, so the
     loop never waits for a connect); ``repaired`` is called once a new one is in place.
-    A statement that ran into a locked table or the statement timeout is held back
-    (HoldBack): refused at once for a while, every other statement served.
+    A statement that ran into a locked table is held back (HoldBack): refused at once for
+    a while, every other statement served.
     """
 
     def __init__(self, url: str, problem: Callable[[], str], repaired: Callable[[], None]) -> None:
