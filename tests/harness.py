@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import secrets
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn import InvalidArgument, ResourceExhausted
 from keyturn._errors import from_rpc_error
@@ -268,3 +270,17 @@ async def fails(call: Any) -> Failure:
     except grpc.aio.AioRpcError as error:
         return failure(error)
     raise AssertionError("the call succeeded but was expected to fail")
+
+
+async def health_becomes(
+    health: health_pb2_grpc.HealthStub, status: int, within: float = 10
+) -> bool:
+    """Whether grpc.health.v1 says ``status`` within ``within`` seconds, asked nothing else
+    (as a load balancer that sends a NOT_SERVING server no calls)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        if answer.status == status:
+            return True
+        await asyncio.sleep(0.1)
+    return False

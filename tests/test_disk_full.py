@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.app import FLUSH_INTERVAL
-from tests.harness import Client, fails
+from tests.harness import Client, fails, health_becomes
 from tests.process import ServerProcess
 
 pytestmark = pytest.mark.sqlite_only
@@ -73,17 +73,6 @@ async def outcome(call: object) -> str:
     except grpc.aio.AioRpcError as error:
         return error.code().name
     return "OK"
-
-
-async def serving_again(health: health_pb2_grpc.HealthStub, within: float = 10) -> bool:
-    """Whether health says SERVING within ``within`` seconds, asked only health checks."""
-    deadline = asyncio.get_running_loop().time() + within
-    while asyncio.get_running_loop().time() < deadline:
-        checked = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        if checked.status == health_pb2.HealthCheckResponse.SERVING:
-            return True
-        await asyncio.sleep(0.2)
-    return False
 
 
 async def test_a_full_disk_refuses_writes_keeps_counts_exact_and_recovers(
@@ -148,7 +137,9 @@ async def test_a_full_disk_refuses_writes_keeps_counts_exact_and_recovers(
             # can, or it never serves again.
             await asyncio.sleep(FLUSH_INTERVAL + 1)
             filler.unlink()
-            assert await serving_again(health), "still NOT_SERVING with room on the disk"
+            assert await health_becomes(health, health_pb2.HealthCheckResponse.SERVING), (
+                "still NOT_SERVING with room on the disk"
+            )
             assert await use(5) == {"validate OK": 5, "generate OK": 5}
             stored = await client.handles.GetHandle(
                 handles_pb2.GetHandleRequest(handle_id=made.handle.id)

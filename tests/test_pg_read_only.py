@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import handles_pb2
 from keyturn_server.app import FLUSH_INTERVAL
-from tests.harness import Failure, Harness, failure
+from tests.harness import Failure, Harness, failure, health_becomes
 
 pytestmark = pytest.mark.postgres
 
@@ -63,15 +63,6 @@ async def settled(server: Harness, token: str, within: float = 15) -> Failure | 
             return outcome
         assert asyncio.get_running_loop().time() < deadline, outcome
         await asyncio.sleep(0.2)
-
-
-async def health_becomes(health: health_pb2_grpc.HealthStub, status: int) -> bool:
-    for _ in range(100):
-        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
-        if answer.status == status:
-            return True
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def test_a_read_only_database_refuses_writes_as_unavailable_and_recovers(
