@@ -123,8 +123,13 @@ class SystemClock:
         delay = (deadline - self.now()).total_seconds()
         if delay <= 0:
             return
+        # Not asyncio.wait_for: on Python 3.11 a task cancelled in the loop iteration in
+        # which ``wake`` is set got the result instead of its CancelledError, and the
+        # scheduler slept on through App.stop (tests/test_stop.py). A timeout scope
+        # turns only its own expiry into TimeoutError.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await wake.wait()
 
 
 def _said_behind(seconds: float, steady: float) -> None:
