@@ -318,6 +318,21 @@ async def test_sigterm_stops_every_worker_and_exits_zero(workers: ServerProcess)
 
 
 @pytest.mark.slow
+async def test_a_worker_that_does_not_stop_is_killed_and_the_log_says_so(
+    workers: ServerProcess,
+) -> None:
+    # A worker that hangs in its shutdown (as one did when its scheduler slept through
+    # the cancel: tests/test_stop.py) is killed after the grace period plus 5 s, and the
+    # usage counts it had not flushed go with it: on-call must be able to see that.
+    stuck = min(workers_of(workers))
+    os.kill(stuck, signal.SIGSTOP)
+    assert workers.terminate(timeout=60) == 0
+    assert not exists(stuck)
+    said = workers.log.read_text()
+    assert "did not stop" in said and f"pid {stuck}" in said, said[-2000:]
+
+
+@pytest.mark.slow
 async def test_workers_that_keep_dying_end_the_supervisor_with_an_error(
     workers: ServerProcess,
 ) -> None:

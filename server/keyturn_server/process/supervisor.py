@@ -331,11 +331,20 @@ class Supervisor:
             _, pending = await asyncio.wait(waits, timeout=grace)
             for task in pending:
                 task.cancel()
-        for process in live:
-            if process.returncode is None:
+        for worker in self._workers:
+            stuck = worker.process
+            if stuck is not None and stuck in live and stuck.returncode is None:
+                log.error(
+                    "worker %d (pid %d) did not stop within %.0f s of SIGTERM; killed: "
+                    "the key and access-token use counts it had not flushed are lost",
+                    worker.index,
+                    stuck.pid,
+                    grace,
+                    extra={"category": "error", "worker": worker.index, "pid": stuck.pid},
+                )
                 with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
+                    stuck.kill()
+                await stuck.wait()
         for worker in self._workers:
             self._deafen(worker)
         self._ports.close()
