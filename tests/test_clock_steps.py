@@ -11,6 +11,7 @@ clock behind the store's latest time starts from that time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import sqlite3
@@ -21,6 +22,7 @@ import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
 from keyturn_server.clock import ManualClock, SystemClock
+from keyturn_server.domain.events import EventKind
 from tests.harness import Harness
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -167,7 +169,50 @@ async def test_a_clock_stepped_forward_is_followed_and_said(
         await server.stop()
 
 
+async def test_a_scheduler_asleep_acts_on_what_a_forward_step_made_due(tmp_path: Path) -> None:
+    """The host was suspended or its VM paused (the monotonic clock, which timers follow,
+    stood still; the wall clock did not), or NTP corrected a clock that was behind. The
+    scheduler slept for the monotonic time its next deadline had been away, so what the
+    step made due waited that much longer: no EXPIRED event, no status change, for hours."""
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        await asyncio.sleep(0.2)  # the scheduler is asleep until the handle's first deadline
+        host.step(life_left(made, host) + timedelta(minutes=1))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not await expired(server, made.handle.id):
+            assert loop.time() < deadline, "the step's due expiry was not acted on"
+            await asyncio.sleep(0.1)
+    finally:
+        await server.stop()
+
+
+async def expired(server: Harness, handle_id: str) -> bool:
+    return any(
+        e.kind is EventKind.EXPIRED and e.subject_id == handle_id for e in await server.events()
+    )
+
+
 # --- the clock alone ---------------------------------------------------------------
+
+
+async def test_a_sleep_ends_soon_after_the_wall_clock_passes_its_deadline() -> None:
+    host = Host()
+    clock = host.clock()
+    sleeper = asyncio.create_task(
+        clock.sleep_until(clock.now() + timedelta(hours=1), asyncio.Event())
+    )
+    await asyncio.sleep(0.05)
+    assert not sleeper.done()
+    host.step(timedelta(minutes=59))  # not yet due: sleeps on
+    await asyncio.sleep(1.5)
+    assert not sleeper.done()
+    host.step(timedelta(minutes=2))
+    await asyncio.wait_for(sleeper, 5)
 
 
 def close(a: datetime, b: datetime) -> bool:

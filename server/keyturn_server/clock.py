@@ -30,6 +30,8 @@ class Clock(Protocol):
         """Never give a time before ``floor``: the latest time the store has recorded."""
 
 
+#: The longest a sleep waits on one timer before it reads the clock again (seconds).
+SLICE = 1.0
 #: How far the system clock may fall behind the server's time before it counts as
 #: stepped back (logged), or jump ahead of it before it counts as stepped forward. Below
 #: it, a slewed clock's wobble is absorbed without a word.
@@ -120,16 +122,21 @@ class SystemClock:
             self._anchored = self._monotonic()
 
     async def sleep_until(self, deadline: datetime, wake: asyncio.Event) -> None:
-        delay = (deadline - self.now()).total_seconds()
-        if delay <= 0:
-            return
-        # Not asyncio.wait_for: on Python 3.11 a task cancelled in the loop iteration in
-        # which ``wake`` is set got the result instead of its CancelledError, and the
-        # scheduler slept on through App.stop (tests/test_stop.py). A timeout scope
-        # turns only its own expiry into TimeoutError.
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await wake.wait()
+        # In slices: the loop's timers follow the monotonic clock, which stands still
+        # while the host is suspended or its VM paused, and which no correction of the
+        # wall clock moves. One long timer would keep what such a step made due waiting
+        # for as long as the deadline had been away; a slice notices within a second.
+        while not wake.is_set():
+            delay = (deadline - self.now()).total_seconds()
+            if delay <= 0:
+                return
+            # Not asyncio.wait_for: on Python 3.11 a task cancelled in the loop iteration
+            # in which ``wake`` is set got the result instead of its CancelledError, and
+            # the scheduler slept on through App.stop (tests/test_stop.py). A timeout
+            # scope turns only its own expiry into TimeoutError.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, SLICE)):
+                    await wake.wait()
 
 
 def _said_behind(seconds: float, steady: float) -> None:
