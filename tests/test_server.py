@@ -139,6 +139,33 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     assert second.wait(timeout=30) == 0
 
 
+def test_sighup_reloads_and_keeps_serving(
+    tmp_path: Path, serve: list[subprocess.Popen[str]]
+) -> None:
+    """SIGHUP's default action ends a process at once: a server started from a terminal
+    that closed, or reloaded the usual way (systemd's ExecReload=kill -HUP, logrotate),
+    dropped its calls in flight and lost what it had not flushed. Keyturn takes it as
+    Vault does: read the certificate and --client-identities again, and go on serving."""
+    port = free_port()
+    process = _start(
+        ["--data-dir", str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}"],
+        {"MASTER_KEY": MASTER_KEY, "LOG_LEVEL": "info"},
+        serve,
+    )
+    _wait_listening(process)
+    process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert process.poll() is None, "SIGHUP ended the server"
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert process.stderr is not None
+    lines = [json.loads(line) for line in process.stderr.read().strip().splitlines()]
+    assert any(line["msg"].startswith("SIGHUP") for line in lines), lines
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [

@@ -4,6 +4,7 @@ clients with the CA get through, and wrong files stop the start with one line.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
@@ -262,6 +263,22 @@ async def test_a_renewed_certificate_is_served_without_a_restart(
         renewed = authority.write(tmp_path / "tls")
         assert await serials(tls_server, ca) == (serial_of(renewed.cert),) * 2
         assert (await client.get_health()).health.version  # the open connection goes on
+
+
+async def test_a_reload_takes_a_renewed_certificate_at_once(
+    tls_server: Harness, tmp_path: Path, authority: Authority, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGHUP (App.reload) looks at the files now, not at the next check."""
+    assert tls_server.app is not None and tls_server.app.certificate is not None
+    tls_server.app.certificate.check_every = 3600  # no look of its own during the test
+    renewed = authority.write(tmp_path / "tls")
+    with caplog.at_level(logging.INFO, logger="keyturn.app"):
+        tls_server.app.reload()
+    assert tls_server.app.certificate.current.serial == serial_of(renewed.cert)
+    assert "certificate changed" in caplog.text
+    with caplog.at_level(logging.INFO, logger="keyturn.app"):
+        tls_server.app.reload()
+    assert "certificate unchanged" in caplog.text
 
 
 async def test_new_files_that_do_not_fit_are_not_served(

@@ -317,6 +317,30 @@ async def test_sigterm_stops_every_worker_and_exits_zero(workers: ServerProcess)
     assert not [pid for pid in children if exists(pid)]  # ended and reaped by the supervisor
 
 
+async def test_sighup_is_passed_to_every_worker_and_ends_none(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    server.env["LOG_LEVEL"] = "info"  # each worker says it reloaded
+    await server.start()
+    try:
+        children = workers_of(server)
+        os.kill(server.pid, signal.SIGHUP)
+        await asyncio.sleep(1)
+        assert server.process is not None and server.process.poll() is None
+        assert workers_of(server) == children  # none ended, none replaced
+        channel = grpc.aio.insecure_channel(server.address)
+        try:
+            client = Client(channel, server.token())
+            await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
+        finally:
+            await channel.close()
+        said = server.log.read_text()
+        reloaded = {line for line in said.splitlines() if '"SIGHUP: reloaded' in line}
+        assert len(reloaded) == len(children), said[-3000:]
+    finally:
+        if server.process is not None:
+            server.terminate()
+
+
 @pytest.mark.slow
 async def test_a_worker_that_does_not_stop_is_killed_and_the_log_says_so(
     workers: ServerProcess,

@@ -462,6 +462,26 @@ class App:
         if self._guard is not None:
             self._guard.access.flush()
 
+    def reload(self) -> None:
+        """SIGHUP: read the served certificate and --client-identities again now. Both
+        are picked up by themselves within seconds; an operator's reload should not wait
+        for that, nor end the process, which is SIGHUP's default."""
+        if self.services is None:
+            return  # still starting: what it reads is fresh
+        certificate = identities = "not configured"
+        if self.certificate is not None:
+            before = self.certificate.current
+            fresh = self.certificate.check(now=True) is not before
+            certificate = "changed" if fresh else "unchanged"
+        if self._identities is not None:
+            identities = "changed" if self.reload_client_identities() else "unchanged"
+        log.info(
+            "SIGHUP: reloaded; certificate %s, client identities %s",
+            certificate,
+            identities,
+            extra={"category": "app", "pid": os.getpid()},
+        )
+
     def reload_client_identities(self) -> bool:
         """Read --client-identities again if it changed (done every few seconds)."""
         return self._identities is not None and self._identities.refresh()

@@ -84,12 +84,13 @@ class ServedCertificate:
         self._given_to_grpc = self.current
         self._http: tuple[Served, ssl.SSLContext] | None = None
 
-    def check(self) -> Served:
+    def check(self, now: bool = False) -> Served:
         """The certificate to serve: the files' own if they changed and load, else the
-        one served so far. Looks at the files at most once per ``check_every``."""
+        one served so far. Looks at the files at most once per ``check_every``, unless
+        ``now`` (an operator's reload)."""
         moment = time.monotonic()
         with self._lock:
-            if moment - self._looked < self.check_every:
+            if not now and moment - self._looked < self.check_every:
                 return self.current
             self._looked = moment
             stamp = _stamp(self.files)

@@ -1,4 +1,5 @@
-"""`keyturn serve`: run the server until SIGTERM or SIGINT, then shut down gracefully.
+"""`keyturn serve`: run the server until SIGTERM or SIGINT, then shut down gracefully;
+SIGHUP reads the certificate and --client-identities again.
 
 With ``--workers N`` (N > 1) this process becomes the supervisor of N serving processes
 (process/supervisor.py); each of them runs this command again as a worker. A server that
@@ -84,6 +85,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 async def _serve(app: App) -> int:
     stop = _stop_on_signals()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, app.reload)
     try:
         await app.start()
     except START_ERRORS as exc:
@@ -125,6 +127,7 @@ async def _keep_in_touch(app: App, pipe: int, stop: asyncio.Event) -> None:
 async def _supervise(settings: Settings, argv: list[str], inherit: tuple[int, ...]) -> int:
     stop = _stop_on_signals()
     supervisor = Supervisor(settings, argv, inherit)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, supervisor.reload)
     try:
         for warning in supervisor.reserve_ports():  # a port in use: before anything is made
             print(f"keyturn: {warning}", file=sys.stderr)

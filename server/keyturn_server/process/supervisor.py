@@ -318,6 +318,13 @@ class Supervisor:
                     extra={"category": "app", "worker": worker.index, "pid": pid},
                 )
 
+    def reload(self) -> None:
+        """SIGHUP: each worker reads its certificate and --client-identities again."""
+        for worker in self._workers:
+            if worker.process is not None and worker.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    worker.process.send_signal(signal.SIGHUP)
+
     async def stop(self) -> None:
         """SIGTERM every worker, wait for them to drain, SIGKILL the ones that do not."""
         self._stopping = True
