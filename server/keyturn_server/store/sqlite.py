@@ -49,6 +49,7 @@ from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import NewerSchema, migrations
 from keyturn_server.store.sql import SqlRepository
+from keyturn_server.store.threads import StoreThreads
 
 T = TypeVar("T")
 #: How long a connection waits for another process's write lock before giving up.
@@ -161,6 +162,8 @@ class SqliteStore:
         self._writer.execute("PRAGMA busy_timeout = 0")
         self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
+        #: One writer connection, so one commit thread.
+        self._threads = StoreThreads("sqlite", 1)
         self.integrity = RowIntegrity()
         self._reader = SqlRepository(self._read_conn, integrity=self.integrity)
         self._listeners: list[CommitListener] = []
@@ -282,7 +285,7 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_BUSY:
                 raise
-            await asyncio.to_thread(self._begin_waiting)
+            await self._threads.commit(self._begin_waiting)
 
     def _begin_waiting(self) -> None:
         self._writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -304,7 +307,7 @@ class SqliteStore:
             finally:
                 conn.close()
 
-        return await asyncio.to_thread(run)
+        return await self._threads.report(run)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
@@ -362,6 +365,7 @@ class SqliteStore:
             await self._cycle
         if self._copying is not None:
             await self._copying
+        self._threads.close()
         self._writer.close()
         self._read_conn.close()
 
@@ -425,7 +429,8 @@ class SqliteStore:
     async def _commit(self, batch: list[_Outcome]) -> None:
         started = time.perf_counter()
         try:
-            await asyncio.to_thread(self._writer.execute, "COMMIT" if batch else "ROLLBACK")
+            ending = "COMMIT" if batch else "ROLLBACK"
+            await self._threads.commit(lambda: self._writer.execute(ending))
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")

@@ -52,6 +52,7 @@ from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeader
 from keyturn_server.store.postgres.link import Link
 from keyturn_server.store.schema import NewerSchema, migrations
 from keyturn_server.store.sql import SqlRepository
+from keyturn_server.store.threads import StoreThreads
 
 T = TypeVar("T")
 log = logging.getLogger("keyturn.store")
@@ -59,6 +60,8 @@ log = logging.getLogger("keyturn.store")
 APPEND_LOCK = 0x6B74_0001  # serialises event and audit appends
 MIGRATE_LOCK = 0x6B74_0003
 CHANNEL = "keyturn_events"
+#: Pooled sessions: a transaction holds one, in a commit thread of its own.
+POOL_SIZE = 8
 #: How long a call waits for a pooled connection before it is refused (UNAVAILABLE).
 POOL_WAIT = 1.0
 #: A session idle inside a transaction this long is ended by the server, so that a
@@ -81,7 +84,7 @@ class PostgresStore:
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=2,
-            max_size=8,
+            max_size=POOL_SIZE,
             kwargs=connect_kwargs("pool", f"{IDLE_IN_TRANSACTION} {WRITES}"),
             # A pooled connection is checked as it is handed out, and replaced if broken.
             check=ConnectionPool.check_connection,
@@ -93,6 +96,7 @@ class PostgresStore:
             open=True,
             name="keyturn",
         )
+        self._threads = StoreThreads("postgres", POOL_SIZE)
         self._link = Link(
             url,
             CHANNEL,
@@ -169,7 +173,7 @@ class PostgresStore:
             self._held.check(unit)
         self._pending += 1
         try:
-            value, callbacks = await asyncio.to_thread(self._transaction, work)
+            value, callbacks = await self._threads.commit(lambda: self._transaction(work))
         except KeyturnError as error:
             self._held.failed(unit, error, getattr(unit, "co_qualname", ""))
             raise
@@ -237,7 +241,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._failed(exc, "report") from None
 
-        return await asyncio.to_thread(run)
+        return await self._threads.report(run)
 
     def _refuse_while_unreachable(self) -> None:
         """Fail fast while the link says the database is away (no wait for a pool)."""
@@ -333,6 +337,7 @@ class PostgresStore:
         await asyncio.to_thread(self._link.close)
         self._reads.close()
         await asyncio.to_thread(self._pool.close)
+        self._threads.close()
 
     # --- recovery ----------------------------------------------------------------------
 

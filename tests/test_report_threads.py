@@ -1,0 +1,51 @@
+"""Slow reads must not hold up durable writes.
+
+Listings, statistics, the audit log's pages and its verification run as reports, in
+threads, each with its own read transaction; commits ran in threads too (SQLite's COMMIT,
+and every PostgreSQL transaction). Both used asyncio's default executor, which has
+min(32, cores + 4) threads: six on two cores. Six slow reports at once (a service token's
+listing of a million handles with its total, an auditor's VerifyAuditLog of a long log)
+took every thread, and every commit queued behind them: each validation, key and handle
+of every caller waited until a report finished. Reports now have threads of their own,
+and so do commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from keyturn.v1 import handles_pb2
+from keyturn_server.domain.repositories import Repository
+from tests.harness import Harness
+
+SLOW_REPORTS = 16
+
+
+async def test_slow_reports_do_not_hold_up_durable_writes(server: Harness) -> None:
+    made = await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="api"))
+    assert server.app is not None
+    release = threading.Event()
+
+    def slow(repo: Repository) -> None:  # as a listing over a very large store would be
+        release.wait(30)
+
+    reports = [asyncio.create_task(server.app.store.report(slow)) for _ in range(SLOW_REPORTS)]
+    try:
+        await asyncio.sleep(0.3)  # every thread they were given is taken
+        assert not any(r.done() for r in reports)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await server.admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=made.token), timeout=10
+        )
+        assert answer.validation.valid
+        assert loop.time() - started < 3, "the validation's commit waited for the reports"
+        issued = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="api"), timeout=10
+        )
+        assert issued.token
+    finally:
+        release.set()
+        await asyncio.gather(*reports)
+    assert all(r.result() is None for r in reports)  # the reports went on to finish
