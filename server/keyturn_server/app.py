@@ -344,6 +344,7 @@ class App:
                 # grpc shares ports by default, which let a second server bind this one
                 # silently; only --workers shares them, on purpose (process/ports.py).
                 ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+                *_connection_age(settings.max_connection_age),
             ],
         )
         guard = self._guard = Guard(
@@ -593,3 +594,13 @@ class App:
                     "store": backend,
                 },
             )
+
+
+def _connection_age(age: timedelta | None) -> list[tuple[str, int]]:
+    """A client is sent GOAWAY once its connection is ``age`` old (grpc adds +-10% so
+    clients do not all reconnect at once) and opens a new one, which a balancer or the
+    kernel (``--workers``) may place elsewhere. No grace: a stream in progress (a watch
+    lasting hours) finishes on the old connection rather than being cut."""
+    if age is None:
+        return []
+    return [("grpc.max_connection_age_ms", int(age.total_seconds() * 1000))]

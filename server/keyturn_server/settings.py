@@ -103,6 +103,8 @@ class Settings:
     #: An HTTP connection with no request in progress this long is closed: idle
     #: keep-alive, and request headers that never finish (api/http/connections.py).
     http_idle_timeout: timedelta = timedelta(seconds=30)
+    #: A client is asked to reconnect once its gRPC connection is this old (None: never).
+    max_connection_age: timedelta | None = timedelta(minutes=10)
     grace_period: timedelta = timedelta(seconds=10)
     #: Serving processes on one host (--workers); more than one starts a supervisor.
     workers: int = 1
@@ -223,6 +225,13 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     if value < minimum.total_seconds():
         raise SettingsError(f"{text!r} is shorter than {minimum.total_seconds():g} s")
     return timedelta(seconds=value)
+
+
+def parse_connection_age(text: str) -> timedelta:
+    """ "off" or "0" (connections are kept: a zero duration), or at least a second."""
+    if text.strip() in ("0", "off"):
+        return timedelta(0)
+    return parse_duration(text, minimum=timedelta(seconds=1))
 
 
 def _retention(text: str) -> timedelta:
@@ -432,6 +441,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "keep-alive, or headers still arriving (default 30s)",
     )
     parser.add_argument(
+        "--max-connection-age",
+        type=parse_connection_age,
+        help="ask a gRPC client to reconnect once its connection is this old, so load "
+        "spreads again over replicas and workers that restarted; calls and streams in "
+        "progress finish on the old one (default 10m; 'off': never)",
+    )
+    parser.add_argument(
         "--max-streams-per-caller",
         type=_positive,
         help="open WatchExpiring streams per principal (default 100)",
@@ -509,6 +525,12 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,
         scheduler_max_lag=args.scheduler_max_lag or defaults.scheduler_max_lag,
         http_idle_timeout=args.http_idle_timeout or defaults.http_idle_timeout,
+        max_connection_age=(
+            defaults.max_connection_age
+            if args.max_connection_age is None
+            else args.max_connection_age
+        )
+        or None,
         max_connections=args.max_connections
         or _positive_setting(env.get("KEYTURN_MAX_CONNECTIONS"), "KEYTURN_MAX_CONNECTIONS"),
         worker_timeout=_flag_then_variable(
