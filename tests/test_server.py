@@ -103,6 +103,13 @@ def _wait_listening(process: subprocess.Popen[str]) -> str:
     )
 
 
+def assert_serving(port: int) -> None:
+    """The standard health service of the server on ``port`` answers SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     tmp_path: Path, serve: list[subprocess.Popen[str]]
 ) -> None:
@@ -117,9 +124,7 @@ def test_keyturn_serve_honours_port_and_stops_cleanly_on_sigterm(
     assert token in output  # printed once, on first start
     assert f"127.0.0.1:{port}" in output
 
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert_serving(port)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert process.stderr is not None
@@ -156,9 +161,7 @@ def test_sighup_reloads_and_keeps_serving(
     process.send_signal(signal.SIGHUP)
     time.sleep(0.5)
     assert process.poll() is None, "SIGHUP ended the server"
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert_serving(port)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     assert process.stderr is not None

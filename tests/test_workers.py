@@ -122,6 +122,16 @@ async def test_max_usage_is_exact_with_every_worker_validating_one_handle(
     assert handle.status == resources_pb2.HANDLE_STATUS_EXHAUSTED
 
 
+async def answers(server: ServerProcess) -> None:
+    """A new connection to ``server`` gets an answer (GetHealth, as its admin)."""
+    channel = grpc.aio.insecure_channel(server.address)
+    try:
+        client = Client(channel, server.token())
+        await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
+    finally:
+        await channel.close()
+
+
 async def by_worker(clients: list[Client]) -> list[list[Client]]:
     """The clients grouped by the worker their connection landed on."""
     groups: dict[str, list[Client]] = {}
@@ -300,12 +310,7 @@ async def test_a_hung_worker_is_killed_replaced_and_loses_the_scheduler(
             assert loop.time() < deadline, "nobody took the scheduler over"
             await asyncio.sleep(0.1)
         assert "has not run for" in server.log.read_text()
-        channel = grpc.aio.insecure_channel(server.address)
-        try:
-            client = Client(channel, server.token())
-            await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
-        finally:
-            await channel.close()
+        await answers(server)
     finally:
         if server.process is not None:
             server.terminate()
@@ -327,12 +332,7 @@ async def test_sighup_is_passed_to_every_worker_and_ends_none(tmp_path: Path) ->
         await asyncio.sleep(1)
         assert server.process is not None and server.process.poll() is None
         assert workers_of(server) == children  # none ended, none replaced
-        channel = grpc.aio.insecure_channel(server.address)
-        try:
-            client = Client(channel, server.token())
-            await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=10)
-        finally:
-            await channel.close()
+        await answers(server)
         said = server.log.read_text()
         reloaded = {line for line in said.splitlines() if '"SIGHUP: reloaded' in line}
         assert len(reloaded) == len(children), said[-3000:]
