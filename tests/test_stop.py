@@ -16,6 +16,9 @@ system clock had this fault.
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -23,6 +26,23 @@ import pytest
 
 from keyturn_server.clock import SystemClock
 from tests.harness import Harness
+from tests.process import ServerProcess
+
+#: `keyturn serve` whose stop never ends, as the scheduler's did: run as the command's
+#: prefix (python THIS python -m keyturn_server serve ...).
+HANGING_SERVE = """
+import asyncio, sys
+from keyturn_server import cli
+from keyturn_server.app import App
+from keyturn_server.process import overrun
+
+async def hang_in_stop(self, grace=None):
+    await asyncio.Event().wait()
+
+App.stop = hang_in_stop
+overrun.OVERRUN = 1.0  # past the grace period (10 s)
+sys.exit(cli.main(sys.argv[sys.argv.index("keyturn_server") + 1 :]))
+"""
 
 
 async def asleep(clock: SystemClock, wake: asyncio.Event) -> asyncio.Task[None]:
@@ -71,3 +91,26 @@ async def test_a_scheduler_stopped_as_it_is_woken_stops(tmp_path: Path) -> None:
         assert not scheduler.running
     finally:
         await server.stop()
+
+
+@pytest.mark.slow
+async def test_a_stop_that_hangs_says_where_it_is_stuck_and_exits(tmp_path: Path) -> None:
+    """Any other hang of the kind ends too, and names itself: without the watch, the
+    process waited for a SIGKILL that ended it without a word."""
+    wrapper = tmp_path / "hanging_serve.py"
+    wrapper.write_text(HANGING_SERVE)
+    server = ServerProcess(tmp_path / "data", "--http-listen", "off")
+    server.prefix = [sys.executable, str(wrapper)]
+    await server.start()
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        code = await asyncio.to_thread(server.process.wait, 40)
+    finally:
+        server.kill()  # if it is still running: the test has failed
+    assert code == 1
+    said = [json.loads(line) for line in server.log.read_text().splitlines() if line]
+    stuck = [line for line in said if line["msg"].startswith("keyturn did not stop")]
+    assert stuck, said[-5:]
+    assert "hang_in_stop" in stuck[0]["tasks"]
+    assert "MainThread" in stuck[0]["threads"]

@@ -346,7 +346,7 @@ async def test_a_worker_that_does_not_stop_is_killed_and_the_log_says_so(
     workers: ServerProcess,
 ) -> None:
     # A worker that hangs in its shutdown (as one did when its scheduler slept through
-    # the cancel: tests/test_stop.py) is killed after the grace period plus 5 s, and the
+    # the cancel: tests/test_stop.py) is killed after the grace period plus 10 s, and the
     # usage counts it had not flushed go with it: on-call must be able to see that.
     stuck = min(workers_of(workers))
     os.kill(stuck, signal.SIGSTOP)

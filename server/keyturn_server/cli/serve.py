@@ -21,7 +21,7 @@ from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.observability import logs
-from keyturn_server.process import collector, hardening, memory
+from keyturn_server.process import collector, hardening, memory, overrun
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
 from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
@@ -105,7 +105,12 @@ async def _serve(app: App) -> int:
     await stop.wait()
     if role is not None:
         watching.cancel()
+    watch = overrun.StopWatch(
+        asyncio.get_running_loop(), app.settings.grace_period.total_seconds() + overrun.OVERRUN
+    )
+    watch.start()
     await app.stop()
+    watch.cancel()
     return 0
 
 

@@ -34,6 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from keyturn_server.process import overrun
 from keyturn_server.process.leader import LOCK_FILE as SCHEDULER_LOCK
 from keyturn_server.process.ports import PortUnavailable, SharedPorts
 from keyturn_server.process.worker import WorkerRole
@@ -332,7 +333,9 @@ class Supervisor:
         for process in live:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
-        grace = self.settings.grace_period.total_seconds() + 5
+        # Past a worker's own watch (process/overrun.py), so that it says where it is
+        # stuck before it is killed.
+        grace = self.settings.grace_period.total_seconds() + overrun.OVERRUN + 2
         waits = [asyncio.ensure_future(p.wait()) for p in live]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace)
