@@ -7,7 +7,8 @@ min(32, cores + 4) threads: six on two cores. Six slow reports at once (a servic
 listing of a million handles with its total, an auditor's VerifyAuditLog of a long log)
 took every thread, and every commit queued behind them: each validation, key and handle
 of every caller waited until a report finished. Reports now have threads of their own,
-and so do commits.
+and so do commits; and one caller's reports take at most two of the report threads, so
+its flood of listings does not queue everyone else's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from keyturn.v1 import handles_pb2
+import grpc
+import pytest
+
+from keyturn.v1 import handles_pb2, keys_pb2
 from keyturn_server.domain.repositories import Repository
 from tests.harness import Harness
 
@@ -49,3 +53,64 @@ async def test_slow_reports_do_not_hold_up_durable_writes(server: Harness) -> No
         release.set()
         await asyncio.gather(*reports)
     assert all(r.result() is None for r in reports)  # the reports went on to finish
+
+
+async def test_one_callers_slow_reports_leave_threads_for_the_others(server: Harness) -> None:
+    flooder = await server.client_for("service", "flooder")
+    await flooder.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))
+    other = await server.client_for("service", "other")
+    await other.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))
+    assert server.app is not None
+    release = threading.Event()
+
+    def slow(repo: Repository) -> None:
+        release.wait(30)
+
+    reports = [
+        asyncio.create_task(server.app.store.report(slow, caller="flooder"))
+        for _ in range(SLOW_REPORTS)
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        listed = await other.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=3)
+        assert listed.total_size == 1
+        # The flooder's own next listing waits its turn behind its reports.
+        with pytest.raises(grpc.aio.AioRpcError) as waited:
+            await flooder.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=1)
+        assert waited.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
+        await asyncio.gather(*reports)
+    listed = await flooder.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=5)
+    assert listed.total_size == 1
+
+
+async def test_reports_given_up_on_still_count_against_their_caller(server: Harness) -> None:
+    """A caller that cancels its reports (short deadlines) and sends more must not get
+    more threads than its share: the abandoned ones still run."""
+    other = await server.client_for("service", "other")
+    assert server.app is not None
+    store = server.app.store
+    release = threading.Event()
+
+    def slow(repo: Repository) -> None:
+        release.wait(30)
+
+    def flood() -> list[asyncio.Task[None]]:
+        return [
+            asyncio.create_task(store.report(slow, caller="flooder")) for _ in range(SLOW_REPORTS)
+        ]
+
+    abandoned = flood()
+    await asyncio.sleep(0.3)
+    for report in abandoned:
+        report.cancel()
+    await asyncio.gather(*abandoned, return_exceptions=True)
+    again = flood()
+    try:
+        await asyncio.sleep(0.3)
+        listed = await other.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=3)
+        assert listed.total_size == 0
+    finally:
+        release.set()
+        await asyncio.gather(*again)

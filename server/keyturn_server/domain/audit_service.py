@@ -49,7 +49,9 @@ class AuditService:
             after = self._pages.open(page_token, binding).get("s")
             if not isinstance(after, int):
                 raise InvalidArgument("not a page token from this service", field="page_token")
-        found = await self._store.report(lambda repo: repo.list_audit(query, after, size))
+        found = await self._store.report(
+            lambda repo: repo.list_audit(query, after, size), principal.name
+        )
         entries = found.items
         token = ""
         if found.more and entries:
@@ -58,7 +60,7 @@ class AuditService:
 
     async def verify(self, principal: Principal) -> Verification:
         principal.require(Permission.AUDIT_READ)
-        return await self._store.report(self._verify)
+        return await self._store.report(self._verify, principal.name)
 
     def _verify(self, repo: AuditRepository) -> Verification:
         checked, broken, problem = self._chain.verify(repo.iter_audit())

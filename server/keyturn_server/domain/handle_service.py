@@ -204,7 +204,8 @@ class HandleService:
         )
         now = self._clock.now()
         found = await self._store.report(
-            lambda repo: repo.list_handles(now, type_name, status, owner, page.after, page.size)
+            lambda repo: repo.list_handles(now, type_name, status, owner, page.after, page.size),
+            principal.name,
         )
         handles = found.items
         return HandlePage(handles, token_after(page, handles, found.more), found.total)
@@ -223,7 +224,7 @@ class HandleService:
             )
             return counts, repo.anomaly_counts(owner=owner)
 
-        return await self._store.report(work)
+        return await self._store.report(work, principal.name)
 
     # --- validate --------------------------------------------------------------------
 

@@ -125,7 +125,8 @@ class KeyService:
         )
         now = self._clock.now()
         found = await self._store.report(
-            lambda repo: repo.list_keys(now, type_name, status, owner, page.after, page.size)
+            lambda repo: repo.list_keys(now, type_name, status, owner, page.after, page.size),
+            principal.name,
         )
         keys = [self._usage.with_pending(k) for k in found.items]
         return KeyPage(keys, token_after(page, keys, found.more), found.total)
@@ -139,7 +140,7 @@ class KeyService:
                 repo.key_counts(now), recent(repo.event_counts, now, "key"), now, handles=False
             )
 
-        return await self._store.report(work)
+        return await self._store.report(work, principal.name)
 
     async def flush_usage(self) -> None:
         """Persist the usage counted since the last flush (called periodically)."""

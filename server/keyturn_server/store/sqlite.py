@@ -294,7 +294,7 @@ class SqliteStore:
         finally:
             self._writer.execute("PRAGMA busy_timeout = 0")
 
-    async def report(self, work: Callable[[Repository], T]) -> T:
+    async def report(self, work: Callable[[Repository], T], caller: str = "") -> T:
         if self._files_lost():
             raise Unavailable(files.REFUSAL, reason="STORE_FILE_GONE")
 
@@ -307,7 +307,7 @@ class SqliteStore:
             finally:
                 conn.close()
 
-        return await self._threads.report(run)
+        return await self._threads.report(run, caller)
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)

@@ -93,9 +93,10 @@ class Store(Protocol):
         """
         ...
 
-    async def report(self, work: Callable[[Repository], T]) -> T:
+    async def report(self, work: Callable[[Repository], T], caller: str = "") -> T:
         """Run a read that may scan (counts, statistics, listings with totals) on its own
-        connection in a worker thread, so that it never blocks the event loop."""
+        connection in a worker thread, so that it never blocks the event loop. Reports
+        of one ``caller`` (a principal's name) take a bounded share of those threads."""
         ...
 
     def change_stamp(self) -> int | None:

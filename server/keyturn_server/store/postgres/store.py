@@ -230,7 +230,7 @@ class PostgresStore:
             adapter.execute(f"NOTIFY {CHANNEL}")
         return value, repo
 
-    async def report(self, work: Callable[[Repository], T]) -> T:
+    async def report(self, work: Callable[[Repository], T], caller: str = "") -> T:
         self._refuse_while_unreachable()
 
         def run() -> T:
@@ -241,7 +241,7 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise self._failed(exc, "report") from None
 
-        return await self._threads.report(run)
+        return await self._threads.report(run, caller)
 
     def _refuse_while_unreachable(self) -> None:
         """Fail fast while the link says the database is away (no wait for a pool)."""
