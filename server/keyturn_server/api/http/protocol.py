@@ -51,8 +51,8 @@ def told(exc: BaseException | None) -> str:
 
 #: What one read from a plain-text connection asks for. asyncio's default (256 KiB) makes
 #: every read allocate a buffer of that size, and the server maps buffers of 64 KiB and up
-#: apart (process/memory.py): every request cost an mmap and an munmap, about a seventh of
-#: a validation's time. Below the threshold they come from the heap; a larger body takes
+#: apart (process/memory.py): every request cost an mmap and an munmap, a quarter of an
+#: HTTP validation's CPU. Below the threshold they come from the heap; a larger body takes
 #: more reads. TLS connections read into a buffer of their own and are not affected.
 READ_SIZE = 32 * 1024
 
