@@ -227,18 +227,22 @@ def parse_duration(text: str, minimum: timedelta = MIN_DURATION) -> timedelta:
     return timedelta(seconds=value)
 
 
-def parse_connection_age(text: str) -> timedelta:
-    """ "off" or "0" (connections are kept: a zero duration), or at least a second."""
+def _or_off(text: str, minimum: timedelta) -> timedelta:
+    """ "off" or "0" (a zero duration, which ``resolve`` makes None), or a duration of at
+    least ``minimum``."""
     if text.strip() in ("0", "off"):
         return timedelta(0)
-    return parse_duration(text, minimum=timedelta(seconds=1))
+    return parse_duration(text, minimum=minimum)
+
+
+def parse_connection_age(text: str) -> timedelta:
+    """--max-connection-age: "off" (connections are kept), or at least a second."""
+    return _or_off(text, timedelta(seconds=1))
 
 
 def _retention(text: str) -> timedelta:
-    """ "off" or "0" (kept for ever: a zero duration), or a duration of at least an hour."""
-    if text.strip() in ("0", "off"):
-        return timedelta(0)
-    return parse_duration(text, minimum=timedelta(hours=1))
+    """--handle-retention: "off" (kept for ever), or at least an hour."""
+    return _or_off(text, timedelta(hours=1))
 
 
 #: A scheduler holder verifies its lease, and a worker says it runs, once a second:

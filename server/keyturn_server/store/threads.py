@@ -35,8 +35,8 @@ class StoreThreads:
         self._reports = ThreadPoolExecutor(
             REPORT_THREADS, thread_name_prefix=f"keyturn-{backend}-report"
         )
-        #: Callers with reports running or waiting: their gate and how many use it.
-        self._callers: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}
+        #: Callers with reports running or waiting.
+        self._callers: dict[str, _Share] = {}
 
     async def commit(self, work: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._commits, work)
@@ -49,32 +49,43 @@ class StoreThreads:
         loop = asyncio.get_running_loop()
         if not caller:
             return await loop.run_in_executor(self._reports, work)
-        gate, users = self._callers.setdefault(caller, (asyncio.Semaphore(REPORTS_PER_CALLER), [0]))
-        users[0] += 1
+        share = self._callers.setdefault(caller, _Share())
+        share.users += 1
         try:
-            await gate.acquire()
+            await share.places.acquire()
         except BaseException:
-            self._leave(caller, users)
+            self._leave(caller, share)
             raise
 
         def ended(_: Future[T]) -> None:  # in the report thread, or where it was cancelled
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
-                loop.call_soon_threadsafe(self._release, caller, gate, users)
+                loop.call_soon_threadsafe(self._release, caller, share)
 
         running = self._reports.submit(work)
         running.add_done_callback(ended)
         return await asyncio.wrap_future(running)
 
-    def _release(self, caller: str, gate: asyncio.Semaphore, users: list[int]) -> None:
-        gate.release()
-        self._leave(caller, users)
+    def _release(self, caller: str, share: _Share) -> None:
+        share.places.release()
+        self._leave(caller, share)
 
-    def _leave(self, caller: str, users: list[int]) -> None:
-        users[0] -= 1
-        if not users[0]:
+    def _leave(self, caller: str, share: _Share) -> None:
+        share.users -= 1
+        if not share.users:
             del self._callers[caller]
 
     def close(self) -> None:
         """Once nothing more is submitted; reports still running end on their own."""
         self._commits.shutdown(wait=False, cancel_futures=True)
         self._reports.shutdown(wait=False, cancel_futures=True)
+
+
+class _Share:
+    """One caller's places among the report threads, and its reports running or waiting
+    for one (the share is dropped when none are left)."""
+
+    __slots__ = ("places", "users")
+
+    def __init__(self) -> None:
+        self.places = asyncio.Semaphore(REPORTS_PER_CALLER)
+        self.users = 0
