@@ -43,6 +43,7 @@ from keyturn_server.crypto import native
 from keyturn_server.domain import limits, time_floor
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
+from keyturn_server.domain.audit_retention import AuditRetention
 from keyturn_server.domain.audit_service import AuditService
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.errors import Unavailable
@@ -285,6 +286,7 @@ class App:
             settings.event_retention,
             self._leadership,
             settings.handle_retention,
+            AuditRetention(journal, settings.audit_retention),
         )
         store.add_commit_listener(hub.publish)
         store.add_commit_listener(scheduler.poke)

@@ -71,6 +71,9 @@ class Settings:
     #: Handles that ended are deleted this long after the end of their maximum lifetime
     #: (None: kept for ever).
     handle_retention: timedelta | None = timedelta(days=30)
+    #: Audit entries are deleted from the store this long after they were written (None:
+    #: kept for ever). The log stream carries every entry for a longer record elsewhere.
+    audit_retention: timedelta | None = timedelta(days=400)
     heartbeat_interval: timedelta = timedelta(seconds=30)
     #: Due work older than this makes the scheduler NOT_SERVING on every replica.
     scheduler_max_lag: timedelta = timedelta(minutes=1)
@@ -245,6 +248,12 @@ def _retention(text: str) -> timedelta:
     return _or_off(text, timedelta(hours=1))
 
 
+def _audit_retention(text: str) -> timedelta:
+    """--audit-retention: "off" (kept for ever), or at least a day: "400" (seconds) or
+    "40m" typed for days must not erase the audit trail within the hour."""
+    return _or_off(text, timedelta(days=1))
+
+
 #: A scheduler holder verifies its lease, and a worker says it runs, once a second:
 #: shorter limits would end healthy ones.
 MIN_LIVENESS_LIMIT = timedelta(seconds=3)
@@ -379,6 +388,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long handles that ended (expired, exhausted, revoked) are kept past the "
         "end of their maximum lifetime, then deleted with their secrets (default 30d; 'off': "
         "for ever)",
+    )
+    parser.add_argument(
+        "--audit-retention",
+        type=_audit_retention,
+        help="how long audit entries are kept in the store, then deleted oldest first, each "
+        "deletion audited (default 400d; 'off': for ever; at least 1d). The log stream carries "
+        "every entry for a longer record",
     )
     parser.add_argument(
         "--heartbeat",
@@ -524,6 +540,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         handle_retention=(
             defaults.handle_retention if args.handle_retention is None else args.handle_retention
+        )
+        or None,
+        audit_retention=(
+            defaults.audit_retention if args.audit_retention is None else args.audit_retention
         )
         or None,
         heartbeat_interval=args.heartbeat or defaults.heartbeat_interval,

@@ -8,9 +8,11 @@ import argparse
 import asyncio
 import io
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -174,6 +176,21 @@ async def test_audit_list_and_verify(keyturn: Keyturn) -> None:
     assert header.split()[:3] == ["SEQ", "TIME", "ACTION"] and "user123" in row
     verified = await keyturn("audit", "verify")
     assert verified.code == 0 and verified.out.startswith("audit log intact: ")
+    assert "retention" not in verified.out
+
+
+async def test_audit_verify_says_where_a_pruned_log_starts(
+    keyturn: Keyturn, server: Harness
+) -> None:
+    await keyturn("keys", "generate", "api")
+    await server.advance(timedelta(days=401))  # past the default audit retention
+    verified = await keyturn("audit", "verify")
+    assert verified.code == 0
+    assert re.match(
+        r"audit log intact: \d+ entries \(from entry \d+: those before it passed the audit "
+        r"retention\), head [0-9a-f]{64}$",
+        verified.out.strip(),
+    ), verified.out
 
 
 async def test_health_prints_each_component(keyturn: Keyturn) -> None:

@@ -151,6 +151,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             first_broken_sequence=result.first_broken,
             problem=result.problem,
             head_hash=result.head,
+            first_sequence=result.first_sequence,
         )
 
     async def CreateAccessToken(

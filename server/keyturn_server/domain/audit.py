@@ -61,6 +61,33 @@ class AuditHead:
 
 
 @dataclass(frozen=True)
+class AuditBase:
+    """The newest entry removed under the audit retention, recorded beside the log under
+    a MAC, as the anchor is: the log kept starts right after it. Without it, entries
+    removed from the start of the log could not be told from entries pruned on purpose."""
+
+    sequence: int
+    hash: bytes
+    #: Why it cannot be trusted (its MAC fails); "" when it can.
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class AuditPruned:
+    """What one pruning removed: entries ``first`` to ``through``, written at or before
+    ``before``; ``through_hash`` is the last one's hash, which the kept log links to."""
+
+    first: int
+    through: int
+    through_hash: bytes
+    before: datetime
+
+    @property
+    def count(self) -> int:
+        return self.through - self.first + 1
+
+
+@dataclass(frozen=True)
 class AuditQuery:
     action: str = ""
     principal: str = ""
@@ -97,19 +124,18 @@ class AuditChain:
             self._key, previous + canonical(sequence, time, draft), hashlib.sha256
         ).digest()
 
-    def verify(self, entries: Iterable[AuditEntry]) -> tuple[int, int, str]:
-        """(entries checked, first broken sequence or 0, problem)."""
-        previous = GENESIS
-        expected_sequence: int | None = None
+    def verify(
+        self, entries: Iterable[AuditEntry], base: AuditBase | None = None
+    ) -> tuple[int, int, str]:
+        """(entries checked, first broken sequence or 0, problem). The log starts with
+        entry 1, or right after ``base`` when its start was pruned."""
+        previous = GENESIS if base is None else base.hash
+        expected_sequence = 1 if base is None else base.sequence + 1
         checked = 0
         for entry in entries:
             checked += 1
-            if expected_sequence is not None and entry.sequence != expected_sequence:
-                return (
-                    checked,
-                    entry.sequence,
-                    (f"entry {expected_sequence} is missing (next is {entry.sequence})"),
-                )
+            if entry.sequence != expected_sequence:
+                return checked, entry.sequence, _gap(expected_sequence, entry.sequence, base)
             if entry.previous_hash != previous:
                 return checked, entry.sequence, "previous_hash does not match the entry before"
             want = self.link(previous, entry.sequence, entry.time, entry.draft)
@@ -118,6 +144,25 @@ class AuditChain:
             previous = entry.hash
             expected_sequence = entry.sequence + 1
         return checked, 0, ""
+
+
+def _gap(expected: int, found: int, base: AuditBase | None) -> str:
+    if found < expected:
+        return (
+            f"entry {found} comes before the log's start at {expected}: pruned entries "
+            "were put back"
+        )
+    if expected == 1:
+        return (
+            f"the log starts at entry {found}: entries 1 to {found - 1} were removed, and "
+            "no pruning under the audit retention records them"
+        )
+    if base is not None and expected == base.sequence + 1:
+        return (
+            f"entry {expected} is missing (next is {found}): the audit retention pruned "
+            f"only up to entry {base.sequence}"
+        )
+    return f"entry {expected} is missing (next is {found})"
 
 
 class AuditLog:

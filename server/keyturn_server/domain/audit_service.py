@@ -26,6 +26,9 @@ class Verification:
     first_broken: int
     problem: str
     head: bytes
+    #: The first entry the log keeps: 1, or the one after the last pruned under the
+    #: audit retention.
+    first_sequence: int = 1
 
 
 class AuditService:
@@ -63,7 +66,11 @@ class AuditService:
         return await self._store.report(self._verify, principal.name)
 
     def _verify(self, repo: AuditRepository) -> Verification:
-        checked, broken, problem = self._chain.verify(repo.iter_audit())
+        base = repo.audit_base()
+        first = 1 if base is None else base.sequence + 1
+        if base is not None and base.problem:
+            return Verification(False, 0, first, base.problem, b"", first)
+        checked, broken, problem = self._chain.verify(repo.iter_audit(), base)
         head = repo.audit_head()
         last_hash = b""
         if not broken and head is not None and head.problem:
@@ -79,7 +86,7 @@ class AuditService:
                 )
             else:
                 last_hash = last.hash
-        return Verification(not broken, checked, broken, problem, last_hash)
+        return Verification(not broken, checked, broken, problem, last_hash, first)
 
 
 def _binding(query: AuditQuery, principal: Principal) -> tuple[object, ...]:

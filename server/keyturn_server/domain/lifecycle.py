@@ -1,5 +1,5 @@
 """The scheduler: warnings, rotations, expiries and destruction, at their deadlines; and
-the purge of events and of ended handles past their retention.
+the purge of events, of ended handles and of audit entries past their retention.
 
 It asks the store for the earliest due deadline of each kind (an indexed lookup, so its
 cost does not grow with the number of records), sleeps on the injected clock until then
@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from keyturn_server.clock import Clock
 from keyturn_server.domain.access import SYSTEM
+from keyturn_server.domain.audit_retention import AuditRetention
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.deadlines import DeadlineKind, Overdue, SecretRef, VersionRef
 from keyturn_server.domain.errors import DataLoss, Unavailable
@@ -104,6 +105,7 @@ class Scheduler:
         retention: timedelta,
         leadership: Leadership,
         handle_retention: timedelta | None = None,
+        audit: AuditRetention | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -115,6 +117,7 @@ class Scheduler:
         #: (None: for ever). A busy service issues millions of short-lived handles; kept
         #: for ever, they fill the disk and slow every count over them.
         self.handle_retention = handle_retention
+        self.audit = audit
         self.leadership = leadership
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -211,6 +214,8 @@ class Scheduler:
             ended = reader.oldest_ended_handle()
             if ended is not None:
                 times.append(ended + self.handle_retention)
+        if self.audit is not None and (pruning := self.audit.deadline(reader)) is not None:
+            times.append(pruning)
         return min(times) if times else None
 
     async def _write(self, lease: Lease, work: Callable[[Repository], T]) -> T:
@@ -233,6 +238,8 @@ class Scheduler:
             await self._write(lease, lambda repo: repo.prune_events(now - self.retention))
         if await self._purge_handles(lease, reader, now):
             did = True
+        if await self._prune_audit(lease, reader, now):
+            did = True
         self.passes += 1
         return did
 
@@ -253,6 +260,26 @@ class Scheduler:
                 extra={"category": "scheduler", "count": purged, "ended_before": before},
             )
         return purged == PURGE_BATCH
+
+    async def _prune_audit(self, lease: Lease, reader: Repository, now: datetime) -> bool:
+        """Prune one batch of the audit log past its retention; True when there may be
+        more (sweep again)."""
+        audit = self.audit
+        if audit is None or not audit.due(reader, now):
+            return False
+        pruned = await self._write(lease, lambda repo: audit.prune(repo, now))
+        if pruned is None:
+            return False
+        log.info(
+            "pruned audit entries older than the retention",
+            extra={
+                "category": "scheduler",
+                "count": pruned.count,
+                "through_sequence": pruned.through,
+                "cutoff": pruned.before,
+            },
+        )
+        return True
 
     async def _act_on(self, lease: Lease, unit: list[Overdue], now: datetime) -> bool:
         """Act on due items in order; True if any was acted on (a step that finds its

@@ -842,12 +842,19 @@ class VerifyAuditLogResponse(_message.Message):
     FIRST_BROKEN_SEQUENCE_FIELD_NUMBER: _builtins.int
     PROBLEM_FIELD_NUMBER: _builtins.int
     HEAD_HASH_FIELD_NUMBER: _builtins.int
+    FIRST_SEQUENCE_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
     entries_checked: _builtins.int
     first_broken_sequence: _builtins.int
     """Sequence of the first entry whose link is broken; 0 when valid."""
     problem: _builtins.str
     head_hash: _builtins.bytes
+    first_sequence: _builtins.int
+    """Sequence of the first entry the log keeps: 1, or the one after the last entry
+    deleted under the audit retention (--audit-retention). Each deletion is itself an
+    audit entry (action "audit.prune"), and the first entry kept links to the last one
+    deleted, so the kept log verifies as one chain.
+    """
     def __init__(
         self,
         *,
@@ -856,10 +863,11 @@ class VerifyAuditLogResponse(_message.Message):
         first_broken_sequence: _builtins.int = ...,
         problem: _builtins.str = ...,
         head_hash: _builtins.bytes = ...,
+        first_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_broken_sequence", b"first_broken_sequence", "head_hash", b"head_hash", "problem", b"problem", "valid", b"valid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries_checked", b"entries_checked", "first_broken_sequence", b"first_broken_sequence", "first_sequence", b"first_sequence", "head_hash", b"head_hash", "problem", b"problem", "valid", b"valid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -49,7 +49,15 @@ async def audit_verify(client: AsyncClient, args: argparse.Namespace) -> int:
     if args.json:
         out.emit_json(result)
     elif result.valid:
-        print(f"audit log intact: {result.entries_checked} entries, head {result.head_hash.hex()}")
+        pruned = (
+            f" (from entry {result.first_sequence}: those before it passed the audit retention)"
+            if result.first_sequence > 1
+            else ""
+        )
+        print(
+            f"audit log intact: {result.entries_checked} entries{pruned}, "
+            f"head {result.head_hash.hex()}"
+        )
     else:
         print(f"audit log BROKEN at sequence {result.first_broken_sequence}: {result.problem}")
     return 0 if result.valid else REFUSED

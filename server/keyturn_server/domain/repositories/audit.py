@@ -6,7 +6,14 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Protocol
 
-from keyturn_server.domain.audit import AuditDraft, AuditEntry, AuditHead, AuditQuery
+from keyturn_server.domain.audit import (
+    AuditBase,
+    AuditDraft,
+    AuditEntry,
+    AuditHead,
+    AuditPruned,
+    AuditQuery,
+)
 from keyturn_server.domain.paging import Listing
 
 
@@ -19,6 +26,19 @@ class AuditRepository(Protocol):
 
     def audit_head(self) -> AuditHead | None:
         """The last entry written, as recorded beside the log."""
+        ...
+
+    def audit_base(self) -> AuditBase | None:
+        """The newest entry pruned under the retention; None when none ever was."""
+        ...
+
+    def oldest_prunable_audit(self) -> datetime | None:
+        """The time of the oldest entry that is not the newest (which is never pruned)."""
+        ...
+
+    def prune_audit(self, before: datetime, limit: int) -> AuditPruned | None:
+        """Delete the oldest entries written at or before ``before``, at most ``limit``, never
+        the newest, and record the last one deleted as the log's base."""
         ...
 
     def list_audit(

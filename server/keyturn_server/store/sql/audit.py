@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from keyturn_server.clock import to_micros
-from keyturn_server.domain.audit import GENESIS, AuditDraft, AuditEntry, AuditHead, AuditQuery
+from keyturn_server.clock import from_micros, to_micros
+from keyturn_server.domain.audit import (
+    GENESIS,
+    AuditBase,
+    AuditDraft,
+    AuditEntry,
+    AuditHead,
+    AuditPruned,
+    AuditQuery,
+)
 from keyturn_server.domain.paging import Listing
 from keyturn_server.store import rows
 from keyturn_server.store.sql.meta import MetaSql
@@ -17,10 +26,18 @@ from keyturn_server.store.sql.statements import Where
 #: from the keyring, kept apart from the log itself. Entries removed from the end, or the
 #: whole log, no longer match it, and a writer without MASTER_KEY cannot make another.
 HEAD = "audit_head"
+#: The base: the newest entry pruned under the retention (sequence and hash), MAC'd the
+#: same way. The kept log links to it; entries removed from the start without it, or
+#: beyond it, break the chain.
+BASE = "audit_base"
 
 
 def _anchored(sequence: int, digest_hex: str) -> bytes:
     return f"keyturn/v1|audit-anchor|{sequence}|{digest_hex}".encode()
+
+
+def _based(sequence: int, digest_hex: str) -> bytes:
+    return f"keyturn/v1|audit-base|{sequence}|{digest_hex}".encode()
 
 
 class AuditSql(MetaSql):
@@ -74,6 +91,51 @@ class AuditSql(MetaSql):
                 number, digest, "the log's anchor failed authentication: it was rewritten"
             )
         return AuditHead(number, digest)
+
+    def audit_base(self) -> AuditBase | None:
+        raw = self.get_meta(BASE)
+        if raw is None:
+            return None
+        sequence, _, rest = raw.decode(errors="replace").partition(":")
+        digest, _, mac = rest.partition(":")
+        try:
+            number, hashed, tag = int(sequence), bytes.fromhex(digest), bytes.fromhex(mac)
+        except ValueError:
+            number, hashed, tag = 0, b"", b""
+        if not tag or not self._integrity.protection.anchor.verify(_based(number, digest), tag):
+            self._integrity.report("meta", BASE, "", "wrong" if tag else "missing")
+            return AuditBase(
+                number, hashed, "the record of the log's pruned start failed authentication"
+            )
+        return AuditBase(number, hashed)
+
+    def oldest_prunable_audit(self) -> datetime | None:
+        row = self._one(
+            "SELECT time FROM audit WHERE sequence < (SELECT MAX(sequence) FROM audit) "
+            "ORDER BY sequence LIMIT 1"
+        )
+        return None if row is None else from_micros(row["time"])
+
+    def prune_audit(self, before: datetime, limit: int) -> AuditPruned | None:
+        # The oldest entries in sequence order, up to the first one younger than the
+        # retention (one exactly as old is due, so it goes: else it would stay due), so
+        # that the log kept stays one unbroken chain. The newest entry is never pruned:
+        # the anchor always names an entry that is there.
+        found = self._all(
+            "SELECT sequence, time, hash FROM audit "
+            "WHERE sequence < (SELECT MAX(sequence) FROM audit) ORDER BY sequence LIMIT ?",
+            (limit,),
+        )
+        cutoff = to_micros(before)
+        old = list(itertools.takewhile(lambda r: r["time"] <= cutoff, found))
+        if not old:
+            return None
+        first, last = old[0]["sequence"], old[-1]["sequence"]
+        digest = bytes(old[-1]["hash"])
+        self._run("DELETE FROM audit WHERE sequence <= ?", (last,))
+        mac = self._integrity.protection.anchor.tag(_based(last, digest.hex()))
+        self.set_meta(BASE, f"{last}:{digest.hex()}:{mac.hex()}".encode())
+        return AuditPruned(first, last, digest, before)
 
     def list_audit(self, query: AuditQuery, after: int | None, limit: int) -> Listing[AuditEntry]:
         where = Where()

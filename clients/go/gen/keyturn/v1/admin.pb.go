@@ -1657,8 +1657,13 @@ type VerifyAuditLogResponse struct {
 	FirstBrokenSequence int64  `protobuf:"varint,3,opt,name=first_broken_sequence,json=firstBrokenSequence,proto3" json:"first_broken_sequence,omitempty"`
 	Problem             string `protobuf:"bytes,4,opt,name=problem,proto3" json:"problem,omitempty"`
 	HeadHash            []byte `protobuf:"bytes,5,opt,name=head_hash,json=headHash,proto3" json:"head_hash,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Sequence of the first entry the log keeps: 1, or the one after the last entry
+	// deleted under the audit retention (--audit-retention). Each deletion is itself an
+	// audit entry (action "audit.prune"), and the first entry kept links to the last one
+	// deleted, so the kept log verifies as one chain.
+	FirstSequence int64 `protobuf:"varint,6,opt,name=first_sequence,json=firstSequence,proto3" json:"first_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VerifyAuditLogResponse) Reset() {
@@ -1724,6 +1729,13 @@ func (x *VerifyAuditLogResponse) GetHeadHash() []byte {
 		return x.HeadHash
 	}
 	return nil
+}
+
+func (x *VerifyAuditLogResponse) GetFirstSequence() int64 {
+	if x != nil {
+		return x.FirstSequence
+	}
+	return 0
 }
 
 type AccessToken struct {
@@ -2255,13 +2267,14 @@ const file_keyturn_v1_admin_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x1d\n" +
 	"\n" +
 	"total_size\x18\x03 \x01(\x03R\ttotalSize\"\x17\n" +
-	"\x15VerifyAuditLogRequest\"\xc2\x01\n" +
+	"\x15VerifyAuditLogRequest\"\xe9\x01\n" +
 	"\x16VerifyAuditLogResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12'\n" +
 	"\x0fentries_checked\x18\x02 \x01(\x03R\x0eentriesChecked\x122\n" +
 	"\x15first_broken_sequence\x18\x03 \x01(\x03R\x13firstBrokenSequence\x12\x18\n" +
 	"\aproblem\x18\x04 \x01(\tR\aproblem\x12\x1b\n" +
-	"\thead_hash\x18\x05 \x01(\fR\bheadHash\"\xdf\x02\n" +
+	"\thead_hash\x18\x05 \x01(\fR\bheadHash\x12%\n" +
+	"\x0efirst_sequence\x18\x06 \x01(\x03R\rfirstSequence\"\xdf\x02\n" +
 	"\vAccessToken\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x04role\x18\x02 \x01(\x0e2\x10.keyturn.v1.RoleR\x04role\x12;\n" +
