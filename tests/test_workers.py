@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.process.leader import LOCK_FILE
 from keyturn_server.process.worker import AUTO_CAP, available_cores, parse_workers
-from keyturn_server.settings import Settings, SettingsError
+from keyturn_server.settings import Settings
 from tests.harness import Client, fails
-from tests.process import ServerProcess
+from tests.process import ServerProcess, free_port
 
 E = events_pb2
 K = keys_pb2
@@ -387,7 +389,86 @@ def test_workers_flag_refuses_nonsense(text: str) -> None:
         parse_workers(text)
 
 
-def test_metrics_of_several_workers_are_refused_until_they_are_aggregated() -> None:
-    with pytest.raises(SettingsError, match="--workers 1 with metrics"):
-        Settings(workers=2, metrics_listen="127.0.0.1:9090").check()
-    assert Settings(workers=1, metrics_listen="127.0.0.1:9090").check().workers == 1
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The supervisor's /metrics, by sample name and labels."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+GENERATED = (
+    "keyturn_rpc_requests_total",
+    (("code", "OK"), ("method", "/keyturn.v1.KeyService/GenerateKey")),
+)
+
+
+async def generate_keys(server: ServerProcess) -> None:
+    """One GenerateKey on each of CHANNELS connections: both workers serve some."""
+    channels = [
+        grpc.aio.insecure_channel(server.address, options=[("grpc.use_local_subchannel_pool", 1)])
+        for _ in range(CHANNELS)
+    ]
+    try:
+        for channel in channels:
+            await Client(channel, server.token()).keys.GenerateKey(
+                K.GenerateKeyRequest(type="api"), timeout=10
+            )
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def test_metrics_of_every_worker_are_served_merged_by_the_supervisor(
+    tmp_path: Path,
+) -> None:
+    """Each worker counts the calls it served: the supervisor's scrape sums them (the
+    highest would be short of the total), serves the store's figures once, and a worker
+    that is replaced does not take its counts with it."""
+    port = free_port()
+    server = ServerProcess(
+        tmp_path / "data",
+        "--workers",
+        "2",
+        "--http-listen",
+        "off",
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    )
+    await server.start()
+    try:
+        await generate_keys(server)
+        figures = await asyncio.to_thread(scrape, port)
+        assert figures[GENERATED] == CHANNELS
+        assert figures[("keyturn_metrics_workers", ())] == 2
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while figures.get(("keyturn_scheduler_leader", ())) != 1:  # refreshed every 5 s
+            assert loop.time() < deadline, figures
+            await asyncio.sleep(0.5)
+            figures = await asyncio.to_thread(scrape, port)
+
+        replaced = sorted(workers_of(server))[0]
+        os.kill(replaced, signal.SIGKILL)
+        while not (len(workers_of(server)) == 2 and replaced not in workers_of(server)):
+            assert loop.time() < deadline + 20, "the killed worker was not restarted"
+            await asyncio.sleep(0.1)
+        figures = await asyncio.to_thread(scrape, port)
+        while figures[("keyturn_metrics_workers", ())] != 2:  # until its successor answers
+            assert loop.time() < deadline + 40, figures
+            await asyncio.sleep(0.2)
+            figures = await asyncio.to_thread(scrape, port)
+        assert figures[GENERATED] == CHANNELS  # the killed worker's count kept
+        await generate_keys(server)
+        figures = await asyncio.to_thread(scrape, port)
+        assert figures[GENERATED] == 2 * CHANNELS
+    finally:
+        if server.process is not None:
+            server.terminate()
+
+
+def test_metrics_listen_is_accepted_with_several_workers() -> None:
+    assert Settings(workers=2, metrics_listen="127.0.0.1:9090").check().workers == 2

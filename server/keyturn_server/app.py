@@ -65,6 +65,7 @@ from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
 from keyturn_server.observability import logs
 from keyturn_server.observability.metrics import Metrics
+from keyturn_server.observability.worker_metrics import socket_path
 from keyturn_server.process.hardening import harden
 from keyturn_server.process.membership import Membership
 from keyturn_server.process.ports import PortUnavailable, check_free
@@ -413,8 +414,12 @@ class App:
         self._spawn(self._every(guard.access.interval, self.flush_access_log))
         self._spawn(self._every(time_floor.EVERY, self.save_time_floor))
         if self.metrics is not None and settings.metrics_listen:
-            host, port = split_address(settings.metrics_listen)
-            self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
+            if membership is not None:  # the supervisor serves every worker's, merged
+                role = membership.role
+                await self.metrics.serve_supervisor(socket_path(role.peers, role.index))
+            else:
+                host, port = split_address(settings.metrics_listen)
+                self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
             self._spawn(self.metrics.refresh_forever(store, self.clock, scheduler, hub))
         log.info(
             "keyturn serving",
@@ -576,7 +581,7 @@ class App:
         if self._guard is not None:
             self._guard.access.flush()
         if self.metrics is not None:
-            self.metrics.close()
+            await self.metrics.close()
         if self._maker is not None:
             self._maker.close()
         backend = ""

@@ -206,11 +206,6 @@ class Settings:
             split_address(address)
         if self.metrics_listen:
             split_address(self.metrics_listen)
-        if self.workers > 1 and self.metrics_listen:
-            raise SettingsError(
-                "--metrics-listen serves one process's figures, and --workers "
-                f"{self.workers} runs several: use --workers 1 with metrics for now"
-            )
         for verdict in self.verdicts():
             if verdict.refusal:
                 raise SettingsError(verdict.refusal)

@@ -33,12 +33,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from keyturn_server.observability import worker_metrics
 from keyturn_server.process import overrun
 from keyturn_server.process.leader import LOCK_FILE as SCHEDULER_LOCK
 from keyturn_server.process.ports import PortUnavailable, SharedPorts
 from keyturn_server.process.worker import WorkerRole
-from keyturn_server.settings import Settings
+from keyturn_server.settings import Settings, split_address
 
 log = logging.getLogger("keyturn.app")
 
@@ -86,6 +88,8 @@ class Supervisor:
     _leader_pid: int | None = None
     _peers: Path | None = None
     _restarting: set[asyncio.Future[None]] = field(default_factory=set)
+    #: --metrics-listen: every worker's figures, merged (observability/worker_metrics.py).
+    _metrics: Any = None
 
     def reserve_ports(self) -> list[str]:
         """Hold every listen address for the workers; warnings to log (a default HTTP
@@ -223,6 +227,7 @@ class Supervisor:
             await self.stop()
             codes = ", ".join(f"worker {w.index}: {_exit_of(w)}" for w in failed)
             raise StartFailed(f"workers did not start ({codes}); their reasons are above")
+        self._serve_metrics()
         log.info(
             "keyturn workers serving",
             extra={
@@ -231,6 +236,25 @@ class Supervisor:
                 "pids": ",".join(str(w.process.pid) for w in self._workers if w.process),
             },
         )
+
+    def _serve_metrics(self) -> None:
+        if not self.settings.metrics_listen:
+            return
+        peers = self._peers
+        assert peers is not None
+        host, port = split_address(self.settings.metrics_listen)
+        try:
+            self._metrics = worker_metrics.serve_supervisor(
+                host or "127.0.0.1",
+                port,
+                lambda: [worker_metrics.socket_path(peers, w.index) for w in self._workers],
+            )
+        except OSError as exc:
+            raise StartFailed(f"--metrics-listen {self.settings.metrics_listen}: {exc}") from None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self._metrics is None else int(self._metrics.server_port)
 
     async def supervise(self, stop: asyncio.Event) -> int:
         """Keep the workers running until ``stop``; the exit code."""
@@ -357,6 +381,10 @@ class Supervisor:
                 await stuck.wait()
         for worker in self._workers:
             self._deafen(worker)
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
         self._ports.close()
         if self._peers is not None:
             shutil.rmtree(self._peers, ignore_errors=True)
