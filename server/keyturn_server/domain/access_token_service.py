@@ -29,6 +29,7 @@ from keyturn_server.domain.errors import (
     Unavailable,
 )
 from keyturn_server.domain.journal import Journal, Resource
+from keyturn_server.domain.presenters import presenter_peer
 from keyturn_server.domain.repositories import Repository, Store
 
 TOKEN_BYTES = 32
@@ -39,6 +40,38 @@ ADMIN_TOKEN_AT = "admin_token.written_to"
 log = logging.getLogger("keyturn.security")
 #: The longest lifetime a token may be given (none at all: no expiry).
 MAX_TTL = timedelta(days=3650)
+#: Refused logins audited one by one per FAILURE_WINDOW, all peers together; the rest
+#: are counted, and audited as one entry once the window has passed.
+AUDITED_FAILURES = 50
+FAILURE_WINDOW = timedelta(seconds=10)
+
+
+class _FailureBudget:
+    """How many refused logins are audited one by one in each window, whoever sends
+    them: the per-peer dedup alone lets many addresses (a botnet, an IPv6 /64) write one
+    entry each, at the rate they can connect."""
+
+    def __init__(self, limit: int, window: timedelta) -> None:
+        self.limit = limit
+        self.window = window
+        self._index = -1
+        self._used = 0
+        #: Refusals not audited one by one, not yet audited as a count.
+        self.unaudited = 0
+
+    def admit(self, now: datetime) -> bool:
+        index = int(now.timestamp() // self.window.total_seconds())
+        if index != self._index:
+            self._index, self._used = index, 0
+        if self._used >= self.limit:
+            self.unaudited += 1
+            return False
+        self._used += 1
+        return True
+
+    def take_unaudited(self) -> int:
+        count, self.unaudited = self.unaudited, 0
+        return count
 
 
 class AccessTokenService:
@@ -52,9 +85,11 @@ class AccessTokenService:
         #: clears it at once; a revocation by `keyturn token revoke` in another process
         #: takes effect within CACHE_FOR.
         self._known: dict[str, tuple[AccessToken, datetime]] = {}
-        #: Authentication failures are audited, but at most a few per peer per minute,
-        #: so that a flood of bad tokens cannot flood the audit log.
-        self.failures = InvalidTokenFloodDetector(threshold=1, window=timedelta(seconds=10))
+        #: Authentication failures are audited, but at most once per peer (an IPv6 peer
+        #: by its /64) per window, and AUDITED_FAILURES per window in all, so that a flood
+        #: of bad tokens cannot flood the audit log.
+        self.failures = InvalidTokenFloodDetector(threshold=1, window=FAILURE_WINDOW)
+        self._budget = _FailureBudget(AUDITED_FAILURES, FAILURE_WINDOW)
 
     # --- authentication ----------------------------------------------------------------
 
@@ -96,11 +131,27 @@ class AccessTokenService:
         return token
 
     async def audit_failure(self, peer: str, method: str, why: str) -> None:
-        if self.failures.record(peer, self._clock.now()) is None:
-            return
         now = self._clock.now()
+        if self.failures.record(presenter_peer(peer), now) is None:
+            return
+        if not self._budget.admit(now):
+            return
+        unaudited = self._budget.take_unaudited()
 
         def work(repo: Repository) -> None:
+            if unaudited:
+                self._journal.audit(
+                    repo,
+                    "auth.failure.unaudited",
+                    about=Resource("rpc"),
+                    by=None,
+                    peer="",
+                    outcome="denied",
+                    reason=f"more than {AUDITED_FAILURES} refused logins in "
+                    f"{FAILURE_WINDOW.total_seconds():g} s",
+                    details={"count": str(unaudited)},
+                    time=now,
+                )
             self._journal.audit(
                 repo,
                 "auth.failure",
