@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import urllib.request
 from datetime import UTC, timedelta
+
+import pytest
 
 from keyturn.v1 import handles_pb2, keys_pb2
 from tests.harness import Harness
@@ -101,3 +104,17 @@ async def test_metrics_show_the_oldest_overdue_deadline_the_leader_and_the_store
     server.clock.advance(timedelta(minutes=4, seconds=30))  # the warning was due at 4 min
     text = await scrape_now(server)
     assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 30
+
+
+async def test_a_taken_metrics_port_stops_the_start_before_anything_is_made(
+    server: Harness,
+) -> None:
+    await server.stop()
+    fresh = server.data_dir.parent / "fresh"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(OSError, match=f"cannot listen on {address}.*--metrics-listen"):
+            await server.start(data_dir=fresh, metrics_listen=address)
+    assert not fresh.exists()  # one line, before a keyring or a store was made

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -468,6 +469,22 @@ async def test_metrics_of_every_worker_are_served_merged_by_the_supervisor(
     finally:
         if server.process is not None:
             server.terminate()
+
+
+def test_a_taken_metrics_port_stops_the_supervisor_before_any_worker(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        server = ServerProcess(
+            tmp_path / "data", "--workers", "2", "--http-listen", "off", "--metrics-listen", address
+        )
+        server.spawn()
+        assert server.process is not None
+        assert server.process.wait(timeout=30) == 1
+    said = server.log.read_text()
+    assert f"cannot listen on {address}" in said and "--metrics-listen" in said, said[-2000:]
+    assert not (tmp_path / "data" / "keyturn.db").exists()
 
 
 def test_metrics_listen_is_accepted_with_several_workers() -> None:

@@ -227,6 +227,8 @@ class App:
                 check_free(address)
             for address in () if settings.http_listen_is_default else settings.http_listen:
                 check_free(address, "--http-listen")
+            if settings.metrics_listen:
+                check_free(settings.metrics_listen, "--metrics-listen")
         if settings.client_identities is not None:
             self._identities = IdentityFile(settings.client_identities)
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -38,7 +38,7 @@ from typing import Any
 from keyturn_server.observability import worker_metrics
 from keyturn_server.process import overrun
 from keyturn_server.process.leader import LOCK_FILE as SCHEDULER_LOCK
-from keyturn_server.process.ports import PortUnavailable, SharedPorts
+from keyturn_server.process.ports import PortUnavailable, SharedPorts, check_free
 from keyturn_server.process.worker import WorkerRole
 from keyturn_server.settings import Settings, split_address
 
@@ -109,6 +109,7 @@ class Supervisor:
                         "pass --http-listen HOST:PORT (or off)"
                     )
             self.http_listen = tuple(http)
+            self._serve_metrics()
         except PortUnavailable as exc:
             self._ports.close()
             raise StartFailed(str(exc)) from None
@@ -227,7 +228,6 @@ class Supervisor:
             await self.stop()
             codes = ", ".join(f"worker {w.index}: {_exit_of(w)}" for w in failed)
             raise StartFailed(f"workers did not start ({codes}); their reasons are above")
-        self._serve_metrics()
         log.info(
             "keyturn workers serving",
             extra={
@@ -238,19 +238,25 @@ class Supervisor:
         )
 
     def _serve_metrics(self) -> None:
+        """Bind --metrics-listen now, with the other ports: a port in use stops the start
+        before any worker runs. Until the workers answer, a scrape has no figures."""
         if not self.settings.metrics_listen:
             return
-        peers = self._peers
-        assert peers is not None
-        host, port = split_address(self.settings.metrics_listen)
+        address = self.settings.metrics_listen
+        check_free(address, "--metrics-listen")
+        host, port = split_address(address)
         try:
             self._metrics = worker_metrics.serve_supervisor(
-                host or "127.0.0.1",
-                port,
-                lambda: [worker_metrics.socket_path(peers, w.index) for w in self._workers],
+                host or "127.0.0.1", port, self._metrics_sockets
             )
         except OSError as exc:
-            raise StartFailed(f"--metrics-listen {self.settings.metrics_listen}: {exc}") from None
+            raise PortUnavailable(f"cannot listen on {address}: {exc.strerror or exc}") from None
+
+    def _metrics_sockets(self) -> list[Path]:
+        peers = self._peers
+        if peers is None:
+            return []
+        return [worker_metrics.socket_path(peers, w.index) for w in self._workers]
 
     @property
     def metrics_port(self) -> int | None:
