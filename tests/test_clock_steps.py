@@ -20,17 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from keyturn.v1 import admin_pb2, handles_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn_server.app import App
 from keyturn_server.clock import ManualClock, SystemClock
 from keyturn_server.domain.events import EventKind
+from keyturn_server.settings import Settings
 from tests.harness import Harness
+from tests.test_listeners import settings
 
 START = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 class Host:
     """The host's two clocks: the wall clock, which NTP or an operator can step, and the
-    monotonic clock, which nothing steps."""
+    steady clock (CLOCK_BOOTTIME), which nothing steps and which counts a suspend."""
 
     def __init__(self, start: datetime = START) -> None:
         self.wall = start.timestamp()
@@ -48,6 +51,11 @@ class Host:
     def step(self, delta: timedelta) -> None:
         """The wall clock is set, and only it moves."""
         self.wall += delta.total_seconds()
+
+    def suspend(self, delta: timedelta) -> None:
+        """The host sleeps: both clocks move on, but the event loop's timers (which follow
+        CLOCK_MONOTONIC, which a suspend stops) do not."""
+        self.advance(delta)
 
 
 async def validate(server: Harness, token: str) -> handles_pb2.Validation:
@@ -153,27 +161,88 @@ async def test_a_forged_time_in_the_store_does_not_move_the_server_ahead(
 async def test_a_clock_stepped_forward_is_followed_and_said(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A step forward cannot be told from the correction of a clock that was behind, and
-    only ends things early: it is followed, and logged."""
+    """A step forward within --max-clock-step cannot be told from the correction of a
+    clock that was behind, and only ends things early: it is followed, and logged."""
     host = Host()
     server = await Harness(tmp_path / "data", host.clock()).start()
     try:
-        made = await server.admin.handles.GenerateHandle(
-            handles_pb2.GenerateHandleRequest(type="session")
-        )
+        made = await a_minute_before_the_end(server, host)
         with caplog.at_level(logging.WARNING, logger="keyturn.clock"):
-            host.step(life_left(made, host))
+            host.step(timedelta(minutes=10))
             assert not (await validate(server, made.token)).valid
         assert any("forward" in r.getMessage() for r in caplog.records)
     finally:
         await server.stop()
 
 
-async def test_a_scheduler_asleep_acts_on_what_a_forward_step_made_due(tmp_path: Path) -> None:
-    """The host was suspended or its VM paused (the monotonic clock, which timers follow,
-    stood still; the wall clock did not), or NTP corrected a clock that was behind. The
-    scheduler slept for the monotonic time its next deadline had been away, so what the
-    step made due waited that much longer: no EXPIRED event, no status change, for hours."""
+async def test_a_far_step_forward_is_held_until_the_operator_says_the_clock_is_right(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The system clock jumps a year ahead (a wrong NTP source, a bad hardware clock).
+    Followed, every key version past its lifetime had its material destroyed and every
+    handle expired, for good: the store's time floor kept the server in that year after
+    the clock was put right. Held, nothing ends; SIGHUP follows a clock that was right."""
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        key = (
+            await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))
+        ).key
+        sealed = await server.admin.keys.Encrypt(
+            keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"payroll")
+        )
+        with caplog.at_level(logging.ERROR, logger="keyturn.clock"):
+            host.step(timedelta(days=365))
+            assert (await validate(server, made.token)).valid
+        assert any("more than the 1000 s" in r.getMessage() for r in caplog.records)
+        await asyncio.sleep(1.5)  # the scheduler's sleep reads the clock every second
+        await server.settle()
+        assert not await expired(server, made.handle.id)
+        opened = await server.admin.keys.Decrypt(
+            keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+        )
+        assert opened.plaintext == b"payroll"
+
+        assert server.app is not None
+        server.app.reload()  # SIGHUP: the clock is right (the host was paused a year)
+        assert not (await validate(server, made.token)).valid
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while not await expired(server, made.handle.id):
+            assert loop.time() < deadline, "the followed step's due expiry was not acted on"
+            await asyncio.sleep(0.1)
+    finally:
+        await server.stop()
+
+
+async def test_a_far_step_forward_that_is_put_right_ends_nothing(tmp_path: Path) -> None:
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        made = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        host.step(timedelta(days=3650))
+        host.advance(timedelta(minutes=5))
+        assert (await validate(server, made.token)).valid
+        host.step(-timedelta(days=3650))  # NTP puts it right
+        host.advance(timedelta(minutes=5))
+        assert (await validate(server, made.token)).valid
+        assert server.app is not None
+        assert close(server.app.clock.now(), datetime.fromtimestamp(host.wall, UTC))
+        assert not await expired(server, made.handle.id)
+    finally:
+        await server.stop()
+
+
+async def test_a_scheduler_asleep_acts_on_what_a_suspend_made_due(tmp_path: Path) -> None:
+    """The host was suspended (the monotonic clock, which the event loop's timers
+    follow, stood still; the wall clock did not). The scheduler slept for the monotonic
+    time its next deadline had been away, so what the suspend made due waited that much
+    longer: no EXPIRED event, no status change, for hours."""
     host = Host()
     server = await Harness(tmp_path / "data", host.clock()).start()
     try:
@@ -181,11 +250,11 @@ async def test_a_scheduler_asleep_acts_on_what_a_forward_step_made_due(tmp_path:
             handles_pb2.GenerateHandleRequest(type="session")
         )
         await asyncio.sleep(0.2)  # the scheduler is asleep until the handle's first deadline
-        host.step(life_left(made, host) + timedelta(minutes=1))
+        host.suspend(life_left(made, host) + timedelta(minutes=1))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 5
         while not await expired(server, made.handle.id):
-            assert loop.time() < deadline, "the step's due expiry was not acted on"
+            assert loop.time() < deadline, "the suspend's due expiry was not acted on"
             await asyncio.sleep(0.1)
     finally:
         await server.stop()
@@ -208,10 +277,10 @@ async def test_a_sleep_ends_soon_after_the_wall_clock_passes_its_deadline() -> N
     )
     await asyncio.sleep(0.05)
     assert not sleeper.done()
-    host.step(timedelta(minutes=59))  # not yet due: sleeps on
+    host.suspend(timedelta(minutes=59))  # not yet due: sleeps on
     await asyncio.sleep(1.5)
     assert not sleeper.done()
-    host.step(timedelta(minutes=2))
+    host.suspend(timedelta(minutes=2))
     await asyncio.wait_for(sleeper, 5)
 
 
@@ -251,6 +320,43 @@ def test_a_clock_started_behind_its_floor_runs_from_the_floor() -> None:
     later = host.clock()
     later.not_before(clock.now() - timedelta(days=10))  # a floor behind the clock: no effect
     assert close(later.now(), datetime.fromtimestamp(host.wall, UTC))
+
+
+def test_a_step_forward_past_the_limit_is_held_and_followed_when_told() -> None:
+    host = Host()
+    clock = host.clock()
+    start = clock.now()
+    host.step(timedelta(seconds=900))  # within 1000 s: followed
+    assert close(clock.now(), start + timedelta(seconds=900)) and not clock.ahead
+    held = clock.now()
+    host.step(timedelta(days=30))
+    assert close(clock.now(), held) and clock.ahead
+    host.advance(timedelta(seconds=10))  # runs on at the steady pace
+    assert close(clock.now(), held + timedelta(seconds=10))
+    assert clock.follow_system_clock() > timedelta(days=29).total_seconds()
+    assert close(clock.now(), datetime.fromtimestamp(host.wall, UTC)) and not clock.ahead
+    assert clock.follow_system_clock() == 0.0  # nothing held: nothing to follow
+    anything = SystemClock(wall=lambda: host.wall, monotonic=lambda: host.monotonic, max_step=None)
+    host.step(timedelta(days=300))
+    assert close(anything.now(), datetime.fromtimestamp(host.wall, UTC))
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], 1000.0), (["--max-clock-step", "1h"], 3600.0), (["--max-clock-step", "off"], None)],
+)
+def test_the_clock_step_limit_comes_from_its_flag(argv: list[str], expected: float | None) -> None:
+    step = settings(argv).max_clock_step
+    assert (step.total_seconds() if step else None) == expected
+
+
+@pytest.mark.parametrize("step", [timedelta(hours=1), None])
+def test_a_server_reads_its_clock_with_the_step_limit_it_was_given(
+    step: timedelta | None,
+) -> None:
+    clock = App(Settings(max_clock_step=step)).clock
+    assert isinstance(clock, SystemClock)
+    assert clock.max_step == (step.total_seconds() if step else None)
 
 
 def test_the_system_clock_reads_the_real_time() -> None:

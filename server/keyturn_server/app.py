@@ -174,7 +174,8 @@ class App:
 
     def __init__(self, settings: Settings, clock: Clock | None = None) -> None:
         self.settings = settings
-        self.clock: Clock = clock or SystemClock()
+        step = settings.max_clock_step
+        self.clock: Clock = clock or SystemClock(max_step=step.total_seconds() if step else None)
         self.ports: list[int] = []
         self.admin_token: str | None = None
         self.metrics_port: int | None = None
@@ -485,10 +486,14 @@ class App:
             certificate = "changed" if fresh else "unchanged"
         if self._identities is not None:
             identities = "changed" if self.reload_client_identities() else "unchanged"
+        clock = "not held"
+        if isinstance(self.clock, SystemClock) and self.clock.ahead:
+            clock = f"followed {self.clock.follow_system_clock():.0f} s ahead"
         log.info(
-            "SIGHUP: reloaded; certificate %s, client identities %s",
+            "SIGHUP: reloaded; certificate %s, client identities %s, system clock %s",
             certificate,
             identities,
+            clock,
             extra={"category": "app", "pid": os.getpid()},
         )
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -38,18 +39,44 @@ SLICE = 1.0
 STEP = 1.0
 
 
+#: The largest forward step of the system clock followed at once (seconds): ntpd's
+#: panic threshold, past which it refuses to step the clock and waits for an operator.
+MAX_STEP = 1000.0
+
+
+def _steady_clock() -> Callable[[], float]:
+    """A clock nothing steps that, unlike CLOCK_MONOTONIC, also counts a suspend
+    (CLOCK_BOOTTIME): the wall clock moves with it through a suspend, so a suspend is not
+    a step. Elsewhere than Linux, the monotonic clock: a suspend there looks like a step
+    forward."""
+    boottime: int | None = getattr(time, "CLOCK_BOOTTIME", None)
+    return time.monotonic if boottime is None else functools.partial(time.clock_gettime, boottime)
+
+
+_boottime = _steady_clock()
+
+
 class SystemClock:
-    """Wall-clock time that never runs backward.
+    """Wall-clock time that never runs backward, and does not leap far ahead.
 
     Expiry, rate windows, rotation and the audit log's times compare the wall clock with
     stored times. Stepped back (NTP correcting a bad source, an operator's ``date -s``, a
     virtual machine resumed from a snapshot), every live handle and key version had that
     much more to live, and the scheduler's deadlines moved later by as much. So once the
     wall clock is more than ``STEP`` behind the time this clock has given, the time runs
-    on from there at the pace of the monotonic clock, which nothing steps, until the wall
-    clock catches up. Smaller steps back are held (the time stands until the wall clock
-    passes it). A step forward is followed: it cannot be told from the correction of a
-    clock that was behind, and it only ends things early. Both are logged.
+    on from there at the pace of the steady clock (CLOCK_BOOTTIME, which nothing steps
+    and which counts a suspend), until the wall clock catches up. Smaller steps back are
+    held (the time stands until the wall clock passes it). Both are logged.
+
+    A step forward up to ``max_step`` is followed: it cannot be told from the correction
+    of a clock that was behind, and it only ends things early. A larger one is not: the
+    scheduler would expire every key version it passed and destroy its material, and
+    expire every handle, at once and for good, on the word of a clock that jumped (a
+    wrong NTP source, a bad hardware clock, an operator's typo), and the store's time
+    floor would keep the server there after the clock is put right. The time then runs on
+    at the steady pace, the step is logged as an error, and the wall clock is followed
+    again when it comes back in line, or when an operator says it is right
+    (:meth:`follow_system_clock`: SIGHUP) or restarts the server.
 
     ``not_before`` sets a floor at start: the latest time the store has recorded
     (:mod:`keyturn_server.domain.time_floor`), so a server started on a host whose clock
@@ -59,22 +86,27 @@ class SystemClock:
     def __init__(
         self,
         wall: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float] = _boottime,
+        max_step: float | None = MAX_STEP,
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
-        #: The last reading that followed the wall clock: its wall and monotonic times.
+        #: The largest forward step followed (None: any).
+        self.max_step = max_step
+        #: The last reading that followed the wall clock: its wall and steady times.
         self._anchor = wall()
         self._anchored = monotonic()
         self._last = self._anchor
         self._behind = False
+        #: The wall clock jumped further ahead than max_step and is not followed.
+        self.ahead = False
 
     def now(self) -> datetime:
         # On the path of every call: the usual case is a few float operations.
         wall = self._wall()
         monotonic = self._monotonic()
         drift = wall - (self._anchor + (monotonic - self._anchored))
-        if -STEP <= drift <= STEP and not self._behind:
+        if -STEP <= drift <= STEP and not self._behind and not self.ahead:
             self._anchor = wall
             self._anchored = monotonic
             if wall < self._last:
@@ -86,18 +118,33 @@ class SystemClock:
 
     def _stepped(self, wall: float, monotonic: float, drift: float) -> float:
         """The time when the wall clock is more than STEP from where it should be, or
-        was behind at the last reading."""
-        if drift < -STEP:  # behind: run on from the anchor at the monotonic pace
+        was out of line at the last reading."""
+        steady = self._anchor + (monotonic - self._anchored)
+        if drift < -STEP:  # behind: run on from the anchor at the steady pace
             if not self._behind:
                 self._behind = True
-                _said_behind(-drift, wall - drift)
-            current = wall - drift
+                self.ahead = False
+                _said_behind(-drift, steady)
+            current = steady
+        elif self.max_step is not None and drift > self.max_step:  # far ahead: held
+            if not self.ahead:
+                self.ahead = True
+                _said_ahead(drift, self.max_step, steady)
+            current = steady
         else:
             if self._behind:
                 self._behind = False
                 log.warning(
                     "the system clock caught up with Keyturn's time; following it again",
                     extra={"category": "error"},
+                )
+            elif self.ahead:
+                self.ahead = False
+                log.warning(
+                    "the system clock came back within %.0f s of Keyturn's time; following "
+                    "it again",
+                    self.max_step,
+                    extra={"category": "error", "seconds": round(drift, 3)},
                 )
             elif drift > STEP:
                 log.warning(
@@ -112,6 +159,18 @@ class SystemClock:
         current = max(current, self._last)
         self._last = current
         return current
+
+    def follow_system_clock(self) -> float:
+        """An operator says the system clock is right: follow its step forward now (what
+        it passed is due at once). The seconds it moved the time ahead (0: it was not
+        ahead). A clock behind is not followed back: times never run backward."""
+        if not self.ahead:
+            return 0.0
+        before = self.now().timestamp()
+        self.ahead = False
+        self._anchor = self._wall()
+        self._anchored = self._monotonic()
+        return self.now().timestamp() - before
 
     def not_before(self, floor: datetime) -> None:
         """Never give a time before ``floor`` (the latest the store has recorded)."""
@@ -142,9 +201,23 @@ class SystemClock:
 def _said_behind(seconds: float, steady: float) -> None:
     log.error(
         "the system clock is %.1f s behind Keyturn's time; Keyturn's time runs on from %s "
-        "at the pace of the monotonic clock until the system clock catches up, so nothing "
+        "at the pace of the steady clock until the system clock catches up, so nothing "
         "lives longer for the step back",
         seconds,
+        datetime.fromtimestamp(steady, UTC).isoformat(),
+        extra={"category": "error", "seconds": round(seconds, 3)},
+    )
+
+
+def _said_ahead(seconds: float, limit: float, steady: float) -> None:
+    log.error(
+        "the system clock jumped forward by %.1f s, more than the %.0f s Keyturn follows "
+        "(--max-clock-step); Keyturn's time runs on from %s at the pace of the steady clock, "
+        "so that no key version is destroyed and no handle expired on the word of a clock "
+        "that may be wrong. If the system clock is right (the host was paused), send "
+        "SIGHUP or restart the server to follow it",
+        seconds,
+        limit,
         datetime.fromtimestamp(steady, UTC).isoformat(),
         extra={"category": "error", "seconds": round(seconds, 3)},
     )

@@ -71,6 +71,9 @@ class Settings:
     #: Handles that ended are deleted this long after the end of their maximum lifetime
     #: (None: kept for ever).
     handle_retention: timedelta | None = timedelta(days=30)
+    #: The largest forward step of the system clock followed at once (None: any); a
+    #: larger one is held until the clock comes back in line or SIGHUP (clock.py).
+    max_clock_step: timedelta | None = timedelta(seconds=1000)
     #: Audit entries are deleted from the store this long after they were written (None:
     #: kept for ever). The log stream carries every entry for a longer record elsewhere.
     audit_retention: timedelta | None = timedelta(days=400)
@@ -243,6 +246,11 @@ def _retention(text: str) -> timedelta:
     return _or_off(text, timedelta(hours=1))
 
 
+def _clock_step(text: str) -> timedelta:
+    """--max-clock-step: "off" (follow any step forward), or at least a minute."""
+    return _or_off(text, timedelta(minutes=1))
+
+
 def _audit_retention(text: str) -> timedelta:
     """--audit-retention: "off" (kept for ever), or at least a day: "400" (seconds) or
     "40m" typed for days must not erase the audit trail within the hour."""
@@ -383,6 +391,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="how long handles that ended (expired, exhausted, revoked) are kept past the "
         "end of their maximum lifetime, then deleted with their secrets (default 30d; 'off': "
         "for ever)",
+    )
+    parser.add_argument(
+        "--max-clock-step",
+        type=_clock_step,
+        help="the largest forward step of the system clock followed at once (default 1000s, "
+        "as ntpd's panic threshold; 'off': any). A larger one is not followed, so that a "
+        "clock that jumped does not expire every key version and handle it passed: the time "
+        "runs on until the clock comes back in line, SIGHUP, or a restart",
     )
     parser.add_argument(
         "--audit-retention",
@@ -535,6 +551,10 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         event_retention=args.event_retention or defaults.event_retention,
         handle_retention=(
             defaults.handle_retention if args.handle_retention is None else args.handle_retention
+        )
+        or None,
+        max_clock_step=(
+            defaults.max_clock_step if args.max_clock_step is None else args.max_clock_step
         )
         or None,
         audit_retention=(
