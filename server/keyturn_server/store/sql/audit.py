@@ -32,12 +32,12 @@ HEAD = "audit_head"
 BASE = "audit_base"
 
 
-def _anchored(sequence: int, digest_hex: str) -> bytes:
-    return f"keyturn/v1|audit-anchor|{sequence}|{digest_hex}".encode()
+#: What each mark's MAC is over, so that one cannot stand in for the other.
+_LABELS = {HEAD: "audit-anchor", BASE: "audit-base"}
 
 
-def _based(sequence: int, digest_hex: str) -> bytes:
-    return f"keyturn/v1|audit-base|{sequence}|{digest_hex}".encode()
+def _marked(name: str, sequence: int, digest_hex: str) -> bytes:
+    return f"keyturn/v1|{_LABELS[name]}|{sequence}|{digest_hex}".encode()
 
 
 class AuditSql(MetaSql):
@@ -70,44 +70,52 @@ class AuditSql(MetaSql):
                 previous,
             ),
         )
-        mac = self._integrity.protection.anchor.tag(_anchored(sequence, digest.hex()))
-        self.set_meta(HEAD, f"{sequence}:{digest.hex()}:{mac.hex()}".encode())
+        self._set_mark(HEAD, sequence, digest)
         return AuditEntry(sequence, time, draft, digest, previous)
 
-    def audit_head(self) -> AuditHead | None:
-        raw = self.get_meta(HEAD)
+    def _set_mark(self, name: str, sequence: int, digest: bytes) -> None:
+        mac = self._integrity.protection.anchor.tag(_marked(name, sequence, digest.hex()))
+        self.set_meta(name, f"{sequence}:{digest.hex()}:{mac.hex()}".encode())
+
+    def _mark(self, name: str) -> tuple[int, str, bool] | None:
+        """(sequence, hash in hex, whether its MAC holds) of a mark beside the log; None
+        when there is none. A MAC that fails is reported."""
+        raw = self.get_meta(name)
         if raw is None:
-            # The keyring's creation is audited with it, so the log is never empty.
-            return AuditHead(0, "", "the log's anchor is missing: the log was deleted")
+            return None
         sequence, _, rest = raw.decode(errors="replace").partition(":")
         digest, _, mac = rest.partition(":")
         try:
             number, tag = int(sequence), bytes.fromhex(mac)
         except ValueError:
             number, tag = 0, b""
-        if not tag or not self._integrity.protection.anchor.verify(_anchored(number, digest), tag):
-            self._integrity.report("meta", HEAD, "", "wrong" if tag else "missing")
+        if tag and self._integrity.protection.anchor.verify(_marked(name, number, digest), tag):
+            return number, digest, True
+        self._integrity.report("meta", name, "", "wrong" if tag else "missing")
+        return number, digest, False
+
+    def audit_head(self) -> AuditHead | None:
+        mark = self._mark(HEAD)
+        if mark is None:
+            # The keyring's creation is audited with it, so the log is never empty.
+            return AuditHead(0, "", "the log's anchor is missing: the log was deleted")
+        number, digest, authentic = mark
+        if not authentic:
             return AuditHead(
                 number, digest, "the log's anchor failed authentication: it was rewritten"
             )
         return AuditHead(number, digest)
 
     def audit_base(self) -> AuditBase | None:
-        raw = self.get_meta(BASE)
-        if raw is None:
+        mark = self._mark(BASE)
+        if mark is None:
             return None
-        sequence, _, rest = raw.decode(errors="replace").partition(":")
-        digest, _, mac = rest.partition(":")
-        try:
-            number, hashed, tag = int(sequence), bytes.fromhex(digest), bytes.fromhex(mac)
-        except ValueError:
-            number, hashed, tag = 0, b"", b""
-        if not tag or not self._integrity.protection.anchor.verify(_based(number, digest), tag):
-            self._integrity.report("meta", BASE, "", "wrong" if tag else "missing")
+        number, digest, authentic = mark
+        if not authentic:
             return AuditBase(
-                number, hashed, "the record of the log's pruned start failed authentication"
+                number, b"", "the record of the log's pruned start failed authentication"
             )
-        return AuditBase(number, hashed)
+        return AuditBase(number, bytes.fromhex(digest))
 
     def oldest_prunable_audit(self) -> datetime | None:
         row = self._one(
@@ -133,8 +141,7 @@ class AuditSql(MetaSql):
         first, last = old[0]["sequence"], old[-1]["sequence"]
         digest = bytes(old[-1]["hash"])
         self._run("DELETE FROM audit WHERE sequence <= ?", (last,))
-        mac = self._integrity.protection.anchor.tag(_based(last, digest.hex()))
-        self.set_meta(BASE, f"{last}:{digest.hex()}:{mac.hex()}".encode())
+        self._set_mark(BASE, last, digest)
         return AuditPruned(first, last, digest, before)
 
     def list_audit(self, query: AuditQuery, after: int | None, limit: int) -> Listing[AuditEntry]:
