@@ -487,5 +487,18 @@ def test_a_taken_metrics_port_stops_the_supervisor_before_any_worker(tmp_path: P
     assert not (tmp_path / "data" / "keyturn.db").exists()
 
 
+async def test_statistics_count_every_workers_calls_whichever_answers(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    """Each worker counts the calls it served; a statistics call used to answer with the
+    counts of whichever worker the caller's connection landed on (about half of them)."""
+    for client in clients:
+        await client.keys.GenerateKey(K.GenerateKeyRequest(type="api"), timeout=10)
+    for client in clients:  # every connection, so both workers answer
+        answer = await client.keys.GetKeyStatistics(K.GetKeyStatisticsRequest(), timeout=10)
+        assert answer.statistics.generate_latency.count == CHANNELS
+        assert answer.statistics.total == CHANNELS  # from the store, as before
+
+
 def test_metrics_listen_is_accepted_with_several_workers() -> None:
     assert Settings(workers=2, metrics_listen="127.0.0.1:9090").check().workers == 2

@@ -63,9 +63,9 @@ from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
-from keyturn_server.observability import logs
+from keyturn_server.observability import logs, worker_metrics
 from keyturn_server.observability.metrics import Metrics
-from keyturn_server.observability.worker_metrics import socket_path
+from keyturn_server.process import figures
 from keyturn_server.process.hardening import harden
 from keyturn_server.process.membership import Membership
 from keyturn_server.process.ports import PortUnavailable, check_free
@@ -114,6 +114,15 @@ def _bind(server: grpc.aio.Server, address: str, credentials: Any) -> int:
         return server.add_insecure_port(address)
     except RuntimeError:
         raise PortUnavailable(f"cannot listen on {address} (grpc could not bind it)") from None
+
+
+def _own(stats: Statistics) -> Callable[[], Awaitable[Statistics]]:
+    """A single process's statistics: its own."""
+
+    async def current() -> Statistics:
+        return stats
+
+    return current
 
 
 def _audit_sink(entry: AuditEntry) -> None:
@@ -194,6 +203,8 @@ class App:
         self._health_update: asyncio.Future[None] | None = None
         self._watch: WatchService | None = None
         self.metrics: Metrics | None = None
+        #: A worker's figures socket (process/figures.py).
+        self._figures: asyncio.AbstractServer | None = None
         self._identities: IdentityFile | None = None
         self._maker: MaterialMaker | None = None
 
@@ -369,9 +380,19 @@ class App:
         audit_service = AuditService(
             store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
         )
+        siblings = (
+            None
+            if membership is None
+            else figures.Siblings(
+                membership.role.peers, membership.role.count, membership.role.index, stats
+            )
+        )
+        statistics = _own(stats) if siblings is None else siblings.statistics
         servicers: dict[str, object] = {
-            SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, stats, self.clock),
-            SERVICE_NAMES["handles"]: HandleServicer(handles, watch, encoder, stats, self.clock),
+            SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, statistics, self.clock),
+            SERVICE_NAMES["handles"]: HandleServicer(
+                handles, watch, encoder, statistics, self.clock
+            ),
             SERVICE_NAMES["admin"]: AdminServicer(
                 health_service, config, audit_service, tokens, self.clock
             ),
@@ -416,11 +437,15 @@ class App:
         self._spawn(self._every(REFRESH_INTERVAL, store.recheck_writes))
         self._spawn(self._every(guard.access.interval, self.flush_access_log))
         self._spawn(self._every(time_floor.EVERY, self.save_time_floor))
+        if siblings is not None and membership is not None:
+            # The supervisor merges every worker's metrics; siblings combine statistics.
+            answers = siblings.answers()
+            if self.metrics is not None:
+                answers["metrics"] = worker_metrics.render(self.metrics.registry)
+            path = figures.socket_path(membership.role.peers, membership.role.index)
+            self._figures = await figures.serve(path, answers)
         if self.metrics is not None and settings.metrics_listen:
-            if membership is not None:  # the supervisor serves every worker's, merged
-                role = membership.role
-                await self.metrics.serve_supervisor(socket_path(role.peers, role.index))
-            else:
+            if membership is None:
                 host, port = split_address(settings.metrics_listen)
                 self.metrics_port = self.metrics.serve(host or "127.0.0.1", port)
             self._spawn(self.metrics.refresh_forever(store, self.clock, scheduler, hub))
@@ -588,7 +613,10 @@ class App:
         if self._guard is not None:
             self._guard.access.flush()
         if self.metrics is not None:
-            await self.metrics.close()
+            self.metrics.close()
+        if self._figures is not None:
+            self._figures.close()
+            self._figures = None
         if self._maker is not None:
             self._maker.close()
         backend = ""

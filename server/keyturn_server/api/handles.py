@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -38,13 +38,14 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         handles: HandleService,
         watch: WatchService,
         encoder: StreamEncoder,
-        stats: Statistics,
+        statistics: Callable[[], Awaitable[Statistics]],
         clock: Clock,
     ) -> None:
         self._handles = handles
         self._watch = watch
         self._encoder = encoder
-        self._stats = stats
+        #: Every worker's counts under --workers (process/figures.py), else this one's.
+        self._statistics = statistics
         self._clock = clock
 
     def _handle(self, handle: Handle) -> resources_pb2.Handle:
@@ -125,7 +126,7 @@ class HandleServicer(handles_pb2_grpc.HandleServiceServicer):
         self, request: handles_pb2.GetHandleStatisticsRequest, context: Context
     ) -> handles_pb2.GetHandleStatisticsResponse:
         report, anomalies = await self._handles.statistics(auth.current())
-        stats = self._stats
+        stats = await self._statistics()
         message = statistics_pb2.HandleStatistics(
             time=ts(report.time),
             total=report.total,

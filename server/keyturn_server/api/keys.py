@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc
@@ -34,13 +34,14 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         keys: KeyService,
         watch: WatchService,
         encoder: StreamEncoder,
-        stats: Statistics,
+        statistics: Callable[[], Awaitable[Statistics]],
         clock: Clock,
     ) -> None:
         self._keys = keys
         self._watch = watch
         self._encoder = encoder
-        self._stats = stats
+        #: Every worker's counts under --workers (process/figures.py), else this one's.
+        self._statistics = statistics
         self._clock = clock
 
     def _key(self, key: object) -> resources_pb2.Key:
@@ -103,10 +104,10 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         self, request: keys_pb2.GetKeyStatisticsRequest, context: Context
     ) -> keys_pb2.GetKeyStatisticsResponse:
         report = await self._keys.statistics(auth.current())
-        return keys_pb2.GetKeyStatisticsResponse(statistics=self._statistics(report))
+        stats = await self._statistics()
+        return keys_pb2.GetKeyStatisticsResponse(statistics=self._message(report, stats))
 
-    def _statistics(self, report: Report) -> statistics_pb2.KeyStatistics:
-        stats = self._stats
+    def _message(self, report: Report, stats: Statistics) -> statistics_pb2.KeyStatistics:
         message = statistics_pb2.KeyStatistics(
             time=ts(report.time),
             total=report.total,

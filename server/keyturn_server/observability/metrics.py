@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sized
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -25,7 +24,6 @@ from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import Event, EventKind
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.repositories import Repository, Store
-from keyturn_server.observability.worker_metrics import serve_worker
 
 log = logging.getLogger("keyturn.metrics")
 REFRESH_SECONDS = 15.0
@@ -90,7 +88,6 @@ class Metrics:
         self._state = _StateCollector(per_resource)
         self.registry.register(self._state)
         self._server: Any = None
-        self._socket: asyncio.AbstractServer | None = None
         self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def watch_certificate(self, not_after: Callable[[], float]) -> None:
@@ -124,19 +121,11 @@ class Metrics:
         self._server = server
         return int(server.server_port)
 
-    async def serve_supervisor(self, path: Path) -> None:
-        """A worker of --workers: answer the supervisor, which serves the listener."""
-        self._socket = await serve_worker(self.registry, path)
-
-    async def close(self) -> None:
+    def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self._socket is not None:
-            self._socket.close()
-            await self._socket.wait_closed()
-            self._socket = None
 
     async def refresh(
         self, store: Store, clock: Clock, scheduler: Scheduler, subscribers: int

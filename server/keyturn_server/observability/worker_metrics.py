@@ -1,9 +1,9 @@
 """``--metrics-listen`` with ``--workers N``: one scrape, the figures of every worker.
 
 Each worker keeps its own figures (requests it served, its latencies, its subscribers)
-and reads the same store. It answers its exposition on a Unix socket in the supervisor's
-private directory; the supervisor serves ``--metrics-listen`` and, at each scrape, reads
-every worker's and merges them, family by family:
+and reads the same store. It answers its exposition on its figures socket
+(``process/figures.py``); the supervisor serves ``--metrics-listen`` and, at each
+scrape, reads every worker's and merges them, family by family:
 
 - what each worker counts for itself (RPCs and their latencies, rows that failed their
   MAC on its reads, its open streams) is **summed**;
@@ -15,17 +15,14 @@ every worker's and merges them, family by family:
   figures the supervisor read from a worker that ended are carried into the sums, as
   Prometheus's own multi-process mode keeps a dead process's counters.
 
-A worker that does not answer within ``FETCH_TIMEOUT`` is left out of that scrape (its
+A worker that does not answer within ``figures.TIMEOUT`` is left out of that scrape (its
 counters carried from its last answer). ``keyturn_metrics_workers`` says how many
 answered.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import secrets
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +33,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-log = logging.getLogger("keyturn.metrics")
+from keyturn_server.process import figures
 
-FETCH_TIMEOUT = 2.0
 #: What each worker counts for itself: summed.
 SUMMED = frozenset(
     {
@@ -60,30 +56,10 @@ SampleKey = tuple[str, tuple[tuple[str, str], ...]]
 Counts = dict[str, dict[SampleKey, float]]
 
 
-def socket_path(peers: Path, index: int) -> Path:
-    return peers / f"metrics-{index}.sock"
-
-
-async def serve_worker(registry: CollectorRegistry, path: Path) -> asyncio.AbstractServer:
-    """Answer each connection on ``path`` with this worker's exposition, then close."""
-    _remove(path)  # a predecessor's, if it was killed
-
+def render(registry: CollectorRegistry) -> Callable[[], bytes]:
+    """A worker's answer to ``metrics``: who answers, then its exposition."""
     who = f"{_WHO}{secrets.token_hex(8)}\n".encode()
-
-    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            writer.write(who + generate_latest(registry))
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_unix_server(answer, path=str(path))
-
-
-def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
+    return lambda: who + generate_latest(registry)
 
 
 @dataclass
@@ -127,18 +103,10 @@ class WorkersCollector(Collector):
 
 
 def _fetch(path: Path) -> tuple[str, list[Metric]] | None:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(FETCH_TIMEOUT)
-            conn.connect(str(path))
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-    except OSError as exc:
-        log.debug("a worker's metrics were not read: %s", exc)
+    answer = figures.fetch(path, "metrics")
+    if answer is None:
         return None
-    text = b"".join(chunks).decode()
-    first, _, body = text.partition("\n")
+    first, _, body = answer.decode().partition("\n")
     if not first.startswith(_WHO):
         return None
     return first[len(_WHO) :], list(text_string_to_metric_families(body))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from keyturn_server.observability import worker_metrics
-from keyturn_server.process import overrun
+from keyturn_server.process import figures, overrun
 from keyturn_server.process.leader import LOCK_FILE as SCHEDULER_LOCK
 from keyturn_server.process.ports import PortUnavailable, SharedPorts, check_free
 from keyturn_server.process.worker import WorkerRole
@@ -256,7 +256,7 @@ class Supervisor:
         peers = self._peers
         if peers is None:
             return []
-        return [worker_metrics.socket_path(peers, w.index) for w in self._workers]
+        return [figures.socket_path(peers, w.index) for w in self._workers]
 
     @property
     def metrics_port(self) -> int | None:
