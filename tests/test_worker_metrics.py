@@ -5,6 +5,7 @@ collects them), and a worker answering a statistics call adds its siblings' coun
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from keyturn_server.domain.statistics import Statistics
@@ -113,3 +114,27 @@ async def test_a_statistics_call_counts_every_workers_calls(tmp_path: Path) -> N
     finally:
         for server in servers:
             server.close()
+
+
+async def test_statistics_calls_in_a_burst_ask_the_siblings_once(tmp_path: Path) -> None:
+    """A flood of statistics calls to one worker must not become one to every worker."""
+    asked = 0
+    sibling = Statistics()
+
+    def answer() -> bytes:
+        nonlocal asked
+        asked += 1
+        return json.dumps(sibling.snapshot()).encode()
+
+    server = await figures.serve(figures.socket_path(tmp_path, 1), {"statistics": answer})
+    try:
+        mine = figures.Siblings(tmp_path, 2, 0, Statistics())
+        await asyncio.gather(*(mine.statistics() for _ in range(50)))
+        await mine.statistics()
+        assert asked == 1
+        mine.REUSE_FOR = 0.0
+        await asyncio.sleep(0.01)
+        await mine.statistics()
+        assert asked == 2
+    finally:
+        server.close()

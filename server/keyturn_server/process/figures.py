@@ -99,16 +99,32 @@ async def ask(path: Path, command: str) -> bytes | None:
 
 class Siblings:
     """A worker's statistics combined with its siblings' (a sibling that does not answer
-    in time is left out of that answer)."""
+    in time is left out of that answer).
+
+    Combined answers are reused for ``REUSE_FOR``: each costs every sibling a snapshot
+    (thousands of latency samples as JSON) on its event loop, outside the limits of the
+    caller who asked, so a flood of statistics calls to one worker must not become one
+    to all of them."""
+
+    REUSE_FOR = 1.0
 
     def __init__(self, peers: Path, count: int, index: int, own: Statistics) -> None:
         self._others = [socket_path(peers, i) for i in range(count) if i != index]
         self._own = own
+        self._last: tuple[float, asyncio.Future[Statistics]] | None = None
 
     def answers(self) -> dict[str, Answer]:
         return {"statistics": lambda: json.dumps(self._own.snapshot()).encode()}
 
     async def statistics(self) -> Statistics:
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is None or loop.time() - last[0] > self.REUSE_FOR:
+            # Shared by the calls that come meanwhile; not cancelled with the first.
+            last = self._last = (loop.time(), asyncio.ensure_future(self._combine()))
+        return await asyncio.shield(last[1])
+
+    async def _combine(self) -> Statistics:
         answers = await asyncio.gather(*(ask(path, "statistics") for path in self._others))
         parts = [self._own.snapshot()]
         for answer in answers:
