@@ -58,6 +58,10 @@ CATCH_UP_BATCH = 1000
 #: While commits keep failing (a full disk), how often the log says so again.
 REMIND_EVERY = 60.0
 log = logging.getLogger("keyturn.store")
+#: The size the write-ahead log is cut back to once it starts again from its beginning.
+#: SQLite keeps it at the largest size it reached otherwise: a long read under load (the
+#: WAL cannot be checkpointed past a reader's snapshot) left gigabytes behind.
+WAL_LIMIT = 64 << 20
 #: The meta row that recheck_writes changes while commits fail.
 WRITES_RECHECKED = "writes_rechecked"
 
@@ -158,6 +162,7 @@ class SqliteStore:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
         self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
+        self._writer.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
         # BEGIN is tried on the loop, where waiting for the lock would stall everything.
         self._writer.execute("PRAGMA busy_timeout = 0")
         self._read_conn = connect(path)
