@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2
 from keyturn_server.clock import ManualClock
-from keyturn_server.domain import audit_retention
+from keyturn_server.domain import audit_retention, audit_service
 from tests.harness import Harness
 from tests.security.database import query, run_sql
 from tests.test_listeners import settings
@@ -234,3 +235,64 @@ async def test_removing_entries_beside_the_retention_is_detected(
     assert not result.valid
     assert result.first_broken_sequence == broken
     assert says in result.problem
+
+
+# --- verification in parts ------------------------------------------------------------
+# One read of the store per PART entries: a snapshot held over a whole long log kept
+# SQLite's write-ahead log from being checkpointed (it grew with every write meanwhile)
+# and PostgreSQL from vacuuming.
+
+
+async def test_a_long_log_is_verified_in_parts_and_a_break_is_found_in_any(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_service, "PART", 3)
+    assert server.app is not None
+    store = server.app.store
+    reads = 0
+    report = store.report
+
+    async def counted(work: Any, caller: str = "") -> Any:
+        nonlocal reads
+        reads += 1
+        return await report(work, caller)
+
+    monkeypatch.setattr(store, "report", counted)
+    await handles(server, 10)
+    written = len(await entries(server))
+    reads = 0
+    verified = await verify(server)
+    assert verified.valid and verified.entries_checked == written
+    assert reads == written // 3 + 1
+
+    await server.stop()
+    run_sql(server, "DELETE FROM audit WHERE sequence = ?", (7,))
+    await server.start()
+    monkeypatch.setattr(server.app.store, "report", server.app.store.report)
+    broken = await verify(server)
+    assert not broken.valid and broken.first_broken_sequence == 8
+    assert "entry 7 is missing" in broken.problem
+
+
+async def test_entries_pruned_while_a_verification_runs_are_not_reported_missing(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_service, "PART", 3)
+    await handles(server, 10)
+    assert server.app is not None
+    store = server.app.store
+    reads = 0
+    report = store.report
+
+    async def pruning_after_the_first(work: Any, caller: str = "") -> Any:
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # the retention runs between the verification's first two parts
+            await server.advance(3 * DAY)
+        return await report(work, caller)
+
+    monkeypatch.setattr(store, "report", pruning_after_the_first)
+    verified = await verify(server)
+    assert verified.valid, verified.problem
+    kept = await entries(server)
+    assert verified.first_sequence == kept[0].sequence > 4

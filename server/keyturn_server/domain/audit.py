@@ -129,21 +129,43 @@ class AuditChain:
     ) -> tuple[int, int, str]:
         """(entries checked, first broken sequence or 0, problem). The log starts with
         entry 1, or right after ``base`` when its start was pruned."""
-        previous = GENESIS if base is None else base.hash
-        expected_sequence = 1 if base is None else base.sequence + 1
-        checked = 0
+        cursor = ChainCursor.after(base)
+        broken, problem = self.check(entries, cursor)
+        return cursor.checked, broken, problem
+
+    def check(self, entries: Iterable[AuditEntry], cursor: ChainCursor) -> tuple[int, str]:
+        """Check ``entries`` as the continuation of the chain at ``cursor``, moving it on;
+        (first broken sequence or 0, problem)."""
         for entry in entries:
-            checked += 1
-            if entry.sequence != expected_sequence:
-                return checked, entry.sequence, _gap(expected_sequence, entry.sequence, base)
-            if entry.previous_hash != previous:
-                return checked, entry.sequence, "previous_hash does not match the entry before"
-            want = self.link(previous, entry.sequence, entry.time, entry.draft)
+            cursor.checked += 1
+            if entry.sequence != cursor.expected:
+                return entry.sequence, _gap(cursor.expected, entry.sequence, cursor.base)
+            if entry.previous_hash != cursor.previous:
+                return entry.sequence, "previous_hash does not match the entry before"
+            want = self.link(cursor.previous, entry.sequence, entry.time, entry.draft)
             if not hmac.compare_digest(want, entry.hash):
-                return checked, entry.sequence, "entry was modified (hash mismatch)"
-            previous = entry.hash
-            expected_sequence = entry.sequence + 1
-        return checked, 0, ""
+                return entry.sequence, "entry was modified (hash mismatch)"
+            cursor.previous = entry.hash
+            cursor.expected = entry.sequence + 1
+        return 0, ""
+
+
+@dataclass
+class ChainCursor:
+    """Where a verification stands: the next entry expected and the hash it must link to.
+    A verification in several parts (each its own read of the store) carries it over."""
+
+    expected: int = 1
+    previous: bytes = GENESIS
+    checked: int = 0
+    #: The pruned start the chain was begun from, for the messages.
+    base: AuditBase | None = None
+
+    @classmethod
+    def after(cls, base: AuditBase | None) -> ChainCursor:
+        if base is None:
+            return cls()
+        return cls(base.sequence + 1, base.hash, 0, base)
 
 
 def _gap(expected: int, found: int, base: AuditBase | None) -> str:

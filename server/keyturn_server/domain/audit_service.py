@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditQuery
+from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditQuery, ChainCursor
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import raise_if, text
 from keyturn_server.domain.paging import PageTokens, checked_page_size
@@ -29,6 +30,12 @@ class Verification:
     #: The first entry the log keeps: 1, or the one after the last pruned under the
     #: audit retention.
     first_sequence: int = 1
+
+
+#: Entries checked per read of the store. One snapshot held over the whole log (minutes
+#: for millions of entries) kept SQLite's write-ahead log from being checkpointed, so it
+#: grew with every write meanwhile, and kept PostgreSQL from vacuuming.
+PART = 20_000
 
 
 class AuditService:
@@ -62,20 +69,49 @@ class AuditService:
         return AuditPage(entries, token, found.total)
 
     async def verify(self, principal: Principal) -> Verification:
+        """Check the whole chain, PART entries per read of the store."""
         principal.require(Permission.AUDIT_READ)
-        return await self._store.report(self._verify, principal.name)
+        cursor: ChainCursor | None = None
+        while True:
+            step = partial(self._verify_part, cursor)
+            part = await self._store.report(step, principal.name)
+            if isinstance(part, Verification):
+                return part
+            cursor = part
 
-    def _verify(self, repo: AuditRepository) -> Verification:
+    def _verify_part(
+        self, cursor: ChainCursor | None, repo: AuditRepository
+    ) -> Verification | ChainCursor:
+        """Check the next PART entries after ``cursor`` (None: from the start); the
+        verdict at the end of the log or at the first broken link, else the cursor to go
+        on from."""
         base = repo.audit_base()
         first = 1 if base is None else base.sequence + 1
         if base is not None and base.problem:
             return Verification(False, 0, first, base.problem, b"", first)
-        checked, broken, problem = self._chain.verify(repo.iter_audit(), base)
+        if cursor is None:
+            cursor = ChainCursor.after(base)
+            # Nothing may stand before the start: what the retention removed is gone.
+            oldest = next(iter(repo.iter_audit(0, 1)), None)
+            if oldest is not None and oldest.sequence < cursor.expected:
+                broken, problem = self._chain.check([oldest], cursor)
+                return Verification(False, 1, broken, problem, b"", first)
+        elif base is not None and base.sequence >= cursor.expected:
+            # The retention pruned entries this verification had not reached yet: what
+            # is kept goes on from the new start.
+            cursor = ChainCursor(base.sequence + 1, base.hash, cursor.checked, base)
+        entries = list(repo.iter_audit(cursor.expected - 1, PART))
+        broken, problem = self._chain.check(entries, cursor)
+        if broken:
+            return Verification(False, cursor.checked, broken, problem, b"", first)
+        if len(entries) == PART:
+            return cursor
+        # The end of the log, as this read sees it: its anchor must name the last entry.
         head = repo.audit_head()
         last_hash = b""
-        if not broken and head is not None and head.problem:
+        if head is not None and head.problem:
             broken, problem = head.sequence or 1, head.problem
-        elif not broken and head is not None:
+        elif head is not None:
             newest = repo.list_audit(AuditQuery(descending=True), None, 1).items
             last = newest[0] if newest else None
             if last is None or last.sequence != head.sequence or last.hash.hex() != head.hash_hex:
@@ -86,7 +122,7 @@ class AuditService:
                 )
             else:
                 last_hash = last.hash
-        return Verification(not broken, checked, broken, problem, last_hash, first)
+        return Verification(not broken, cursor.checked, broken, problem, last_hash, first)
 
 
 def _binding(query: AuditQuery, principal: Principal) -> tuple[object, ...]:

@@ -45,6 +45,6 @@ class AuditRepository(Protocol):
         self, query: AuditQuery, after: int | None, limit: int
     ) -> Listing[AuditEntry]: ...
 
-    def iter_audit(self, batch: int = 1000) -> Iterator[AuditEntry]:
-        """Every entry, by sequence."""
+    def iter_audit(self, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
+        """The entries after sequence ``after``, in order, at most ``limit``."""
         ...

@@ -166,14 +166,18 @@ class AuditSql(MetaSql):
         )
         return Listing([rows.audit_from_row(r) for r in found[:limit]], total, len(found) > limit)
 
-    def iter_audit(self, batch: int = 1000) -> Iterator[AuditEntry]:
-        after = 0
-        while True:
+    def iter_audit(self, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
+        """The entries after sequence ``after``, in order, at most ``limit``."""
+        left = limit
+        while left is None or left > 0:
+            batch = 1000 if left is None else min(left, 1000)
             found = self._all(
                 "SELECT * FROM audit WHERE sequence > ? ORDER BY sequence LIMIT ?", (after, batch)
             )
-            if not found:
-                return
             for r in found:
                 yield rows.audit_from_row(r)
+            if len(found) < batch:
+                return
             after = found[-1]["sequence"]
+            if left is not None:
+                left -= len(found)
