@@ -41,7 +41,7 @@ log = logging.getLogger("keyturn.security")
 #: The longest lifetime a token may be given (none at all: no expiry).
 MAX_TTL = timedelta(days=3650)
 #: Refused logins audited one by one per FAILURE_WINDOW, all peers together; the rest
-#: are counted, and audited as one entry once the window has passed.
+#: are counted, and audited as one entry with their number every few seconds.
 AUDITED_FAILURES = 50
 FAILURE_WINDOW = timedelta(seconds=10)
 
@@ -135,23 +135,9 @@ class AccessTokenService:
         if self.failures.record(presenter_peer(peer), now) is None:
             return
         if not self._budget.admit(now):
-            return
-        unaudited = self._budget.take_unaudited()
+            return  # counted, audited as a number by flush_usage
 
         def work(repo: Repository) -> None:
-            if unaudited:
-                self._journal.audit(
-                    repo,
-                    "auth.failure.unaudited",
-                    about=Resource("rpc"),
-                    by=None,
-                    peer="",
-                    outcome="denied",
-                    reason=f"more than {AUDITED_FAILURES} refused logins in "
-                    f"{FAILURE_WINDOW.total_seconds():g} s",
-                    details={"count": str(unaudited)},
-                    time=now,
-                )
             self._journal.audit(
                 repo,
                 "auth.failure",
@@ -166,6 +152,27 @@ class AccessTokenService:
         await self._store.write(work)
 
     async def flush_usage(self) -> None:
+        """Write what is counted in memory: the tokens' last use, and the number of
+        refused logins past the audit budget (every few seconds, and at stop)."""
+        unaudited = self._budget.take_unaudited()
+        if unaudited:
+            now = self._clock.now()
+
+            def count(repo: Repository) -> None:
+                self._journal.audit(
+                    repo,
+                    "auth.failure.unaudited",
+                    about=Resource("rpc"),
+                    by=None,
+                    peer="",
+                    outcome="denied",
+                    reason=f"more than {AUDITED_FAILURES} refused logins in "
+                    f"{FAILURE_WINDOW.total_seconds():g} s",
+                    details={"count": str(unaudited)},
+                    time=now,
+                )
+
+            await self._store.write(count)
         if not self._used:
             return
         used, self._used = self._used, {}
