@@ -130,6 +130,29 @@ async def test_a_server_started_with_its_clock_behind_starts_from_the_stores_tim
 
 
 @pytest.mark.sqlite_only
+async def test_a_server_started_long_after_the_stores_time_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart cannot tell a long stop from a clock that is wrong; what fell due is
+    acted on at once, so the log says how far past the store's time the start is."""
+    host = Host()
+    server = await Harness(tmp_path / "data", host.clock()).start()
+    try:
+        for stopped, said in ((timedelta(minutes=5), False), (timedelta(days=40), True)):
+            await server.stop()
+            host.advance(stopped)
+            server.clock = host.clock()  # a new process
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="keyturn.clock"):
+                await server.start()
+            lines = [r.getMessage() for r in caplog.records]
+            assert any("past the latest time this store recorded" in m for m in lines) == said
+            if said:
+                assert any("40 days" in m for m in lines), lines
+    finally:
+        await server.stop()
+
+
 async def test_a_forged_time_in_the_store_does_not_move_the_server_ahead(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -115,3 +118,45 @@ def test_compose_requires_the_master_key_mounts_tls_and_confines_the_container()
 async def test_the_healthcheck_probe_tells_a_serving_server_from_none(server: Harness) -> None:
     assert await asyncio.to_thread(probe, server.address)
     assert not await asyncio.to_thread(probe, "127.0.0.1:1", "", 0.5)
+
+
+# --- the systemd unit (deploy/systemd/keyturn.service) ------------------------------------
+
+UNIT = ROOT / "deploy" / "systemd" / "keyturn.service"
+
+
+def unit_directives() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in UNIT.read_text().replace("\\\n", " ").splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            name, _, value = line.partition("=")
+            found.setdefault(name.strip(), []).append(value.strip())
+    return found
+
+
+def test_the_systemd_unit_runs_a_command_keyturn_accepts() -> None:
+    """Its command line parses and resolves to a production server with TLS; it starts
+    after the clock is synchronised, reloads with SIGHUP, stops with SIGTERM inside a
+    timeout past the grace period and the stop watch, and dumps no core."""
+    unit = unit_directives()
+    command = shlex.split(unit["ExecStart"][0])
+    assert command[:2] == ["/opt/keyturn/bin/keyturn", "serve"]
+    resolved = resolve(parser().parse_args(command[1:]), {"MASTER_KEY": MASTER_KEY}).check()
+    assert resolved.production and resolved.tls and resolved.workers >= 1
+    assert "time-sync.target" in unit["After"][0].split()
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert unit["KillSignal"] == ["SIGTERM"] and int(unit["TimeoutStopSec"][0]) >= 10 + 8
+    assert unit["LimitCORE"] == ["0"] and unit["NoNewPrivileges"] == ["yes"]
+
+
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # Its binary must exist to be verified: this interpreter stands in for it.
+    copy = tmp_path / "keyturn.service"
+    copy.write_text(UNIT.read_text().replace("/opt/keyturn/bin/keyturn", sys.executable))
+    done = subprocess.run(
+        [analyze, "verify", str(copy)], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

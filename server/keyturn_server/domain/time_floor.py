@@ -18,19 +18,40 @@ removed key past its delay. A floor that fails authentication is reported and ig
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
 from keyturn_server.clock import Clock
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import Store
 
+log = logging.getLogger("keyturn.clock")
 #: Seconds between raises of the floor by each serving process.
 EVERY = 60.0
+
+
+#: A start this far past the floor is said in the log: the server was stopped that long,
+#: or the host's clock is wrong, and what fell due in between is acted on at once.
+SAY_GAP = timedelta(hours=1)
 
 
 def restore(store: Store, clock: Clock) -> None:
     """Tell ``clock`` the store's floor (after the keyring is open: the floor has a MAC)."""
     floor = store.read().clock_floor()
-    if floor is not None:
-        clock.not_before(floor)
+    if floor is None:
+        return
+    clock.not_before(floor)
+    gap = clock.now() - floor
+    if gap > SAY_GAP:
+        log.warning(
+            "the system clock is %s past the latest time this store recorded (%s): the "
+            "server was stopped that long, or the clock is wrong. Expiries, rotations and "
+            "destructions due in between are acted on now; if the clock is wrong, stop the "
+            "server and set it right first",
+            gap,
+            floor.isoformat(),
+            extra={"category": "error", "seconds": round(gap.total_seconds())},
+        )
 
 
 async def save(store: Store, clock: Clock, leadership: Leadership) -> None:
