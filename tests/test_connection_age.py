@@ -21,11 +21,10 @@ import pytest
 
 from keyturn.v1 import admin_pb2, events_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
+from keyturn_server.flags import add_serve_arguments, parse_connection_age
 from keyturn_server.settings import (
     Settings,
     SettingsError,
-    add_serve_arguments,
-    parse_connection_age,
     resolve,
 )
 from tests.harness import Harness

@@ -22,11 +22,11 @@ from keyturn_server.api.http.jsonmap import request_from
 from keyturn_server.api.http.rules import Router, routes_of
 from keyturn_server.api.http.template import TemplateError, parse
 from keyturn_server.domain.errors import InvalidArgument
+from keyturn_server.flags import add_serve_arguments
 from keyturn_server.settings import (
     DEFAULT_HTTP_LISTEN,
     Settings,
     SettingsError,
-    add_serve_arguments,
     resolve,
 )
 from tests.harness import Harness

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from keyturn_server.app import App
+from keyturn_server.flags import add_serve_arguments
 from keyturn_server.listeners import Verdict, check_listener, check_metrics_listener
-from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
+from keyturn_server.settings import Settings, SettingsError, resolve
 from tests.harness import MASTER_KEY
 from tests.pki import Authority
 

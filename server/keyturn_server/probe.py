@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from keyturn_server.flags import add_serve_arguments
 from keyturn_server.settings import (
     SettingsError,
-    add_serve_arguments,
     certificate,
     listen_addresses,
 )

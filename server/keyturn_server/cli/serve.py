@@ -20,11 +20,12 @@ from keyturn_server.app import App, prepare
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.domain.errors import KeyturnError
+from keyturn_server.flags import add_serve_arguments
 from keyturn_server.observability import logs
 from keyturn_server.process import collector, hardening, memory, overrun
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
-from keyturn_server.settings import Settings, SettingsError, add_serve_arguments, resolve
+from keyturn_server.settings import Settings, SettingsError, resolve
 from keyturn_server.store.sqlite import StoreOpenError
 
 #: What ends a start with one line instead of a traceback.
