@@ -34,7 +34,7 @@ from keyturn_server.api.http.server import HttpServer, http_server
 from keyturn_server.api.keys import KeyServicer
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
-from keyturn_server.bootstrap import reload_keyring, unlock
+from keyturn_server.bootstrap import open_store, reload_keyring, unlock
 from keyturn_server.certificates import ServedCertificate
 from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
@@ -42,7 +42,7 @@ from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_fil
 from keyturn_server.crypto import native
 from keyturn_server.domain import limits, time_floor
 from keyturn_server.domain.access_token_service import AccessTokenService
-from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditLog
+from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.audit_retention import AuditRetention
 from keyturn_server.domain.audit_service import AuditService
 from keyturn_server.domain.config_service import ConfigService
@@ -90,21 +90,6 @@ REFRESH_INTERVAL = 2.0
 LOW_OPEN_FILES = 4096
 
 
-def open_store(settings: Settings) -> Store:
-    if settings.store.startswith(("postgres://", "postgresql://")):
-        from keyturn_server.store.postgres import PostgresStore
-
-        store: Store = PostgresStore(settings.store, lease_ttl=settings.scheduler_lease_ttl)
-        return store
-    if settings.store:
-        raise ValueError(
-            f"--store {settings.store.split(':')[0]}:... is not supported; "
-            "use postgresql://... or leave it empty for SQLite"
-        )
-    # Workers share the file: their commit listeners read every process's events.
-    return SqliteStore(settings.data_dir / "keyturn.db", shared=settings.worker is not None)
-
-
 def _bind(server: grpc.aio.Server, address: str, credentials: Any) -> int:
     """Listen on ``address``. Ports were checked at the start of start(); one taken
     since still ends the start with one line instead of grpc's generic error."""
@@ -123,47 +108,6 @@ def _own(stats: Statistics) -> Callable[[], Awaitable[Statistics]]:
         return stats
 
     return current
-
-
-def _audit_sink(entry: AuditEntry) -> None:
-    d = entry.draft
-    logs.audit.info(
-        d.action,
-        extra={
-            "category": "audit",
-            "sequence": entry.sequence,
-            "principal": d.principal,
-            "user_id": d.user_id,
-            "resource": f"{d.resource_type}/{d.resource_id}",
-            "outcome": d.outcome,
-            "reason": d.reason,
-            "peer": d.peer,
-            # The chain's head as it grows: a witness outside the database, against which
-            # VerifyAuditLog's head can be compared (a keyed hash, not a secret).
-            "hash": entry.hash.hex(),
-        },
-    )
-
-
-async def prepare(settings: Settings, clock: Clock | None = None) -> str | None:
-    """What a first start creates, done once before ``--workers`` start so that they do
-    not race for it: the schema, the keyring (and a development master key), the stored
-    configuration and the admin token. Returns the admin token when it was created."""
-    clock = clock or SystemClock()
-    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(settings.data_dir, 0o700)
-    store = open_store(settings)
-    try:
-        keyring, _ = await unlock(
-            store, settings.data_dir, settings.master_key, settings.production, clock
-        )
-        journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), clock)
-        await ConfigService(store, journal, clock).load()
-        tokens = AccessTokenService(store, keyring, journal, clock)
-        supervisor = settings.replica_name or f"{socket.gethostname()}:{os.getpid()}"
-        return await tokens.bootstrap_admin(settings.data_dir, supervisor)
-    finally:
-        await store.close()
 
 
 @dataclass
@@ -259,7 +203,7 @@ class App:
         self._outdated = False
         stats = Statistics()
         store.add_tamper_listener(lambda _table: stats.count_integrity_failure())
-        journal = Journal(AuditLog(AuditChain(keyring.audit_key), _audit_sink), self.clock)
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), logs.audit_line), self.clock)
         config = ConfigService(store, journal, self.clock)
         await config.load()
         material = MaterialCache(store, keyring, stats)

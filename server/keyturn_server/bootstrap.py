@@ -1,10 +1,13 @@
-"""Unlocking a data directory: find the master key, open the keyring it wraps, or create
-both on first start; then protect the store's rows with keys from the keyring. Shared by
-`keyturn serve` and the operator commands."""
+"""Opening a data directory: its store (:func:`open_store`), the master key and the keyring
+it wraps, or both created on first start, then the store's rows protected with keys from
+the keyring; and what else a first start makes (:func:`prepare`). Shared by `keyturn
+serve` and the operator commands."""
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from pathlib import Path
 
 from keyturn_server.clock import Clock, SystemClock
@@ -19,8 +22,14 @@ from keyturn_server.crypto.master import (
     parse_master_key,
 )
 from keyturn_server.domain.access import SYSTEM
-from keyturn_server.domain.audit import AuditChain, AuditDraft
+from keyturn_server.domain.access_token_service import AccessTokenService
+from keyturn_server.domain.audit import AuditChain, AuditDraft, AuditLog
+from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.repositories import Repository, Store
+from keyturn_server.observability import logs
+from keyturn_server.settings import Settings
+from keyturn_server.store.sqlite import SqliteStore
 
 log = logging.getLogger("keyturn.security")
 
@@ -179,3 +188,39 @@ def reload_keyring(store: Store, keyring: Keyring, master: MasterKey) -> str:
         return "retired"
     keyring.load(KeyringData.unwrap(wrapped, master))
     return "reloaded"
+
+
+def open_store(settings: Settings) -> Store:
+    if settings.store.startswith(("postgres://", "postgresql://")):
+        from keyturn_server.store.postgres import PostgresStore
+
+        store: Store = PostgresStore(settings.store, lease_ttl=settings.scheduler_lease_ttl)
+        return store
+    if settings.store:
+        raise ValueError(
+            f"--store {settings.store.split(':')[0]}:... is not supported; "
+            "use postgresql://... or leave it empty for SQLite"
+        )
+    # Workers share the file: their commit listeners read every process's events.
+    return SqliteStore(settings.data_dir / "keyturn.db", shared=settings.worker is not None)
+
+
+async def prepare(settings: Settings, clock: Clock | None = None) -> str | None:
+    """What a first start creates, done once before ``--workers`` start so that they do
+    not race for it: the schema, the keyring (and a development master key), the stored
+    configuration and the admin token. Returns the admin token when it was created."""
+    clock = clock or SystemClock()
+    settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.data_dir, 0o700)
+    store = open_store(settings)
+    try:
+        keyring, _ = await unlock(
+            store, settings.data_dir, settings.master_key, settings.production, clock
+        )
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), logs.audit_line), clock)
+        await ConfigService(store, journal, clock).load()
+        tokens = AccessTokenService(store, keyring, journal, clock)
+        supervisor = settings.replica_name or f"{socket.gethostname()}:{os.getpid()}"
+        return await tokens.bootstrap_admin(settings.data_dir, supervisor)
+    finally:
+        await store.close()

@@ -38,8 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from keyturn_server.app import open_store
-from keyturn_server.bootstrap import unlock
+from keyturn_server.bootstrap import open_store, unlock
 from keyturn_server.cli.local import add_location_arguments, local_settings
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.domain.access import SYSTEM

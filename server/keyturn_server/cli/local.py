@@ -9,7 +9,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from keyturn_server.app import open_store
+from keyturn_server.bootstrap import open_store
 from keyturn_server.domain.repositories import Store
 from keyturn_server.process import hardening
 from keyturn_server.settings import Settings

@@ -16,7 +16,8 @@ import signal
 import sys
 from typing import Any
 
-from keyturn_server.app import App, prepare
+from keyturn_server.app import App
+from keyturn_server.bootstrap import prepare
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.crypto.native import NativeMissing
 from keyturn_server.domain.errors import KeyturnError

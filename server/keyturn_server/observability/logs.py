@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from keyturn_server.domain.audit import AuditEntry
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 CATEGORIES = ("access", "audit", "error", "security", "app")
 
@@ -257,3 +259,24 @@ security = logging.getLogger("keyturn.security")
 
 
 atexit.register(stop)  # once: the writer in place at exit writes what is queued
+
+
+def audit_line(entry: AuditEntry) -> None:
+    """The audit log stream: each entry as it is committed, with its place in the chain."""
+    d = entry.draft
+    audit.info(
+        d.action,
+        extra={
+            "category": "audit",
+            "sequence": entry.sequence,
+            "principal": d.principal,
+            "user_id": d.user_id,
+            "resource": f"{d.resource_type}/{d.resource_id}",
+            "outcome": d.outcome,
+            "reason": d.reason,
+            "peer": d.peer,
+            # The chain's head as it grows: a witness outside the database, against which
+            # VerifyAuditLog's head can be compared (a keyed hash, not a secret).
+            "hash": entry.hash.hex(),
+        },
+    )

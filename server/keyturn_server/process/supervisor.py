@@ -1,7 +1,7 @@
 """``keyturn serve --workers N``: one supervisor, N serving processes on one port.
 
 A Python server is bound by one core; N processes use N. The supervisor holds the data
-directory (:mod:`lock`), does the first-start work once (:func:`keyturn_server.app.prepare`),
+directory (:mod:`lock`), does the first-start work once (:func:`keyturn_server.bootstrap.prepare`),
 checks and holds the ports the workers will share (:mod:`ports`), then runs ``keyturn
 serve`` again for each worker with its role in the environment (:mod:`worker`). Workers
 share the SQLite file (its write lock serialises their commits, so usage counts stay
