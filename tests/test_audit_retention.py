@@ -8,7 +8,7 @@ full. The clock is moved, not waited for.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -243,32 +243,42 @@ async def test_removing_entries_beside_the_retention_is_detected(
 # and PostgreSQL from vacuuming.
 
 
+def count_reads(
+    server: Harness,
+    monkeypatch: pytest.MonkeyPatch,
+    before: Callable[[int], Awaitable[None]] | None = None,
+) -> list[int]:
+    """Count the server's reads of its store (one item, the count); ``before(n)`` runs
+    before the n-th."""
+    assert server.app is not None
+    store = server.app.store
+    report = store.report
+    reads = [0]
+
+    async def counted(work: Any, caller: str = "") -> Any:
+        reads[0] += 1
+        if before is not None:
+            await before(reads[0])
+        return await report(work, caller)
+
+    monkeypatch.setattr(store, "report", counted)
+    return reads
+
+
 async def test_a_long_log_is_verified_in_parts_and_a_break_is_found_in_any(
     server: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(audit_service, "PART", 3)
-    assert server.app is not None
-    store = server.app.store
-    reads = 0
-    report = store.report
-
-    async def counted(work: Any, caller: str = "") -> Any:
-        nonlocal reads
-        reads += 1
-        return await report(work, caller)
-
-    monkeypatch.setattr(store, "report", counted)
     await handles(server, 10)
     written = len(await entries(server))
-    reads = 0
+    reads = count_reads(server, monkeypatch)
     verified = await verify(server)
     assert verified.valid and verified.entries_checked == written
-    assert reads == written // 3 + 1
+    assert reads[0] == written // 3 + 1
 
     await server.stop()
     run_sql(server, "DELETE FROM audit WHERE sequence = ?", (7,))
     await server.start()
-    monkeypatch.setattr(server.app.store, "report", server.app.store.report)
     broken = await verify(server)
     assert not broken.valid and broken.first_broken_sequence == 8
     assert "entry 7 is missing" in broken.problem
@@ -279,19 +289,12 @@ async def test_entries_pruned_while_a_verification_runs_are_not_reported_missing
 ) -> None:
     monkeypatch.setattr(audit_service, "PART", 3)
     await handles(server, 10)
-    assert server.app is not None
-    store = server.app.store
-    reads = 0
-    report = store.report
 
-    async def pruning_after_the_first(work: Any, caller: str = "") -> Any:
-        nonlocal reads
-        reads += 1
-        if reads == 2:  # the retention runs between the verification's first two parts
+    async def prune(read: int) -> None:
+        if read == 2:  # the retention runs between the verification's first two parts
             await server.advance(3 * DAY)
-        return await report(work, caller)
 
-    monkeypatch.setattr(store, "report", pruning_after_the_first)
+    count_reads(server, monkeypatch, prune)
     verified = await verify(server)
     assert verified.valid, verified.problem
     kept = await entries(server)
