@@ -129,7 +129,6 @@ async def test_a_server_started_with_its_clock_behind_starts_from_the_stores_tim
         await server.stop()
 
 
-@pytest.mark.sqlite_only
 async def test_a_server_started_long_after_the_stores_time_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -153,6 +152,7 @@ async def test_a_server_started_long_after_the_stores_time_says_so(
         await server.stop()
 
 
+@pytest.mark.sqlite_only
 async def test_a_forged_time_in_the_store_does_not_move_the_server_ahead(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
