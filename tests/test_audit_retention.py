@@ -20,6 +20,7 @@ from keyturn_server.clock import ManualClock
 from keyturn_server.domain import audit_retention, audit_service
 from tests.harness import Harness
 from tests.security.database import query, run_sql
+from tests.test_backup import keyturn
 from tests.test_listeners import settings
 
 A = admin_pb2
@@ -299,3 +300,18 @@ async def test_entries_pruned_while_a_verification_runs_are_not_reported_missing
     assert verified.valid, verified.problem
     kept = await entries(server)
     assert verified.first_sequence == kept[0].sequence > 4
+
+
+@pytest.mark.sqlite_only  # keyturn backup copies the SQLite file
+async def test_a_backup_of_a_pruned_log_verifies(server: Harness, tmp_path: Path) -> None:
+    """`keyturn backup create` replaces its file only once the copy's audit chain
+    verifies: a check that knew nothing of the pruned start would refuse every backup
+    taken after the first pruning."""
+    await handles(server, 3)
+    await server.advance(3 * DAY)
+    assert (await verify(server)).first_sequence > 1
+    await server.stop()
+    copy = tmp_path / "keyturn.backup"
+    made = keyturn("backup", "create", str(copy), "--data-dir", str(server.data_dir))
+    assert made.returncode == 0, made.stderr
+    assert "audit log intact" in made.stdout + made.stderr
