@@ -124,15 +124,6 @@ class AuditChain:
             self._key, previous + canonical(sequence, time, draft), hashlib.sha256
         ).digest()
 
-    def verify(
-        self, entries: Iterable[AuditEntry], base: AuditBase | None = None
-    ) -> tuple[int, int, str]:
-        """(entries checked, first broken sequence or 0, problem). The log starts with
-        entry 1, or right after ``base`` when its start was pruned."""
-        cursor = ChainCursor.after(base)
-        broken, problem = self.check(entries, cursor)
-        return cursor.checked, broken, problem
-
     def check(self, entries: Iterable[AuditEntry], cursor: ChainCursor) -> tuple[int, str]:
         """Check ``entries`` as the continuation of the chain at ``cursor``, moving it on;
         (first broken sequence or 0, problem)."""
