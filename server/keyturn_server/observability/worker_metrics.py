@@ -23,6 +23,7 @@ answered.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,16 @@ class WorkersCollector(Collector):
         self._seen: dict[Path, _Seen] = {}
         #: Counters of workers that ended.
         self._retired: Counts = {}
+        #: Scrapes run in threads of their own, and two at once are usual (Prometheus in
+        #: pairs): each would otherwise carry a replaced worker's counts into the sums.
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            merged = list(self._collect())
+        yield from merged
+
+    def _collect(self) -> Iterator[Metric]:
         answers: list[list[Metric]] = []
         stale: list[Counts] = []
         for path in self._paths():
