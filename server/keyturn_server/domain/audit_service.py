@@ -9,7 +9,7 @@ from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditQuery, ChainCursor
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import raise_if, text
-from keyturn_server.domain.paging import PageTokens, checked_page_size
+from keyturn_server.domain.paging import PageTokens, carried_total, checked_page_size
 from keyturn_server.domain.repositories import AuditRepository, Store
 
 
@@ -55,17 +55,19 @@ class AuditService:
         size = checked_page_size(page_size)
         binding = _binding(query, principal)
         after: int | None = None
+        total: int | None = None
         if page_token:
-            after = self._pages.open(page_token, binding).get("s")
+            cursor = self._pages.open(page_token, binding)
+            after, total = cursor.get("s"), carried_total(cursor)
             if not isinstance(after, int):
                 raise InvalidArgument("not a page token from this service", field="page_token")
         found = await self._store.report(
-            lambda repo: repo.list_audit(query, after, size), principal.name
+            lambda repo: repo.list_audit(query, after, size, total), principal.name
         )
         entries = found.items
         token = ""
         if found.more and entries:
-            token = self._pages.issue({"s": entries[-1].sequence}, binding)
+            token = self._pages.issue({"s": entries[-1].sequence, "n": found.total}, binding)
         return AuditPage(entries, token, found.total)
 
     async def verify(self, principal: Principal) -> Verification:

@@ -204,11 +204,13 @@ class HandleService:
         )
         now = self._clock.now()
         found = await self._store.report(
-            lambda repo: repo.list_handles(now, type_name, status, owner, page.after, page.size),
+            lambda repo: repo.list_handles(
+                now, type_name, status, owner, page.after, page.size, page.total
+            ),
             principal.name,
         )
         handles = found.items
-        return HandlePage(handles, token_after(page, handles, found.more), found.total)
+        return HandlePage(handles, token_after(page, handles, found.more, found.total), found.total)
 
     async def statistics(self, principal: Principal) -> tuple[Report, dict[str, int]]:
         """The report and anomaly counts by kind. A service sees the anomalies of its own

@@ -125,11 +125,13 @@ class KeyService:
         )
         now = self._clock.now()
         found = await self._store.report(
-            lambda repo: repo.list_keys(now, type_name, status, owner, page.after, page.size),
+            lambda repo: repo.list_keys(
+                now, type_name, status, owner, page.after, page.size, page.total
+            ),
             principal.name,
         )
         keys = [self._usage.with_pending(k) for k in found.items]
-        return KeyPage(keys, token_after(page, keys, found.more), found.total)
+        return KeyPage(keys, token_after(page, keys, found.more, found.total), found.total)
 
     async def statistics(self, principal: Principal) -> Report:
         principal.require(Permission.STATS_READ)

@@ -5,6 +5,11 @@ over its cursor, the query it pages and the principal it was issued to: a forged
 altered token, or one reused with other filters or by another caller, is refused with
 INVALID_ARGUMENT before anything in it is parsed or used (AIP-158 asks for the filter
 check). Tokens are bounded in length, and their JSON is read only once authenticated.
+
+The total across pages (``total_size``) is counted for the first page only and carried in
+the token: counting reads every matching row (an audit log of millions of entries), so a
+walk that counted on each page cost as many full counts as it had pages. Later pages
+report the total as of the first one, which AIP-158 allows ("an estimate").
 """
 
 from __future__ import annotations
@@ -103,6 +108,15 @@ class Page:
     after: Cursor | None
     tokens: PageTokens
     binding: tuple[object, ...]
+    #: The total counted for the first page; None on the first page (count it).
+    total: int | None = None
+
+
+def carried_total(cursor: dict[str, Any]) -> int | None:
+    """The total an authenticated cursor carries (tokens issued before it was carried
+    have none: count again)."""
+    total = cursor.get("n")
+    return total if isinstance(total, int) and total >= 0 else None
 
 
 def checked_page_size(value: int) -> int:
@@ -122,13 +136,14 @@ def page_request(
     after, record = cursor.get("t"), cursor.get("i")
     if not isinstance(after, int) or not isinstance(record, str):
         raise _refused()
-    return Page(size, Cursor(after, record), tokens, binding)
+    return Page(size, Cursor(after, record), tokens, binding, carried_total(cursor))
 
 
-def next_token(page: Page, last: Cursor | None, more: bool) -> str:
+def next_token(page: Page, last: Cursor | None, more: bool, total: int) -> str:
     if not more or last is None:
         return ""
-    return page.tokens.issue({"t": last.create_time, "i": last.id}, page.binding)
+    cursor = {"t": last.create_time, "i": last.id, "n": total}
+    return page.tokens.issue(cursor, page.binding)
 
 
 class Listed(Protocol):
@@ -163,6 +178,6 @@ def scoped_page(
     return owner, page_request(tokens, page_size, page_token, binding)
 
 
-def token_after(page: Page, items: Sequence[Listed], more: bool) -> str:
+def token_after(page: Page, items: Sequence[Listed], more: bool, total: int) -> str:
     last = Cursor(to_micros(items[-1].create_time), items[-1].id) if items else None
-    return next_token(page, last, more)
+    return next_token(page, last, more, total)

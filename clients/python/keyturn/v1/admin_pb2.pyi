@@ -801,6 +801,10 @@ class ListAuditEventsResponse(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     total_size: _builtins.int
+    """Number of entries matching the filters, across all pages: counted for the first
+    page and carried by next_page_token, so later pages report the total as of the
+    first one.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]: ...
     def __init__(

@@ -195,6 +195,10 @@ class ListHandlesResponse(_message.Message):
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     total_size: _builtins.int
+    """Number of handles matching the filters, across all pages: counted for the first
+    page and carried by next_page_token, so later pages report the total as of the
+    first one.
+    """
     @_builtins.property
     def handles(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Handle]: ...
     def __init__(

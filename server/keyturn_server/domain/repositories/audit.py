@@ -42,8 +42,11 @@ class AuditRepository(Protocol):
         ...
 
     def list_audit(
-        self, query: AuditQuery, after: int | None, limit: int
-    ) -> Listing[AuditEntry]: ...
+        self, query: AuditQuery, after: int | None, limit: int, total: int | None = None
+    ) -> Listing[AuditEntry]:
+        """One page of the entries ``query`` selects; their total is counted unless
+        ``total`` (counted for an earlier page) is given."""
+        ...
 
     def iter_audit(self, after: int = 0, limit: int | None = None) -> Iterator[AuditEntry]:
         """The entries after sequence ``after``, in order, at most ``limit``."""

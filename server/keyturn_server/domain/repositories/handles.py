@@ -54,7 +54,10 @@ class HandleRepository(Protocol):
         owner: str,
         after: Cursor | None,
         limit: int,
-    ) -> Listing[Handle]: ...
+        total: int | None = None,
+    ) -> Listing[Handle]:
+        """One page; the total across pages is counted unless ``total`` is given."""
+        ...
 
     def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:
         """(type, status, count, total usage, highest usage) per type and status."""

@@ -45,7 +45,10 @@ class KeyRepository(Protocol):
         owner: str,
         after: Cursor | None,
         limit: int,
-    ) -> Listing[Key]: ...
+        total: int | None = None,
+    ) -> Listing[Key]:
+        """One page; the total across pages is counted unless ``total`` is given."""
+        ...
 
     def count_keys(self, owner: str) -> int:
         """Keys of ``owner`` that are not destroyed."""

@@ -144,7 +144,9 @@ class AuditSql(MetaSql):
         self._set_mark(BASE, last, digest)
         return AuditPruned(first, last, digest, before)
 
-    def list_audit(self, query: AuditQuery, after: int | None, limit: int) -> Listing[AuditEntry]:
+    def list_audit(
+        self, query: AuditQuery, after: int | None, limit: int, total: int | None = None
+    ) -> Listing[AuditEntry]:
         where = Where()
         if query.action:
             where.add("action = ?", query.action)
@@ -156,7 +158,8 @@ class AuditSql(MetaSql):
             where.add("time >= ?", to_micros(query.start))
         if query.end is not None:
             where.add("time < ?", to_micros(query.end))
-        total = self._one(f"SELECT COUNT(*) AS n FROM audit{where.sql()}", where.params)["n"]
+        if total is None:
+            total = self._count("audit", where)
         if after is not None:
             where.add("sequence < ?" if query.descending else "sequence > ?", after)
         order = "DESC" if query.descending else "ASC"

@@ -213,9 +213,10 @@ class HandleSql(SqlBase):
         owner: str,
         after: Cursor | None,
         limit: int,
+        total: int | None = None,
     ) -> Listing[Handle]:
         status_sql = None if status is None else HANDLE_STATUS[status]
-        found = self._page("handles", now, type_name, status_sql, owner, after, limit)
+        found = self._page("handles", now, type_name, status_sql, owner, after, limit, total)
         return Listing(self._authentic_handles(found.items), found.total, found.more)
 
     def handle_counts(self, now: datetime) -> list[tuple[str, str, int, int, int]]:

@@ -145,9 +145,10 @@ class KeySql(SqlBase):
         owner: str,
         after: Cursor | None,
         limit: int,
+        total: int | None = None,
     ) -> Listing[Key]:
         status_sql = None if status is None else KEY_STATUS[status]
-        found = self._page("keys", now, type_name, status_sql, owner, after, limit)
+        found = self._page("keys", now, type_name, status_sql, owner, after, limit, total)
         return Listing(self._authentic_keys(found.items), found.total, found.more)
 
     def count_keys(self, owner: str) -> int:

@@ -71,6 +71,9 @@ class SqlBase:
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._conn.execute(sql, params)
 
+    def _count(self, table: str, where: Where) -> int:
+        return int(self._one(f"SELECT COUNT(*) AS n FROM {table}{where.sql()}", where.params)["n"])
+
     def _serialise_append(self) -> None:
         if self._lock_appends is not None:
             self._lock_appends()
@@ -84,9 +87,11 @@ class SqlBase:
         owner: str,
         after: Cursor | None,
         limit: int,
+        total: int | None,
     ) -> Listing[Any]:
         """Rows of ``table`` (keys or handles) matching the filters, by (create_time, id)
-        after a cursor, with the total across pages (AIP-158)."""
+        after a cursor, with the total across pages (AIP-158): ``total`` when given, else
+        counted."""
         where = Where()
         if type_name:
             where.add("type = ?", type_name)
@@ -94,7 +99,8 @@ class SqlBase:
             where.add("owner = ?", owner)
         if status_sql is not None:
             where.add_named_now(status_sql, to_micros(now))
-        total = self._one(f"SELECT COUNT(*) AS n FROM {table}{where.sql()}", where.params)["n"]
+        if total is None:
+            total = self._count(table, where)
         if after is not None:
             where.add(
                 "(create_time > ? OR (create_time = ? AND id > ?))",

@@ -335,7 +335,10 @@ type ListHandlesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Handles       []*Handle              `protobuf:"bytes,1,rep,name=handles,proto3" json:"handles,omitempty"`
 	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
-	TotalSize     int64                  `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
+	// Number of handles matching the filters, across all pages: counted for the first
+	// page and carried by next_page_token, so later pages report the total as of the
+	// first one.
+	TotalSize     int64 `protobuf:"varint,3,opt,name=total_size,json=totalSize,proto3" json:"total_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

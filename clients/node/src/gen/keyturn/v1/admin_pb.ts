@@ -825,6 +825,10 @@ export type ListAuditEventsResponse = Message<"keyturn.v1.ListAuditEventsRespons
   nextPageToken: string;
 
   /**
+   * Number of entries matching the filters, across all pages: counted for the first
+   * page and carried by next_page_token, so later pages report the total as of the
+   * first one.
+   *
    * @generated from field: int64 total_size = 3;
    */
   totalSize: bigint;

@@ -147,6 +147,10 @@ export type ListHandlesResponse = Message<"keyturn.v1.ListHandlesResponse"> & {
   nextPageToken: string;
 
   /**
+   * Number of handles matching the filters, across all pages: counted for the first
+   * page and carried by next_page_token, so later pages report the total as of the
+   * first one.
+   *
    * @generated from field: int64 total_size = 3;
    */
   totalSize: bigint;

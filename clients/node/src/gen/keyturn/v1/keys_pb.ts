@@ -160,7 +160,9 @@ export type ListKeysResponse = Message<"keyturn.v1.ListKeysResponse"> & {
   nextPageToken: string;
 
   /**
-   * Number of keys matching the filters, across all pages.
+   * Number of keys matching the filters, across all pages: counted for the first
+   * page and carried by next_page_token, so later pages report the total as of the
+   * first one.
    *
    * @generated from field: int64 total_size = 3;
    */
