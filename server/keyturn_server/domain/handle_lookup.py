@@ -11,8 +11,7 @@ from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.errors import NotFound
 from keyturn_server.domain.repositories import Store
-
-_ALGORITHMS = ("sha256", "sha384", "sha512")
+from keyturn_server.domain.token_digests import TokenDigests
 
 
 def looks_like_token(value: str) -> bool:
@@ -23,8 +22,7 @@ def looks_like_token(value: str) -> bool:
 class HandleLookup:
     def __init__(self, store: Store, keyring: Keyring, config: ConfigService, clock: Clock):
         self._store = store
-        self._keyring = keyring
-        self._config = config
+        self._digests = TokenDigests(keyring, config)
         self._clock = clock
 
     def handle_id(self, principal: Principal, token: str) -> str:
@@ -36,14 +34,8 @@ class HandleLookup:
         missing = NotFound("no handle has this token", reason="HANDLE_NOT_FOUND")
         if parsed is None:
             raise missing
-        handle_type = self._config.current.handle_types.get(parsed.type)
-        algorithms = (handle_type.algorithm,) if handle_type else _ALGORITHMS
         reader = self._store.read()
-        secret = None
-        for algorithm in algorithms:
-            secret = reader.get_secret(self._keyring.digest(parsed.text, algorithm))
-            if secret is not None:
-                break
+        secret = next((s for d in self._digests.every(parsed) if (s := reader.get_secret(d))), None)
         handle = reader.get_handle(secret.handle_id) if secret is not None else None
         if secret is None or handle is None:
             raise missing

@@ -50,9 +50,8 @@ from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
+from keyturn_server.domain.token_digests import TokenDigests
 from keyturn_server.domain.validation import Presented, Validator, journal_decision
-
-_ALGORITHMS = ("sha256", "sha384", "sha512")
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,8 @@ class HandleService:
         self._lifecycle = lifecycle
         self._clock = clock
         self._stats = stats
-        self._validator = Validator(store, config, journal, clock)
+        self._digests = TokenDigests(keyring, config)
+        self._validator = Validator(store, config, journal, clock, self._digests.others)
         self._pages = PageTokens(keyring.page_mac)
 
     # --- issue and read --------------------------------------------------------------
@@ -250,7 +250,7 @@ class HandleService:
             result = await self._refused(principal, Reason.INVALID)
         else:
             decision = await self._validator.decide(
-                Presented(self._digests(parsed), seen, principal)
+                Presented(self._digests.first(parsed), seen, principal, parsed)
             )
             if decision is None:
                 result = await self._refused(principal, Reason.INVALID)
@@ -265,11 +265,6 @@ class HandleService:
             self._stats.failures_by_reason[result.reason.value] += 1
         self._stats.observe("validate", time.perf_counter() - started)
         return result
-
-    def _digests(self, parsed: tokens.ParsedToken) -> list[bytes]:
-        handle_type = self._config.current.handle_types.get(parsed.type)
-        algorithms = (handle_type.algorithm,) if handle_type else _ALGORITHMS
-        return [self._keyring.digest(parsed.text, a) for a in algorithms]
 
     async def _refused(self, principal: Principal, reason: Reason) -> Validation:
         """An unknown or malformed token: counted against the presenter (its principal
@@ -330,7 +325,7 @@ class HandleService:
             raise _token_not_valid()
         normalised = _normalise(context or {})
         seen = Presentation(normalised.get("ip"), normalised.get("user_agent"), principal.peer)
-        digests = self._digests(parsed)
+        digests = list(self._digests.every(parsed))
 
         def work(repo: Repository) -> Rotation | _Refusal | None:
             now = self._clock.now()

@@ -18,7 +18,7 @@ made-up tokens. Revocations and state changes are always written.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from keyturn_server.clock import Clock, to_micros
@@ -27,10 +27,18 @@ from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.events import EventKind
-from keyturn_server.domain.handles import Decision, Handle, HandleState, Presentation, decide
+from keyturn_server.domain.handles import (
+    Decision,
+    Handle,
+    HandleSecret,
+    HandleState,
+    Presentation,
+    decide,
+)
 from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.presenters import WINDOW_SECONDS, PresenterLimiter, presenter_peer
 from keyturn_server.domain.repositories import Repository, Store
+from keyturn_server.domain.tokens import ParsedToken
 
 #: Handles whose quiet refusals were noted this minute (see the module docstring).
 _NOTED_CAPACITY = 8192
@@ -44,6 +52,8 @@ class Presented:
     digests: list[bytes]
     seen: Presentation
     principal: Principal
+    #: The token, for its digests under the other algorithms when these find nothing.
+    token: ParsedToken | None = None
 
 
 def _answered_early(item: Presented, result: Decision | None) -> bool:
@@ -54,8 +64,16 @@ def _answered_early(item: Presented, result: Decision | None) -> bool:
 
 
 class Validator:
-    def __init__(self, store: Store, config: ConfigService, journal: Journal, clock: Clock):
+    def __init__(
+        self,
+        store: Store,
+        config: ConfigService,
+        journal: Journal,
+        clock: Clock,
+        other_digests: Callable[[ParsedToken], list[bytes]] = lambda _: [],
+    ):
         self._store = store
+        self._other_digests = other_digests
         self._config = config
         self._journal = journal
         self._clock = clock
@@ -120,10 +138,26 @@ class Validator:
             self._noted.popitem(last=False)
         return False
 
+    def _lookup(
+        self, repo: Repository, presented: Sequence[Presented]
+    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
+        found = repo.secrets_with_handles([d for p in presented for d in p.digests])
+        # A handle issued before its type's algorithm changed (token_digests.py): only
+        # tokens that matched nothing pay for the other digests.
+        again = [
+            p for p in presented if p.token is not None and not any(d in found for d in p.digests)
+        ]
+        for item in again:
+            assert item.token is not None
+            item.digests = item.digests + self._other_digests(item.token)
+        if again:
+            found.update(repo.secrets_with_handles([d for p in again for d in p.digests]))
+        return found
+
     def _decide_all(
         self, repo: Repository, presented: Sequence[Presented]
     ) -> list[Decision | None]:
-        found = repo.secrets_with_handles([d for p in presented for d in p.digests])
+        found = self._lookup(repo, presented)
         now = self._clock.now()
         minute = to_micros(now) // (WINDOW_SECONDS * 1_000_000)
         policies = self._config.current.policies
