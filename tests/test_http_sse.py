@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from keyturn.v1 import admin_pb2
 from tests.harness import SECRETS, Harness
 from tests.http_support import HttpClient
 
@@ -184,6 +185,27 @@ async def test_shutdown_ends_the_stream_with_where_to_resume(
     error = end.json["error"]
     assert error["status"] == "UNAVAILABLE" and error["code"] == 503
     assert error["details"][0]["metadata"] == {"resume_after": "1"}
+
+
+async def test_a_revoked_callers_event_stream_ends_with_an_error_event(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await server.restart(heartbeat_interval=timedelta(seconds=0.2))  # an idle stream
+    watcher = await server.client_for("auditor", "watcher")
+    async with session.get(
+        server.http_url + WATCH,
+        params={"resumeAfter": "0"},
+        headers={"Authorization": f"Bearer {watcher.token}"},
+    ) as response:
+        assert response.status == 200
+        await server.admin.admin.RevokeAccessToken(
+            admin_pb2.RevokeAccessTokenRequest(name="watcher")
+        )
+        (end,) = await take(response, 1)
+    assert end.event == "error"
+    error = end.json["error"]
+    assert error["status"] == "UNAUTHENTICATED" and error["code"] == 401
+    assert error["details"][0]["reason"] == "CREDENTIALS_REVOKED"
 
 
 async def test_an_event_source_may_send_its_token_in_the_query(

@@ -240,6 +240,58 @@ async def test_rotated_secrets_reach_only_their_owners_stream(server: Harness) -
         stream.cancel()
 
 
+async def ended(stream: Any, within: float = 10) -> tuple[Any, list[E.ExpiryEvent]]:
+    """How a stream ended, and the stored events it delivered before."""
+    delivered: list[E.ExpiryEvent] = []
+
+    async def read() -> Any:
+        while True:
+            event = await stream.read()
+            if event is grpc.aio.EOF:
+                return None
+            if event.kind not in LIVE:
+                delivered.append(event)
+
+    try:
+        await asyncio.wait_for(read(), within)
+    except grpc.aio.AioRpcError as error:
+        return error, delivered
+    except TimeoutError:
+        stream.cancel()  # still open
+    return None, delivered
+
+
+async def test_a_revoked_callers_stream_ends_before_a_rotated_secret_reaches_it(
+    server: Harness,
+) -> None:
+    alice = await server.client_for("service", "alice")
+    await alice.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    request = E.WatchExpiringRequest(deliver_tokens=True, kinds=[E.EVENT_KIND_ROTATED])
+    stream = alice.handles.WatchExpiring(request)
+    assert (await stream.read()).kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+
+    await server.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="alice"))
+    await server.advance(timedelta(minutes=5))  # the device handle rotates
+    error, delivered = await ended(stream)
+
+    assert not any(e.token for e in delivered), "a rotated secret reached a revoked caller"
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked or expired" in (error.details() or "")
+
+
+async def test_an_idle_stream_of_a_revoked_caller_ends_at_its_next_check(
+    server: Harness,
+) -> None:
+    auditor = await server.client_for("auditor", "watcher")
+    stream = auditor.keys.WatchExpiring(E.WatchExpiringRequest())
+    assert (await stream.read()).kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+
+    await server.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="watcher"))
+    error, _ = await ended(stream, within=5)  # heartbeats every 0.2 s: checked within 1.2 s
+
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_key_watches_cannot_ask_for_tokens(server: Harness) -> None:
     stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(deliver_tokens=True))
     failed = await fails(collect(stream, 1))

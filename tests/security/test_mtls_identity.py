@@ -13,12 +13,13 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, keys_pb2, resources_pb2
+from keyturn.v1 import admin_pb2, events_pb2, keys_pb2, resources_pb2
 from keyturn_server.client_identities import ClientIdentitiesError
 from keyturn_server.clock import ManualClock
 from tests.harness import MASTER_KEY, Client, Harness, fails
@@ -56,6 +57,7 @@ async def mtls(tmp_path: Path, clock: ManualClock, authority: Authority) -> Asyn
         tls_key=tmp_path / "tls" / "tls.key",
         client_ca=tmp_path / "tls" / "ca.crt",
         client_identities=identities,
+        heartbeat_interval=timedelta(seconds=0.2),
     )
     await harness.start()
     try:
@@ -144,6 +146,26 @@ async def test_revoking_the_principal_refuses_its_certificate(
     refused = await fails(_as(mtls, authority, issued).keys.ListKeys(keys_pb2.ListKeysRequest()))
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
     assert refused.reason == "CLIENT_CERTIFICATE_REVOKED"
+
+
+async def test_an_open_stream_ends_when_its_certificate_maps_to_another_role(
+    mtls: Harness, authority: Authority
+) -> None:
+    billing = _as(mtls, authority, authority.issue(names=(BILLING,)))
+    stream = billing.keys.WatchExpiring(events_pb2.WatchExpiringRequest())
+    first = await asyncio.wait_for(stream.read(), 5)
+    assert first.kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+
+    _rewrite(mtls, IDENTITIES.replace('role = "service"', 'role = "auditor"'))
+
+    async def drain() -> None:
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+
+    # Heartbeats every 0.2 s: checked again within 1.2 s.
+    ended = await fails(asyncio.wait_for(drain(), 5))
+    assert ended.code == grpc.StatusCode.UNAUTHENTICATED
+    assert ended.reason == "CREDENTIALS_CHANGED"
 
 
 async def test_a_certificate_named_like_a_revoked_token_gets_nothing(

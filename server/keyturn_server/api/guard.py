@@ -93,6 +93,52 @@ class _Capture:
         self.service, self.handlers = service, handlers
 
 
+#: How often an open stream's credentials are checked again, at the latest (a message
+#: carrying a secret is never sent without a check). Access tokens are themselves cached
+#: for a second by the processes that did not revoke them.
+RECHECK_SECONDS = 1.0
+
+
+class _Standing:
+    """Whether the caller that opened a stream still may receive it.
+
+    A stream lives for hours, and its caller was authenticated once, when it opened:
+    before, a revoked or expired access token (or a client certificate that a reloaded
+    identities file no longer maps to the same principal) kept its open WatchExpiring
+    streams, and with ``deliver_tokens`` went on receiving every newly rotated handle
+    secret. Now the credentials are checked again before any message that carries a
+    secret and at least every RECHECK_SECONDS otherwise (heartbeats keep an idle stream
+    checked), and the stream ends UNAUTHENTICATED when they no longer name the same
+    principal with the same role."""
+
+    __slots__ = ("_auth", "_caller", "_due", "_who")
+
+    def __init__(self, authenticator: auth.Authenticator, caller: auth.Caller, who: Principal):
+        self._auth = authenticator
+        self._caller = caller
+        self._who = who
+        self._due = time.monotonic() + RECHECK_SECONDS
+
+    def check(self, message: Any) -> None:
+        now = time.monotonic()
+        if now < self._due and not getattr(message, "token", ""):
+            return
+        self._due = now + RECHECK_SECONDS
+        try:
+            again = self._auth.identify(self._caller)
+        except Unauthenticated:
+            raise Unauthenticated(
+                "the credentials this stream was opened with were revoked or expired",
+                reason="CREDENTIALS_REVOKED",
+            ) from None
+        if again.name != self._who.name or again.role is not self._who.role:
+            raise Unauthenticated(
+                "the credentials this stream was opened with now name another principal "
+                "or role: open the stream again",
+                reason="CREDENTIALS_CHANGED",
+            )
+
+
 class Guard:
     def __init__(
         self,
@@ -172,8 +218,10 @@ class Guard:
                 await self._auth.audit_failure(caller, method, exc)
                 raise
             principal = self._enter(who, request)
+            standing = _Standing(self._auth, caller, who)
             async with contextlib.aclosing(behavior(request)) as messages:
                 async for message in messages:
+                    standing.check(message)
                     yield message
         except KeyturnError as exc:
             code = code_of(exc)
