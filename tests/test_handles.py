@@ -249,6 +249,36 @@ async def test_rotation_is_dual_phase_and_reuse_after_grace_revokes(server: Harn
     assert not after.valid and after.reason == R.VALIDATION_REASON_REVOKED
 
 
+async def test_a_second_rotation_ends_the_grace_of_every_secret_before_the_previous(
+    server: Harness,
+) -> None:
+    issued = await issue(server.admin)
+    rotate = R.RotateHandleRequest(handle_id=issued.handle.id, reason="suspected leak")
+    second = await server.admin.handles.RotateHandle(rotate)
+    await server.advance(timedelta(seconds=1))
+    third = await server.admin.handles.RotateHandle(rotate)
+
+    previous = await validate(server.admin, second.token)
+    assert previous.valid and previous.rotated  # the one just superseded keeps its grace
+    assert (await validate(server.admin, third.token)).valid
+    leaked = await validate(server.admin, issued.token)  # inside the grace it had
+    assert not leaked.valid and leaked.reason == R.VALIDATION_REASON_SUPERSEDED
+    assert [a.kind for a in leaked.anomalies] == [resources_pb2.ANOMALY_KIND_TOKEN_REUSE]
+
+
+async def test_rotations_in_a_row_leave_two_live_secrets(server: Harness) -> None:
+    await server.set_policies(prevent_reuse=False)  # refusals only: the handle lives on
+    issued = await issue(server.admin)
+    rotate = R.RotateHandleRequest(handle_id=issued.handle.id)
+    tokens = [issued.token] + [
+        (await server.admin.handles.RotateHandle(rotate)).token for _ in range(4)
+    ]
+
+    live = [(await validate(server.admin, t)).valid for t in tokens]
+
+    assert live == [False, False, False, True, True]
+
+
 async def test_without_prevent_reuse_a_superseded_secret_is_only_refused(
     server: Harness,
 ) -> None:
