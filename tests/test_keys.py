@@ -227,6 +227,29 @@ async def test_removed_keys_are_unusable_until_restored_and_destroyed_after_the_
     assert too_late.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_key_past_its_destroy_time_is_destroyed_even_before_the_scheduler_acts(
+    server: Harness,
+) -> None:
+    """The scheduler may be behind (a stop, no leader), but the pending period the
+    remover was promised is over: before, RestoreKey brought such a key back whole."""
+    key = await generate(server, "encryption")
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
+    assert server.app is not None
+    await server.app.services.scheduler.stop()  # nobody destroys it
+    server.clock.advance(DAY + timedelta(hours=1))
+
+    seen = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+    listed = await server.admin.keys.ListKeys(
+        keys_pb2.ListKeysRequest(status=resources_pb2.KEY_STATUS_DESTROYED)
+    )
+    too_late = await fails(server.admin.keys.RestoreKey(keys_pb2.RestoreKeyRequest(key_id=key.id)))
+
+    assert seen.status == resources_pb2.KEY_STATUS_DESTROYED
+    assert [k.id for k in listed.keys] == [key.id]
+    assert too_late.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert too_late.reason == "KEY_DESTROYED"
+
+
 async def test_list_keys_filters_pages_and_counts(server: Harness) -> None:
     for _ in range(5):
         await generate(server, "encryption")

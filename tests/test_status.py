@@ -73,13 +73,21 @@ def _check(examples: int) -> settings:
 
 offsets = st.sampled_from(OFFSETS)
 key_records = st.tuples(
-    st.sampled_from(list(KeyState)), offsets, st.none() | offsets, st.none() | offsets
+    st.sampled_from(list(KeyState)),
+    offsets,
+    st.none() | offsets,
+    st.none() | offsets,
+    st.none() | offsets,
 )
 handle_records = st.tuples(st.sampled_from(list(HandleState)), offsets, offsets, offsets)
 
 
 def _key(
-    state: KeyState, expire: timedelta, warn: timedelta | None, rotate: timedelta | None
+    state: KeyState,
+    expire: timedelta,
+    warn: timedelta | None,
+    rotate: timedelta | None,
+    destroy: timedelta | None = None,
 ) -> Key:
     return Key(
         id="key_x",
@@ -97,6 +105,7 @@ def _key(
         next_rotation_time=None if rotate is None else NOW + rotate,
         expire_time=NOW + expire,
         warn_time=None if warn is None else NOW + warn,
+        destroy_time=None if destroy is None else NOW + destroy,
     )
 
 
@@ -161,11 +170,14 @@ def _handle_statuses(repo: Repository, handles: list[Handle]) -> Statuses:
 
 
 def test_key_status_agrees_at_every_boundary(repo: Repository) -> None:
-    """Every state, with its expiry and its warning (or none) on now, a microsecond either
-    side, and further off."""
+    """Every state, with its expiry, its warning (or none) and its destroy time (or none:
+    a removed key past it is destroyed, whether or not the scheduler has wiped it) on
+    now, a microsecond either side, and further off."""
     keys = [
-        _key(state, expire, warn, warn)
-        for state, expire, warn in itertools.product(KeyState, OFFSETS, [None, *OFFSETS])
+        _key(state, expire, warn, warn, destroy)
+        for state, expire, warn, destroy in itertools.product(
+            KeyState, OFFSETS, [None, *OFFSETS], [None, *OFFSETS]
+        )
     ]
     python, filtered, counted = _key_statuses(repo, keys)
     assert filtered == python
@@ -187,7 +199,11 @@ def test_handle_status_agrees_at_every_boundary(repo: Repository) -> None:
 def test_key_status_agrees_for_any_mix_of_keys(repo: Repository) -> None:
     @_check(100)
     @given(records=st.lists(key_records, min_size=1, max_size=8))
-    def run(records: list[tuple[KeyState, timedelta, timedelta | None, timedelta | None]]) -> None:
+    def run(
+        records: list[
+            tuple[KeyState, timedelta, timedelta | None, timedelta | None, timedelta | None]
+        ],
+    ) -> None:
         python, filtered, counted = _key_statuses(repo, [_key(*r) for r in records])
         assert filtered == python
         assert counted == Counter(python.values())

@@ -322,6 +322,15 @@ class KeyService:
                     reason="KEY_NOT_REMOVED",
                 )
             now = self._clock.now()
+            if key.destroyed_by(now):
+                # The scheduler may not have wiped it yet (behind after a stop, or without
+                # a leader), but the pending period the remover was promised is over.
+                raise FailedPrecondition(
+                    f"key {key_id!r} was due for destruction at "
+                    f"{key.destroy_time.isoformat() if key.destroy_time else ''}; "
+                    "it can no longer be restored",
+                    reason="KEY_DESTROYED",
+                )
             restored = dataclasses.replace(
                 key,
                 state=key.restore_state or KeyState.ACTIVE,

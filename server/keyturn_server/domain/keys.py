@@ -99,6 +99,8 @@ class Key:
     versions: tuple[KeyVersion, ...] = field(default=())
 
     def status(self, now: datetime) -> KeyStatus:
+        if self.destroyed_by(now):
+            return KeyStatus.DESTROYED
         if self.state is not KeyState.ACTIVE:
             return KeyStatus(self.state.value)
         if now >= self.expire_time:
@@ -106,6 +108,15 @@ class Key:
         if self.warn_time is not None and now >= self.warn_time:
             return KeyStatus.EXPIRING
         return KeyStatus.ACTIVE
+
+    def destroyed_by(self, now: datetime) -> bool:
+        """Removed and past its destroy time: destroyed as far as any caller is concerned,
+        whether or not the scheduler (behind after a stop, or leaderless) has wiped it."""
+        return (
+            self.state is KeyState.REMOVED
+            and self.destroy_time is not None
+            and now >= self.destroy_time
+        )
 
     def version(self, number: int) -> KeyVersion | None:
         for v in self.versions:

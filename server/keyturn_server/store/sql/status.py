@@ -19,8 +19,8 @@ KEY_STATUS: dict[KeyStatus, str] = {
     "AND (warn_time IS NULL OR warn_time > :now)",
     KeyStatus.EXPIRING: "state = 'ACTIVE' AND expire_time > :now AND warn_time <= :now",
     KeyStatus.EXPIRED: "(state = 'EXPIRED' OR (state = 'ACTIVE' AND expire_time <= :now))",
-    KeyStatus.REMOVED: "state = 'REMOVED'",
-    KeyStatus.DESTROYED: "state = 'DESTROYED'",
+    KeyStatus.REMOVED: "state = 'REMOVED' AND (destroy_time IS NULL OR destroy_time > :now)",
+    KeyStatus.DESTROYED: "(state = 'DESTROYED' OR (state = 'REMOVED' AND destroy_time <= :now))",
 }
 
 HANDLE_STATUS: dict[HandleStatus, str] = {
