@@ -3,9 +3,10 @@ or the scheduler's), the successors it seals for the owner, warnings, expiry and
 of a grace period. Each step runs inside the caller's unit of work and journals itself.
 
 Rotation is dual-phase: the new secret is issued and the previous one validates (with
-rotated=true) until its grace ends; a secret older than that one stops at once. An automatic rotation seals the successor twice: once
-on the superseded secret, so that its holder can collect it with RotateHandle, and once
-on the ROTATED event, for the owner's WatchExpiring stream.
+rotated=true) until its grace ends; a secret older than that one stops at once. An
+automatic rotation seals the successor twice: once on the superseded secret, so that its
+holder can collect it with RotateHandle, and once on the ROTATED event, for the owner's
+WatchExpiring stream.
 """
 
 from __future__ import annotations
