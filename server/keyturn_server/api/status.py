@@ -9,7 +9,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from keyturn_server.domain import errors
+from keyturn_server.domain import errors, limits
 
 DOMAIN = "keyturn.dev"
 
@@ -51,31 +51,51 @@ def internal_status(ref: str) -> status_pb2.Status:
     return status_pb2.Status(code=code_pb2.INTERNAL, message=f"internal error (reference {ref})")
 
 
+#: The most bytes of a serialized status. gRPC sends it twice in the trailers (the
+#: message as grpc-message, the whole status base64-encoded as grpc-status-details-bin),
+#: and a client refuses trailers past 8 KiB at random and past 16 KiB always: a status
+#: beyond that reached the caller as RESOURCE_EXHAUSTED "Stream removed" instead of
+#: what went wrong (an UpdateConfig with hundreds of mistakes, or echoing a long value).
+STATUS_BUDGET = 4000
+#: The most UTF-8 bytes of a status message (percent-encoded in grpc-message: up to 3x).
+MESSAGE_BUDGET = 1000
+#: The most characters of a violation's field, of its description, of a metadata value.
+TEXT_LIMIT = 256
+
+
 def status_of(error: errors.KeyturnError) -> status_pb2.Status:
-    """The google.rpc.Status of ``error``, with its details."""
+    """The google.rpc.Status of ``error``, with its details, within STATUS_BUDGET: the
+    message and every text clipped, and the violations that do not fit left out (the
+    message already says how many there are)."""
     code = code_of(error)
+    metadata = {k: limits.clip(v, TEXT_LIMIT) for k, v in error.metadata.items()}
     details = [
-        _pack(
-            error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-        )
+        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
     ]
-    if isinstance(error, errors.InvalidArgument) and error.violations:
-        details.append(
-            _pack(
-                error_details_pb2.BadRequest(
-                    field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(
-                            field=v.field, description=v.description
-                        )
-                        for v in error.violations
-                    ]
-                )
-            )
-        )
     if isinstance(error, errors.ResourceExhausted) and error.retry_after is not None:
         delay = duration_pb2.Duration()
         delay.FromTimedelta(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
-    return status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=error.message, details=details
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=_clipped(error.message), details=details
     )
+    if isinstance(error, errors.InvalidArgument) and error.violations:
+        room = STATUS_BUDGET - status.ByteSize()
+        request = error_details_pb2.BadRequest()
+        for v in error.violations:
+            violation = request.field_violations.add(
+                field=limits.clip(v.field, TEXT_LIMIT),
+                description=limits.clip(v.description, TEXT_LIMIT),
+            )
+            if request.ByteSize() > room:
+                request.field_violations.remove(violation)
+                break
+        status.details.append(_pack(request))
+    return status
+
+
+def _clipped(message: str) -> str:
+    encoded = message.encode()
+    if len(encoded) <= MESSAGE_BUDGET:
+        return message
+    return encoded[:MESSAGE_BUDGET].decode(errors="ignore") + "…"

@@ -20,8 +20,11 @@ from keyturn_server.domain.config import (
 from keyturn_server.domain.config_update import ConfigDraft, apply_update
 from keyturn_server.domain.errors import Aborted
 from keyturn_server.domain.journal import Journal, Resource
-from keyturn_server.domain.limits import common, raise_if
+from keyturn_server.domain.limits import common, quote, raise_if, text
 from keyturn_server.domain.repositories import ConfigRepository, Repository, Store, StoredConfig
+
+#: Far longer than any etag this service issues.
+MAX_ETAG = 128
 
 
 def _latest(repo: ConfigRepository) -> Config | None:
@@ -113,7 +116,9 @@ class ConfigService:
         reason: str,
     ) -> Config:
         principal.require(Permission.CONFIG_WRITE)
-        raise_if(common(user_id, reason))
+        violations = common(user_id, reason)
+        text("etag", etag, MAX_ETAG, violations)
+        raise_if(violations)
 
         def work(repo: Repository) -> Config:
             # Replicas may write the next revision at the same moment: the loser finds the
@@ -123,7 +128,7 @@ class ConfigService:
                 latest = _latest(repo) or self._current
                 if etag and etag != latest.etag:
                     raise Aborted(
-                        f"the configuration changed since etag {etag}; read it again "
+                        f"the configuration changed since etag {quote(etag)}; read it again "
                         f"(now {latest.etag}) and reapply your change",
                         reason="ETAG_MISMATCH",
                         metadata={"current_etag": latest.etag},
