@@ -293,6 +293,16 @@ def test_drift_evidence_names_what_was_expected_and_what_was_seen() -> None:
     assert anomaly.evidence == {"expected_ip": "10.0.0.1", "seen_ip": "10.0.0.2"}
 
 
+def test_an_address_bound_in_another_spelling_matches_its_canonical_form() -> None:
+    # Bound before addresses were made canonical; the service presents canonical ones.
+    case = Case(
+        a_handle(bound_ip="2001:DB8:0::1", bound_user_agent="wf/1.0"),
+        seen=seen("2001:db8::1", "wf/1.0"),
+    )
+    decision = _decide(case)
+    assert decision.valid and not decision.anomalies
+
+
 def test_a_revoking_anomaly_records_why() -> None:
     decision = _decide(Case(secret=GRACE_OVER))
     assert decision.handle.revoke_reason == "anomaly: TOKEN_REUSE"

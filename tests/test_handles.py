@@ -213,6 +213,45 @@ async def test_context_is_bound_at_first_use_when_not_given_at_issuance(
     assert moved.reason == R.VALIDATION_REASON_CONTEXT_MISMATCH
 
 
+@pytest.mark.parametrize(
+    ("bound", "presented"),
+    [
+        ("2001:db8::1", "2001:DB8::1"),
+        ("2001:db8::1", "2001:db8:0:0:0:0:0:1"),
+        ("10.0.0.1", "::ffff:10.0.0.1"),
+        ("::FFFF:10.0.0.1", " 10.0.0.1"),
+    ],
+)
+async def test_an_address_in_another_spelling_is_the_same_address(
+    server: Harness, bound: str, presented: str
+) -> None:
+    await server.set_policies(revoke_on=[resources_pb2.ANOMALY_KIND_CONTEXT_DRIFT])
+    issued = await issue(server.admin, "session", context={"ip": bound, "user_agent": "UA"})
+
+    checked = await validate(server.admin, issued.token, {"ip": presented, "user_agent": "UA"})
+
+    assert checked.valid and not checked.anomalies
+    moved = await validate(server.admin, issued.token, {"ip": "10.9.9.9", "user_agent": "UA"})
+    assert moved.reason == R.VALIDATION_REASON_CONTEXT_MISMATCH  # still bound
+
+
+@pytest.mark.parametrize("ip", ["definitely not an ip", "10.0.0.1, 10.0.0.2", "10.0.0.256"])
+async def test_a_context_ip_that_is_no_address_is_invalid_argument(
+    server: Harness, ip: str
+) -> None:
+    issuing = await fails(issue(server.admin, "session", context={"ip": ip}))
+    issued = await issue(server.admin, "session")
+    validating = await fails(
+        server.admin.handles.ValidateHandle(
+            R.ValidateHandleRequest(token=issued.token, context={"ip": ip})
+        )
+    )
+
+    for failure in (issuing, validating):
+        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert failure.reason == "INVALID_CONTEXT_IP" and "context['ip']" in failure.violations
+
+
 async def test_the_rate_limit_applies_per_handle_per_minute(server: Harness) -> None:
     await server.set_policies(rate_limit_per_handle=5)
     limited, other = await issue(server.admin, "session"), await issue(server.admin, "session")

@@ -41,6 +41,7 @@ from keyturn_server.domain.handles import (
     HandleStatus,
     Presentation,
     Reason,
+    canonical_ip,
     decide,
     handle_deadlines,
     public_reason,
@@ -444,10 +445,21 @@ class _Refusal:
 
 
 def _normalise(context: dict[str, str]) -> dict[str, str]:
-    """The specification's clients send userAgent; the API's name is user_agent."""
+    """The specification's clients send userAgent; the API's name is user_agent. The ip
+    must be an address, and is kept in one spelling (handles.canonical_ip)."""
     result = dict(context)
     if "userAgent" in result and "user_agent" not in result:
         result["user_agent"] = result.pop("userAgent")
+    ip = result.get("ip")
+    if ip:
+        canonical = canonical_ip(ip)
+        if canonical is None:
+            raise InvalidArgument(
+                f"{limits.quote(ip)} is not an IPv4 or IPv6 address",
+                field="context['ip']",
+                reason="INVALID_CONTEXT_IP",
+            )
+        result["ip"] = canonical
     return result
 
 

@@ -10,6 +10,8 @@ and the usage count are atomic.
 from __future__ import annotations
 
 import enum
+import functools
+import ipaddress
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -403,12 +405,36 @@ class ContextDrift:
     conflicting: bool
 
 
+@functools.lru_cache(maxsize=4096)
+def canonical_ip(text: str) -> str | None:
+    """One spelling per address: compressed, lower case, an IPv4-mapped IPv6 address as
+    its IPv4 address; None when ``text`` is no address. Bound and presented addresses
+    were compared as text, so ``2001:DB8::1`` against ``2001:db8::1`` (or ``10.0.0.1``
+    against ``::ffff:10.0.0.1``) was a context mismatch, and a drift anomaly that could
+    revoke the handle of a client that had not moved."""
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def _same_ip(bound: str | None, seen: str | None) -> bool:
+    """``seen`` is canonical (the service checks it); a bound address stored before
+    addresses were made canonical is compared in its canonical spelling."""
+    if bound == (seen or None):
+        return True
+    return bound is not None and seen is not None and canonical_ip(bound) == seen
+
+
 def _context_drift(handle: Handle, seen: Presentation) -> ContextDrift | None:
     """How the request differs from the bound context; None when it matches. A bound
     value that the request does not carry is a mismatch too (nothing to check against)."""
     evidence: dict[str, str] = {}
     conflicting = False
-    if handle.bound_ip is not None and seen.ip != handle.bound_ip:
+    if handle.bound_ip is not None and not _same_ip(handle.bound_ip, seen.ip):
         evidence.update(expected_ip=handle.bound_ip, seen_ip=seen.ip or "")
         conflicting = conflicting or bool(seen.ip)
     if handle.bound_user_agent is not None and seen.user_agent != handle.bound_user_agent:
