@@ -185,6 +185,14 @@ BAD_CONFIGS: list[tuple[str, A.Config, list[str], str]] = [
         "config.key_types.Bad Name!",
     ),
     (
+        # The name rule was anchored with "$", which also matches before a final newline:
+        # such a type was stored, and its keys could not be listed by their type.
+        "type name ending in a newline",
+        A.Config(key_types={"evil\n": key_type()}),
+        ["key_types.evil\n"],
+        "config.key_types.evil\n",
+    ),
+    (
         "zero rate limit",
         A.Config(security_policies=A.SecurityPolicies(rate_limit_per_handle=0)),
         ["security_policies.rate_limit_per_handle"],

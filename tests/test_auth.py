@@ -183,6 +183,23 @@ async def test_revoked_and_expired_access_tokens_stop_working(server: Harness) -
     assert created.token not in str(listed)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["", "Billing", "-billing", "billing\n", "b" * 65],
+    ids=["empty", "upper case", "leading dash", "trailing newline", "65 characters"],
+)
+async def test_access_token_names_outside_the_rule_are_refused(server: Harness, name: str) -> None:
+    refused = await fails(
+        server.admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name=name, role=resources_pb2.ROLE_SERVICE)
+        )
+    )
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "name" in refused.violations, refused.violations
+    listed = await server.admin.admin.ListAccessTokens(admin_pb2.ListAccessTokensRequest())
+    assert {t.name for t in listed.access_tokens} == {"admin"}
+
+
 async def test_per_caller_rate_limit_is_resource_exhausted_with_retry_info(
     server: Harness,
 ) -> None:

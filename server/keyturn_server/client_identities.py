@@ -150,7 +150,7 @@ def _identity(raw: Any, where: str) -> ClientIdentity:
             f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(_ENTRY_KEYS))})"
         )
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME.match(name):
+    if not isinstance(name, str) or not NAME.fullmatch(name):
         raise ClientIdentitiesError(
             f"{where}: name must be 1-64 of a-z, 0-9, '.', '_' and '-', starting with a "
             f"letter or digit (got {name!r})"

@@ -193,7 +193,7 @@ class AccessTokenService:
         if role is None:
             raise InvalidArgument("required: ADMIN, OPERATOR, SERVICE or AUDITOR", field="role")
         granted: Role = role
-        if not NAME.match(name):
+        if not NAME.fullmatch(name):
             raise InvalidArgument(
                 "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
             )

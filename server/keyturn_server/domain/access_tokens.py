@@ -8,7 +8,8 @@ from datetime import datetime
 
 from keyturn_server.domain.access import Role
 
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: Use with fullmatch: "$" also matches before a trailing newline.
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import Any
 from keyturn_server.domain.anomalies import AnomalyKind
 from keyturn_server.domain.policy import SecurityPolicies
 
-TYPE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+#: Use with fullmatch: "$" also matches before a trailing newline, so "evil\n" passed.
+TYPE_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 MIN_DURATION = timedelta(seconds=1)
 MAX_DURATION = timedelta(days=3650)
 MAX_USAGE_LIMIT = 1_000_000_000

@@ -132,7 +132,7 @@ def _apply_types(
 
 
 def _check_name(prefix: str, name: str, violations: list[FieldViolation]) -> None:
-    if not TYPE_NAME.match(name):
+    if not TYPE_NAME.fullmatch(name):
         violations.append(
             FieldViolation(
                 prefix, "type names are 1-32 of a-z, 0-9 and '-', starting with a letter"
