@@ -211,6 +211,33 @@ BAD_CONFIGS: list[tuple[str, A.Config, list[str], str]] = [
         "config.security_policies.track_usage",
     ),
     ("unknown mask path", A.Config(), ["colour"], "update_mask"),
+    # A path into one map entry, or a map path with an empty name, was accepted and wrote
+    # (and audited) a revision that changed nothing, or replaced the whole map.
+    (
+        "path inside a key type",
+        A.Config(key_types={"encryption": key_type(algorithm="aes-256-gcm")}),
+        ["key_types.encryption.rotation_interval"],
+        "update_mask",
+    ),
+    (
+        "path inside a handle type",
+        A.Config(handle_types={"workflow": handle_type()}),
+        ["handle_types.workflow.max_usage"],
+        "update_mask",
+    ),
+    (
+        "map path with a trailing dot",
+        A.Config(key_types={"custom": key_type()}),
+        ["key_types."],
+        "update_mask",
+    ),
+    ("deleting a type that cannot exist", A.Config(), ["handle_types.Nope"], "update_mask"),
+    (
+        "policies path with a trailing dot",
+        A.Config(security_policies=A.SecurityPolicies(track_usage=False)),
+        ["security_policies."],
+        "update_mask",
+    ),
 ]
 
 
@@ -226,6 +253,24 @@ async def test_bad_configs_are_rejected_naming_the_field_and_change_nothing(
     assert field in refused.violations, refused.violations
     after = await server.admin.admin.GetConfig(A.GetConfigRequest())
     assert after == before
+
+
+async def test_a_path_inside_one_type_is_refused_saying_aip_134_has_none(
+    server: Harness,
+) -> None:
+    refused = await fails(
+        update(
+            server,
+            A.Config(key_types={"encryption": key_type(algorithm="aes-256-gcm")}),
+            ["key_types.encryption.rotation_interval"],
+        )
+    )
+    assert "inside one map entry" in refused.violations["update_mask"]
+    assert "AIP-134" in refused.violations["update_mask"]
+    audited = await server.admin.admin.ListAuditEvents(
+        A.ListAuditEventsRequest(action="config.update")
+    )
+    assert not audited.events
 
 
 async def test_a_stale_etag_is_aborted(server: Harness) -> None:

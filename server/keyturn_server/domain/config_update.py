@@ -43,7 +43,8 @@ def apply_update(current: Config, draft: ConfigDraft, mask: list[str]) -> Config
     """Apply ``draft`` to ``current`` under an AIP-134 update mask and validate the result.
 
     Paths: ``key_types`` / ``handle_types`` replace the whole map (built-ins must stay),
-    ``key_types.NAME`` sets or, when absent from the draft, deletes one type,
+    ``key_types.NAME`` sets or, when absent from the draft, deletes one type (NAME must
+    be a type name: a path into one entry is refused, as AIP-134 has no such paths),
     ``security_policies`` sets every policy given, ``security_policies.FIELD`` one
     policy. An empty mask means every part the draft fills in.
     """
@@ -56,15 +57,13 @@ def apply_update(current: Config, draft: ConfigDraft, mask: list[str]) -> Config
     policy_values: dict[str, Any] = {}
 
     for path in paths:
-        head, _, rest = path.partition(".")
+        head, dot, rest = path.partition(".")
         if head == "key_types":
-            _apply_types(path, rest, draft.key_types, key_types, BUILTIN_KEY_TYPES, violations)
+            _apply_types(path, draft.key_types, key_types, BUILTIN_KEY_TYPES, violations)
         elif head == "handle_types":
-            _apply_types(
-                path, rest, draft.handle_types, handle_types, BUILTIN_HANDLE_TYPES, violations
-            )
+            _apply_types(path, draft.handle_types, handle_types, BUILTIN_HANDLE_TYPES, violations)
         elif head == "security_policies":
-            if rest and rest not in POLICY_FIELDS:
+            if dot and rest not in POLICY_FIELDS:
                 violations.append(FieldViolation("update_mask", f"unknown path {quote(path)}"))
             elif rest:
                 if rest not in draft.policies:
@@ -105,14 +104,13 @@ def _implied_paths(draft: ConfigDraft) -> list[str]:
 
 def _apply_types(
     path: str,
-    name: str,
     proposed: dict[str, dict[str, Any]],
     target: dict[str, Any],
     builtins: Mapping[str, object],
     violations: list[FieldViolation],
 ) -> None:
-    field_base = path.partition(".")[0]
-    if not name:
+    field_base, dot, name = path.partition(".")
+    if not dot:
         for builtin in builtins:
             if builtin not in proposed:
                 violations.append(
@@ -120,6 +118,13 @@ def _apply_types(
                 )
         target.clear()
         target.update(proposed)
+        return
+    if not TYPE_NAME.fullmatch(name):
+        # Refused here, not skipped: such a path used to be accepted and change nothing
+        # ("key_types.encryption.rotation_interval"), or, as "key_types.", replace the map.
+        violations.append(FieldViolation("update_mask", _unknown_type_path(path, name)))
+        if name in proposed:
+            _check_name(f"config.{field_base}.{clip(name, 32)}", name, violations)
         return
     if name in proposed:
         target[name] = proposed[name]
@@ -131,13 +136,23 @@ def _apply_types(
         target.pop(name, None)
 
 
+def _unknown_type_path(path: str, name: str) -> str:
+    entry = path.partition(".")[0] + ".NAME"
+    if "." in name:
+        # AIP-134 masks name map entries whole; a path into one entry has no meaning here.
+        return (
+            f"unknown path {quote(path)}: paths inside one map entry are not supported "
+            f"(AIP-134); name the whole entry, {entry}, and send all of its fields"
+        )
+    return f"unknown path {quote(path)}: {entry} takes a type name, {_NAME_RULE}"
+
+
+_NAME_RULE = "1-32 of a-z, 0-9 and '-', starting with a letter"
+
+
 def _check_name(prefix: str, name: str, violations: list[FieldViolation]) -> None:
     if not TYPE_NAME.fullmatch(name):
-        violations.append(
-            FieldViolation(
-                prefix, "type names are 1-32 of a-z, 0-9 and '-', starting with a letter"
-            )
-        )
+        violations.append(FieldViolation(prefix, f"type names are {_NAME_RULE}"))
 
 
 def _duration(
