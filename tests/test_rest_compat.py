@@ -313,6 +313,14 @@ async def test_config_in_milliseconds_and_updated_as_the_specification_sends_it(
         (
             "PUT",
             "/config",
+            {"keyTypes": {"a.b": {"algorithm": "sha256"}}},
+            400,
+            "INVALID_ARGUMENT",
+            "config.key_types.a.b",
+        ),
+        (
+            "PUT",
+            "/config",
             {"securityPolicies": {"trackUsage": True}, "etag": "old"},
             409,
             "ABORTED",

@@ -122,9 +122,9 @@ def _apply_types(
     if not TYPE_NAME.fullmatch(name):
         # Refused here, not skipped: such a path used to be accepted and change nothing
         # ("key_types.encryption.rotation_interval"), or, as "key_types.", replace the map.
-        violations.append(FieldViolation("update_mask", _unknown_type_path(path, name)))
-        if name in proposed:
+        if name in proposed:  # first: the compat route's callers never see a mask
             _check_name(f"config.{field_base}.{clip(name, 32)}", name, violations)
+        violations.append(FieldViolation("update_mask", _unknown_type_path(path, name)))
         return
     if name in proposed:
         target[name] = proposed[name]
