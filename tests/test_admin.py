@@ -295,6 +295,60 @@ async def test_a_stale_etag_is_aborted(server: Harness) -> None:
     assert current.security_policies.track_usage is False and current.revision == 2
 
 
+REUSE = resources_pb2.ANOMALY_KIND_TOKEN_REUSE
+DRIFT = resources_pb2.ANOMALY_KIND_CONTEXT_DRIFT
+#: (policies sent, update_mask, revoke_on after). The default is [TOKEN_REUSE].
+REVOKE_ON_UPDATES: list[tuple[str, A.SecurityPolicies, list[str], list[int]]] = [
+    # Empty under the whole-message path: left alone, as unset scalar policies are. It
+    # was emptied, turning off revoke-on-token-reuse unasked.
+    ("whole message, list left empty", A.SecurityPolicies(enforce_rotation=True), [], [REUSE]),
+    (
+        "whole message named, list left empty",
+        A.SecurityPolicies(enforce_rotation=True),
+        ["security_policies"],
+        [REUSE],
+    ),
+    (
+        "whole message named, list given",
+        A.SecurityPolicies(revoke_on=[DRIFT, REUSE]),
+        ["security_policies"],
+        [DRIFT, REUSE],
+    ),
+    (
+        "its own path, list given",
+        A.SecurityPolicies(revoke_on=[DRIFT]),
+        ["security_policies.revoke_on"],
+        [DRIFT],
+    ),
+    ("its own path empties it", A.SecurityPolicies(), ["security_policies.revoke_on"], []),
+    (
+        "both paths empty it",
+        A.SecurityPolicies(track_usage=False),
+        ["security_policies", "security_policies.revoke_on"],
+        [],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "policies", "paths", "revoke_on"),
+    REVOKE_ON_UPDATES,
+    ids=[c[0] for c in REVOKE_ON_UPDATES],
+)
+async def test_revoke_on_is_emptied_only_by_its_own_path(
+    server: Harness, name: str, policies: A.SecurityPolicies, paths: list[str], revoke_on: list[int]
+) -> None:
+    before = await server.admin.admin.GetConfig(A.GetConfigRequest())
+    after = await update(server, A.Config(security_policies=policies), paths)
+    assert list(after.security_policies.revoke_on) == revoke_on
+    unchanged = A.SecurityPolicies()
+    unchanged.CopyFrom(before.security_policies)
+    unchanged.MergeFrom(policies)  # the scalars sent, over the ones before
+    del unchanged.revoke_on[:]
+    del after.security_policies.revoke_on[:]
+    assert after.security_policies == unchanged
+
+
 async def test_policy_changes_apply_at_once(server: Harness) -> None:
     issued = await server.admin.handles.GenerateHandle(
         handles_pb2.GenerateHandleRequest(type="device")

@@ -207,6 +207,15 @@ async def test_config_in_milliseconds_and_updated_as_the_specification_sends_it(
     assert custom["maxUsage"] == 1000
 
 
+async def test_config_keeps_revoke_on_unless_the_body_gives_it(api: HttpClient) -> None:
+    default = envelope(await api.get("/config"), "config")["securityPolicies"]["revokeOn"]
+    assert default
+    others = await api.put("/config", {"securityPolicies": {"trackUsage": False}})
+    assert envelope(others, "config")["securityPolicies"]["revokeOn"] == default
+    emptied = await api.put("/config", {"securityPolicies": {"revokeOn": []}})
+    assert envelope(emptied, "config")["securityPolicies"]["revokeOn"] == []
+
+
 @pytest.mark.parametrize(
     ("verb", "path", "body", "status", "code", "field"),
     [

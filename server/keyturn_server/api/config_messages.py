@@ -21,6 +21,7 @@ _POLICY_SCALARS = (
     "max_keys_per_owner",
     "refused_per_presenter",
 )
+_REVOKE_ON = "security_policies.revoke_on"
 
 
 def config_message(config: Config) -> admin_pb2.Config:
@@ -107,12 +108,14 @@ def draft_from(config: admin_pb2.Config, mask: list[str]) -> ConfigDraft:
         for name in _POLICY_SCALARS:
             if policies.HasField(name):  # type: ignore[arg-type]
                 draft.policies[name] = getattr(policies, name)
-        named = {"security_policies", "security_policies.revoke_on"} & set(mask)
-        if policies.revoke_on or named:
+        # A repeated field has no presence: an empty revoke_on is "not given", like an
+        # unset scalar policy, unless its own path is named, the one way to empty it.
+        # Taken as given under "security_policies", it turned off revoke-on-reuse unasked.
+        if policies.revoke_on or _REVOKE_ON in mask:
             unknown = [v for v in policies.revoke_on if v not in ANOMALY_KIND_FROM]
             if unknown:
                 raise InvalidArgument(
-                    f"unknown anomaly kind {unknown[0]}", field="config.security_policies.revoke_on"
+                    f"unknown anomaly kind {unknown[0]}", field=f"config.{_REVOKE_ON}"
                 )
             draft.policies["revoke_on"] = [ANOMALY_KIND_FROM[v].value for v in policies.revoke_on]
     return draft

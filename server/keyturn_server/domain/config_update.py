@@ -32,7 +32,8 @@ from keyturn_server.domain.policy import POLICY_FIELDS, SecurityPolicies
 @dataclass
 class ConfigDraft:
     """What an UpdateConfig request proposes: the api layer fills it from the proto,
-    marking which policy fields were present."""
+    marking which policy fields were present (``revoke_on`` only when non-empty or named
+    by its own path, so that ``security_policies`` leaves an empty one alone)."""
 
     key_types: dict[str, dict[str, Any]] = field(default_factory=dict)
     handle_types: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -46,7 +47,8 @@ def apply_update(current: Config, draft: ConfigDraft, mask: list[str]) -> Config
     ``key_types.NAME`` sets or, when absent from the draft, deletes one type (NAME must
     be a type name: a path into one entry is refused, as AIP-134 has no such paths),
     ``security_policies`` sets every policy given, ``security_policies.FIELD`` one
-    policy. An empty mask means every part the draft fills in.
+    policy (and empties ``revoke_on`` only by that path). An empty mask means every part
+    the draft fills in.
     """
     violations: list[FieldViolation] = []
     paths = list(mask) or _implied_paths(draft)

@@ -472,7 +472,10 @@ class SecurityPolicies(_message.Message):
     @_builtins.property
     def revoke_on(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.AnomalyKind.ValueType]:
         """Anomaly kinds that revoke the handle instead of only flagging it
-        [TOKEN_REUSE]. Setting it replaces the whole list.
+        [TOKEN_REUSE]. Setting it replaces the whole list. Left empty, it is not
+        changed, also under the update_mask path "security_policies" (as unset
+        policies are not); emptying it takes the path
+        "security_policies.revoke_on".
         """
 
     def __init__(

@@ -985,7 +985,10 @@ type SecurityPolicies struct {
 	// Active handles per owner [1000].
 	MaxConcurrentHandles *uint32 `protobuf:"varint,6,opt,name=max_concurrent_handles,json=maxConcurrentHandles,proto3,oneof" json:"max_concurrent_handles,omitempty"`
 	// Anomaly kinds that revoke the handle instead of only flagging it
-	// [TOKEN_REUSE]. Setting it replaces the whole list.
+	// [TOKEN_REUSE]. Setting it replaces the whole list. Left empty, it is not
+	// changed, also under the update_mask path "security_policies" (as unset
+	// policies are not); emptying it takes the path
+	// "security_policies.revoke_on".
 	RevokeOn []AnomalyKind `protobuf:"varint,7,rep,packed,name=revoke_on,json=revokeOn,proto3,enum=keyturn.v1.AnomalyKind" json:"revoke_on,omitempty"`
 	// Keys per owner that are not destroyed; removed keys count until they are
 	// destroyed [10000].

@@ -531,7 +531,10 @@ export type SecurityPolicies = Message<"keyturn.v1.SecurityPolicies"> & {
 
   /**
    * Anomaly kinds that revoke the handle instead of only flagging it
-   * [TOKEN_REUSE]. Setting it replaces the whole list.
+   * [TOKEN_REUSE]. Setting it replaces the whole list. Left empty, it is not
+   * changed, also under the update_mask path "security_policies" (as unset
+   * policies are not); emptying it takes the path
+   * "security_policies.revoke_on".
    *
    * @generated from field: repeated keyturn.v1.AnomalyKind revoke_on = 7;
    */
