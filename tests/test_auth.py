@@ -200,6 +200,23 @@ async def test_access_token_names_outside_the_rule_are_refused(server: Harness, 
     assert {t.name for t in listed.access_tokens} == {"admin"}
 
 
+async def test_no_token_can_take_the_name_the_server_audits_its_own_work_under(
+    server: Harness,
+) -> None:
+    refused = await fails(
+        server.admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name="keyturn", role=resources_pb2.ROLE_ADMIN)
+        )
+    )
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "reserved" in refused.violations["name"]
+    await server.client_for("service", "keyturn-batch")  # a prefix is only a name
+    listed = await server.admin.admin.ListAccessTokens(
+        admin_pb2.ListAccessTokensRequest(include_revoked=True)
+    )
+    assert {t.name for t in listed.access_tokens} == {"admin", "keyturn-batch"}
+
+
 async def test_per_caller_rate_limit_is_resource_exhausted_with_retry_info(
     server: Harness,
 ) -> None:

@@ -53,3 +53,12 @@ async def test_tokens_made_on_the_command_line_work_at_once_and_revoke_within_a_
     await server.advance(timedelta(seconds=1))  # the server may have it cached that long
     refused = await fails(billing.keys.ListKeys(keys_pb2.ListKeysRequest()))
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_command_line_refuses_the_name_the_server_audits_its_own_work_under(
+    server: Harness,
+) -> None:
+    code, out, err = await keyturn(server, "create", "--role", "admin", "--name", "keyturn")
+    assert (code, out) == (1, "") and "reserved" in err
+    code, out, _ = await keyturn(server, "list")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["admin"]

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from keyturn_server.domain.access import Principal, Role
-from keyturn_server.domain.access_tokens import NAME
+from keyturn_server.domain.access_tokens import NAME, RESERVED_NAMES
 from keyturn_server.domain.errors import Unauthenticated
 from keyturn_server.domain.limits import clip
 
@@ -154,6 +154,10 @@ def _identity(raw: Any, where: str) -> ClientIdentity:
         raise ClientIdentitiesError(
             f"{where}: name must be 1-64 of a-z, 0-9, '.', '_' and '-', starting with a "
             f"letter or digit (got {name!r})"
+        )
+    if name in RESERVED_NAMES:  # entries name principals in the token names' namespace
+        raise ClientIdentitiesError(
+            f"{where}: name {name!r} is reserved: the server's own actions are audited under it"
         )
     given = [(kind, raw[kind.value]) for kind in NameKind if kind.value in raw]
     if len(given) != 1:

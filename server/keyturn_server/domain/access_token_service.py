@@ -17,7 +17,7 @@ from keyturn_server.clock import Clock
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.domain import limits, tokens
 from keyturn_server.domain.access import SYSTEM, Permission, Principal, Role
-from keyturn_server.domain.access_tokens import NAME, AccessToken
+from keyturn_server.domain.access_tokens import NAME, RESERVED_NAMES, AccessToken
 from keyturn_server.domain.anomalies import InvalidTokenFloodDetector
 from keyturn_server.domain.errors import (
     Aborted,
@@ -196,6 +196,11 @@ class AccessTokenService:
         if not NAME.fullmatch(name):
             raise InvalidArgument(
                 "1-64 of a-z, 0-9, '.', '_' and '-', starting with a letter or digit", field="name"
+            )
+        if name in RESERVED_NAMES:
+            raise InvalidArgument(
+                f"{name!r} is reserved: the server's own actions are audited under it",
+                field="name",
             )
         if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
             raise InvalidArgument("must be positive and at most 3650 days", field="ttl")

@@ -6,10 +6,13 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn_server.domain.access import Role
+from keyturn_server.domain.access import SYSTEM, Role
 
 #: Use with fullmatch: "$" also matches before a trailing newline.
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: The server audits its own work (the scheduler, first start) under these principals;
+#: a token or certificate given one would pass for the server in the audit log.
+RESERVED_NAMES = frozenset({SYSTEM.name})
 
 
 @dataclass(frozen=True)
