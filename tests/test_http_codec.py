@@ -77,3 +77,10 @@ def test_a_document_nested_past_pythons_recursion_limit_is_counted_without_recur
     for _ in range(1000):
         (document,) = document
     assert document == {"a": 1, "b": 2}
+
+
+@pytest.mark.parametrize("depth", [1000, 3000])
+def test_a_document_nested_past_jsons_depth_is_refused_on_the_exact_path_too(depth: int) -> None:
+    """The 19-digit number sends it to json, which gave up with a RecursionError."""
+    with pytest.raises(codec.DecodeError, match="depth limit exceeded"):
+        codec.loads(b"[" * depth + b"1234567890123456789" + b"]" * depth)

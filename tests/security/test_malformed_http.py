@@ -2,7 +2,11 @@
 starts with a bearer token, chunked framing broken by the body's own bytes, an overlong
 URL, too many headers. aiohttp's own answer quoted the bytes it choked on, to the caller
 and, as a plain-text traceback, into the log; each is now the listener's JSON error,
-without those bytes, and one JSON access line naming the error type."""
+without those bytes, and one JSON access line naming the error type.
+
+Bodies that pass the parser but not the reading of them (nested past the JSON parsers'
+depth) are the error of their route family: a google.rpc.Status on /v1, the
+specification's envelope under /api/key-management; 401 first without a token."""
 
 from __future__ import annotations
 
@@ -103,4 +107,94 @@ def test_the_log_holds_json_lines_naming_the_error_and_no_bytes_of_the_requests(
     refused = [line for line in lines if line.get("msg") == "bad HTTP request"]
     assert {line["error"] for line in refused} >= {"LineTooLong", "BadHttpMessage"}
     assert all(line["category"] == "access" and line["http_status"] == 400 for line in refused)
+    assert not [line for line in lines if line["level"] == "error"]
+
+
+# --- bodies the parser passes and the reading refuses ---------------------------------
+
+V1, COMPAT = "/v1", "/api/key-management"
+ROUTES = [
+    f"{V1}/keys",
+    f"{V1}/handles:validate",
+    f"{COMPAT}/keys/generate",
+    f"{COMPAT}/handles/validate",
+]
+#: Nested past every parser's depth, around a 19-digit number: the number sends the
+#: document to json (exact integers), which gave up with a RecursionError (a 500).
+DEEP = b"[" * 3000 + b"1234567890123456789" + b"]" * 3000
+
+
+def post(path: str, body: bytes, token: str | None, headers: str = "") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: k\r\n{auth}Content-Type: application/json\r\n"
+        f"{headers}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+def refusal(path: str, status: int, headers: dict[str, str], body: bytes) -> dict[str, str]:
+    """The route family's error, as {"code", "reason", "fields"}; the answer is the
+    listener's own (JSON, and aiohttp neither named nor answering)."""
+    assert headers["content-type"] == "application/json", body
+    assert headers["server"] == "keyturn"
+    document = json.loads(body)
+    if path.startswith(COMPAT):
+        assert document["success"] is False
+        fields = {v["field"] for v in document.get("fieldViolations", [])}
+        return {"code": document["code"], "reason": document.get("reason", ""), "fields": fields}
+    error = document["error"]
+    assert error["code"] == status
+    details = {d["@type"].rpartition(".")[2]: d for d in error.get("details", [])}
+    violations = details.get("BadRequest", {}).get("fieldViolations", [])
+    return {
+        "code": error["status"],
+        "reason": details["ErrorInfo"]["reason"],
+        "fields": {v["field"] for v in violations},
+        "message": error["message"],
+    }
+
+
+#: Bodies that cannot be read, as (extra headers, body, the ErrorInfo reason).
+UNREADABLE: dict[str, tuple[str, bytes, str]] = {
+    "nested past the depth limit": ("", DEEP, "INVALID_ARGUMENT"),
+}
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+@pytest.mark.parametrize("path", ROUTES)
+def test_an_unreadable_body_is_invalid_argument_in_the_routes_error_shape(
+    server: ServerProcess, path: str, case: str
+) -> None:
+    extra, raw, reason = UNREADABLE[case]
+    status, headers, body = send(server, post(path, raw, server.token(), extra))
+    assert status == 400, body
+    error = refusal(path, status, headers, body)
+    assert error["code"] == "INVALID_ARGUMENT" and error["reason"] == reason
+    assert "body" in error["fields"]
+
+
+def test_a_body_nested_too_deep_says_so(server: ServerProcess) -> None:
+    status, _, body = send(server, post(f"{V1}/keys", DEEP, server.token()))
+    assert status == 400 and b"depth limit exceeded" in body
+
+
+@pytest.mark.parametrize("case", list(UNREADABLE))
+@pytest.mark.parametrize("path", ROUTES)
+def test_without_a_token_an_unreadable_body_is_401_first(
+    server: ServerProcess, path: str, case: str
+) -> None:
+    extra, raw, _ = UNREADABLE[case]
+    status, headers, body = send(server, post(path, raw, None, extra))
+    assert status == 401, body
+    assert refusal(path, status, headers, body)["code"] == "UNAUTHENTICATED"
+
+
+def test_unreadable_bodies_leave_no_error_in_the_log(tmp_path: Path) -> None:
+    server = serve(tmp_path / "data")
+    token = server.token()
+    for extra, raw, _ in UNREADABLE.values():
+        for path in ROUTES:
+            send(server, post(path, raw, token, extra))
+    server.terminate()  # the writer thread writes what is queued
+    lines = [json.loads(line) for line in server.log.read_text().splitlines()]
     assert not [line for line in lines if line["level"] == "error"]

@@ -66,11 +66,20 @@ def loads(text: bytes) -> Any:
     return _slow_loads(text)
 
 
+#: orjson's words for a document nested past its limit.
+_TOO_DEEP = "depth limit exceeded"
+
+
 def _slow_loads(text: bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_not_json, object_pairs_hook=_unique)
     except json.JSONDecodeError as exc:
         raise DecodeError(exc.msg, exc.doc, exc.pos) from None
+    except RecursionError:
+        # json gives up near Python's recursion limit (about 1,000 levels), orjson past
+        # 1,024: orjson's own refusal, where it has one, says where, as on the fast path.
+        orjson.loads(text)
+        raise DecodeError(_TOO_DEEP, "", 0) from None
     except DuplicateName:
         raise
     except ValueError as exc:  # NaN, Infinity, or undecodable bytes
