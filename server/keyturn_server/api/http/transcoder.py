@@ -113,14 +113,19 @@ async def read_json(request: web.BaseRequest) -> Any:
     if declared is not None and declared > MAX_BODY:
         raise _too_large()  # refused before a byte of it is read
     content = request.content
-    if content.is_eof():
-        # All of it arrived with the headers (nearly every API call): take it as it is
-        # rather than through read()'s loop of awaits, a tenth of a validation's time.
-        raw = content.read_nowait()
-        if len(raw) > MAX_BODY:
-            raise _too_large()
-    else:
-        raw = await _read_at_most(content, MAX_BODY)
+    try:
+        if content.is_eof():
+            # All of it arrived with the headers (nearly every API call): take it as it
+            # is rather than through read()'s loop of awaits, a tenth of a validation's time.
+            raw = content.read_nowait()
+            if len(raw) > MAX_BODY:
+                raise _too_large()
+        else:
+            raw = await _read_at_most(content, MAX_BODY)
+    except web.RequestPayloadError:
+        # aiohttp decodes a Content-Encoding (gzip, deflate) as the bytes arrive and
+        # reports bytes that do not decode only to the reader of the body.
+        raise _unreadable(request) from None
     if not raw.strip():
         return None
     media = request.content_type
@@ -158,3 +163,17 @@ def _too_large() -> InvalidArgument:
     return InvalidArgument(
         f"the request body exceeds {MAX_BODY} bytes", field="body", reason="BODY_TOO_LARGE"
     )
+
+
+def _unreadable(request: web.BaseRequest) -> InvalidArgument:
+    """The refusal of a body aiohttp could not read. Its parser reads nothing more from
+    the connection, so the answer is the connection's last; and the body counts as read,
+    or aiohttp would drain it after the answer, meet the error again and log it as an
+    unhandled exception with its traceback."""
+    request.content.feed_eof()
+    request.protocol.close()
+    if "Content-Encoding" in request.headers:
+        message = "the request body does not decode as its Content-Encoding declares"
+    else:
+        message = "the request body ends before its framing says"
+    return InvalidArgument(message, field="body", reason="MALFORMED_BODY")
