@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import json_format
 
 from keyturn.v1 import admin_pb2, events_pb2, keys_pb2
-from keyturn_server.api.http import openapi
+from keyturn_server.api.http import numerals, openapi
 from keyturn_server.api.http.compat.routes import TABLE
 from keyturn_server.api.http.jsonmap import request_from
 from keyturn_server.api.http.rules import Router, routes_of
@@ -237,6 +237,10 @@ def test_requests_from_path_query_and_body(
         ("GET", "/v1/keys", [], {"type": "api"}, "body"),
         ("PATCH", "/v1/config", [("config", "x")], None, "config"),
         ("GET", "/v1/keys", [("type.inner", "x")], None, "type.inner"),
+        ("GET", "/v1/keys", [("status", "²")], None, "status"),
+        ("GET", "/v1/keys", [("status", "-" + "9" * 5000)], None, "status"),
+        ("GET", "/v1/keys", [("status", "٣")], None, "status"),
+        ("GET", "/v1/keys", [("pageSize", "\u0661\u0660")], None, "pageSize"),
     ],
 )  # fmt: skip
 def test_bad_parameters_name_the_field(
@@ -246,6 +250,35 @@ def test_bad_parameters_name_the_field(
     with pytest.raises(InvalidArgument) as refused:
         request_from(matched, variables, query, body)
     assert field in {v.field for v in refused.value.violations}
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high", "expected"),
+    [
+        ("0", 0, 10, 0),
+        ("10", 0, 10, 10),
+        ("11", 0, 10, None),
+        ("-1", 0, 10, None),
+        ("-2147483648", *numerals.INT32, -(2**31)),
+        ("2147483648", *numerals.INT32, None),
+        ("9223372036854775807", *numerals.INT64, 2**63 - 1),
+        ("9223372036854775808", *numerals.INT64, None),
+        ("0" * 30 + "1", *numerals.INT64, None),  # longer than the range's digits
+        ("9" * 5000, *numerals.INT64, None),  # int() refuses past 4,300 digits
+        ("²", 0, 10, None),  # isdigit() says yes, int() refuses it
+        ("٣", 0, 10, None),  # int() reads 3
+        ("--1", *numerals.INT32, None),
+        ("+1", 0, 10, None),
+        (" 1", 0, 10, None),
+        ("1\n", 0, 10, None),
+        ("1_0", 0, 100, None),  # int() reads 10
+        ("", 0, 10, None),
+    ],
+)  # fmt: skip
+def test_numbers_in_request_text_are_ascii_digits_in_range(
+    text: str, low: int, high: int, expected: int | None
+) -> None:
+    assert numerals.integer(text, low, high) == expected
 
 
 # --- what the listener says about itself ---------------------------------------------

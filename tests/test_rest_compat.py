@@ -244,6 +244,19 @@ async def test_config_keeps_revoke_on_unless_the_body_gives_it(api: HttpClient) 
         ),
         ("GET", "/keys?limit=lots", None, 400, "INVALID_ARGUMENT", "limit"),
         ("GET", "/keys?offset=99999999", None, 400, "INVALID_ARGUMENT", "offset"),
+        # isdigit() passed these and int() refused "²" (a 500) or read "٣" as 3.
+        ("GET", "/keys?limit=²", None, 400, "INVALID_ARGUMENT", "limit"),
+        ("GET", "/handles?offset=²", None, 400, "INVALID_ARGUMENT", "offset"),
+        ("GET", "/handles?limit=٣", None, 400, "INVALID_ARGUMENT", "limit"),
+        pytest.param(
+            "GET",
+            f"/keys?limit={'9' * 5000}",
+            None,
+            400,
+            "INVALID_ARGUMENT",
+            "limit",
+            id="limit of 5000 digits (past int's)",
+        ),
         ("GET", "/keys?status=sleeping", None, 400, "INVALID_ARGUMENT", "status"),
         ("GET", "/handles?status=sleeping", None, 400, "INVALID_ARGUMENT", "status"),
         (

@@ -18,7 +18,7 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from keyturn_server.api.http import codec, protojson
+from keyturn_server.api.http import codec, numerals, protojson
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
@@ -216,8 +216,19 @@ def _scalar(
         except ValueError:
             violations.append(FieldViolation(path, "must be a number"))
             return _INVALID
-    if kind == descriptor.FieldDescriptor.TYPE_ENUM and value.lstrip("-").isdigit():
-        return int(value)
+    if kind in protojson.INTEGER_TYPES and not value.isascii():
+        # json_format reads the text with int(), which takes "٣" for 3.
+        violations.append(FieldViolation(path, "must be a whole number in ASCII digits"))
+        return _INVALID
+    enum = field.enum_type
+    if enum is not None and value not in enum.values_by_name:
+        # json_format would take any text int() reads as a number, "٣" among them.
+        number = numerals.integer(value, *numerals.INT32)
+        if number is None:
+            names = ", ".join(v.name for v in enum.values)
+            violations.append(FieldViolation(path, f"must be one of {names}, or a number"))
+            return _INVALID
+        return number
     return value
 
 

@@ -22,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.api import auth
 from keyturn_server.api.guard import Guard, Refused
-from keyturn_server.api.http import codec
+from keyturn_server.api.http import codec, numerals
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.compat import shapes
 from keyturn_server.api.http.jsonmap import CODE_NAMES, http_status
@@ -531,9 +531,10 @@ def _paging(query: Mapping[str, str]) -> tuple[int, int]:
         text = query.get(name, "")
         if not text:
             return default
-        if not text.isdigit() or int(text) > top:
+        number = numerals.whole_number(text, top)
+        if number is None:
             raise InvalidArgument(f"must be a whole number from 0 to {top}", field=name)
-        return int(text)
+        return number
 
     return number("limit", 50, MAX_LIMIT) or 50, number("offset", 0, MAX_OFFSET)
 
