@@ -170,6 +170,52 @@ async def test_a_stale_resume_point_is_an_http_error_before_the_stream(
     assert error["details"][0]["reason"] == "RESUME_POINT_AHEAD"
 
 
+INT64_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("route", [WATCH, "/v1/keys:watchExpiring"])
+@pytest.mark.parametrize(
+    "last",
+    [str(INT64_MAX + 1), "9" * 20, "9" * 5000, "²", "-1"],
+    ids=["2^63", "20 digits", "5000 digits", "superscript two", "negative"],
+)
+async def test_a_last_event_id_that_is_no_sequence_is_invalid_argument(
+    server: Harness, session: aiohttp.ClientSession, route: str, last: str
+) -> None:
+    """Past int64 protobuf refused it with a ValueError, and "²" passed isdigit() to
+    int(): a text/plain 500 from aiohttp, with or without a token."""
+    for headers, status in (
+        ({**bearer(server), "Last-Event-ID": last}, 400),
+        ({"Last-Event-ID": last}, 401),
+    ):
+        async with session.get(server.http_url + route, headers=headers) as response:
+            assert response.status == status
+            assert response.headers["Content-Type"] == "application/json"
+            assert response.headers["Server"] == "keyturn"
+            error = (await response.json())["error"]
+        if status == 400:
+            assert error["status"] == "INVALID_ARGUMENT"
+            (violations,) = [d for d in error["details"] if d["@type"].endswith("BadRequest")]
+            assert violations["fieldViolations"][0]["field"] == "Last-Event-ID"
+
+
+@pytest.mark.parametrize(
+    ("resume", "status"),
+    [(str(INT64_MAX), "OUT_OF_RANGE"), (str(INT64_MAX + 1), "INVALID_ARGUMENT")],
+)
+async def test_a_resume_point_at_the_edge_of_int64(
+    server: Harness, session: aiohttp.ClientSession, resume: str, status: str
+) -> None:
+    """Within int64 and ahead of the log is OUT_OF_RANGE; past int64 is no sequence at
+    all, from the header or the query."""
+    for asked in ({"headers": {"Last-Event-ID": resume}}, {"params": {"resumeAfter": resume}}):
+        headers = {**bearer(server), **asked.get("headers", {})}
+        params = asked.get("params", {})
+        async with session.get(server.http_url + WATCH, headers=headers, params=params) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["status"] == status
+
+
 async def test_shutdown_ends_the_stream_with_where_to_resume(
     server: Harness, session: aiohttp.ClientSession
 ) -> None:

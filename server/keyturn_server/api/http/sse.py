@@ -25,7 +25,7 @@ from google.rpc import status_pb2
 
 from keyturn.v1 import events_pb2
 from keyturn_server.api.guard import Guard, Refused, Unparsable
-from keyturn_server.api.http import codec, protojson
+from keyturn_server.api.http import codec, numerals, protojson
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import error_document
 from keyturn_server.api.http.responses import SERVER, error_response
@@ -55,9 +55,15 @@ def resume_from_header(request: web.BaseRequest, message: Message) -> None:
     last = request.headers.get("Last-Event-ID", "").strip()
     if not last or "resume_after" not in message.DESCRIPTOR.fields_by_name:
         return
-    if not last.isdigit():
-        raise InvalidArgument("Last-Event-ID must be an event sequence", field="Last-Event-ID")
-    message.resume_after = int(last)  # type: ignore[attr-defined]
+    # resume_after is an int64: protobuf refuses a value past it with a ValueError.
+    top = numerals.INT64[1]
+    sequence = numerals.whole_number(last, top)
+    if sequence is None:
+        raise InvalidArgument(
+            f"Last-Event-ID must be an event sequence, a whole number from 0 to {top}",
+            field="Last-Event-ID",
+        )
+    message.resume_after = sequence  # type: ignore[attr-defined]
 
 
 async def serve(
