@@ -257,6 +257,14 @@ async def test_config_keeps_revoke_on_unless_the_body_gives_it(api: HttpClient) 
             "limit",
             id="limit of 5000 digits (past int's)",
         ),
+        (
+            "POST",
+            "/handles/validate",
+            {"handleId": "kt_x", "context": {"ip": "10.0.0.1", "x": ["y"]}},
+            400,
+            "INVALID_ARGUMENT",
+            "context.x",  # not "ip.x", the entry before it
+        ),
         ("GET", "/keys?status=sleeping", None, 400, "INVALID_ARGUMENT", "status"),
         ("GET", "/handles?status=sleeping", None, 400, "INVALID_ARGUMENT", "status"),
         (

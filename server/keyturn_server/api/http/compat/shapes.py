@@ -162,8 +162,8 @@ def string_map(body: Mapping[str, Any], name: str, rename: bool = False) -> dict
             item = str(item)
         if not isinstance(item, str):
             raise InvalidArgument("must be a string", field=f"{name}.{key}")
-        name = str(key)
-        out[_CONTEXT_NAMES.get(name, name) if rename else name] = item
+        entry = str(key)
+        out[_CONTEXT_NAMES.get(entry, entry) if rename else entry] = item
     return out
 
 
