@@ -200,12 +200,13 @@ async def test_access_token_names_outside_the_rule_are_refused(server: Harness, 
     assert {t.name for t in listed.access_tokens} == {"admin"}
 
 
+@pytest.mark.parametrize("reserved", ["keyturn", "anonymous"])
 async def test_no_token_can_take_the_name_the_server_audits_its_own_work_under(
-    server: Harness,
+    server: Harness, reserved: str
 ) -> None:
     refused = await fails(
         server.admin.admin.CreateAccessToken(
-            admin_pb2.CreateAccessTokenRequest(name="keyturn", role=resources_pb2.ROLE_ADMIN)
+            admin_pb2.CreateAccessTokenRequest(name=reserved, role=resources_pb2.ROLE_ADMIN)
         )
     )
     assert refused.code == grpc.StatusCode.INVALID_ARGUMENT

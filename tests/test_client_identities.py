@@ -131,6 +131,7 @@ def test_glob_characters_other_than_the_star_are_literal() -> None:
         ('[[identity]]\nname = "a\\n"\nrole = "service"\ncn = "a"\n', "name must be"),
         # The server's own principal: its audit entries would be the server's.
         ('[[identity]]\nname = "keyturn"\nrole = "admin"\ncn = "ops"\n', "reserved"),
+        ('[[identity]]\nname = "anonymous"\nrole = "admin"\ncn = "ops"\n', "reserved"),
     ],
 )
 def test_the_file_is_checked_whole(text: str, message: str) -> None:

@@ -157,7 +157,8 @@ def _identity(raw: Any, where: str) -> ClientIdentity:
         )
     if name in RESERVED_NAMES:  # entries name principals in the token names' namespace
         raise ClientIdentitiesError(
-            f"{where}: name {name!r} is reserved: the server's own actions are audited under it"
+            f"{where}: name {name!r} is reserved: the server audits its own work or "
+            "anonymous development callers under it"
         )
     given = [(kind, raw[kind.value]) for kind in NameKind if kind.value in raw]
     if len(given) != 1:

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from keyturn_server.client_identities import CertificateNames, IdentityFile
-from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.access import ANONYMOUS, Principal, Role
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.errors import Internal, Unauthenticated
 
@@ -121,7 +121,7 @@ class Authenticator:
         if names is not None:
             return self.certificate_principal(names, peer)
         if self._insecure:
-            return Principal("anonymous", Role.ADMIN, "insecure", peer, may_grant=False)
+            return Principal(ANONYMOUS, Role.ADMIN, "insecure", peer, may_grant=False)
         raise Unauthenticated(
             "missing credentials: send 'authorization: Bearer <token>'",
             reason="MISSING_CREDENTIALS",

@@ -125,3 +125,5 @@ class Principal:
 
 #: The scheduler and other work the server does on its own.
 SYSTEM = Principal("keyturn", Role.ADMIN, via="system")
+#: Who a caller without credentials is under --insecure-no-auth.
+ANONYMOUS = "anonymous"

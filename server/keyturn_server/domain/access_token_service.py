@@ -199,7 +199,8 @@ class AccessTokenService:
             )
         if name in RESERVED_NAMES:
             raise InvalidArgument(
-                f"{name!r} is reserved: the server's own actions are audited under it",
+                f"{name!r} is reserved: the server audits its own work or anonymous "
+                "development callers under it",
                 field="name",
             )
         if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:

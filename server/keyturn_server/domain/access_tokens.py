@@ -6,13 +6,14 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from keyturn_server.domain.access import SYSTEM, Role
+from keyturn_server.domain.access import ANONYMOUS, SYSTEM, Role
 
 #: Use with fullmatch: "$" also matches before a trailing newline.
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-#: The server audits its own work (the scheduler, first start) under these principals;
-#: a token or certificate given one would pass for the server in the audit log.
-RESERVED_NAMES = frozenset({SYSTEM.name})
+#: The server audits its own work (the scheduler, first start) and, in development
+#: mode, callers without credentials under these principals: a token or certificate
+#: given one would pass for them in the audit log.
+RESERVED_NAMES = frozenset({SYSTEM.name, ANONYMOUS})
 
 
 @dataclass(frozen=True)
