@@ -5,7 +5,9 @@ stream, and shutdown ends streams cleanly with the point to resume from."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -14,7 +16,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from keyturn.v1 import admin_pb2
+from keyturn.v1 import admin_pb2, keys_pb2
+from keyturn_server.api.http import sse
 from tests.harness import SECRETS, Harness
 from tests.http_support import HttpClient
 
@@ -252,6 +255,41 @@ async def test_a_revoked_callers_event_stream_ends_with_an_error_event(
     error = end.json["error"]
     assert error["status"] == "UNAUTHENTICATED" and error["code"] == 401
     assert error["details"][0]["reason"] == "CREDENTIALS_REVOKED"
+
+
+async def test_a_subscriber_that_stops_reading_loses_its_connection_not_the_server(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, its handler waited to write for ever: the connection and megabytes of
+    socket buffers stayed, and every stop of the server overran its grace period."""
+    monkeypatch.setattr(sse, "WRITE_STALL_SECONDS", 0.5)
+    host, port = server.http_url.removeprefix("http://").rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.setblocking(False)
+    request = "GET /v1/keys:watchExpiring?resumeAfter=0 HTTP/1.1\r\nHost: x\r\n"
+    sock.sendall(f"{request}Authorization: Bearer {server.admin_token}\r\n\r\n".encode())
+    metadata = {f"k{i}": "x" * 250 for i in range(32)}  # about 9 KB per event
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in range(400):  # more than the socket buffers hold: the writes stall
+            await server.admin.keys.GenerateKey(
+                keys_pb2.GenerateKeyRequest(type="session", metadata=metadata)
+            )
+        await asyncio.sleep(1.5)  # the stall outlasts its limit; nothing was read yet
+
+        async def read_to_the_end() -> None:
+            while await loop.sock_recv(sock, 65536):
+                pass
+
+        with contextlib.suppress(ConnectionResetError):
+            await asyncio.wait_for(read_to_the_end(), 10)
+    finally:
+        sock.close()
+    stopping = loop.time()
+    await server.stop()
+    assert loop.time() - stopping < 5
 
 
 async def test_an_event_source_may_send_its_token_in_the_query(

@@ -15,8 +15,9 @@ browser's EventSource.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +34,9 @@ from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import InvalidArgument
 
 EVENT_STREAM = "text/event-stream"
+#: How long a write may wait for a subscriber to read (its socket buffers are full)
+#: before the connection is dropped; the subscriber resumes from its Last-Event-ID.
+WRITE_STALL_SECONDS = 10.0
 _HEARTBEAT = events_pb2.EVENT_KIND_HEARTBEAT
 _SNAPSHOT_COMPLETE = events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
 
@@ -90,19 +94,33 @@ async def serve(
             async for item in messages:
                 if not response.prepared:
                     await response.prepare(request)
-                await response.write(frame(item))
+                await _write(request, response.write(frame(item)))
     except Refused as refused:
         if not response.prepared:
             return error_response(refused.status)
         with contextlib.suppress(ConnectionError):
-            await response.write(error_frame(refused.status))
+            await _write(request, response.write(error_frame(refused.status)))
     except ConnectionError:
-        pass  # the subscriber went away; the guard has recorded it
+        pass  # the subscriber went away (or stopped reading); the guard has recorded it
     if not response.prepared:  # an empty stream: still a valid (empty) event stream
         await response.prepare(request)
     with contextlib.suppress(ConnectionError):
-        await response.write_eof()
+        await _write(request, response.write_eof())
     return response
+
+
+async def _write(request: web.BaseRequest, writing: Awaitable[None]) -> None:
+    """Send, or drop the connection of a subscriber that has read nothing for
+    WRITE_STALL_SECONDS. Before, one that never read held its connection, megabytes of
+    socket buffers and its handler for ever, and held every stop of the server past its
+    grace period (ended by the stop watch, exit status 1)."""
+    try:
+        async with asyncio.timeout(WRITE_STALL_SECONDS):
+            await writing
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("the subscriber stopped reading") from None
 
 
 def frame(message: Message) -> bytes:
