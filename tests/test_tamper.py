@@ -21,6 +21,7 @@ import sqlite_utils
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.crypto.master import MasterKeyError
+from keyturn_server.domain import key_material
 from keyturn_server.store.sqlite import StoreOpenError
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 
@@ -213,6 +214,58 @@ async def test_master_key_rotation_reseals_everything_online(server: Harness) ->
     assert verified.valid  # and so does the audit chain
 
 
+async def rotate(data_dir: Path, current: str, following: str) -> None:
+    rotation = await start_rotation(data_dir, current, following=following)
+    _, stderr = await rotation.communicate()
+    assert rotation.returncode == 0, stderr
+
+
+async def test_a_rotation_is_in_the_audit_log(server: Harness) -> None:
+    await _keys(server, 1)
+
+    await rotate(server.data_dir, MASTER_KEY, NEW_MASTER_KEY)
+
+    found = {}
+    for action in ("keyring.generation.add", "keyring.rotate"):
+        listed = await server.admin.admin.ListAuditEvents(
+            admin_pb2.ListAuditEventsRequest(action=action)
+        )
+        [found[action]] = listed.events
+    assert found["keyring.rotate"].sequence > found["keyring.generation.add"].sequence
+    entry = found["keyring.rotate"]
+    assert entry.principal.startswith("local:") and entry.details["generation"] == "2"
+    assert entry.details["old_master_key"] != entry.details["new_master_key"]
+    verified = await server.admin.admin.VerifyAuditLog(admin_pb2.VerifyAuditLogRequest())
+    assert verified.valid
+
+
+async def test_a_server_left_on_a_key_rotated_out_twice_says_so_and_not_tampering(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README lets servers run on after a rotation until a convenient restart. A
+    second rotation meanwhile re-seals everything under a generation such a server cannot
+    unwrap: before, it answered DATA_LOSS, altered, and counted an integrity failure."""
+    monkeypatch.setattr(key_material, "CACHE_SIZE", 0)  # every use opens the material
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    sealed = await server.admin.keys.Encrypt(
+        keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"payroll")
+    )
+    await rotate(server.data_dir, MASTER_KEY, NEW_MASTER_KEY)
+    third = "cd" * 32
+    await rotate(server.data_dir, NEW_MASTER_KEY, third)
+    await asyncio.sleep(2.5)  # the server's refresh reads the keyring's revision
+    decrypt = keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+
+    refused = await fails(server.admin.keys.Decrypt(decrypt))
+
+    assert refused.code == grpc.StatusCode.UNAVAILABLE
+    assert refused.reason == "MASTER_KEY_RETIRED" and "restart" in refused.message
+    assert server.app is not None and server.app.services is not None
+    assert server.app.services.stats.integrity_failures == 0
+    await server.restart(master_key=third)
+    assert (await server.admin.keys.Decrypt(decrypt)).plaintext == b"payroll"
+
+
 async def test_rotating_with_the_wrong_current_key_changes_nothing(server: Harness) -> None:
     await _keys(server, 2)
     await server.stop()
@@ -238,9 +291,12 @@ async def test_a_data_loss_error_names_no_secret(server: Harness) -> None:
 
 
 async def start_rotation(
-    data_dir: Path, current: str = MASTER_KEY, under: Sequence[str] = ()
+    data_dir: Path,
+    current: str = MASTER_KEY,
+    under: Sequence[str] = (),
+    following: str = NEW_MASTER_KEY,
 ) -> asyncio.subprocess.Process:
-    """`keyturn master-key rotate` from ``current`` to NEW_MASTER_KEY, running (``under``
+    """`keyturn master-key rotate` from ``current`` to ``following``, running (``under``
     a command that runs it, such as setpriv)."""
     return await asyncio.create_subprocess_exec(
         *under,
@@ -251,7 +307,7 @@ async def start_rotation(
         "rotate",
         "--data-dir",
         str(data_dir),
-        env={**os.environ, "MASTER_KEY": current, "NEW_MASTER_KEY": NEW_MASTER_KEY},
+        env={**os.environ, "MASTER_KEY": current, "NEW_MASTER_KEY": following},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -185,6 +185,7 @@ def reload_keyring(store: Store, keyring: Keyring, master: MasterKey) -> str:
         return ""
     wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
     if wrapped is None:
+        keyring.behind = True
         return "retired"
     keyring.load(KeyringData.unwrap(wrapped, master))
     return "reloaded"

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sys
 from typing import Any
 
 from keyturn_server.bootstrap import unlock
 from keyturn_server.cli.local import add_location_arguments, local_settings, opened
+from keyturn_server.clock import SystemClock
 from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
-from keyturn_server.domain.master_rotation import rotate_master_key
-from keyturn_server.domain.repositories import MetaRepository
+from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.audit import AuditChain, AuditLog
+from keyturn_server.domain.journal import Journal, Resource
+from keyturn_server.domain.master_rotation import RotationReport, rotate_master_key
+from keyturn_server.domain.repositories import MetaRepository, Repository
 from keyturn_server.settings import Settings
 
 
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _rotate(settings: Settings, following: str) -> int:
     async with opened(settings) as store:
-        _, old = await unlock(store, settings.data_dir, settings.master_key, production=False)
+        keyring, old = await unlock(store, settings.data_dir, settings.master_key, production=False)
         salt = store.read().get_meta("master_salt") or new_salt()
         new = parse_master_key(following, salt, source="NEW_MASTER_KEY")
 
@@ -61,7 +66,25 @@ async def _rotate(settings: Settings, following: str) -> int:
         def progress(table: str, count: int) -> None:
             print(f"\rre-sealed {count} values ({table})", end="", file=sys.stderr, flush=True)
 
-        report = await rotate_master_key(store, old, new, progress)
+        # The audit key does not change with the master key: the chain goes on.
+        journal = Journal(AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock())
+        operator = Principal(f"local:{getpass.getuser()}", Role.ADMIN, "local")
+
+        def audit(repo: Repository, action: str, report: RotationReport) -> None:
+            journal.audit(
+                repo,
+                action,
+                about=Resource("keyring", f"generation-{report.generation}"),
+                by=operator,
+                details={
+                    "generation": str(report.generation),
+                    "old_master_key": report.retired,
+                    "new_master_key": report.current,
+                    "resealed": str(report.resealed),
+                },
+            )
+
+        report = await rotate_master_key(store, old, new, progress, audit=audit)
         print(
             f"\nkeyring generation {report.generation}: {report.resealed} values re-sealed; "
             f"the old master key ({report.retired}) no longer opens this data.\n"

@@ -119,6 +119,10 @@ class Keyring:
         #: Reloads the keyring from the store; set by the server so that a value sealed
         #: under a generation made moments ago elsewhere can still be opened.
         self.reloader: Callable[[], object] | None = None
+        #: The store holds a newer keyring that this process's master key cannot unwrap
+        #: (it was rotated out, and the keyring moved on since): values sealed under the
+        #: newer generations cannot be opened here until a restart with the current key.
+        self.behind = False
 
     def load(self, data: KeyringData) -> None:
         self.data = data

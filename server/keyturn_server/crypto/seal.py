@@ -23,6 +23,14 @@ class SealError(Exception):
     """A sealed blob is malformed or fails authentication. Never carries secret data."""
 
 
+class GenerationNotLoaded(SealError):
+    """Sealed under a keyring generation this process does not hold."""
+
+    def __init__(self, generation: int) -> None:
+        super().__init__(f"sealed under master key generation {generation}, which is not loaded")
+        self.generation = generation
+
+
 class Sealer:
     def __init__(self, keys: dict[int, bytes], current: int) -> None:
         if current not in keys:
@@ -45,7 +53,7 @@ class Sealer:
             raise SealError("sealed value has an unknown format")
         aead = self._aeads.get(generation)
         if aead is None:
-            raise SealError(f"sealed under master key generation {generation}, which is not loaded")
+            raise GenerationNotLoaded(generation)
         header = blob[: _HEADER.size]
         nonce = blob[_HEADER.size : _HEADER.size + NONCE_BYTES]
         try:

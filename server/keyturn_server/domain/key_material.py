@@ -13,8 +13,8 @@ from datetime import datetime
 
 from keyturn_server.crypto import material
 from keyturn_server.crypto.keyring import Keyring
-from keyturn_server.crypto.seal import SealError, binding
-from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound
+from keyturn_server.crypto.seal import GenerationNotLoaded, SealError, binding
+from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound, Unavailable
 from keyturn_server.domain.keys import Key, KeyState
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
@@ -60,18 +60,33 @@ class MaterialCache:
             raise FailedPrecondition(f"version {number} of key {key.id!r} has no material")
         try:
             secret = self._keyring.open(sealed, material_binding(key.id, number))
+        except GenerationNotLoaded as exc:
+            if self._keyring.behind and exc.generation > self._keyring.generation:
+                # Not tampering: this server runs on a master key rotated out twice over,
+                # and a later rotation re-sealed the material under a generation it
+                # cannot unwrap. Before, it said DATA_LOSS, altered, and counted it so.
+                raise Unavailable(
+                    f"the material of key {key.id!r} version {number} is sealed under a "
+                    "newer keyring than this server holds: its master key was rotated "
+                    "out; restart it with the current MASTER_KEY",
+                    reason="MASTER_KEY_RETIRED",
+                ) from None
+            raise self._tampered(key.id, number) from None
         except SealError:
-            self._stats.integrity_failures += 1
-            raise DataLoss(
-                f"the stored material of key {key.id!r} version {number} failed authentication; "
-                "it was altered or belongs to another record",
-                reason="MATERIAL_TAMPERED",
-            ) from None
+            raise self._tampered(key.id, number) from None
         loaded = material.LoadedVersion.load(key.id, number, key.algorithm, secret)
         self._loaded[(key.id, number)] = loaded
         if len(self._loaded) > CACHE_SIZE:
             self._loaded.popitem(last=False)
         return loaded
+
+    def _tampered(self, key_id: str, number: int) -> DataLoss:
+        self._stats.integrity_failures += 1
+        return DataLoss(
+            f"the stored material of key {key_id!r} version {number} failed authentication; "
+            "it was altered or belongs to another record",
+            reason="MATERIAL_TAMPERED",
+        )
 
     def forget(self, key_id: str) -> None:
         """Drop every cached version of a key (removed or destroyed)."""

@@ -39,6 +39,8 @@ SETTLE_SECONDS = 3.0
 
 #: Called with (what is being re-sealed, values re-sealed so far).
 Progress = Callable[[str, int], None]
+#: Writes an audit entry of the rotation in the transaction ``repo`` belongs to.
+Audit = Callable[[Repository, str, "RotationReport"], None]
 
 
 def _bound_to(value: SealedValue) -> bytes:
@@ -52,6 +54,8 @@ class RotationReport:
     generation: int = 0
     resealed: int = 0
     retired: str = ""
+    #: The new master key's fingerprint.
+    current: str = ""
 
 
 async def rotate_master_key(
@@ -60,9 +64,15 @@ async def rotate_master_key(
     new: MasterKey,
     progress: Progress = lambda kind, n: None,
     settle_seconds: float = SETTLE_SECONDS,
+    audit: Audit = lambda repo, action, report: None,
 ) -> RotationReport:
+    """``audit`` records the new generation (``keyring.generation.add``) and the old
+    master key's retirement (``keyring.rotate``), each in the transaction that does it:
+    a rotation is a management action like any other, and the log is where an auditor
+    looks for when the data stopped opening under a key."""
     if fingerprint(old) == fingerprint(new):
         raise MasterKeyError("the new master key is the old one")
+    report = RotationReport(retired=fingerprint(old), current=fingerprint(new))
 
     def add_generation(repo: Repository) -> Keyring:
         wrapped = repo.get_meta(WRAP_PREFIX + fingerprint(old))
@@ -76,10 +86,11 @@ async def rotate_master_key(
         repo.set_meta(WRAP_PREFIX + fingerprint(old), data.wrap(old))
         repo.set_meta(WRAP_PREFIX + fingerprint(new), data.wrap(new))
         repo.set_meta(REVISION, str(data.revision).encode())
+        report.generation = generation
+        audit(repo, "keyring.generation.add", report)
         return Keyring(data)
 
     keyring = await store.write(add_generation)
-    report = RotationReport(generation=keyring.generation)
     await asyncio.sleep(settle_seconds)
     for kind in SealedKind:
         cursor: SealedValue | None = None
@@ -90,7 +101,7 @@ async def rotate_master_key(
             if cursor is None:
                 break
 
-    def retire(repo: Repository) -> str:
+    def retire(repo: Repository) -> None:
         for kind in SealedKind:
             cursor: SealedValue | None = None
             while True:
@@ -100,9 +111,9 @@ async def rotate_master_key(
         for name in repo.meta_names(WRAP_PREFIX):
             if name != WRAP_PREFIX + fingerprint(new):
                 repo.delete_meta(name)
-        return fingerprint(old)
+        audit(repo, "keyring.rotate", report)
 
-    report.retired = await store.write(retire)
+    await store.write(retire)
     return report
 
 
