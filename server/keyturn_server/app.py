@@ -493,7 +493,8 @@ class App:
             self._retired = True
             log.warning(
                 "this server's master key was rotated out; it keeps serving with the keyring "
-                "it holds, and must be restarted with the new MASTER_KEY",
+                "it holds, and must be restarted with the new MASTER_KEY: what a later "
+                "rotation re-seals is refused here (MASTER_KEY_RETIRED) until then",
                 extra={"category": "security"},
             )
 
