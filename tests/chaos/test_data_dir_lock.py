@@ -88,6 +88,26 @@ async def test_a_second_server_on_the_same_port_refuses_in_one_line(
         first.terminate()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "workers"])
+async def test_deleting_the_lock_file_does_not_let_a_second_server_in(
+    tmp_path: Path, workers: str
+) -> None:
+    """Someone "clears a stale lock" under a running server: before, the next server
+    locked a new file and started beside it on the same database."""
+    first = ServerProcess(tmp_path / "data", *_workers(workers), "--http-listen", "off")
+    await first.start()
+    try:
+        (first.data_dir / "keyturn.lock").unlink()
+        line = one_line(serve(first.data_dir, f"127.0.0.1:{free_port()}"))
+        assert f"data directory {first.data_dir} is in use" in line
+        assert "its lock file was deleted" in line
+    finally:
+        assert first.terminate() == 0
+    again = ServerProcess(tmp_path / "data", "--http-listen", "off")
+    await again.start()
+    assert again.terminate() == 0
+
+
 async def test_a_killed_server_leaves_no_stale_lock(tmp_path: Path) -> None:
     first = ServerProcess(tmp_path / "data", "--http-listen", "off")
     await first.start()

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         if settings.workers > 1:
-            inherit = (lock.fd,) if lock is not None else ()
+            inherit = lock.fds if lock is not None else ()
             return asyncio.run(_supervise(settings, sys.argv[1:], inherit))
         return asyncio.run(_serve(App(settings)))
     finally:
