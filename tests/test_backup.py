@@ -16,7 +16,8 @@ import grpc
 import pytest
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
-from tests.harness import MASTER_KEY, Client
+from keyturn_server.cli.store_files import move_aside, store_files
+from tests.harness import MASTER_KEY, Client, fails
 from tests.process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -182,3 +183,77 @@ def test_postgresql_stores_are_sent_to_their_own_tools() -> None:
     said = keyturn("backup", "create", "/tmp/x", "--store", "postgresql://nowhere/keyturn")
     assert said.returncode == 2
     assert "pg_dump" in said.stderr
+
+
+async def test_a_wal_left_without_its_database_is_moved_aside_not_replayed(
+    tmp_path: Path, stopped_copy: Path
+) -> None:
+    """The README's recovery: the database file is deleted under a running server, the
+    server is stopped and the last backup restored. The deleted file's -wal stayed, and
+    SQLite replayed it into the restored copy: the restore said it succeeded and the next
+    start refused a damaged store."""
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, "--http-listen", "off")
+    await server.start()
+    channel, client = await _client_of(server)
+    try:
+        later = [
+            (await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key.id
+            for _ in range(5)
+        ]
+        for _ in range(40):
+            await client.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="workflow"))
+        (data_dir / "keyturn.db").unlink()
+    finally:
+        await channel.close()
+        server.terminate()
+    assert (data_dir / "keyturn.db-wal").stat().st_size > 0
+
+    put = keyturn("backup", "restore", str(stopped_copy), "--data-dir", str(data_dir))
+    assert put.returncode == 0, put.stderr
+    again = ServerProcess(data_dir, "--http-listen", "off")
+    await again.start()
+    channel, client = await _client_of(again)
+    try:
+        # What the copy held, and nothing written after it.
+        missing = await fails(client.keys.GetKey(keys_pb2.GetKeyRequest(key_id=later[0])))
+        assert missing.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        await channel.close()
+        again.terminate()
+    [wal] = data_dir.glob("keyturn.db.replaced-*-wal")
+    assert wal.name in put.stdout
+
+
+def test_sets_moved_aside_in_the_same_second_keep_their_own_names(tmp_path: Path) -> None:
+    database = tmp_path / "keyturn.db"
+    moved = []
+    for n in range(3):
+        for path in store_files(database)[:2]:  # the database and its -wal
+            path.write_text(f"set {n}")
+        moved.append(move_aside(database))
+    names = [path.name for paths in moved for path in paths]
+    assert len(set(names)) == 6, names
+    assert [paths[0].read_text() for paths in moved] == ["set 0", "set 1", "set 2"]
+    assert [paths[1].name for paths in moved] == [paths[0].name + "-wal" for paths in moved]
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["data/keyturn.db", "data/keyturn.db-wal", "data/copies/keyturn.backup", "link/keyturn.db"],
+    ids=["the-live-file", "its-wal", "inside-the-data-dir", "through-a-symbolic-link"],
+)
+def test_a_copy_is_never_written_over_or_into_the_live_store(
+    tmp_path: Path, stopped_copy: Path, target: str
+) -> None:
+    data_dir = tmp_path / "data"
+    (tmp_path / "link").symlink_to(data_dir)
+    before = sorted(data_dir.iterdir())
+    live = (data_dir / "keyturn.db").stat()
+    made = keyturn(
+        "backup", "create", str(tmp_path / target), "--force", "--data-dir", str(data_dir)
+    )
+    assert made.returncode == 1, made.stdout
+    assert made.stderr.count("\n") == 1 and "outside" in made.stderr, made.stderr
+    assert sorted(data_dir.iterdir()) == before
+    assert (data_dir / "keyturn.db").stat().st_ino == live.st_ino

@@ -16,7 +16,9 @@ Access tokens are in the copy, so the tokens that worked work again after a rest
 `admin.token` file beside the store is not copied: keep the token, or make one with
 `keyturn token create`). Restoring needs the MASTER_KEY the copy was made under, is
 refused while a server holds the data directory, and never deletes data: what the
-directory held is moved aside.
+directory held is moved aside, the database's -wal, -shm and -journal with it (see
+:mod:`keyturn_server.cli.store_files`), and the restored file is opened in place as the
+server will open it before the restore says it succeeded.
 Handles issued and keys rotated after the copy are not in it; deadlines that passed
 meanwhile are caught up by the scheduler, in order, when the server starts.
 
@@ -33,13 +35,18 @@ import shutil
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from keyturn_server.bootstrap import open_store, unlock
 from keyturn_server.cli.local import add_location_arguments, local_settings
+from keyturn_server.cli.store_files import (
+    PlaceError,
+    move_aside,
+    private_file,
+    refuse_inside,
+    sync_dir,
+)
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.domain.access import SYSTEM
 from keyturn_server.domain.audit import AuditChain
@@ -48,6 +55,7 @@ from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.paging import PageTokens
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.settings import Settings
+from keyturn_server.store.sqlite import SqliteStore, StoreOpenError
 
 DB_FILE = "keyturn.db"
 #: Tables whose row counts the summary shows.
@@ -94,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(create(settings, args.file, force=args.force))
         else:
             print(restore(settings, args.file, force=args.force))
-    except BackupError as exc:
+    except (BackupError, PlaceError) as exc:
         print(f"keyturn backup: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -104,14 +112,15 @@ def create(settings: Settings, target: Path, *, force: bool) -> str:
     source = settings.data_dir / DB_FILE
     if not source.exists():
         raise BackupError(f"no Keyturn data in {settings.data_dir}")
+    refuse_inside(source, target)
     if target.exists() and not force:
         raise BackupError(f"{target} exists; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _private_file(target.parent, ".keyturn-backup-") as partial:
+    with private_file(target.parent, ".keyturn-backup-") as partial:
         _copy(source, partial)
         summary = _check(partial, settings.master_key)
         os.replace(partial, target)
-    _sync_dir(target.parent)
+    sync_dir(target.parent)
     return f"backup: {target} ({target.stat().st_size} bytes): {summary}"
 
 
@@ -132,15 +141,17 @@ def restore(settings: Settings, backup: Path, *, force: bool) -> str:
             raise BackupError(
                 f"{data_dir} already holds data; pass --force to move it aside and restore"
             )
-        with _private_file(data_dir, ".keyturn-restore-") as partial:
+        with private_file(data_dir, ".keyturn-restore-") as partial:
             _copy(backup, partial)
             summary = _check(partial, settings.master_key)
-            aside = _move_aside(target) if target.exists() else None
+            # Even without the database: its -wal would be replayed into the copy.
+            aside = move_aside(target)
             os.replace(partial, target)
-        _sync_dir(data_dir)
+        sync_dir(data_dir)
+        moved = f"; what was there is in {', '.join(p.name for p in aside)}" if aside else ""
+        asyncio.run(_open_in_place(target, moved))
     finally:
         lock.release()
-    moved = f"; what was there is in {aside}" if aside else ""
     return f"restored {backup} into {data_dir}: {summary}{moved}"
 
 
@@ -193,36 +204,13 @@ async def _open(copy: Path, master_key: str) -> str:
     return f"opens with MASTER_KEY, audit log intact ({verdict.checked} entries)"
 
 
-def _move_aside(target: Path) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    aside = target.with_name(f"{target.name}.replaced-{stamp}")
-    os.replace(target, aside)
-    for suffix in ("-wal", "-shm"):
-        companion = target.with_name(target.name + suffix)
-        if companion.exists():
-            os.replace(companion, aside.with_name(aside.name + suffix))
-    return aside
-
-
-@contextlib.contextmanager
-def _private_file(directory: Path, prefix: str) -> Iterator[Path]:
-    """A 0600 file in ``directory`` (renamed into place by the caller), removed on failure."""
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)
-    os.close(fd)
-    path = Path(name)
+async def _open_in_place(database: Path, moved: str) -> None:
+    """Open the restored file where the server will (WAL, quick_check, schema): what the
+    scratch copy showed says nothing of files beside it that SQLite would apply."""
     try:
-        yield path
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        for suffix in ("-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(name + suffix).unlink()
-
-
-def _sync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        store = SqliteStore(database)
+    except (StoreOpenError, sqlite3.Error) as exc:
+        raise BackupError(
+            f"the restored store does not open in place ({exc}); do not start a server on it{moved}"
+        ) from None
+    await store.close()
