@@ -257,3 +257,22 @@ def test_a_copy_is_never_written_over_or_into_the_live_store(
     assert made.stderr.count("\n") == 1 and "outside" in made.stderr, made.stderr
     assert sorted(data_dir.iterdir()) == before
     assert (data_dir / "keyturn.db").stat().st_ino == live.st_ino
+
+
+@pytest.mark.parametrize(
+    ("action", "where"),
+    [("create", "a-file/keyturn.backup"), ("restore", "a-file/data")],
+    ids=["a-copy-under-a-file", "a-data-dir-under-a-file"],
+)
+def test_a_path_that_cannot_be_written_is_said_in_one_line(
+    tmp_path: Path, stopped_copy: Path, action: str, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    if action == "create":
+        args = (str(tmp_path / where), "--data-dir", str(tmp_path / "data"))
+    else:
+        args = (str(stopped_copy), "--data-dir", str(tmp_path / where))
+    said = keyturn("backup", action, *args)
+    assert said.returncode == 1, said.stdout
+    assert said.stderr.count("\n") == 1 and "Traceback" not in said.stderr, said.stderr
+    assert said.stderr.startswith(f"keyturn backup: {tmp_path / 'a-file'}")

@@ -105,6 +105,10 @@ def run(args: argparse.Namespace) -> int:
     except (BackupError, PlaceError) as exc:
         print(f"keyturn backup: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # an unwritable target, a parent that is a file, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"keyturn backup: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -75,7 +75,10 @@ def move_aside(database: Path) -> list[Path]:
 def private_file(directory: Path, prefix: str) -> Iterator[Path]:
     """A 0600 file in ``directory`` (renamed into place by the caller), removed on failure
     with any companions SQLite made for it."""
-    fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=directory)
+    except OSError as exc:  # named after the directory, not the random name never made
+        raise OSError(exc.errno, exc.strerror, str(directory)) from None
     os.close(fd)
     path = Path(name)
     try:
