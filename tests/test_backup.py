@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -257,6 +258,30 @@ def test_a_copy_is_never_written_over_or_into_the_live_store(
     assert made.stderr.count("\n") == 1 and "outside" in made.stderr, made.stderr
     assert sorted(data_dir.iterdir()) == before
     assert (data_dir / "keyturn.db").stat().st_ino == live.st_ino
+
+
+def newer_schema(database: Path) -> None:
+    """What a newer Keyturn leaves: a schema version this one does not know."""
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA user_version = 99")
+
+
+@pytest.mark.parametrize("action", ["create", "restore"])
+def test_a_store_of_a_newer_keyturn_is_said_in_one_line(
+    tmp_path: Path, stopped_copy: Path, action: str
+) -> None:
+    if action == "create":
+        newer_schema(tmp_path / "data" / "keyturn.db")
+        args = (str(tmp_path / "again.backup"), "--data-dir", str(tmp_path / "data"))
+    else:
+        newer_schema(stopped_copy)
+        args = (str(stopped_copy), "--data-dir", str(tmp_path / "elsewhere"))
+    said = keyturn("backup", action, *args)
+    assert said.returncode == 1, said.stdout
+    assert said.stderr.count("\n") == 1 and "Traceback" not in said.stderr, said.stderr
+    assert "schema version 99, newer than this server" in said.stderr
+    assert not (tmp_path / "again.backup").exists()
+    assert not (tmp_path / "elsewhere" / "keyturn.db").exists()
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
+import pytest
 
 from keyturn.v1 import keys_pb2
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
+from tests.test_backup import keyturn as run_keyturn
 
 
 async def keyturn(server: Harness, *args: str) -> tuple[int, str, str]:
@@ -62,3 +67,38 @@ async def test_the_command_line_refuses_the_name_the_server_audits_its_own_work_
     assert (code, out) == (1, "") and "reserved" in err
     code, out, _ = await keyturn(server, "list")
     assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["admin"]
+
+
+def newer(database: Path) -> None:
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA user_version = 99")
+
+
+def damaged(database: Path) -> None:
+    database.write_bytes(b"not a database, " * 4096)
+
+
+@pytest.mark.parametrize("store", [newer, damaged], ids=["newer-schema", "damaged"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("token", "list"),
+        ("token", "create", "--role", "admin", "--name", "breakglass"),
+        ("master-key", "rotate"),
+    ],
+    ids=["token-list", "token-create", "master-key-rotate"],
+)
+def test_a_store_that_cannot_be_opened_is_said_in_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Callable[[Path], None],
+    command: tuple[str, ...],
+) -> None:
+    """As `keyturn serve` says it, not as a traceback."""
+    (tmp_path / "data").mkdir()
+    store(tmp_path / "data" / "keyturn.db")
+    monkeypatch.setenv("NEW_MASTER_KEY", "cd" * 32)
+    said = run_keyturn(*command, "--data-dir", str(tmp_path / "data"))
+    assert said.returncode == 1, said.stdout
+    assert said.stderr.count("\n") == 1 and "Traceback" not in said.stderr, said.stderr
+    assert said.stderr.startswith(f"keyturn {command[0]}: ")

@@ -192,7 +192,10 @@ async def _open(copy: Path, master_key: str) -> str:
     """Open a scratch copy as the server would: keyring, rows, audit chain."""
     with tempfile.TemporaryDirectory(prefix="keyturn-check-") as scratch:
         shutil.copyfile(copy, Path(scratch) / DB_FILE)
-        store = open_store(Settings(data_dir=Path(scratch), master_key=master_key))
+        try:
+            store = open_store(Settings(data_dir=Path(scratch), master_key=master_key))
+        except StoreOpenError as exc:
+            raise BackupError(f"the copy cannot be used: {exc}") from None
         try:
             keyring, _ = await unlock(store, Path(scratch), master_key, production=True)
             audit = AuditService(store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac))

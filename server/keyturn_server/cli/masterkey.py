@@ -20,10 +20,12 @@ from keyturn_server.clock import SystemClock
 from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
 from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.audit import AuditChain, AuditLog
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.master_rotation import RotationReport, rotate_master_key
 from keyturn_server.domain.repositories import MetaRepository, Repository
 from keyturn_server.settings import Settings
+from keyturn_server.store.sqlite import StoreOpenError
 
 
 def register(commands: Any) -> None:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     settings = local_settings(args, current)
     try:
         return asyncio.run(_rotate(settings, following))
-    except (MasterKeyError, OSError) as exc:
+    except (MasterKeyError, StoreOpenError, KeyturnError, OSError) as exc:
         print(f"keyturn master-key: {exc}", file=sys.stderr)
         return 1
 

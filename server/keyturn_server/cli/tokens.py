@@ -20,6 +20,7 @@ from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.journal import Journal
 from keyturn_server.settings import parse_duration
+from keyturn_server.store.sqlite import StoreOpenError
 
 
 def register(commands: Any) -> None:
@@ -42,7 +43,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
-    except (KeyturnError, MasterKeyError, OSError) as exc:
+    except (KeyturnError, MasterKeyError, StoreOpenError, OSError) as exc:
         print(f"keyturn token: {exc}", file=sys.stderr)
         return 1
 
