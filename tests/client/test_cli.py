@@ -257,6 +257,46 @@ def test_no_server_at_the_address_is_said_in_one_line_within_seconds(
     assert waited < 10  # the connect deadline is 3 s; the old behaviour waited ~27 s
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("health", "--connect-timeout", "-1"),
+        ("health", "--connect-timeout", "nan"),
+        ("health", "--connect-timeout", "inf"),
+        ("health", "--connect-timeout", "0"),
+        ("audit", "list", "--limit", "-1"),
+        ("audit", "list", "--limit", "0"),
+        ("keys", "list", "--limit", "0"),
+        ("handles", "list", "--limit", "-5"),
+    ],
+    ids=lambda argv: " ".join(argv),
+)
+def test_a_wait_or_limit_that_means_nothing_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: tuple[str, ...],
+) -> None:
+    """Not "no Keyturn server answers within -1s", nor an empty table and success."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEYTURN_TOKEN", "unused")
+    with pytest.raises(SystemExit) as ended:
+        main([*argv, "--address", f"127.0.0.1:{free_port()}"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: ") and f"argument {argv[-2]}: " in err, err
+
+
+def test_a_connect_timeout_from_the_environment_is_checked_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KEYTURN_TOKEN", "unused")
+    monkeypatch.setenv("KEYTURN_CONNECT_TIMEOUT", "nan")
+    assert main(["health", "--address", f"127.0.0.1:{free_port()}"]) == 2
+    assert "KEYTURN_CONNECT_TIMEOUT='nan'" in capsys.readouterr().err
+
+
 def namespace(**given: object) -> argparse.Namespace:
     defaults = {"address": None, "token": None, "token_file": None, "connect_timeout": None}
     defaults |= {"tls": False, "ca": None, "cert": None, "key": None, "server_name": None}
@@ -362,7 +402,7 @@ async def test_a_token_on_the_command_line_works_and_is_warned_about(
     monkeypatch.delenv("KEYTURN_TOKEN")
     done = await keyturn("health", "--token", server.admin_token)
     assert done.code == 0, done.err
-    assert "visible to other users" in done.err and "KEYTURN_TOKEN" in done.err
+    assert done.err.count("visible to other users") == 1 and "KEYTURN_TOKEN" in done.err
     assert server.admin_token not in done.err + done.out
     quiet = await keyturn("health", "--token-file", str(server.data_dir / "admin.token"))
     assert quiet.code == 0 and "visible" not in quiet.err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -44,6 +45,29 @@ class UsageError(Exception):
     """Arguments that cannot make a request (exit code 2)."""
 
 
+def seconds(text: str) -> float:
+    """A wait in seconds: finite and above zero (a negative or NaN one ended every probe at
+    once, and was then reported as no server answering)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def count(text: str) -> int:
+    """How many to list: 1 or more (0 or less listed nothing and said it succeeded)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     server = common.add_argument_group("server")
@@ -69,7 +93,7 @@ def _common() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--connect-timeout",
-        type=float,
+        type=seconds,
         help="seconds to wait for the server to answer at all "
         f"(KEYTURN_CONNECT_TIMEOUT; default {CONNECT_TIMEOUT:g})",
     )
@@ -98,7 +122,7 @@ def filters(parser: argparse.ArgumentParser, statuses: Any, prefix: str) -> None
     names = [short_name(statuses, prefix, v).lower() for v in statuses.values() if v]
     parser.add_argument("--status", choices=names)
     parser.add_argument("--owner", default="")
-    parser.add_argument("--limit", type=int, help="at most this many")
+    parser.add_argument("--limit", type=count, help="at most this many")
     parser.add_argument("--page-size", type=int, default=0)
 
 
@@ -127,14 +151,6 @@ def connect(
     env = os.environ if env is None else env
     address = args.address or env.get("KEYTURN_ADDRESS") or DEFAULT_ADDRESS
     token = args.token
-    if token is not None:
-        # Any user of the host reads a process's arguments (/proc/<pid>/cmdline, ps),
-        # and the shell keeps them in its history: say so, as mysql does for -p.
-        print(
-            "keyturn: warning: a token on the command line is visible to other users of this "
-            "host (ps) and stays in your shell history; use KEYTURN_TOKEN or --token-file",
-            file=sys.stderr,
-        )
     if token is None and args.token_file is not None:
         token = args.token_file.read_text().strip()
     if token is None:
@@ -162,8 +178,8 @@ async def reach(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
     """Make sure a server answers at all, quickly, before the command's own call (whose
     retries of an unreachable address would take its whole deadline to give up)."""
     env = os.environ if env is None else env
-    seconds = args.connect_timeout or float(env.get("KEYTURN_CONNECT_TIMEOUT") or CONNECT_TIMEOUT)
-    async with connect(args, env, retry=NO_RETRY, timeout=seconds) as probe:
+    wait = args.connect_timeout or _connect_timeout(env)
+    async with connect(args, env, retry=NO_RETRY, timeout=wait) as probe:
         try:
             await probe.get_health("store")  # cheap; any answer will do, even a refusal
         except (Unavailable, DeadlineExceeded) as exc:
@@ -171,11 +187,32 @@ async def reach(args: argparse.Namespace, env: Mapping[str, str] | None = None) 
                 return
             why = "no answer" if isinstance(exc, DeadlineExceeded) else _last_words(exc.message)
             raise NoServer(
-                f"no Keyturn server answers at {probe.address} within {seconds:g}s ({why}); "
+                f"no Keyturn server answers at {probe.address} within {wait:g}s ({why}); "
                 "start one with 'keyturn serve', or name it with --address or KEYTURN_ADDRESS"
             ) from None
         except KeyturnError:
             return
+
+
+def _connect_timeout(env: Mapping[str, str]) -> float:
+    given = env.get("KEYTURN_CONNECT_TIMEOUT")
+    if not given:
+        return CONNECT_TIMEOUT
+    try:
+        return seconds(given)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"KEYTURN_CONNECT_TIMEOUT={exc}") from None
+
+
+def warn_of_token_argument(args: argparse.Namespace) -> None:
+    """Any user of the host reads a process's arguments (/proc/<pid>/cmdline, ps), and the
+    shell keeps them in its history: say so once per command, as mysql does for -p."""
+    if args.token is not None:
+        print(
+            "keyturn: warning: a token on the command line is visible to other users of this "
+            "host (ps) and stays in your shell history; use KEYTURN_TOKEN or --token-file",
+            file=sys.stderr,
+        )
 
 
 def _last_words(message: str) -> str:
@@ -186,6 +223,8 @@ def _last_words(message: str) -> str:
 
 def _runner(action: Action) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        warn_of_token_argument(args)
+
         async def main() -> int:
             await reach(args)
             async with connect(args) as client:
