@@ -9,8 +9,8 @@ from typing import Any
 from keyturn import AsyncClient
 from keyturn.v1 import admin_pb2
 from keyturn_server.cli.operator import console as out
-from keyturn_server.cli.operator.wiring import REFUSED, command, count, group
-from keyturn_server.settings import parse_duration
+from keyturn_server.cli.operator.wiring import REFUSED, command, group
+from keyturn_server.settings import parse_duration, parse_positive
 
 
 def register(commands: Any) -> None:
@@ -20,7 +20,9 @@ def register(commands: Any) -> None:
         c.add_argument(flag, default="")
     c.add_argument("--since", type=parse_duration, help="only the last ..., e.g. 24h")
     c.add_argument("--descending", action="store_true", help="newest first")
-    c.add_argument("--limit", type=count, default=100, help="at most this many (default 100)")
+    c.add_argument(
+        "--limit", type=parse_positive, default=100, help="at most this many (default 100)"
+    )
     command(audit, "verify", audit_verify, "check the hash chain (3: broken)")
 
     c = command(commands, "health", health, "server health (3: not serving)")

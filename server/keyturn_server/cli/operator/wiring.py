@@ -29,7 +29,7 @@ from keyturn import (
     Unavailable,
 )
 from keyturn_server.cli.operator.console import short_name
-from keyturn_server.settings import SettingsError
+from keyturn_server.settings import SettingsError, parse_positive
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TOKEN_FILE = Path("data/admin.token")
@@ -54,17 +54,6 @@ def seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
-    return value
-
-
-def count(text: str) -> int:
-    """How many to list: 1 or more (0 or less listed nothing and said it succeeded)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
     return value
 
 
@@ -122,7 +111,7 @@ def filters(parser: argparse.ArgumentParser, statuses: Any, prefix: str) -> None
     names = [short_name(statuses, prefix, v).lower() for v in statuses.values() if v]
     parser.add_argument("--status", choices=names)
     parser.add_argument("--owner", default="")
-    parser.add_argument("--limit", type=count, help="at most this many")
+    parser.add_argument("--limit", type=parse_positive, help="at most this many")
     parser.add_argument("--page-size", type=int, default=0)
 
 
