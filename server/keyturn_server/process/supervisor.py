@@ -13,9 +13,11 @@ and waits for the workers to drain, and restarts a worker that dies or hangs (a 
 event loop writes a byte to the supervisor every second; one silent for
 ``--worker-timeout`` is killed: it would hold its share of connections, and perhaps the
 scheduler, while doing nothing) (after 1 s, doubling
-to 30 s while it keeps dying; a worker that served a minute starts again from 1 s). If
-workers die more than ``MAX_CRASHES`` times within ``CRASH_WINDOW`` it stops them all
-and exits 1, so that systemd or an orchestrator sees the failure. Workers stop by
+to 30 s while it keeps dying; a worker that served a minute starts again from 1 s). Silence
+counts only while the supervisor itself runs: after a pause of its own (the whole tree
+stopped and continued) every worker's clock starts again. If workers die more than
+``MAX_CRASHES`` times within ``CRASH_WINDOW`` (hangs it killed are not counted) it stops
+them all and exits 1, so that systemd or an orchestrator sees the failure. Workers stop by
 themselves when the supervisor is gone.
 """
 
@@ -53,6 +55,14 @@ MAX_BACKOFF = 30.0
 HEALTHY_AFTER = 60.0
 MAX_CRASHES = 5
 CRASH_WINDOW = 60.0
+#: How often the supervisor looks at its workers.
+TICK = 1.0
+#: A turn of the supervisor's loop this much later than TICK means it did not run (the
+#: process tree paused: Ctrl-Z, docker pause, a cgroup freeze, a suspended VM, or the
+#: supervisor alone stopped). What it heard before is stale then, and a worker paused
+#: with it could not have spoken: every silence clock starts again. Twice the tick, so
+#: that even the shortest --worker-timeout (3 s) cannot run out over such a pause.
+PAUSED_AFTER = 2 * TICK
 
 
 class StartFailed(Exception):
@@ -70,6 +80,8 @@ class _Worker:
     pipe: int | None = None
     #: When it last said so (time.monotonic).
     heard: float = 0.0
+    #: The supervisor killed it for its silence (a hang, not a crash of its own).
+    hung: bool = False
 
 
 @dataclass
@@ -151,6 +163,7 @@ class Supervisor:
             os.close(ready_write)
         worker.started = time.monotonic()
         worker.restart_at = None
+        worker.hung = False
         return ready_read
 
     async def _ready(self, worker: _Worker, ready_read: int) -> bool:
@@ -192,12 +205,19 @@ class Supervisor:
             os.close(worker.pipe)
             worker.pipe = None
 
+    def _listen_again(self, now: float) -> None:
+        """After a pause of the supervisor itself: judge silence from now on only."""
+        for worker in self._workers:
+            worker.heard = now
+
     def _kill_silent(self, now: float) -> None:
         """SIGKILL workers that stopped saying they run; the loop restarts them."""
         timeout = self.settings.worker_timeout.total_seconds()
         if not timeout:
             return
         for worker in self._workers:
+            # What a worker wrote may not have been dispatched yet: read it first.
+            self._hear(worker)
             process = worker.process
             silent = now - worker.heard
             if worker.pipe is None or process is None or process.returncode is not None:
@@ -212,6 +232,7 @@ class Supervisor:
                 extra={"category": "error", "worker": worker.index, "pid": process.pid},
             )
             self._deafen(worker)
+            worker.hung = True
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
 
@@ -264,6 +285,7 @@ class Supervisor:
 
     async def supervise(self, stop: asyncio.Event) -> int:
         """Keep the workers running until ``stop``; the exit code."""
+        turned = time.monotonic()
         while not stop.is_set():
             self._note_leader()
             exits = [
@@ -272,12 +294,14 @@ class Supervisor:
                 if w.process is not None and w.process.returncode is None
             ]
             stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait([stopping, *exits], timeout=1.0, return_when="FIRST_COMPLETED")
+            await asyncio.wait([stopping, *exits], timeout=TICK, return_when="FIRST_COMPLETED")
             for task in (stopping, *exits):
                 task.cancel()
             if stop.is_set():
                 break
             now = time.monotonic()
+            if now - turned > PAUSED_AFTER:
+                self._listen_again(now)
             self._kill_silent(now)
             for worker in self._workers:
                 ended = worker.process is not None and worker.process.returncode is not None
@@ -287,15 +311,20 @@ class Supervisor:
                 if worker.restart_at is not None and now >= worker.restart_at:
                     pipe = await self._spawn(worker)
                     self._restarting.add(asyncio.ensure_future(self._restarted(worker, pipe)))
+            turned = time.monotonic()
         await self.stop()
         return 0
 
     def _crashed(self, worker: _Worker, now: float) -> bool:
         """Note a worker's death and plan its restart; False once they keep dying."""
-        code = _exit_of(worker)
+        code = "killed: it hung" if worker.hung else _exit_of(worker)
         self._deafen(worker)
         worker.process = None
-        self._crashes.append(now)
+        # A hang is not a crash loop: each one took --worker-timeout to find, and the
+        # backoff below still spaces the restarts of a worker that hangs again and again.
+        # Counting them would end the server for a host that starved all its workers.
+        if not worker.hung:
+            self._crashes.append(now)
         while self._crashes and now - self._crashes[0] > CRASH_WINDOW:
             self._crashes.popleft()
         if len(self._crashes) > MAX_CRASHES:
