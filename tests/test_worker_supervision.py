@@ -80,3 +80,59 @@ async def test_workers_killed_for_hanging_are_not_counted_as_crashes() -> None:
     finally:
         for write in writers:
             os.close(write)
+
+
+async def children_of(server: ServerProcess, count: int, besides: set[int]) -> set[int]:
+    """Until the supervisor has ``count`` children not in ``besides``: those."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while len(new := workers_of(server) - besides) < count:
+        assert server.process is not None and server.process.poll() is None
+        assert loop.time() < deadline, "no worker was started"
+        await asyncio.sleep(0.02)
+    return new
+
+
+async def test_a_reload_while_the_workers_start_ends_neither_them_nor_the_server(
+    tmp_path: Path,
+) -> None:
+    """SIGHUP's default action ends a process: the supervisor passed it on to workers that
+    had not installed their handler yet, and the start failed ("workers did not start
+    (worker 0: killed by signal 1 ...)")."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    server.spawn()
+    try:
+        await children_of(server, 2, set())
+        await asyncio.sleep(0.3)  # importing, opening the store
+        os.kill(server.pid, signal.SIGHUP)
+        await server.wait_listening(30)
+        await answers(server)
+        assert "killed by signal 1" not in server.log.read_text()
+    finally:
+        if server.process is not None:
+            server.terminate()
+
+
+async def test_a_sighup_reaching_a_worker_as_it_starts_does_not_end_it(tmp_path: Path) -> None:
+    """A SIGHUP sent to every process of the server (a terminal's hangup, a reload sent to
+    the process group) reaches a worker the supervisor is restarting, before its handler is
+    installed."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    server.env["LOG_LEVEL"] = "info"  # "worker N serves again"
+    await server.start()
+    try:
+        before = workers_of(server)
+        os.kill(min(before), signal.SIGKILL)
+        (starting,) = await children_of(server, 1, before)
+        await asyncio.sleep(0.3)
+        os.kill(starting, signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while "serves again" not in (said := server.log.read_text()):
+            assert "killed by signal 1" not in said, said[-2000:]
+            assert loop.time() < deadline, "the restarted worker never served"
+            await asyncio.sleep(0.1)
+        assert starting in workers_of(server)
+    finally:
+        if server.process is not None:
+            server.terminate()

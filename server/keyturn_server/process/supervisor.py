@@ -381,7 +381,11 @@ class Supervisor:
     def reload(self) -> None:
         """SIGHUP: each worker reads its certificate and --client-identities again."""
         for worker in self._workers:
-            if worker.process is not None and worker.process.returncode is None:
+            # Only to those that said they serve: one still starting may not handle
+            # SIGHUP yet (its default action ends it), and reads everything fresh anyway.
+            if worker.pipe is None or worker.process is None:
+                continue
+            if worker.process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.send_signal(signal.SIGHUP)
 
