@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from keyturn_server.process.supervisor import MAX_CRASHES, Supervisor, _Worker
+from keyturn_server.process.worker import PEERS
 from keyturn_server.settings import Settings
 from tests.process import ServerProcess
 from tests.test_workers import answers, workers_of
@@ -136,3 +137,45 @@ async def test_a_sighup_reaching_a_worker_as_it_starts_does_not_end_it(tmp_path:
     finally:
         if server.process is not None:
             server.terminate()
+
+
+def alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def peers_directory(pid: int) -> Path:
+    """The supervisor's private directory, as a worker was told it."""
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (entry,) = [e for e in environment if e.startswith(PEERS.encode() + b"=")]
+    return Path(entry.split(b"=", 1)[1].decode())
+
+
+@pytest.mark.parametrize("when", ["they serve", "they start"])
+async def test_workers_of_a_killed_supervisor_stop_quietly_and_leave_nothing(
+    tmp_path: Path, when: str
+) -> None:
+    """A SIGKILLed supervisor removes nothing: its workers stop by themselves, and used to
+    leave its directory of sockets in /tmp, one per such crash; a worker still starting
+    then died on a traceback (BrokenPipeError saying "ready")."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    if when == "they serve":
+        await server.start()
+        children = workers_of(server)
+    else:
+        server.spawn()
+        children = await children_of(server, 2, set())
+        await asyncio.sleep(0.3)  # importing, opening the store
+    directory = peers_directory(min(children))
+    server.kill()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while any(alive(pid) for pid in children):
+        assert loop.time() < deadline, "the workers outlived their supervisor"
+        await asyncio.sleep(0.1)
+    said = server.log.read_text()
+    assert "Traceback" not in said, said[-3000:]
+    assert not directory.exists(), list(directory.iterdir())

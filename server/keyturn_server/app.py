@@ -553,15 +553,16 @@ class App:
                 flushed = "usage counts flushed"
             except Exception as exc:
                 flushed = f"usage counts not flushed: {exc}"
+        if self._figures is not None and self.membership is not None:
+            role = self.membership.role
+            figures.withdraw(self._figures, figures.socket_path(role.peers, role.index))
+            self._figures = None
         if self.membership is not None:
             self.membership.stop()
         if self._guard is not None:
             self._guard.access.flush()
         if self.metrics is not None:
             self.metrics.close()
-        if self._figures is not None:
-            self._figures.close()
-            self._figures = None
         if self._maker is not None:
             self._maker.close()
         backend = ""

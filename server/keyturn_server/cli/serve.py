@@ -97,7 +97,12 @@ async def _serve(app: App) -> int:
     collector.settle_after_start()
     role = app.settings.worker
     if role is not None:
-        os.write(role.ready_fd, b"ready\n")
+        try:
+            os.write(role.ready_fd, b"ready\n")
+        except BrokenPipeError:  # the supervisor is gone (killed while this one started)
+            os.close(role.ready_fd)
+            await app.stop()
+            return 1
         os.set_blocking(role.ready_fd, False)  # a busy supervisor must not stall the loop
         watching = asyncio.ensure_future(_keep_in_touch(app, role.ready_fd, stop))
     else:

@@ -60,6 +60,13 @@ async def serve(path: Path, answers: Mapping[str, Answer]) -> asyncio.AbstractSe
     return await asyncio.start_unix_server(answer, path=str(path))
 
 
+def withdraw(server: asyncio.AbstractServer, path: Path) -> None:
+    """Stop answering on ``path`` and remove it (Python 3.11 leaves the file behind, and
+    an orphaned worker's directory is removed by nobody else)."""
+    server.close()
+    _remove(path)
+
+
 def fetch(path: Path, command: str) -> bytes | None:
     """Ask ``path`` for ``command`` (blocking: the supervisor's metrics thread); None if
     it does not answer within TIMEOUT."""

@@ -9,6 +9,7 @@ and LISTEN/NOTIFY fans out, so there is nothing to add.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -55,4 +56,11 @@ class Membership:
         return os.getppid() != self.role.supervisor
 
     def stop(self) -> None:
+        """Leave (this worker's sockets are gone by then: figures first, then here)."""
         self._peers.close()
+        if self.orphaned():
+            # A supervisor killed (SIGKILL) could not remove its private directory: the
+            # last of its workers to stop does. Any other worker's socket still in it
+            # makes this fail, and that worker tries in turn.
+            with contextlib.suppress(OSError):
+                self.role.peers.rmdir()
