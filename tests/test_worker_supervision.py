@@ -10,11 +10,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
 
+from keyturn.v1 import keys_pb2
 from keyturn_server.process.supervisor import MAX_CRASHES, Supervisor, _Worker
 from keyturn_server.process.worker import PEERS
 from keyturn_server.settings import Settings
+from tests.harness import Client
 from tests.process import ServerProcess
 from tests.test_workers import answers, workers_of
 
@@ -179,3 +182,36 @@ async def test_workers_of_a_killed_supervisor_stop_quietly_and_leave_nothing(
     said = server.log.read_text()
     assert "Traceback" not in said, said[-3000:]
     assert not directory.exists(), list(directory.iterdir())
+
+
+def children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+async def test_a_killed_workers_key_generation_processes_end_with_it(tmp_path: Path) -> None:
+    """RSA keys are made in a pool of processes (domain/generation.py). A worker killed
+    (by the supervisor for a hang, by the OOM killer) left them running for ever,
+    adopted by pid 1: the pool process and multiprocessing's resource tracker."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2", "--http-listen", "off")
+    await server.start()
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        pools: dict[int, set[int]] = {}
+        while not pools:  # a new connection each: the kernel spreads them
+            assert loop.time() < deadline, "no worker made an RSA key in a pool"
+            async with grpc.aio.insecure_channel(
+                server.address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                client = Client(channel, server.token())
+                await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="signing"))
+            pools = {w: kids for w in workers_of(server) if (kids := children(w))}
+        worker, pool = pools.popitem()
+        os.kill(worker, signal.SIGKILL)
+        deadline = loop.time() + 10
+        while any(alive(pid) for pid in pool):
+            assert loop.time() < deadline, f"still running: {[p for p in pool if alive(p)]}"
+            await asyncio.sleep(0.1)
+    finally:
+        if server.process is not None:
+            server.terminate()
