@@ -8,8 +8,9 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
-from keyturn.v1 import handles_pb2, resources_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, resources_pb2
 from keyturn_server.domain import tokens
 from tests.harness import Client, Harness, fails
 
@@ -236,20 +237,29 @@ async def test_an_address_in_another_spelling_is_the_same_address(
 
 
 @pytest.mark.parametrize("ip", ["definitely not an ip", "10.0.0.1, 10.0.0.2", "10.0.0.256"])
-async def test_a_context_ip_that_is_no_address_is_invalid_argument(
+async def test_a_context_ip_that_is_no_address_is_refused_at_issuance(
     server: Harness, ip: str
 ) -> None:
     issuing = await fails(issue(server.admin, "session", context={"ip": ip}))
-    issued = await issue(server.admin, "session")
-    validating = await fails(
-        server.admin.handles.ValidateHandle(
-            R.ValidateHandleRequest(token=issued.token, context={"ip": ip})
-        )
-    )
 
-    for failure in (issuing, validating):
-        assert failure.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert failure.reason == "INVALID_CONTEXT_IP" and "context['ip']" in failure.violations
+    assert issuing.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert issuing.reason == "INVALID_CONTEXT_IP" and "context['ip']" in issuing.violations
+
+
+async def test_a_handle_bound_to_text_that_is_no_address_keeps_matching_it(
+    server: Harness,
+) -> None:
+    """As handles bound before addresses were checked are: refusing the text on every
+    validation would lock their owners out for the handles' lives."""
+    issued = await issue(server.admin, "session", context={})
+    legacy = {"ip": "10.0.0.1:5000", "user_agent": "UA"}
+    assert (await validate(server.admin, issued.token, legacy)).valid  # bound at first use
+
+    again = await validate(server.admin, issued.token, legacy)
+    moved = await validate(server.admin, issued.token, {"ip": "10.0.0.1", "user_agent": "UA"})
+
+    assert again.valid
+    assert moved.reason == R.VALIDATION_REASON_CONTEXT_MISMATCH
 
 
 async def test_the_rate_limit_applies_per_handle_per_minute(server: Harness) -> None:
@@ -303,6 +313,38 @@ async def test_a_second_rotation_ends_the_grace_of_every_secret_before_the_previ
     leaked = await validate(server.admin, issued.token)  # inside the grace it had
     assert not leaked.valid and leaked.reason == R.VALIDATION_REASON_SUPERSEDED
     assert [a.kind for a in leaked.anomalies] == [resources_pb2.ANOMALY_KIND_TOKEN_REUSE]
+
+
+async def test_the_schedulers_rotations_leave_each_secret_its_own_grace(server: Harness) -> None:
+    """A type may give a grace longer than its rotation interval (owners offline that
+    long collect one successor after another): only a caller's RotateHandle ends older
+    graces."""
+    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
+    slow = admin_pb2.HandleTypeConfig(
+        algorithm="sha256",
+        handle_length=32,
+        rotation_interval=duration_pb2.Duration(seconds=60),
+        warning_threshold=duration_pb2.Duration(seconds=10),
+        max_lifetime=duration_pb2.Duration(seconds=3600),
+        max_usage=100,
+        grace_period=duration_pb2.Duration(seconds=600),
+    )
+    await server.admin.admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(handle_types={"slow-owner": slow}),
+            update_mask={"paths": ["handle_types.slow-owner"]},
+            etag=config.etag,
+        )
+    )
+    issued = await issue(server.admin, "slow-owner")
+
+    await server.advance(timedelta(seconds=61))
+    await server.advance(timedelta(seconds=61))  # two automatic rotations
+    first = await validate(server.admin, issued.token)
+
+    handle = await server.admin.handles.GetHandle(R.GetHandleRequest(handle_id=issued.handle.id))
+    assert handle.generation == 3
+    assert first.valid and first.rotated
 
 
 async def test_rotations_in_a_row_leave_two_live_secrets(server: Harness) -> None:

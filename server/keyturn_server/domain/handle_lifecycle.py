@@ -3,7 +3,7 @@ or the scheduler's), the successors it seals for the owner, warnings, expiry and
 of a grace period. Each step runs inside the caller's unit of work and journals itself.
 
 Rotation is dual-phase: the new secret is issued and the previous one validates (with
-rotated=true) until its grace ends; a secret older than that one stops at once. An
+rotated=true) until its grace ends; a caller's rotation stops any older one at once. An
 automatic rotation seals the successor twice: once on the superseded secret, so that its
 holder can collect it with RotateHandle, and once on the ROTATED event, for the owner's
 WatchExpiring stream.
@@ -75,10 +75,13 @@ class HandleLifecycle:
                         old, superseded_time=now, grace_until=grace_until, sealed_token=sealed
                     )
                 )
-            elif old.grace_until is not None and old.grace_until > now:
-                # Only the secret just superseded keeps a grace period. Before, each earlier
-                # one kept its own, so rotating twice (an owner who suspects a leak) left
-                # the leaked secret valid, and N rotations in a row left N+1 live secrets.
+            elif not deliver and old.grace_until is not None and old.grace_until > now:
+                # A caller's rotation leaves a grace to the secret it supersedes only.
+                # Before, each earlier one kept its own, so rotating twice (an owner who
+                # suspects a leak) left the leaked secret valid, and N rotations in a row
+                # left N+1 live secrets. The scheduler's rotations keep each its grace: a
+                # type's grace may outlast its rotation interval, for owners offline that
+                # long, who collect their successors one generation after another.
                 repo.update_secret(dataclasses.replace(old, grace_until=now, sealed_token=None))
         repo.insert_secret(HandleSecret(digest, handle.id, generation, now))
         rotate, warn = handle_deadlines(now, handle.expire_time, handle.schedule)

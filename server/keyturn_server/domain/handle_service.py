@@ -123,7 +123,7 @@ class HandleService:
             raise InvalidArgument(
                 f"unknown handle type {limits.quote(type_name)}; one of {known}", field="type"
             )
-        context = _normalise(context)
+        context = _normalise(context, issuing=True)
         token = tokens.new_token(type_name, handle_type.handle_length)
         digest = self._keyring.digest(token, handle_type.algorithm)
         handle_id = new_id("hdl")
@@ -444,22 +444,26 @@ class _Refusal:
     decision: Decision
 
 
-def _normalise(context: dict[str, str]) -> dict[str, str]:
-    """The specification's clients send userAgent; the API's name is user_agent. The ip
-    must be an address, and is kept in one spelling (handles.canonical_ip)."""
+def _normalise(context: dict[str, str], issuing: bool = False) -> dict[str, str]:
+    """The specification's clients send userAgent; the API's name is user_agent. An ip
+    that is an address is kept in one spelling (handles.canonical_ip). One that is not
+    is refused when a handle is issued; on later presentations it is kept as given, as
+    before addresses were checked, so that a handle bound to such text then still
+    matches it (refusing it would lock its owner out for the handle's life)."""
     result = dict(context)
     if "userAgent" in result and "user_agent" not in result:
         result["user_agent"] = result.pop("userAgent")
     ip = result.get("ip")
     if ip:
         canonical = canonical_ip(ip)
-        if canonical is None:
+        if canonical is not None:
+            result["ip"] = canonical
+        elif issuing:
             raise InvalidArgument(
                 f"{limits.quote(ip)} is not an IPv4 or IPv6 address",
                 field="context['ip']",
                 reason="INVALID_CONTEXT_IP",
             )
-        result["ip"] = canonical
     return result
 
 

@@ -422,8 +422,9 @@ def canonical_ip(text: str) -> str | None:
 
 
 def _same_ip(bound: str | None, seen: str | None) -> bool:
-    """``seen`` is canonical (the service checks it); a bound address stored before
-    addresses were made canonical is compared in its canonical spelling."""
+    """``seen`` is canonical when it is an address (the service sees to it); a bound
+    address stored before addresses were made canonical is compared in its canonical
+    spelling, and bound text that is no address only as it was given."""
     if bound == (seen or None):
         return True
     return bound is not None and seen is not None and canonical_ip(bound) == seen
