@@ -140,32 +140,36 @@ class Validator:
 
     def _lookup(
         self, repo: Repository, presented: Sequence[Presented]
-    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
+    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], dict[int, list[bytes]]]:
+        """The secrets found, and the other digests of the items (by index) that had to
+        be looked up again."""
         found = repo.secrets_with_handles([d for p in presented for d in p.digests])
         # A handle issued before its type's algorithm changed (token_digests.py): only
-        # tokens that matched nothing pay for the other digests.
-        again = [
-            p for p in presented if p.token is not None and not any(d in found for d in p.digests)
-        ]
-        for item in again:
-            assert item.token is not None
-            item.digests = item.digests + self._other_digests(item.token)
-        if again:
-            found.update(repo.secrets_with_handles([d for p in again for d in p.digests]))
-        return found
+        # tokens that matched nothing pay for the other digests, and only those of a
+        # type still configured have any.
+        others: dict[int, list[bytes]] = {}
+        for index, item in enumerate(presented):
+            if item.token is not None and not any(d in found for d in item.digests):
+                more = self._other_digests(item.token)
+                if more:
+                    others[index] = more
+        if others:
+            found.update(repo.secrets_with_handles([d for ds in others.values() for d in ds]))
+        return found, others
 
     def _decide_all(
         self, repo: Repository, presented: Sequence[Presented]
     ) -> list[Decision | None]:
-        found = self._lookup(repo, presented)
+        found, others = self._lookup(repo, presented)
         now = self._clock.now()
         minute = to_micros(now) // (WINDOW_SECONDS * 1_000_000)
         policies = self._config.current.policies
         #: handle id -> (as read, as the decisions so far left it)
         touched: dict[str, tuple[Handle, Handle]] = {}
         decisions: list[Decision | None] = []
-        for item in presented:
-            hit = next((found[d] for d in item.digests if d in found), None)
+        for index, item in enumerate(presented):
+            digests = others.get(index, item.digests)
+            hit = next((found[d] for d in digests if d in found), None)
             if hit is None:
                 decisions.append(None)
                 continue
