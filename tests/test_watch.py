@@ -277,6 +277,12 @@ async def test_a_revoked_callers_stream_ends_before_a_rotated_secret_reaches_it(
     assert not any(e.token for e in delivered), "a rotated secret reached a revoked caller"
     assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "revoked or expired" in (error.details() or "")
+    refused = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(action="auth.failure")
+    )
+    assert [(e.resource_id, e.details["why"]) for e in refused.events] == [
+        ("/keyturn.v1.HandleService/WatchExpiring", "CREDENTIALS_REVOKED")
+    ]
 
 
 async def test_an_idle_stream_of_a_revoked_caller_ends_at_its_next_check(

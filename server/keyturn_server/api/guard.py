@@ -221,7 +221,12 @@ class Guard:
             standing = _Standing(self._auth, caller, who)
             async with contextlib.aclosing(behavior(request)) as messages:
                 async for message in messages:
-                    standing.check(message)
+                    try:
+                        standing.check(message)
+                    except Unauthenticated as exc:
+                        # Audited as a refused login would be: the credential was used.
+                        await self._auth.audit_failure(caller, method, exc)
+                        raise
                     yield message
         except KeyturnError as exc:
             code = code_of(exc)
