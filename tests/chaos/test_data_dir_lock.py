@@ -5,14 +5,18 @@ first (which, before, took half the connections and ran a second scheduler)."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from keyturn_server.process import lock as lock_module
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from tests.harness import MASTER_KEY
 from tests.process import ServerProcess, free_port
@@ -106,6 +110,28 @@ async def test_deleting_the_lock_file_does_not_let_a_second_server_in(
     again = ServerProcess(tmp_path / "data", "--http-listen", "off")
     await again.start()
     assert again.terminate() == 0
+
+
+def test_where_directories_cannot_be_locked_the_lock_file_still_guards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NFS and some FUSE mounts refuse flock on a directory: the server still starts."""
+    real = fcntl.flock
+
+    def no_directory_locks(fd: int, operation: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "no locks on directories here")
+        real(fd, operation)
+
+    monkeypatch.setattr(lock_module.fcntl, "flock", no_directory_locks)
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    try:
+        assert len(first.fds) == 1
+        with pytest.raises(DataDirInUse):
+            DataDirLock(tmp_path).acquire()
+    finally:
+        first.release()
 
 
 async def test_a_killed_server_leaves_no_stale_lock(tmp_path: Path) -> None:

@@ -33,29 +33,31 @@ class DataDirLock:
         self._dir_fd: int | None = None
 
     @property
-    def fds(self) -> tuple[int, int]:
-        """The open lock file and directory, for processes that must keep them locked."""
-        assert self._fd is not None and self._dir_fd is not None, "not locked"
-        return self._fd, self._dir_fd
+    def fds(self) -> tuple[int, ...]:
+        """The open lock file (and directory), for processes that must keep them locked."""
+        assert self._fd is not None, "not locked"
+        return (self._fd,) if self._dir_fd is None else (self._fd, self._dir_fd)
 
     def acquire(self) -> None:
         """Take the lock or raise DataDirInUse naming the holder's pid."""
         directory = self.path.parent
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        dir_fd: int | None = None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            dir_fd = _lock_directory(directory)
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            os.close(dir_fd)
             who = f"pid {holder}" if holder else "another process: its lock file was deleted"
             raise DataDirInUse(
                 f"the data directory {directory} is in use by another Keyturn server "
                 f"({who}); stop it first, or give this one another --data-dir"
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd, self._dir_fd = fd, dir_fd
@@ -76,6 +78,25 @@ class DataDirLock:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def _lock_directory(directory: Path) -> int | None:
+    """The directory, open and locked; None where its filesystem cannot lock directories
+    (NFS, some FUSE mounts): the lock file alone guards it there, as before. Raises
+    BlockingIOError when another server holds it."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(dir_fd)
+        raise
+    except OSError:
+        os.close(dir_fd)
+        return None
+    return dir_fd
 
 
 def _read_pid(fd: int) -> int | None:
