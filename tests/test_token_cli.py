@@ -14,6 +14,8 @@ import grpc
 import pytest
 
 from keyturn.v1 import keys_pb2
+from keyturn_server.cli import local
+from keyturn_server.domain.access import Role
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 from tests.test_backup import keyturn as run_keyturn
 
@@ -102,3 +104,15 @@ def test_a_store_that_cannot_be_opened_is_said_in_one_line(
     assert said.returncode == 1, said.stdout
     assert said.stderr.count("\n") == 1 and "Traceback" not in said.stderr, said.stderr
     assert said.stderr.startswith(f"keyturn {command[0]}: ")
+
+
+def test_an_operator_without_a_user_name_is_named_by_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container run as an arbitrary uid has no passwd entry: getpass raises KeyError,
+    and the token and master-key commands ended in a traceback."""
+
+    def no_user() -> str:
+        raise KeyError("getpwuid(): uid not found")
+
+    monkeypatch.setattr(local.getpass, "getuser", no_user)
+    operator = local.local_operator()
+    assert operator.name == f"local:uid-{os.getuid()}" and operator.role is Role.ADMIN

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from keyturn_server.bootstrap import open_store
+from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.repositories import Store
 from keyturn_server.process import hardening
 from keyturn_server.settings import Settings
@@ -18,6 +20,17 @@ from keyturn_server.settings import Settings
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="data directory (DATA_DIR, KEY_STORAGE_PATH; ./data)")
     parser.add_argument("--store", help="postgresql://... when the server uses PostgreSQL")
+
+
+def local_operator() -> Principal:
+    """The operator running a command on the data directory, as the audit log names it.
+    A uid without a passwd entry (a container run as an arbitrary uid) has no user name:
+    getpass raised KeyError there and the command ended in a traceback."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid-{os.getuid()}"
+    return Principal(f"local:{user}", Role.ADMIN, "local")
 
 
 def local_settings(args: argparse.Namespace, master_key: str | None) -> Settings:

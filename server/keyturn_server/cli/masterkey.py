@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import os
 import sys
 from typing import Any
 
 from keyturn_server.bootstrap import unlock
-from keyturn_server.cli.local import add_location_arguments, local_settings, opened
+from keyturn_server.cli.local import (
+    add_location_arguments,
+    local_operator,
+    local_settings,
+    opened,
+)
 from keyturn_server.clock import SystemClock
 from keyturn_server.crypto.master import MasterKeyError, new_salt, parse_master_key
-from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.journal import Journal, Resource
@@ -70,7 +73,7 @@ async def _rotate(settings: Settings, following: str) -> int:
 
         # The audit key does not change with the master key: the chain goes on.
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), lambda _: None), SystemClock())
-        operator = Principal(f"local:{getpass.getuser()}", Role.ADMIN, "local")
+        operator = local_operator()
 
         def audit(repo: Repository, action: str, report: RotationReport) -> None:
             journal.audit(
@@ -82,7 +85,7 @@ async def _rotate(settings: Settings, following: str) -> int:
                     "generation": str(report.generation),
                     "old_master_key": report.retired,
                     "new_master_key": report.current,
-                    "resealed": str(report.resealed),
+                    **({"resealed": str(report.resealed)} if action == "keyring.rotate" else {}),
                 },
             )
 

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import os
 import sys
 from typing import Any
 
 from keyturn_server.bootstrap import unlock
-from keyturn_server.cli.local import add_location_arguments, local_settings, opened
+from keyturn_server.cli.local import (
+    add_location_arguments,
+    local_operator,
+    local_settings,
+    opened,
+)
 from keyturn_server.clock import SystemClock
 from keyturn_server.crypto.master import MasterKeyError
-from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.access import Role
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
@@ -55,7 +59,7 @@ async def _run(args: argparse.Namespace) -> int:
         clock = SystemClock()
         journal = Journal(AuditLog(AuditChain(keyring.audit_key), lambda _: None), clock)
         service = AccessTokenService(store, keyring, journal, clock)
-        operator = Principal(f"local:{getpass.getuser()}", Role.ADMIN, "local")
+        operator = local_operator()
         if args.action == "create":
             _, secret = await service.create(
                 operator, args.name, Role(args.role.upper()), args.ttl, ""
