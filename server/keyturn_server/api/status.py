@@ -56,7 +56,7 @@ def internal_status(ref: str) -> status_pb2.Status:
 #: and a client refuses trailers past 8 KiB at random and past 16 KiB always: a status
 #: beyond that reached the caller as RESOURCE_EXHAUSTED "Stream removed" instead of
 #: what went wrong (an UpdateConfig with hundreds of mistakes, or echoing a long value).
-STATUS_BUDGET = 4000
+STATUS_BUDGET = 3500
 #: The most UTF-8 bytes of a status message (percent-encoded in grpc-message: up to 3x).
 MESSAGE_BUDGET = 1000
 #: The most characters of a violation's field, of its description, of a metadata value.
@@ -80,7 +80,8 @@ def status_of(error: errors.KeyturnError) -> status_pb2.Status:
         code=getattr(code_pb2, code.name), message=_clipped(error.message), details=details
     )
     if isinstance(error, errors.InvalidArgument) and error.violations:
-        room = STATUS_BUDGET - status.ByteSize()
+        # The Any that carries it takes its type URL and tags too.
+        room = STATUS_BUDGET - status.ByteSize() - _ANY_OVERHEAD
         request = error_details_pb2.BadRequest()
         for v in error.violations:
             violation = request.field_violations.add(
@@ -90,8 +91,12 @@ def status_of(error: errors.KeyturnError) -> status_pb2.Status:
             if request.ByteSize() > room:
                 request.field_violations.remove(violation)
                 break
-        status.details.append(_pack(request))
+        if request.field_violations:
+            status.details.append(_pack(request))
     return status
+
+
+_ANY_OVERHEAD = _pack(error_details_pb2.BadRequest()).ByteSize() + 8
 
 
 def _clipped(message: str) -> str:

@@ -114,7 +114,7 @@ class AuditService:
         if head is not None and head.problem:
             broken, problem = head.sequence or 1, head.problem
         elif head is not None:
-            newest = repo.list_audit(AuditQuery(descending=True), None, 1).items
+            newest = repo.list_audit(AuditQuery(descending=True), None, 1, total=0).items
             last = newest[0] if newest else None
             if last is None or last.sequence != head.sequence or last.hash.hex() != head.hash_hex:
                 broken = head.sequence
