@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from keyturn.v1 import keys_pb2
+from keyturn_server.process import supervisor as supervision
 from keyturn_server.process.supervisor import MAX_CRASHES, Supervisor, _Worker
 from keyturn_server.process.worker import PEERS
 from keyturn_server.settings import Settings
@@ -84,6 +85,28 @@ async def test_workers_killed_for_hanging_are_not_counted_as_crashes() -> None:
     finally:
         for write in writers:
             os.close(write)
+
+
+async def test_a_worker_stuck_starting_is_killed_and_restarted_as_hung(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, one that never said it serves was left running, unwatched and never
+    replaced."""
+    monkeypatch.setattr(supervision, "START_TIMEOUT", 0.3)
+    supervisor = Supervisor(Settings(workers=2), [])
+    stuck = await asyncio.create_subprocess_exec("sleep", "60")
+    worker = _Worker(0, process=stuck)
+    read, write = os.pipe()  # its "ready" never comes
+    try:
+        assert not await supervisor._ready(worker, read)
+        assert await asyncio.wait_for(stuck.wait(), 5) == -signal.SIGKILL
+        assert worker.hung
+        assert supervisor._crashed(worker, 0.0) and worker.restart_at is not None
+    finally:
+        os.close(write)
+        if stuck.returncode is None:
+            stuck.kill()
+            await stuck.wait()
 
 
 async def children_of(server: ServerProcess, count: int, besides: set[int]) -> set[int]:

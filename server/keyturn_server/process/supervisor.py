@@ -176,6 +176,7 @@ class Supervisor:
             )
         except TimeoutError:
             said = b""
+            self._kill_unstarted(worker)
         if not said.startswith(b"ready"):
             os.close(ready_read)
             return False
@@ -183,6 +184,24 @@ class Supervisor:
         worker.pipe, worker.heard = ready_read, time.monotonic()
         loop.add_reader(ready_read, self._hear, worker)
         return True
+
+    def _kill_unstarted(self, worker: _Worker) -> None:
+        """A worker still starting after START_TIMEOUT is stuck (a lock it waits for, a
+        hung import): killed, the loop restarts it as one that hung. Before, it was left
+        running, never listened to again and never replaced: its share of the server was
+        gone until the next restart of the whole server."""
+        process = worker.process
+        if process is None or process.returncode is not None:
+            return
+        log.error(
+            "worker %d did not start within %.0f s; killing it",
+            worker.index,
+            START_TIMEOUT,
+            extra={"category": "error", "worker": worker.index, "pid": process.pid},
+        )
+        worker.hung = True
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
 
     def _hear(self, worker: _Worker) -> None:
         pipe = worker.pipe
