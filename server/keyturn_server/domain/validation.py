@@ -53,7 +53,7 @@ class Presented:
     seen: Presentation
     principal: Principal
     #: The token, for its digests under the other algorithms when these find nothing.
-    token: ParsedToken | None = None
+    token: ParsedToken
 
 
 def _answered_early(item: Presented, result: Decision | None) -> bool:
@@ -70,7 +70,7 @@ class Validator:
         config: ConfigService,
         journal: Journal,
         clock: Clock,
-        other_digests: Callable[[ParsedToken], list[bytes]] = lambda _: [],
+        other_digests: Callable[[ParsedToken], list[bytes]],
     ):
         self._store = store
         self._other_digests = other_digests
@@ -149,7 +149,7 @@ class Validator:
         # type still configured have any.
         others: dict[int, list[bytes]] = {}
         for index, item in enumerate(presented):
-            if item.token is not None and not any(d in found for d in item.digests):
+            if not any(d in found for d in item.digests):
                 more = self._other_digests(item.token)
                 if more:
                     others[index] = more
