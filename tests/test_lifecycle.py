@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_p
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain import lifecycle
 from keyturn_server.domain.events import Event, EventKind
+from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.repositories import SealedKind
 from tests.harness import Harness, fails
 from tests.test_listeners import settings
@@ -160,6 +162,43 @@ async def test_keys_missed_warnings_and_rotations_are_caught_up_in_deadline_orde
         (second.id, "EXPIRING"),
         (second.id, "ROTATED"),
     ]
+
+
+async def test_a_catch_up_storm_lets_other_calls_in_every_few_deadlines(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit of the scheduler's work runs on the event loop, and nothing else is served
+    while it does: hundreds of handles' missed warnings and rotations are acted on a few
+    at a time, not a hundred (about a millisecond each) in one go."""
+    made = [
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+        for _ in range(150)
+    ]  # rotate 5 min, warn 1 min ahead
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    server.clock.advance(timedelta(minutes=6))  # 150 warnings and 150 rotations due
+
+    since_turn = most = 0
+
+    def counted(step: Callable[..., bool]) -> Callable[..., bool]:
+        def act(*args: object) -> bool:
+            nonlocal since_turn, most
+            since_turn += 1
+            most = max(most, since_turn)
+            return step(*args)
+
+        return act
+
+    monkeypatch.setattr(HandleLifecycle, "warn", counted(HandleLifecycle.warn))
+    monkeypatch.setattr(HandleLifecycle, "rotate_due", counted(HandleLifecycle.rotate_due))
+    settling = asyncio.ensure_future(server.settle())
+    while not settling.done():
+        since_turn = 0
+        await asyncio.sleep(0)
+    await settling
+    assert most <= lifecycle.UNIT
+    kinds = [e.kind.value for e in await log(server) if e.kind is not EventKind.CREATED]
+    assert sorted(kinds) == ["EXPIRING"] * len(made) + ["ROTATED"] * len(made)
 
 
 async def test_handles_rotate_automatically_and_the_old_secret_has_a_grace(

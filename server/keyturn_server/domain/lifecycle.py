@@ -68,6 +68,12 @@ KINDS = (
 _RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 #: Key rotation makes new material outside the unit of work, so each is a unit alone.
 _ALONE = (K.KEY_ROTATE, K.KEY_EXPIRE)
+#: The most deadlines acted on in one unit of work. A unit runs on the event loop and
+#: nothing else is served while it does: a handle's rotation costs about a millisecond
+#: (two seals, a digest, an event and a chained audit entry), so a catch-up of thousands
+#: in units of a whole batch held every validation for a hundred milliseconds and more.
+#: Each unit commits on its own, or with the calls that arrived meanwhile.
+UNIT = 16
 
 
 def in_deadline_order(batches: list[list[Overdue]], limit: int) -> list[Overdue]:
@@ -88,8 +94,11 @@ def _units(items: list[Overdue]) -> Iterator[list[Overdue]]:
                 yield unit
                 unit = []
             yield [item]
-        else:
-            unit.append(item)
+            continue
+        unit.append(item)
+        if len(unit) == UNIT:
+            yield unit
+            unit = []
     if unit:
         yield unit
 
