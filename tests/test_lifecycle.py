@@ -120,6 +120,47 @@ async def test_a_deadline_missed_while_down_is_handled_once_at_start(server: Har
     ).primary_version == 2
 
 
+async def test_more_handles_than_a_batch_that_ended_while_down_all_expire(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their warnings and rotations are due before their expiries, and are no longer
+    made (the handles' lives are over): each handle expires instead, so a batch of them
+    does not keep the scheduler from the expiries and everything after them."""
+    monkeypatch.setattr(lifecycle, "BATCH", 3)
+    made = [
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+        for _ in range(5)
+    ]  # warn 4 min, rotate 5 min, lifetime 30 min
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))).key
+    await server.stop()
+    server.clock.advance(8 * DAY)
+    await server.start()
+    await server.settle()
+    for handle in made:
+        assert await kinds_for(server, handle.handle.id) == ["CREATED", "EXPIRED"]
+    assert await kinds_for(server, key.id) == ["CREATED", "EXPIRING", "ROTATED"]
+
+
+async def test_more_keys_than_a_batch_whose_primaries_ended_while_down_are_replaced(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their warnings are due first and are moot (the primaries' lives are over): they
+    are dropped, so that the rotations that replace the primaries come."""
+    monkeypatch.setattr(lifecycle, "BATCH", 3)
+    made = [
+        (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))).key
+        for _ in range(5)
+    ]  # warn 6 d, rotate 7 d, lifetime 30 d
+    await server.stop()
+    server.clock.advance(31 * DAY)
+    await server.start()
+    await server.settle()
+    for key in made:
+        assert await kinds_for(server, key.id) == ["CREATED", "ROTATED", "EXPIRED"]
+        now = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+        assert now.primary_version == 2 and now.status == resources_pb2.KEY_STATUS_ACTIVE
+
+
 async def test_a_missed_warning_and_rotation_are_caught_up_one_by_one_in_order(
     server: Harness,
 ) -> None:

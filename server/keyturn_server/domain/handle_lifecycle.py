@@ -156,8 +156,10 @@ class HandleLifecycle:
         handle = repo.get_handle(handle_id, for_update=True)
         if handle is None or handle.state is not HandleState.ACTIVE:
             return False
-        if handle.rotate_time > now or handle.expire_time <= now:
+        if handle.rotate_time > now:
             return False
+        if handle.expire_time <= now:
+            return self.expire(repo, handle_id, now)  # caught up late: it expires instead
         if handle.rotate_time >= handle.expire_time:
             return False
         self.rotate(repo, handle, by=SYSTEM, user_id="", reason="scheduled", deliver=True)
@@ -188,7 +190,11 @@ class HandleLifecycle:
         if handle.notify_time is None or handle.notify_time > now:
             return False
         if handle.expire_time <= now:
-            return False  # past its end of life (caught up late): it expires, unwarned
+            # Past its end of life (caught up late): it expires, unwarned. Expired here,
+            # as a late rotation is: left as it was, its warning (and rotation) stayed due
+            # ahead of its expiry, and a batch of such handles kept the scheduler from
+            # reaching any later deadline, spinning on them for good.
+            return self.expire(repo, handle_id, now)
         # What the warning announces is judged from when its window opened, so that one
         # sent late (caught up after a scheduler outage) names the deadline it was for.
         opened = handle.notify_time

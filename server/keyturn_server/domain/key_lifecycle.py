@@ -151,7 +151,11 @@ class KeyLifecycle:
         if key.notify_time is None or key.notify_time > now:
             return False
         if key.expire_time <= now:
-            return False  # its primary's life is over (caught up late): replaced, unwarned
+            # Its primary's life is over (caught up late): replaced or expired, unwarned.
+            # The warning is dropped, not left due: a batch of them, due ahead of the
+            # rotations that replace the primaries, kept the scheduler spinning on them.
+            repo.update_key(dataclasses.replace(key, notify_time=None))
+            return True
         # Judged from when the window opened: a warning caught up late names its deadline.
         deadline = warning_deadline(key, key.notify_time)
         again: datetime | None = None
