@@ -98,6 +98,42 @@ async def test_without_enforced_rotation_a_key_warns_twice_then_expires(server: 
     assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
 
 
+async def test_a_rotation_announced_then_no_longer_enforced_leaves_the_expiry_announced(
+    server: Harness,
+) -> None:
+    """An operator turns enforced rotation off after the warning of a rotation went out:
+    the rotation is not made, and the expiry that now comes is announced."""
+    handle = (
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    ).handle  # warn 1 min ahead of its rotation (5 min) and of its expiry (30 min)
+    await server.advance(timedelta(minutes=4))
+    await server.set_policies(enforce_rotation=False)
+    for _ in range(26):
+        await server.advance(timedelta(minutes=1))
+    events = [e for e in await log(server) if e.subject_id == handle.id]
+    assert [e.kind.value for e in events] == ["CREATED", "EXPIRING", "EXPIRING", "EXPIRED"]
+    assert events[1].reason.startswith("rotation at ")
+    assert events[2].reason.startswith("expiry at ")
+
+    await server.set_policies(enforce_rotation=True)
+    key = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    ).key  # warn 2 h ahead of its rotation (24 h) and of its expiry (7 d)
+    await server.advance(timedelta(hours=22))
+    await server.set_policies(enforce_rotation=False)
+    await server.advance(7 * DAY - timedelta(hours=24))
+    await server.advance(timedelta(hours=2))
+    events = [e for e in await log(server) if e.subject_id == key.id]
+    assert [e.kind.value for e in events] == [
+        "CREATED",
+        "EXPIRING",
+        "EXPIRING",
+        "EXPIRED",
+        "EXPIRED",
+    ]
+    assert events[2].reason.startswith("expiry at ")
+
+
 async def test_a_deadline_missed_while_down_is_handled_once_at_start(server: Harness) -> None:
     key = (
         await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))

@@ -201,8 +201,14 @@ class HandleLifecycle:
         rotating = handle.rotate_time > opened and handle.rotate_time < handle.expire_time
         deadline = handle.rotate_time if rotating else handle.expire_time
         again: datetime | None = None
-        if rotating and not self._config.current.policies.enforce_rotation:
+        if rotating:
+            # The expiry's own warning follows, for when the rotation is not made. While
+            # rotation is enforced it is not before the rotation, which comes first and
+            # sets the next warning: so one turned off after this warning (an operator
+            # during an incident) still leaves the expiry announced, not unwarned.
             again = handle.expire_time - handle.schedule.warning_threshold
+            if self._config.current.policies.enforce_rotation:
+                again = max(again, handle.rotate_time)
             again = again if again > opened else None
         repo.update_handle(handle, dataclasses.replace(handle, notify_time=again))
         what = "rotation" if rotating else "expiry"

@@ -159,8 +159,12 @@ class KeyLifecycle:
         # Judged from when the window opened: a warning caught up late names its deadline.
         deadline = warning_deadline(key, key.notify_time)
         again: datetime | None = None
-        if not self._config.current.policies.enforce_rotation and deadline < key.expire_time:
+        if deadline < key.expire_time:
+            # The expiry's own warning follows, not before an enforced rotation (which
+            # sets the next one): a rotation no longer enforced leaves it announced.
             again = key.expire_time - key.schedule.warning_threshold
+            if self._config.current.policies.enforce_rotation:
+                again = max(again, deadline)
         repo.update_key(dataclasses.replace(key, notify_time=again))
         kind = "rotation" if deadline < key.expire_time else "expiry"
         self._journal.event(
