@@ -327,6 +327,37 @@ async def test_handles_expire_and_exhaust_with_one_event_each(server: Harness) -
     ) == 1  # exhausted, then expired
 
 
+@pytest.mark.parametrize(
+    ("removed_at", "expected"),
+    [
+        (
+            timedelta(hours=21),
+            ["CREATED", "REMOVED", "RESTORED", "EXPIRING", "ROTATED"],
+        ),
+        (
+            timedelta(hours=22, minutes=30),
+            ["CREATED", "EXPIRING", "REMOVED", "RESTORED", "ROTATED"],
+        ),
+    ],
+    ids=["removed-before-its-warning", "removed-after-its-warning"],
+)
+async def test_a_key_restored_inside_its_warning_window_is_warned_once(
+    server: Harness, removed_at: timedelta, expected: list[str]
+) -> None:
+    key = (
+        await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+    ).key  # warn 22 h, rotate 24 h
+    await server.advance(removed_at)
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
+    await server.advance(timedelta(hours=23) - removed_at)
+    await server.admin.keys.RestoreKey(keys_pb2.RestoreKeyRequest(key_id=key.id))
+    await server.advance(timedelta(minutes=1))
+    await server.advance(timedelta(hours=1))
+    assert await kinds_for(server, key.id) == expected
+    warning = next(e for e in await log(server) if e.kind is EventKind.EXPIRING)
+    assert warning.reason == f"rotation at {(key.create_time.ToDatetime() + DAY).isoformat()}+00:00"
+
+
 async def test_key_destruction_completes_after_the_waiting_period(server: Harness) -> None:
     await server.restart(destroy_delay=timedelta(hours=1))
     key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="signing"))).key

@@ -283,7 +283,8 @@ class KeyService:
                 state=KeyState.REMOVED,
                 restore_state=key.state,
                 destroy_time=now + self.destroy_delay,
-                notify_time=None,
+                # notify_time is kept (the scheduler passes removed keys by): a restore
+                # brings back the warning still owed, and only that.
             )
             repo.update_key(removed)
             self._journal.event(
@@ -336,7 +337,7 @@ class KeyService:
                 state=key.restore_state or KeyState.ACTIVE,
                 restore_state=None,
                 destroy_time=None,
-                notify_time=key.warn_time if key.warn_time and key.warn_time > now else None,
+                notify_time=_owed_warning(key, now),
             )
             repo.update_key(restored)
             self._journal.event(repo, EventKind.RESTORED, restored, reason=reason or "restored")
@@ -392,3 +393,13 @@ class KeyService:
 
 def _iso(when: datetime | None) -> str:
     return "" if when is None else when.isoformat()
+
+
+def _owed_warning(removed: Key, now: datetime) -> datetime | None:
+    """When a restored key's next warning is due: the one it still owed when removed
+    (at once if its time passed meanwhile, naming the deadline it was for). Before, a
+    key removed ahead of its warning window and restored inside it was never warned.
+    Removal used to clear it: for a key removed so, the window's start if still ahead."""
+    if removed.notify_time is not None:
+        return removed.notify_time
+    return removed.warn_time if removed.warn_time and removed.warn_time > now else None
