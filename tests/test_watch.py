@@ -4,6 +4,7 @@ their owner, heartbeats, and slow subscribers that cannot hold anyone back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +16,11 @@ import pytest
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
+from keyturn_server.domain import watch
+from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.errors import OutOfRange
+from keyturn_server.domain.events import Subject
+from keyturn_server.domain.watch import WatchRequest
 from tests.harness import Client, Harness, fails
 
 E = events_pb2
@@ -155,6 +161,37 @@ async def test_a_resume_point_older_than_retention_is_out_of_range(server: Harne
     [event] = await collect(fresh, 1)
     assert event.sequence == 4
     fresh.cancel()
+
+
+async def test_events_pruned_while_a_replay_reads_end_it_out_of_range_not_skipped(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retention passes events a resumed stream has not replayed yet (a server started
+    after a long stop prunes what its first subscribers replay): the stream ends with
+    OUT_OF_RANGE where it stands, instead of going on after the gap."""
+    monkeypatch.setattr(watch, "REPLAY_BATCH", 2)
+    await make_events(server.admin, 5)  # sequences 1-5
+    server.clock.advance(timedelta(days=20))
+    await make_events(server.admin, 5)  # 6-10
+    assert server.app is not None and server.app._watch is not None  # the servicer's
+    request = WatchRequest(Subject.KEY, [], [], "", [], 0, False)
+    stream = server.app._watch.watch(Principal("admin", Role.ADMIN), request)
+    replayed: list[int] = []
+
+    async def replay() -> None:
+        async with contextlib.aclosing(stream):
+            async for item in stream:
+                if item.event is None:
+                    return  # the live part: the replay went on past the gap
+                replayed.append(item.event.sequence)
+                if item.event.sequence == 1:
+                    await server.advance(timedelta(days=11))  # 1-5 pass the 30 days
+
+    with pytest.raises(OutOfRange) as ended:
+        await replay()
+    assert replayed == [1, 2]
+    assert ended.value.reason == "RESUME_POINT_EXPIRED"
+    assert ended.value.metadata["oldest_sequence"] == "6"
 
 
 async def test_a_resume_point_ahead_of_the_log_is_out_of_range(server: Harness) -> None:

@@ -30,7 +30,7 @@ from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.handles import Handle
 from keyturn_server.domain.keys import Key
 from keyturn_server.domain.limits import raise_if, text
-from keyturn_server.domain.repositories import Store
+from keyturn_server.domain.repositories import Repository, Store
 
 REPLAY_BATCH = 500
 MAX_FILTER_VALUES = 100
@@ -248,14 +248,7 @@ class WatchService:
         """The latest sequence, when ``last`` is a resume point the log still covers."""
         reader = self._store.read()
         oldest, latest = reader.event_bounds()
-        floor = reader.sequence_floor()
-        if last < floor:
-            raise OutOfRange(
-                f"resume_after {last} is older than the event retention "
-                f"(events through {floor} were pruned); start a new watch",
-                reason="RESUME_POINT_EXPIRED",
-                metadata={"oldest_sequence": str(oldest or floor + 1)},
-            )
+        _require_retained(reader, last, oldest)
         if last > latest:
             raise OutOfRange(
                 f"resume_after {last} is ahead of the event log (latest is {latest})",
@@ -310,6 +303,10 @@ class WatchService:
         reader = self._store.read()
         while True:
             batch = reader.events_after(after, REPLAY_BATCH)
+            # Events may have been pruned since the last batch (the retention passed them
+            # while the caller read, or a server started after a long stop prunes what
+            # it replays): the batch would then skip them without a word.
+            _require_retained(reader, after)
             for event in batch:
                 if watch_filter.matches(event):
                     yield self._item(principal, request, event)
@@ -389,6 +386,20 @@ class WatchService:
             )
         return StreamItem(
             event.kind, event=event, deadline=event.deadline, token=token, time=event.time
+        )
+
+
+def _require_retained(reader: Repository, last: int, oldest: int | None = None) -> None:
+    """OUT_OF_RANGE unless every event after ``last`` is still in the log."""
+    floor = reader.sequence_floor()
+    if last < floor:
+        if oldest is None:
+            oldest = reader.event_bounds()[0]
+        raise OutOfRange(
+            f"resume_after {last} is older than the event retention "
+            f"(events through {floor} were pruned); start a new watch",
+            reason="RESUME_POINT_EXPIRED",
+            metadata={"oldest_sequence": str(oldest or floor + 1)},
         )
 
 
