@@ -13,7 +13,12 @@ class EventLog(Protocol):
         """Append in this unit of work; the store assigns the sequence."""
         ...
 
-    def events_after(self, sequence: int, limit: int) -> list[Event]: ...
+    def events_after(
+        self, sequence: int, limit: int, subject: str = "", owner: str = ""
+    ) -> list[Event]:
+        """Events after a sequence, in order, at most ``limit``; only those of
+        ``subject`` and of ``owner`` when given (read by the store, not by the caller)."""
+        ...
 
     def event_bounds(self) -> tuple[int, int]:
         """(oldest retained sequence, latest sequence); (0, latest) when none is kept."""

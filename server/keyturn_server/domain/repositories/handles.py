@@ -78,10 +78,10 @@ class HandleRepository(Protocol):
         ...
 
     def handles_in_warning(
-        self, now: datetime, limit: int, after: tuple[int, str] | None
+        self, now: datetime, limit: int, after: tuple[int, str] | None, owner: str = ""
     ) -> list[Handle]:
         """Active handles inside their warning window, by (warn time in microseconds,
-        id) after a cursor."""
+        id) after a cursor; only ``owner``'s when given (read by the store)."""
         ...
 
 

@@ -76,8 +76,8 @@ class KeyRepository(Protocol):
         ...
 
     def keys_in_warning(
-        self, now: datetime, limit: int, after: tuple[int, str] | None
+        self, now: datetime, limit: int, after: tuple[int, str] | None, owner: str = ""
     ) -> list[Key]:
         """Active keys inside their warning window, by (warn time in microseconds, id)
-        after a cursor."""
+        after a cursor; only ``owner``'s when given (read by the store)."""
         ...

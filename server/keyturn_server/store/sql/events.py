@@ -61,10 +61,19 @@ class EventSql(MetaSql):
         self.events.append(event)
         return event
 
-    def events_after(self, sequence: int, limit: int) -> list[Event]:
-        """Events after a sequence, in order; a tampered one is left out."""
+    def events_after(
+        self, sequence: int, limit: int, subject: str = "", owner: str = ""
+    ) -> list[Event]:
+        """Events after a sequence, in order (of one subject, of one owner: "" for any);
+        a tampered one is left out."""
+        where = "sequence > ?"
+        params: list[object] = [sequence]
+        for column, value in (("subject", subject), ("owner", owner)):
+            if value:
+                where += f" AND {column} = ?"
+                params.append(value)
         found = self._all(
-            "SELECT * FROM events WHERE sequence > ? ORDER BY sequence LIMIT ?", (sequence, limit)
+            f"SELECT * FROM events WHERE {where} ORDER BY sequence LIMIT ?", [*params, limit]
         )
         integrity = self._integrity
         return [

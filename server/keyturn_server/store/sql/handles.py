@@ -247,16 +247,18 @@ class HandleSql(SqlBase):
         return int(row["n"])
 
     def handles_in_warning(
-        self, now: datetime, limit: int, after: tuple[int, str] | None
+        self, now: datetime, limit: int, after: tuple[int, str] | None, owner: str = ""
     ) -> list[Handle]:
-        """Active handles inside their warning window, by (warn_time, id) after a cursor."""
+        """Active handles inside their warning window, by (warn_time, id) after a cursor;
+        only ``owner``'s when given."""
         n = to_micros(now)
         t, i = after if after is not None else (-1, "")
+        mine = " AND owner = ?" if owner else ""
         found = self._all(
             "SELECT * FROM handles WHERE state = 'ACTIVE' AND warn_time <= ? "
-            "AND expire_time > ? AND (warn_time > ? OR (warn_time = ? AND id > ?)) "
+            f"AND expire_time > ? AND (warn_time > ? OR (warn_time = ? AND id > ?)){mine} "
             "ORDER BY warn_time, id LIMIT ?",
-            (n, n, t, t, i, limit),
+            (n, n, t, t, i, *((owner,) if owner else ()), limit),
         )
         return self._authentic_handles(found)
 

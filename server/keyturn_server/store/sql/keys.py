@@ -195,14 +195,17 @@ class KeySql(SqlBase):
         return int(row["n"])
 
     def keys_in_warning(
-        self, now: datetime, limit: int, after: tuple[int, str] | None
+        self, now: datetime, limit: int, after: tuple[int, str] | None, owner: str = ""
     ) -> list[Key]:
-        """Active keys inside their warning window, by (warn_time, id) after a cursor."""
+        """Active keys inside their warning window, by (warn_time, id) after a cursor;
+        only ``owner``'s when given."""
         n = to_micros(now)
         t, i = after if after is not None else (-1, "")
+        mine = " AND owner = ?" if owner else ""
         found = self._all(
             "SELECT * FROM keys WHERE state = 'ACTIVE' AND warn_time <= ? AND expire_time > ? "
-            "AND (warn_time > ? OR (warn_time = ? AND id > ?)) ORDER BY warn_time, id LIMIT ?",
-            (n, n, t, t, i, limit),
+            f"AND (warn_time > ? OR (warn_time = ? AND id > ?)){mine} ORDER BY warn_time, id "
+            "LIMIT ?",
+            (n, n, t, t, i, *((owner,) if owner else ()), limit),
         )
         return self._authentic_keys(found)
