@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import datetime
 
 import grpc
 import pytest
 
-from keyturn.v1 import handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.domain.repositories import Repository
+from keyturn_server.store.sql.keys import KeySql
 from tests.harness import Harness
 
 SLOW_REPORTS = 16
@@ -83,6 +85,38 @@ async def test_one_callers_slow_reports_leave_threads_for_the_others(server: Har
         await asyncio.gather(*reports)
     listed = await flooder.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=5)
     assert listed.total_size == 1
+
+
+async def test_one_callers_health_checks_leave_threads_for_the_others(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GetHealth counts every key and handle in a report thread, and every role may ask
+    for it: it took those threads outside any caller's share, so one service's flood of
+    health checks held every report thread and the others' listings waited."""
+    flooder = await server.client_for("service", "flooder")
+    other = await server.client_for("service", "other")
+    release = threading.Event()
+    count = KeySql.key_counts
+
+    def slow(self: KeySql, now: datetime) -> list[tuple[str, str, int, int, int]]:
+        release.wait(30)  # as counting the keys of a very large store would be
+        return count(self, now)
+
+    monkeypatch.setattr(KeySql, "key_counts", slow)
+    checks = [
+        asyncio.create_task(
+            flooder.admin.GetHealth(admin_pb2.GetHealthRequest(component="keys"), timeout=30)
+        )
+        for _ in range(SLOW_REPORTS)
+    ]
+    try:
+        await asyncio.sleep(0.3)
+        listed = await other.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=3)
+        assert listed.total_size == 0
+    finally:
+        release.set()
+        answers = await asyncio.gather(*checks)
+    assert all(a.health.status == admin_pb2.SERVING_STATUS_SERVING for a in answers)
 
 
 async def test_reports_given_up_on_still_count_against_their_caller(server: Harness) -> None:

@@ -83,6 +83,8 @@ class HealthService:
                 field="component",
             )
         names = [component] if component else list(COMPONENTS)
+        # Counting scans: within the caller's share of the report threads, as listings.
+        caller = principal.name if principal is not None else ""
         store = self._store_component()
         components: list[Component] = []
         for name in names:
@@ -91,9 +93,9 @@ class HealthService:
             elif name == "scheduler":
                 components.append(self._scheduler_component(now, store, count=True))
             elif name == "keys":
-                components.append(await self._counted("keys", self._keys, now, store))
+                components.append(await self._counted("keys", self._keys, now, store, caller))
             else:
-                part = await self._counted("handles", self._handles, now, store)
+                part = await self._counted("handles", self._handles, now, store, caller)
                 if principal is not None and not principal.sees_all():
                     # A count that a refused stolen token moves is an existence oracle.
                     part.figures.pop("anomalies_last_hour", None)
@@ -111,9 +113,10 @@ class HealthService:
         count: Callable[[Repository, datetime, Component], Component],
         now: datetime,
         store: Component,
+        caller: str,
     ) -> Component:
         try:
-            return await self._store.report(lambda r: count(r, now, store))
+            return await self._store.report(lambda r: count(r, now, store), caller)
         except Unavailable as exc:
             part = Component(name)
             part.down(f"cannot count: {exc.message}")
