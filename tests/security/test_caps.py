@@ -152,3 +152,28 @@ async def test_a_store_upgraded_to_the_owner_counts_counts_the_keys_it_holds(
     assert await server.admin.keys.GenerateKey(K.GenerateKeyRequest(type="session"))
     refused = await fails(server.admin.keys.GenerateKey(K.GenerateKeyRequest(type="session")))
     assert refused.reason == "MAX_KEYS_PER_OWNER"
+
+
+async def test_a_key_keeps_at_most_a_hundred_enabled_versions(server: Harness) -> None:
+    """Every read and rotation of a key, and every ROTATED event, carries all its
+    versions: before, 1,200 manual rotations of one key made each further rotation cost
+    the store's writer 55 ms (instead of 1) and each GetKey answer 27 KB, growing without
+    bound. A version stays enabled until its own max lifetime, so the cap frees itself."""
+    owner = await server.client_for("service", "rotator")
+    key = (await owner.keys.GenerateKey(K.GenerateKeyRequest(type="session"))).key
+    for _ in range(99):
+        await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    refused = await fails(owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id)))
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "MAX_KEY_VERSIONS" and refused.metadata["limit"] == "100"
+    # Session keys' versions live 7 days: the first to expire frees a place.
+    assert refused.retry_after == timedelta(days=7)
+    read = await owner.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert len(read.versions) == 100 and read.primary_version == 100
+    # The scheduler's own rotations are never refused.
+    await server.advance(timedelta(hours=24, seconds=1))
+    rotated = await owner.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert rotated.primary_version == 101
+    await server.advance(timedelta(days=6))  # versions 1-100 have expired
+    again = await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    assert again.primary_version > 101
