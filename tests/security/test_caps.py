@@ -11,13 +11,17 @@ import asyncio
 import resource
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import grpc
+import pytest
 
 from keyturn.v1 import events_pb2 as E
 from keyturn.v1 import handles_pb2 as R
 from keyturn.v1 import keys_pb2 as K
+from keyturn_server.store.sql.statements import SqlBase
 from tests.harness import Client, Harness, fails, failure
+from tests.security.attacks import validate
 from tests.security.database import run_sql
 
 
@@ -177,3 +181,40 @@ async def test_a_key_keeps_at_most_a_hundred_enabled_versions(server: Harness) -
     await server.advance(timedelta(days=6))  # versions 1-100 have expired
     again = await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
     assert again.primary_version > 101
+
+
+async def test_a_handles_rotation_reads_its_live_secrets_not_its_history(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every secret a handle had is kept (a superseded one presented is reuse), and each
+    rotation used to read and authenticate all of them in the store's writer: after 1,200
+    rotations of one handle each further one cost 30 ms instead of 4, growing without
+    bound for as long as the handle lives."""
+    owner = await server.client_for("service", "rotator")
+    made = await owner.handles.GenerateHandle(R.GenerateHandleRequest(type="session"))
+    for _ in range(5):
+        await asyncio.gather(
+            *[
+                owner.handles.RotateHandle(R.RotateHandleRequest(handle_id=made.handle.id))
+                for _ in range(60)
+            ]
+        )
+    rotate = R.RotateHandleRequest(handle_id=made.handle.id)
+    older = (await owner.handles.RotateHandle(rotate)).token
+    previous = (await owner.handles.RotateHandle(rotate)).token
+    read: list[int] = []
+    fetch = SqlBase._all
+
+    def counted(self: SqlBase, sql: str, params: Any = ()) -> list[Any]:
+        found = fetch(self, sql, params)
+        if "FROM handle_secrets WHERE handle_id" in sql:
+            read.append(len(found))
+        return found
+
+    monkeypatch.setattr(SqlBase, "_all", counted)
+    rotated = await owner.handles.RotateHandle(rotate)
+    assert sum(read) <= 2, f"one rotation read {read} secrets of 303"
+    assert (await validate(owner, rotated.token, {})).valid
+    # The secret it superseded keeps its grace; the one before has none left.
+    assert (await validate(owner, previous, {})).rotated
+    assert (await validate(owner, older, {})).reason == R.VALIDATION_REASON_SUPERSEDED

@@ -68,7 +68,7 @@ class HandleLifecycle:
             if deliver
             else None
         )
-        for old in repo.secrets_of(handle.id):
+        for old in repo.live_secrets_of(handle.id, handle.generation, now):
             if old.generation == handle.generation:
                 repo.update_secret(
                     dataclasses.replace(
@@ -222,7 +222,7 @@ class HandleLifecycle:
         return True
 
     def end_grace(self, repo: Repository, ref: SecretRef, now: datetime) -> bool:
-        for secret in repo.secrets_of(ref.handle_id):
+        for secret in repo.live_secrets_of(ref.handle_id, ref.generation, now):
             if (
                 secret.generation == ref.generation
                 and secret.sealed_token is not None

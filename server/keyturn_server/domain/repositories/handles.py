@@ -42,6 +42,13 @@ class HandleRepository(Protocol):
         """Every secret of a handle, by generation."""
         ...
 
+    def live_secrets_of(self, handle_id: str, generation: int, now: datetime) -> list[HandleSecret]:
+        """The secrets of a handle that a rotation or the end of a grace may still
+        change, by generation: ``generation``'s, those in their grace at ``now`` and
+        those holding a sealed successor. Not the ended ones, which every rotation kept
+        adding to (a handle keeps all its secrets, to recognise reuse)."""
+        ...
+
     def insert_secret(self, secret: HandleSecret) -> None: ...
 
     def update_secret(self, secret: HandleSecret) -> None: ...

@@ -192,6 +192,15 @@ class HandleSql(SqlBase):
         secrets = [(rows.secret_from_row(r), r["mac"]) for r in found]
         return [s for s, mac in secrets if self._authentic_secret(s, mac)]
 
+    def live_secrets_of(self, handle_id: str, generation: int, now: datetime) -> list[HandleSecret]:
+        found = self._all(
+            "SELECT * FROM handle_secrets WHERE handle_id = ? AND (generation = ? "
+            "OR grace_until > ? OR sealed_token IS NOT NULL) ORDER BY generation",
+            (handle_id, generation, to_micros(now)),
+        )
+        secrets = [(rows.secret_from_row(r), r["mac"]) for r in found]
+        return [s for s, mac in secrets if self._authentic_secret(s, mac)]
+
     def insert_secret(self, secret: HandleSecret) -> None:
         self._run(*insert("handle_secrets", self._tagged_secret(secret)))
 
