@@ -565,6 +565,8 @@ class App:
             self.metrics.close()
         if self._maker is not None:
             self._maker.close()
+        if self.services is not None:
+            self.services.keys.signing.close()
         backend = ""
         if self._store is not None:
             backend = self._store.backend

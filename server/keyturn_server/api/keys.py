@@ -162,7 +162,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
 
     async def Sign(self, request: keys_pb2.SignRequest, context: Context) -> keys_pb2.SignResponse:
-        signature, raw, version, algorithm = self._keys.sign(
+        signature, raw, version, algorithm = await self._keys.sign(
             auth.current(), request.key_id, request.data
         )
         return keys_pb2.SignResponse(

@@ -45,6 +45,7 @@ from keyturn_server.domain.keys import (
 from keyturn_server.domain.nonce_budget import NonceBudget, NonceLimits
 from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
 from keyturn_server.domain.repositories import Repository, Store
+from keyturn_server.domain.signing_threads import SigningThreads
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 
 #: Enabled versions a key may hold before a caller's RotateKey is refused. Every read and
@@ -89,7 +90,9 @@ class KeyService:
         self._usage = UsageCounter(store)
         self.cache = KeyCache(store, on_read=material.drop_unusable)
         self.nonces = NonceBudget(store, lifecycle, nonces or NonceLimits())
-        use = KeyUse(self._find, material, self._usage, clock, stats, self.nonces)
+        #: RSA signatures, off the event loop (signing_threads.py).
+        self.signing = SigningThreads()
+        use = KeyUse(self._find, material, self._usage, clock, stats, self.nonces, self.signing)
         # Use in place, as callers see it: the same service as the rest of a key's API.
         self.encrypt = use.encrypt
         self.decrypt = use.decrypt

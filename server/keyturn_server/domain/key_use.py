@@ -29,6 +29,7 @@ from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_usage import UsageCounter
 from keyturn_server.domain.keys import Key, KeyStatus
 from keyturn_server.domain.nonce_budget import NonceBudget
+from keyturn_server.domain.signing_threads import THREADED, SigningThreads
 from keyturn_server.domain.statistics import Statistics
 
 T = TypeVar("T")
@@ -46,8 +47,10 @@ class KeyUse:
         clock: Clock,
         stats: Statistics,
         nonces: NonceBudget,
+        signing: SigningThreads,
     ) -> None:
         self._nonces = nonces
+        self._signing = signing
         self._find = find
         self._material = material
         self._usage = usage
@@ -118,12 +121,19 @@ class KeyUse:
             )
         return plaintext, loaded.version, loaded.version == key.primary_version
 
-    def sign(self, principal: Principal, key_id: str, data: bytes) -> tuple[bytes, bytes, int, str]:
+    async def sign(
+        self, principal: Principal, key_id: str, data: bytes
+    ) -> tuple[bytes, bytes, int, str]:
         violations: list[FieldViolation] = []
         limits.data("data", data, limits.MAX_DATA, violations)
         limits.raise_if(violations)
         key, loaded = self._primary_for(principal, key_id, Purpose.SIGN)
-        raw = self._timed("sign", key, lambda: loaded.sign(data))
+        if key.algorithm in THREADED:
+            started = time.perf_counter()
+            raw = await self._signing.run(principal.name, lambda: loaded.sign(data))
+            self._account("sign", key, started)
+        else:
+            raw = self._timed("sign", key, lambda: loaded.sign(data))
         return material.wrap(loaded.version, raw), raw, loaded.version, loaded.signature_algorithm()
 
     def verify(
@@ -200,10 +210,13 @@ class KeyUse:
     def _timed(self, operation: str, key: Key, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
         result = fn()
+        self._account(operation, key, started)
+        return result
+
+    def _account(self, operation: str, key: Key, started: float) -> None:
         self._stats.observe("use_key", time.perf_counter() - started)
         self._stats.operations[operation] += 1
         self._usage.count(key.id, self._clock.now())
-        return result
 
 
 def _require_purpose(key: Key, purpose: Purpose) -> None:
