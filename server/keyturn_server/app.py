@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from keyturn.v1 import (
@@ -32,6 +32,7 @@ from keyturn_server.api.guard import Guard
 from keyturn_server.api.handles import HandleServicer
 from keyturn_server.api.http.server import HttpServer, http_server
 from keyturn_server.api.keys import KeyServicer
+from keyturn_server.api.open_streams import HealthServicer, PeerStreams, add_reflection
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import open_store, reload_keyring, unlock
@@ -347,15 +348,18 @@ class App:
             ("admin", admin_pb2_grpc.add_AdminServiceServicer_to_server),
         ):
             guard.register(server, add, servicers[SERVICE_NAMES[name]])
-        self._health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        # No token for these: their streams are capped per peer instead (open_streams.py).
+        open_streams = PeerStreams(settings.max_streams_per_caller)
+        self._health_servicer = HealthServicer(open_streams)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
-        reflection.enable_server_reflection(
+        add_reflection(
+            server,
             [
                 *SERVICE_NAMES.values(),
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
-            server,
+            open_streams,
         )
         for address in settings.listen:
             self.ports.append(_bind(server, address, credentials))

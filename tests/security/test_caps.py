@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from keyturn.v1 import events_pb2 as E
 from keyturn.v1 import handles_pb2 as R
@@ -218,3 +220,40 @@ async def test_a_handles_rotation_reads_its_live_secrets_not_its_history(
     # The secret it superseded keeps its grace; the one before has none left.
     assert (await validate(owner, previous, {})).rotated
     assert (await validate(owner, older, {})).reason == R.VALIDATION_REASON_SUPERSEDED
+
+
+async def test_one_address_holds_at_most_its_cap_of_streams_that_need_no_token(
+    server: Harness,
+) -> None:
+    """Health.Watch and reflection streams need no token, so the per-caller stream cap
+    did not apply: 20,000 Health.Watch streams from one host, with no credentials,
+    took the server from 72 to 521 MiB. A peer now holds as many as a caller may."""
+    await server.restart(max_streams_per_caller=3)
+    channel = server.channel()
+    health = health_pb2_grpc.HealthStub(channel)
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(3)]
+    for watch in watches:
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+
+    refused = await fails(health.Watch(health_pb2.HealthCheckRequest()).read())
+    assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert refused.reason == "TOO_MANY_STREAMS" and refused.metadata["limit"] == "3"
+    assert refused.retry_after is not None
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    also = await fails(reflection.ServerReflectionInfo(iter([listing])).read())
+    assert also.reason == "TOO_MANY_STREAMS"
+    # A check is not a stream; a closed stream frees its place.
+    assert (await health.Check(health_pb2.HealthCheckRequest())).status == 1
+    watches[0].cancel()
+    for _ in range(100):
+        try:
+            answer = await reflection.ServerReflectionInfo(iter([listing])).read()
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.02)
+    else:
+        raise AssertionError("a closed stream did not free its place")
+    assert "keyturn.v1.KeyService" in {s.name for s in answer.list_services_response.service}
+    for watch in watches[1:]:
+        watch.cancel()
