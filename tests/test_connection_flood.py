@@ -141,3 +141,36 @@ async def test_an_http_connection_that_keeps_asking_is_not_cut(server: ServerPro
         assert len(local_ports) == 1  # http.client opens a new connection after a close
     finally:
         connection.close()
+
+
+def _half_body(path: str, token: str = "") -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{auth}"
+        'Content-Length: 1000\r\n\r\n{"token": "'
+    ).encode()
+
+
+@pytest.mark.parametrize("route", ["v1", "compat"])
+async def test_http_bodies_that_never_end_are_closed(server: ServerProcess, route: str) -> None:
+    """1,100 connections that send a request's headers and the start of its body, then
+    stop (a slow POST): a request in progress is not idle, so before, they held the HTTP
+    listener's whole share for good (on /v1, where a body is read before its caller is
+    known, with no token at all). A body now has the idle timeout to arrive."""
+    http_port = server.http_port
+    assert http_port is not None
+    start = (
+        _half_body("/v1/handles:validate")
+        if route == "v1"
+        else _half_body("/api/key-management/handles/validate", server.token())
+    )
+    flood = await asyncio.to_thread(_flood, http_port, start)
+    try:
+        started = time.monotonic()
+        while await asyncio.to_thread(_closed_by_server, flood) < FLOOD:
+            assert time.monotonic() - started < IDLE_S + 10, "half-sent bodies stayed open"
+            await asyncio.sleep(0.5)
+        assert await asyncio.to_thread(_http_get, http_port, "/openapi.json") == 200
+    finally:
+        for sock in flood:
+            sock.close()

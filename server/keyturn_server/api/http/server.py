@@ -51,8 +51,10 @@ def http_server(
 ) -> HttpServer:
     """The listener for ``settings.http_listen``, on the servicers the gRPC server uses;
     with ``certificate``, HTTPS serving what the gRPC listener serves."""
-    transcoder = Transcoder(guard, servicers, services())
-    compat = CompatApi(guard, servicers, lookup, clock)
+    # A body has as long to arrive as a connection may stay idle (transcoder._too_slow).
+    body_timeout = settings.http_idle_timeout.total_seconds()
+    transcoder = Transcoder(guard, servicers, services(), body_timeout)
+    compat = CompatApi(guard, servicers, lookup, clock, body_timeout)
     return HttpServer(settings, transcoder.handle, compat.handle, connection_cap, certificate)
 
 

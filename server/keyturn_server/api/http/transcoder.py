@@ -5,6 +5,7 @@ as JSON. Server-streaming methods answer as Server-Sent Events (``sse.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -31,6 +32,9 @@ from keyturn_server.domain.errors import InvalidArgument, KeyturnError
 
 #: The largest request body, as for gRPC messages.
 MAX_BODY = limits.MAX_REQUEST
+#: Seconds a body may take to arrive after its headers, unless the listener says
+#: otherwise (it passes --http-idle-timeout).
+BODY_TIMEOUT = 30.0
 
 
 class CallContext:
@@ -50,8 +54,10 @@ class Transcoder:
         guard: Guard,
         servicers: Mapping[str, object],
         services: Iterable[descriptor.ServiceDescriptor],
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self._guard = guard
+        self._body_timeout = body_timeout
         self.router = Router(routes_of(services))
         self._behaviors: dict[str, Callable[..., Any]] = {
             route.rpc: getattr(
@@ -92,7 +98,7 @@ class Transcoder:
         self, request: web.BaseRequest, route: Route, variables: dict[str, str]
     ) -> Message | Unparsable:
         try:
-            body = await read_json(request)
+            body = await read_json(request, self._body_timeout)
             # A route whose body is the whole request takes no query parameters.
             query = () if route.body == "*" else request.rel_url.query.items()
             message = request_from(route, variables, query, body)
@@ -103,10 +109,11 @@ class Transcoder:
             return Unparsable(exc)
 
 
-async def read_json(request: web.BaseRequest) -> Any:
+async def read_json(request: web.BaseRequest, within: float = BODY_TIMEOUT) -> Any:
     """The JSON body, or None when there is none. A body must be declared JSON: a
     browser cannot send that cross-origin without a CORS preflight, which is not granted,
-    so a web page cannot drive a local development server."""
+    so a web page cannot drive a local development server. A body still arriving
+    ``within`` seconds after its headers is refused and its connection closed."""
     if not request.body_exists:
         return None
     declared = request.content_length
@@ -121,7 +128,11 @@ async def read_json(request: web.BaseRequest) -> Any:
             if len(raw) > MAX_BODY:
                 raise _too_large()
         else:
-            raw = await _read_at_most(content, MAX_BODY)
+            try:
+                async with asyncio.timeout(within):
+                    raw = await _read_at_most(content, MAX_BODY)
+            except TimeoutError:
+                raise _too_slow(request, within) from None
     except web.RequestPayloadError:
         # aiohttp decodes a Content-Encoding (gzip, deflate) as the bytes arrive and
         # reports bytes that do not decode only to the reader of the body.
@@ -162,6 +173,21 @@ async def _read_at_most(content: StreamReader, limit: int) -> bytes:
 def _too_large() -> InvalidArgument:
     return InvalidArgument(
         f"the request body exceeds {MAX_BODY} bytes", field="body", reason="BODY_TOO_LARGE"
+    )
+
+
+def _too_slow(request: web.BaseRequest, within: float) -> InvalidArgument:
+    """A body not all there ``within`` seconds after its headers (a slow POST). While a
+    request is in progress its connection is not idle, so the idle timeout never closed
+    such a connection: one host could hold the listener's whole share of connections,
+    sending nothing more (on /v1, bodies are read before the caller is known). The rest
+    of the body is never read, so this answer is the connection's last."""
+    request.content.feed_eof()
+    request.protocol.close()
+    return InvalidArgument(
+        f"the request body did not arrive within {within:g} s (--http-idle-timeout)",
+        field="body",
+        reason="BODY_TIMEOUT",
     )
 
 

@@ -27,7 +27,7 @@ from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.compat import shapes
 from keyturn_server.api.http.jsonmap import CODE_NAMES, http_status
 from keyturn_server.api.http.responses import json_response, no_route, not_allowed
-from keyturn_server.api.http.transcoder import CallContext, read_json
+from keyturn_server.api.http.transcoder import BODY_TIMEOUT, CallContext, read_json
 from keyturn_server.clock import Clock
 from keyturn_server.domain.errors import InvalidArgument
 from keyturn_server.domain.handle_lookup import HandleLookup, looks_like_token
@@ -50,13 +50,15 @@ class Call:
 
     params: dict[str, str]
     request: web.BaseRequest
+    #: Seconds the body may take to arrive after the headers.
+    body_timeout: float
 
     @property
     def query(self) -> Mapping[str, str]:
         return self.request.rel_url.query
 
     async def body(self) -> dict[str, Any]:
-        return shapes.body_object(await read_json(self.request))
+        return shapes.body_object(await read_json(self.request, self.body_timeout))
 
 
 #: An operation: the HTTP status and the envelope's fields on success.
@@ -228,8 +230,10 @@ class CompatApi:
         servicers: Mapping[str, Any],
         lookup: HandleLookup,
         clock: Clock,
+        body_timeout: float = BODY_TIMEOUT,
     ) -> None:
         self._guard = guard
+        self._body_timeout = body_timeout
         self._keys = servicers[KEYS]
         self._handles = servicers[HANDLES]
         self._admin = servicers[ADMIN]
@@ -260,7 +264,7 @@ class CompatApi:
         path = request.rel_url.path
         route, params, allowed = self._find(request.method, path)
         if route is not None:
-            call = Call(params, request)
+            call = Call(params, request, self._body_timeout)
             try:
                 status, fields = await self._guard.unary(
                     route.rpc, HttpCaller(request), call, route.operation, "compat"
