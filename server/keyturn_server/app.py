@@ -370,7 +370,7 @@ class App:
                 settings,
                 guard,
                 servicers,
-                HandleLookup(store, keyring, config, self.clock),
+                HandleLookup(store, keyring, config, self.clock, handles.presentations),
                 self.clock,
                 connection_cap,
                 served,

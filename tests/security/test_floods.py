@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from keyturn.v1 import handles_pb2 as R
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain import tokens
 from keyturn_server.domain.anomalies import AnomalyKind
@@ -25,6 +26,7 @@ from keyturn_server.domain.presenters import (
     presenter_peer,
 )
 from tests.harness import Client, Harness
+from tests.http_support import HttpClient
 from tests.security.attacks import validate
 
 INNOCENT = "203.0.113.9"
@@ -152,3 +154,26 @@ def test_a_flood_is_reported_once_a_minute_and_the_throttle_slides_out() -> None
 )
 def test_an_ipv6_host_is_counted_by_its_prefix(peer: str, counted_as: str) -> None:
     assert presenter_peer(peer) == counted_as
+
+
+async def test_the_rest_apis_token_lookups_are_counted_and_throttled_as_validations(
+    server: Harness,
+) -> None:
+    """GET and DELETE /api/key-management/handles/{token} look a token up. Before, a
+    refused lookup was neither counted nor throttled: a thief could try stolen tokens
+    there at its full rate, unseen by flood detection, and time the answers (a real
+    token of another owner costs one more read than an unknown one)."""
+    await server.set_policies(refused_per_presenter=5)
+    thief = await server.client_for("service", "thief-svc")
+    rest = HttpClient(server.http_url + "/api/key-management", thief.token)
+    own = await thief.handles.GenerateHandle(R.GenerateHandleRequest(type="workflow"))
+    assert (await rest.get(f"/handles/{own.token}")).status == 200
+    for _ in range(FLOOD_THRESHOLD + 1):
+        assert (await rest.get(f"/handles/{tokens.new_token('workflow', 64)}")).status == 404
+    [evidence] = floods(await server.events())
+    assert evidence["principal"] == "thief-svc" and evidence["peer"] == "127.0.0.1"
+    # Throttled: a token it owns is answered as an unknown one until the minute passes.
+    assert (await rest.get(f"/handles/{own.token}")).status == 404
+    assert (await rest.delete(f"/handles/{own.token}", {})).status == 404
+    await server.advance(timedelta(minutes=2))
+    assert (await rest.get(f"/handles/{own.token}")).status == 200

@@ -103,6 +103,9 @@ class HandleService:
         self._stats = stats
         self._digests = TokenDigests(keyring, config)
         self._validator = Validator(store, config, journal, clock, self._digests.others)
+        #: Refused presentations per presenter, also counted by the REST API's token
+        #: lookups (handle_lookup.py).
+        self.presentations = self._validator
         self._pages = PageTokens(keyring.page_mac)
 
     # --- issue and read --------------------------------------------------------------

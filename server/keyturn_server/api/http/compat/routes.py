@@ -440,14 +440,14 @@ class CompatApi:
         validation["publicId"] = validation.pop("handleId", "")
         return 200, {"validation": validation}
 
-    def _handle_id(self, value: str) -> str:
+    async def _handle_id(self, value: str) -> str:
         """A route's {handleId}: the public id as given, or the handle its token names."""
         if looks_like_token(value):
-            return self._lookup.handle_id(auth.current(), value)
+            return await self._lookup.handle_id(auth.current(), value)
         return value
 
     async def _get_handle(self, call: Call) -> tuple[int, dict[str, Any]]:
-        handle_id = self._handle_id(call.params["handleId"])
+        handle_id = await self._handle_id(call.params["handleId"])
         handle = await self._handles.GetHandle(
             handles_pb2.GetHandleRequest(handle_id=handle_id), _CONTEXT
         )
@@ -470,7 +470,7 @@ class CompatApi:
 
     async def _remove_handle(self, call: Call) -> tuple[int, dict[str, Any]]:
         body = await call.body()
-        handle_id = self._handle_id(call.params["handleId"])
+        handle_id = await self._handle_id(call.params["handleId"])
         handle = await self._handles.RemoveHandle(
             handles_pb2.RemoveHandleRequest(handle_id=handle_id, **_on_behalf(body)), _CONTEXT
         )
