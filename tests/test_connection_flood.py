@@ -19,6 +19,7 @@ import pytest
 
 from keyturn.v1 import admin_pb2
 from tests.harness import Client
+from tests.pki import Authority
 from tests.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -171,6 +172,51 @@ async def test_http_bodies_that_never_end_are_closed(server: ServerProcess, rout
             assert time.monotonic() - started < IDLE_S + 10, "half-sent bodies stayed open"
             await asyncio.sleep(0.5)
         assert await asyncio.to_thread(_http_get, http_port, "/openapi.json") == 200
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path) -> AsyncIterator[tuple[ServerProcess, Authority]]:
+    authority = Authority()
+    authority.write(tmp_path / "tls")
+    process = ServerProcess(
+        tmp_path / "data", "--tls-dir", str(tmp_path / "tls"), "--http-idle-timeout", f"{IDLE_S}s"
+    )
+    process.http_port = free_port()
+    process.extra += ["--http-listen", f"127.0.0.1:{process.http_port}"]
+    process.open_files = OPEN_FILES
+    process.spawn()
+    await process.wait_listening(30)
+    try:
+        yield process, authority
+    finally:
+        if process.process is not None:
+            process.terminate()
+
+
+async def test_tls_connections_that_never_handshake_leave_grpc_served_and_are_closed(
+    tls_server: tuple[ServerProcess, Authority],
+) -> None:
+    """1,100 connections to the HTTPS port that never begin their TLS handshake. aiohttp
+    hears of a TLS connection only once its handshake is done, so they were not counted
+    against the listener's share, and asyncio waits 60 s for a handshake: they took every
+    file descriptor, and the gRPC listener answered nothing. Now the listening socket
+    counts them and a handshake has 10 s, as on the gRPC listener."""
+    server, authority = tls_server
+    http_port = server.http_port
+    assert http_port is not None
+    flood = await asyncio.to_thread(_flood, http_port)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=authority.pem)
+        async with grpc.aio.secure_channel(server.address, credentials) as channel:
+            client = Client(channel, server.token())
+            await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=5)
+        started = time.monotonic()
+        while await asyncio.to_thread(_closed_by_server, flood) < FLOOD:
+            assert time.monotonic() - started < 25, "connections without a handshake stayed open"
+            await asyncio.sleep(1)
     finally:
         for sock in flood:
             sock.close()

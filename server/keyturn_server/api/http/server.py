@@ -26,7 +26,12 @@ from google.rpc import code_pb2
 from keyturn_server.api.guard import Guard
 from keyturn_server.api.http import browsers
 from keyturn_server.api.http.compat.routes import CompatApi
-from keyturn_server.api.http.connections import CappedServer
+from keyturn_server.api.http.connections import (
+    CappedServer,
+    ConnectionBudget,
+    CountedListener,
+    Site,
+)
 from keyturn_server.api.http.openapi import document_bytes, services
 from keyturn_server.api.http.responses import json_response, no_route, status_response
 from keyturn_server.api.http.transcoder import Transcoder
@@ -76,6 +81,8 @@ class HttpServer:
         self._runner: web.ServerRunner | None = None
         self._openapi = document_bytes()
         self.ports: list[int] = []
+        #: The connections the listener holds (counted as they are accepted).
+        self.budget = ConnectionBudget(connection_cap)
         self.addresses: list[str] = []
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -95,7 +102,6 @@ class HttpServer:
     async def start(self, grace_seconds: float) -> None:
         server = CappedServer(
             self._dispatch,
-            cap=self.connection_cap,
             handler_cancellation=True,
             access_log=None,
             keepalive_timeout=self._settings.http_idle_timeout.total_seconds(),
@@ -105,6 +111,7 @@ class HttpServer:
         )
         await runner.setup()
         context = self._tls()
+        budget = self.budget = ConnectionBudget(self.connection_cap)  # all addresses together
         for address in self._settings.http_listen:
             try:
                 sock = _bind(address, self._settings.reuse_port)
@@ -118,10 +125,11 @@ class HttpServer:
                     extra={"category": "app"},
                 )
                 continue
-            site = web.SockSite(runner, sock, ssl_context=context)
+            listener = CountedListener(sock, budget)
+            site = Site(runner, listener, ssl_context=context)
             await site.start()
             host, _ = split_address(address)
-            port = sock.getsockname()[1]
+            port = listener.getsockname()[1]
             self.ports.append(port)
             scheme = "https" if context else "http"
             shown = f"[{host}]" if ":" in host else (host or "0.0.0.0")  # noqa: S104
