@@ -422,7 +422,7 @@ def _owed_warning(removed: Key, now: datetime) -> datetime | None:
 def _require_version_room(key: Key, now: datetime) -> None:
     """Refuse a caller's rotation of a key that holds MAX_ENABLED_VERSIONS enabled
     versions, until the first of them expires."""
-    enabled = [v for v in key.versions if v.state is VersionState.ENABLED]
+    enabled = [v for v in key.versions if v.state is VersionState.ENABLED and v.expire_time > now]
     if len(enabled) < MAX_ENABLED_VERSIONS:
         return
     first = min(v.expire_time for v in enabled)
