@@ -333,6 +333,28 @@ async def test_address_and_token_come_from_flags_then_environment_then_defaults(
         assert dict(client._metadata)["authorization"] == f"Bearer {expected[1]}"
 
 
+@pytest.mark.parametrize(
+    "address",
+    ["10.1.1.1:1", "keyturn.example.com:443", "dns:///127.0.0.1:50051"],
+    ids=["remote-ip", "remote-name", "resolver-target"],
+)
+async def test_the_local_admin_token_file_is_sent_only_to_a_loopback_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, address: str
+) -> None:
+    """./data/admin.token is the admin token of the server on this machine: a command
+    aimed at another server (a mistyped --address, a KEYTURN_ADDRESS left over) must not
+    hand it over. A token given on purpose still goes anywhere."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "admin.token").write_text("local-admin\n")
+    async with connect(namespace(address=address), {}) as client:
+        assert "authorization" not in dict(client._metadata)
+    async with connect(namespace(address=address), {"KEYTURN_TOKEN": "given"}) as client:
+        assert dict(client._metadata)["authorization"] == "Bearer given"
+    async with connect(namespace(address="localhost:50051"), {}) as client:
+        assert dict(client._metadata)["authorization"] == "Bearer local-admin"
+
+
 def _own_address() -> str | None:
     """An address of this machine that is not loopback, if it has one (the source address
     it would use towards a documentation network: nothing is sent)."""

@@ -32,6 +32,7 @@ from keyturn._errors import (
     Unauthenticated,
     Unavailable,
 )
+from keyturn._policy import is_loopback
 from keyturn._retry import NO_RETRY, Backoff, RetryPolicy
 from keyturn._sync import BlockingWatch, Client
 from keyturn._transport import TLS
@@ -64,5 +65,6 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "Watch",
+    "is_loopback",
     "v1",
 ]

@@ -2,10 +2,11 @@
 action runs and what it exits with, and the argument forms (K=V pairs, secrets on stdin).
 
 The server is --address or KEYTURN_ADDRESS (default 127.0.0.1:50051); the token is
---token, --token-file, KEYTURN_TOKEN, or ./data/admin.token when it exists. Lists
-print tables; --json prints protobuf JSON instead. Exit codes: 0 done, 1 the
-call failed (or no server answered within --connect-timeout), 2 bad usage, 3 the answer
-was "no" (a refused validation, a server that is not serving, a broken audit log).
+--token, --token-file, KEYTURN_TOKEN, or ./data/admin.token when it exists and the
+address is loopback (that file is the local server's admin token). Lists print tables;
+--json prints protobuf JSON instead. Exit codes: 0 done, 1 the call failed (or no server
+answered within --connect-timeout), 2 bad usage, 3 the answer was "no" (a refused
+validation, a server that is not serving, a broken audit log).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from keyturn import (
     KeyturnError,
     RetryPolicy,
     Unavailable,
+    is_loopback,
 )
 from keyturn_server.cli.operator.console import short_name
 from keyturn_server.settings import SettingsError, parse_positive
@@ -144,7 +146,8 @@ def connect(
         token = args.token_file.read_text().strip()
     if token is None:
         token = env.get("KEYTURN_TOKEN")
-    if token is None and DEFAULT_TOKEN_FILE.is_file():
+    # ./data/admin.token belongs to the server on this machine: never offered to another.
+    if token is None and is_loopback(address) and DEFAULT_TOKEN_FILE.is_file():
         token = DEFAULT_TOKEN_FILE.read_text().strip()
     # None: TLS unless the address is loopback (the clients' policy); False: plaintext.
     tls: TLS | bool | None = args.tls or None
