@@ -15,6 +15,7 @@ from keyturn.v1 import events_pb2
 from keyturn_server.domain.events import Subject
 from tests.client import downtime
 from tests.harness import Harness
+from tests.process import free_port
 
 CREATED = events_pb2.EVENT_KIND_CREATED
 ROTATED = events_pb2.EVENT_KIND_ROTATED
@@ -131,6 +132,27 @@ async def test_a_resume_point_ahead_of_the_log_ends_the_watch(client: AsyncClien
         await anext(watch)
     assert caught.value.reason == "RESUME_POINT_AHEAD"
     assert watch.reconnects == 0
+
+
+async def test_closing_the_client_ends_a_watch_waiting_to_reconnect_at_once() -> None:
+    """A watch between two attempts (here, no server at all) sleeps its backoff, up to
+    30 s by default: closing its client ends the iteration then and there, not when that
+    wait is over."""
+    client = AsyncClient(f"127.0.0.1:{free_port()}", token="kt_unused")
+    waiting = asyncio.Event()
+
+    def on_retry(error: keyturn.KeyturnError | None, delay: float) -> None:
+        if delay > 5:  # a wait long enough to tell an early end from its natural end
+            waiting.set()
+
+    hour = keyturn.Backoff(initial=3600, maximum=3600)
+    reader = Collector(client.watch_expiring("keys", backoff=hour, on_retry=on_retry))
+    async with asyncio.timeout(10):
+        await waiting.wait()
+    await client.close()
+    async with asyncio.timeout(2):
+        await reader._task  # ends quietly: the caller closed the client
+    assert reader.events == []
 
 
 async def test_a_watch_without_a_token_ends_at_once(server: Harness) -> None:

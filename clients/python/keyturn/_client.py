@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Literal, TypeAlias
@@ -53,13 +55,19 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         none); ``retry`` how calls the API marks idempotent are retried."""
         self.address = address
         self._channel = open_channel(address, tls, channel_options)
-        self._closed = False
+        self._closed = asyncio.Event()
         super().__init__(self._channel, call_metadata(token), timeout, retry or RetryPolicy())
 
     async def close(self) -> None:
         """Closes the channel: calls in flight fail with Cancelled, watches end."""
-        self._closed = True
+        self._closed.set()
         await self._channel.close(None)
+
+    async def _pause(self, seconds: float) -> None:
+        """A watch's wait before it reconnects, cut short when the client closes: the
+        caller iterating the watch is not kept waiting up to 30 s for nothing."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -120,5 +128,6 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
             heartbeats=heartbeats,
             backoff=backoff,
             on_retry=on_retry,
-            closed=lambda: self._closed,
+            closed=self._closed.is_set,
+            sleep=self._pause,
         )
