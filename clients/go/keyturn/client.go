@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -24,19 +25,23 @@ type Client struct {
 	// Health is the standard grpc.health.v1 service; it needs no token.
 	Health healthpb.HealthClient
 
-	conn *grpc.ClientConn
+	conn      *grpc.ClientConn
+	closing   chan struct{}
+	closeOnce sync.Once
 }
 
 // Keys is KeyService plus helpers.
 type Keys struct {
 	keyturnv1.KeyServiceClient
-	conn *grpc.ClientConn
+	conn    *grpc.ClientConn
+	closing <-chan struct{}
 }
 
 // Handles is HandleService plus helpers.
 type Handles struct {
 	keyturnv1.HandleServiceClient
-	conn *grpc.ClientConn
+	conn    *grpc.ClientConn
+	closing <-chan struct{}
 }
 
 // Admin is AdminService plus helpers.
@@ -77,20 +82,27 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keyturn: client for %s: %w", target, err)
 	}
+	closing := make(chan struct{})
 	return &Client{
-		Keys:    &Keys{keyturnv1.NewKeyServiceClient(conn), conn},
-		Handles: &Handles{keyturnv1.NewHandleServiceClient(conn), conn},
+		Keys:    &Keys{keyturnv1.NewKeyServiceClient(conn), conn, closing},
+		Handles: &Handles{keyturnv1.NewHandleServiceClient(conn), conn, closing},
 		Admin:   &Admin{keyturnv1.NewAdminServiceClient(conn)},
 		Health:  healthpb.NewHealthClient(conn),
 		conn:    conn,
+		closing: closing,
 	}, nil
 }
 
 // Conn returns the underlying connection, for other services on the same server.
 func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
-// Close closes the connection; calls and watches in progress end with CANCELED.
-func (c *Client) Close() error { return c.conn.Close() }
+// Close closes the connection; calls and watches in progress end with
+// CANCELED, also a watch waiting to reconnect.
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	c.closeOnce.Do(func() { close(c.closing) })
+	return err
+}
 
 func convertUnaryErrors(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 	invoker grpc.UnaryInvoker, opts ...grpc.CallOption,

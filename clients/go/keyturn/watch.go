@@ -30,7 +30,9 @@ type watchSettings struct {
 	// closed reports whether the client was closed (a CANCELED then ends
 	// the watch rather than reconnecting it).
 	closed func() bool
-	draw   func() float64
+	// closing is closed with the client: a wait to reconnect ends there.
+	closing <-chan struct{}
+	draw    func() float64
 }
 
 // WithWatchBackoff replaces the reconnect backoff (DefaultWatchBackoff).
@@ -66,21 +68,23 @@ var watchEndsOn = map[codes.Code]bool{
 
 // Watch follows KeyService.WatchExpiring, reconnecting by itself; see WatchExpiring.
 func (k *Keys) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	return WatchExpiring(ctx, wakeFirst(k.conn, k.WatchExpiring), req, append(opts, endsWith(k.conn))...)
+	return WatchExpiring(ctx, wakeFirst(k.conn, k.WatchExpiring), req, append(opts, endsWith(k.conn, k.closing))...)
 }
 
 // Watch follows HandleService.WatchExpiring, reconnecting by itself; see WatchExpiring.
 func (h *Handles) Watch(ctx context.Context, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	return WatchExpiring(ctx, wakeFirst(h.conn, h.WatchExpiring), req, append(opts, endsWith(h.conn))...)
+	return WatchExpiring(ctx, wakeFirst(h.conn, h.WatchExpiring), req, append(opts, endsWith(h.conn, h.closing))...)
 }
 
 // endsWith ends a watch once conn is closed: its streams then fail with
-// CANCELED, which from a live connection would mean a reset to recover from.
-func endsWith(conn *grpc.ClientConn) WatchOption {
+// CANCELED, which from a live connection would mean a reset to recover from,
+// and a wait to reconnect ends when closing is closed (by Client.Close).
+func endsWith(conn *grpc.ClientConn, closing <-chan struct{}) WatchOption {
 	return func(s *watchSettings) {
 		if conn != nil {
 			s.closed = func() bool { return conn.GetState() == connectivity.Shutdown }
 		}
+		s.closing = closing
 	}
 }
 
@@ -168,10 +172,28 @@ func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, er
 		if w.settings.onReconnect != nil {
 			w.settings.onReconnect(err, wait)
 		}
-		if sleep(ctx, wait) != nil {
-			yield(nil, ctx.Err())
+		if err := w.pause(ctx, wait); err != nil {
+			yield(nil, err)
 			return
 		}
+	}
+}
+
+// errClientClosed ends a watch whose client closed while it waited to reconnect.
+var errClientClosed = &Error{Code: codes.Canceled, Message: "the client was closed"}
+
+// pause waits d before the next stream, or less: ctx's error when it is done,
+// errClientClosed when the client closes meanwhile.
+func (w *watcher) pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.settings.closing: // nil (never ready) for a watch without a Client
+		return errClientClosed
 	}
 }
 

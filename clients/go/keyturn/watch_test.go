@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,5 +263,34 @@ func TestWatchOnAClosedClientEnds(t *testing.T) {
 	}
 	if opens > 0 {
 		t.Errorf("watch on a closed client reconnected %d times, want 0", opens)
+	}
+}
+
+func TestWatchOfAClientClosedWhileItWaitsToReconnectEndsAtOnce(t *testing.T) {
+	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there: every attempt fails and the watch waits
+	c := must(keyturn.NewClient(addr))(t)
+	waiting := make(chan struct{})
+	var once sync.Once
+	hour := keyturn.WithWatchBackoff(keyturn.Backoff{Initial: time.Hour, Max: time.Hour, Multiplier: 2})
+	hook := keyturn.WithReconnectHook(func(error, time.Duration) { once.Do(func() { close(waiting) }) })
+	ended := make(chan error, 1)
+	go func() {
+		_, err := collect(t, c.Keys.Watch(testContext(t), nil, hour, keyturn.WithDraw(func() float64 { return 1 }), hook))
+		ended <- err
+	}()
+
+	<-waiting
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if keyturn.CodeOf(err) != codes.Canceled {
+			t.Errorf("watch of a closed client ended with %v, want CANCELED", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch still waits out its hour-long backoff after its client closed")
 	}
 }
