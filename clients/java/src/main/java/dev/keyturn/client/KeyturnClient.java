@@ -16,8 +16,13 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Collections;
 import java.util.Iterator;
+import java.util.List;
 import java.util.Objects;
+import java.util.Set;
+import java.util.WeakHashMap;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ThreadLocalRandom;
@@ -60,6 +65,9 @@ public final class KeyturnClient implements AutoCloseable {
   private final HandleServiceBlockingStub handles;
   private final AdminServiceBlockingStub admin;
   private final WatchOptions watchOptions;
+  /** Watches to end on {@link #close}, also one waiting to reconnect; held weakly. */
+  private final Set<ExpiryWatch> watches =
+      Collections.synchronizedSet(Collections.newSetFromMap(new WeakHashMap<>()));
 
   private KeyturnClient(Builder builder, ManagedChannel channel) {
     this.channel = channel;
@@ -144,19 +152,31 @@ public final class KeyturnClient implements AutoCloseable {
           channel.resetConnectBackoff(); // the watch's backoff decides when, not the channel's
           return open.apply(r);
         };
-    return new ExpiryWatch(
-        reconnecting,
-        request,
-        options,
-        channel::isShutdown,
-        () -> ThreadLocalRandom.current().nextDouble());
+    ExpiryWatch watch =
+        new ExpiryWatch(
+            reconnecting,
+            request,
+            options,
+            channel::isShutdown,
+            () -> ThreadLocalRandom.current().nextDouble());
+    watches.add(watch);
+    return watch;
   }
 
-  /** Closes the channel: calls in flight fail with CANCELLED, watches end. */
+  /**
+   * Closes the channel: calls in flight fail with CANCELLED, watches end (a thread in {@link
+   * ExpiryWatch#hasNext} returns false at once, also while the watch waits to reconnect).
+   */
   @Override
   public void close() {
     channel.shutdownNow();
     scheduler.shutdownNow();
+    List<ExpiryWatch> open;
+    synchronized (watches) {
+      open = new ArrayList<>(watches);
+      watches.clear();
+    }
+    open.forEach(ExpiryWatch::close);
     try {
       channel.awaitTermination(5, TimeUnit.SECONDS);
     } catch (InterruptedException e) {

@@ -7,9 +7,13 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import keyturn.v1.Events.EventKind;
 import keyturn.v1.Events.ExpiryEvent;
@@ -113,5 +117,26 @@ class ExpiryWatchTest {
     client.close();
     assertFalse(blocked.get(10, TimeUnit.SECONDS), "a watch of a closed client has no next event");
     assertEquals(0, watch.reconnects());
+  }
+
+  @Test
+  void closingTheClientEndsAWatchWaitingToReconnectAtOnce() throws Exception {
+    int port;
+    try (ServerSocket socket = new ServerSocket(0, 1, InetAddress.getLoopbackAddress())) {
+      port = socket.getLocalPort(); // closed again: nothing listens there
+    }
+    CountDownLatch waiting = new CountDownLatch(1);
+    Backoff hours = new Backoff(Duration.ofHours(1000), 2, Duration.ofHours(1000));
+    WatchOptions options =
+        WatchOptions.defaults()
+            .withBackoff(hours)
+            .withReconnectListener((failure, wait) -> waiting.countDown());
+    KeyturnClient client = KeyturnClient.builder("127.0.0.1:" + port).build();
+    ExpiryWatch watch = client.watchKeys(ENCRYPTION_KEYS, options);
+    CompletableFuture<Boolean> blocked = CompletableFuture.supplyAsync(watch::hasNext);
+    assertTrue(waiting.await(10, TimeUnit.SECONDS), "the watch never tried to reconnect");
+    client.close();
+    assertFalse(
+        blocked.get(5, TimeUnit.SECONDS), "a watch waiting to reconnect ends with its client");
   }
 }
