@@ -23,7 +23,7 @@ import pytest
 import keyturn
 from keyturn import _policy
 from keyturn._retry import Backoff, RetryPolicy
-from keyturn._transport import uses_tls
+from keyturn._transport import DEFAULT_CHANNEL_OPTIONS, uses_tls
 from keyturn.v1 import admin_pb2, events_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,6 +129,10 @@ def test_the_client_defaults_are_the_policy_numbers() -> None:
     )
     client = keyturn.AsyncClient  # the default of timeout=
     assert client.__init__.__kwdefaults__["timeout"] * 1000 == POLICY["default_timeout_ms"]
+    options = dict(DEFAULT_CHANNEL_OPTIONS)  # what every channel is opened with
+    keepalive = POLICY["keepalive"]
+    assert options["grpc.keepalive_time_ms"] == keepalive["time_ms"]
+    assert options["grpc.keepalive_timeout_ms"] == keepalive["timeout_ms"]
 
 
 def test_every_rpc_is_retried_as_its_idempotency_level_says() -> None:

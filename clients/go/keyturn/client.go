@@ -61,6 +61,7 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 
 	dialOpts := []grpc.DialOption{
 		grpc.WithUserAgent("keyturn-go"),
+		grpc.WithKeepaliveParams(DefaultKeepalive()),
 		grpc.WithChainUnaryInterceptor(convertUnaryErrors, defaultDeadline(s.timeout), retrying(s.retry, jitter)),
 		grpc.WithChainStreamInterceptor(convertStreamErrors),
 	}

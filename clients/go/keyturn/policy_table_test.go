@@ -57,6 +57,10 @@ type policyTable struct {
 		MaxAttempts      *int       `json:"max_attempts"`
 		DefaultTimeoutMs float64    `json:"default_timeout_ms"`
 		WatchBackoff     backoffRow `json:"watch_backoff"`
+		Keepalive        struct {
+			TimeMs    float64 `json:"time_ms"`
+			TimeoutMs float64 `json:"timeout_ms"`
+		} `json:"keepalive"`
 	} `json:"policy"`
 	TestBackoff backoffRow        `json:"test_backoff"`
 	Methods     map[string]string `json:"methods"`
@@ -232,6 +236,13 @@ func TestPolicyDefaultsAreTheTableNumbers(t *testing.T) {
 	}
 	if keyturn.DefaultTimeout != time.Duration(table.Policy.DefaultTimeoutMs)*time.Millisecond {
 		t.Errorf("DefaultTimeout = %v, want %v ms", keyturn.DefaultTimeout, table.Policy.DefaultTimeoutMs)
+	}
+	keepalive := keyturn.DefaultKeepalive() // what NewClient dials with
+	if keepalive.Time != time.Duration(table.Policy.Keepalive.TimeMs)*time.Millisecond ||
+		keepalive.Timeout != time.Duration(table.Policy.Keepalive.TimeoutMs)*time.Millisecond ||
+		keepalive.PermitWithoutStream {
+		t.Errorf("DefaultKeepalive() = %+v, want a ping after %v ms, closed after %v ms, only with a call open",
+			keepalive, table.Policy.Keepalive.TimeMs, table.Policy.Keepalive.TimeoutMs)
 	}
 }
 

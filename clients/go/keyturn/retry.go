@@ -8,6 +8,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
@@ -61,6 +62,16 @@ func DefaultRetryPolicy() RetryPolicy {
 // doubling to 30 s.
 func DefaultWatchBackoff() Backoff {
 	return Backoff{Initial: time.Second, Max: 30 * time.Second, Multiplier: 2}
+}
+
+// DefaultKeepalive is the keepalive of every client's connection: with a
+// call open, a ping after 60 s without a frame from the server, and the
+// connection closed when the ping goes unanswered for 20 s. A watch on a
+// connection that went silent (the server's host gone, a partition) then
+// reconnects instead of waiting forever. Replace it with
+// WithDialOptions(grpc.WithKeepaliveParams(...)).
+func DefaultKeepalive() keepalive.ClientParameters {
+	return keepalive.ClientParameters{Time: 60 * time.Second, Timeout: 20 * time.Second}
 }
 
 // retryable holds the full names of the methods whose idempotency_level,

@@ -43,9 +43,17 @@ export interface Connection {
   close(): Promise<void>;
 }
 
+/**
+ * Keepalive of every connection (clients/README.md): with a call open, a PING after 60 s
+ * without data from the server, and the connection closed when it goes unanswered for 20 s,
+ * so that a watch on a connection that went silent (the server's host gone, a partition)
+ * reconnects instead of waiting forever. (Connect's own default sends no PING at all.)
+ */
+export const DEFAULT_KEEPALIVE = { pingIntervalMs: 60_000, pingTimeoutMs: 20_000, pingIdleConnection: false } as const;
+
 export function connect(options: ConnectionOptions): Connection {
   const baseUrl = baseUrlOf(options);
-  const sessions = new Http2SessionManager(baseUrl, {}, nodeOptionsOf(options.tls));
+  const sessions = new Http2SessionManager(baseUrl, DEFAULT_KEEPALIVE, nodeOptionsOf(options.tls));
   const interceptors = [...(options.interceptors ?? [])];
   if (options.token !== undefined && options.token !== "") interceptors.push(bearer(options.token));
   const transport = createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors });

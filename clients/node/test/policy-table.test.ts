@@ -12,7 +12,7 @@ import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { backoffDelay, type BackoffPolicy } from "../src/backoff.js";
 import { isLoopback, isRetryable, WATCH_ENDS_ON } from "../src/policy.js";
-import { baseUrlOf } from "../src/transport.js";
+import { baseUrlOf, DEFAULT_KEEPALIVE } from "../src/transport.js";
 import {
   AdminService,
   DEFAULT_RETRY_POLICY,
@@ -101,6 +101,9 @@ describe("client policy table", () => {
     assert.equal(maxAttempts ?? null, table.policy.max_attempts);
     assert.equal(DEFAULT_TIMEOUT_MS, table.policy.default_timeout_ms);
     assert.deepEqual(DEFAULT_WATCH_BACKOFF, ms(table.policy.watch_backoff));
+    // What every connection's Http2SessionManager is made with: PINGs only with a call open.
+    const { time_ms, timeout_ms } = table.policy.keepalive;
+    assert.deepEqual(DEFAULT_KEEPALIVE, { pingIntervalMs: time_ms, pingTimeoutMs: timeout_ms, pingIdleConnection: false });
   });
 
   test("every RPC is retried as its idempotency_level says", () => {

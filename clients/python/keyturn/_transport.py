@@ -23,11 +23,15 @@ ChannelOptions: TypeAlias = Sequence[tuple[str, Any]]
 
 # gRPC's own reconnect backoff grows to 120 s: after a long outage a call could fail fast
 # for minutes after the server is back. Cap it so that our retries find the server soon.
+# Keepalive (the policy's, clients/README.md): with a call open, a ping after 60 s and the
+# connection closed when it goes unanswered for 20 s, so that a watch on a connection that
+# went silent (the server's host gone, a partition) reconnects instead of waiting forever.
 DEFAULT_CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5_000),
     ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
 )
 

@@ -59,6 +59,16 @@ public final class KeyturnClient implements AutoCloseable {
   /** The deadline of a unary call that sets none, retries included. */
   public static final Duration DEFAULT_TIMEOUT = Duration.ofSeconds(30);
 
+  /**
+   * Keepalive of the channel (clients/README.md): with a call open, a ping after {@code
+   * KEEPALIVE_TIME} without a frame from the server, and the connection closed when the ping
+   * goes unanswered for {@code KEEPALIVE_TIMEOUT}, so that a watch on a connection that went
+   * silent (the server's host gone, a partition) reconnects instead of waiting forever.
+   */
+  public static final Duration KEEPALIVE_TIME = Duration.ofSeconds(60);
+
+  public static final Duration KEEPALIVE_TIMEOUT = Duration.ofSeconds(20);
+
   private final ManagedChannel channel;
   private final ScheduledExecutorService scheduler;
   private final KeyServiceBlockingStub keys;
@@ -286,7 +296,10 @@ public final class KeyturnClient implements AutoCloseable {
     }
 
     public KeyturnClient build() {
-      ManagedChannelBuilder<?> channel = Grpc.newChannelBuilder(address, credentials());
+      ManagedChannelBuilder<?> channel =
+          Grpc.newChannelBuilder(address, credentials())
+              .keepAliveTime(KEEPALIVE_TIME.toNanos(), TimeUnit.NANOSECONDS)
+              .keepAliveTimeout(KEEPALIVE_TIMEOUT.toNanos(), TimeUnit.NANOSECONDS);
       if (serverName != null) {
         channel.overrideAuthority(serverName);
       }

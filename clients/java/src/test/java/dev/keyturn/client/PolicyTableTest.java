@@ -195,6 +195,12 @@ class PolicyTableTest {
         Duration.ofMillis(POLICY.get("default_timeout_ms").getAsLong()),
         KeyturnClient.DEFAULT_TIMEOUT);
     assertEquals(Backoff.WATCH, WatchOptions.defaults().backoff());
+    JsonObject keepalive = POLICY.getAsJsonObject("keepalive"); // what build() sets
+    assertEquals(
+        Duration.ofMillis(keepalive.get("time_ms").getAsLong()), KeyturnClient.KEEPALIVE_TIME);
+    assertEquals(
+        Duration.ofMillis(keepalive.get("timeout_ms").getAsLong()),
+        KeyturnClient.KEEPALIVE_TIMEOUT);
   }
 
   @Test
