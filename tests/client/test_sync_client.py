@@ -6,11 +6,13 @@ as it would in a program of its own."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 
 import pytest
 
 import keyturn
-from keyturn import Client
+from keyturn import BlockingWatch, Client
 from keyturn.v1 import events_pb2
 from tests.harness import Harness
 
@@ -54,5 +56,54 @@ async def test_an_abandoned_iterator_is_closed_with_the_client(server: Harness) 
             keys = client.iter_keys(page_size=1)
             assert next(keys).type == "api"
             keys.close()  # stops the underlying async generator on the client's loop
+
+    await asyncio.to_thread(use)
+
+
+def read_in_a_thread(watch: BlockingWatch) -> threading.Event:
+    """Iterates ``watch`` on a thread of its own; the event is set when the loop ends
+    without an exception."""
+    ended = threading.Event()
+
+    def read() -> None:
+        for _ in watch:
+            pass
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return ended
+
+
+async def test_a_blocking_watch_closed_from_another_thread_ends_its_reader(
+    server: Harness,
+) -> None:
+    def use() -> None:
+        with Client(server.address, token=server.admin_token) as client:
+            watch = client.watch_expiring("keys")
+            assert next(watch).kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+            ended = read_in_a_thread(watch)
+            time.sleep(0.3)  # the reader waits on the stream
+            watch.close()
+            assert ended.wait(5), "the reader is still waiting for an event"
+            assert client.get_health().health.version  # the client still works
+
+    await asyncio.to_thread(use)
+
+
+async def test_closing_the_client_ends_a_blocking_watch_and_twice_is_harmless(
+    server: Harness,
+) -> None:
+    def use() -> None:
+        client = Client(server.address, token=server.admin_token)
+        watch = client.watch_expiring("handles")
+        assert next(watch).kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+        ended = read_in_a_thread(watch)
+        time.sleep(0.3)
+        client.close()
+        assert ended.wait(5), "the reader is still waiting for an event"
+        client.close()
+        watch.close()
+        with pytest.raises(keyturn.Cancelled):
+            client.get_health()
 
     await asyncio.to_thread(use)

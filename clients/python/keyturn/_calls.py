@@ -4,13 +4,14 @@ names, and page walking."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 
 from keyturn import _policy
-from keyturn._errors import from_rpc_error
+from keyturn._errors import Cancelled, from_rpc_error
 from keyturn._retry import RetryPolicy, retrying
 from keyturn.v1 import admin_pb2_grpc, handles_pb2_grpc, keys_pb2_grpc
 
@@ -32,6 +33,7 @@ class Caller:
         metadata: Sequence[tuple[str, str]],
         timeout: float | None,
         retry: RetryPolicy,
+        closed: Callable[[], bool] = lambda: False,
     ) -> None:
         self._keys = keys_pb2_grpc.KeyServiceStub(channel)
         self._handles = handles_pb2_grpc.HandleServiceStub(channel)
@@ -39,6 +41,7 @@ class Caller:
         self._metadata = tuple(metadata)
         self._timeout = timeout
         self._retry = retry
+        self._is_closed = closed
         # The stubs' callables of the methods whose idempotency_level allows a retry.
         stubs = zip(_policy.SERVICES, (self._keys, self._handles, self._admin), strict=True)
         self._retryable: frozenset[object] = frozenset(
@@ -62,10 +65,29 @@ class Caller:
             return await method(request, timeout=left, metadata=self._metadata)
 
         policy = self._retry if method in self._retryable else _ONCE
+        if self._is_closed():
+            raise client_closed()
         try:
             return await retrying(attempt, policy, self._timeout if timeout is None else timeout)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from error
+        except (asyncio.CancelledError, grpc.aio.UsageError):
+            # grpc ends the calls of a closed channel with asyncio's CancelledError (and
+            # refuses new attempts with UsageError): the caller's task was not cancelled.
+            if self._is_closed() and not cancelling():
+                raise client_closed() from None
+            raise
+
+
+def client_closed() -> Cancelled:
+    """The error of a call cut short, or refused, because its client was closed."""
+    return Cancelled("the client was closed", code=grpc.StatusCode.CANCELLED)
+
+
+def cancelling() -> bool:
+    """Whether the running task itself is being cancelled (by its caller, a timeout...)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 _ONCE = RetryPolicy(max_attempts=1)

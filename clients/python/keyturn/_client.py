@@ -56,10 +56,17 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         self.address = address
         self._channel = open_channel(address, tls, channel_options)
         self._closed = asyncio.Event()
-        super().__init__(self._channel, call_metadata(token), timeout, retry or RetryPolicy())
+        super().__init__(
+            self._channel,
+            call_metadata(token),
+            timeout,
+            retry or RetryPolicy(),
+            closed=self._closed.is_set,
+        )
 
     async def close(self) -> None:
-        """Closes the channel: calls in flight fail with Cancelled, watches end."""
+        """Closes the channel: calls in flight and later calls fail with Cancelled, watches
+        end quietly. Closing again does nothing."""
         self._closed.set()
         await self._channel.close(None)
 

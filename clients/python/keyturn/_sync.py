@@ -4,13 +4,16 @@ daemon thread and blocks on each call; every method has the async one's signatur
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from keyturn._calls import client_closed
 from keyturn._client import DEFAULT_ADDRESS, AsyncClient
+from keyturn._errors import Cancelled
 from keyturn._retry import RetryPolicy
 from keyturn._transport import ChannelOptions, TLSLike
 from keyturn._watch import Watch
@@ -26,6 +29,8 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        #: Set by stop(): work still waited for ends with Cancelled, new work is refused.
+        self.stopped = False
         self._thread = threading.Thread(target=self._serve, name="keyturn-client", daemon=True)
         self._thread.start()
 
@@ -34,17 +39,37 @@ class _LoopThread:
         self.loop.run_forever()
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self.stopped:
+            coroutine.close()
+            raise client_closed()
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self.stopped:  # its work was cut short by the client's close()
+                raise client_closed() from None
+            raise
         except BaseException:  # KeyboardInterrupt while waiting: stop the work too
             future.cancel()
             raise
 
     def stop(self) -> None:
+        """Ends the work still running (a watch another thread reads, say) and the loop.
+        Stopping again does nothing."""
+        if self.stopped:
+            return
+        self.stopped = True
+        asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join()
         self.loop.close()
+
+
+async def _cancel_all() -> None:
+    tasks = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _blocking(
@@ -78,11 +103,15 @@ def _blocking_watch(
 
 
 class BlockingWatch:
-    """A ``Watch`` for synchronous code: iterate it, read ``last_sequence``, close it."""
+    """A ``Watch`` for synchronous code: iterate it, read ``last_sequence``, close it (also
+    from another thread than the one iterating it, which then stops)."""
 
     def __init__(self, watch: Watch, loop: _LoopThread) -> None:
         self._watch = watch
         self._loop = loop
+        self._closed = False
+        #: The task waiting for the next event, on the client's loop.
+        self._reading: asyncio.Task[Any] | None = None
 
     @property
     def last_sequence(self) -> int | None:
@@ -96,13 +125,35 @@ class BlockingWatch:
         return self
 
     def __next__(self) -> events_pb2.ExpiryEvent:
+        if self._closed:
+            raise StopIteration
         try:
-            return self._loop.run(self._watch.__anext__())
+            return self._loop.run(self._next())
         except StopAsyncIteration:
             raise StopIteration from None
+        except (concurrent.futures.CancelledError, Cancelled):
+            if self._closed or self._loop.stopped:  # closed meanwhile: the normal end
+                raise StopIteration from None
+            raise
+
+    async def _next(self) -> events_pb2.ExpiryEvent:
+        self._reading = asyncio.current_task()
+        try:
+            return await anext(self._watch)
+        finally:
+            self._reading = None
 
     def close(self) -> None:
-        self._loop.run(self._watch.aclose())
+        self._closed = True
+        if not self._loop.stopped:
+            self._loop.run(self._close())
+
+    async def _close(self) -> None:
+        reading = self._reading
+        if reading is not None:  # another thread waits for an event: end that first
+            reading.cancel()
+            await asyncio.gather(reading, return_exceptions=True)
+        await self._watch.aclose()
 
     def __enter__(self) -> BlockingWatch:
         return self
@@ -151,6 +202,10 @@ class Client:
         self.address = address
 
     def close(self) -> None:
+        """Closes the client: calls and watches other threads wait for end as they do for
+        AsyncClient.close(). Closing again does nothing."""
+        if self._loop.stopped:
+            return
         self._loop.run(self._client.close())
         self._loop.stop()
 
@@ -177,7 +232,7 @@ class Client:
                     return
         finally:
             close = getattr(source, "aclose", None)
-            if close is not None:
+            if close is not None and not self._loop.stopped:
                 self._loop.run(close())
 
     # KeyService

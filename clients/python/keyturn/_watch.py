@@ -21,6 +21,7 @@ from typing import Protocol
 import grpc
 
 from keyturn import _policy
+from keyturn._calls import cancelling
 from keyturn._errors import KeyturnError, from_rpc_error
 from keyturn._retry import Backoff, Draw, Sleep
 from keyturn.v1 import events_pb2
@@ -130,6 +131,12 @@ class Watch:
                     delays = self._backoff.delays(self._draw)  # a message resets the backoff
                     if self._accept(event):
                         yield event
+            except asyncio.CancelledError:
+                # How grpc ends the streams of a closed channel; the caller's own
+                # cancellation of its task goes on up.
+                if self._closed() and not cancelling():
+                    return
+                raise
             except grpc.aio.AioRpcError as error:
                 if self._closed():
                     return
