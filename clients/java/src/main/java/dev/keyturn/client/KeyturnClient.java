@@ -71,6 +71,7 @@ public final class KeyturnClient implements AutoCloseable {
 
   private final ManagedChannel channel;
   private final ScheduledExecutorService scheduler;
+  private final RetryingInterceptor retrying;
   private final KeyServiceBlockingStub keys;
   private final HandleServiceBlockingStub handles;
   private final AdminServiceBlockingStub admin;
@@ -88,13 +89,16 @@ public final class KeyturnClient implements AutoCloseable {
               thread.setDaemon(true);
               return thread;
             });
+    this.retrying =
+        new RetryingInterceptor(
+            builder.retryPolicy,
+            scheduler,
+            () -> ThreadLocalRandom.current().nextDouble(),
+            channel::isShutdown);
     // The last interceptor runs first: the deadline is fixed before any attempt starts.
     Channel intercepted =
         ClientInterceptors.intercept(
-            channel,
-            new RetryingInterceptor(
-                builder.retryPolicy, scheduler, () -> ThreadLocalRandom.current().nextDouble()),
-            new DefaultDeadline(builder.defaultTimeout));
+            channel, retrying, new DefaultDeadline(builder.defaultTimeout));
     KeyServiceBlockingStub keyStub = KeyServiceGrpc.newBlockingStub(intercepted);
     HandleServiceBlockingStub handleStub = HandleServiceGrpc.newBlockingStub(intercepted);
     AdminServiceBlockingStub adminStub = AdminServiceGrpc.newBlockingStub(intercepted);
@@ -174,13 +178,17 @@ public final class KeyturnClient implements AutoCloseable {
   }
 
   /**
-   * Closes the channel: calls in flight fail with CANCELLED, watches end (a thread in {@link
-   * ExpiryWatch#hasNext} returns false at once, also while the watch waits to reconnect).
+   * Closes the channel: calls in flight fail with CANCELLED (also a read waiting to be
+   * retried), watches end (a thread in {@link ExpiryWatch#hasNext} returns false at once, also
+   * while the watch waits to reconnect).
    */
   @Override
   public void close() {
     channel.shutdownNow();
     scheduler.shutdownNow();
+    // Calls waiting to retry end with CANCELLED: their next attempt will never run, and
+    // their callers would stay blocked.
+    retrying.clientClosed();
     List<ExpiryWatch> open;
     synchronized (watches) {
       open = new ArrayList<>(watches);

@@ -9,10 +9,14 @@ import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
 import io.grpc.Status;
 import java.time.Duration;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.Executor;
+import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
 import java.util.function.DoubleSupplier;
 
 /**
@@ -23,14 +27,32 @@ import java.util.function.DoubleSupplier;
  * failure is the call's outcome at once. Other calls pass through untouched.
  */
 final class RetryingInterceptor implements ClientInterceptor {
+  /** The outcome of a call whose client was closed while it ran or waited to retry. */
+  static final Status CLIENT_CLOSED = Status.CANCELLED.withDescription("the client was closed");
+
   private final RetryPolicy policy;
   private final ScheduledExecutorService scheduler;
   private final DoubleSupplier draw;
+  private final BooleanSupplier clientClosed;
+  /** Calls between two attempts: close() ends them, since their next attempt will not run. */
+  private final Set<RetryingCall<?, ?>> waiting = ConcurrentHashMap.newKeySet();
 
-  RetryingInterceptor(RetryPolicy policy, ScheduledExecutorService scheduler, DoubleSupplier draw) {
+  RetryingInterceptor(
+      RetryPolicy policy,
+      ScheduledExecutorService scheduler,
+      DoubleSupplier draw,
+      BooleanSupplier clientClosed) {
     this.policy = policy;
     this.scheduler = scheduler;
     this.draw = draw;
+    this.clientClosed = clientClosed;
+  }
+
+  /** The client closed: every call waiting to retry ends now with {@link #CLIENT_CLOSED}. */
+  void clientClosed() {
+    for (RetryingCall<?, ?> call : waiting) {
+      call.abandon();
+    }
   }
 
   @Override
@@ -124,7 +146,23 @@ final class RetryingInterceptor implements ClientInterceptor {
       return call != null && call.isReady();
     }
 
+    /** Ends the call between two attempts, its client closed. */
+    void abandon() {
+      synchronized (lock) {
+        if (done || current != null) {
+          return; // over, or an attempt runs: its own failure ends the call
+        }
+        done = true;
+        if (pending != null) {
+          pending.cancel(false);
+        }
+      }
+      waiting.remove(this);
+      deliver(null, null, CLIENT_CLOSED, new Metadata());
+    }
+
     private void attempt() {
+      waiting.remove(this);
       ClientCall<ReqT, RespT> call = next.newCall(method, options);
       int wanted;
       synchronized (lock) {
@@ -156,8 +194,16 @@ final class RetryingInterceptor implements ClientInterceptor {
         if (done) {
           return true; // cancelled meanwhile: cancel() has delivered the outcome
         }
+        try {
+          pending = scheduler.schedule(this::attempt, wait.toNanos(), TimeUnit.NANOSECONDS);
+        } catch (RejectedExecutionException closing) {
+          return false; // the client is closing: this failure is the outcome
+        }
         current = null;
-        pending = scheduler.schedule(this::attempt, wait.toNanos(), TimeUnit.NANOSECONDS);
+        waiting.add(this);
+      }
+      if (clientClosed.getAsBoolean()) {
+        abandon(); // closed while this retry was being scheduled
       }
       return true;
     }
@@ -203,10 +249,17 @@ final class RetryingInterceptor implements ClientInterceptor {
 
       @Override
       public void onClose(Status status, Metadata trailers) {
+        boolean closed = !status.isOk() && clientClosed.getAsBoolean();
+        if (closed) {
+          // Failed because the channel shut down (UNAVAILABLE): no retry, and the outcome
+          // says why, as for a watch.
+          status = CLIENT_CLOSED.withCause(status.asRuntimeException(trailers));
+        }
         boolean again;
         synchronized (lock) {
           again =
               !done
+                  && !closed
                   && !status.isOk()
                   && policy.allowsAnother(attempts)
                   && CallPolicy.retried(status, trailers);
