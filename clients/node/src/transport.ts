@@ -70,9 +70,19 @@ export function connect(options: ConnectionOptions): Connection {
   };
 }
 
-/** The URL a client connects to: https unless plaintext was chosen or the address is loopback. */
+/**
+ * The URL a client connects to: https unless plaintext was chosen or the address is loopback.
+ * A URL's scheme decides, and a `tls` setting that contradicts it is an error: `tls: { ca }`
+ * with an `http://` address would otherwise send the token in clear without a word.
+ */
 export function baseUrlOf({ address, tls }: Pick<ConnectionOptions, "address" | "tls">): string {
-  if (/^https?:\/\//.test(address)) return address;
+  const scheme = /^(https?):\/\//.exec(address)?.[1];
+  if (scheme !== undefined) {
+    if (tls !== undefined && (tls !== false) !== (scheme === "https")) {
+      throw new TypeError(`tls: ${tls === false ? "false" : "TLS"} contradicts the address ${address}`);
+    }
+    return address;
+  }
   const secure = tls === undefined ? !isLoopback(address) : tls !== false;
   return `${secure ? "https" : "http"}://${address}`;
 }

@@ -79,4 +79,20 @@ describe("client", () => {
       await client.close();
     }
   });
+
+  test("a tls setting that the address's scheme contradicts is refused, not ignored", () => {
+    const ca = "-----BEGIN CERTIFICATE-----\n...";
+    // TLS asked for, an http:// URL given: it would have gone in clear, token and all.
+    assert.throws(() => new KeyturnClient({ address: "http://keyturn.example.com:443", tls: { ca } }), TypeError);
+    assert.throws(() => new KeyturnClient({ address: "http://keyturn.example.com:443", tls: true }), TypeError);
+    assert.throws(() => new KeyturnClient({ address: "https://keyturn.example.com:443", tls: false }), TypeError);
+    // A scheme alone, or one that agrees, is fine.
+    for (const options of [
+      { address: "http://10.0.0.1:50051" },
+      { address: "https://keyturn.example.com:443", tls: { ca } },
+      { address: "http://10.0.0.1:50051", tls: false },
+    ]) {
+      void new KeyturnClient(options).close();
+    }
+  });
 });
