@@ -355,6 +355,16 @@ async def test_the_local_admin_token_file_is_sent_only_to_a_loopback_address(
         assert dict(client._metadata)["authorization"] == "Bearer local-admin"
 
 
+async def test_a_token_file_with_a_stray_character_is_a_usage_error_not_a_traceback(
+    keyturn: Keyturn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEYTURN_TOKEN")
+    (tmp_path / "pasted.token").write_text("kt_admin_s\u00e9cret\n")
+    done = await keyturn("health", "--token-file", str(tmp_path / "pasted.token"))
+    assert done.code == 2 and "bearer token" in done.err
+    assert "kt_admin" not in done.err + done.out
+
+
 def _own_address() -> str | None:
     """An address of this machine that is not loopback, if it has one (the source address
     it would use towards a documentation network: nothing is sent)."""

@@ -81,6 +81,19 @@ async def test_calls_without_a_valid_token_are_unauthenticated(
     assert caught.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    "token",
+    ["kt_admin_secret\n", "kt_admin_s\u00e9cret", "kt_admin_secret\x01", " kt_admin_secret"],
+    ids=["line-break", "non-ascii", "control", "leading-space"],
+)
+def test_a_token_a_header_cannot_carry_is_refused_without_repeating_it(token: str) -> None:
+    """grpc would fail each call with its own ExecuteBatchError (no KeyturnError, a
+    traceback in the CLI): say what is wrong once, when the client is made."""
+    with pytest.raises(ValueError, match="bearer token") as caught:
+        AsyncClient("127.0.0.1:1", token=token)
+    assert "kt_admin" not in str(caught.value)
+
+
 async def test_restoring_a_key_that_was_not_removed_is_a_failed_precondition(
     client: AsyncClient,
 ) -> None:

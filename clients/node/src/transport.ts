@@ -98,8 +98,24 @@ function nodeOptionsOf(tls: ConnectionOptions["tls"]): http2.SecureClientSession
   };
 }
 
+/**
+ * A token goes in a header, which carries visible ASCII only: anything else (a line break
+ * read from a file, a control character, non-ASCII) is refused here, with a message that
+ * does not repeat the token. Node's own error for such a header quotes the value, token and
+ * all, into an error that ends up in logs.
+ */
+function checkedToken(token: string): string {
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new TypeError(
+      `the bearer token (${token.length} characters) holds characters a header cannot carry: ` +
+        "whitespace, a line break, a control character or non-ASCII (trim what you read from a file)",
+    );
+  }
+  return token;
+}
+
 function bearer(token: string): Interceptor {
-  const value = `Bearer ${token}`;
+  const value = `Bearer ${checkedToken(token)}`;
   return (next) => (request) => {
     request.header.set("authorization", value);
     return next(request);

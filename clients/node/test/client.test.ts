@@ -95,4 +95,14 @@ describe("client", () => {
       void new KeyturnClient(options).close();
     }
   });
+
+  test("a token a header cannot carry is refused when the client is made, without repeating it", () => {
+    for (const token of ["kt_admin_secret\n", "kt_admin_s\u00e9cret", "kt_admin_secret\u0001", " kt_admin_secret"]) {
+      assert.throws(
+        () => new KeyturnClient({ address: "127.0.0.1:1", token }),
+        (error: unknown) => error instanceof TypeError && !String(error).includes("kt_admin"),
+        JSON.stringify(token),
+      );
+    }
+  });
 });

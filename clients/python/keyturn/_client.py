@@ -54,11 +54,12 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         the default deadline of each unary call in seconds, retries included (None:
         none); ``retry`` how calls the API marks idempotent are retried."""
         self.address = address
+        metadata = call_metadata(token)  # a token that cannot be sent fails before any I/O
         self._channel = open_channel(address, tls, channel_options)
         self._closed = asyncio.Event()
         super().__init__(
             self._channel,
-            call_metadata(token),
+            metadata,
             timeout,
             retry or RetryPolicy(),
             closed=self._closed.is_set,

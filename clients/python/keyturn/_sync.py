@@ -198,7 +198,11 @@ class Client:
                 channel_options=channel_options,
             )
 
-        self._client = self._loop.run(connect())
+        try:
+            self._client = self._loop.run(connect())
+        except BaseException:  # a token that cannot be sent, say: no thread left behind
+            self._loop.stop()
+            raise
         self.address = address
 
     def close(self) -> None:

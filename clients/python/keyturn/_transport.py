@@ -92,5 +92,15 @@ def uses_tls(address: str, tls: TLSLike) -> bool:
 
 
 def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
-    """Metadata for each Keyturn call: ``authorization: Bearer <token>`` when there is one."""
-    return (("authorization", f"Bearer {token}"),) if token else ()
+    """Metadata for each Keyturn call: ``authorization: Bearer <token>`` when there is one.
+    A header carries visible ASCII only: a token with anything else (a line break read from
+    a file, non-ASCII pasted in) is refused here, without repeating it, rather than failing
+    every call with grpc's ExecuteBatchError."""
+    if not token:
+        return ()
+    if not (token.isascii() and token.isprintable() and " " not in token):
+        raise ValueError(
+            f"the bearer token ({len(token)} characters) holds characters a header cannot "
+            "carry: whitespace, a line break, a control character or non-ASCII"
+        )
+    return (("authorization", f"Bearer {token}"),)
