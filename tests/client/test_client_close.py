@@ -84,3 +84,23 @@ async def test_cancelling_the_callers_own_task_still_cancels_it(server: Harness)
         reader.cancel()
         with pytest.raises(asyncio.CancelledError):
             await reader
+
+
+async def test_a_watch_closed_by_another_task_ends_its_reader_quietly(server: Harness) -> None:
+    """One task reads the watch, another ends it (a shutdown hook): the reader's loop
+    returns, its task is not cancelled, and the client goes on working."""
+    async with AsyncClient(server.address, token=server.admin_token) as client:
+        watch = client.watch_expiring("keys")
+        assert (await anext(watch)).kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+
+        async def read() -> int:
+            return len([event async for event in watch])
+
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0.3)  # blocked on the stream
+        await watch.aclose()
+        async with asyncio.timeout(5):
+            assert await reader == 0
+        with pytest.raises(StopAsyncIteration):
+            await anext(watch)
+        assert (await client.get_health()).health.version

@@ -110,8 +110,6 @@ class BlockingWatch:
         self._watch = watch
         self._loop = loop
         self._closed = False
-        #: The task waiting for the next event, on the client's loop.
-        self._reading: asyncio.Task[Any] | None = None
 
     @property
     def last_sequence(self) -> int | None:
@@ -128,7 +126,7 @@ class BlockingWatch:
         if self._closed:
             raise StopIteration
         try:
-            return self._loop.run(self._next())
+            return self._loop.run(self._watch.__anext__())
         except StopAsyncIteration:
             raise StopIteration from None
         except (concurrent.futures.CancelledError, Cancelled):
@@ -136,24 +134,10 @@ class BlockingWatch:
                 raise StopIteration from None
             raise
 
-    async def _next(self) -> events_pb2.ExpiryEvent:
-        self._reading = asyncio.current_task()
-        try:
-            return await anext(self._watch)
-        finally:
-            self._reading = None
-
     def close(self) -> None:
         self._closed = True
-        if not self._loop.stopped:
-            self._loop.run(self._close())
-
-    async def _close(self) -> None:
-        reading = self._reading
-        if reading is not None:  # another thread waits for an event: end that first
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
-        await self._watch.aclose()
+        if not self._loop.stopped:  # a reader on another thread then stops too
+            self._loop.run(self._watch.aclose())
 
     def __enter__(self) -> BlockingWatch:
         return self

@@ -78,15 +78,35 @@ class Watch:
         #: How many times the stream was opened again after a failure.
         self.reconnects = 0
         self._events = self._run()
+        self._ending = False
+        #: The wait for the next event, as a task of its own, so that aclose() from
+        #: another task can end it without cancelling the reader's task.
+        self._step: asyncio.Future[events_pb2.ExpiryEvent] | None = None
 
     def __aiter__(self) -> Watch:
         return self
 
     async def __anext__(self) -> events_pb2.ExpiryEvent:
-        return await anext(self._events)
+        if self._ending:
+            raise StopAsyncIteration
+        step = self._step = asyncio.ensure_future(anext(self._events))
+        try:
+            return await step
+        except asyncio.CancelledError:
+            if self._ending and not cancelling():  # aclose() ended the wait: the end
+                raise StopAsyncIteration from None
+            raise
+        finally:
+            self._step = None
 
     async def aclose(self) -> None:
-        """Ends the watch and its stream."""
+        """Ends the watch and its stream, also while another task waits for an event
+        (its ``async for`` then ends)."""
+        self._ending = True
+        step = self._step
+        if step is not None:
+            step.cancel()
+            await asyncio.gather(step, return_exceptions=True)
         await self._events.aclose()
 
     async def __aenter__(self) -> Watch:
