@@ -137,6 +137,21 @@ async def test_handles_generate_validate_rotate_and_remove(keyturn: Keyturn) -> 
     assert shown.json()["status"] == "HANDLE_STATUS_REVOKED"
 
 
+async def test_a_handle_secret_on_the_command_line_is_warned_about(keyturn: Keyturn) -> None:
+    """A handle's token is as secret as a bearer token, and as visible in ps and the shell
+    history when given as an argument: the operator is told to use "-" (stdin) instead."""
+    issued = await keyturn("handles", "generate", "workflow", "--json")
+    response = json_format.Parse(issued.out, handles_pb2.GenerateHandleResponse())
+    given = await keyturn("handles", "validate", response.token)
+    assert given.code == 0
+    assert given.err.count("visible to other users") == 1 and "standard input" in given.err
+    assert response.token not in given.err
+    by_token = await keyturn("handles", "rotate", "--by-token", response.token)
+    assert by_token.code == 0 and by_token.err.count("visible to other users") == 1
+    piped = await keyturn("handles", "validate", "-", stdin=response.token + "\n")
+    assert piped.code == 0 and "visible" not in piped.err
+
+
 async def test_config_set_by_flags_by_policy_and_from_a_file(
     keyturn: Keyturn, tmp_path: Path
 ) -> None:

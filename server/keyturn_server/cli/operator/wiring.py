@@ -255,5 +255,13 @@ def pairs(
 
 
 def secret(value: str) -> str:
-    """A token argument; "-" reads it from standard input, which keeps it out of `ps`."""
-    return sys.stdin.readline().strip() if value == "-" else value
+    """A token argument; "-" reads it from standard input, which keeps it out of `ps`. A
+    token given as the argument itself works, with the warning a --token gets."""
+    if value == "-":
+        return sys.stdin.readline().strip()
+    print(
+        "keyturn: warning: a handle token on the command line is visible to other users of "
+        "this host (ps) and stays in your shell history; give - and send it on standard input",
+        file=sys.stderr,
+    )
+    return value
