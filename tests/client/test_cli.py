@@ -283,6 +283,11 @@ def test_no_server_at_the_address_is_said_in_one_line_within_seconds(
         ("audit", "list", "--limit", "0"),
         ("keys", "list", "--limit", "0"),
         ("handles", "list", "--limit", "-5"),
+        ("watch", "keys", "--count", "0"),
+        ("watch", "handles", "--count", "-2"),
+        ("watch", "keys", "--duration", "-1"),
+        ("watch", "keys", "--duration", "nan"),
+        ("watch", "keys", "--duration", "0"),
     ],
     ids=lambda argv: " ".join(argv),
 )

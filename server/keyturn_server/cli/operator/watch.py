@@ -10,7 +10,8 @@ from typing import Any
 
 from keyturn import AsyncClient, KeyturnError
 from keyturn_server.cli.operator import console as out
-from keyturn_server.cli.operator.wiring import command, group
+from keyturn_server.cli.operator.wiring import command, group, seconds
+from keyturn_server.settings import parse_positive
 
 
 def register(commands: Any) -> None:
@@ -26,8 +27,8 @@ def register(commands: Any) -> None:
         c.add_argument("--owner", default="")
         c.add_argument("--resume-after", type=int, help="replay the events after this sequence")
         c.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
-        c.add_argument("--count", type=int, help="stop after this many events")
-        c.add_argument("--duration", type=float, help="stop after this many seconds")
+        c.add_argument("--count", type=parse_positive, help="stop after this many events")
+        c.add_argument("--duration", type=seconds, help="stop after this many seconds")
         if subject == "handles":
             c.add_argument("--deliver-tokens", action="store_true", help="new secrets (owner)")
 
