@@ -253,10 +253,13 @@ public final class KeyturnClient implements AutoCloseable {
       return tls();
     }
 
-    /** The name to check the server's certificate against, when it is not the address's. */
+    /**
+     * TLS, checking the server's certificate against this name when it is not the address's
+     * (also to a loopback address, which is otherwise reached in plaintext).
+     */
     public Builder serverName(String name) {
       this.serverName = Objects.requireNonNull(name, "name");
-      return this;
+      return tls();
     }
 
     /** The deadline of unary calls that set none (30 s); {@link Duration#ZERO}: none. */

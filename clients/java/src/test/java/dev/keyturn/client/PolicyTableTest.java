@@ -261,6 +261,17 @@ class PolicyTableTest {
     }
   }
 
+  @Test
+  void aServerNameAsksForTlsAsAPrivateCaDoes() {
+    // A name to check the certificate against means TLS, also to a loopback address (as in
+    // the Python, Go and Node clients); plaintext() afterwards still wins.
+    assertTrue(KeyturnClient.builder("127.0.0.1:50051").serverName("keyturn.internal").usesTls());
+    assertTrue(
+        KeyturnClient.builder("localhost:50051").trustedCertificates(Path.of("ca.pem")).usesTls());
+    assertFalse(
+        KeyturnClient.builder("127.0.0.1:50051").serverName("keyturn.internal").plaintext().usesTls());
+  }
+
   @TestFactory
   Stream<DynamicTest> calls() {
     List<JsonObject> calls = cases("calls");
