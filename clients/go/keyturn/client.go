@@ -58,11 +58,12 @@ type Admin struct{ keyturnv1.AdminServiceClient }
 // per DefaultRetryPolicy (WithRetryPolicy).
 func NewClient(target string, opts ...Option) (*Client, error) {
 	s := settingsFor(target, opts...)
+	closing := make(chan struct{})
 
 	dialOpts := []grpc.DialOption{
 		grpc.WithUserAgent("keyturn-go"),
 		grpc.WithKeepaliveParams(DefaultKeepalive()),
-		grpc.WithChainUnaryInterceptor(convertUnaryErrors, defaultDeadline(s.timeout), retrying(s.retry, jitter)),
+		grpc.WithChainUnaryInterceptor(convertUnaryErrors, defaultDeadline(s.timeout), retrying(s.retry, jitter, closing)),
 		grpc.WithChainStreamInterceptor(convertStreamErrors),
 	}
 	if s.plaintext {
@@ -83,7 +84,6 @@ func NewClient(target string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("keyturn: client for %s: %w", target, err)
 	}
-	closing := make(chan struct{})
 	return &Client{
 		Keys:    &Keys{keyturnv1.NewKeyServiceClient(conn), conn, closing},
 		Handles: &Handles{keyturnv1.NewHandleServiceClient(conn), conn, closing},

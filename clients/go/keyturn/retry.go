@@ -147,8 +147,9 @@ func defaultDeadline(timeout time.Duration) grpc.UnaryClientInterceptor {
 // retrying is the unary interceptor that applies a RetryPolicy. Each attempt
 // runs under the call's context, so it carries only the time that remains;
 // when the next wait would end past the deadline, the last error is returned
-// at once.
-func retrying(p RetryPolicy, draw func() float64) grpc.UnaryClientInterceptor {
+// at once, and a wait cut short by the client's Close (closing) ends the call
+// with CANCELED.
+func retrying(p RetryPolicy, draw func() float64, closing <-chan struct{}) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
 		invoker grpc.UnaryInvoker, opts ...grpc.CallOption,
 	) error {
@@ -166,7 +167,9 @@ func retrying(p RetryPolicy, draw func() float64) grpc.UnaryClientInterceptor {
 			if bounded && time.Until(deadline) <= wait {
 				return err
 			}
-			if sleep(ctx, wait) != nil {
+			if closed, done := pause(ctx, wait, closing); closed {
+				return errClientClosed
+			} else if done {
 				return err
 			}
 			err = invoker(ctx, method, req, reply, cc, opts...)
@@ -175,18 +178,17 @@ func retrying(p RetryPolicy, draw func() float64) grpc.UnaryClientInterceptor {
 	}
 }
 
-// sleep waits for d or until ctx is done, whichever comes first.
-func sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
+// pause waits d, or less: until ctx is done (done) or closing is closed (closed).
+func pause(ctx context.Context, d time.Duration, closing <-chan struct{}) (closed, done bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
-		return nil
+		return false, ctx.Err() != nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return false, true
+	case <-closing: // nil (never ready) without a Client
+		return true, false
 	}
 }
 

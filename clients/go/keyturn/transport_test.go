@@ -176,6 +176,32 @@ func TestAReadToAClosedPortRetriesUntilItsDeadline(t *testing.T) {
 	}
 }
 
+func TestAReadWaitingToBeRetriedEndsWhenTheClientCloses(t *testing.T) {
+	lis := must(net.Listen("tcp", "127.0.0.1:0"))(t)
+	addr := lis.Addr().String()
+	_ = lis.Close() // every attempt is UNAVAILABLE
+	hours := keyturn.RetryPolicy{Backoff: keyturn.Backoff{Initial: time.Hour, Max: time.Hour, Multiplier: 2}}
+	c := must(keyturn.NewClient(addr, keyturn.WithRetryPolicy(hours), keyturn.WithDefaultTimeout(0)))(t)
+	ended := make(chan error, 1)
+	go func() {
+		_, err := c.Keys.GetKey(context.Background(), &keyturnv1.GetKeyRequest{KeyId: "key_x"})
+		ended <- err
+	}()
+
+	time.Sleep(300 * time.Millisecond) // the first attempt failed: the retry waits
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-ended:
+		if keyturn.CodeOf(err) != codes.Canceled {
+			t.Errorf("a read cut short by Close ended with %v, want CANCELED", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the read still waits out its backoff after its client closed")
+	}
+}
+
 // selfSignedCertificate makes a server certificate for "keyturn.test" and a
 // pool that trusts it.
 func selfSignedCertificate(t *testing.T) (tls.Certificate, *x509.CertPool) {

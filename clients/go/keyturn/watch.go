@@ -179,22 +179,20 @@ func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, er
 	}
 }
 
-// errClientClosed ends a watch whose client closed while it waited to reconnect.
+// errClientClosed ends a call or a watch whose client closed while it waited
+// for its next attempt.
 var errClientClosed = &Error{Code: codes.Canceled, Message: "the client was closed"}
 
 // pause waits d before the next stream, or less: ctx's error when it is done,
 // errClientClosed when the client closes meanwhile.
 func (w *watcher) pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-w.settings.closing: // nil (never ready) for a watch without a Client
+	switch closed, done := pause(ctx, d, w.settings.closing); {
+	case closed:
 		return errClientClosed
+	case done:
+		return ctx.Err()
 	}
+	return nil
 }
 
 // follow reads one stream until it fails or the caller stops (stopped). A
