@@ -14,6 +14,7 @@ import keyturn
 from keyturn import AsyncClient
 from keyturn.v1 import events_pb2
 from tests.harness import Harness
+from tests.process import free_port
 
 
 @pytest.fixture
@@ -45,6 +46,18 @@ async def test_a_call_in_flight_when_the_client_closes_fails_with_cancelled(
         with pytest.raises(keyturn.Cancelled):
             await call
     assert not call.cancelled()
+
+
+async def test_a_read_waiting_to_be_retried_ends_when_the_client_closes() -> None:
+    hours = keyturn.RetryPolicy(keyturn.Backoff(initial=3600, maximum=3600))
+    address = f"127.0.0.1:{free_port()}"
+    client = AsyncClient(address, token="kt_unused", retry=hours, timeout=None)
+    call = asyncio.ensure_future(client.get_key("key_" + "a" * 16))
+    await asyncio.sleep(0.3)  # the first attempt failed (nothing listens): the retry waits
+    await client.close()
+    async with asyncio.timeout(2):
+        with pytest.raises(keyturn.Cancelled):
+            await call
 
 
 async def test_a_call_after_close_fails_with_cancelled(server: Harness) -> None:

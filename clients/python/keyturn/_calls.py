@@ -12,7 +12,7 @@ import grpc
 
 from keyturn import _policy
 from keyturn._errors import Cancelled, from_rpc_error
-from keyturn._retry import RetryPolicy, retrying
+from keyturn._retry import RetryPolicy, Sleep, retrying
 from keyturn.v1 import admin_pb2_grpc, handles_pb2_grpc, keys_pb2_grpc
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ class Caller:
         timeout: float | None,
         retry: RetryPolicy,
         closed: Callable[[], bool] = lambda: False,
+        pause: Sleep = asyncio.sleep,
     ) -> None:
         self._keys = keys_pb2_grpc.KeyServiceStub(channel)
         self._handles = handles_pb2_grpc.HandleServiceStub(channel)
@@ -42,6 +43,8 @@ class Caller:
         self._timeout = timeout
         self._retry = retry
         self._is_closed = closed
+        #: The wait between attempts (and a watch's reconnects), cut short by close().
+        self._pause = pause
         # The stubs' callables of the methods whose idempotency_level allows a retry.
         stubs = zip(_policy.SERVICES, (self._keys, self._handles, self._admin), strict=True)
         self._retryable: frozenset[object] = frozenset(
@@ -68,8 +71,11 @@ class Caller:
         if self._is_closed():
             raise client_closed()
         try:
-            return await retrying(attempt, policy, self._timeout if timeout is None else timeout)
+            deadline = self._timeout if timeout is None else timeout
+            return await retrying(attempt, policy, deadline, sleep=self._pause)
         except grpc.aio.AioRpcError as error:
+            if self._is_closed():  # whatever the last attempt said, the client closed
+                raise client_closed() from error
             raise from_rpc_error(error) from error
         except (asyncio.CancelledError, grpc.aio.UsageError):
             # grpc ends the calls of a closed channel with asyncio's CancelledError (and

@@ -63,6 +63,7 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
             timeout,
             retry or RetryPolicy(),
             closed=self._closed.is_set,
+            pause=self._wait_unless_closed,
         )
 
     async def close(self) -> None:
@@ -71,9 +72,9 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         self._closed.set()
         await self._channel.close(None)
 
-    async def _pause(self, seconds: float) -> None:
-        """A watch's wait before it reconnects, cut short when the client closes: the
-        caller iterating the watch is not kept waiting up to 30 s for nothing."""
+    async def _wait_unless_closed(self, seconds: float) -> None:
+        """A wait before a call's next attempt or a watch's reconnect, cut short when the
+        client closes: the caller is not kept waiting (up to 30 s) for nothing."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closed.wait(), seconds)
 
