@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from keyturn import AsyncClient
+from keyturn.v1 import keys_pb2
 
 
 async def test_iter_keys_yields_every_key_of_a_type_once_across_pages(
@@ -22,6 +27,23 @@ async def test_a_limit_stops_the_walk_early(client: AsyncClient) -> None:
         await client.generate_key("session")
     limited = [key async for key in client.iter_keys(page_size=2, limit=3)]
     assert len(limited) == 3
+
+
+async def test_a_limit_met_at_the_end_of_a_page_asks_for_no_further_page(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(5):
+        await client.generate_key("session")
+    asked: list[str] = []
+    list_keys = client.list_keys
+
+    async def counting(**kwargs: Any) -> keys_pb2.ListKeysResponse:
+        asked.append(kwargs["page_token"])
+        return await list_keys(**kwargs)
+
+    monkeypatch.setattr(client, "list_keys", counting)
+    limited = [key async for key in client.iter_keys(page_size=2, limit=4)]
+    assert len(limited) == 4 and len(asked) == 2  # not a third page to find out
 
 
 async def test_iter_handles_filters_by_type_and_status(client: AsyncClient) -> None:

@@ -115,8 +115,8 @@ async def pages(
             seen += 1
             yield item
         page_token = token(response)
-        if not page_token:
-            return
+        if not page_token or (limit is not None and seen >= limit):
+            return  # a limit met at a page's end asks for no page to find out
 
 
 def enum_value(wrapper: _EnumTypeWrapper[V], prefix: str, value: V | str | None) -> V:
