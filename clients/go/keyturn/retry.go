@@ -168,7 +168,7 @@ func retrying(p RetryPolicy, draw func() float64, closing <-chan struct{}) grpc.
 				return err
 			}
 			if closed, done := pause(ctx, wait, closing); closed {
-				return errClientClosed
+				return errClientClosed()
 			} else if done {
 				return err
 			}

@@ -180,15 +180,17 @@ func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, er
 }
 
 // errClientClosed ends a call or a watch whose client closed while it waited
-// for its next attempt.
-var errClientClosed = &Error{Code: codes.Canceled, Message: "the client was closed"}
+// for its next attempt: a new *Error each time, since callers may change theirs.
+func errClientClosed() error {
+	return &Error{Code: codes.Canceled, Message: "the client was closed"}
+}
 
 // pause waits d before the next stream, or less: ctx's error when it is done,
-// errClientClosed when the client closes meanwhile.
+// errClientClosed() when the client closes meanwhile.
 func (w *watcher) pause(ctx context.Context, d time.Duration) error {
 	switch closed, done := pause(ctx, d, w.settings.closing); {
 	case closed:
-		return errClientClosed
+		return errClientClosed()
 	case done:
 		return ctx.Err()
 	}
