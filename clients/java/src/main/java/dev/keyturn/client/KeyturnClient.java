@@ -6,11 +6,15 @@ import io.grpc.ChannelCredentials;
 import io.grpc.ClientCall;
 import io.grpc.ClientInterceptor;
 import io.grpc.ClientInterceptors;
+import io.grpc.ForwardingClientCall;
+import io.grpc.ForwardingClientCallListener;
 import io.grpc.Grpc;
 import io.grpc.InsecureChannelCredentials;
 import io.grpc.ManagedChannel;
 import io.grpc.ManagedChannelBuilder;
+import io.grpc.Metadata;
 import io.grpc.MethodDescriptor;
+import io.grpc.Status;
 import io.grpc.TlsChannelCredentials;
 import java.io.IOException;
 import java.io.UncheckedIOException;
@@ -27,6 +31,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
+import java.util.function.BooleanSupplier;
 import java.util.function.Function;
 import keyturn.v1.AdminServiceGrpc;
 import keyturn.v1.AdminServiceGrpc.AdminServiceBlockingStub;
@@ -95,10 +100,14 @@ public final class KeyturnClient implements AutoCloseable {
             scheduler,
             () -> ThreadLocalRandom.current().nextDouble(),
             channel::isShutdown);
-    // The last interceptor runs first: the deadline is fixed before any attempt starts.
+    // The last interceptor runs first: the deadline is fixed before any attempt starts, and
+    // every attempt's failure on a closed client reads CANCELLED.
     Channel intercepted =
         ClientInterceptors.intercept(
-            channel, retrying, new DefaultDeadline(builder.defaultTimeout));
+            channel,
+            new ClosedClientStatus(channel::isShutdown),
+            retrying,
+            new DefaultDeadline(builder.defaultTimeout));
     KeyServiceBlockingStub keyStub = KeyServiceGrpc.newBlockingStub(intercepted);
     HandleServiceBlockingStub handleStub = HandleServiceGrpc.newBlockingStub(intercepted);
     AdminServiceBlockingStub adminStub = AdminServiceGrpc.newBlockingStub(intercepted);
@@ -315,6 +324,45 @@ public final class KeyturnClient implements AutoCloseable {
         channel.overrideAuthority(serverName);
       }
       return new KeyturnClient(this, channel.build());
+    }
+  }
+
+  /**
+   * A unary call that fails because its client was closed ends with CANCELLED ("the client was
+   * closed"), as the policy says, rather than the UNAVAILABLE a shut-down channel gives.
+   */
+  private static final class ClosedClientStatus implements ClientInterceptor {
+    private final BooleanSupplier closed;
+
+    ClosedClientStatus(BooleanSupplier closed) {
+      this.closed = closed;
+    }
+
+    @Override
+    public <ReqT, RespT> ClientCall<ReqT, RespT> interceptCall(
+        MethodDescriptor<ReqT, RespT> method, CallOptions options, Channel next) {
+      ClientCall<ReqT, RespT> call = next.newCall(method, options);
+      if (method.getType() != MethodDescriptor.MethodType.UNARY) {
+        return call; // a watch ends quietly on close: ExpiryWatch sees to it
+      }
+      return new ForwardingClientCall.SimpleForwardingClientCall<>(call) {
+        @Override
+        public void start(Listener<RespT> listener, Metadata headers) {
+          super.start(
+              new ForwardingClientCallListener.SimpleForwardingClientCallListener<>(listener) {
+                @Override
+                public void onClose(Status status, Metadata trailers) {
+                  if (!status.isOk() && closed.getAsBoolean()) {
+                    status =
+                        RetryingInterceptor.CLIENT_CLOSED.withCause(
+                            status.asRuntimeException(trailers));
+                  }
+                  super.onClose(status, trailers);
+                }
+              },
+              headers);
+        }
+      };
     }
   }
 

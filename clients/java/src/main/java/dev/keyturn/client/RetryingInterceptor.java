@@ -270,6 +270,9 @@ final class RetryingInterceptor implements ClientInterceptor {
           if (retryAfter(backoff.compareTo(floor) >= 0 ? backoff : floor)) {
             return;
           }
+          if (clientClosed.getAsBoolean()) { // refused because the client closed meanwhile
+            status = CLIENT_CLOSED.withCause(status.asRuntimeException(trailers));
+          }
         }
         synchronized (lock) {
           if (done) {

@@ -2,6 +2,7 @@ package dev.keyturn.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -14,6 +15,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import keyturn.v1.Keys.GenerateKeyRequest;
 import keyturn.v1.Keys.GetKeyRequest;
 import org.junit.jupiter.api.Test;
 
@@ -69,6 +71,31 @@ class ClientCloseTest {
       Thread.sleep(300);
       client.close();
       assertCancelledSoon(call);
+    }
+  }
+
+  @Test
+  void aCallThatIsNeverRetriedEndsWithCancelledTooAndSoDoLaterCalls() throws Exception {
+    try (ServerSocket silent = new ServerSocket(0, 50, InetAddress.getLoopbackAddress())) {
+      KeyturnClient client =
+          KeyturnClient.builder("127.0.0.1:" + silent.getLocalPort()).token("kt_unused").build();
+      GenerateKeyRequest generate = GenerateKeyRequest.newBuilder().setType("encryption").build();
+      CompletableFuture<Throwable> call =
+          CompletableFuture.supplyAsync(
+              () -> {
+                try {
+                  client.keys().generateKey(generate);
+                  return null;
+                } catch (RuntimeException e) {
+                  return e;
+                }
+              });
+      Thread.sleep(300);
+      client.close();
+      assertCancelledSoon(call);
+      StatusRuntimeException later =
+          assertThrows(StatusRuntimeException.class, () -> client.keys().generateKey(generate));
+      assertEquals(Status.Code.CANCELLED, later.getStatus().getCode(), later.toString());
     }
   }
 
