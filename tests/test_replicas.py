@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.events import EventKind
-from tests.harness import Harness
+from tests.harness import Harness, fails
 
 pytestmark = pytest.mark.postgres
 E = events_pb2
@@ -114,6 +116,66 @@ async def test_the_keys_per_owner_cap_holds_with_both_replicas_generating(
     results = await asyncio.gather(*calls, return_exceptions=True)
     made = [r for r in results if isinstance(r, keys_pb2.GenerateKeyResponse)]
     assert len(made) == cap  # concurrent transactions, one last slot: taken once
+
+
+async def test_a_rate_limit_lowered_on_one_replica_holds_on_the_others_next_validation(
+    replicas: list[Harness],
+) -> None:
+    """Policy changes apply at once (DESIGN 4), wherever the next call lands; before, the
+    other replica applied the old policy until its periodic refresh, up to two seconds."""
+    changer, other = replicas
+    issued = await other.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    await changer.set_policies(rate_limit_per_handle=3)
+    results = [
+        await other.admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=issued.token)
+        )
+        for _ in range(5)
+    ]
+    assert [r.validation.valid for r in results] == [True, True, True, False, False]
+    assert results[-1].validation.reason == handles_pb2.VALIDATION_REASON_RATE_LIMITED
+
+
+async def set_handle_type(replica: Harness, name: str, max_usage: int | None) -> None:
+    """Add or change the custom handle type ``name``; delete it when max_usage is None."""
+    types = {}
+    if max_usage is not None:
+        types[name] = admin_pb2.HandleTypeConfig(
+            algorithm="sha256",
+            handle_length=32,
+            rotation_interval=duration_pb2.Duration(seconds=60),
+            warning_threshold=duration_pb2.Duration(seconds=10),
+            max_lifetime=duration_pb2.Duration(seconds=600),
+            max_usage=max_usage,
+        )
+    config = await replica.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
+    await replica.admin.admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(handle_types=types),
+            update_mask={"paths": [f"handle_types.{name}"]},
+            etag=config.etag,
+        )
+    )
+
+
+async def test_a_handle_type_changed_on_one_replica_applies_to_the_others_next_handle(
+    replicas: list[Harness],
+) -> None:
+    changer, other = replicas
+    await set_handle_type(changer, "batch", max_usage=10)
+    await other.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="batch"))
+    await set_handle_type(changer, "batch", max_usage=3)
+    issued = await other.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="batch")
+    )
+    assert issued.handle.max_usage == 3
+    await set_handle_type(changer, "batch", max_usage=None)
+    refused = await fails(
+        other.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="batch"))
+    )
+    assert refused.code is grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_one_replica_leads_the_scheduler_and_rotations_happen_once(

@@ -83,23 +83,52 @@ class ConfigService:
             listener()
 
     def key_type(self, name: str) -> KeyType | None:
-        """A key type by name. One not known here may have just been added through
-        another replica: the stored configuration is read again before saying no."""
-        if name not in self._current.key_types:
-            self.refresh()
-        return self._current.key_types.get(name)
+        """A key type by name, as configured now (:meth:`fresh`)."""
+        return self.fresh().key_types.get(name)
 
     def handle_type(self, name: str) -> HandleType | None:
-        """A handle type by name, read again from the store when not known here."""
-        if name not in self._current.handle_types:
-            self.refresh()
-        return self._current.handle_types.get(name)
+        """A handle type by name, as configured now (:meth:`fresh`)."""
+        return self.fresh().handle_types.get(name)
+
+    def fresh(self) -> Config:
+        """The configuration as committed, whichever replica or worker changed it last.
+
+        Another replica's change reaches this one's memory only every REFRESH_INTERVAL
+        (app.py); until then it issued handles of a type just deleted, with the usage
+        limit just lowered. A policy or type change applies from the very next call,
+        wherever it lands: one indexed read of the newest revision's number, and the
+        revision itself only when it is newer than the one held."""
+        self._adopt(self._store.read())
+        return self._current
+
+    def within(self, repo: Repository) -> Config:
+        """The configuration a unit of work applies, read in its own transaction (see
+        :meth:`fresh`): a newer revision is used by the unit at once, and held by this
+        process once the unit commits."""
+        if repo.config_revision() <= self._current.revision:
+            return self._current
+        stored = _latest(repo)
+        if stored is None or stored.revision <= self._current.revision:
+            return self._current
+        repo.after_commit(lambda: self._hold(stored))
+        return stored
+
+    def _adopt(self, repo: ConfigRepository) -> None:
+        if repo.config_revision() > self._current.revision:
+            stored = _latest(repo)
+            if stored is not None:
+                self._hold(stored)
+
+    def _hold(self, stored: Config) -> None:
+        if stored.revision > self._current.revision:
+            self._current = stored
 
     def refresh(self) -> None:
-        """Pick up a revision written by another replica."""
+        """Pick up a revision written by another replica (the newest revision is read and
+        verified whole, so that a forged one is reported even when its number is not new)."""
         stored = _latest(self._store.read())
-        if stored is not None and stored.revision > self._current.revision:
-            self._current = stored
+        if stored is not None:
+            self._hold(stored)
 
     def get(self, principal: Principal) -> Config:
         principal.require(Permission.CONFIG_READ)

@@ -339,7 +339,8 @@ class HandleService:
                 return None  # unknown, or not the caller's to rotate: one answer
             if handle.status(now) not in (HandleStatus.ACTIVE, HandleStatus.EXPIRING):
                 return None
-            decision = decide(handle, secret, seen, now, self._config.current.policies, use=False)
+            policies = self._config.within(repo).policies
+            decision = decide(handle, secret, seen, now, policies, use=False)
             repo.update_handle(handle, decision.handle)
             journal_decision(self._journal, repo, decision)
             if not decision.valid:

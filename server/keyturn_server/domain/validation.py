@@ -163,7 +163,7 @@ class Validator:
         found, others = self._lookup(repo, presented)
         now = self._clock.now()
         minute = to_micros(now) // (WINDOW_SECONDS * 1_000_000)
-        policies = self._config.current.policies
+        policies = self._config.within(repo).policies
         #: handle id -> (as read, as the decisions so far left it)
         touched: dict[str, tuple[Handle, Handle]] = {}
         decisions: list[Decision | None] = []

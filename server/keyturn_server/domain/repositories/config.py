@@ -19,6 +19,11 @@ class StoredConfig:
 class ConfigRepository(Protocol):
     def latest_config(self) -> StoredConfig | None: ...
 
+    def config_revision(self) -> int:
+        """The newest revision's number (0 when none is stored): one indexed read, so that
+        a replica can tell whether another one changed the configuration."""
+        ...
+
     def put_config(self, config: StoredConfig) -> bool:
         """Store a new revision; False (and nothing changed) when that revision exists
         already: another writer got there first."""

@@ -107,6 +107,10 @@ class MetaSql(SqlBase):
             row["updated_by"],
         )
 
+    def config_revision(self) -> int:
+        row = self._one("SELECT MAX(revision) AS revision FROM config")
+        return int(row["revision"] or 0) if row is not None else 0
+
     def put_config(self, config: StoredConfig) -> bool:
         row: dict[str, Any] = {
             "revision": config.revision,
