@@ -7,6 +7,7 @@ logged as a security event that names no secret."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import timedelta
@@ -19,8 +20,9 @@ from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_p
 from keyturn_server.crypto.keyring import KeyringData
 from keyturn_server.crypto.master import parse_master_key
 from keyturn_server.domain.errors import DataLoss
+from keyturn_server.domain.events import EventKind
 from tests.harness import MASTER_KEY, Harness, fails
-from tests.security.database import run_sql, tamper
+from tests.security.database import query, run_sql, tamper
 
 SERVICE = resources_pb2.ROLE_SERVICE
 DAY = timedelta(days=1)
@@ -361,3 +363,38 @@ async def test_a_handle_forged_after_it_was_validated_is_not_served_from_memory(
         server.admin.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=issued.handle.id))
     )
     assert read.code == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_forged_configuration_revision_is_refused_and_the_scheduler_carries_on(
+    server: Harness,
+) -> None:
+    """Written while the server runs (on PostgreSQL, beside other replicas): the next
+    calls that apply the configuration are DATA_LOSS, the scheduler keeps its own
+    (authentic) configuration and keeps running, and deleting the forged row heals both."""
+    issued = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device")
+    )
+    [latest] = query(server, "SELECT * FROM config ORDER BY revision DESC LIMIT 1")
+    weakened = latest["body"].replace('"prevent_reuse": true', '"prevent_reuse": false')
+    query(
+        server,
+        "INSERT INTO config (revision, body, update_time, updated_by, mac) VALUES (?, ?, ?, ?, ?)",
+        (latest["revision"] + 1, weakened, latest["update_time"], "admin", b"\0" * 32),
+    )
+    request = handles_pb2.ValidateHandleRequest(token=issued.token)
+    refused = await fails(server.admin.handles.ValidateHandle(request))
+    assert refused.code == grpc.StatusCode.DATA_LOSS
+    server.clock.advance(timedelta(minutes=4, seconds=30))  # the warning: the scheduler wakes
+    await asyncio.sleep(0.3)
+    health = await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = health.health.components
+    assert part.status == admin_pb2.SERVING_STATUS_SERVING, part.reasons
+
+    query(server, "DELETE FROM config WHERE revision = ?", (latest["revision"] + 1,))
+    assert (await server.admin.handles.ValidateHandle(request)).validation.valid
+    server.clock.advance(timedelta(seconds=30))  # the device type rotates at 5 minutes
+    for _ in range(100):
+        if any(e.kind is EventKind.ROTATED for e in await server.events()):
+            break
+        await asyncio.sleep(0.05)
+    assert any(e.kind is EventKind.ROTATED for e in await server.events())

@@ -174,7 +174,10 @@ class Scheduler:
                 if self._store.classify(exc) is None:  # else the store has said it, once
                     log.exception("scheduler pass failed", extra={"category": "error"})
                 await asyncio.sleep(1)
-            with contextlib.suppress(Unavailable):
+            # A revision that fails authentication (DATA_LOSS) is reported where it is
+            # read, and refused to callers; the scheduler goes on with the configuration
+            # it holds. (It used to end here, and schedule nothing until a restart.)
+            with contextlib.suppress(Unavailable, DataLoss):
                 self._config.refresh()
             deadline = self.next_deadline
             if deadline is None or self.leadership.lease() is None:
