@@ -17,13 +17,16 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from datetime import timedelta
 
 import grpc
 import psycopg
 import pytest
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keyturn.v1 import handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn_server.domain.events import EventKind
 from tests.harness import Harness, fails
 
 pytestmark = pytest.mark.postgres
@@ -89,3 +92,61 @@ async def test_a_table_locked_in_the_database_does_not_freeze_the_server(
     waits = [m for m in said if "wait on the database" in m]
     again = [m for m in said if m.endswith("are served again")]
     assert 1 <= len(waits) <= 2 and len(again) == len(waits), (waits, again)
+
+
+async def test_scheduled_rotations_and_validations_of_the_same_handles_never_deadlock(
+    server: Harness,
+) -> None:
+    """The scheduler rotates a hundred handles in one transaction while callers validate
+    them. It locked them one by one in deadline order, appending events in between;
+    validations lock theirs in id order and then append: the two waited on each other
+    until the lock timeout, and every validation was refused STORE_LOCKED for a second
+    after (hundreds of refusals in a few seconds). Now the scheduler locks its handles
+    first, in id order, and the validations only wait their turn."""
+    await server.set_policies(max_concurrent_handles=1000, rate_limit_per_handle=100_000)
+    busy = admin_pb2.HandleTypeConfig(
+        algorithm="sha256",
+        handle_length=32,
+        rotation_interval=duration_pb2.Duration(seconds=1800),
+        warning_threshold=duration_pb2.Duration(seconds=300),
+        max_lifetime=duration_pb2.Duration(seconds=4 * 3600),
+        max_usage=1_000_000,
+    )
+    config = await server.admin.admin.GetConfig(admin_pb2.GetConfigRequest())
+    await server.admin.admin.UpdateConfig(
+        admin_pb2.UpdateConfigRequest(
+            config=admin_pb2.Config(handle_types={"busy": busy}),
+            update_mask={"paths": ["handle_types.busy"]},
+            etag=config.etag,
+        )
+    )
+    made = await asyncio.gather(
+        *(
+            server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="busy"))
+            for _ in range(150)
+        )
+    )
+    tokens = [m.token for m in made]
+    refused: list[str] = []
+    done = asyncio.Event()
+
+    async def validate(first: int) -> None:
+        index = first
+        while not done.is_set():
+            index = (index + 7) % len(tokens)
+            request = handles_pb2.ValidateHandleRequest(token=tokens[index])
+            try:
+                await server.admin.handles.ValidateHandle(request, timeout=10)
+            except grpc.aio.AioRpcError as error:
+                refused.append(f"{error.code().name}: {error.details()}")
+
+    callers = [asyncio.create_task(validate(i)) for i in range(48)]
+    try:
+        server.clock.advance(timedelta(minutes=30))  # every handle is due to rotate
+        await server.settle()
+    finally:
+        done.set()
+        await asyncio.gather(*callers)
+    assert refused == [], refused[:3]
+    events = await server.events()
+    assert sum(e.kind is EventKind.ROTATED for e in events) == len(tokens)

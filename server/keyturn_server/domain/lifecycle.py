@@ -103,6 +103,31 @@ def _units(items: list[Overdue]) -> Iterator[list[Overdue]]:
         yield unit
 
 
+#: Deadlines whose reference is a key id (the other ids name handles).
+_NAMES_A_KEY = (K.KEY_ROTATE, K.KEY_EXPIRE, K.KEY_NOTIFY, K.KEY_DESTROY)
+
+
+def _lock_all(repo: Repository, unit: list[Overdue]) -> None:
+    """Lock every key and handle the unit acts on, before it acts on any. Taken one by one
+    in deadline order, with events appended in between, they deadlocked with validations
+    (which lock theirs in id order, then append) on PostgreSQL: both waited until the
+    lock timeout, and every validation was refused STORE_LOCKED for a second after."""
+    keys: list[str] = []
+    handles: list[str] = []
+    for item in unit:
+        match item.ref:
+            case VersionRef(key_id=key_id):
+                keys.append(key_id)
+            case SecretRef(handle_id=handle_id):
+                handles.append(handle_id)
+            case str(record) if item.kind in _NAMES_A_KEY:
+                keys.append(record)
+            case str(record):
+                handles.append(record)
+    repo.lock_keys(keys)
+    repo.lock_handles(handles)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -300,6 +325,7 @@ class Scheduler:
             return await self._rotate_or_expire_key(lease, str(unit[0].ref), now)
 
         def work(repo: Repository) -> bool:
+            _lock_all(repo, unit)
             return any([self._step(repo, item, now) for item in unit])
 
         return await self._write(lease, work)

@@ -17,6 +17,13 @@ class HandleRepository(Protocol):
         run concurrently)."""
         ...
 
+    def lock_handles(self, handle_ids: Sequence[str]) -> None:
+        """Lock these handles' rows in id order, where writers run concurrently: a unit of
+        work that changes several takes them all before anything else, in the order
+        validations take theirs. One that took them one by one, appending events in
+        between (the append lock), could deadlock with a validation of two of them."""
+        ...
+
     def insert_handle(self, handle: Handle) -> None: ...
 
     def update_handle(self, before: Handle, after: Handle) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -14,6 +14,11 @@ class KeyRepository(Protocol):
     def get_key(self, key_id: str, for_update: bool = False) -> Key | None:
         """The key with every version; ``for_update``: the unit of work goes on to
         change it (locked where writers run concurrently)."""
+        ...
+
+    def lock_keys(self, key_ids: Sequence[str]) -> None:
+        """Lock these keys' rows in id order, where writers run concurrently (see
+        :meth:`HandleRepository.lock_handles`)."""
         ...
 
     def insert_key(self, key: Key) -> None: ...

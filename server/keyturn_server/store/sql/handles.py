@@ -128,6 +128,9 @@ class HandleSql(SqlBase):
                 found[secret.digest] = (secret, handle)
         return found
 
+    def lock_handles(self, handle_ids: Sequence[str]) -> None:
+        self._lock_rows("handles", handle_ids)
+
     def insert_handle(self, handle: Handle) -> None:
         row = rows.handle_row(handle)
         row["mac"] = self._integrity.tag("handles", handle_fields(handle), handle.id)

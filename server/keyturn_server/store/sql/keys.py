@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from keyturn_server.clock import to_micros
@@ -59,6 +59,9 @@ class KeySql(SqlBase):
 
     def _authentic_keys(self, found: list[Row]) -> list[Key]:
         return [k for r in found if (k := self._authentic_key(r)) is not None]
+
+    def lock_keys(self, key_ids: Sequence[str]) -> None:
+        self._lock_rows("keys", key_ids)
 
     def insert_key(self, key: Key) -> None:
         self._run(*insert("keys", self._tagged_key(key)))

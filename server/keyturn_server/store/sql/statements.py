@@ -71,6 +71,16 @@ class SqlBase:
     def _run(self, sql: str, params: Sequence[Any] = ()) -> None:
         self._conn.execute(sql, params)
 
+    def _lock_rows(self, table: str, ids: Sequence[str]) -> None:
+        """Lock rows of ``table`` by id, in id order (only where writers are concurrent)."""
+        if not self.concurrent_writers or not ids:
+            return
+        wanted = sorted(set(ids))
+        for start in range(0, len(wanted), IN_LIMIT):
+            chunk = wanted[start : start + IN_LIMIT]
+            marks = ", ".join("?" * len(chunk))
+            self._all(f"SELECT id FROM {table} WHERE id IN ({marks}) ORDER BY id FOR UPDATE", chunk)
+
     def _count(self, table: str, where: Where) -> int:
         return int(self._one(f"SELECT COUNT(*) AS n FROM {table}{where.sql()}", where.params)["n"])
 
