@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
 from tests.harness import Harness, fails
 
@@ -150,3 +151,31 @@ async def test_scheduled_rotations_and_validations_of_the_same_handles_never_dea
     assert refused == [], refused[:3]
     events = await server.events()
     assert sum(e.kind is EventKind.ROTATED for e in events) == len(tokens)
+
+
+async def test_key_uses_counted_while_the_keys_table_is_locked_are_kept_for_the_next_flush(
+    server: Harness,
+) -> None:
+    """Uses of a key are counted in memory and flushed every few seconds. A flush refused
+    by the database (here a locked table; as well a restart, or a deadlock with another
+    replica's flush) used to drop what it carried."""
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    for _ in range(5):
+        await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    assert server.app is not None and server.app.services is not None
+    keys = server.app.services.keys
+    url = server.settings.store
+    assert url is not None
+    with psycopg.connect(url) as dba:
+        dba.execute("LOCK TABLE keys IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(Unavailable):
+            await keys.flush_usage()
+    await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    for _ in range(30):  # the unit of work is held back for a second after the lock
+        try:
+            await keys.flush_usage()
+            break
+        except Unavailable:
+            await asyncio.sleep(0.1)
+    stored = await server.app.store.report(lambda repo: repo.get_key(key.id))
+    assert stored is not None and stored.usage_count == 6

@@ -24,6 +24,7 @@ from keyturn_server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    KeyturnError,
     NotFound,
     Unauthenticated,
     Unavailable,
@@ -172,11 +173,21 @@ class AccessTokenService:
                     time=now,
                 )
 
-            await self._store.write(count)
+            try:
+                await self._store.write(count)
+            except KeyturnError:
+                self._budget.unaudited += unaudited  # audited by the next flush instead
+                raise
         if not self._used:
             return
         used, self._used = self._used, {}
-        await self._store.write(lambda repo: repo.touch_tokens(used))
+        try:
+            await self._store.write(lambda repo: repo.touch_tokens(used))
+        except KeyturnError:
+            for name, when in used.items():
+                later = self._used.get(name)
+                self._used[name] = when if later is None else max(when, later)
+            raise
 
     # --- management ----------------------------------------------------------------------
 

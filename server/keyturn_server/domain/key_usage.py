@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.keys import Key
 from keyturn_server.domain.repositories import Store
 
@@ -34,4 +35,16 @@ class UsageCounter:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        await self._store.write(lambda repo: repo.add_key_usage(pending))
+        try:
+            await self._store.write(lambda repo: repo.add_key_usage(pending))
+        except KeyturnError:
+            # Refused (the database away, a table locked, a deadlock with another
+            # replica's flush): counted again with what came since, for the next flush.
+            # They used to be dropped. (A commit whose answer was lost may count twice:
+            # rarer, and the counts are advisory.)
+            for key_id, (uses, last) in pending.items():
+                later = self._pending.get(key_id)
+                if later is not None:
+                    uses, last = uses + later[0], max(last, later[1])
+                self._pending[key_id] = (uses, last)
+            raise

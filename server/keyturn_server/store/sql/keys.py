@@ -132,7 +132,8 @@ class KeySql(SqlBase):
         return None if row is None or row["material"] is None else bytes(row["material"])
 
     def add_key_usage(self, usage: Mapping[str, tuple[int, datetime]]) -> None:
-        for key_id, (count, last) in usage.items():
+        # In id order: replicas flushing the same keys at once lock them in one order.
+        for key_id, (count, last) in sorted(usage.items()):
             self._run(
                 "UPDATE keys SET usage_count = usage_count + ?, last_used_time = "
                 "CASE WHEN last_used_time IS NULL OR last_used_time < ? THEN ? "

@@ -52,7 +52,7 @@ class TokenSql(SqlBase):
         return [t for r in found if (t := self._authentic_token(r)) is not None]
 
     def touch_tokens(self, used: Mapping[str, datetime]) -> None:
-        for name, when in used.items():
+        for name, when in sorted(used.items()):  # one lock order for every replica
             self._run(
                 "UPDATE access_tokens SET last_used_time = ? WHERE name = ?",
                 (to_micros(when), name),
