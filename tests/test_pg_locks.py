@@ -15,6 +15,7 @@ server serves everything else meanwhile. (Run with KEYTURN_TEST_BACKEND=postgres
 from __future__ import annotations
 
 import asyncio
+import collections
 import io
 import json
 from datetime import timedelta
@@ -28,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
-from tests.harness import Harness, fails
+from tests.harness import Harness, fails, failure
 
 pytestmark = pytest.mark.postgres
 
@@ -179,3 +180,53 @@ async def test_key_uses_counted_while_the_keys_table_is_locked_are_kept_for_the_
             await asyncio.sleep(0.1)
     stored = await server.app.store.report(lambda repo: repo.get_key(key.id))
     assert stored is not None and stored.usage_count == 6
+
+
+async def test_a_handle_row_held_by_another_transaction_delays_only_its_own_validations(
+    server: Harness,
+) -> None:
+    """A DBA's transaction left open on one handle's row (or a stalled replica's, until
+    the server ends it). Validations share one unit of work at a time: each unit that
+    met the row waited out the lock timeout and was refused with everything in it, so
+    most validations of every other handle were refused too. Now only the held
+    handle's are, and it validates again once the row is free."""
+    held = await server.admin.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )
+    others = [
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+        for _ in range(10)
+    ]
+    outcomes: dict[str, list[str]] = {"held": [], "others": []}
+    done = asyncio.Event()
+
+    async def validate(token: str, which: str) -> None:
+        while not done.is_set():
+            request = handles_pb2.ValidateHandleRequest(token=token)
+            try:
+                answer = await server.admin.handles.ValidateHandle(request, timeout=10)
+                outcomes[which].append("OK" if answer.validation.valid else "INVALID")
+            except grpc.aio.AioRpcError as error:
+                outcomes[which].append(failure(error).reason)
+            await asyncio.sleep(0.01)
+
+    url = server.settings.store
+    assert url is not None
+    with psycopg.connect(url) as dba:  # a transaction, open until the block ends
+        dba.execute("SELECT id FROM handles WHERE id = %s FOR UPDATE", (held.handle.id,))
+        callers = [asyncio.create_task(validate(o.token, "others")) for o in others]
+        callers.append(asyncio.create_task(validate(held.token, "held")))
+        await asyncio.sleep(2.5)
+        done.set()
+        await asyncio.gather(*callers)
+    assert set(outcomes["others"]) == {"OK"}, collections.Counter(outcomes["others"])
+    assert set(outcomes["held"]) == {"STORE_LOCKED"}, outcomes["held"]
+
+    request = handles_pb2.ValidateHandleRequest(token=held.token)
+    for _ in range(30):  # refused at once for a second after its wait, then served
+        try:
+            answer = await server.admin.handles.ValidateHandle(request, timeout=5)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.1)
+    assert answer.validation.valid

@@ -18,7 +18,7 @@ made-up tokens. Revocations and state changes are always written.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from keyturn_server.clock import Clock, to_micros
@@ -56,10 +56,21 @@ class Presented:
     token: ParsedToken
 
 
-def _answered_early(item: Presented, result: Decision | None) -> bool:
+class Busy:
+    """The handle of a presented token is held by another transaction (PostgreSQL: another
+    replica's validation or rotation of it, a DBA's open transaction): decided apart."""
+
+
+#: The one Busy result.
+BUSY = Busy()
+
+
+def _answered_early(item: Presented, result: Decision | Busy | None) -> bool:
     """No match, or a refusal the caller may not see in detail: answered before the commit."""
     if result is None:
         return True
+    if isinstance(result, Busy):
+        return False
     return not result.valid and not item.principal.has_rights_on(result.handle.owner)
 
 
@@ -77,17 +88,31 @@ class Validator:
         self._config = config
         self._journal = journal
         self._clock = clock
-        self._coalescer: Coalescer[Presented, Decision | None] = Coalescer(
-            store, self._decide_all, early=_answered_early
+        self._coalescer: Coalescer[Presented, Decision | Busy | None] = Coalescer(
+            store, self._decide_free, early=_answered_early
         )
         self.presenters = PresenterLimiter()
         #: handle id -> the minute of the last quiet refusal written for it
         self._noted: OrderedDict[str, int] = OrderedDict()
 
-    def decide(self, presented: Presented) -> Awaitable[Decision | None]:
-        """The decision on a presented token (to await); None when no stored secret
-        matches."""
-        return self._coalescer.submit(presented)
+    async def decide(self, presented: Presented) -> Decision | None:
+        """The decision on a presented token; None when no stored secret matches.
+
+        Validations share a unit of work (:mod:`coalesce`), one at a time. One that
+        waited for a handle another transaction holds held up every validation behind it;
+        with a DBA's transaction left open on one handle row, each unit waited out the
+        lock timeout and was refused, and the server refused most validations of every
+        handle. So the shared unit skips busy handles, and their tokens are decided in
+        units of their own that wait (and, past the lock timeout, fail) alone."""
+        decided = await self._coalescer.submit(presented)
+        if isinstance(decided, Busy):
+            return await self._store.write(lambda repo: self._decide_waiting(repo, presented))
+        return decided
+
+    def _decide_waiting(self, repo: Repository, presented: Presented) -> Decision | None:
+        [decided] = self._decide_all(repo, [presented], wait=True)
+        assert not isinstance(decided, Busy)  # only a unit that skips busy handles says so
+        return decided
 
     def throttled(self, principal: Principal) -> bool:
         """Whether this presenter has been refused too often to be answered for now."""
@@ -139,39 +164,55 @@ class Validator:
         return False
 
     def _lookup(
-        self, repo: Repository, presented: Sequence[Presented]
-    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], dict[int, list[bytes]]]:
-        """The secrets found, and the other digests of the items (by index) that had to
-        be looked up again."""
-        found = repo.secrets_with_handles([d for p in presented for d in p.digests])
+        self, repo: Repository, presented: Sequence[Presented], wait: bool
+    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], dict[int, list[bytes]], set[bytes]]:
+        """The secrets found, the other digests of the items (by index) that had to be
+        looked up again, and (unless ``wait``) the digests whose handle is busy."""
+
+        def find(
+            digests: list[bytes],
+        ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], set[bytes]]:
+            if wait:
+                return repo.secrets_with_handles(digests), set()
+            return repo.secrets_with_free_handles(digests)
+
+        found, busy = find([d for p in presented for d in p.digests])
         # A handle issued before its type's algorithm changed (token_digests.py): only
         # tokens that matched nothing pay for the other digests, and only those of a
         # type still configured have any.
         others: dict[int, list[bytes]] = {}
         for index, item in enumerate(presented):
-            if not any(d in found for d in item.digests):
+            if not any(d in found or d in busy for d in item.digests):
                 more = self._other_digests(item.token)
                 if more:
                     others[index] = more
         if others:
-            found.update(repo.secrets_with_handles([d for ds in others.values() for d in ds]))
-        return found, others
+            more_found, more_busy = find([d for ds in others.values() for d in ds])
+            found.update(more_found)
+            busy.update(more_busy)
+        return found, others, busy
+
+    def _decide_free(
+        self, repo: Repository, presented: Sequence[Presented]
+    ) -> list[Decision | Busy | None]:
+        """The shared unit's decisions: BUSY for a token whose handle is held elsewhere."""
+        return self._decide_all(repo, presented, wait=False)
 
     def _decide_all(
-        self, repo: Repository, presented: Sequence[Presented]
-    ) -> list[Decision | None]:
-        found, others = self._lookup(repo, presented)
+        self, repo: Repository, presented: Sequence[Presented], wait: bool
+    ) -> list[Decision | Busy | None]:
+        found, others, busy = self._lookup(repo, presented, wait)
         now = self._clock.now()
         minute = to_micros(now) // (WINDOW_SECONDS * 1_000_000)
         policies = self._config.within(repo).policies
         #: handle id -> (as read, as the decisions so far left it)
         touched: dict[str, tuple[Handle, Handle]] = {}
-        decisions: list[Decision | None] = []
+        decisions: list[Decision | Busy | None] = []
         for index, item in enumerate(presented):
             digests = others.get(index, item.digests)
             hit = next((found[d] for d in digests if d in found), None)
             if hit is None:
-                decisions.append(None)
+                decisions.append(BUSY if any(d in busy for d in digests) else None)
                 continue
             secret, stored = hit
             read, current = touched.get(stored.id, (stored, stored))

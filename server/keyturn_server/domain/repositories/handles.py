@@ -43,6 +43,14 @@ class HandleRepository(Protocol):
         """The secrets with these digests, each with its handle (locked for update)."""
         ...
 
+    def secrets_with_free_handles(
+        self, digests: Sequence[bytes]
+    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], set[bytes]]:
+        """As :meth:`secrets_with_handles`, without waiting for a handle that another
+        transaction holds: the digests of secrets whose handle is busy come back apart
+        (never any where one writer runs at a time)."""
+        ...
+
     def get_secret(self, digest: bytes) -> HandleSecret | None: ...
 
     def secrets_of(self, handle_id: str) -> list[HandleSecret]:

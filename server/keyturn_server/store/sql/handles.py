@@ -102,9 +102,31 @@ class HandleSql(SqlBase):
         hundred digests; the handles are locked in id order, so that replicas locking
         overlapping sets cannot deadlock. A pair with a tampered row is left out: the
         token validates as an unknown one."""
+        return self._secrets_with_handles(digests, " FOR UPDATE OF h")
+
+    def secrets_with_free_handles(
+        self, digests: Sequence[bytes]
+    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], set[bytes]]:
+        """SKIP LOCKED, then one more indexed read (only when some digest matched nothing)
+        for the secrets that exist but whose handle was skipped."""
+        found = self._secrets_with_handles(digests, " FOR UPDATE OF h SKIP LOCKED")
+        missing = [d for d in dict.fromkeys(digests) if d not in found]
+        busy: set[bytes] = set()
+        if not self.concurrent_writers or not missing:
+            return found, busy
+        for start in range(0, len(missing), IN_LIMIT):
+            chunk = missing[start : start + IN_LIMIT]
+            marks = ", ".join("?" * len(chunk))
+            query = f"SELECT digest FROM handle_secrets WHERE digest IN ({marks})"
+            busy.update(bytes(row["digest"]) for row in self._all(query, chunk))
+        return found, busy
+
+    def _secrets_with_handles(
+        self, digests: Sequence[bytes], locking: str
+    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
         found: dict[bytes, tuple[HandleSecret, Handle]] = {}
         wanted = list(dict.fromkeys(digests))
-        lock = " FOR UPDATE OF h" if self.concurrent_writers else ""
+        lock = locking if self.concurrent_writers else ""
         decoded = self._integrity.decoded
         for start in range(0, len(wanted), IN_LIMIT):
             chunk = wanted[start : start + IN_LIMIT]
