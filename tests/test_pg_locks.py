@@ -26,7 +26,7 @@ import pytest
 from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
 from tests.harness import Harness, fails, failure
@@ -220,7 +220,7 @@ async def test_a_handle_row_held_by_another_transaction_delays_only_its_own_vali
         done.set()
         await asyncio.gather(*callers)
     assert set(outcomes["others"]) == {"OK"}, collections.Counter(outcomes["others"])
-    assert set(outcomes["held"]) == {"STORE_LOCKED"}, outcomes["held"]
+    assert set(outcomes["held"]) == {"STORE_ROW_LOCKED"}, outcomes["held"]
 
     request = handles_pb2.ValidateHandleRequest(token=held.token)
     for _ in range(30):  # refused at once for a second after its wait, then served
@@ -230,3 +230,30 @@ async def test_a_handle_row_held_by_another_transaction_delays_only_its_own_vali
         except grpc.aio.AioRpcError:
             await asyncio.sleep(0.1)
     assert answer.validation.valid
+
+
+async def test_a_row_held_elsewhere_refuses_only_the_calls_that_need_it(server: Harness) -> None:
+    """A lock on a row belongs to that row: the call that waited for it is refused, and
+    says what it met; the same call on another handle is served at once. Before, a row
+    lock's timeout was taken for a table's (STORE_LOCKED, "VACUUM FULL, CLUSTER...") and
+    held back every RemoveHandle for a second."""
+    held, free = [
+        await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+        for _ in range(2)
+    ]
+    url = server.settings.store
+    assert url is not None
+    with psycopg.connect(url) as dba:
+        dba.execute("SELECT id FROM handles WHERE id = %s FOR UPDATE", (held.handle.id,))
+        refused = await fails(
+            server.admin.handles.RemoveHandle(
+                handles_pb2.RemoveHandleRequest(handle_id=held.handle.id), timeout=10
+            )
+        )
+        assert refused.code == grpc.StatusCode.UNAVAILABLE
+        assert refused.reason == "STORE_ROW_LOCKED", refused
+        assert "held by another transaction" in refused.message
+        removed = await server.admin.handles.RemoveHandle(
+            handles_pb2.RemoveHandleRequest(handle_id=free.handle.id), timeout=10
+        )
+        assert removed.status == resources_pb2.HANDLE_STATUS_REVOKED

@@ -69,6 +69,15 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
             f"the database reports damaged data ({describe(exc)}); restore it from a backup",
             reason="STORE_CORRUPT",
         )
+    if exc.sqlstate == "55P03" and "tuple" in (exc.diag.context or ""):
+        # "while locking tuple (0,8) in relation ...": a row another transaction holds
+        # (a long one, or one left open), not a table. It belongs to that row: other
+        # executions of the statement, on other rows, are not held back (HoldBack).
+        return Unavailable(
+            "a record this call needs is held by another transaction in the database (a "
+            "long one, or one left open); nothing of this request was done: retry",
+            reason="STORE_ROW_LOCKED",
+        )
     if exc.sqlstate == "55P03":  # lock_not_available: the session's lock_timeout
         return Unavailable(
             "a table this call needs is locked in the database (VACUUM FULL, CLUSTER, "
@@ -178,7 +187,7 @@ WRITES = "-c lock_timeout=1s"
 #: and one caller's slow listing must not get the statement refused for everyone else.
 HOLD_LOCKED = 1.0
 #: Failures that were one call's fate, not the database's state (says_unwritable).
-ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_SLOW")
+ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW")
 
 
 class HoldBack:
