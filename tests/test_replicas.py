@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,10 +14,10 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.events import EventKind
-from tests.harness import Harness, fails
+from tests.harness import Harness, fails, failure
 
 pytestmark = pytest.mark.postgres
 E = events_pb2
@@ -116,6 +117,34 @@ async def test_the_keys_per_owner_cap_holds_with_both_replicas_generating(
     results = await asyncio.gather(*calls, return_exceptions=True)
     made = [r for r in results if isinstance(r, keys_pb2.GenerateKeyResponse)]
     assert len(made) == cap  # concurrent transactions, one last slot: taken once
+
+
+async def test_the_active_handles_per_owner_cap_holds_with_both_replicas_generating(
+    replicas: list[Harness],
+) -> None:
+    """Both replicas (and each replica's concurrent transactions) counted the owner's
+    active handles at once, each saw room for one more, and both issued it: 15 handles
+    under a cap of 10 were seen. Issuing to one owner is serialised now."""
+    cap = 10
+    await replicas[0].set_policies(max_concurrent_handles=cap)
+    owners = []
+    for name in ("billing", "orders", "search", "mail"):
+        created = await replicas[0].admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name=name, role=resources_pb2.ROLE_SERVICE)
+        )
+        owners.append([replica.client(created.token) for replica in replicas])
+    calls = [
+        clients[i % 2].handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+        for clients in owners
+        for i in range(40)
+    ]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    made = Counter(
+        r.handle.owner for r in results if isinstance(r, handles_pb2.GenerateHandleResponse)
+    )
+    assert made == dict.fromkeys(("billing", "orders", "search", "mail"), cap)
+    refused = [failure(r) for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert {f.reason for f in refused} == {"MAX_CONCURRENT_HANDLES"}
 
 
 async def test_a_rate_limit_lowered_on_one_replica_holds_on_the_others_next_validation(

@@ -134,7 +134,7 @@ class HandleService:
         def work(repo: Repository) -> Handle:
             now = self._clock.now()
             policies = self._config.current.policies
-            active = repo.count_active_handles(principal.name, now)
+            active = repo.count_active_handles(principal.name, now, lock=True)
             if active >= policies.max_concurrent_handles:
                 first = repo.earliest_active_expiry(principal.name, now)
                 raise ResourceExhausted(

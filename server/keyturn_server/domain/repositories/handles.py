@@ -31,7 +31,11 @@ class HandleRepository(Protocol):
         changed is written."""
         ...
 
-    def count_active_handles(self, owner: str, now: datetime) -> int: ...
+    def count_active_handles(self, owner: str, now: datetime, lock: bool = False) -> int:
+        """``lock``: the unit of work goes on to issue one if there is room; units doing
+        so for the same owner run one after another (where writers run concurrently),
+        since each would otherwise count before the other's handle is there."""
+        ...
 
     def earliest_active_expiry(self, owner: str, now: datetime) -> datetime | None:
         """When the first of ``owner``'s active handles expires (a slot frees)."""

@@ -25,6 +25,9 @@ _HANDLE_COUNTS = (
     "FROM handles GROUP BY 1, 2"
 )
 
+#: The first key of the advisory locks that serialise issuing handles to one owner.
+OWNER_LOCKS = 0x6B74
+
 #: Handles that ended, as the index handles_ended (migration 4) has them: the scheduler
 #: finds the oldest, and those past the retention, through it.
 _ENDED = "state IN ('EXHAUSTED', 'EXPIRED', 'REVOKED')"
@@ -186,7 +189,11 @@ class HandleSql(SqlBase):
             changed["mac"] = self._integrity.tag("handles", handle_fields(after), after.id)
             self._run(*update("handles", changed, {"id": before.id}))
 
-    def count_active_handles(self, owner: str, now: datetime) -> int:
+    def count_active_handles(self, owner: str, now: datetime, lock: bool = False) -> int:
+        if lock and self.concurrent_writers:
+            # Until the transaction ends; an owner's name hashed into the two-key space of
+            # advisory locks, apart from the one-key locks of store/postgres.
+            self._one("SELECT pg_advisory_xact_lock(?, hashtext(?))", (OWNER_LOCKS, owner))
         row = self._one(
             "SELECT COUNT(*) AS n FROM handles WHERE owner = ? AND state = 'ACTIVE' "
             "AND expire_time > ?",
