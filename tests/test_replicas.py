@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import psycopg
 import pytest
 from google.protobuf import duration_pb2
 
@@ -145,6 +146,34 @@ async def test_the_active_handles_per_owner_cap_holds_with_both_replicas_generat
     assert made == dict.fromkeys(("billing", "orders", "search", "mail"), cap)
     refused = [failure(r) for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert {f.reason for f in refused} == {"MAX_CONCURRENT_HANDLES"}
+
+
+async def test_a_token_revoked_through_one_replica_is_not_honoured_by_another_from_memory(
+    replicas: list[Harness],
+) -> None:
+    """The other replica keeps a verdict for a second, and used it at any age when the
+    token table could not be read; a table locked for maintenance is not a database that
+    is away, and cannot have kept a revocation from happening."""
+    revoker, other = replicas
+    created = await revoker.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="billing", role=resources_pb2.ROLE_SERVICE)
+    )
+    billing = other.client(created.token)
+    issued = await billing.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="session")
+    )  # the token's verdict is now in the other replica's memory
+    await revoker.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="billing"))
+    other.clock.advance(timedelta(seconds=2))
+    validate = handles_pb2.ValidateHandleRequest(token=issued.token)
+    url = other.settings.store
+    assert url is not None
+    with psycopg.connect(url) as dba:  # a transaction, open until the block ends
+        dba.execute("LOCK TABLE access_tokens IN ACCESS EXCLUSIVE MODE")
+        refused = await fails(billing.handles.ValidateHandle(validate, timeout=10))
+        assert refused.code == grpc.StatusCode.UNAVAILABLE, refused
+    await asyncio.sleep(1.1)  # the read that met the lock is held back for a second
+    refused = await fails(billing.handles.ValidateHandle(validate, timeout=10))
+    assert refused.code == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_rate_limit_lowered_on_one_replica_holds_on_the_others_next_validation(

@@ -34,6 +34,12 @@ from keyturn_server.domain.presenters import presenter_peer
 from keyturn_server.domain.repositories import Repository, Store
 
 TOKEN_BYTES = 32
+#: Refusals of a read by a database that is there (a table or row locked, a statement
+#: too slow): it may have revoked a token meanwhile, through another replica, so a verdict
+#: cached before is not used. Replicas used to honour a token revoked elsewhere, at any
+#: age, on every call that wrote without reading, for as long as the token table was
+#: locked (a VACUUM FULL, a migration's ALTER TABLE).
+_STORE_ANSWERS = frozenset({"STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW"})
 CACHE_FOR = timedelta(seconds=1)
 ADMIN_NAME = "admin"
 #: Where the admin token was written at first start (replica and path), for the others.
@@ -102,8 +108,8 @@ class AccessTokenService:
         else:
             try:
                 token = self._lookup(secret, now)
-            except Unavailable:
-                if cached is None:
+            except Unavailable as exc:
+                if cached is None or exc.reason in _STORE_ANSWERS:
                     raise
                 # The store is away, so nothing can revoke it meanwhile: a token verified
                 # before still is, and the caller can at least read health.
