@@ -176,6 +176,63 @@ async def test_a_token_revoked_through_one_replica_is_not_honoured_by_another_fr
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_validations_racing_a_rotation_on_the_other_replica_never_revoke_the_handle(
+    replicas: list[Harness],
+) -> None:
+    """A validation that waited for the handle's row while a rotation committed read the
+    handle as rotated but its secret as it was before (the secret's row was not locked,
+    and PostgreSQL re-reads only the locked rows): a current secret of an older
+    generation, which is reuse, and the handle was revoked. 17 handles of 20."""
+    rotator, validator = replicas
+    for _ in range(20):
+        issued = await rotator.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        request = handles_pb2.ValidateHandleRequest(token=issued.token)
+        calls = [validator.admin.handles.ValidateHandle(request) for _ in range(5)]
+        calls.insert(
+            2,
+            rotator.admin.handles.RotateHandle(
+                handles_pb2.RotateHandleRequest(handle_id=issued.handle.id)
+            ),
+        )
+        answers = await asyncio.gather(*calls)
+        handle = await rotator.admin.handles.GetHandle(
+            handles_pb2.GetHandleRequest(handle_id=issued.handle.id)
+        )
+        assert handle.status == resources_pb2.HANDLE_STATUS_ACTIVE, handle
+        assert handle.anomaly_count == 0
+        validations = [
+            a.validation for a in answers if isinstance(a, handles_pb2.ValidateHandleResponse)
+        ]
+        assert all(v.valid for v in validations), validations
+
+
+async def test_concurrent_rotations_by_one_token_rotate_once_on_any_replica(
+    replicas: list[Harness],
+) -> None:
+    """As on SQLite's single writer: one call rotates, the others are told the secret was
+    already rotated. On PostgreSQL the others read the presented secret before they
+    locked its handle, took it (superseded meanwhile) for reuse, and revoked the handle:
+    the winner's new secret was dead on arrival."""
+    for _ in range(5):
+        issued = await replicas[0].admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        request = handles_pb2.RotateHandleRequest(token=issued.token)
+        results = await asyncio.gather(
+            *(r.admin.handles.RotateHandle(request) for r in replicas for _ in range(2)),
+            return_exceptions=True,
+        )
+        [rotated] = [r for r in results if isinstance(r, handles_pb2.RotateHandleResponse)]
+        refused = [failure(r) for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert [f.reason for f in refused] == ["ALREADY_ROTATED"] * 3
+        answer = await replicas[1].admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=rotated.token)
+        )
+        assert answer.validation.valid
+
+
 async def test_a_rate_limit_lowered_on_one_replica_holds_on_the_others_next_validation(
     replicas: list[Harness],
 ) -> None:

@@ -335,6 +335,11 @@ class HandleService:
             now = self._clock.now()
             secret = next((s for d in digests if (s := repo.get_secret(d))), None)
             handle = repo.get_handle(secret.handle_id, for_update=True) if secret else None
+            if secret is not None and handle is not None:
+                # Read again now that its handle is locked: a rotation that committed
+                # meanwhile (a concurrent call with the same token, on any replica) has
+                # superseded it, and the copy read before is what reuse looks like.
+                secret = repo.get_secret(secret.digest)
             if handle is None or secret is None or not principal.has_rights_on(handle.owner):
                 return None  # unknown, or not the caller's to rotate: one answer
             if handle.status(now) not in (HandleStatus.ACTIVE, HandleStatus.EXPIRING):

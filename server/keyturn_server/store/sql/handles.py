@@ -62,6 +62,9 @@ _COUNT_USE = (
 #: Where a row's handle part starts: the handle's MAC, then rows.HANDLE_COLUMNS.
 _HANDLE_PART = _SECRET_END + 1
 _HANDLE_START = _SECRET_END + 2
+#: Where a row has the secret's digest, and the handle's id.
+_DIGEST = rows.SECRET_COLUMNS.index("digest")
+_HANDLE_ID = _HANDLE_START + rows.HANDLE_COLUMNS.index("id")
 
 
 class HandleSql(SqlBase):
@@ -101,43 +104,52 @@ class HandleSql(SqlBase):
     def secrets_with_handles(
         self, digests: Sequence[bytes]
     ) -> dict[bytes, tuple[HandleSecret, Handle]]:
-        """The secrets with these digests and their handles, in one statement per few
-        hundred digests; the handles are locked in id order, so that replicas locking
-        overlapping sets cannot deadlock. A pair with a tampered row is left out: the
-        token validates as an unknown one."""
-        return self._secrets_with_handles(digests, " FOR UPDATE OF h")
+        """The secrets with these digests and their handles, the handles locked (see
+        :meth:`_lock_handles_of`). A pair with a tampered row is left out: the token
+        validates as an unknown one."""
+        return self._secrets_with_handles(digests, " FOR UPDATE")[0]
 
     def secrets_with_free_handles(
         self, digests: Sequence[bytes]
     ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], set[bytes]]:
-        """SKIP LOCKED, then one more indexed read (only when some digest matched nothing)
-        for the secrets that exist but whose handle was skipped."""
-        found = self._secrets_with_handles(digests, " FOR UPDATE OF h SKIP LOCKED")
-        missing = [d for d in dict.fromkeys(digests) if d not in found]
-        busy: set[bytes] = set()
-        if not self.concurrent_writers or not missing:
-            return found, busy
-        for start in range(0, len(missing), IN_LIMIT):
-            chunk = missing[start : start + IN_LIMIT]
-            marks = ", ".join("?" * len(chunk))
-            query = f"SELECT digest FROM handle_secrets WHERE digest IN ({marks})"
-            busy.update(bytes(row["digest"]) for row in self._all(query, chunk))
-        return found, busy
+        """The handles are locked SKIP LOCKED: the secrets of the handles skipped are
+        read, and their digests returned apart, busy."""
+        return self._secrets_with_handles(digests, " FOR UPDATE SKIP LOCKED")
+
+    def _lock_handles_of(self, digests: list[bytes], locking: str) -> set[str]:
+        """Lock the handles of these secrets, in id order (replicas locking overlapping
+        sets cannot deadlock), in one statement; the ids locked.
+
+        Locked first and read after: a statement that joined secrets to handles and
+        locked the handles got, after waiting for a rotation's commit, the handle as
+        rotated but the secret (a row it did not lock) as before; a current secret of an
+        older generation is reuse, and the handle was revoked. A statement that starts
+        once the locks are held reads both as committed."""
+        found = self._all(
+            "SELECT id FROM handles WHERE id IN (SELECT handle_id FROM handle_secrets "
+            f"WHERE digest = ANY(?)) ORDER BY id{locking}",
+            (digests,),
+        )
+        return {row["id"] for row in found}
 
     def _secrets_with_handles(
         self, digests: Sequence[bytes], locking: str
-    ) -> dict[bytes, tuple[HandleSecret, Handle]]:
+    ) -> tuple[dict[bytes, tuple[HandleSecret, Handle]], set[bytes]]:
         found: dict[bytes, tuple[HandleSecret, Handle]] = {}
+        busy: set[bytes] = set()
         wanted = list(dict.fromkeys(digests))
-        lock = locking if self.concurrent_writers else ""
+        locked = self._lock_handles_of(wanted, locking) if self.concurrent_writers else None
         decoded = self._integrity.decoded
         for start in range(0, len(wanted), IN_LIMIT):
             chunk = wanted[start : start + IN_LIMIT]
             marks = ", ".join("?" * len(chunk))
-            for row in self._all(f"{_SECRETS_WITH_HANDLES}({marks}) ORDER BY h.id{lock}", chunk):
+            for row in self._all(f"{_SECRETS_WITH_HANDLES}({marks})", chunk):
                 # By position: a name lookup in an SQLite row searches its columns.
                 values = tuple(row.values()) if isinstance(row, dict) else tuple(row)
                 secret_values, handle_values = values[:_HANDLE_PART], values[_HANDLE_PART:]
+                if locked is not None and values[_HANDLE_ID] not in locked:
+                    busy.add(bytes(values[_DIGEST]))  # another transaction holds it
+                    continue
                 secret = decoded.secret(secret_values)
                 if secret is None:
                     secret = rows.secret_from_values(values[:_SECRET_END])
@@ -151,7 +163,7 @@ class HandleSql(SqlBase):
                         continue
                     decoded.keep_handle(handle_values, handle)
                 found[secret.digest] = (secret, handle)
-        return found
+        return found, busy
 
     def lock_handles(self, handle_ids: Sequence[str]) -> None:
         self._lock_rows("handles", handle_ids)
