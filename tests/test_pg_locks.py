@@ -152,6 +152,8 @@ async def test_scheduled_rotations_and_validations_of_the_same_handles_never_dea
     assert refused == [], refused[:3]
     events = await server.events()
     assert sum(e.kind is EventKind.ROTATED for e in events) == len(tokens)
+    # A validation that waited for a rotation's commit took its secret for reused.
+    assert not [e for e in events if e.kind is EventKind.REVOKED]
 
 
 async def test_key_uses_counted_while_the_keys_table_is_locked_are_kept_for_the_next_flush(
