@@ -17,6 +17,8 @@ made-up tokens. Revocations and state changes are always written.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from keyturn_server.domain.access import SYSTEM, Principal
 from keyturn_server.domain.anomalies import Anomaly, AnomalyAction, AnomalyKind
 from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.config_service import ConfigService
+from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.handles import (
     Decision,
@@ -42,6 +45,12 @@ from keyturn_server.domain.tokens import ParsedToken
 
 #: Handles whose quiet refusals were noted this minute (see the module docstring).
 _NOTED_CAPACITY = 8192
+#: Busy tokens decided at once, each in a transaction that waits for its handle: the
+#: rest queue here, not in the store, so that callers of one handle held elsewhere do
+#: not take every pooled session from the other validations and writes.
+BUSY_AT_ONCE = 2
+#: Seconds a busy token whose handle stayed held past the lock timeout is refused at once.
+HELD_FOR = 1.0
 
 
 @dataclass(slots=True)
@@ -92,6 +101,9 @@ class Validator:
             store, self._decide_free, early=_answered_early
         )
         self.presenters = PresenterLimiter()
+        self._busy = asyncio.Semaphore(BUSY_AT_ONCE)
+        #: busy token (its first digest) -> until when it is refused at once
+        self._held: dict[bytes, float] = {}
         #: handle id -> the minute of the last quiet refusal written for it
         self._noted: OrderedDict[str, int] = OrderedDict()
 
@@ -106,8 +118,34 @@ class Validator:
         units of their own that wait (and, past the lock timeout, fail) alone."""
         decided = await self._coalescer.submit(presented)
         if isinstance(decided, Busy):
-            return await self._store.write(lambda repo: self._decide_waiting(repo, presented))
+            return await self._decide_busy(presented)
         return decided
+
+    async def _decide_busy(self, presented: Presented) -> Decision | None:
+        """A busy token, in a unit that waits for its handle. Once one waited out the lock
+        timeout, the token is refused at once for HELD_FOR, so that its other callers do
+        not queue for the same wait (their deadlines ran out behind one another)."""
+        token = presented.digests[0]
+        self._refuse_if_held(token)
+        async with self._busy:
+            self._refuse_if_held(token)
+            try:
+                return await self._store.write(lambda repo: self._decide_waiting(repo, presented))
+            except Unavailable as exc:
+                if exc.reason in ("STORE_ROW_LOCKED", "STORE_LOCKED"):
+                    now = time.monotonic()
+                    self._held = {k: t for k, t in self._held.items() if t > now}
+                    self._held[token] = now + HELD_FOR
+                raise
+
+    def _refuse_if_held(self, token: bytes) -> None:
+        until = self._held.get(token)
+        if until is not None and time.monotonic() < until:
+            raise Unavailable(
+                "the handle of this token is held by another transaction in the database; "
+                "nothing was done: retry",
+                reason="STORE_ROW_LOCKED",
+            )
 
     def _decide_waiting(self, repo: Repository, presented: Presented) -> Decision | None:
         [decided] = self._decide_all(repo, [presented], wait=True)
