@@ -16,7 +16,7 @@ from keyturn.v1 import handles_pb2
 from keyturn_server.domain.deadlines import DeadlineKind, Overdue
 from keyturn_server.domain.errors import Aborted, Unavailable
 from keyturn_server.domain.lease import Lease, LeaseLost, fenced
-from keyturn_server.domain.lifecycle import in_deadline_order
+from keyturn_server.domain.lifecycle import UNIT, in_deadline_order, in_units
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.store.postgres.connections import (
     Backoff,
@@ -65,6 +65,29 @@ def test_missed_deadlines_are_merged_in_deadline_order(
     batches: list[list[Overdue]], limit: int, expected: list[str]
 ) -> None:
     assert [i.ref for i in in_deadline_order(batches, limit)] == expected
+
+
+@pytest.mark.parametrize(
+    ("items", "sizes"),
+    [
+        ([at(i, ref=f"h{i}") for i in range(40)], [UNIT, UNIT, 40 - 2 * UNIT]),
+        (
+            [at(1), at(2), at(3, K.KEY_ROTATE, "key"), at(4), at(5)],
+            [2, 1, 2],  # a key's rotation makes its material first: a unit of its own
+        ),
+        ([], []),
+    ],
+    ids=["a-hundred-rotations-in-short-units", "key-rotation-alone", "nothing"],
+)
+def test_due_deadlines_are_acted_on_in_short_units_of_work(
+    items: list[Overdue], sizes: list[int]
+) -> None:
+    """A unit holds its rows, and the append lock from its first event, until it commits:
+    a hundred rotations in one kept every other journalling write waiting for most of a
+    second under load, on PostgreSQL past its lock timeout (STORE_LOCKED)."""
+    units = list(in_units(items))
+    assert [len(u) for u in units] == sizes
+    assert [i for u in units for i in u] == items  # in order, each once
 
 
 @pytest.mark.parametrize(

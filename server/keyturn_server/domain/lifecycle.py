@@ -68,10 +68,15 @@ KINDS = (
 _RANK = {kind: rank for rank, kind in enumerate(KINDS)}
 #: Key rotation makes new material outside the unit of work, so each is a unit alone.
 _ALONE = (K.KEY_ROTATE, K.KEY_EXPIRE)
-#: The most deadlines acted on in one unit of work. A unit runs on the event loop and
-#: nothing else is served while it does: a handle's rotation costs about a millisecond
-#: (two seals, a digest, an event and a chained audit entry), so a catch-up of thousands
-#: in units of a whole batch held every validation for a hundred milliseconds and more.
+#: The most deadlines acted on in one unit of work, for two reasons found apart:
+#: - a unit runs on the event loop and nothing else is served while it does: a handle's
+#:   rotation costs about a millisecond (two seals, a digest, an event and a chained
+#:   audit entry), so a catch-up of thousands in units of a whole batch held every
+#:   validation for a hundred milliseconds and more;
+#: - a unit holds its rows, and from its first event the store's append lock, until it
+#:   commits: a hundred rotations in one held them for most of a second under load, and
+#:   on PostgreSQL every other write that journals (GenerateHandle, a refused
+#:   validation...) waited behind it, past the lock timeout now and then (STORE_LOCKED).
 #: Each unit commits on its own, or with the calls that arrived meanwhile.
 UNIT = 16
 
@@ -85,8 +90,8 @@ def in_deadline_order(batches: list[list[Overdue]], limit: int) -> list[Overdue]
     return sorted(found, key=lambda i: (i.time, _RANK[i.kind]))
 
 
-def _units(items: list[Overdue]) -> Iterator[list[Overdue]]:
-    """Consecutive deadlines that share one unit of work, in order."""
+def in_units(items: list[Overdue]) -> Iterator[list[Overdue]]:
+    """Consecutive deadlines that share one unit of work (at most UNIT), in order."""
     unit: list[Overdue] = []
     for item in items:
         if item.kind in _ALONE:
@@ -267,7 +272,7 @@ class Scheduler:
         self.overdue = sum(len(b) for b in batches)
         self.lag = now - items[0].time if items else timedelta(0)
         did = False
-        for unit in _units(items):
+        for unit in in_units(items):
             if await self._act_on(lease, unit, now):
                 did = True
         oldest = reader.oldest_event_time()
