@@ -233,6 +233,27 @@ async def test_concurrent_rotations_by_one_token_rotate_once_on_any_replica(
         assert answer.validation.valid
 
 
+async def test_one_access_token_name_created_at_once_on_both_replicas_is_made_once(
+    replicas: list[Harness],
+) -> None:
+    """The others are told it exists, as one after the other would be; the insert that
+    lost used to be a unique violation answered ABORTED ("retry")."""
+    for attempt in range(5):
+        request = admin_pb2.CreateAccessTokenRequest(
+            name=f"billing-{attempt}", role=resources_pb2.ROLE_SERVICE
+        )
+        results = await asyncio.gather(
+            *(r.admin.admin.CreateAccessToken(request) for r in replicas for _ in range(2)),
+            return_exceptions=True,
+        )
+        made = [r for r in results if isinstance(r, admin_pb2.CreateAccessTokenResponse)]
+        refused = [failure(r) for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(made) == 1
+        assert [(f.code, f.reason) for f in refused] == [
+            (grpc.StatusCode.ALREADY_EXISTS, "TOKEN_EXISTS")
+        ] * 3
+
+
 async def test_a_rate_limit_lowered_on_one_replica_holds_on_the_others_next_validation(
     replicas: list[Harness],
 ) -> None:

@@ -255,7 +255,11 @@ class AccessTokenService:
             principal.name,
             now + ttl if ttl else None,
         )
-        repo.insert_token(token)
+        if not repo.insert_token(token):
+            raise AlreadyExists(
+                f"an access token named {name!r} exists (created at this moment elsewhere)",
+                reason="TOKEN_EXISTS",
+            )
         self._journal.audit(
             repo,
             "token.create",
@@ -322,7 +326,7 @@ class AccessTokenService:
         if not self._store.read().list_tokens(include_revoked=True):
             try:
                 created = await self._store.write(work)
-            except Aborted:  # another replica inserted it at this very moment
+            except (Aborted, AlreadyExists):  # another replica inserted it at this very moment
                 created = None
         if created is None:
             if not path.exists():

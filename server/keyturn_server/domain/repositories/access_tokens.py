@@ -10,7 +10,10 @@ from keyturn_server.domain.access_tokens import AccessToken
 
 
 class AccessTokenRepository(Protocol):
-    def insert_token(self, token: AccessToken) -> None: ...
+    def insert_token(self, token: AccessToken) -> bool:
+        """Store a new token; False (and nothing changed) when one of that name exists:
+        another writer (a replica) stored it since this unit looked."""
+        ...
 
     def update_token(self, token: AccessToken) -> None: ...
 

@@ -16,8 +16,12 @@ from keyturn_server.store.sql.statements import SqlBase, insert, update_row
 
 
 class TokenSql(SqlBase):
-    def insert_token(self, token: AccessToken) -> None:
-        self._run(*insert("access_tokens", self._tagged_token(token)))
+    def insert_token(self, token: AccessToken) -> bool:
+        sql, params = insert("access_tokens", self._tagged_token(token))
+        # A concurrent insert of the same name makes this wait for its commit, then
+        # insert nothing: the loser learns it lost without an error (a unique violation
+        # was ABORTED, "retry", where the answer is ALREADY_EXISTS).
+        return self._one(f"{sql} ON CONFLICT (name) DO NOTHING RETURNING name", params) is not None
 
     def update_token(self, token: AccessToken) -> None:
         self._run(*update_row("access_tokens", self._tagged_token(token), ("name",)))
