@@ -14,6 +14,7 @@ such, never as an error.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,10 @@ from keyturn_server.domain.statistics import Statistics
 
 #: Due work older than this is reported NOT_SERVING (--scheduler-max-lag).
 MAX_LAG = timedelta(minutes=1)
+#: How long the keys' and handles' counts may take before they are reported as not
+#: answered. A disk that stalls holds them for as long as it does: GetHealth hung with
+#: them, past the caller's deadline, and told the on-call nothing.
+COUNT_WITHIN = 5.0
 COMPONENTS = ("store", "scheduler", "keys", "handles")
 
 
@@ -71,6 +76,7 @@ class HealthService:
         self._stats = stats
         self._started = started
         self.max_lag = max_lag
+        self.count_within = COUNT_WITHIN
 
     async def check(
         self, principal: Principal | None, component: str, now: datetime
@@ -116,10 +122,18 @@ class HealthService:
         caller: str,
     ) -> Component:
         try:
-            return await self._store.report(lambda r: count(r, now, store), caller)
+            async with asyncio.timeout(self.count_within):
+                return await self._store.report(lambda r: count(r, now, store), caller)
         except Unavailable as exc:
             part = Component(name)
             part.down(f"cannot count: {exc.message}")
+            return part
+        except TimeoutError:
+            part = Component(name)
+            part.down(
+                f"cannot count: the store did not answer within {self.count_within:.0f} s "
+                "(a stalled disk, or a store too busy to read)"
+            )
             return part
 
     def _store_component(self) -> Component:

@@ -49,6 +49,7 @@ from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import NewerSchema, migrations
 from keyturn_server.store.sql import SqlRepository
+from keyturn_server.store.stall import CommitWatch
 from keyturn_server.store.threads import StoreThreads
 
 T = TypeVar("T")
@@ -186,6 +187,8 @@ class SqliteStore:
         self._failing_since = 0.0
         self._reminded = 0.0
         self._status_listeners: list[Callable[[], None]] = []
+        #: A commit waiting for the disk for too long (store/stall.py).
+        self.stall = CommitWatch()
         self._closed = False
         self.window = BatchWindow()
         self.unit_limit = UNIT_LIMIT
@@ -353,13 +356,14 @@ class SqliteStore:
 
     def status(self) -> StoreStatus:
         self._files_lost()  # health checks look every few seconds, idle or not
+        problem = self._problem or self.stall.problem()
         return StoreStatus(
             backend=self.backend,
-            writable=not self._problem,
+            writable=not problem,
             last_commit=self._last_commit,
             pending_writes=len(self._batch) + len(self._waiting),
             schema_version=self.schema_version,
-            problem=self._problem,
+            problem=problem,
             commits=self.commits,
             writes=self.writes,
         )
@@ -435,7 +439,13 @@ class SqliteStore:
         started = time.perf_counter()
         try:
             ending = "COMMIT" if batch else "ROLLBACK"
-            await self._threads.commit(lambda: self._writer.execute(ending))
+            self.stall.began()
+            try:
+                await self._threads.commit(lambda: self._writer.execute(ending))
+            finally:
+                if self.stall.ended():
+                    for listener in self._status_listeners:
+                        listener()
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("ROLLBACK")
