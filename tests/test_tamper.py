@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import shutil
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -63,6 +64,31 @@ async def test_a_damaged_database_file_is_refused_at_start_with_a_clear_error(
         await server.start()
     message = str(raised.value)
     assert "keyturn.db" in message and ("damaged" in message or "cannot be used" in message)
+
+
+@pytest.mark.parametrize(
+    "deleted", ["keyring.wrap.%", "keyring.%"], ids=["wrap", "wrap-and-revision"]
+)
+async def test_a_deleted_keyring_is_refused_at_start_with_what_to_do_and_nothing_changed(
+    server: Harness, deleted: str
+) -> None:
+    await _keys(server, 2)
+    await server.stop()
+    path = server.data_dir / "keyturn.db"
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM meta WHERE name LIKE ?", (deleted,))
+    before = path.read_bytes()
+    with pytest.raises(MasterKeyError) as raised:
+        await server.start()
+    message = str(raised.value)
+    # Not a race with another first start, nor a config row "altered outside Keyturn".
+    assert "keyring is missing" in message and str(path) in message, message
+    assert "keyturn backup restore" in message and "nothing was changed" in message
+    with sqlite3.connect(path) as db:
+        assert db.execute(
+            "SELECT count(*) FROM meta WHERE name LIKE 'keyring.wrap.%'"
+        ).fetchone() == (0,)
+    assert path.read_bytes() == before
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:

@@ -86,8 +86,11 @@ async def unlock(
     for _ in range(2):
         master, salt = master_key_from(store, data_dir, master_key, production)
         reader = store.read()
-        # In this order: a keyring another process stores between the two reads is then
-        # seen by the second, never taken for one sealed under another master key.
+        # In this order: a keyring another process stores between the reads is then seen
+        # by the later ones, never taken for one sealed under another master key, nor for
+        # a lost one (its revision and its wrap are stored in one transaction).
+        claimed = reader.get_meta(REVISION)
+        initialised = bool(reader.meta_names(""))
         sealed = reader.meta_names(WRAP_PREFIX)
         wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
         if wrapped is not None:
@@ -102,6 +105,8 @@ async def unlock(
                 "sealed with (no keyring is wrapped for it). Refusing to start; nothing was "
                 "changed."
             )
+        if claimed is not None or initialised:
+            raise MasterKeyError(_lost_keyring(store, data_dir, claimed))
         keyring = Keyring(KeyringData.fresh())
         store.protect(keyring.protection)
 
@@ -127,6 +132,25 @@ async def unlock(
             extra={"category": "security"},
         )
     raise MasterKeyError("the keyring was claimed by another process but cannot be read")
+
+
+def _lost_keyring(store: Store, data_dir: Path, revision: bytes | None) -> str:
+    """Why a store that was initialised has no keyring, and what to do. Before, a start
+    took it for a race with another first start ("claimed by another process but cannot
+    be read"), or, with the revision gone too, made a new keyring over the old data and
+    then failed on the first row it could not authenticate ("the stored config row ...
+    was altered")."""
+    what = f"keyring revision {revision.decode(errors='replace')}" if revision else "data"
+    if isinstance(store, SqliteStore):
+        where = str(data_dir / "keyturn.db")
+        restore = f"keyturn backup restore <backup> --data-dir {data_dir}"
+    else:
+        where, restore = "the database", "your database's own backups"
+    return (
+        f"the keyring is missing from {where}: it holds {what} but no keyring wrapped for "
+        "any master key (its rows were deleted), and without it nothing stored can be read. "
+        f"Restore it from a backup ({restore}). Refusing to start; nothing was changed."
+    )
 
 
 async def _protect_rows(store: Store, keyring: Keyring, master: MasterKey, clock: Clock) -> None:
