@@ -12,6 +12,7 @@ import sqlite_utils
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
 from tests.harness import BACKEND, Harness, fails
+from tests.test_metrics import sample, scrape_now
 
 A = admin_pb2
 
@@ -465,6 +466,29 @@ async def test_tampering_with_the_audit_log_is_detected(server: Harness, tamper:
     assert not result.valid
     assert result.first_broken_sequence == broken
     assert result.problem
+
+
+@pytest.mark.sqlite_only
+async def test_a_broken_audit_log_is_counted_said_once_and_shown_in_health(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _activity(server)
+    await server.stop()
+    db = sqlite_utils.Database(server.data_dir / "keyturn.db")
+    db["audit"].update(3, {"reason": "nothing to see"})
+    db.close()
+    await server.start(metrics_listen="127.0.0.1:0")
+    for _ in range(3):  # an auditor's cron, or an on-call trying again
+        result = await server.admin.admin.VerifyAuditLog(A.VerifyAuditLogRequest())
+        assert not result.valid and result.first_broken_sequence == 3
+    said = [r for r in caplog.records if r.getMessage().startswith("the audit log failed")]
+    assert len(said) == 1 and said[0].category == "security", said  # type: ignore[attr-defined]
+    text = await scrape_now(server)
+    assert sample(text, 'keyturn_audit_verifications_total{result="broken"}') == 3
+    assert sample(text, 'keyturn_audit_verifications_total{result="intact"}') == 0
+    health = (await server.admin.admin.GetHealth(A.GetHealthRequest(component="store"))).health
+    [reason] = health.components[0].reasons
+    assert "audit log failed verification (3 times" in reason and "entry 3" in reason, reason
 
 
 # --- health --------------------------------------------------------------------------------

@@ -323,8 +323,13 @@ class App:
         )
         encoder = StreamEncoder()
         audit_service = AuditService(
-            store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac)
+            store, AuditChain(keyring.audit_key), PageTokens(keyring.page_mac), stats
         )
+        if self.metrics is not None:
+            verifications = self.metrics.audit_verifications
+            audit_service.listeners.append(
+                lambda v: verifications.labels("intact" if v.valid else "broken").inc()
+            )
         siblings = (
             None
             if membership is None

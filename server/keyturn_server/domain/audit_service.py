@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -11,6 +13,9 @@ from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import raise_if, text
 from keyturn_server.domain.paging import PageTokens, carried_total, checked_page_size
 from keyturn_server.domain.repositories import AuditRepository, Store
+from keyturn_server.domain.statistics import Statistics
+
+log = logging.getLogger("keyturn.security")
 
 
 @dataclass(frozen=True)
@@ -39,10 +44,24 @@ PART = 20_000
 
 
 class AuditService:
-    def __init__(self, store: Store, chain: AuditChain, pages: PageTokens) -> None:
+    """Lists and verifies the audit log. A verification that finds the chain broken is
+    counted (``stats.audit_breaks``, the listeners: metrics) and said in the log once per
+    break, not once per verification: before, only its caller learnt of it, and the
+    on-call saw nothing in health, metrics or the log."""
+
+    def __init__(
+        self,
+        store: Store,
+        chain: AuditChain,
+        pages: PageTokens,
+        stats: Statistics | None = None,
+    ) -> None:
         self._store = store
         self._chain = chain
         self._pages = pages
+        self._stats = stats or Statistics()
+        #: Called with every verdict (metrics count them by result).
+        self.listeners: list[Callable[[Verification], None]] = []
 
     async def list_entries(
         self, principal: Principal, query: AuditQuery, page_size: int, page_token: str
@@ -78,8 +97,31 @@ class AuditService:
             step = partial(self._verify_part, cursor)
             part = await self._store.report(step, principal.name)
             if isinstance(part, Verification):
+                self._verified(part)
                 return part
             cursor = part
+
+    def _verified(self, verdict: Verification) -> None:
+        stats = self._stats
+        if not verdict.valid:
+            found = f"broken at entry {verdict.first_broken}: {verdict.problem}"
+            stats.audit_breaks += 1
+            if found != stats.audit_break:
+                log.error(
+                    "the audit log failed verification: entries were altered, removed or "
+                    "forged outside Keyturn",
+                    extra={
+                        "category": "security",
+                        "first_broken": verdict.first_broken,
+                        "problem": verdict.problem,
+                    },
+                )
+            stats.audit_break = found
+        elif stats.audit_break:
+            log.warning("the audit log verifies again", extra={"category": "security"})
+            stats.audit_break = ""
+        for listener in self.listeners:
+            listener(verdict)
 
     def _verify_part(
         self, cursor: ChainCursor | None, repo: AuditRepository

@@ -153,6 +153,11 @@ class HealthService:
         )
         if not status.writable:
             part.down(status.problem or "the store cannot commit")
+        if self._stats.audit_break:
+            part.reasons.append(
+                f"the audit log failed verification ({self._stats.audit_breaks} times so far), "
+                f"{self._stats.audit_break}"
+            )
         return part
 
     def _scheduler_component(self, now: datetime, store: Component, count: bool) -> Component:

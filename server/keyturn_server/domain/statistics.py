@@ -75,6 +75,10 @@ class Statistics:
     validations_succeeded: int = 0
     failures_by_reason: Counter[str] = field(default_factory=Counter)
     integrity_failures: int = 0
+    #: Verifications of the audit log that found its chain broken (only ever grows), and
+    #: the latest break found by this process ("" while none was).
+    audit_breaks: int = 0
+    audit_break: str = ""
     latency: dict[str, LatencyWindow] = field(default_factory=dict)
 
     def count_integrity_failure(self) -> None:
@@ -101,6 +105,8 @@ class Statistics:
             "validations_succeeded": self.validations_succeeded,
             "failures_by_reason": dict(self.failures_by_reason),
             "integrity_failures": self.integrity_failures,
+            "audit_breaks": self.audit_breaks,
+            "audit_break": self.audit_break,
             "latency": {name: window.shared() for name, window in self.latency.items()},
         }
 
@@ -117,6 +123,8 @@ class Statistics:
             total.validations_succeeded += part["validations_succeeded"]
             total.failures_by_reason.update(part["failures_by_reason"])
             total.integrity_failures += part["integrity_failures"]
+            total.audit_breaks += part.get("audit_breaks", 0)
+            total.audit_break = part.get("audit_break", "") or total.audit_break
             for name, window in part["latency"].items():
                 windows.setdefault(name, []).append(window)
         total.latency = {name: LatencyWindow.combined(parts) for name, parts in windows.items()}

@@ -85,6 +85,15 @@ class Metrics:
             ["table"],
             registry=self.registry,
         )
+        self.audit_verifications = Counter(
+            "keyturn_audit_verifications",
+            "Verifications of the audit log by result: broken means entries were altered, "
+            "removed or forged outside Keyturn",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("intact", "broken"):  # both series exist from the start, at 0
+            self.audit_verifications.labels(result)
         self._state = _StateCollector(per_resource)
         self.registry.register(self._state)
         self._server: Any = None

@@ -42,6 +42,7 @@ SUMMED = frozenset(
         "keyturn_rpc_requests",
         "keyturn_rpc_duration_seconds",
         "keyturn_tampered_rows",
+        "keyturn_audit_verifications",
         "keyturn_watch_subscribers",
     }
 )
