@@ -9,7 +9,7 @@ from datetime import UTC, timedelta
 
 import pytest
 
-from keyturn.v1 import handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from tests.harness import Harness
 
 
@@ -104,6 +104,27 @@ async def test_metrics_show_the_oldest_overdue_deadline_the_leader_and_the_store
     server.clock.advance(timedelta(minutes=4, seconds=30))  # the warning was due at 4 min
     text = await scrape_now(server)
     assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 30
+
+
+@pytest.mark.sqlite_only  # the store's file is removed from under it
+async def test_the_scheduler_figures_go_on_while_the_store_cannot_write(server: Harness) -> None:
+    await server.restart(metrics_listen="127.0.0.1:0")
+    await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    text = await scrape_now(server)
+    assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 0
+    (server.data_dir / "keyturn.db").unlink()  # from now on every write is refused
+    server.clock.advance(timedelta(minutes=4, seconds=30))  # the warning was due at 4 min
+    text = await scrape_now(server)
+    assert sample(text, "keyturn_store_up") == 0
+    # Not the last figure read before the outage: the work it holds up, as it ages.
+    assert sample(text, "keyturn_scheduler_oldest_overdue_seconds") == 30
+    assert sample(text, "keyturn_scheduler_lag_seconds") == 30
+    report = await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="scheduler"))
+    [part] = report.health.components
+    assert part.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+    assert part.scheduler.lag.seconds == 30, part
 
 
 async def test_a_taken_metrics_port_stops_the_start_before_anything_is_made(

@@ -177,8 +177,10 @@ class HealthService:
             },
         )
         if store.status is Serving.NOT_SERVING:
-            part.down("deadlines cannot be read or acted on while the store is not serving")
-            return part
+            part.down("deadlines cannot be acted on while the store is not serving")
+            if not store.figures["reachable"]:
+                return part
+            # Still read, so the figures say how late the work it holds up is.
         try:
             reader = self._store.read()
             lag, earliest = s.observe(now)
@@ -189,6 +191,10 @@ class HealthService:
         except Unavailable as exc:
             part.down(f"deadlines cannot be read: {exc.message}")
             return part
+        except Exception:
+            if store.status is Serving.SERVING:
+                raise
+            return part  # a store that cannot write may fail reads too (a damaged file)
         leader = held is not None and stored is not None and stored.epoch == held.epoch
         part.figures.update(
             lag=lag,

@@ -146,11 +146,22 @@ class Metrics:
             self._state.snapshot = await store.report(partial(_snapshot, now=clock.now()))
 
     def refresh_scheduler(self, store: Store, clock: Clock, scheduler: Scheduler) -> None:
-        """The store's state and the scheduler's, from a few indexed reads."""
-        up = store.status().writable
-        self.store_up.set(1 if up else 0)
-        if not up:
+        """The store's state and the scheduler's, from a few indexed reads. While the
+        store cannot write but can be read (a full disk, a stalled commit, a lost file),
+        the scheduler's figures go on being read: they were left at their last value,
+        so an outage of an hour showed the deadlines it left undone as not overdue."""
+        status = store.status()
+        self.store_up.set(1 if status.writable else 0)
+        if not status.reachable:
             return
+        try:
+            self._scheduler_figures(store, clock, scheduler)
+        except Exception:
+            if status.writable:
+                raise
+            # A store that cannot write may fail reads too (a damaged file): it said so.
+
+    def _scheduler_figures(self, store: Store, clock: Clock, scheduler: Scheduler) -> None:
         lag, _ = scheduler.observe(clock.now())
         self.lag.set(lag.total_seconds())
         self.oldest_overdue.set(lag.total_seconds())
