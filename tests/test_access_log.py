@@ -114,6 +114,24 @@ async def test_at_debug_every_call_gets_a_line(server: Harness, access_lines: Li
     assert [line["msg"] for line in access_lines.of("ValidateHandle")] == ["rpc"] * 3
 
 
+@pytest.mark.parametrize(
+    "code", ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"]
+)
+def test_calls_failing_alike_through_an_outage_are_summarised_not_one_line_each(
+    access_lines: Lines, code: str
+) -> None:
+    log = AccessLog(interval=3600)
+    for _ in range(500):  # a full disk under a steady load: every change refused
+        log.record("/keyturn.v1.KeyService/GenerateKey", code, 0.002, "svc", "10.0.0.7")
+    log.record("/keyturn.v1.KeyService/GenerateKey", "UNAUTHENTICATED", 0.001, "", "10.0.0.9")
+    [denied] = access_lines.of("GenerateKey")  # what a caller was refused: still alone
+    assert denied["msg"] == "rpc" and denied["code"] == "UNAUTHENTICATED"
+    log.flush()
+    [summary] = access_lines.of("GenerateKey")[1:]
+    assert summary["msg"] == "rpc summary" and summary["code"] == code
+    assert summary["calls"] == 500 and summary["principal"] == "svc"
+
+
 def test_many_callers_do_not_grow_the_window_without_bound(access_lines: Lines) -> None:
     log = AccessLog(interval=3600)
     for n in range(25_000):

@@ -154,5 +154,13 @@ async def test_a_full_disk_refuses_writes_keeps_counts_exact_and_recovers(
     again = [line for line in lines if line["msg"] == "store commits succeed again"]
     assert len(failing) == 1 and "full" in failing[0]["problem"], failing
     assert len(again) == 1 and again[0]["failed_commits"] >= ROUNDS // 2, again
+    # Nor once per refused call in the access log: a summary per caller and window.
+    refused = [
+        line
+        for line in lines
+        if line["category"] == "access" and line["code"] == "RESOURCE_EXHAUSTED"
+    ]
+    assert sum(line.get("calls", 1) for line in refused) >= ROUNDS // 2
+    assert len(refused) <= 10, [line["msg"] for line in refused][:5]
     with sqlite3.connect(small_disk / "data" / "keyturn.db") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)

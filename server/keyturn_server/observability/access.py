@@ -13,6 +13,14 @@ server time. So calls are split:
   are counted per (method, principal, peer, transport) and written as one ``rpc summary`` line per
   key every ``interval`` seconds, with the count and the mean and max latency.
 
+- **Summarised when they fail alike**: calls that end UNAVAILABLE, RESOURCE_EXHAUSTED,
+  DEADLINE_EXCEEDED or CANCELLED, whatever the method, per (method, code, principal,
+  peer, transport). These say the server could not (a full disk, a stalled store, a
+  caller over its rate) or the caller gave up, not what was asked; one line each was a
+  flood exactly when the on-call reads the log: hundreds of lines a second through a
+  full-disk outage, beside the store's one line saying so. A caller over its rate limit
+  shows as one line per window with its count.
+
 At DEBUG every call gets its own line, as before. Security events (anomalies, audit
 entries, authentication failures) have their own categories and are never summarised.
 Counting a call costs a dictionary update, about 1 µs.
@@ -59,6 +67,11 @@ SUMMARISED = frozenset(
     for method in methods
 )
 
+#: Failures summarised like successes (see the module docstring).
+SUMMARISED_FAILURES = frozenset(
+    {"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED", "CANCELLED"}
+)
+
 #: Set by a servicer when a call ends OK but refused what it was asked (the reason),
 #: so that it is logged on its own line. Each call runs in its own task (context).
 _refusal: contextvars.ContextVar[str] = contextvars.ContextVar("keyturn_refusal", default="")
@@ -80,7 +93,7 @@ class AccessLog:
     def __init__(self, interval: float = INTERVAL, logger: logging.Logger = access_logger) -> None:
         self.interval = interval
         self._logger = logger
-        self._tallies: dict[tuple[str, str, str, str], _Tally] = {}
+        self._tallies: dict[tuple[str, str, str, str, str], _Tally] = {}
         self._window_start = time.monotonic()
         self._since = time.time()
 
@@ -98,12 +111,10 @@ class AccessLog:
         if not logger.isEnabledFor(logging.INFO):
             return
         refusal = _refusal.get()
-        if (
-            code != "OK"
-            or refusal
-            or method not in SUMMARISED
-            or logger.isEnabledFor(logging.DEBUG)
-        ):
+        summarised = (
+            code in SUMMARISED_FAILURES if code != "OK" else not refusal and method in SUMMARISED
+        )
+        if not summarised or logger.isEnabledFor(logging.DEBUG):
             fields = {
                 "category": "access",
                 "method": method,
@@ -117,7 +128,7 @@ class AccessLog:
                 fields["refused"] = refusal
             logger.info("rpc", extra=fields)
             return
-        key = (method, principal, peer, transport)
+        key = (method, code, principal, peer, transport)
         tally = self._tallies.get(key)
         if tally is None:
             tally = self._tallies[key] = _Tally()
@@ -135,13 +146,13 @@ class AccessLog:
         seconds = now - self._window_start
         self._window_start = now
         since, self._since = self._since, time.time()
-        for (method, principal, peer, transport), tally in tallies.items():
+        for (method, code, principal, peer, transport), tally in tallies.items():
             self._logger.info(
                 "rpc summary",
                 extra={
                     "category": "access",
                     "method": method,
-                    "code": "OK",
+                    "code": code,
                     "principal": principal,
                     "peer": peer,
                     "transport": transport,
