@@ -214,3 +214,46 @@ def test_keyturn_serve_refuses_unsafe_settings_with_one_clear_line(
     assert process.returncode != 0
     assert message in process.stderr
     assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize("case", ["a file in its place", "a read-only filesystem"])
+def test_a_data_directory_that_cannot_be_used_stops_the_start_with_one_line(
+    tmp_path: Path, case: str
+) -> None:
+    data_dir = tmp_path / "d"
+    mounted = False
+    if case == "a file in its place":
+        data_dir.write_text("not a directory")
+    else:
+        data_dir.mkdir()
+        bind = ["mount", "--bind", str(data_dir), str(data_dir)]
+        if subprocess.run(bind, capture_output=True, check=False).returncode != 0:
+            pytest.skip("a read-only filesystem needs root (mount --bind)")
+        mounted = True
+        readonly = ["mount", "-o", "remount,ro,bind", str(data_dir)]
+        subprocess.run(readonly, capture_output=True, check=True)
+    try:
+        process = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "keyturn_server",
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            env={**os.environ, "MASTER_KEY": MASTER_KEY},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(data_dir)], check=False)
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr, process.stderr
+    [line] = process.stderr.strip().splitlines()
+    assert line.startswith(f"keyturn: cannot start: the data directory {data_dir} cannot be used")
+    assert "--data-dir" in line

@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from keyturn_server.app import App
@@ -67,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     except DataDirInUse as exc:
         print(f"keyturn: cannot start: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a read-only filesystem, a file where the directory should be
+        print(
+            f"keyturn: cannot start: {unusable_data_dir(settings.data_dir, exc)}", file=sys.stderr
+        )
+        return 1
     try:
         if settings.workers > 1:
             inherit = lock.fds if lock is not None else ()
@@ -75,6 +82,22 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def unusable_data_dir(data_dir: Path, exc: OSError) -> str:
+    """One line for a data directory the server cannot lock: what, where, what to do."""
+    where = exc.filename or data_dir
+    why = exc.strerror or str(exc)
+    if exc.errno == errno.EROFS:
+        hint = "the server writes its database there: mount it read-write"
+    elif isinstance(exc, FileExistsError | NotADirectoryError):
+        hint = "something other than a directory is in the way"
+    else:
+        hint = "the server must be able to create and write files there"
+    return (
+        f"the data directory {data_dir} cannot be used ({why}: {where}); {hint}, "
+        "or give --data-dir another directory"
+    )
 
 
 def _stop_on_signals() -> asyncio.Event:
