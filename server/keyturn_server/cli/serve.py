@@ -90,6 +90,8 @@ def unusable_data_dir(data_dir: Path, exc: OSError) -> str:
     why = exc.strerror or str(exc)
     if exc.errno == errno.EROFS:
         hint = "the server writes its database there: mount it read-write"
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        hint = "free some space on its filesystem"
     elif isinstance(exc, FileExistsError | NotADirectoryError):
         hint = "something other than a directory is in the way"
     else:
