@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import sqlite3
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -498,6 +499,26 @@ async def test_statistics_count_every_workers_calls_whichever_answers(
         answer = await client.keys.GetKeyStatistics(K.GetKeyStatisticsRequest(), timeout=10)
         assert answer.statistics.generate_latency.count == CHANNELS
         assert answer.statistics.total == CHANNELS  # from the store, as before
+
+
+async def test_health_counts_every_workers_integrity_failures_whichever_answers(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    """A forged row read through some workers: GetHealth said so, or not, by which worker
+    the on-call's connection landed on."""
+    made = await clients[0].keys.GenerateKey(K.GenerateKeyRequest(type="api"), timeout=10)
+    with sqlite3.connect(workers.data_dir / "keyturn.db") as db:
+        db.execute("UPDATE keys SET owner = 'mallory' WHERE id = ?", (made.key.id,))
+    for client in clients:  # every connection, so both workers read it
+        failed = await fails(client.keys.GetKey(K.GetKeyRequest(key_id=made.key.id), timeout=10))
+        assert failed.code == grpc.StatusCode.DATA_LOSS
+    seen = set()
+    for client in clients:
+        report = await client.admin.GetHealth(admin_pb2.GetHealthRequest(component="keys"))
+        [keys] = report.health.components
+        seen.add((keys.keys.integrity_failures, tuple(keys.reasons)))
+    [(failures, reasons)] = seen
+    assert failures >= CHANNELS and "failed authentication" in reasons[0]
 
 
 def test_metrics_listen_is_accepted_with_several_workers() -> None:

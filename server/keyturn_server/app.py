@@ -338,6 +338,7 @@ class App:
             )
         )
         statistics = _own(stats) if siblings is None else siblings.statistics
+        health_service.statistics = None if siblings is None else siblings.statistics
         servicers: dict[str, object] = {
             SERVICE_NAMES["keys"]: KeyServicer(keys, watch, encoder, statistics, self.clock),
             SERVICE_NAMES["handles"]: HandleServicer(

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from keyturn_server.domain.access import Permission, Principal
@@ -74,6 +75,10 @@ class HealthService:
         self._store = store
         self._scheduler = scheduler
         self._stats = stats
+        #: Every worker's counts combined (--workers), else None: this process's. Each
+        #: worker counted only the reads it served, so GetHealth said "3 reads failed
+        #: authentication" or nothing, or an audit break or none, by which worker answered.
+        self.statistics: Callable[[], Awaitable[Statistics]] | None = None
         self._started = started
         self.max_lag = max_lag
         self.count_within = COUNT_WITHIN
@@ -91,7 +96,8 @@ class HealthService:
         names = [component] if component else list(COMPONENTS)
         # Counting scans: within the caller's share of the report threads, as listings.
         caller = principal.name if principal is not None else ""
-        store = self._store_component()
+        stats = self._stats if self.statistics is None else await self.statistics()
+        store = self._store_component(stats)
         components: list[Component] = []
         for name in names:
             if name == "store":
@@ -99,7 +105,8 @@ class HealthService:
             elif name == "scheduler":
                 components.append(self._scheduler_component(now, store, count=True))
             elif name == "keys":
-                components.append(await self._counted("keys", self._keys, now, store, caller))
+                keys = partial(self._keys, stats=stats)
+                components.append(await self._counted("keys", keys, now, store, caller))
             else:
                 part = await self._counted("handles", self._handles, now, store, caller)
                 if principal is not None and not principal.sees_all():
@@ -136,7 +143,8 @@ class HealthService:
             )
             return part
 
-    def _store_component(self) -> Component:
+    def _store_component(self, stats: Statistics | None = None) -> Component:
+        stats = stats or self._stats
         status = self._store.status()
         part = Component(
             "store",
@@ -153,10 +161,10 @@ class HealthService:
         )
         if not status.writable:
             part.down(status.problem or "the store cannot commit")
-        if self._stats.audit_break:
+        if stats.audit_break:
             part.reasons.append(
-                f"the audit log failed verification ({self._stats.audit_breaks} times so far), "
-                f"{self._stats.audit_break}"
+                f"the audit log failed verification ({stats.audit_breaks} times so far), "
+                f"{stats.audit_break}"
             )
         return part
 
@@ -223,7 +231,9 @@ class HealthService:
         overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler) else core
         return {"": overall, "keys": core, "handles": core, "admin": core}
 
-    def _keys(self, reader: Repository, now: datetime, store: Component) -> Component:
+    def _keys(
+        self, reader: Repository, now: datetime, store: Component, stats: Statistics
+    ) -> Component:
         counts: dict[str, int] = {}
         for _, status, count, _, _ in reader.key_counts(now):
             counts[status] = counts.get(status, 0) + count
@@ -237,16 +247,16 @@ class HealthService:
                 "removed": counts.get("REMOVED", 0),
                 "rotation_queue": counts.get("EXPIRING", 0),
                 "overdue": overdue,
-                "integrity_failures": self._stats.integrity_failures,
+                "integrity_failures": stats.integrity_failures,
             },
         )
         if store.status is Serving.NOT_SERVING:
             part.down("the store is not writable")
         if overdue:
             part.reasons.append(f"{overdue} keys are past their rotation time")
-        if self._stats.integrity_failures:
+        if stats.integrity_failures:
             part.reasons.append(
-                f"{self._stats.integrity_failures} reads of stored records failed authentication"
+                f"{stats.integrity_failures} reads of stored records failed authentication"
             )
         return part
 
