@@ -18,12 +18,12 @@ from typing import TypeVar
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, handles_pb2
+from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.batching import UNIT_LIMIT
 from keyturn_server.domain.errors import ResourceExhausted
-from tests.harness import Client, Failure, Harness, failure
+from tests.harness import Client, Failure, Harness, fails, failure
 from tests.test_listeners import settings
 
 pytestmark = pytest.mark.sqlite_only
@@ -69,6 +69,32 @@ async def test_a_backlog_after_the_write_lock_was_held_is_worked_off_in_pieces(
         )
         assert stored.usage_count == CALLS // HANDLES  # every acknowledged use, once
     assert await commits(server) - before >= CALLS // UNIT_LIMIT
+
+
+async def test_a_write_lock_held_past_the_wait_is_not_serving_said_once_and_then_serving(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder = sqlite3.connect(server.data_dir / "keyturn.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # a worker stuck in its commit holds it so
+    try:
+        generate = keys_pb2.GenerateKeyRequest(type="api")
+        refused = await asyncio.gather(
+            *(fails(server.admin.keys.GenerateKey(generate)) for _ in range(3))
+        )
+        assert {r.code for r in refused} == {grpc.StatusCode.UNAVAILABLE}
+        report = await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="store"))
+        [store] = report.health.components
+        assert store.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+        assert "write lock" in store.reasons[0], store.reasons
+        await fails(server.admin.keys.GenerateKey(generate))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))
+    report = await server.admin.admin.GetHealth(admin_pb2.GetHealthRequest(component="store"))
+    assert report.health.status == admin_pb2.SERVING_STATUS_SERVING
+    said = [r.getMessage() for r in caplog.records if r.name == "keyturn.store"]
+    assert [m.split(":")[0] for m in said] == ["store commits fail", "store commits succeed again"]
 
 
 async def test_one_token_flooding_during_a_stall_is_held_to_its_own_budget(

@@ -127,6 +127,18 @@ def store_error(exc: sqlite3.Error) -> KeyturnError:
     )
 
 
+def _begin_problem(exc: sqlite3.Error) -> str:
+    """Why a transaction could not begin. Before, a write lock held past the wait (a
+    sibling worker stalled on the disk, another program) refused every change while
+    health said SERVING and the log nothing."""
+    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+        return (
+            f"another process has held the database's write lock for more than "
+            f"{BUSY_TIMEOUT_MS // 1000} s (a worker stalled on the disk, or another program)"
+        )
+    return str(exc)
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     steps = migrations("sqlite")
@@ -262,7 +274,10 @@ class SqliteStore:
                 try:
                     await self._begin()
                 except sqlite3.Error as exc:
-                    self._fail(self._waiting, self.classify(exc) or store_error(exc))
+                    known = self.classify(exc)
+                    if known is None:  # said and shown as a failed commit: nothing changes
+                        self._commit_failed(_begin_problem(exc))
+                    self._fail(self._waiting, known or store_error(exc))
                     self._waiting = []
                     continue
                 if self._schema_upgraded(self._writer):  # in the transaction: none slips past
