@@ -9,14 +9,16 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
+from keyturn_server.app import HEALTH_INTERVAL
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain import lifecycle
 from keyturn_server.domain.events import Event, EventKind
 from keyturn_server.domain.handle_lifecycle import HandleLifecycle
 from keyturn_server.domain.repositories import SealedKind
-from tests.harness import Harness, fails
+from tests.harness import Harness, fails, health_becomes
 from tests.test_listeners import settings
 
 E = events_pb2
@@ -478,6 +480,21 @@ async def test_scheduler_lag_shows_in_health_when_it_stops(server: Harness) -> N
     assert scheduler.status == admin_pb2.SERVING_STATUS_NOT_SERVING
     assert scheduler.scheduler.lag.ToTimedelta() >= timedelta(minutes=30)
     assert health.status == admin_pb2.SERVING_STATUS_NOT_SERVING
+
+
+async def test_a_scheduler_falling_behind_is_said_once_when_health_turns_not_serving(
+    server: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    await server.admin.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="device"))
+    assert server.app is not None and server.app.services is not None
+    await server.app.services.scheduler.stop()
+    server.clock.advance(timedelta(minutes=40))
+    health = health_pb2_grpc.HealthStub(server.channel())
+    assert await health_becomes(health, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.sleep(HEALTH_INTERVAL + 1)  # another verdict, the same
+    said = [r for r in caplog.records if r.name == "keyturn.health"]
+    assert [r.getMessage() for r in said] == ["health: NOT_SERVING"]
+    assert "oldest overdue deadline" in said[0].reasons  # type: ignore[attr-defined]
 
 
 @pytest.mark.sqlite_only

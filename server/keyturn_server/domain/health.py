@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from keyturn_server.domain.limits import quote
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Statistics
 
+log = logging.getLogger("keyturn.health")
 #: Due work older than this is reported NOT_SERVING (--scheduler-max-lag).
 MAX_LAG = timedelta(minutes=1)
 #: How long the keys' and handles' counts may take before they are reported as not
@@ -82,6 +84,9 @@ class HealthService:
         self._started = started
         self.max_lag = max_lag
         self.count_within = COUNT_WITHIN
+        #: The overall verdict last said in the log, and since when it was NOT_SERVING.
+        self._said = Serving.SERVING
+        self._down_since: datetime | None = None
 
     async def check(
         self, principal: Principal | None, component: str, now: datetime
@@ -224,12 +229,35 @@ class HealthService:
         return part
 
     def serving(self, now: datetime) -> dict[str, Serving]:
-        """Cheap verdicts for the standard health service: no counting."""
+        """Cheap verdicts for the standard health service: no counting. A change of the
+        overall verdict is said in the log, once, with its reasons: the store says its
+        own problems, but a scheduler that fell behind (or stopped) turned the server
+        NOT_SERVING with no line at all, and load balancers drained it unexplained."""
         store = self._store_component()
         core = store.status
-        scheduler = self._scheduler_component(now, store, count=False).status
-        overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler) else core
+        scheduler = self._scheduler_component(now, store, count=False)
+        overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler.status) else core
+        self._say(overall, [*store.reasons, *scheduler.reasons], now)
         return {"": overall, "keys": core, "handles": core, "admin": core}
+
+    def _say(self, overall: Serving, reasons: list[str], now: datetime) -> None:
+        if overall is self._said:
+            return
+        self._said = overall
+        if overall is Serving.NOT_SERVING:
+            self._down_since = now
+            log.warning(
+                "health: NOT_SERVING",
+                extra={"category": "error", "reasons": "; ".join(reasons)},
+            )
+        elif self._down_since is not None:
+            log.warning(
+                "health: SERVING again",
+                extra={
+                    "category": "error",
+                    "down_seconds": round((now - self._down_since).total_seconds(), 1),
+                },
+            )
 
     def _keys(
         self, reader: Repository, now: datetime, store: Component, stats: Statistics
