@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, keys_pb2
+from keyturn_server.domain.health import COUNT_WITHIN
 from keyturn_server.store.stall import STALL_AFTER
 from tests.harness import Client, health_becomes
 from tests.process import ServerProcess
@@ -99,7 +101,9 @@ async def test_a_stalled_disk_is_not_serving_said_once_and_serving_again_when_it
                 # Reads still answer, and so does the health report, with why.
                 read = await client.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
                 assert read.id == key.id
+                asked = time.monotonic()
                 report = await client.admin.GetHealth(admin_pb2.GetHealthRequest(), timeout=15)
+                assert time.monotonic() - asked < COUNT_WITHIN + 3  # its counts at once
                 assert report.health.status == admin_pb2.SERVING_STATUS_NOT_SERVING
                 store = {c.name: c for c in report.health.components}["store"]
                 assert store.status == admin_pb2.SERVING_STATUS_NOT_SERVING
