@@ -15,33 +15,25 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
-from keyturn.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    handles_pb2,
-    handles_pb2_grpc,
-    keys_pb2,
-    keys_pb2_grpc,
-)
 from keyturn_server.api.admin import AdminServicer
 from keyturn_server.api.auth import Authenticator
+from keyturn_server.api.grpc_server import SERVICE_NAMES, bind, grpc_server, register
 from keyturn_server.api.guard import Guard
 from keyturn_server.api.handles import HandleServicer
 from keyturn_server.api.http.server import HttpServer, http_server
 from keyturn_server.api.keys import KeyServicer
-from keyturn_server.api.open_streams import HealthServicer, PeerStreams, add_reflection
+from keyturn_server.api.open_streams import PeerStreams
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.watch import StreamEncoder
 from keyturn_server.bootstrap import open_store, reload_keyring, unlock
 from keyturn_server.certificates import ServedCertificate
 from keyturn_server.client_identities import IdentityFile
 from keyturn_server.clock import Clock, SystemClock
-from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S, raise_open_files_limit
+from keyturn_server.connection_budget import raise_open_files_limit
 from keyturn_server.crypto import native
-from keyturn_server.domain import limits, time_floor
+from keyturn_server.domain import time_floor
 from keyturn_server.domain.access_token_service import AccessTokenService
 from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.audit_retention import AuditRetention
@@ -69,19 +61,12 @@ from keyturn_server.observability.metrics import Metrics
 from keyturn_server.process import figures
 from keyturn_server.process.hardening import harden
 from keyturn_server.process.membership import Membership
-from keyturn_server.process.ports import PortUnavailable, check_free
+from keyturn_server.process.ports import check_free
 from keyturn_server.settings import Settings, split_address
 from keyturn_server.store.sqlite import SqliteStore
 
 log = logging.getLogger("keyturn.app")
 
-SERVICE_NAMES = {
-    "keys": keys_pb2.DESCRIPTOR.services_by_name["KeyService"].full_name,
-    "handles": handles_pb2.DESCRIPTOR.services_by_name["HandleService"].full_name,
-    "admin": admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-}
-#: Responses may be larger than requests (a page of a listing).
-MAX_RESPONSE = 4 * 1024 * 1024
 FLUSH_INTERVAL = 5.0
 HEALTH_INTERVAL = 5.0
 #: How often configuration and keyring changes made elsewhere (another replica, or
@@ -89,17 +74,6 @@ HEALTH_INTERVAL = 5.0
 REFRESH_INTERVAL = 2.0
 #: Below this many open files the server says how few connections it can hold.
 LOW_OPEN_FILES = 4096
-
-
-def _bind(server: grpc.aio.Server, address: str, credentials: Any) -> int:
-    """Listen on ``address``. Ports were checked at the start of start(); one taken
-    since still ends the start with one line instead of grpc's generic error."""
-    try:
-        if credentials:
-            return server.add_secure_port(address, credentials)
-        return server.add_insecure_port(address)
-    except RuntimeError:
-        raise PortUnavailable(f"cannot listen on {address} (grpc could not bind it)") from None
 
 
 def _own(stats: Statistics) -> Callable[[], Awaitable[Statistics]]:
@@ -290,25 +264,7 @@ class App:
                 connection_cap,
                 extra={"category": "app"},
             )
-        server = self._server = grpc.aio.server(
-            options=[
-                # Past its share of file descriptors a listener refuses connections, and
-                # one that never finishes its handshake is closed (connection_budget.py).
-                ("grpc.max_allowed_incoming_connections", connection_cap),
-                ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
-                # Past it a message is refused from its length prefix, unread.
-                ("grpc.max_receive_message_length", limits.MAX_REQUEST),
-                ("grpc.max_send_message_length", MAX_RESPONSE),
-                ("grpc.server.max_pending_requests", settings.max_pending_requests),
-                ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_requests),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-                # grpc shares ports by default, which let a second server bind this one
-                # silently; only --workers shares them, on purpose (process/ports.py).
-                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
-                *_connection_age(settings.max_connection_age),
-            ],
-        )
+        server = self._server = grpc_server(settings, connection_cap)
         guard = self._guard = Guard(
             Authenticator(tokens, settings.insecure_no_auth, self._identities),
             CallerLimiter(
@@ -348,27 +304,11 @@ class App:
                 health_service, config, audit_service, tokens, self.clock
             ),
         }
-        for name, add in (
-            ("keys", keys_pb2_grpc.add_KeyServiceServicer_to_server),
-            ("handles", handles_pb2_grpc.add_HandleServiceServicer_to_server),
-            ("admin", admin_pb2_grpc.add_AdminServiceServicer_to_server),
-        ):
-            guard.register(server, add, servicers[SERVICE_NAMES[name]])
-        # No token for these: their streams are capped per peer instead (open_streams.py).
-        open_streams = PeerStreams(settings.max_streams_per_caller)
-        self._health_servicer = HealthServicer(open_streams)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health_servicer, server)
-        add_reflection(
-            server,
-            [
-                *SERVICE_NAMES.values(),
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            open_streams,
+        self._health_servicer = register(
+            server, guard, servicers, PeerStreams(settings.max_streams_per_caller)
         )
         for address in settings.listen:
-            self.ports.append(_bind(server, address, credentials))
+            self.ports.append(bind(server, address, credentials))
         await server.start()
         store.start()
         if settings.http_listen:
@@ -594,13 +534,3 @@ class App:
                     "store": backend,
                 },
             )
-
-
-def _connection_age(age: timedelta | None) -> list[tuple[str, int]]:
-    """A client is sent GOAWAY once its connection is ``age`` old (grpc adds +-10% so
-    clients do not all reconnect at once) and opens a new one, which a balancer or the
-    kernel (``--workers``) may place elsewhere. No grace: a stream in progress (a watch
-    lasting hours) finishes on the old connection rather than being cut."""
-    if age is None:
-        return []
-    return [("grpc.max_connection_age_ms", int(age.total_seconds() * 1000))]
