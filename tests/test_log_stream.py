@@ -140,8 +140,8 @@ def test_records_past_the_queue_are_dropped_counted_and_announced() -> None:
     written = [line["n"] for line in lines if "n" in line]
     notice = [line for line in lines if "dropped" in line]
     # Access lines fill the queue's bulk share (8 of 10), and the writer holds what it
-    # took from the queue before the stream stalled: at most as much again.
-    assert written == sorted(written) and 8 <= len(written) <= 2 * 8
+    # took from the queue before the stream stalled: at most a queue's worth (10).
+    assert written == sorted(written) and 8 <= len(written) <= 8 + 10
     # Said as soon as the writer can write again (more than once if drops went on while
     # it wrote): every dropped line counted once, under its category.
     assert notice and sum(n["dropped"] for n in notice) == 100 - len(written)
@@ -169,7 +169,10 @@ def test_a_flood_of_access_lines_cannot_crowd_out_security_lines() -> None:
     kept = [line["n"] for line in lines if line.get("category") == "security"]
     assert kept == list(range(0, 1000, 50))  # every one, in order
     written = [line for line in lines if line.get("category") == "access"]
-    assert len(written) <= 2 * 80  # the bulk share, and as much again held by the writer
+    # The bulk share (80), and what the writer took before the stream stalled: lines
+    # logged while it drained join its batch (170 were written once, with 2 x 80 as the
+    # bound), so a batch is at most a queue's worth (100).
+    assert len(written) <= 80 + 100
     notices = [line for line in lines if "dropped" in line]
     assert sum(n["dropped_access"] for n in notices) == 1000 - len(written)
     assert not any("dropped_security" in n for n in notices)

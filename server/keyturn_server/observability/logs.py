@@ -142,8 +142,10 @@ class _Writer:
         lines = self._lines
         while True:
             batch = [lines.get()]
+            # At most a queue's worth: lines logged while it drains would otherwise join
+            # the batch without end, and a stream that then stalls holds them all.
             with contextlib.suppress(queue.Empty):
-                while batch[-1] is not None:
+                while batch[-1] is not None and len(batch) < lines.maxsize:
                     batch.append(lines.get_nowait())
             ended = batch[-1] is None
             self._write([line for line in batch if line is not None])
