@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain import watch
 from keyturn_server.domain.access import Principal, Role
@@ -275,6 +275,36 @@ async def test_rotated_secrets_reach_only_their_owners_stream(server: Harness) -
     assert check.validation.valid and not check.validation.rotated
     for stream in streams.values():
         stream.cancel()
+
+
+async def test_a_handle_revoked_by_a_validation_withdraws_its_delivered_successor(
+    server: Harness,
+) -> None:
+    """RemoveHandle and expiry withdrew the successor an automatic rotation sealed for
+    the owner; a revocation decided by a validation (here a context drift the policy
+    revokes on) left it collectable from the stream, a live secret of a dead handle."""
+    await server.set_policies(revoke_on=[resources_pb2.ANOMALY_KIND_CONTEXT_DRIFT])
+    alice = await server.client_for("service", "alice")
+    bound = {"ip": "192.168.1.100", "user_agent": "MyApp/1.0"}
+    issued = await alice.handles.GenerateHandle(
+        handles_pb2.GenerateHandleRequest(type="device", context=bound)
+    )
+    await server.advance(timedelta(minutes=5))  # rotated; the successor sealed for alice
+    drifted = await alice.handles.ValidateHandle(
+        handles_pb2.ValidateHandleRequest(
+            token=issued.token, context={"ip": "198.51.100.66", "user_agent": "curl/8.5"}
+        )
+    )
+    assert not drifted.validation.valid
+    handle = await alice.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=issued.handle.id))
+    assert handle.status == resources_pb2.HANDLE_STATUS_REVOKED
+
+    replay = alice.handles.WatchExpiring(
+        E.WatchExpiringRequest(deliver_tokens=True, kinds=[E.EVENT_KIND_ROTATED], resume_after=0)
+    )
+    [rotated] = await collect(replay, 1)
+    replay.cancel()
+    assert rotated.handle.id == issued.handle.id and rotated.token == ""
 
 
 async def ended(stream: Any, within: float = 10) -> tuple[Any, list[E.ExpiryEvent]]:

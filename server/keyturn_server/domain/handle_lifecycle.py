@@ -34,6 +34,19 @@ def successor_binding(handle_id: str, generation: int) -> bytes:
     return binding(SECRET_TABLE, handle_id, generation)
 
 
+def withdraw_successors(
+    repo: Repository, handle_id: str, through: datetime, generation: int | None = None
+) -> None:
+    """Sealed successors stop being collectable: those on the handle's secrets (of one
+    ``generation``, or all), and those its events carry up to ``through``. Whatever ends
+    a handle's life (a caller, the scheduler, a validation's verdict) calls it, so that no
+    live secret of a dead handle is left to hand out."""
+    for secret in repo.secrets_of(handle_id):
+        if secret.sealed_token is not None and generation in (None, secret.generation):
+            repo.update_secret(dataclasses.replace(secret, sealed_token=None))
+    repo.clear_sealed_event_tokens(handle_id, through)
+
+
 class HandleLifecycle:
     def __init__(
         self, keyring: Keyring, config: ConfigService, journal: Journal, clock: Clock
@@ -139,16 +152,6 @@ class HandleLifecycle:
         except SealError:
             return None
 
-    def withdraw_successors(
-        self, repo: Repository, handle_id: str, through: datetime, generation: int | None = None
-    ) -> None:
-        """Sealed successors stop being collectable: those on the handle's secrets (of
-        one ``generation``, or all), and those its events carry up to ``through``."""
-        for secret in repo.secrets_of(handle_id):
-            if secret.sealed_token is not None and generation in (None, secret.generation):
-                repo.update_secret(dataclasses.replace(secret, sealed_token=None))
-        repo.clear_sealed_event_tokens(handle_id, through)
-
     # --- what the scheduler does at a deadline -------------------------------------------
     # Each re-checks its condition under the row lock and returns whether it acted.
 
@@ -173,7 +176,7 @@ class HandleLifecycle:
             return False
         expired = dataclasses.replace(handle, state=HandleState.EXPIRED, notify_time=None)
         repo.update_handle(handle, expired)
-        self.withdraw_successors(repo, handle_id, now)
+        withdraw_successors(repo, handle_id, now)
         self._journal.event(
             repo,
             EventKind.EXPIRED,
@@ -229,7 +232,7 @@ class HandleLifecycle:
                 and secret.grace_until is not None
                 and secret.grace_until <= now
             ):
-                self.withdraw_successors(
+                withdraw_successors(
                     repo, ref.handle_id, secret.superseded_time or now, ref.generation
                 )
         return True

@@ -30,7 +30,7 @@ from keyturn_server.domain.errors import (
     ResourceExhausted,
 )
 from keyturn_server.domain.events import EventKind
-from keyturn_server.domain.handle_lifecycle import HandleLifecycle
+from keyturn_server.domain.handle_lifecycle import HandleLifecycle, withdraw_successors
 from keyturn_server.domain.handles import (
     RATE_WINDOW,
     Decision,
@@ -347,7 +347,7 @@ class HandleService:
             policies = self._config.within(repo).policies
             decision = decide(handle, secret, seen, now, policies, use=False)
             repo.update_handle(handle, decision.handle)
-            journal_decision(self._journal, repo, decision)
+            journal_decision(self._journal, repo, decision, now)
             if not decision.valid:
                 return _Refusal(decision)
             if decision.rotated:
@@ -433,7 +433,7 @@ class HandleService:
                 revoke_reason=reason or f"removed by {principal.name}",
             )
             repo.update_handle(handle, revoked)
-            self._lifecycle.withdraw_successors(repo, handle_id, self._clock.now())
+            withdraw_successors(repo, handle_id, self._clock.now())
             self._journal.event(
                 repo, EventKind.REVOKED, revoked, reason=revoked.revoke_reason or ""
             )

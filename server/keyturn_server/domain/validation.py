@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from keyturn_server.clock import Clock, to_micros
 from keyturn_server.domain.access import SYSTEM, Principal
@@ -30,6 +31,7 @@ from keyturn_server.domain.coalesce import Coalescer
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
+from keyturn_server.domain.handle_lifecycle import withdraw_successors
 from keyturn_server.domain.handles import (
     Decision,
     Handle,
@@ -259,16 +261,19 @@ class Validator:
             if not decision.valid and self._quiet(item, decision, minute):
                 continue
             touched[stored.id] = (read, decision.handle)
-            journal_decision(self._journal, repo, decision)
+            journal_decision(self._journal, repo, decision, now)
         for read, current in touched.values():
             repo.update_handle(read, current)
         return decisions
 
 
-def journal_decision(journal: Journal, repo: Repository, decision: Decision) -> None:
+def journal_decision(journal: Journal, repo: Repository, decision: Decision, now: datetime) -> None:
     """Record what a decision found and did: its anomalies, and the event of the state
-    it moved the handle to (with an audit entry when policy revoked it)."""
+    it moved the handle to (with an audit entry when policy revoked it). A handle it
+    ended withdraws its sealed successors, as RemoveHandle and the scheduler do."""
     handle = decision.handle
+    if decision.transition in (HandleState.EXPIRED, HandleState.REVOKED):
+        withdraw_successors(repo, handle.id, now)
     for anomaly in decision.anomalies:
         journal.anomaly(repo, anomaly, handle)
     if decision.transition is HandleState.EXHAUSTED:
