@@ -177,3 +177,35 @@ async def test_the_rest_apis_token_lookups_are_counted_and_throttled_as_validati
     assert (await rest.delete(f"/handles/{own.token}", {})).status == 404
     await server.advance(timedelta(minutes=2))
     assert (await rest.get(f"/handles/{own.token}")).status == 200
+
+
+async def test_an_owner_repeating_a_refused_token_records_it_once_a_minute(
+    server: Harness,
+) -> None:
+    """A refusal by a caller with rights on the handle (its owner, a buggy retry loop)
+    wrote an anomaly, an event and an audit entry on every call: at the per-caller
+    rate, three rows a millisecond kept for the audit's retention. Each answer still
+    names the anomaly; what is recorded is one per handle per minute, as for others."""
+    owner = await server.client_for("service", "owner-svc")
+    issued = await owner.handles.GenerateHandle(R.GenerateHandleRequest(type="workflow"))
+    await owner.handles.RemoveHandle(R.RemoveHandleRequest(handle_id=issued.handle.id))
+
+    def recorded(events: list[Event]) -> int:
+        return sum(
+            1
+            for e in events
+            if e.anomaly is not None
+            and e.anomaly.kind is AnomalyKind.USE_AFTER_REVOCATION
+            and e.subject_id == issued.handle.id
+        )
+
+    answers = await asyncio.gather(*(validate(owner, issued.token, {}) for _ in range(25)))
+    for _ in range(5):
+        answers.append(await validate(owner, issued.token, {}))
+
+    assert all(a.reason == R.VALIDATION_REASON_REVOKED for a in answers)
+    assert all(len(a.anomalies) == 1 for a in answers)  # the owner still sees it each time
+    assert recorded(await server.events()) == 1
+    await server.advance(timedelta(minutes=1))
+    await validate(owner, issued.token, {})
+    assert recorded(await server.events()) == 2

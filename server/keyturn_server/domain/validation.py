@@ -9,10 +9,12 @@ PostgreSQL the handle rows are locked FOR UPDATE.
 
 A refusal that the caller has no right to see in detail (it does not own the handle, and
 is no operator or admin) must look like an unknown token, in its answer and its timing.
-So it is answered as soon as it is decided, before the commit, as an unknown token is;
-and what it records (an anomaly on the handle) is written at most once per handle per
-minute, so that a thief repeating it does not keep the writer visibly busier than with
-made-up tokens. Revocations and state changes are always written.
+So it is answered as soon as it is decided, before the commit, as an unknown token is.
+What a refusal records (an anomaly on the handle) is written at most once per handle per
+minute, whoever presents it: so that a thief repeating it does not keep the writer
+visibly busier than with made-up tokens, and an owner's retry loop does not fill the
+audit trail (its answers still name the anomaly each time). Revocations and state
+changes are always written.
 """
 
 from __future__ import annotations
@@ -185,10 +187,12 @@ class Validator:
         )
         await self._store.write(lambda repo: self._journal.anomaly(repo, anomaly, None))
 
-    def _quiet(self, item: Presented, decision: Decision, minute: int) -> bool:
-        """A refusal by a caller without rights that changes no state and whose handle
-        already had one written this minute: nothing to write (see the module docstring)."""
-        if decision.valid or item.principal.has_rights_on(decision.handle.owner):
+    def _quiet(self, decision: Decision, minute: int) -> bool:
+        """A refusal that changes no state and whose handle already had one written this
+        minute: nothing to write (see the module docstring). By any caller: an owner's
+        retry loop on its revoked token wrote an anomaly, an event and an audit entry
+        on every call."""
+        if decision.valid:
             return False
         if decision.transition is not None or any(
             a.action is AnomalyAction.REVOKED for a in decision.anomalies
@@ -258,7 +262,7 @@ class Validator:
             read, current = touched.get(stored.id, (stored, stored))
             decision = decide(current, secret, item.seen, now, policies)
             decisions.append(decision)
-            if not decision.valid and self._quiet(item, decision, minute):
+            if not decision.valid and self._quiet(decision, minute):
                 continue
             touched[stored.id] = (read, decision.handle)
             journal_decision(self._journal, repo, decision, now)
