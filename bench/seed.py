@@ -44,7 +44,7 @@ from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, V
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite import SqliteStore
-from keyturn_server.store.sqlite import connect as connect_like_the_server
+from keyturn_server.store.sqlite_connections import connect as connect_like_the_server
 
 CHUNK = 25_000
 OWNERS = 1000

@@ -122,3 +122,35 @@ async def test_a_stalled_disk_is_not_serving_said_once_and_serving_again_when_it
     back = [line for line in lines if line["msg"].startswith("the store's commit came back")]
     assert len(stalled) == 1 and stalled[0]["waited_seconds"] >= STALL_AFTER, stalled
     assert len(back) == 1 and back[0]["stalled_seconds"] >= STALL_AFTER, back
+
+
+async def test_listings_statistics_and_the_audit_log_answer_while_the_disk_is_frozen(
+    freezable_disk: Path, tmp_path: Path
+) -> None:
+    """What they read is in memory, but each report opened a connection of its own, and
+    opening one (as root: chowning the -wal and -shm) waits for the frozen disk: every
+    listing waited out its caller's deadline, holding a report thread, and the reads of
+    every other caller queued behind. The reports' connections are open before now."""
+    server = ServerProcess(freezable_disk / "data")
+    server.log = tmp_path / "server.log"
+    server.stdout = tmp_path / "server.out"
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            client = Client(channel, server.token())
+            key = (await client.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))).key
+            with frozen(freezable_disk):
+                await asyncio.sleep(0.5)
+                for _ in range(2):  # more than once: no report left its thread held
+                    listed = await client.keys.ListKeys(keys_pb2.ListKeysRequest(), timeout=5)
+                    assert [k.id for k in listed.keys] == [key.id]
+                    stats = await client.keys.GetKeyStatistics(
+                        keys_pb2.GetKeyStatisticsRequest(), timeout=5
+                    )
+                    assert stats.statistics.total == 1
+                    audit = await client.admin.ListAuditEvents(
+                        admin_pb2.ListAuditEventsRequest(action="key.generate"), timeout=5
+                    )
+                    assert [e.resource_id for e in audit.events] == [key.id]
+    finally:
+        server.terminate()

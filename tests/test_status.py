@@ -30,7 +30,7 @@ from keyturn_server.domain.repositories import Repository
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import migrations
 from keyturn_server.store.sql import SqlRepository
-from keyturn_server.store.sqlite import connect
+from keyturn_server.store.sqlite_connections import connect
 from tests.harness import BACKEND, fresh_postgres_database
 
 NOW = datetime(2031, 5, 17, 12, 0, tzinfo=UTC)

@@ -23,7 +23,7 @@ import sqlite_utils
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
 from keyturn_server.crypto.master import MasterKeyError
 from keyturn_server.domain import key_material
-from keyturn_server.store.sqlite import StoreOpenError
+from keyturn_server.store.sqlite_connections import StoreOpenError
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 
 pytestmark = pytest.mark.sqlite_only

@@ -55,7 +55,8 @@ from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.paging import PageTokens
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.settings import Settings
-from keyturn_server.store.sqlite import SqliteStore, StoreOpenError
+from keyturn_server.store.sqlite import SqliteStore
+from keyturn_server.store.sqlite_connections import StoreOpenError
 
 DB_FILE = "keyturn.db"
 #: Tables whose row counts the summary shows.

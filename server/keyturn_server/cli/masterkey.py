@@ -28,7 +28,7 @@ from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.master_rotation import RotationReport, rotate_master_key
 from keyturn_server.domain.repositories import MetaRepository, Repository
 from keyturn_server.settings import Settings
-from keyturn_server.store.sqlite import StoreOpenError
+from keyturn_server.store.sqlite_connections import StoreOpenError
 
 
 def register(commands: Any) -> None:

@@ -29,7 +29,7 @@ from keyturn_server.process import collector, hardening, memory, overrun
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.process.supervisor import StartFailed, Supervisor
 from keyturn_server.settings import Settings, SettingsError, resolve
-from keyturn_server.store.sqlite import StoreOpenError
+from keyturn_server.store.sqlite_connections import StoreOpenError
 
 #: What ends a start with one line instead of a traceback.
 START_ERRORS = (

@@ -24,7 +24,7 @@ from keyturn_server.domain.audit import AuditChain, AuditLog
 from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.journal import Journal
 from keyturn_server.settings import parse_duration
-from keyturn_server.store.sqlite import StoreOpenError
+from keyturn_server.store.sqlite_connections import StoreOpenError
 
 
 def register(commands: Any) -> None:

@@ -20,7 +20,8 @@ taken before a batch reads anything. Measured against a writer thread that ran t
 itself, this serves a little more and waits less at p99 (bench/): a writer thread must
 win the GIL back from the busy loop after every SQLite call.
 
-Reads run on a second connection (reports on their own, in worker threads); WAL lets them
+Reads run on a second connection (reports in worker threads, on connections of their own
+opened with the store: :mod:`keyturn_server.store.sqlite_connections`); WAL lets them
 proceed during a commit, and they only ever see committed data.
 """
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -41,20 +41,28 @@ from typing import Any, TypeVar
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.batching import MAX_PENDING, UNIT_LIMIT, BatchWindow, behind
-from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhausted, Unavailable
+from keyturn_server.domain.errors import KeyturnError, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
-from keyturn_server.store.schema import NewerSchema, migrations
+from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.sql import SqlRepository
+from keyturn_server.store.sqlite_connections import (
+    BUSY_TIMEOUT_MS,
+    ReportConnections,
+    StoreOpenError,
+    check,
+    connect,
+    create_private_file,
+    migrate,
+    store_error,
+)
 from keyturn_server.store.stall import CommitWatch
-from keyturn_server.store.threads import StoreThreads
+from keyturn_server.store.threads import REPORT_THREADS, StoreThreads
 
 T = TypeVar("T")
-#: How long a connection waits for another process's write lock before giving up.
-BUSY_TIMEOUT_MS = 5000
 CATCH_UP_BATCH = 1000
 #: While commits keep failing (a full disk), how often the log says so again.
 REMIND_EVERY = 60.0
@@ -67,10 +75,6 @@ WAL_LIMIT = 64 << 20
 WRITES_RECHECKED = "writes_rechecked"
 
 
-class StoreOpenError(Exception):
-    """The database file cannot be used (not a database, damaged, newer schema...)."""
-
-
 @dataclass
 class _Outcome:
     """A unit of work that ran and waits for its batch's commit."""
@@ -79,52 +83,6 @@ class _Outcome:
     value: Any
     events: list[Event] = field(default_factory=list)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
-
-
-def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
-    """A connection as the server opens it: autocommit (transactions are explicit), rows
-    by column name, and a busy timeout for another process holding the write lock.
-    ``create=False``: fail rather than make an empty database where the file was."""
-    target = path if create else f"{path.resolve().as_uri()}?mode=rw"
-    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=not create)
-    conn.row_factory = sqlite3.Row
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    return conn
-
-
-def create_private_file(path: Path) -> None:
-    """Create ``path`` readable by its owner only (0600) if it does not exist. SQLite
-    gives the -wal and -shm files the same mode as the database file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-
-
-def check(conn: sqlite3.Connection, path: Path) -> None:
-    """Refuse a damaged file at start (truncated, edited) instead of serving garbage later.
-    quick_check reads every page once: a few seconds for millions of records."""
-    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-    if problems != ["ok"]:
-        raise StoreOpenError(f"{path} is damaged: " + "; ".join(problems))
-
-
-def store_error(exc: sqlite3.Error) -> KeyturnError:
-    """A write that SQLite refused, as the status the caller should see."""
-    if isinstance(exc, sqlite3.IntegrityError):
-        # Another process inserted the same row first (units here run one at a time).
-        return Aborted(
-            f"a concurrent change conflicted with this one ({exc}); nothing of it was kept: retry",
-            reason="STORE_CONFLICT",
-        )
-    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
-        return ResourceExhausted(
-            "the store is full (no space left for the database); nothing of this request was kept",
-            reason="STORE_FULL",
-        )
-    return Unavailable(
-        f"the store could not write ({exc}); nothing of this request was kept",
-        reason="STORE_UNAVAILABLE",
-    )
 
 
 def _begin_problem(exc: sqlite3.Error) -> str:
@@ -137,22 +95,6 @@ def _begin_problem(exc: sqlite3.Error) -> str:
             f"{BUSY_TIMEOUT_MS // 1000} s (a worker stalled on the disk, or another program)"
         )
     return str(exc)
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    steps = migrations("sqlite")
-    latest = steps[-1][0]
-    if current > latest:
-        raise StoreOpenError(
-            f"the database has schema version {current}, newer than this server ({latest})"
-        )
-    for version, sql in steps:
-        if version > current:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
-    return int(latest)
 
 
 class SqliteStore:
@@ -180,6 +122,8 @@ class SqliteStore:
         self._writer.execute("PRAGMA busy_timeout = 0")
         self._read_conn = connect(path)
         self._read_conn.execute("PRAGMA query_only = 1")
+        # Opened now: opening one later can wait for a stalled disk (sqlite_connections.py).
+        self._report_conns = ReportConnections(path, REPORT_THREADS)
         #: One writer connection, so one commit thread.
         self._threads = StoreThreads("sqlite", 1)
         self.integrity = RowIntegrity()
@@ -322,13 +266,8 @@ class SqliteStore:
             raise Unavailable(files.REFUSAL, reason="STORE_FILE_GONE")
 
         def run() -> T:
-            conn = connect(self.path, create=False)
-            try:
-                conn.execute("PRAGMA query_only = 1")
-                conn.execute("BEGIN")  # one consistent snapshot for every query of the report
+            with self._report_conns.snapshot() as conn:
                 return work(SqlRepository(conn, integrity=self.integrity))
-            finally:
-                conn.close()
 
         return await self._threads.report(run, caller)
 
@@ -392,6 +331,7 @@ class SqliteStore:
         self._threads.close()
         self._writer.close()
         self._read_conn.close()
+        self._report_conns.close()
 
     def classify(self, exc: BaseException) -> KeyturnError | None:
         """What ``exc``, raised by a read or a write of this store, means to a caller:
