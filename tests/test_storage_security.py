@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import stat
@@ -14,13 +15,20 @@ import sqlite_utils
 from keyturn.v1 import keys_pb2
 from keyturn_server.app import App
 from keyturn_server.clock import ManualClock
-from keyturn_server.crypto.master import MasterKeyError
+from keyturn_server.crypto.master import MasterKeyError, parse_master_key
 from keyturn_server.settings import Settings
 from tests.harness import MASTER_KEY, SECRETS, Harness, fails
 
 pytestmark = pytest.mark.sqlite_only
 
 OTHER_KEY = "00" * 32
+#: A passphrase of words whose letters, with the spaces skipped, are 43 base64 characters:
+#: about one such passphrase in 35 is.
+WORDS = "horse battery orange horse piano cloud river cloud"
+#: The 32 bytes those letters decode to, which earlier releases took WORDS for.
+WORDS_UNSTRETCHED = base64.b64decode("horsebatteryorangehorsepianocloudrivercloud=").hex()
+SECRETS.update((WORDS, WORDS_UNSTRETCHED))
+RAW = bytes(range(32))
 
 
 def database(server: Harness) -> sqlite_utils.Database:
@@ -142,3 +150,77 @@ async def test_a_short_passphrase_is_refused(tmp_path: Path) -> None:
     harness = Harness(tmp_path / "short", ManualClock())
     with pytest.raises(MasterKeyError, match="at least 16 characters"):
         await harness.start(master_key="hunter2")
+
+
+@pytest.mark.parametrize(
+    ("value", "raw"),
+    [
+        (RAW.hex(), RAW),
+        (RAW.hex().upper(), RAW),
+        (base64.b64encode(RAW).decode(), RAW),
+        (base64.b64encode(RAW).decode().rstrip("="), RAW),
+        (base64.urlsafe_b64encode(b"\xff" * 32).decode(), b"\xff" * 32),
+        (WORDS, None),
+        ("horse-battery-orange-horse-piano-cloud-river", None),
+        ("a" * 43, None),  # its last character sets bits past the 32 bytes
+        (" ".join([RAW.hex()[:20], RAW.hex()[20:40], RAW.hex()[40:62]]), None),  # 31 bytes
+    ],
+    ids=[
+        "hex",
+        "HEX",
+        "base64",
+        "base64-unpadded",
+        "base64url",
+        "words",
+        "dashed words",
+        "non-canonical",
+        "hex with a space",
+    ],
+)
+def test_master_key_is_raw_bytes_only_in_hex_or_canonical_base64(
+    value: str, raw: bytes | None
+) -> None:
+    salt = b"s" * 16
+    parsed = parse_master_key(value, salt)
+    if raw is None:
+        assert parsed.source == "MASTER_KEY (passphrase)"
+    else:
+        assert parsed.raw == raw
+
+
+async def test_a_passphrase_of_words_is_stretched_even_when_its_letters_read_as_base64(
+    tmp_path: Path,
+) -> None:
+    """Before, base64 skipped the spaces and WORDS became the master key as it was: an
+    attacker with the database tried passphrases at HKDF speed, not scrypt's."""
+    harness = Harness(tmp_path / "words", ManualClock())
+    await harness.start(master_key=WORDS)
+    try:
+        await harness.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        await harness.stop()
+        assert database(harness)["meta"].get("master_salt")  # stretched with a stored salt
+        with pytest.raises(MasterKeyError, match="not the one"):
+            await harness.start(master_key=WORDS_UNSTRETCHED)
+        await harness.start(master_key=WORDS)
+    finally:
+        await harness.stop()
+
+
+async def test_a_data_directory_wrapped_under_an_unstretched_passphrase_opens_and_says_to_rotate(
+    tmp_path: Path, logs_hold_no_secrets: io.StringIO
+) -> None:
+    harness = Harness(tmp_path / "legacy", ManualClock())
+    await harness.start(master_key=WORDS_UNSTRETCHED)  # what an earlier release made of WORDS
+    try:
+        key = await harness.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))
+        await harness.restart(master_key=WORDS)
+
+        mac = await harness.admin.keys.ComputeMac(
+            keys_pb2.ComputeMacRequest(key_id=key.key.id, data=b"d")
+        )
+        assert mac.key_version == 1
+        said = logs_hold_no_secrets.getvalue()
+        assert "read as a raw key without stretching it" in said
+        assert "keyturn master-key rotate" in said
+    finally:
+        await harness.stop()

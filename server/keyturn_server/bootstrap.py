@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from keyturn_server.clock import Clock, SystemClock
@@ -16,6 +17,7 @@ from keyturn_server.crypto.keyring import REVISION, WRAP_PREFIX, Keyring, Keyrin
 from keyturn_server.crypto.master import (
     MasterKey,
     MasterKeyError,
+    legacy_master_key,
     load_or_create_dev_key,
     needs_salt,
     new_salt,
@@ -93,6 +95,8 @@ async def unlock(
         initialised = bool(reader.meta_names(""))
         sealed = reader.meta_names(WRAP_PREFIX)
         wrapped = reader.get_meta(WRAP_PREFIX + fingerprint(master))
+        if wrapped is None and sealed and master_key:
+            master, wrapped = _unstretched(reader.get_meta, master_key, master)
         if wrapped is not None:
             keyring = Keyring(KeyringData.unwrap(wrapped, master))
             store.protect(keyring.protection)
@@ -132,6 +136,28 @@ async def unlock(
             extra={"category": "security"},
         )
     raise MasterKeyError("the keyring was claimed by another process but cannot be read")
+
+
+def _unstretched(
+    get_meta: Callable[[str], bytes | None], value: str, master: MasterKey
+) -> tuple[MasterKey, bytes | None]:
+    """The keyring a release before the strict reading of MASTER_KEY wrapped under a
+    passphrase it took for raw bytes, if there is one: it is opened, and the log says to
+    rotate, since such a master key is as weak as the passphrase."""
+    legacy = legacy_master_key(value)
+    wrapped = None if legacy is None else get_meta(WRAP_PREFIX + fingerprint(legacy))
+    if legacy is None or wrapped is None:
+        return master, None
+    log.warning(
+        "MASTER_KEY is a passphrase that an earlier release read as a raw key without "
+        "stretching it (its characters happened to decode as 32 bytes), and this data "
+        "directory's keyring is wrapped under it so: the master key is only as strong as "
+        "the passphrase. Rotate it: keyturn master-key rotate with NEW_MASTER_KEY set to "
+        "32 random bytes (openssl rand -hex 32), or to a passphrase, which is then "
+        "stretched with scrypt.",
+        extra={"category": "security"},
+    )
+    return legacy, wrapped
 
 
 def _lost_keyring(store: Store, data_dir: Path, revision: bytes | None) -> str:

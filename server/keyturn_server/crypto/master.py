@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import secrets
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ MASTER_KEY_BYTES = 32
 MIN_PASSPHRASE = 16
 # OWASP's scrypt floor (N=2^17, r=8, p=1): ~128 MiB and a fraction of a second, once per start.
 SCRYPT_N = 2**17
+#: 32 bytes in base64, standard or URL-safe, with or without its one '=' of padding.
+_BASE64_KEY = re.compile(r"[A-Za-z0-9+/]{43}=?|[A-Za-z0-9_-]{43}=?")
 
 
 class MasterKeyError(Exception):
@@ -68,9 +72,35 @@ def parse_master_key(value: str, salt: bytes | None, source: str = "MASTER_KEY")
 
 
 def _decode_raw(value: str) -> bytes | None:
+    """32 bytes written as 64 hex digits or as canonical base64, and nothing else: any
+    other text is a passphrase, and is stretched. Before, base64 was decoded leniently
+    (characters outside the alphabet, spaces among them, were skipped), so about one
+    passphrase of words in 35 ("horse battery orange horse piano cloud river cloud")
+    read as 32 bytes and became the master key as it was, its strength the passphrase's
+    alone, without scrypt."""
+    if len(value) == 2 * MASTER_KEY_BYTES and all(c in string.hexdigits for c in value):
+        return bytes.fromhex(value)
+    if _BASE64_KEY.fullmatch(value) is None:
+        return None
+    decode = base64.urlsafe_b64decode if "-" in value or "_" in value else base64.b64decode
+    raw = decode(value.rstrip("=") + "=")
+    # The last character carries two bits past the 32 bytes; set, it is not an encoding.
+    canonical = base64.b64encode(raw).decode().translate(str.maketrans("+/", "-_"))
+    if canonical.rstrip("=") != value.rstrip("=").translate(str.maketrans("+/", "-_")):
+        return None
+    return raw
+
+
+def legacy_master_key(value: str, source: str = "MASTER_KEY") -> MasterKey | None:
+    """The master key releases before the strict reading above took ``value`` for, when
+    that differs from today's reading: a passphrase they decoded as raw bytes. A data
+    directory made then is wrapped under it, and is opened with it (and told to rotate)."""
+    value = value.strip()
+    if _decode_raw(value) is not None:
+        return None
     if len(value) == 2 * MASTER_KEY_BYTES:
         try:
-            return bytes.fromhex(value)
+            return MasterKey(bytes.fromhex(value), source + " (read unstretched)")
         except ValueError:
             pass
     for decode in (base64.b64decode, base64.urlsafe_b64decode):
@@ -79,7 +109,7 @@ def _decode_raw(value: str) -> bytes | None:
         except (binascii.Error, ValueError):
             continue
         if len(raw) == MASTER_KEY_BYTES:
-            return raw
+            return MasterKey(raw, source + " (read unstretched)")
     return None
 
 
