@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
 import stat
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 import sqlite_utils
 
-from keyturn.v1 import keys_pb2
+from keyturn.v1 import keys_pb2, resources_pb2
 from keyturn_server.app import App
 from keyturn_server.clock import ManualClock
 from keyturn_server.crypto.master import MasterKeyError, parse_master_key
@@ -53,6 +56,49 @@ async def test_no_key_material_appears_in_the_database_files(server: Harness) ->
         assert material not in contents
         assert material.hex().encode() not in contents
         assert material[:16] not in contents
+
+
+def copies(server: Harness, value: bytes) -> int:
+    """How many times ``value`` is in the database's files (the database, its WAL)."""
+    return stored_bytes(server.data_dir).count(value)
+
+
+async def destroy_by_removal(server: Harness, key_id: str) -> None:
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key_id))
+    await server.advance(timedelta(days=1, seconds=1))
+
+
+async def destroy_by_age(server: Harness, key_id: str) -> None:
+    await server.advance(timedelta(days=90, seconds=1))  # version 1's max lifetime
+
+
+@pytest.mark.parametrize("destroy", [destroy_by_removal, destroy_by_age], ids=["removed", "aged"])
+async def test_destroyed_material_is_gone_from_the_database_files_of_the_running_server(
+    server: Harness, destroy: Callable[[Harness, str], Awaitable[None]]
+) -> None:
+    """A copy of the data directory taken after the destruction, with MASTER_KEY, must not
+    open what Keyturn said was destroyed. Before, the write-ahead log held the destroyed
+    version's sealed material (13 copies) until later writes happened to overwrite it."""
+    ids = [
+        (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key.id
+        for _ in range(20)
+    ]
+    victim = ids[7]
+    for key_id in ids:  # pages written again and again: their older images pile up in the WAL
+        await server.admin.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key_id, plaintext=b"x"))
+    sealed = await server.sealed_material(victim, 1)
+    assert sealed is not None and copies(server, sealed) > 0
+
+    await destroy(server, victim)
+    gone = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=victim))
+    assert gone.versions[0].state != resources_pb2.KEY_VERSION_STATE_ENABLED
+    assert await server.sealed_material(victim, 1) is None
+    for _ in range(50):  # the WAL is truncated just after the commit, by another thread
+        if copies(server, sealed[-16:]) == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert copies(server, sealed) == 0
+    assert copies(server, sealed[-16:]) == 0  # not even its tag
 
 
 async def test_the_wrong_master_key_is_refused_at_start(server: Harness) -> None:

@@ -48,6 +48,7 @@ from keyturn_server.domain.repositories import CommitListener, Repository, Store
 from keyturn_server.store import damage, files
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import NewerSchema
+from keyturn_server.store.scrub import WalScrub
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.sqlite_connections import (
     BUSY_TIMEOUT_MS,
@@ -83,6 +84,8 @@ class _Outcome:
     value: Any
     events: list[Event] = field(default_factory=list)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    #: It destroyed key material (store/scrub.py).
+    erased: bool = False
 
 
 def _begin_problem(exc: sqlite3.Error) -> str:
@@ -126,6 +129,7 @@ class SqliteStore:
         self._report_conns = ReportConnections(path, REPORT_THREADS)
         #: One writer connection, so one commit thread.
         self._threads = StoreThreads("sqlite", 1)
+        self.scrub = WalScrub(path, self._threads.commit)
         self.integrity = RowIntegrity()
         self._reader = SqlRepository(self._read_conn, integrity=self.integrity)
         self._listeners: list[CommitListener] = []
@@ -201,7 +205,9 @@ class SqliteStore:
                 future.set_exception(error)
             return
         conn.execute("RELEASE unit")
-        self._batch.append(_Outcome(future, value, repo.events, repo.after_commit_callbacks))
+        self._batch.append(
+            _Outcome(future, value, repo.events, repo.after_commit_callbacks, repo.erased)
+        )
 
     async def _batches(self) -> None:
         try:
@@ -328,6 +334,7 @@ class SqliteStore:
             await self._cycle
         if self._copying is not None:
             await self._copying
+        await self.scrub.close()
         self._threads.close()
         self._writer.close()
         self._read_conn.close()
@@ -415,6 +422,8 @@ class SqliteStore:
         self.commits += 1
         self.writes += len(batch)
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
+        if any(outcome.erased for outcome in batch):
+            self.scrub.request()
         events = [e for outcome in batch for e in outcome.events]
         if events and self.shared:
             self.catch_up()

@@ -39,6 +39,7 @@ def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
     conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, uri=not create)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA secure_delete = ON")  # what a row no longer holds is zeroed
     return conn
 
 

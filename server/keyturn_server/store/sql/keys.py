@@ -29,6 +29,10 @@ _VERSIONS = (
 
 
 class KeySql(SqlBase):
+    #: Set once this transaction destroyed material: the SQLite store then erases it
+    #: from its write-ahead log too (store/scrub.py).
+    erased = False
+
     def get_key(self, key_id: str, for_update: bool = False) -> Key | None:
         """The key with every version; a tampered row of either is DATA_LOSS."""
         lock = self._for_update if for_update else ""
@@ -123,6 +127,7 @@ class KeySql(SqlBase):
             "UPDATE key_versions SET material = NULL WHERE key_id = ? AND version = ?",
             (key_id, version),
         )
+        self.erased = True
 
     def sealed_material(self, key_id: str, version: int) -> bytes | None:
         row = self._one(
