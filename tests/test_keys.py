@@ -145,6 +145,25 @@ async def test_signatures_verify_after_rotation_and_with_the_public_key(server: 
     assert primary.key_version == 2 and primary.pem != public.pem
 
 
+async def test_the_public_key_of_an_expired_version_names_the_scheme_its_signatures_used(
+    server: Harness,
+) -> None:
+    """A verifier picks the padding from the algorithm: an expired version's public key
+    still verifies the signatures it made, with the scheme Sign named. Before, the name
+    came from the private key, and without it the answer said "rsa"."""
+    key = await generate(server, "signing")
+    signed = await server.admin.keys.Sign(keys_pb2.SignRequest(key_id=key.id, data=b"release"))
+    await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
+    await server.advance(365 * DAY + timedelta(seconds=1))  # version 1's max lifetime
+
+    public = await server.admin.keys.GetPublicKey(
+        keys_pb2.GetPublicKeyRequest(key_id=key.id, version=1)
+    )
+    fetched = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
+    assert fetched.versions[0].state == resources_pb2.KEY_VERSION_STATE_EXPIRED
+    assert public.algorithm == signed.algorithm == "rsa-pss-2048-sha256"
+
+
 @pytest.mark.parametrize("type_name", ["session", "api"])
 async def test_macs_verify_across_rotation(server: Harness, type_name: str) -> None:
     key = await generate(server, type_name)

@@ -24,6 +24,7 @@ _ENVELOPE_FORMAT = 1
 NONCE_BYTES = 12
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
 
 
 class EnvelopeError(ValueError):
@@ -147,12 +148,8 @@ class LoadedVersion:
         return True
 
     def signature_algorithm(self) -> str:
-        key = self.private_key
-        if isinstance(key, rsa.RSAPrivateKey):
-            return f"rsa-pss-{key.key_size}-sha256"
-        if isinstance(key, ec.EllipticCurvePrivateKey):
-            return "ecdsa-p256-sha256"
-        return "ed25519"
+        assert self.private_key is not None, "not a signing key"
+        return _scheme(self.private_key.public_key())
 
     # --- MACs --------------------------------------------------------------------------
 
@@ -161,6 +158,23 @@ class LoadedVersion:
 
     def verify_mac(self, data: bytes, mac: bytes) -> bool:
         return hmac.compare_digest(self.mac(data), mac)
+
+
+def signature_algorithm(public_pem: str) -> str:
+    """The signature scheme a version's public key verifies (e.g. "rsa-pss-2048-sha256"),
+    read off the public key: the same name Sign gives, whatever state the version is in."""
+    public = serialization.load_pem_public_key(public_pem.encode())
+    if not isinstance(public, PublicKey):
+        raise ValueError("unsupported public key type")
+    return _scheme(public)
+
+
+def _scheme(public: PublicKey) -> str:
+    if isinstance(public, rsa.RSAPublicKey):
+        return f"rsa-pss-{public.key_size}-sha256"
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        return "ecdsa-p256-sha256"
+    return "ed25519"
 
 
 def _pss() -> padding.PSS:

@@ -157,9 +157,9 @@ class KeyUse:
             raise NotFound(f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND")
         if record.public_pem is None:
             raise FailedPrecondition(f"version {number} has no public key")
-        loaded = self._material.load(key, number, self._clock.now()) if record.usable else None
-        algorithm = loaded.signature_algorithm() if loaded else key.algorithm
-        return record.public_pem, algorithm, number
+        # Named from the public key: before, from the private key when the version was
+        # enabled, and an expired version's answer said "rsa" instead of the scheme.
+        return record.public_pem, material.signature_algorithm(record.public_pem), number
 
     def mac(self, principal: Principal, key_id: str, data: bytes) -> tuple[bytes, int]:
         violations: list[FieldViolation] = []
