@@ -194,6 +194,14 @@ BAD_CONFIGS: list[tuple[str, A.Config, list[str], str]] = [
         "config.key_types.evil\n",
     ),
     (
+        # Its tokens would read kt_api-access_..., as access tokens do: a leaked one would
+        # be taken for an API credential, and the two kinds of secret digested alike.
+        "handle type named as access tokens",
+        A.Config(handle_types={"api-access": handle_type()}),
+        ["handle_types.api-access"],
+        "config.handle_types.api-access",
+    ),
+    (
         "zero rate limit",
         A.Config(security_policies=A.SecurityPolicies(rate_limit_per_handle=0)),
         ["security_policies.rate_limit_per_handle"],

@@ -27,6 +27,7 @@ from keyturn_server.domain.config import (
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import clip, quote
 from keyturn_server.domain.policy import POLICY_FIELDS, SecurityPolicies
+from keyturn_server.domain.tokens import ACCESS_TOKEN_TYPE
 
 
 @dataclass
@@ -250,6 +251,11 @@ def _handle_type(name: str, raw: Any, violations: list[FieldViolation]) -> Handl
         return raw
     prefix = f"config.handle_types.{clip(name, 32)}"
     _check_name(prefix, name, violations)
+    if name == ACCESS_TOKEN_TYPE:
+        # A token's prefix says what it is; this one is the API's access tokens'.
+        violations.append(
+            FieldViolation(prefix, f"{name!r} is the type of access tokens; choose another name")
+        )
     before = len(violations)
     algorithm = HANDLE_ALGORITHMS.get(str(raw.get("algorithm", "")))
     if algorithm is None:
