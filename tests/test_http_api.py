@@ -418,3 +418,34 @@ async def test_connections_read_below_the_size_the_allocator_maps_apart(
         assert answer.status == 200
         sizes = {h.transport.max_size for h in runner.server.connections if h.transport}
     assert sizes and max(sizes) < memory.LARGE_ALLOCATION, sizes
+
+
+async def test_no_answer_may_be_stored_by_a_cache(server: Harness, http: HttpClient) -> None:
+    """Answers carry secrets (a handle's token, revealed or exported material, a rotated
+    token on a watch) and what a caller may see: as Vault's do, each one says
+    Cache-Control: no-store, so that no browser or proxy keeps a copy. Before, the JSON
+    answers said nothing, and the event stream said no-cache, which lets a cache store."""
+    made = await http.post("/v1/keys", {"type": "session", "reveal": True})
+    key_id = (await ok(made))["key"]["id"]
+    answers = {
+        "revealed": made,
+        "exported": await http.post(f"/v1/keys/{key_id}:export", {"reason": "handover"}),
+        "issued": await http.post("/v1/handles", {"type": "session"}),
+        "issued (specification)": await http.post(
+            "/api/key-management/handles", {"type": "session"}
+        ),
+        "read": await http.get(f"/v1/keys/{key_id}"),
+        "refused": await http.get("/v1/keys/key_aaaaaaaaaaaaaaaa"),
+    }
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.get(
+            server.http_url + "/v1/handles:watchExpiring",
+            params={"deliverTokens": "true"},
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+        ) as stream,
+    ):
+        watched = stream.headers.get("Cache-Control")
+    stored = {name: a.headers.get("Cache-Control") for name, a in answers.items()}
+    assert stored == dict.fromkeys(answers, "no-store")
+    assert watched == "no-store"

@@ -13,9 +13,13 @@ JSON = "application/json"
 SERVER = {"Server": "keyturn"}
 
 
+#: Answers carry secrets (tokens, revealed and exported material) and what their caller
+#: may see: no browser or proxy may keep one (Vault sends the same on every answer).
+NO_STORE = {"Cache-Control": "no-store"}
+
 #: Built once: aiohttp copies them into each response, and parsing a content_type
 #: argument on every answer cost more than the copy.
-_JSON_HEADERS = {**SERVER, "Content-Type": JSON}
+_JSON_HEADERS = {**SERVER, **NO_STORE, "Content-Type": JSON}
 
 
 def json_response(body: bytes, status: int = 200) -> web.Response:

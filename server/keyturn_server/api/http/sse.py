@@ -29,7 +29,7 @@ from keyturn_server.api.guard import Guard, Refused, Unparsable
 from keyturn_server.api.http import codec, numerals, protojson
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.jsonmap import error_document
-from keyturn_server.api.http.responses import SERVER, error_response
+from keyturn_server.api.http.responses import NO_STORE, SERVER, error_response
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import InvalidArgument
 
@@ -82,7 +82,7 @@ async def serve(
         headers={
             **SERVER,
             "Content-Type": EVENT_STREAM,
-            "Cache-Control": "no-cache",
+            **NO_STORE,  # rotated tokens travel on it; no-cache let a cache keep them
             # Proxies that buffer (nginx) would hold events back.
             "X-Accel-Buffering": "no",
         }
