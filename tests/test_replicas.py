@@ -148,6 +148,21 @@ async def test_the_active_handles_per_owner_cap_holds_with_both_replicas_generat
     assert {f.reason for f in refused} == {"MAX_CONCURRENT_HANDLES"}
 
 
+async def test_a_token_revoked_through_one_replica_is_refused_by_the_next_call_on_the_other(
+    replicas: list[Harness],
+) -> None:
+    """Within the second the other replica used to keep its verdict, no time passes."""
+    revoker, other = replicas
+    created = await revoker.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="thief", role=resources_pb2.ROLE_SERVICE)
+    )
+    thief = other.client(created.token)
+    await thief.keys.ListKeys(keys_pb2.ListKeysRequest())  # its verdict is in the other's memory
+    await revoker.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="thief"))
+    refused = await fails(thief.keys.ListKeys(keys_pb2.ListKeysRequest()))
+    assert refused.code == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_a_token_revoked_through_one_replica_is_not_honoured_by_another_from_memory(
     replicas: list[Harness],
 ) -> None:

@@ -7,7 +7,6 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -38,7 +37,7 @@ async def keyturn(server: Harness, *args: str) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_tokens_made_on_the_command_line_work_at_once_and_revoke_within_a_second(
+async def test_tokens_made_on_the_command_line_work_at_once_and_revoke_at_once(
     server: Harness,
 ) -> None:
     code, out, _ = await keyturn(server, "create", "--role", "service", "--name", "billing")
@@ -57,7 +56,6 @@ async def test_tokens_made_on_the_command_line_work_at_once_and_revoke_within_a_
 
     code, out, _ = await keyturn(server, "revoke", "billing", "--reason", "rotated out")
     assert code == 0
-    await server.advance(timedelta(seconds=1))  # the server may have it cached that long
     refused = await fails(billing.keys.ListKeys(keys_pb2.ListKeysRequest()))
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
 

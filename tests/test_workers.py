@@ -523,3 +523,19 @@ async def test_health_counts_every_workers_integrity_failures_whichever_answers(
 
 def test_metrics_listen_is_accepted_with_several_workers() -> None:
     assert Settings(workers=2, metrics_listen="127.0.0.1:9090").check().workers == 2
+
+
+async def test_an_access_token_revoked_through_one_worker_is_refused_by_the_next_call_on_the_other(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    created = await clients[0].admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="thief", role=resources_pb2.ROLE_SERVICE)
+    )
+    groups = await by_worker(clients)
+    thieves = [Client(admin.channel, created.token) for admin in clients]
+    for thief in thieves:  # every worker has just checked the token, and holds its verdict
+        await thief.keys.ListKeys(K.ListKeysRequest())
+    await groups[0][0].admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="thief"))
+    for thief in thieves:  # at once, on both workers: not once a cached verdict ages out
+        refused = await fails(thief.keys.ListKeys(K.ListKeysRequest()))
+        assert refused.code == grpc.StatusCode.UNAUTHENTICATED

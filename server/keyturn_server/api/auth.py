@@ -105,9 +105,11 @@ class Authenticator:
     async def audit_failure(self, caller: Caller, method: str, exc: Unauthenticated) -> None:
         await self._tokens.audit_failure(caller.peer, method, exc.reason)
 
-    def identify(self, caller: Caller) -> Principal:
+    def identify(self, caller: Caller, recheck: bool = False) -> Principal:
         """The caller's principal; raises Unauthenticated (not yet audited: the guard
-        audits it, so that the call that succeeds awaits nothing here)."""
+        audits it, so that the call that succeeds awaits nothing here). ``recheck``: an
+        open stream's periodic check, which a verdict up to a second old may answer
+        (AccessTokenService.authenticate)."""
         peer = caller.peer
         header = caller.authorization
         if header:
@@ -116,7 +118,7 @@ class Authenticator:
                 raise Unauthenticated(
                     "authorization must be 'Bearer <token>'", reason="MALFORMED_AUTHORIZATION"
                 )
-            return self._tokens.authenticate(secret.strip(), peer)
+            return self._tokens.authenticate(secret.strip(), peer, recheck=recheck)
         names = caller.certificate_names()
         if names is not None:
             return self.certificate_principal(names, peer)

@@ -94,8 +94,8 @@ class _Capture:
 
 
 #: How often an open stream's credentials are checked again, at the latest (a message
-#: carrying a secret is never sent without a check). Access tokens are themselves cached
-#: for a second by the processes that did not revoke them.
+#: carrying a secret is never sent without a check). Every process sees a revocation on
+#: its next check (domain/access_token_service.py).
 RECHECK_SECONDS = 1.0
 
 
@@ -125,7 +125,7 @@ class _Standing:
             return
         self._due = now + RECHECK_SECONDS
         try:
-            again = self._auth.identify(self._caller)
+            again = self._auth.identify(self._caller, recheck=not getattr(message, "token", ""))
         except Unauthenticated:
             raise Unauthenticated(
                 "the credentials this stream was opened with were revoked or expired",

@@ -40,7 +40,12 @@ TOKEN_BYTES = 32
 #: age, on every call that wrote without reading, for as long as the token table was
 #: locked (a VACUUM FULL, a migration's ALTER TABLE).
 _STORE_ANSWERS = frozenset({"STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW"})
+#: The oldest verdict a process uses without reading the token again, while no token has
+#: been revoked since (``_still_current``).
 CACHE_FOR = timedelta(seconds=1)
+#: Meta entry moved by every revocation, in its transaction: how a process learns that its
+#: cached verdicts may be stale, whichever process (worker, `keyturn token revoke`) revoked.
+REVISION = "access_tokens.revision"
 ADMIN_NAME = "admin"
 #: Where the admin token was written at first start (replica and path), for the others.
 ADMIN_TOKEN_AT = "admin_token.written_to"
@@ -88,10 +93,11 @@ class AccessTokenService:
         self._journal = journal
         self._clock = clock
         self._used: dict[str, datetime] = {}
-        #: Tokens seen recently, so that most calls cost no store read. Revoking here
-        #: clears it at once; a revocation by `keyturn token revoke` in another process
-        #: takes effect within CACHE_FOR.
+        #: Tokens seen recently, so that most calls cost no store read. A verdict is used
+        #: only while no token was revoked since (REVISION), by this process or another.
         self._known: dict[str, tuple[AccessToken, datetime]] = {}
+        self._stamp: int | None = None
+        self._revision: bytes | None = None
         #: Authentication failures are audited, but at most once per peer (an IPv6 peer
         #: by its /64) per window, and AUDITED_FAILURES per window in all, so that a flood
         #: of bad tokens cannot flood the audit log.
@@ -100,10 +106,17 @@ class AccessTokenService:
 
     # --- authentication ----------------------------------------------------------------
 
-    def authenticate(self, secret: str, peer: str) -> Principal:
+    def authenticate(self, secret: str, peer: str, recheck: bool = False) -> Principal:
+        """The token's principal. ``recheck``: the periodic check of an open stream that
+        carries no secret; where revocations cannot be seen without a read (PostgreSQL)
+        it takes a verdict up to CACHE_FOR old, so that a thousand streams of one token
+        cost one read a second, not a thousand (a stream ends within a second anyway)."""
         now = self._clock.now()
-        cached = self._known.get(secret)
-        if cached is not None and now - cached[1] < CACHE_FOR:
+        current = self._still_current()
+        cached = self._known.get(secret)  # after the check: none once a token was revoked
+        if current is None:
+            current = recheck
+        if cached is not None and current and now - cached[1] < CACHE_FOR:
             token = cached[0]
         else:
             try:
@@ -120,6 +133,33 @@ class AccessTokenService:
             )
         self._used[token.name] = now
         return Principal(token.name, token.role, "token", peer)
+
+    def _still_current(self) -> bool | None:
+        """Whether no token was revoked since the cached verdicts were read, by any
+        process; None where that cannot be told without a read. Another worker, replica
+        or `keyturn token revoke` used to have its revocation ignored here for CACHE_FOR:
+        a stolen token went on working on every other process for up to a second after
+        RevokeAccessToken answered.
+
+        On SQLite the store's change stamp (about 1 µs) says whether anything was
+        committed at all; only then is the revision read. PostgreSQL has no stamp, and a
+        per-call check is a round trip, as dear as the token's own read: every call there
+        reads the token (as every call there reads its key)."""
+        stamp = self._store.change_stamp()
+        if stamp is None:
+            return None
+        if stamp == self._stamp:
+            return True
+        try:
+            revision = self._store.read().get_meta(REVISION)
+        except Unavailable:
+            return False  # the lookup meets the same refusal and decides
+        self._stamp = stamp
+        if revision == self._revision:
+            return True
+        self._revision = revision
+        self._known.clear()
+        return False
 
     def _lookup(self, secret: str, now: datetime) -> AccessToken:
         parsed = tokens.parse(secret)
@@ -292,6 +332,8 @@ class AccessTokenService:
                 )
             revoked = dataclasses.replace(token, revoke_time=self._clock.now())
             repo.update_token(revoked)
+            count = int(repo.get_meta(REVISION) or b"0")
+            repo.set_meta(REVISION, str(count + 1).encode())
             repo.after_commit(self._known.clear)
             self._journal.audit(
                 repo,
