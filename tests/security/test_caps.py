@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from keyturn.v1 import admin_pb2
 from keyturn.v1 import events_pb2 as E
 from keyturn.v1 import handles_pb2 as R
 from keyturn.v1 import keys_pb2 as K
@@ -183,6 +184,32 @@ async def test_a_key_keeps_at_most_a_hundred_enabled_versions(server: Harness) -
     await server.advance(timedelta(days=6))  # versions 1-100 have expired
     again = await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
     assert again.primary_version > 101
+
+
+async def test_an_operator_rotates_a_key_a_thief_has_rotated_up_to_the_version_cap(
+    server: Harness,
+) -> None:
+    """Incident response: a thief with the owner's token rotated the key to the cap, and
+    the version it leaked must be replaced now. RotateKey was refused to everyone until
+    the oldest version expired (7 days for a session key, a year for a signing key)."""
+    owner = await server.client_for("service", "victim")
+    operator = await server.client_for("operator", "on-call")
+    key = (await owner.keys.GenerateKey(K.GenerateKeyRequest(type="session"))).key
+    for _ in range(99):
+        await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    refused = await fails(owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id)))
+    assert refused.reason == "MAX_KEY_VERSIONS" and "operator" in refused.message
+    for caller in (operator, server.admin):
+        rotated = await caller.keys.RotateKey(
+            K.RotateKeyRequest(key_id=key.id, reason="version leaked")
+        )
+        made = await owner.keys.ComputeMac(K.ComputeMacRequest(key_id=key.id, data=b"x"))
+        assert made.key_version == rotated.primary_version
+    assert rotated.primary_version == 102
+    audited = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(action="key.rotate", principal="on-call")
+    )
+    assert [(e.resource_id, e.reason) for e in audited.events] == [(key.id, "version leaked")]
 
 
 async def test_a_handles_rotation_reads_its_live_secrets_not_its_history(

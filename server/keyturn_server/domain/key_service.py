@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock
 from keyturn_server.domain import limits
-from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.access import Permission, Principal, Role
 from keyturn_server.domain.config_service import ConfigService
 from keyturn_server.domain.errors import (
     FailedPrecondition,
@@ -53,7 +53,11 @@ from keyturn_server.domain.statistics import Report, Statistics, recent, report
 #: rotations of one key made each further rotation cost the store's writer 55 ms and each
 #: GetKey 27 KB, without bound. The default types keep at most 7 enabled at once; a version
 #: stays enabled until its own max lifetime, so the room comes back by itself. The
-#: scheduler's rotations are never refused (AWS KMS caps on-demand rotations at 25 a key).
+#: scheduler's rotations are never refused (AWS KMS caps on-demand rotations at 25 a key),
+#: nor are an operator's or an admin's: a rotation is how a compromised version is
+#: contained, and it used to be refused exactly when a thief with the owner's token had
+#: rotated the key up to the cap. The cap bounds what a service token can loop on; the
+#: roles that contain incidents are trusted with everything else already.
 MAX_ENABLED_VERSIONS = 100
 
 
@@ -254,7 +258,7 @@ class KeyService:
         limits.raise_if(limits.common(user_id, reason))
         key = self._get(principal, key_id)
         # Refused before material is made and before the writer reads every version.
-        _require_version_room(key, self._clock.now())
+        _require_version_room(principal, key, self._clock.now())
         secret, public_pem = await self._lifecycle.maker.make(
             key.algorithm, key.key_length, principal.name
         )
@@ -267,7 +271,7 @@ class KeyService:
                     "keys can be rotated",
                     reason="KEY_NOT_ROTATABLE",
                 )
-            _require_version_room(current, self._clock.now())
+            _require_version_room(principal, current, self._clock.now())
             return self._lifecycle.add_primary(
                 repo,
                 current,
@@ -419,16 +423,18 @@ def _owed_warning(removed: Key, now: datetime) -> datetime | None:
     return removed.warn_time if removed.warn_time and removed.warn_time > now else None
 
 
-def _require_version_room(key: Key, now: datetime) -> None:
-    """Refuse a caller's rotation of a key that holds MAX_ENABLED_VERSIONS enabled
-    versions, until the first of them expires."""
+def _require_version_room(principal: Principal, key: Key, now: datetime) -> None:
+    """Refuse a service's rotation of a key that holds MAX_ENABLED_VERSIONS enabled
+    versions, until the first of them expires. Operators and admins always rotate."""
+    if principal.role in (Role.ADMIN, Role.OPERATOR):
+        return
     enabled = [v for v in key.versions if v.state is VersionState.ENABLED and v.expire_time > now]
     if len(enabled) < MAX_ENABLED_VERSIONS:
         return
     first = min(v.expire_time for v in enabled)
     raise ResourceExhausted(
         f"key {key.id!r} has {len(enabled)} enabled versions, as many as a key may hold; "
-        "each stays enabled until its max lifetime",
+        "each stays enabled until its max lifetime; an operator or admin can still rotate it",
         reason="MAX_KEY_VERSIONS",
         retry_after=max(first - now, timedelta(seconds=1)),
         metadata={"limit": str(MAX_ENABLED_VERSIONS)},
