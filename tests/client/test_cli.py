@@ -137,6 +137,39 @@ async def test_handles_generate_validate_rotate_and_remove(keyturn: Keyturn) -> 
     assert shown.json()["status"] == "HANDLE_STATUS_REVOKED"
 
 
+async def test_every_live_handle_of_a_compromised_owner_is_removed_by_one_command(
+    keyturn: Keyturn, server: Harness
+) -> None:
+    victim = await server.client_for("service", "victim")
+    bystander = await server.client_for("service", "bystander")
+    issued = [
+        await victim.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+        for _ in range(12)
+    ]
+    kept = await bystander.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="session"))
+    await victim.handles.RemoveHandle(
+        handles_pb2.RemoveHandleRequest(handle_id=issued[0].handle.id)
+    )
+
+    result = await keyturn(
+        "handles", "remove", "--all-of-owner", "victim", "--reason", "owner compromised", "--json"
+    )
+    assert result.code == 0 and "removing: 11/11" in result.err.splitlines()
+    listed = json_format.Parse(result.out, handles_pb2.ListHandlesResponse())
+    assert sorted(h.id for h in listed.handles) == sorted(i.handle.id for i in issued[1:])
+    for made in (*issued, kept):
+        check = await server.admin.handles.ValidateHandle(
+            handles_pb2.ValidateHandleRequest(token=made.token)
+        )
+        assert check.validation.valid is (made is kept)
+    audited = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(action="handle.revoke", principal="admin")
+    )
+    assert {e.reason for e in audited.events} == {"owner compromised"}
+    assert len(audited.events) == 11
+    assert (await keyturn("handles", "remove")).code == 2  # neither ids nor an owner
+
+
 async def test_a_handle_secret_on_the_command_line_is_warned_about(keyturn: Keyturn) -> None:
     """A handle's token is as secret as a bearer token, and as visible in ps and the shell
     history when given as an argument: the operator is told to use "-" (stdin) instead."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from typing import Any
 
-from keyturn import AsyncClient
+from keyturn import AsyncClient, KeyturnError
 from keyturn.v1 import handles_pb2, resources_pb2
 from keyturn_server.cli.operator import console as out
 from keyturn_server.cli.operator.console import short_name
@@ -36,7 +37,17 @@ def register(commands: Any) -> None:
     c.add_argument("--reason", default="", help="recorded in the audit log")
     c.add_argument("handle_id", nargs="?", default="")
     c.add_argument("--by-token", metavar="TOKEN", help="name it by its secret (- : stdin)")
-    change(command(handles, "remove", handles_remove, "revoke at once")).add_argument("handle_id")
+    c = command(
+        handles, "remove", handles_remove, "revoke at once, by id or every handle of an owner"
+    )
+    c.add_argument("handle_ids", nargs="*", metavar="HANDLE_ID")
+    c.add_argument(
+        "--all-of-owner",
+        metavar="OWNER",
+        help="every handle of OWNER that can still validate (revoke OWNER's access token first)",
+    )
+    c.add_argument("--concurrency", type=int, default=4, help="removals in flight (default 4)")
+    change(c)
 
 
 def show_handle(handle: resources_pb2.Handle, args: argparse.Namespace) -> int:
@@ -114,6 +125,43 @@ async def handles_rotate(client: AsyncClient, args: argparse.Namespace) -> int:
     return 0
 
 
+#: Handles that can still validate: what a compromised owner's handles must stop being.
+_LIVE = (resources_pb2.HANDLE_STATUS_ACTIVE, resources_pb2.HANDLE_STATUS_EXPIRING)
+
+
 async def handles_remove(client: AsyncClient, args: argparse.Namespace) -> int:
-    handle = await client.remove_handle(args.handle_id, reason=args.reason, user_id=args.user_id)
-    return show_handle(handle, args)
+    """Revoke handles by id, or every live handle of a compromised owner: the incident
+    Vault answers with revoke-prefix and SPIRE with a ban. Before, the on-call had to
+    list the owner's handles and remove them one command at a time."""
+    ids = list(args.handle_ids)
+    if args.all_of_owner:
+        found = client.iter_handles(owner=args.all_of_owner, page_size=1000)
+        ids += [h.id async for h in found if h.status in _LIVE and h.owner == args.all_of_owner]
+    elif len(ids) == 1:
+        handle = await client.remove_handle(ids[0], reason=args.reason, user_id=args.user_id)
+        return show_handle(handle, args)
+    elif not ids:
+        raise UsageError("name the handles to remove, or --all-of-owner OWNER")
+    progress = out.Progress("removing", len(ids))
+    gate = asyncio.Semaphore(max(1, args.concurrency))
+    removed: dict[str, resources_pb2.Handle] = {}
+
+    async def remove(handle_id: str) -> None:
+        async with gate:
+            try:
+                removed[handle_id] = await client.remove_handle(
+                    handle_id, reason=args.reason, user_id=args.user_id
+                )
+            except KeyturnError as exc:
+                print(f"{handle_id}: {exc}", file=sys.stderr)
+                progress.tick(ok=False)
+            else:
+                progress.tick()
+
+    await asyncio.gather(*(remove(i) for i in ids))
+    done = [removed[i] for i in ids if i in removed]
+    if args.json:
+        out.emit_json(handles_pb2.ListHandlesResponse(handles=done, total_size=len(done)))
+    else:
+        out.table(out.HANDLE_COLUMNS, [out.handle_row(h) for h in done])
+    return 1 if progress.failed else 0
