@@ -257,6 +257,23 @@ async def test_a_revoked_callers_event_stream_ends_with_an_error_event(
     assert error["details"][0]["reason"] == "CREDENTIALS_REVOKED"
 
 
+async def test_a_thiefs_idle_event_stream_ends_at_once_when_its_token_is_revoked(
+    server: Harness, session: aiohttp.ClientSession
+) -> None:
+    await server.restart(heartbeat_interval=timedelta(seconds=30))  # the default
+    thief = await server.client_for("service", "thief")
+    async with session.get(
+        server.http_url + WATCH,
+        params={"resumeAfter": "0"},
+        headers={"Authorization": f"Bearer {thief.token}"},
+    ) as response:
+        assert response.status == 200
+        await server.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="thief"))
+        (end,) = await asyncio.wait_for(take(response, 1), 5)  # not at the next heartbeat
+    assert end.event == "error"
+    assert end.json["error"]["details"][0]["reason"] == "CREDENTIALS_REVOKED"
+
+
 async def test_a_subscriber_that_stops_reading_loses_its_connection_not_the_server(
     server: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

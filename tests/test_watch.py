@@ -365,6 +365,27 @@ async def test_an_idle_stream_of_a_revoked_caller_ends_at_its_next_check(
     assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_thiefs_idle_stream_ends_at_once_when_its_token_is_revoked(
+    server: Harness,
+) -> None:
+    """With the default heartbeat (30 s) an idle stream was checked only when its next
+    heartbeat went out: the thief's stream outlived the revocation by up to 30 s."""
+    await server.restart(heartbeat_interval=timedelta(seconds=30))
+    thief = await server.client_for("service", "thief")
+    stream = thief.handles.WatchExpiring(E.WatchExpiringRequest(deliver_tokens=True))
+    assert (await stream.read()).kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+
+    await server.admin.admin.RevokeAccessToken(admin_pb2.RevokeAccessTokenRequest(name="thief"))
+    error, delivered = await ended(stream, within=5)  # checked each second, idle or not
+
+    assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked or expired" in (error.details() or "") and not delivered
+    refused = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(action="auth.failure")
+    )
+    assert [e.details["why"] for e in refused.events] == ["CREDENTIALS_REVOKED"]
+
+
 async def test_key_watches_cannot_ask_for_tokens(server: Harness) -> None:
     stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(deliver_tokens=True))
     failed = await fails(collect(stream, 1))

@@ -27,6 +27,7 @@ from grpc_status import rpc_status
 
 from keyturn_server.api import auth
 from keyturn_server.api.ratelimit import CallerLimiter
+from keyturn_server.api.standing import Standing, Sweep
 from keyturn_server.api.status import code_of, internal_status, status_of
 from keyturn_server.domain.access import Principal
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError, Unauthenticated
@@ -93,52 +94,6 @@ class _Capture:
         self.service, self.handlers = service, handlers
 
 
-#: How often an open stream's credentials are checked again, at the latest (a message
-#: carrying a secret is never sent without a check). Every process sees a revocation on
-#: its next check (domain/access_token_service.py).
-RECHECK_SECONDS = 1.0
-
-
-class _Standing:
-    """Whether the caller that opened a stream still may receive it.
-
-    A stream lives for hours, and its caller was authenticated once, when it opened:
-    before, a revoked or expired access token (or a client certificate that a reloaded
-    identities file no longer maps to the same principal) kept its open WatchExpiring
-    streams, and with ``deliver_tokens`` went on receiving every newly rotated handle
-    secret. Now the credentials are checked again before any message that carries a
-    secret and at least every RECHECK_SECONDS otherwise (heartbeats keep an idle stream
-    checked), and the stream ends UNAUTHENTICATED when they no longer name the same
-    principal with the same role."""
-
-    __slots__ = ("_auth", "_caller", "_due", "_who")
-
-    def __init__(self, authenticator: auth.Authenticator, caller: auth.Caller, who: Principal):
-        self._auth = authenticator
-        self._caller = caller
-        self._who = who
-        self._due = time.monotonic() + RECHECK_SECONDS
-
-    def check(self, message: Any) -> None:
-        now = time.monotonic()
-        if now < self._due and not getattr(message, "token", ""):
-            return
-        self._due = now + RECHECK_SECONDS
-        try:
-            again = self._auth.identify(self._caller, recheck=not getattr(message, "token", ""))
-        except Unauthenticated:
-            raise Unauthenticated(
-                "the credentials this stream was opened with were revoked or expired",
-                reason="CREDENTIALS_REVOKED",
-            ) from None
-        if again.name != self._who.name or again.role is not self._who.role:
-            raise Unauthenticated(
-                "the credentials this stream was opened with now name another principal "
-                "or role: open the stream again",
-                reason="CREDENTIALS_CHANGED",
-            )
-
-
 class Guard:
     def __init__(
         self,
@@ -150,6 +105,8 @@ class Guard:
         classify: Callable[[BaseException], KeyturnError | None] = lambda _: None,
     ) -> None:
         self._auth = authenticator
+        #: Ends open streams whose credentials were revoked, idle ones included.
+        self._sweep = Sweep()
         #: The store's reading of its own failures (a damaged file): known, said in its
         #: log once, and answered with their status rather than INTERNAL.
         self._classify = classify
@@ -218,16 +175,23 @@ class Guard:
                 await self._auth.audit_failure(caller, method, exc)
                 raise
             principal = self._enter(who, request)
-            standing = _Standing(self._auth, caller, who)
-            async with contextlib.aclosing(behavior(request)) as messages:
-                async for message in messages:
-                    try:
-                        standing.check(message)
-                    except Unauthenticated as exc:
-                        # Audited as a refused login would be: the credential was used.
-                        await self._auth.audit_failure(caller, method, exc)
+            standing = Standing(self._auth, caller, who)
+            try:
+                try:
+                    with self._sweep.watching(standing):
+                        async with contextlib.aclosing(behavior(request)) as messages:
+                            async for message in messages:
+                                standing.check(bool(getattr(message, "token", "")))
+                                yield message
+                except asyncio.CancelledError:
+                    if standing.ended is None or standing.task is None:
                         raise
-                    yield message
+                    standing.task.uncancel()  # the sweep's cancellation: the stream ends
+                    raise standing.ended from None
+            except Unauthenticated as exc:
+                # Audited as a refused login would be: the credential was used.
+                await self._auth.audit_failure(caller, method, exc)
+                raise
         except KeyturnError as exc:
             code = code_of(exc)
             raise Refused(code, status_of(exc)) from None
