@@ -183,6 +183,48 @@ async def test_revoked_and_expired_access_tokens_stop_working(server: Harness) -
     assert created.token not in str(listed)
 
 
+async def test_a_stolen_service_token_is_replaced_under_its_name_and_keeps_what_it_owns(
+    server: Harness,
+) -> None:
+    """Keys and handles belong to the token's name. A stolen token is revoked; its
+    successor was refused the name (ALREADY_EXISTS), so a new name was the only way back,
+    and the service lost its own keys and handles (NOT_FOUND) to contain the theft."""
+    stolen = await server.client_for("service", "billing")
+    key = (await stolen.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="encryption"))).key
+    sealed = await stolen.keys.Encrypt(keys_pb2.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    live = await server.client_for("service", "payroll")
+    refused = await fails(
+        server.admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name="payroll", role=resources_pb2.ROLE_SERVICE)
+        )
+    )
+    assert refused.code == grpc.StatusCode.ALREADY_EXISTS  # a live token is not replaced
+
+    await server.admin.admin.RevokeAccessToken(
+        admin_pb2.RevokeAccessTokenRequest(name="billing", reason="leaked")
+    )
+    replaced = await server.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(name="billing", role=resources_pb2.ROLE_SERVICE)
+    )
+    billing = server.client(replaced.token)
+    opened = await billing.keys.Decrypt(
+        keys_pb2.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+    )
+    assert opened.plaintext == b"x"
+    assert (
+        await fails(stolen.keys.ListKeys(keys_pb2.ListKeysRequest()))
+    ).code == grpc.StatusCode.UNAUTHENTICATED
+    assert (await live.keys.ListKeys(keys_pb2.ListKeysRequest())).total_size == 0
+    audited = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource_id="billing")
+    )
+    assert [(e.action, e.details.get("replaces_revoked", "")) for e in audited.events] == [
+        ("token.create", ""),
+        ("token.revoke", ""),
+        ("token.create", "true"),
+    ]
+
+
 @pytest.mark.parametrize(
     "name",
     ["", "Billing", "-billing", "billing\n", "b" * 65],

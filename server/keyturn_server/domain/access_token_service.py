@@ -266,13 +266,14 @@ class AccessTokenService:
 
         def work(repo: Repository) -> AccessToken:
             existing = repo.get_token(name)
-            if existing is not None:
+            if existing is not None and existing.revoke_time is None:
                 raise AlreadyExists(
-                    f"an access token named {name!r} exists"
-                    + (" (revoked)" if existing.revoke_time else ""),
+                    f"an access token named {name!r} exists; revoke it first to replace it",
                     reason="TOKEN_EXISTS",
                 )
-            return self._insert(repo, principal, name, granted, secret, ttl, user_id)
+            return self._insert(
+                repo, principal, name, granted, secret, ttl, user_id, replaces=existing
+            )
 
         return await self._store.write(work), secret
 
@@ -285,7 +286,12 @@ class AccessTokenService:
         secret: str,
         ttl: timedelta | None,
         user_id: str,
+        replaces: AccessToken | None = None,
     ) -> AccessToken:
+        """A new token named ``name``; ``replaces``: the revoked token of that name. The
+        name is the principal that owns keys and handles, so a stolen token's successor
+        takes its name to keep them: before, a revoked name could never be used again,
+        and containing a theft cost the service everything it owned (NOT_FOUND)."""
         now = self._clock.now()
         token = AccessToken(
             name,
@@ -295,7 +301,11 @@ class AccessTokenService:
             principal.name,
             now + ttl if ttl else None,
         )
-        if not repo.insert_token(token):
+        details = {"role": role.value, "digest": token.digest.hex()[:16]}
+        if replaces is not None:
+            details["replaces_revoked"] = "true"
+        stored = repo.replace_revoked_token(token) if replaces else repo.insert_token(token)
+        if not stored:
             raise AlreadyExists(
                 f"an access token named {name!r} exists (created at this moment elsewhere)",
                 reason="TOKEN_EXISTS",
@@ -306,7 +316,7 @@ class AccessTokenService:
             about=Resource("access_token", name),
             by=principal,
             user_id=user_id,
-            details={"role": role.value, "digest": token.digest.hex()[:16]},
+            details=details,
         )
         return token
 

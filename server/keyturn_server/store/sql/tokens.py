@@ -23,6 +23,12 @@ class TokenSql(SqlBase):
         # was ABORTED, "retry", where the answer is ALREADY_EXISTS).
         return self._one(f"{sql} ON CONFLICT (name) DO NOTHING RETURNING name", params) is not None
 
+    def replace_revoked_token(self, token: AccessToken) -> bool:
+        sql, params = update_row("access_tokens", self._tagged_token(token), ("name",))
+        # Of two replacements at once (replicas) the second finds the name live again.
+        found = self._one(f"{sql} AND revoke_time IS NOT NULL RETURNING name", params)
+        return found is not None
+
     def update_token(self, token: AccessToken) -> None:
         self._run(*update_row("access_tokens", self._tagged_token(token), ("name",)))
 
