@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from keyturn_server.api.admin import AdminServicer
+from keyturn_server.api.arrivals import RequestArrivals
 from keyturn_server.api.auth import Authenticator
 from keyturn_server.api.grpc_server import SERVICE_NAMES, bind, grpc_server, register
 from keyturn_server.api.guard import Guard
@@ -305,7 +306,11 @@ class App:
             ),
         }
         self._health_servicer = register(
-            server, guard, servicers, PeerStreams(settings.max_streams_per_caller)
+            server,
+            guard,
+            servicers,
+            PeerStreams(settings.max_streams_per_caller),
+            RequestArrivals(settings.max_waiting_calls_per_peer, settings.request_arrival_timeout),
         )
         for address in settings.listen:
             self.ports.append(bind(server, address, credentials))

@@ -102,6 +102,10 @@ class Settings:
     max_key_generations: int | None = None
     #: Expensive key generations one principal may have running or queued.
     max_key_generations_per_caller: int = 2
+    #: gRPC calls from one address whose request message has not arrived, and how long
+    #: one may wait for it (api/arrivals.py).
+    max_waiting_calls_per_peer: int = 1000
+    request_arrival_timeout: timedelta = timedelta(seconds=30)
     #: Pending RPCs the server queues before refusing (a burst of stream opens).
     max_pending_requests: int = 50_000
     #: Connections each listener kind (gRPC, HTTP) may hold; None: a share of the open

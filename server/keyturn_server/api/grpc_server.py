@@ -20,7 +20,8 @@ from keyturn.v1 import (
     keys_pb2,
     keys_pb2_grpc,
 )
-from keyturn_server.api.guard import Guard
+from keyturn_server.api.arrivals import RequestArrivals
+from keyturn_server.api.guard import Guard, capture
 from keyturn_server.api.open_streams import HealthServicer, PeerStreams, add_reflection
 from keyturn_server.connection_budget import HANDSHAKE_TIMEOUT_S
 from keyturn_server.domain import limits
@@ -64,18 +65,28 @@ def register(
     guard: Guard,
     servicers: Mapping[str, object],
     open_streams: PeerStreams,
+    arrivals: RequestArrivals,
 ) -> HealthServicer:
     """Keyturn's services behind ``guard`` (``servicers`` by full service name), then the
     standard health service and reflection, which need no token: their streams are
-    capped per peer instead (open_streams.py). The health servicer, to set statuses on."""
+    capped per peer instead (open_streams.py). Every call that waits for one request
+    message waits within ``arrivals`` (arrivals.py). The health servicer, to set
+    statuses on."""
     for name, add in (
         ("keys", keys_pb2_grpc.add_KeyServiceServicer_to_server),
         ("handles", handles_pb2_grpc.add_HandleServiceServicer_to_server),
         ("admin", admin_pb2_grpc.add_AdminServiceServicer_to_server),
     ):
-        guard.register(server, add, servicers[SERVICE_NAMES[name]])
+        guard.register(server, add, servicers[SERVICE_NAMES[name]], arrivals.wrap)
     health = HealthServicer(open_streams)
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    service, handlers = capture(health_pb2_grpc.add_HealthServicer_to_server, health)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                service, {name: arrivals.wrap(handler) for name, handler in handlers.items()}
+            ),
+        )
+    )
     add_reflection(
         server,
         [

@@ -94,6 +94,13 @@ class _Capture:
         self.service, self.handlers = service, handlers
 
 
+def capture(add: Callable[[Any, Any], None], servicer: object) -> tuple[str, dict[str, Handler]]:
+    """The service name and method handlers a generated ``add_*_to_server`` registers."""
+    captured = _Capture()
+    add(servicer, captured)
+    return captured.service, captured.handlers
+
+
 class Guard:
     def __init__(
         self,
@@ -248,7 +255,11 @@ class Guard:
     # --- gRPC ----------------------------------------------------------------------
 
     def register(
-        self, server: grpc.aio.Server, add: Callable[[Any, Any], None], servicer: object
+        self,
+        server: grpc.aio.Server,
+        add: Callable[[Any, Any], None],
+        servicer: object,
+        prepare: Callable[[Handler], Handler] = lambda handler: handler,
     ) -> None:
         """Register ``servicer``'s methods, every one guarded, as generic handlers only.
 
@@ -256,16 +267,14 @@ class Guard:
         server keeps one pending request per registered method and waits on all of
         them (``asyncio.wait``) for every call it accepts, so each call paid for every
         method of every service (about 45 here; 20 µs of CPU per call). A generic
-        handler is found by one dictionary lookup per service."""
-        capture = _Capture()
-        add(servicer, capture)
+        handler is found by one dictionary lookup per service. ``prepare`` adapts each
+        guarded handler to the transport (api/arrivals.py)."""
+        service, handlers = capture(add, servicer)
         guarded = {
-            name: self._guard(f"/{capture.service}/{name}", handler)
-            for name, handler in capture.handlers.items()
+            name: prepare(self._guard(f"/{service}/{name}", handler))
+            for name, handler in handlers.items()
         }
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(capture.service, guarded),)
-        )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, guarded),))
 
     def _guard(self, method: str, handler: Handler) -> Handler:
         if handler.unary_unary is not None:
