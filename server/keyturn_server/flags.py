@@ -244,6 +244,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="open WatchExpiring streams per principal (default 100)",
     )
     parser.add_argument(
+        "--max-streams-per-connection",
+        type=parse_positive,
+        help="calls and streams one gRPC connection may have open at once (HTTP/2 "
+        "MAX_CONCURRENT_STREAMS; a client queues the rest): it bounds what a client "
+        "that resets its calls as fast as it opens them costs (default 2000)",
+    )
+    parser.add_argument(
         "--max-key-generations",
         type=parse_positive,
         help="RSA key generations running at once, in worker processes (default: half "

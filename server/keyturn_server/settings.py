@@ -98,6 +98,8 @@ class Settings:
     caller_max_in_flight: int = 1000
     #: Open WatchExpiring streams per principal.
     max_streams_per_caller: int = 100
+    #: Calls and streams open at once on one gRPC connection (api/grpc_server.py).
+    max_streams_per_connection: int = 2000
     #: Expensive key generations (RSA) running at once; None: half the cores.
     max_key_generations: int | None = None
     #: Expensive key generations one principal may have running or queued.
@@ -352,6 +354,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
         workers=1 if worker is not None else _workers(args.workers, env.get("KEYTURN_WORKERS")),
         worker=worker,
         max_streams_per_caller=args.max_streams_per_caller or defaults.max_streams_per_caller,
+        max_streams_per_connection=(
+            args.max_streams_per_connection or defaults.max_streams_per_connection
+        ),
         max_key_generations=args.max_key_generations,
         max_key_generations_per_caller=(
             args.max_key_generations_per_caller or defaults.max_key_generations_per_caller

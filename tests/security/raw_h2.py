@@ -55,6 +55,7 @@ class RawConnection:
         )
         self.outcomes: dict[int, Outcome] = {}
         self.terminated = False
+        self._settings_seen = False
         #: Set whenever something arrives.
         self._changed = asyncio.Event()
         self._reader: asyncio.StreamReader | None = None
@@ -107,6 +108,13 @@ class RawConnection:
         self._writer.write(self.h2.data_to_send())
         await self._writer.drain()
 
+    async def settled(self, within: float = 5.0) -> None:
+        """Until the server's SETTINGS have arrived."""
+        async with asyncio.timeout(within):
+            while not self._settings_seen:
+                self._changed.clear()
+                await self._changed.wait()
+
     async def until(self, streams: Sequence[int], within: float = 10.0) -> list[Outcome]:
         """The outcomes of ``streams`` once every one has ended (or TimeoutError)."""
         async with asyncio.timeout(within):
@@ -135,5 +143,7 @@ class RawConnection:
                 outcome.message = unquote(got.get("grpc-message", ""))
         elif isinstance(event, h2.events.StreamReset):
             self.outcomes.setdefault(event.stream_id, Outcome()).reset = True
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            self._settings_seen = True
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = True
