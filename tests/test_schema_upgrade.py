@@ -25,7 +25,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import handles_pb2, keys_pb2
-from tests.harness import Failure, Harness, failure
+from keyturn_server.store.postgres import PostgresStore, upgrade
+from keyturn_server.store.postgres.upgrade import SchemaBusy
+from keyturn_server.store.schema import LATEST, migrations
+from tests.harness import Failure, Harness, failure, fresh_postgres_database
 
 
 async def generate(server: Harness) -> Failure | None:
@@ -96,3 +99,56 @@ async def test_an_older_replica_stops_writing_once_a_newer_one_upgrades_the_data
             break
         await asyncio.sleep(0.1)
     assert server.app.leadership.lease() is None
+
+
+def older_postgres_database(version: int) -> str:
+    """A new database at schema ``version``, as a Keyturn of that schema left it."""
+    url = fresh_postgres_database()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE keyturn_schema (version INTEGER NOT NULL)")
+        for step, sql in migrations("postgres"):
+            if step <= version:
+                conn.execute(sql)
+                conn.execute("INSERT INTO keyturn_schema VALUES (%s)", (step,))
+    return url
+
+
+def schema_of(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        (version,) = conn.execute("SELECT MAX(version) FROM keyturn_schema").fetchone() or (0,)
+        return int(version)
+
+
+@pytest.mark.postgres
+async def test_a_schema_upgrade_behind_a_long_transaction_neither_hangs_nor_stops_older_replicas(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A session left open on the handles table (a DBA's, a report's) held the upgrade's
+    CREATE INDEX without end, and PostgreSQL queued the older replicas' writes of handles
+    behind it: each waited out its lock timeout and failed."""
+    monkeypatch.setattr(upgrade, "MIGRATION_WAIT", 4.0)
+    url = older_postgres_database(LATEST - 1)
+    dba = psycopg.connect(url, application_name="psql")
+    dba.execute("LOCK TABLE handles IN ROW EXCLUSIVE MODE")  # as an UPDATE left open does
+    try:
+        with caplog.at_level(logging.INFO):
+            upgrading = asyncio.ensure_future(asyncio.to_thread(PostgresStore, url))
+            await asyncio.sleep(1.5)
+            # An older replica's write of handles meanwhile, with its own lock timeout.
+            with psycopg.connect(url, options="-c lock_timeout=1s") as older:
+                older.execute("LOCK TABLE handles IN ROW EXCLUSIVE MODE")
+            with pytest.raises(SchemaBusy) as refused:
+                await asyncio.wait_for(upgrading, 10)
+        dba_pid = dba.info.backend_pid
+        assert f"pid {dba_pid} (psql, idle in transaction" in str(refused.value)
+        assert "on handles" in str(refused.value) and "nothing was changed" in str(refused.value)
+        said = [r.getMessage() for r in caplog.records if "waits for tables" in r.getMessage()]
+        assert len(said) == 1 and f"pid {dba_pid}" in said[0], said
+        assert schema_of(url) == LATEST - 1
+    finally:
+        dba.close()
+    store = await asyncio.to_thread(PostgresStore, url)  # once the session ended
+    try:
+        assert store.schema_version == LATEST and schema_of(url) == LATEST
+    finally:
+        await store.close()

@@ -1,6 +1,7 @@
 """The PostgreSQL backend, for several replicas on one database: the store (store.py),
-connections that survive the database (connections.py, link.py), and the election of the
-replica that runs the scheduler (leadership.py)."""
+connections that survive the database (connections.py, link.py), the election of the
+replica that runs the scheduler (leadership.py), and schema upgrades that wait for no one
+(upgrade.py)."""
 
 from keyturn_server.store.postgres.connections import PgConnection
 from keyturn_server.store.postgres.leadership import LEADER_LOCK, PgLeadership

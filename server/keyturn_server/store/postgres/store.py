@@ -37,6 +37,7 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
+from keyturn_server.store.postgres import upgrade
 from keyturn_server.store.postgres.connections import (
     WRITES,
     HoldBack,
@@ -50,7 +51,7 @@ from keyturn_server.store.postgres.connections import (
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
-from keyturn_server.store.schema import NewerSchema, migrations
+from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.threads import StoreThreads
 
@@ -58,7 +59,6 @@ T = TypeVar("T")
 log = logging.getLogger("keyturn.store")
 
 APPEND_LOCK = 0x6B74_0001  # serialises event and audit appends
-MIGRATE_LOCK = 0x6B74_0003
 CHANNEL = "keyturn_events"
 #: Pooled sessions: a transaction holds one, in a commit thread of its own.
 POOL_SIZE = 8
@@ -80,7 +80,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise OSError(f"cannot connect to PostgreSQL: {describe(exc)}") from None
         with setup:
-            self.schema_version = self._migrate(setup)
+            self.schema_version = upgrade.migrate(setup)
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=2,
@@ -122,26 +122,6 @@ class PostgresStore:
         self.newer = NewerSchema(self.schema_version)
 
     # --- schema and leadership ---------------------------------------------------------
-
-    @staticmethod
-    def _migrate(conn: psycopg.Connection[Any]) -> int:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS keyturn_schema (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) AS v FROM keyturn_schema").fetchone()
-            current = (row or {}).get("v") or 0
-            steps = migrations("postgres")
-            latest = steps[-1][0]
-            if current > latest:
-                raise OSError(f"the database has schema {current}, newer than this server")
-            for version, sql in steps:
-                if version > current:
-                    with conn.transaction():
-                        conn.execute(sql)
-                        conn.execute("INSERT INTO keyturn_schema VALUES (%s)", (version,))
-            return int(latest)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
 
     def leadership(self, holder: str, clock: Clock) -> Leadership:
         return PgLeadership(self.url, holder, clock, self.lease_ttl)
