@@ -15,20 +15,32 @@ NOT_SERVING, so load balancers drain it; the log says so once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import os
 import sqlite3
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from keyturn.v1 import handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
+from keyturn_server.cli.backup import restore
+from keyturn_server.clock import ManualClock
+from keyturn_server.settings import Settings
 from keyturn_server.store.postgres import PostgresStore, upgrade
 from keyturn_server.store.postgres.upgrade import SchemaBusy
 from keyturn_server.store.schema import LATEST, migrations
-from tests.harness import Failure, Harness, failure, fresh_postgres_database
+from keyturn_server.store.sqlite import StoreOpenError
+from tests.harness import MASTER_KEY, SECRETS, Failure, Harness, failure, fresh_postgres_database
+
+#: Stores older Keyturns left, and the script that made them.
+FIXTURES = Path(__file__).parent / "fixtures" / "older_store"
 
 
 async def generate(server: Harness) -> Failure | None:
@@ -152,3 +164,162 @@ async def test_a_schema_upgrade_behind_a_long_transaction_neither_hangs_nor_stop
         assert store.schema_version == LATEST and schema_of(url) == LATEST
     finally:
         await store.close()
+
+
+def older_data_dir(data_dir: Path, schema: int = 1) -> dict[str, Any]:
+    """A data directory as the Keyturn of ``schema`` left it (tests/fixtures/older_store:
+    made by that version's code); what it holds."""
+    made: dict[str, Any] = json.loads((FIXTURES / f"schema{schema}.json").read_text())
+    data_dir.mkdir(mode=0o700)
+    os.close(os.open(data_dir / "keyturn.db", os.O_CREAT | os.O_WRONLY, 0o600))
+    with contextlib.closing(sqlite3.connect(data_dir / "keyturn.db")) as db:
+        db.executescript((FIXTURES / f"schema{schema}.sql").read_text())
+    (data_dir / "admin.token").write_text(made["tokens"]["admin"] + "\n")
+    SECRETS.update(made["tokens"].values())
+    for handle in [*made["handles"].values(), made["rotated"], made["revoked"], made["exhausted"]]:
+        SECRETS.update(v for k, v in handle.items() if "token" in k)
+    return made
+
+
+def clock_after(made: dict[str, Any]) -> ManualClock:
+    return ManualClock(datetime.fromisoformat(made["now"]) + timedelta(seconds=1))
+
+
+def schema_of_file(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def check_everything_works(server: Harness, made: dict[str, Any]) -> None:
+    """What the older Keyturn made still decrypts, verifies, validates and counts."""
+    service = server.client(made["tokens"]["service"])
+    verdict = await server.admin.admin.VerifyAuditLog(admin_pb2.VerifyAuditLogRequest())
+    assert verdict.valid and verdict.entries_checked > made["audit_entries"], verdict
+    config = await server.client(made["tokens"]["auditor"]).admin.GetConfig(
+        admin_pb2.GetConfigRequest()
+    )
+    assert "tenant" in config.key_types and config.handle_types["batch"].max_usage == 7
+    assert config.security_policies.rate_limit_per_handle == 60
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.client(made["tokens"]["revoked"]).admin.GetConfig(admin_pb2.GetConfigRequest())
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for kind, key in made["keys"].items():
+        data = bytes.fromhex(key["data"])
+        if "ciphertext" in key:
+            opened = await service.keys.Decrypt(
+                keys_pb2.DecryptRequest(
+                    key_id=key["id"],
+                    ciphertext=bytes.fromhex(key["ciphertext"]),
+                    associated_data=b"ad",
+                )
+            )
+            assert opened.plaintext == data and opened.key_version == 1, kind
+        elif "signature" in key:
+            request = keys_pb2.VerifyRequest(
+                key_id=key["id"], data=data, signature=bytes.fromhex(key["signature"])
+            )
+            assert (await service.keys.Verify(request)).valid, kind
+        else:
+            mac = keys_pb2.VerifyMacRequest(
+                key_id=key["id"], data=data, mac=bytes.fromhex(key["mac"])
+            )
+            assert (await service.keys.VerifyMac(mac)).valid, kind
+        rotated = await service.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key["id"]))
+        assert rotated.primary_version == 4, kind
+    await service.keys.RestoreKey(keys_pb2.RestoreKeyRequest(key_id=made["removed_key"]))
+    context = {"ip": "10.0.0.1", "user_agent": "ua/1"}
+
+    async def valid(token: str) -> bool:
+        request = handles_pb2.ValidateHandleRequest(token=token, context=context)
+        return bool((await service.handles.ValidateHandle(request)).validation.valid)
+
+    for kind, handle in made["handles"].items():
+        assert await valid(handle["token"]), kind
+        got = await service.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=handle["id"]))
+        assert got.usage_count == 4, kind
+    assert await valid(made["rotated"]["new_token"])
+    assert not await valid(made["revoked"]["token"])
+    assert not await valid(made["exhausted"]["token"])
+    keys = await server.admin.keys.ListKeys(keys_pb2.ListKeysRequest())
+    handles = await server.admin.handles.ListHandles(handles_pb2.ListHandlesRequest())
+    assert (keys.total_size, handles.total_size) == (made["key_count"], made["handle_count"])
+    # A watch resumed from a sequence seen before the upgrade goes on from there.
+    first, *rest = made["events"]
+    stream = server.admin.handles.WatchExpiring(events_pb2.WatchExpiringRequest(resume_after=first))
+    resumed = []
+    while len(resumed) < len(rest):
+        event = await asyncio.wait_for(stream.read(), 5)
+        if event.kind != events_pb2.EVENT_KIND_HEARTBEAT:
+            resumed.append(event.sequence)
+    stream.cancel()
+    assert resumed == rest
+
+
+@pytest.mark.sqlite_only
+async def test_a_store_an_older_keyturn_left_is_upgraded_with_everything_in_it(
+    tmp_path: Path,
+) -> None:
+    made = older_data_dir(tmp_path / "data")
+    server = await Harness(tmp_path / "data", clock_after(made)).start()
+    try:
+        assert schema_of_file(tmp_path / "data" / "keyturn.db") == LATEST
+        await check_everything_works(server, made)
+    finally:
+        await server.stop()
+
+
+@pytest.mark.sqlite_only
+async def test_an_upgrade_keeps_the_file_as_it_was_and_an_older_server_says_how_to_go_back(
+    tmp_path: Path,
+) -> None:
+    """Rolling a bad release back: the older Keyturn refused the file its successor had
+    upgraded ('schema version 5, newer than this server (4)'), and no copy from before
+    the upgrade existed unless the operator had made one."""
+    data_dir = tmp_path / "data"
+    made = older_data_dir(data_dir)
+    server = await Harness(data_dir, clock_after(made)).start()
+    await server.stop()
+    kept = data_dir / "keyturn.db.schema-1"
+    assert kept.exists() and schema_of_file(kept) == 1
+    assert kept.stat().st_mode & 0o777 == 0o600
+    # The next upgrade, by a Keyturn newer than this one, keeps its copy the same way.
+    database = data_dir / "keyturn.db"
+    before = data_dir / f"keyturn.db.schema-{LATEST}"
+    with (
+        contextlib.closing(sqlite3.connect(database)) as db,
+        contextlib.closing(sqlite3.connect(before)) as copy,
+    ):
+        db.backup(copy)
+        db.execute(f"PRAGMA user_version = {LATEST + 1}")
+    with pytest.raises(StoreOpenError) as refused:
+        await Harness(data_dir, clock_after(made)).start()
+    said = str(refused.value)
+    assert f"schema version {LATEST + 1}, newer than this server ({LATEST})" in said
+    assert f"keyturn backup restore {before} --data-dir {data_dir} --force" in said
+    assert "Nothing was changed" in said
+    assert schema_of_file(database) == LATEST + 1
+    # Doing what it says brings this version back, with the data.
+    settings = Settings(data_dir=data_dir, master_key=MASTER_KEY)
+    await asyncio.to_thread(restore, settings, before, force=True)
+    server = await Harness(data_dir, clock_after(made)).start()
+    try:
+        key = made["keys"]["encryption"]
+        opened = await server.client(made["tokens"]["service"]).keys.Decrypt(
+            keys_pb2.DecryptRequest(
+                key_id=key["id"], ciphertext=bytes.fromhex(key["ciphertext"]), associated_data=b"ad"
+            )
+        )
+        assert opened.plaintext == bytes.fromhex(key["data"])
+    finally:
+        await server.stop()
+
+
+@pytest.mark.postgres
+async def test_a_replica_older_than_its_database_is_refused_with_the_ways_on() -> None:
+    url = older_postgres_database(LATEST)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO keyturn_schema VALUES (%s)", (LATEST + 1,))
+    with pytest.raises(OSError, match="newer Keyturn upgraded it") as refused:
+        await asyncio.to_thread(PostgresStore, url)
+    assert f"schema {LATEST + 1}, newer than this server ({LATEST})" in str(refused.value)
+    assert "backup taken before the upgrade" in str(refused.value)

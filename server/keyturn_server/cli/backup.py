@@ -55,6 +55,7 @@ from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.paging import PageTokens
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.settings import Settings
+from keyturn_server.store.schema import LATEST
 from keyturn_server.store.sqlite import SqliteStore
 from keyturn_server.store.sqlite_connections import StoreOpenError
 
@@ -196,6 +197,12 @@ async def _open(copy: Path, master_key: str) -> str:
         try:
             store = open_store(Settings(data_dir=Path(scratch), master_key=master_key))
         except StoreOpenError as exc:
+            if exc.newer:  # what the server would say names the scratch copy
+                raise BackupError(
+                    f"the copy has schema version {exc.newer}, newer than this server "
+                    f"({LATEST}): a newer Keyturn made or upgraded it; restore it with that "
+                    "version"
+                ) from None
             raise BackupError(f"the copy cannot be used: {exc}") from None
         try:
             keyring, _ = await unlock(store, Path(scratch), master_key, production=True)

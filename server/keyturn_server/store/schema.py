@@ -35,6 +35,16 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 LATEST = max(v for v, _ in migrations("sqlite"))
 
 
+def going_back(back: str) -> str:
+    """What an operator can do with a store a newer Keyturn upgraded: ``back`` says how
+    to return to this version's schema. Before, the refusal said only that the schema
+    was newer, on the day a bad release was being rolled back."""
+    return (
+        "a newer Keyturn upgraded it. Run that version (or a newer one); or, to go back to "
+        f"this one, {back} (what was written since the upgrade is lost). Nothing was changed"
+    )
+
+
 class NewerSchema:
     """Whether a newer Keyturn has upgraded the schema under this running server.
 

@@ -46,6 +46,7 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store import damage, files
+from keyturn_server.store.file_upgrade import UpgradeError, migrate
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.scrub import WalScrub
@@ -57,7 +58,6 @@ from keyturn_server.store.sqlite_connections import (
     check,
     connect,
     create_private_file,
-    migrate,
     store_error,
 )
 from keyturn_server.store.stall import CommitWatch
@@ -114,10 +114,12 @@ class SqliteStore:
             setup = connect(path)
             setup.execute("PRAGMA journal_mode = WAL")
             check(setup, path)
-            self.schema_version = migrate(setup)
+            self.schema_version = migrate(setup, path)
             setup.close()
         except sqlite3.DatabaseError as exc:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
+        except UpgradeError as exc:
+            raise StoreOpenError(str(exc), newer=exc.newer) from None
         self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
         self._writer.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")

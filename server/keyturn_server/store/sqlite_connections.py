@@ -1,5 +1,6 @@
-"""The embedded store's connections: how its file is opened, checked and migrated, and
-the connections reports read through.
+"""The embedded store's connections: how its file is opened and checked (its schema
+upgrade is :mod:`keyturn_server.store.file_upgrade`), and the connections reports read
+through.
 
 Reports read through connections opened once, with the store, and handed from one
 report to the next. Each report used to open a connection of its own, and opening one
@@ -21,14 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from keyturn_server.domain.errors import Aborted, KeyturnError, ResourceExhausted, Unavailable
-from keyturn_server.store.schema import migrations
 
 #: How long a connection waits for another process's write lock before giving up.
 BUSY_TIMEOUT_MS = 5000
 
 
 class StoreOpenError(Exception):
-    """The database file cannot be used (not a database, damaged, newer schema...)."""
+    """The database file cannot be used (not a database, damaged, newer schema...).
+    ``newer``: the file's schema, when a newer Keyturn made or upgraded it."""
+
+    def __init__(self, message: str, newer: int = 0) -> None:
+        super().__init__(message)
+        self.newer = newer
 
 
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:
@@ -57,22 +62,6 @@ def check(conn: sqlite3.Connection, path: Path) -> None:
     problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
     if problems != ["ok"]:
         raise StoreOpenError(f"{path} is damaged: " + "; ".join(problems))
-
-
-def migrate(conn: sqlite3.Connection) -> int:
-    current = conn.execute("PRAGMA user_version").fetchone()[0]
-    steps = migrations("sqlite")
-    latest = steps[-1][0]
-    if current > latest:
-        raise StoreOpenError(
-            f"the database has schema version {current}, newer than this server ({latest})"
-        )
-    for version, sql in steps:
-        if version > current:
-            conn.executescript(
-                f"BEGIN IMMEDIATE;\n{sql}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
-    return int(latest)
 
 
 def store_error(exc: sqlite3.Error) -> KeyturnError:

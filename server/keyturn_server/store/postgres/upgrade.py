@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from keyturn_server.store.schema import migrations
+from keyturn_server.store.schema import going_back, migrations
 
 log = logging.getLogger("keyturn.store")
 
@@ -89,7 +89,13 @@ def migrate(conn: psycopg.Connection[Any]) -> int:
             time.sleep(RETRY_PAUSE)
             continue
         if current > latest:
-            raise OSError(f"the database has schema {current}, newer than this server")
+            raise OSError(
+                f"the database has schema {current}, newer than this server ({latest}): "
+                + going_back(
+                    "restore the database from a backup taken before the upgrade (pg_dump, "
+                    "or a base backup)"
+                )
+            )
         return latest
 
 
