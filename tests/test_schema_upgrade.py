@@ -30,9 +30,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
+from keyturn_server import bootstrap
 from keyturn_server.cli.backup import restore
 from keyturn_server.clock import ManualClock
 from keyturn_server.settings import Settings
+from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.postgres import PostgresStore, upgrade
 from keyturn_server.store.postgres.upgrade import SchemaBusy
 from keyturn_server.store.schema import LATEST, migrations
@@ -323,3 +325,62 @@ async def test_a_replica_older_than_its_database_is_refused_with_the_ways_on() -
         await asyncio.to_thread(PostgresStore, url)
     assert f"schema {LATEST + 1}, newer than this server ({LATEST})" in str(refused.value)
     assert "backup taken before the upgrade" in str(refused.value)
+
+
+#: The tables whose rows carry a MAC since schema 2.
+PROTECTED = ("keys", "key_versions", "handles", "handle_secrets", "access_tokens", "config")
+
+
+def rows_with_macs(database: Path) -> tuple[int, int]:
+    """(rows with a MAC, rows) of the protected tables and the event log."""
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        tables = (*PROTECTED, "events")
+        tagged = sum(db.execute(f"SELECT COUNT(mac) FROM {t}").fetchone()[0] for t in tables)
+        total = sum(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
+        return tagged, total
+
+
+class Stopped(Exception):
+    """The start was stopped here (as by SIGKILL: what it committed stays)."""
+
+
+@pytest.mark.sqlite_only
+async def test_a_start_stopped_while_rows_get_their_macs_is_gone_on_with_not_begun_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a large store the first start after row MACs spends minutes giving every row
+    its MAC (300,000 handles: two and a half minutes here), and did it in one
+    transaction: a start stopped half-way had kept nothing, and the next began again."""
+    monkeypatch.setattr(bootstrap, "PROTECT_UNIT", 10)
+    data_dir = tmp_path / "data"
+    made = older_data_dir(data_dir)
+    tag = RowIntegrity.tag
+    tagged = 0
+
+    def stopping_at_the_25th_row(self: RowIntegrity, *args: Any, **kwargs: Any) -> bytes:
+        nonlocal tagged
+        tagged += 1
+        if tagged == 25:
+            raise Stopped
+        return tag(self, *args, **kwargs)
+
+    monkeypatch.setattr(RowIntegrity, "tag", stopping_at_the_25th_row)
+    with pytest.raises(Stopped):
+        await Harness(data_dir, clock_after(made)).start()
+    kept, total = rows_with_macs(data_dir / "keyturn.db")
+    assert kept == 20, (kept, total)  # two units of ten committed, the third not
+
+    monkeypatch.setattr(RowIntegrity, "tag", tag)
+    with caplog.at_level(logging.INFO):
+        server = await Harness(data_dir, clock_after(made)).start()
+    try:
+        said = [r.getMessage() for r in caplog.records]
+        assert any("where an earlier start stopped" in m for m in said), said
+        protected = await server.admin.admin.ListAuditEvents(
+            admin_pb2.ListAuditEventsRequest(action="store.protect")
+        )
+        assert [e.details["rows"] for e in protected.events] == [str(total)]
+        await check_everything_works(server, made)
+    finally:
+        await server.stop()
+    assert rows_with_macs(data_dir / "keyturn.db")[0] >= total

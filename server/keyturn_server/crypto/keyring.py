@@ -56,6 +56,10 @@ class KeyringData:
     #: Kept here, under the master key, because a database writer can drop any marker
     #: the database holds, and a second backfill would bless the rows forged meanwhile.
     integrity: int = 0
+    #: While rows get their MACs (integrity still 0): where the next unit goes on from,
+    #: and how many rows got theirs so far. Sealed for the same reason.
+    protect_from: str = ""
+    protected_rows: int = 0
 
     @staticmethod
     def fresh() -> KeyringData:
@@ -77,6 +81,8 @@ class KeyringData:
                 "token_key": _b64(self.token_key),
                 "audit_key": _b64(self.audit_key),
                 "integrity": self.integrity,
+                "protect_from": self.protect_from,
+                "protected_rows": self.protected_rows,
             }
         ).encode()
 
@@ -90,6 +96,8 @@ class KeyringData:
             token_key=base64.b64decode(data["token_key"]),
             audit_key=base64.b64decode(data["audit_key"]),
             integrity=int(data.get("integrity", 0)),
+            protect_from=str(data.get("protect_from", "")),
+            protected_rows=int(data.get("protected_rows", 0)),
         )
 
     def wrap(self, master: MasterKey) -> bytes:

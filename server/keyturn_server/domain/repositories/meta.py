@@ -32,7 +32,8 @@ class MetaRepository(Protocol):
 
 
 class RowProtection(Protocol):
-    def tag_every_row(self) -> int:
-        """Give every row that grants rights its MAC as it stands (once, on the first
-        start of a data directory made before row MACs); the number of rows."""
+    def tag_rows(self, after: str, limit: int) -> tuple[int, str]:
+        """Give up to about ``limit`` rows that grant rights their MAC as they stand (on
+        the first start of a data directory made before row MACs), going on from
+        ``after`` ("": the start); how many, and where to go on from ("": done)."""
         ...
