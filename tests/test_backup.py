@@ -16,9 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
+from keyturn_server.cli.backup import create, restore
 from keyturn_server.cli.store_files import move_aside, store_files
-from tests.harness import MASTER_KEY, Client, fails
+from keyturn_server.clock import ManualClock
+from keyturn_server.settings import Settings
+from tests.harness import MASTER_KEY, Client, Harness, fails
 from tests.process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -301,3 +304,55 @@ def test_a_path_that_cannot_be_written_is_said_in_one_line(
     assert said.returncode == 1, said.stdout
     assert said.stderr.count("\n") == 1 and "Traceback" not in said.stderr, said.stderr
     assert said.stderr.startswith(f"keyturn backup: {tmp_path / 'a-file'}")
+
+
+async def test_a_watch_resumed_from_before_a_restore_is_told_to_start_again(
+    tmp_path: Path,
+) -> None:
+    """The restored log gave its sequences again to new events: a watcher resuming from
+    the last sequence it had seen before the restore was sent what followed it, and never
+    the new events with the sequences it had already seen, nor told of the rollback."""
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir, master_key=MASTER_KEY)
+    server = await Harness(data_dir, ManualClock()).start()
+
+    async def revoke_one() -> None:
+        issued = await server.admin.handles.GenerateHandle(
+            handles_pb2.GenerateHandleRequest(type="session")
+        )
+        request = handles_pb2.RemoveHandleRequest(handle_id=issued.handle.id)
+        await server.admin.handles.RemoveHandle(request)
+
+    try:
+        await revoke_one()
+        backup = tmp_path / "copies" / "keyturn.backup"
+        await asyncio.to_thread(create, settings, backup, force=False)
+        for _ in range(3):
+            await revoke_one()
+        seen = (await server.events())[-1].sequence  # where a watcher had got to
+    finally:
+        await server.stop()
+    await asyncio.to_thread(restore, settings, backup, force=True)
+    server = await Harness(data_dir, ManualClock()).start()
+    try:
+        for _ in range(6):  # the restored server's log passes the watcher's point
+            await revoke_one()
+        stream = server.admin.handles.WatchExpiring(
+            events_pb2.WatchExpiringRequest(resume_after=seen)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await asyncio.wait_for(stream.read(), 5)
+        assert refused.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "start a new watch" in (refused.value.details() or "")
+        # A new watch gets the events that follow.
+        latest = (await server.events())[-1].sequence
+        assert latest > seen
+        await revoke_one()
+        resumed = server.admin.handles.WatchExpiring(
+            events_pb2.WatchExpiringRequest(resume_after=latest)
+        )
+        event = await asyncio.wait_for(resumed.read(), 5)
+        assert event.sequence > latest
+        resumed.cancel()
+    finally:
+        await server.stop()

@@ -55,6 +55,7 @@ from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.paging import PageTokens
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.settings import Settings
+from keyturn_server.store import lineage
 from keyturn_server.store.schema import LATEST
 from keyturn_server.store.sqlite import SqliteStore
 from keyturn_server.store.sqlite_connections import StoreOpenError
@@ -147,9 +148,19 @@ def restore(settings: Settings, backup: Path, *, force: bool) -> str:
             raise BackupError(
                 f"{data_dir} already holds data; pass --force to move it aside and restore"
             )
+        # What the replaced store handed out, read before anything moves (store/lineage.py).
+        replaced = lineage.handed_out(target)
         with private_file(data_dir, ".keyturn-restore-") as partial:
             _copy(backup, partial)
             summary = _check(partial, settings.master_key)
+            try:
+                floor = lineage.start_after(partial, replaced)
+            except sqlite3.Error as exc:
+                raise BackupError(f"cannot prepare the copy's event log: {exc}") from None
+            summary += (
+                f"; event sequences go on after {floor} (watches resumed from before the "
+                "restore are told to start again)"
+            )
             # Even without the database: its -wal would be replayed into the copy.
             aside = move_aside(target)
             os.replace(partial, target)
