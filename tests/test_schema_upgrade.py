@@ -40,6 +40,7 @@ from keyturn_server.store.postgres.upgrade import SchemaBusy
 from keyturn_server.store.schema import LATEST, migrations
 from keyturn_server.store.sqlite import StoreOpenError
 from tests.harness import MASTER_KEY, SECRETS, Failure, Harness, failure, fresh_postgres_database
+from tests.test_backup import keyturn as run_keyturn
 
 #: Stores older Keyturns left, and the script that made them.
 FIXTURES = Path(__file__).parent / "fixtures" / "older_store"
@@ -384,3 +385,41 @@ async def test_a_start_stopped_while_rows_get_their_macs_is_gone_on_with_not_beg
     finally:
         await server.stop()
     assert rows_with_macs(data_dir / "keyturn.db")[0] >= total
+
+
+@pytest.mark.sqlite_only
+async def test_a_newer_keyturn_command_leaves_an_older_store_to_its_server(tmp_path: Path) -> None:
+    """`keyturn token create` of a newly installed version, run before the server was
+    restarted, upgraded the file under the running older server, which then refused
+    every write (SCHEMA_NEWER) until someone restarted it."""
+    data_dir = tmp_path / "data"
+    made = older_data_dir(data_dir)
+    said = await asyncio.to_thread(
+        run_keyturn,
+        "token",
+        "create",
+        "--name",
+        "ci",
+        "--role",
+        "service",
+        "--data-dir",
+        str(data_dir),
+    )
+    assert said.returncode == 1, said.stdout
+    assert f"schema version 1, older than this keyturn command's ({LATEST})" in said.stderr
+    assert "Use the keyturn command of that version" in said.stderr
+    assert "Nothing was changed" in said.stderr and "Traceback" not in said.stderr
+    assert schema_of_file(data_dir / "keyturn.db") == 1
+    assert not list(data_dir.glob("keyturn.db.schema-*"))
+    server = await Harness(data_dir, clock_after(made)).start()  # its server upgrades it
+    await server.stop()
+    assert schema_of_file(data_dir / "keyturn.db") == LATEST
+
+
+@pytest.mark.postgres
+async def test_a_newer_keyturn_command_leaves_an_older_database_to_its_replicas() -> None:
+    url = older_postgres_database(LATEST - 1)
+    with pytest.raises(OSError, match="older than this keyturn command's") as refused:
+        await asyncio.to_thread(PostgresStore, url, upgrade=False)
+    assert "Nothing was changed" in str(refused.value)
+    assert schema_of(url) == LATEST - 1

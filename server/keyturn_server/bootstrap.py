@@ -275,11 +275,15 @@ def reload_keyring(store: Store, keyring: Keyring, master: MasterKey) -> str:
     return "reloaded"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
+    """The store ``settings`` name; ``upgrade=False`` (operator commands): one of an older
+    schema is refused, not upgraded under the servers that use it."""
     if settings.store.startswith(("postgres://", "postgresql://")):
         from keyturn_server.store.postgres import PostgresStore
 
-        store: Store = PostgresStore(settings.store, lease_ttl=settings.scheduler_lease_ttl)
+        store: Store = PostgresStore(
+            settings.store, lease_ttl=settings.scheduler_lease_ttl, upgrade=upgrade
+        )
         return store
     if settings.store:
         raise ValueError(
@@ -287,7 +291,9 @@ def open_store(settings: Settings) -> Store:
             "use postgresql://... or leave it empty for SQLite"
         )
     # Workers share the file: their commit listeners read every process's events.
-    return SqliteStore(settings.data_dir / "keyturn.db", shared=settings.worker is not None)
+    return SqliteStore(
+        settings.data_dir / "keyturn.db", shared=settings.worker is not None, upgrade=upgrade
+    )
 
 
 async def prepare(settings: Settings, clock: Clock | None = None) -> str | None:

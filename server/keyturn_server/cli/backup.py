@@ -234,8 +234,12 @@ async def _open_in_place(database: Path, moved: str) -> None:
     """Open the restored file where the server will (WAL, quick_check, schema): what the
     scratch copy showed says nothing of files beside it that SQLite would apply."""
     try:
-        store = SqliteStore(database)
+        # Not upgraded here: the server that starts on it does, the one this restore went
+        # back to included (a copy kept before an upgrade is of its older schema).
+        store = SqliteStore(database, upgrade=False)
     except (StoreOpenError, sqlite3.Error) as exc:
+        if isinstance(exc, StoreOpenError) and exc.older:
+            return
         raise BackupError(
             f"the restored store does not open in place ({exc}); do not start a server on it{moved}"
         ) from None

@@ -53,7 +53,7 @@ async def opened(settings: Settings) -> AsyncIterator[Store]:
     # It holds MASTER_KEY (and a rotation NEW_MASTER_KEY) and the keyring while it runs:
     # closed to other processes of the user, as the server is (process/hardening.py).
     hardening.harden()
-    store = open_store(settings)
+    store = open_store(settings, upgrade=False)  # the servers on it upgrade it
     try:
         yield store
     finally:

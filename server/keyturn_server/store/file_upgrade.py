@@ -20,18 +20,20 @@ import os
 import sqlite3
 from pathlib import Path
 
-from keyturn_server.store.schema import going_back, migrations
+from keyturn_server.store.schema import going_back, migrations, not_upgraded
 
 log = logging.getLogger("keyturn.store")
 
 
 class UpgradeError(Exception):
     """The file's schema cannot be brought to this server's (one line to show).
-    ``newer``: the file's schema, when a newer Keyturn made or upgraded it."""
+    ``newer``: the file's schema, when a newer Keyturn made or upgraded it; ``older``:
+    its schema, when it is older and was not to be upgraded."""
 
-    def __init__(self, message: str, newer: int = 0) -> None:
+    def __init__(self, message: str, newer: int = 0, older: int = 0) -> None:
         super().__init__(message)
         self.newer = newer
+        self.older = older
 
 
 def copy_before(path: Path, schema: int) -> Path:
@@ -39,13 +41,20 @@ def copy_before(path: Path, schema: int) -> Path:
     return path.with_name(f"{path.name}.schema-{schema}")
 
 
-def migrate(conn: sqlite3.Connection, path: Path) -> int:
-    """Bring the file at ``path`` (open as ``conn``) to this server's schema; that schema."""
+def migrate(conn: sqlite3.Connection, path: Path, *, upgrade: bool = True) -> int:
+    """Bring the file at ``path`` (open as ``conn``) to this server's schema; that schema.
+    ``upgrade=False`` (operator commands): an older file is refused, not upgraded."""
     current = int(conn.execute("PRAGMA user_version").fetchone()[0])
     steps = migrations("sqlite")
     latest = int(steps[-1][0])
     if current > latest:
         raise UpgradeError(newer_file(path, current, latest), newer=current)
+    if not upgrade and 0 < current < latest:
+        raise UpgradeError(
+            f"{path} has schema version {current}, older than this keyturn command's "
+            f"({latest}): " + not_upgraded("the server on it"),
+            older=current,
+        )
     if 0 < current < latest:
         kept = keep_copy(conn, path, current)
         log.warning(

@@ -35,6 +35,19 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 LATEST = max(v for v, _ in migrations("sqlite"))
 
 
+def not_upgraded(server: str) -> str:
+    """Why an operator command (`keyturn token`, `keyturn master-key`...) of a newer
+    Keyturn leaves an older store as it is. Before, it upgraded the schema under the
+    running older servers, which then refused every write until restarted: routine
+    commands run after installing the new version and before restarting stopped the
+    service."""
+    return (
+        f"{server} is an older Keyturn, and a command does not upgrade its store under it "
+        "(it would stop writing). Use the keyturn command of that version, or restart it "
+        "with this one first (its start upgrades the store). Nothing was changed"
+    )
+
+
 def going_back(back: str) -> str:
     """What an operator can do with a store a newer Keyturn upgraded: ``back`` says how
     to return to this version's schema. Before, the refusal said only that the schema

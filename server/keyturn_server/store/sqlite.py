@@ -103,10 +103,11 @@ def _begin_problem(exc: sqlite3.Error) -> str:
 class SqliteStore:
     backend = "sqlite"
 
-    def __init__(self, path: Path, *, shared: bool = False) -> None:
+    def __init__(self, path: Path, *, shared: bool = False, upgrade: bool = True) -> None:
         """``shared``: other processes write this file too (``--workers``); commit
         listeners then get every committed event in sequence order, theirs included
-        (see :meth:`catch_up`), not only this process's."""
+        (see :meth:`catch_up`), not only this process's. ``upgrade=False`` (operator
+        commands): a file of an older schema is refused, not upgraded."""
         self.path = path
         self.shared = shared
         create_private_file(path)
@@ -114,12 +115,12 @@ class SqliteStore:
             setup = connect(path)
             setup.execute("PRAGMA journal_mode = WAL")
             check(setup, path)
-            self.schema_version = migrate(setup, path)
+            self.schema_version = migrate(setup, path, upgrade=upgrade)
             setup.close()
         except sqlite3.DatabaseError as exc:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
         except UpgradeError as exc:
-            raise StoreOpenError(str(exc), newer=exc.newer) from None
+            raise StoreOpenError(str(exc), newer=exc.newer, older=exc.older) from None
         self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
         self._writer.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")

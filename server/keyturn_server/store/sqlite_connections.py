@@ -29,11 +29,13 @@ BUSY_TIMEOUT_MS = 5000
 
 class StoreOpenError(Exception):
     """The database file cannot be used (not a database, damaged, newer schema...).
-    ``newer``: the file's schema, when a newer Keyturn made or upgraded it."""
+    ``newer``: the file's schema, when a newer Keyturn made or upgraded it; ``older``:
+    its schema, when it is older and was not to be upgraded."""
 
-    def __init__(self, message: str, newer: int = 0) -> None:
+    def __init__(self, message: str, newer: int = 0, older: int = 0) -> None:
         super().__init__(message)
         self.newer = newer
+        self.older = older
 
 
 def connect(path: Path, *, create: bool = True) -> sqlite3.Connection:

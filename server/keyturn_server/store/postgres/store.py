@@ -37,7 +37,6 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
-from keyturn_server.store.postgres import upgrade
 from keyturn_server.store.postgres.connections import (
     WRITES,
     HoldBack,
@@ -51,6 +50,7 @@ from keyturn_server.store.postgres.connections import (
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
+from keyturn_server.store.postgres.upgrade import migrate
 from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.threads import StoreThreads
@@ -72,7 +72,9 @@ IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=30000"
 class PostgresStore:
     backend = "postgresql"
 
-    def __init__(self, url: str, lease_ttl: timedelta = DEFAULT_LEASE_TTL) -> None:
+    def __init__(
+        self, url: str, lease_ttl: timedelta = DEFAULT_LEASE_TTL, *, upgrade: bool = True
+    ) -> None:
         self.url = url
         self.lease_ttl = lease_ttl
         try:
@@ -80,7 +82,7 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise OSError(f"cannot connect to PostgreSQL: {describe(exc)}") from None
         with setup:
-            self.schema_version = upgrade.migrate(setup)
+            self.schema_version = migrate(setup, upgrade=upgrade)
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url,
             min_size=2,

@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from keyturn_server.store.schema import going_back, migrations
+from keyturn_server.store.schema import going_back, migrations, not_upgraded
 
 log = logging.getLogger("keyturn.store")
 
@@ -54,11 +54,20 @@ class SchemaBusy(OSError):
     """The schema upgrade could not have the locks it needs within MIGRATION_WAIT."""
 
 
-def migrate(conn: psycopg.Connection[Any]) -> int:
+def migrate(conn: psycopg.Connection[Any], *, upgrade: bool = True) -> int:
     """Bring the schema to this server's latest version (others may run this at once);
-    that version."""
+    that version. ``upgrade=False`` (operator commands): an older schema is refused."""
     steps = migrations("postgres")
     latest = int(steps[-1][0])
+    if not upgrade:
+        current = _version(conn)
+        if current < latest:
+            raise OSError(
+                f"the database has schema {current}, older than this keyturn command's "
+                f"({latest}): " + not_upgraded("the replicas on it are")
+                if current
+                else "the database holds no Keyturn store: start a server on it first"
+            )
     deadline = time.monotonic() + MIGRATION_WAIT
     said = False
     while True:
@@ -120,6 +129,13 @@ def _attempt(conn: psycopg.Connection[Any], steps: list[tuple[int, str]]) -> int
 
 class _Upgrading(Exception):
     """Another server holds the schema lock: it is upgrading the schema."""
+
+
+def _version(conn: psycopg.Connection[Any]) -> int:
+    """The database's schema version, without creating or locking anything."""
+    if _value(conn, "SELECT to_regclass('keyturn_schema') IS NOT NULL AS value"):
+        return int(_value(conn, "SELECT MAX(version) AS value FROM keyturn_schema") or 0)
+    return 0
 
 
 def _value(conn: psycopg.Connection[Any], sql: str, *params: Any) -> Any:
