@@ -403,6 +403,20 @@ async def test_heartbeats_carry_the_latest_sequence(server: Harness) -> None:
     stream.cancel()
 
 
+async def test_the_snapshot_marker_and_heartbeats_say_how_often_heartbeats_come(
+    server: Harness,
+) -> None:
+    """A subscriber that knows the interval can tell a stuck server from a quiet one."""
+    stream = server.admin.handles.WatchExpiring(E.WatchExpiringRequest())
+    marker = await stream.read()
+    beat = await asyncio.wait_for(stream.read(), 5)
+    assert marker.kind == E.EVENT_KIND_SNAPSHOT_COMPLETE
+    assert beat.kind == E.EVENT_KIND_HEARTBEAT
+    for message in (marker, beat):
+        assert message.heartbeat_interval.ToTimedelta() == timedelta(seconds=0.2)
+    stream.cancel()
+
+
 async def test_a_slow_subscriber_is_closed_with_a_resume_point_and_others_are_not_held(
     server: Harness,
 ) -> None:

@@ -4,7 +4,8 @@ client's tests (Python, Node, Go, Java) run the same cases over real channels.
 A test names its case in the bearer token: ``call-<index>~<run>`` or ``watch-<index>~<run>``
 (the index of the case in ``cases.json``, and anything unique per run). Each attempt of a
 call, or each stream of a watch, gets the next scripted answer of that run (an answer with
-``"times": N`` stands for N such answers in a row). What the server
+``"times": N`` stands for N such answers in a row; a stream with ``"silent_ms"`` stays
+open that long, sending nothing, before it ends). What the server
 saw of a run is served as JSON at ``GET <control>/runs/<token>``: the attempts, the waits
 between them, the deadline each attempt carried, the resume point of each stream, and
 whether it came over TLS. Tests compare that with the case's ``expect``.
@@ -242,6 +243,10 @@ class ScriptedService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             connection = case["connections"][index]
             for notation in connection["events"]:
                 yield event(notation).SerializeToString()
+            if "silent_ms" in connection:
+                # A stuck server: the stream stays open and the connection answers pings
+                # (the C core does), but nothing more comes, until the client gives up.
+                await asyncio.sleep(connection["silent_ms"] / 1000)
             if connection["end"]["code"] != "OK":
                 # Noted before the status leaves: the client's wait starts when it gets it,
                 # and a busy loop may run this frame again only after its next attempt.
@@ -252,18 +257,21 @@ class ScriptedService(grpc.GenericRpcHandler):  # type: ignore[type-arg]
 
 
 def event(notation: str) -> events_pb2.ExpiryEvent:
-    """The event a table names: "snapshot", "complete@10", "heartbeat@20" or "11"."""
+    """The event a table names: "snapshot", "complete@10", "heartbeat@20" or "11"; a
+    marker's "/100" says that heartbeats come every 100 ms (heartbeat_interval)."""
     if notation == "snapshot":
         return events_pb2.ExpiryEvent(kind=events_pb2.EVENT_KIND_EXPIRING, snapshot=True)
-    kind, _, latest = notation.partition("@")
-    if kind == "complete":
-        return events_pb2.ExpiryEvent(
-            kind=events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE, latest_sequence=int(latest)
-        )
-    if kind == "heartbeat":
-        return events_pb2.ExpiryEvent(
-            kind=events_pb2.EVENT_KIND_HEARTBEAT, latest_sequence=int(latest)
-        )
+    marker, _, every_ms = notation.partition("/")
+    kind, _, latest = marker.partition("@")
+    markers = {
+        "complete": events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE,
+        "heartbeat": events_pb2.EVENT_KIND_HEARTBEAT,
+    }
+    if kind in markers:
+        message = events_pb2.ExpiryEvent(kind=markers[kind], latest_sequence=int(latest))
+        if every_ms:
+            message.heartbeat_interval.FromMilliseconds(int(every_ms))
+        return message
     return events_pb2.ExpiryEvent(kind=events_pb2.EVENT_KIND_CREATED, sequence=int(notation))
 
 

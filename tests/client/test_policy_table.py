@@ -133,6 +133,9 @@ def test_the_client_defaults_are_the_policy_numbers() -> None:
     keepalive = POLICY["keepalive"]
     assert options["grpc.keepalive_time_ms"] == keepalive["time_ms"]
     assert options["grpc.keepalive_timeout_ms"] == keepalive["timeout_ms"]
+    silence = POLICY["watch_silence"]
+    policy_silence = keyturn.Silence(silence["heartbeats"], silence["floor_ms"] / 1000)
+    assert policy_silence == keyturn.WATCH_SILENCE
 
 
 def test_every_rpc_is_retried_as_its_idempotency_level_says() -> None:

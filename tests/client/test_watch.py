@@ -4,8 +4,12 @@ the caller does not notice, except that no event is lost and none comes twice.""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import sys
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +19,7 @@ from keyturn.v1 import events_pb2
 from keyturn_server.domain.events import Subject
 from tests.client import downtime
 from tests.harness import Harness
-from tests.process import free_port
+from tests.process import ServerProcess, free_port
 
 CREATED = events_pb2.EVENT_KIND_CREATED
 ROTATED = events_pb2.EVENT_KIND_ROTATED
@@ -111,6 +115,40 @@ async def test_a_watch_survives_a_server_restart_without_losing_or_repeating_an_
     assert watch.sequences == logged_sequences(server, Subject.KEY)
     assert [e.key.id for e in watch.events if e.kind == CREATED][:5] == [*before, *replayed]
     await watch.close()
+
+
+async def test_a_watch_on_a_stuck_server_gives_up_its_silent_stream_and_resumes(
+    tmp_path: Path,
+) -> None:
+    """The server's event loop blocks (SIGUSR1, tests/client/freezable_server.py) while its
+    connection stays up: after 5 s without a heartbeat (it sends one every second) the
+    watch cancels its stream and resumes, as after a dropped connection, instead of
+    waiting for ever. Its new stream is served once the server comes back."""
+    process = ServerProcess(tmp_path / "proc", "--heartbeat", "1s")
+    process.prefix = [sys.executable, str(Path(__file__).with_name("freezable_server.py"))]
+    process.env["KEYTURN_TEST_FREEZE_SECONDS"] = "8"
+    await process.start()
+    told: list[keyturn.KeyturnError | None] = []
+    try:
+        async with AsyncClient(process.address, token=process.token()) as client:
+            watch = Collector(
+                client.watch_expiring("keys", on_retry=lambda error, _: told.append(error))
+            )
+            await watch.until(lambda: any(e.kind == SNAPSHOT_COMPLETE for e in watch.events))
+            before = (await client.generate_key("api")).key.id
+            await watch.until(lambda: len(watch.sequences) == 1)
+
+            os.kill(process.pid, signal.SIGUSR1)
+            await watch.until(lambda: bool(told))
+            assert told[0] is not None and told[0].reason == "HEARTBEAT_MISSED", told
+
+            after = (await client.generate_key("api")).key.id  # once the server is back
+            await watch.until(lambda: len(watch.sequences) == 2)
+            assert [e.key.id for e in watch.events if e.kind == CREATED] == [before, after]
+            assert watch.watch.reconnects >= 1
+            await watch.close()
+    finally:
+        process.terminate()
 
 
 async def test_resume_after_replays_exactly_what_came_after(

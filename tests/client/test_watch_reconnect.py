@@ -1,11 +1,13 @@
 """The reconnect policy of a Watch, driven by scripted streams instead of a server so
 that its delays can be read exactly (the random draw of the jitter is pinned to its top):
 caps of 1 s doubling to 30 s, back to 1 s after a message, and no reconnect for failures
-that another try cannot fix. tests/client/test_policy_table.py runs the shared cases of
+that another try cannot fix, and a stream given up once it is silent for longer than
+the server's heartbeats allow. tests/client/test_policy_table.py runs the shared cases of
 every client over a real channel."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 import keyturn
 from keyturn import Watch
-from keyturn._watch import EventStream
+from keyturn._watch import WATCH_SILENCE, EventStream, Silence
 from keyturn.v1 import events_pb2
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -36,6 +38,17 @@ def heartbeat(latest: int) -> events_pb2.ExpiryEvent:
     return events_pb2.ExpiryEvent(kind=events_pb2.EVENT_KIND_HEARTBEAT, latest_sequence=latest)
 
 
+def complete(latest: int, every: float | None = None) -> events_pb2.ExpiryEvent:
+    """SNAPSHOT_COMPLETE, saying that heartbeats come ``every`` seconds (None: not saying,
+    as servers before heartbeat_interval)."""
+    marker = events_pb2.ExpiryEvent(
+        kind=events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE, latest_sequence=latest
+    )
+    if every is not None:
+        marker.heartbeat_interval.FromTimedelta(timedelta(seconds=every))
+    return marker
+
+
 def failure(code: grpc.StatusCode, retry_after: timedelta | None = None) -> grpc.aio.AioRpcError:
     trailer = grpc.aio.Metadata()
     if retry_after is not None:
@@ -50,10 +63,12 @@ def failure(code: grpc.StatusCode, retry_after: timedelta | None = None) -> grpc
 
 @dataclass
 class Connection:
-    """What one connection sends before it ends (None: a clean end of stream)."""
+    """What one connection sends before it ends (None: a clean end of stream), or before
+    it goes silent for ever with its connection up (a server whose event loop is stuck)."""
 
     events: list[events_pb2.ExpiryEvent] = field(default_factory=list)
     ends_with: grpc.aio.AioRpcError | None = None
+    silent: bool = False
 
 
 class ScriptedStream:
@@ -64,6 +79,8 @@ class ScriptedStream:
     async def _events(self) -> AsyncIterator[events_pb2.ExpiryEvent]:
         for item in self.connection.events:
             yield item
+        if self.connection.silent:
+            await asyncio.Event().wait()
         if self.connection.ends_with is not None:
             raise self.connection.ends_with
 
@@ -95,13 +112,13 @@ class ScriptedServer:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
 
-    def watch(self, **kwargs: bool) -> Watch:
+    def watch(self, **kwargs: object) -> Watch:
         return Watch(
             self.open,
             events_pb2.WatchExpiringRequest(),
             sleep=self.sleep,
             draw=at_the_cap,
-            **kwargs,
+            **kwargs,  # type: ignore[arg-type]
         )
 
     def resume_points(self) -> list[int | None]:
@@ -253,3 +270,74 @@ async def test_a_cancelled_stream_reconnects_unless_the_client_was_closed() -> N
     with pytest.raises(StopAsyncIteration):
         await anext(watch)
     assert watch.reconnects == 1
+
+
+#: Heartbeats every 50 ms, given up after 200 ms of silence: the policy's shape, faster.
+QUICK = Silence(heartbeats=3, floor=0.2)
+
+
+@pytest.mark.parametrize(
+    ("interval", "limit"),
+    [(None, None), (0.1, 5.0), (1.0, 5.0), (2.0, 6.0), (30.0, 90.0)],
+    ids=["not-said", "sub-second", "1s", "2s", "30s-default"],
+)
+def test_a_stream_is_given_up_after_three_heartbeats_of_silence_and_never_sooner_than_5s(
+    interval: float | None, limit: float | None
+) -> None:
+    assert WATCH_SILENCE.limit(interval) == limit
+
+
+async def test_a_stream_silent_past_its_heartbeats_is_given_up_and_resumed() -> None:
+    told: list[tuple[str, str]] = []
+    server = ScriptedServer(
+        Connection([complete(10, every=0.05), event(11)], silent=True),
+        Connection([event(12)], silent=True),
+    )
+    watch = server.watch(
+        silence=QUICK, on_retry=lambda error, _: told.append((error.code.name, error.reason))
+    )
+    async with asyncio.timeout(5):
+        seen = await take(watch, 3)
+    assert [e.sequence or e.latest_sequence for e in seen] == [10, 11, 12]
+    assert server.resume_points() == [None, 11]
+    assert server.streams[0].cancelled
+    assert told == [("UNAVAILABLE", "HEARTBEAT_MISSED")]
+    assert server.sleeps == [1.0]  # the stream had delivered: the backoff started again
+
+
+async def test_a_resumed_stream_that_says_nothing_is_given_up_too() -> None:
+    """A resumed stream sends no SNAPSHOT_COMPLETE, and a stuck server sends nothing at
+    all: the interval heard before still holds."""
+    server = ScriptedServer(
+        Connection([complete(10, every=0.05)], silent=True),
+        Connection([], silent=True),
+        Connection([event(11)]),
+    )
+    watch = server.watch(silence=QUICK)
+    async with asyncio.timeout(5):
+        seen = await take(watch, 2)
+    assert [e.sequence or e.latest_sequence for e in seen] == [10, 11]
+    assert server.resume_points() == [None, 10, 10]
+
+
+@pytest.mark.parametrize(
+    "connections",
+    [
+        [Connection([complete(10)], silent=True)],
+        [
+            Connection([complete(10, every=0.05)], ends_with=failure(UNAVAILABLE)),
+            Connection([heartbeat(10)], silent=True),  # a replica that does not say
+        ],
+    ],
+    ids=["never-said", "said-then-not"],
+)
+async def test_a_server_that_does_not_say_how_often_it_beats_is_waited_for(
+    connections: list[Connection],
+) -> None:
+    server = ScriptedServer(*connections)
+    watch = server.watch(silence=QUICK)
+    assert (await anext(watch)).latest_sequence == 10
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1):
+            await anext(watch)
+    assert len(server.requests) == len(connections)

@@ -61,6 +61,10 @@ type policyTable struct {
 			TimeMs    float64 `json:"time_ms"`
 			TimeoutMs float64 `json:"timeout_ms"`
 		} `json:"keepalive"`
+		WatchSilence struct {
+			Heartbeats float64 `json:"heartbeats"`
+			FloorMs    float64 `json:"floor_ms"`
+		} `json:"watch_silence"`
 	} `json:"policy"`
 	TestBackoff backoffRow        `json:"test_backoff"`
 	Methods     map[string]string `json:"methods"`
@@ -243,6 +247,11 @@ func TestPolicyDefaultsAreTheTableNumbers(t *testing.T) {
 		keepalive.PermitWithoutStream {
 		t.Errorf("DefaultKeepalive() = %+v, want a ping after %v ms, closed after %v ms, only with a call open",
 			keepalive, table.Policy.Keepalive.TimeMs, table.Policy.Keepalive.TimeoutMs)
+	}
+	silence := table.Policy.WatchSilence
+	if got := keyturn.DefaultWatchSilence(); got.Heartbeats != silence.Heartbeats ||
+		got.Floor != time.Duration(silence.FloorMs*float64(time.Millisecond)) {
+		t.Errorf("DefaultWatchSilence() = %+v, want %v heartbeats, at least %v ms", got, silence.Heartbeats, silence.FloorMs)
 	}
 }
 

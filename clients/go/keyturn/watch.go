@@ -3,8 +3,10 @@ package keyturn
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"iter"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -25,6 +27,7 @@ type WatchOption func(*watchSettings)
 
 type watchSettings struct {
 	backoff     Backoff
+	silence     Silence
 	heartbeats  bool
 	onReconnect func(err error, wait time.Duration)
 	// closed reports whether the client was closed (a CANCELED then ends
@@ -38,6 +41,37 @@ type watchSettings struct {
 // WithWatchBackoff replaces the reconnect backoff (DefaultWatchBackoff).
 func WithWatchBackoff(b Backoff) WatchOption {
 	return func(s *watchSettings) { s.backoff = b }
+}
+
+// Silence is how long a watch waits for the next message of any kind once
+// the server said how often it sends heartbeats (heartbeat_interval on
+// HEARTBEAT and SNAPSHOT_COMPLETE): Heartbeats intervals, never less than
+// Floor. A server whose event loop is stuck still answers HTTP/2 pings, so
+// keepalive never notices it; its silence does.
+type Silence struct {
+	Heartbeats float64
+	Floor      time.Duration
+}
+
+// DefaultWatchSilence gives a stream up after three heartbeat intervals
+// without a message, and never before 5 s.
+func DefaultWatchSilence() Silence {
+	return Silence{Heartbeats: 3, Floor: 5 * time.Second}
+}
+
+// Limit is how long a stream may stay silent when heartbeats come every
+// interval; 0 (no limit) when the interval is unknown.
+func (s Silence) Limit(interval time.Duration) time.Duration {
+	if interval <= 0 {
+		return 0
+	}
+	return max(s.Floor, time.Duration(s.Heartbeats*float64(interval)))
+}
+
+// WithWatchSilence replaces how long a stream may stay silent
+// (DefaultWatchSilence).
+func WithWatchSilence(s Silence) WatchOption {
+	return func(w *watchSettings) { w.silence = s }
 }
 
 // WithHeartbeats also delivers EVENT_KIND_HEARTBEAT events, whose
@@ -114,6 +148,11 @@ func wakeFirst(conn *grpc.ClientConn, open Opener) Opener {
 // doubling up to 30 s (full jitter), at least as long as a RetryInfo asks; the
 // cap starts again from 1 s once a stream has delivered a message. Should a
 // stream fail before its snapshot completes, the next one resends the snapshot.
+// Once the server said how often it sends heartbeats, a stream that brings no
+// message at all for three intervals (at least 5 s; WithWatchSilence) is
+// cancelled and resumed the same way, with an UNAVAILABLE *Error (reason
+// HEARTBEAT_MISSED) for the reconnect hook: the server is stuck though its
+// connection answers pings. A server that does not say is waited for.
 //
 // Heartbeats are consumed unless WithHeartbeats is given. The sequence ends
 // after the caller breaks out of the loop, or after yielding a final error:
@@ -124,7 +163,7 @@ func wakeFirst(conn *grpc.ClientConn, open Opener) Opener {
 // (UNAVAILABLE, ABORTED, RESOURCE_EXHAUSTED, INTERNAL, a CANCELED the caller
 // did not cause...) and a clean end of stream reconnect.
 func WatchExpiring(ctx context.Context, open Opener, req *keyturnv1.WatchExpiringRequest, opts ...WatchOption) iter.Seq2[*keyturnv1.ExpiryEvent, error] {
-	s := watchSettings{backoff: DefaultWatchBackoff(), closed: func() bool { return false }, draw: jitter}
+	s := watchSettings{backoff: DefaultWatchBackoff(), silence: DefaultWatchSilence(), closed: func() bool { return false }, draw: jitter}
 	for _, opt := range opts {
 		opt(&s)
 	}
@@ -146,6 +185,9 @@ type watcher struct {
 	// last is the sequence to resume after, valid once positioned.
 	last       int64
 	positioned bool
+	// interval is the server's heartbeat interval, once it said (kept across
+	// reconnects: a resumed stream says it only with its first heartbeat).
+	interval time.Duration
 }
 
 func (w *watcher) run(ctx context.Context, yield func(*keyturnv1.ExpiryEvent, error) bool) {
@@ -206,12 +248,32 @@ func (w *watcher) follow(ctx context.Context, yield func(*keyturnv1.ExpiryEvent,
 	if w.positioned {
 		req.ResumeAfter = proto.Int64(w.last)
 	}
+	// The watchdog ends a stream that stays silent past its heartbeats; it
+	// runs only while waiting for the server, never while the caller holds
+	// an event.
+	var silent atomic.Bool
+	watchdog := time.AfterFunc(time.Hour, func() { silent.Store(true); cancel() })
+	watchdog.Stop()
+	defer watchdog.Stop()
 	stream, err := w.open(ctx, req)
 	if err != nil {
 		return false, false, err
 	}
 	for {
+		limit := w.settings.silence.Limit(w.interval)
+		if limit > 0 {
+			watchdog.Reset(limit)
+		}
 		event, err := stream.Recv()
+		watchdog.Stop()
+		if err != nil && silent.Load() {
+			return received, false, &Error{
+				Code:   codes.Unavailable,
+				Reason: "HEARTBEAT_MISSED",
+				Message: fmt.Sprintf("no message from the server in %v (it sends a heartbeat every %v): "+
+					"giving up on the stream", limit, w.interval),
+			}
+		}
 		if errors.Is(err, io.EOF) {
 			return received, false, nil
 		}
@@ -236,18 +298,21 @@ func (w *watcher) accept(event *keyturnv1.ExpiryEvent) bool {
 		w.last, w.positioned = event.GetSequence(), true
 		return true
 	case event.GetKind() == keyturnv1.EventKind_EVENT_KIND_HEARTBEAT:
-		w.advance(event.GetLatestSequence())
+		w.advance(event)
 		return w.settings.heartbeats
 	case event.GetKind() == keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE:
-		w.advance(event.GetLatestSequence())
+		w.advance(event)
 		return true
 	default: // a snapshot item
 		return true
 	}
 }
 
-func (w *watcher) advance(sequence int64) {
-	if !w.positioned || sequence > w.last {
+// advance takes a HEARTBEAT's or SNAPSHOT_COMPLETE's latest sequence and
+// heartbeat interval (none: a server that does not say, waited for).
+func (w *watcher) advance(marker *keyturnv1.ExpiryEvent) {
+	if sequence := marker.GetLatestSequence(); !w.positioned || sequence > w.last {
 		w.last, w.positioned = sequence, true
 	}
+	w.interval = marker.GetHeartbeatInterval().AsDuration()
 }

@@ -23,10 +23,12 @@ import (
 )
 
 // connection is what one scripted stream sends: its events, then end (an
-// error, or io.EOF for a clean end). openErr fails the open itself.
+// error, or io.EOF for a clean end), or nothing more at all while its
+// connection stays up (silent: a stuck server). openErr fails the open itself.
 type connection struct {
 	events  []*keyturnv1.ExpiryEvent
 	end     error
+	silent  bool
 	openErr error
 }
 
@@ -63,6 +65,10 @@ func (s *scriptedStream) Recv() (*keyturnv1.ExpiryEvent, error) {
 		return nil, status.FromContextError(err).Err()
 	}
 	if len(s.connection.events) == 0 {
+		if s.connection.silent {
+			<-s.ctx.Done()
+			return nil, status.FromContextError(s.ctx.Err()).Err()
+		}
 		return nil, s.connection.end
 	}
 	event := s.connection.events[0]
@@ -292,5 +298,69 @@ func TestWatchOfAClientClosedWhileItWaitsToReconnectEndsAtOnce(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the watch still waits out its hour-long backoff after its client closed")
+	}
+}
+
+// beating is a SNAPSHOT_COMPLETE that says heartbeats come every interval.
+func beating(latest int64, interval time.Duration) *keyturnv1.ExpiryEvent {
+	complete := marker(keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE, latest)
+	complete.HeartbeatInterval = durationpb.New(interval)
+	return complete
+}
+
+// quick is the policy's silence, faster: 3 heartbeats of 50 ms, at least 200 ms.
+var quick = keyturn.WithWatchSilence(keyturn.Silence{Heartbeats: 3, Floor: 200 * time.Millisecond})
+
+func TestWatchSilenceIsThreeHeartbeatsAndNeverUnderFiveSeconds(t *testing.T) {
+	for interval, want := range map[time.Duration]time.Duration{
+		0:                      0, // not said: no limit
+		100 * time.Millisecond: 5 * time.Second,
+		time.Second:            5 * time.Second,
+		2 * time.Second:        6 * time.Second,
+		30 * time.Second:       90 * time.Second,
+	} {
+		if got := keyturn.DefaultWatchSilence().Limit(interval); got != want {
+			t.Errorf("Limit(%v) = %v, want %v", interval, got, want)
+		}
+	}
+}
+
+func TestWatchGivesUpAStreamSilentPastItsHeartbeatsAndResumes(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{beating(10, 50*time.Millisecond), created(11)}, silent: true},
+		{silent: true}, // resumed: no SNAPSHOT_COMPLETE, and a stuck server says nothing
+		{events: []*keyturnv1.ExpiryEvent{created(12)}, end: status.Error(codes.PermissionDenied, "end of script")},
+	}}
+	var reasons []string
+	hook := keyturn.WithReconnectHook(func(err error, _ time.Duration) {
+		var e *keyturn.Error
+		if errors.As(err, &e) && e.Code == codes.Unavailable {
+			reasons = append(reasons, e.Reason)
+		}
+	})
+	events, err := collect(t, keyturn.WatchExpiring(testContext(t), server.open, nil, instant, quick, hook))
+
+	if describe(events) != "complete@10 11 12" || keyturn.CodeOf(err) != codes.PermissionDenied {
+		t.Errorf("delivered %q then %v, want complete@10 11 12 then PERMISSION_DENIED", describe(events), err)
+	}
+	if got := strings.Join(resumePoints(server.requests), " "); got != "none 11 11" {
+		t.Errorf("resume points %s, want none 11 11", got)
+	}
+	if !slices.Equal(reasons, []string{"HEARTBEAT_MISSED", "HEARTBEAT_MISSED"}) {
+		t.Errorf("reconnects told %v, want HEARTBEAT_MISSED twice", reasons)
+	}
+}
+
+func TestWatchWaitsForAServerThatDoesNotSayHowOftenItBeats(t *testing.T) {
+	server := &scriptedServer{connections: []connection{
+		{events: []*keyturnv1.ExpiryEvent{marker(keyturnv1.EventKind_EVENT_KIND_SNAPSHOT_COMPLETE, 10)}, silent: true},
+	}}
+	ctx, cancel := context.WithTimeout(testContext(t), time.Second)
+	defer cancel()
+	events, err := collect(t, keyturn.WatchExpiring(ctx, server.open, nil, instant, quick))
+
+	if describe(events) != "complete@10" || !errors.Is(err, context.DeadlineExceeded) || len(server.requests) != 1 {
+		t.Errorf("delivered %q then %v after %d streams; want complete@10, then the caller's deadline, one stream",
+			describe(events), err, len(server.requests))
 	}
 }

@@ -17,8 +17,10 @@ export { DEFAULT_RETRY_POLICY, DEFAULT_TIMEOUT_MS, type RetryPolicy } from "./ca
 export type { BackoffPolicy } from "./backoff.js";
 export {
   DEFAULT_WATCH_BACKOFF,
+  DEFAULT_WATCH_SILENCE,
   ExpiryWatch,
   type Reconnect,
+  type SilencePolicy,
   type WatchExpiringRequestInit,
   type WatchOptions,
 } from "./watch.js";

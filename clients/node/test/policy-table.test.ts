@@ -18,6 +18,7 @@ import {
   DEFAULT_RETRY_POLICY,
   DEFAULT_TIMEOUT_MS,
   DEFAULT_WATCH_BACKOFF,
+  DEFAULT_WATCH_SILENCE,
   EventKind,
   HandleService,
   KeyService,
@@ -104,6 +105,8 @@ describe("client policy table", () => {
     // What every connection's Http2SessionManager is made with: PINGs only with a call open.
     const { time_ms, timeout_ms } = table.policy.keepalive;
     assert.deepEqual(DEFAULT_KEEPALIVE, { pingIntervalMs: time_ms, pingTimeoutMs: timeout_ms, pingIdleConnection: false });
+    const { heartbeats, floor_ms } = table.policy.watch_silence;
+    assert.deepEqual(DEFAULT_WATCH_SILENCE, { heartbeats, floorMs: floor_ms });
   });
 
   test("every RPC is retried as its idempotency_level says", () => {

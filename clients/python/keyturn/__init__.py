@@ -36,13 +36,14 @@ from keyturn._policy import is_loopback
 from keyturn._retry import NO_RETRY, Backoff, RetryPolicy
 from keyturn._sync import BlockingWatch, Client
 from keyturn._transport import TLS
-from keyturn._watch import WATCH_BACKOFF, Watch
+from keyturn._watch import WATCH_BACKOFF, WATCH_SILENCE, Silence, Watch
 
 __all__ = [
     "DEFAULT_ADDRESS",
     "NO_RETRY",
     "TLS",
     "WATCH_BACKOFF",
+    "WATCH_SILENCE",
     "Aborted",
     "AlreadyExists",
     "AsyncClient",
@@ -62,6 +63,7 @@ __all__ = [
     "ResourceExhausted",
     "RetryPolicy",
     "ServerError",
+    "Silence",
     "Unauthenticated",
     "Unavailable",
     "Watch",

@@ -14,7 +14,7 @@ from keyturn._handles import HandleCalls
 from keyturn._keys import KeyCalls
 from keyturn._retry import Backoff, RetryPolicy
 from keyturn._transport import ChannelOptions, TLSLike, call_metadata, open_channel
-from keyturn._watch import WATCH_BACKOFF, EventStream, OnRetry, Watch
+from keyturn._watch import WATCH_BACKOFF, WATCH_SILENCE, EventStream, OnRetry, Silence, Watch
 from keyturn.v1 import events_pb2
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -102,6 +102,7 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         heartbeats: bool = False,
         backoff: Backoff = WATCH_BACKOFF,
         on_retry: OnRetry | None = None,
+        silence: Silence = WATCH_SILENCE,
     ) -> Watch:
         """Expiry warnings, rotations, removals and anomalies of keys or handles, as an
         async iterator that reconnects and resumes by itself (see ``Watch``)::
@@ -114,6 +115,8 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
         without it the stream starts with the items already inside their warning window.
         ``deliver_tokens`` (handles) carries the new secret of automatically rotated
         handles the caller owns. ``on_retry(error, delay)`` is told of each reconnect.
+        ``silence``: how long a stream may bring nothing once the server said how often it
+        sends heartbeats (3 intervals, at least 5 s) before it is given up and resumed.
         """
         if subject not in ("keys", "handles"):
             raise ValueError(f"subject is 'keys' or 'handles', not {subject!r}")
@@ -137,6 +140,7 @@ class AsyncClient(KeyCalls, HandleCalls, AdminCalls):
             heartbeats=heartbeats,
             backoff=backoff,
             on_retry=on_retry,
+            silence=silence,
             closed=self._closed.is_set,
             sleep=self._pause,
         )

@@ -8,6 +8,13 @@ cap of 1 s doubling up to 30 s (full jitter), at least as long as a RetryInfo as
 cap starts again from 1 s after any message. Codes that another try cannot fix
 (``_policy.WATCH_ENDS_ON``) end the watch with their exception; closing the client ends
 it quietly.
+
+A server whose event loop is stuck still answers HTTP/2 pings (gRPC's C core does), so
+keepalive never notices it. The server says how often it sends a HEARTBEAT
+(``heartbeat_interval`` on HEARTBEAT and SNAPSHOT_COMPLETE); once the watch knows it, a
+stream that brings no message at all for ``WATCH_SILENCE`` intervals is cancelled and
+resumed like a dropped one. A server that does not say (an older one) is waited for as
+long as it takes.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
@@ -22,12 +30,31 @@ import grpc
 
 from keyturn import _policy
 from keyturn._calls import cancelling
-from keyturn._errors import KeyturnError, from_rpc_error
+from keyturn._errors import KeyturnError, Unavailable, from_rpc_error
 from keyturn._retry import Backoff, Draw, Sleep
 from keyturn.v1 import events_pb2
 
 #: Reconnect delays of a watch: below 1 s, 2 s, 4 s ... 30 s.
 WATCH_BACKOFF = Backoff(initial=1.0, maximum=30.0, multiplier=2.0)
+
+
+@dataclass(frozen=True)
+class Silence:
+    """How long a watch waits for the next message of any kind once the server said how
+    often it sends heartbeats: ``heartbeats`` intervals, and never less than ``floor``
+    seconds (a server configured for sub-second heartbeats, or one pausing for a
+    moment under load, is not stuck)."""
+
+    heartbeats: float = 3.0
+    floor: float = 5.0
+
+    def limit(self, interval: float | None) -> float | None:
+        """Seconds of silence after which a stream is given up; None: no limit."""
+        return None if interval is None else max(self.floor, self.heartbeats * interval)
+
+
+#: Three heartbeat intervals, at least 5 s.
+WATCH_SILENCE = Silence()
 
 HEARTBEAT = events_pb2.EVENT_KIND_HEARTBEAT
 SNAPSHOT_COMPLETE = events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
@@ -60,6 +87,7 @@ class Watch:
         heartbeats: bool = False,
         backoff: Backoff = WATCH_BACKOFF,
         on_retry: OnRetry | None = None,
+        silence: Silence = WATCH_SILENCE,
         closed: Callable[[], bool] = lambda: False,
         sleep: Sleep = asyncio.sleep,
         draw: Draw = random.random,
@@ -71,6 +99,10 @@ class Watch:
         self._heartbeats = heartbeats
         self._backoff = backoff
         self._on_retry = on_retry
+        self._silence = silence
+        #: The server's heartbeat interval in seconds, once it said (kept across
+        #: reconnects: a resumed stream says it only with its first heartbeat).
+        self.heartbeat_interval: float | None = None
         self._sleep = sleep
         self.last_sequence: int | None = (
             request.resume_after if request.HasField("resume_after") else None
@@ -132,6 +164,8 @@ class Watch:
         duplicate, or a heartbeat nobody asked for)."""
         if event.kind in (HEARTBEAT, SNAPSHOT_COMPLETE):
             self.last_sequence = max(self.last_sequence or 0, event.latest_sequence)
+            interval = event.heartbeat_interval.ToTimedelta().total_seconds()
+            self.heartbeat_interval = interval if interval > 0 else None
             return event.kind == SNAPSHOT_COMPLETE or self._heartbeats
         if event.sequence == 0:  # an item of the initial snapshot
             return True
@@ -146,11 +180,16 @@ class Watch:
             failure: KeyturnError | None = None
             wait_at_least = 0.0
             stream = self._open(self._next_request())
+            messages = aiter(stream)
             try:
-                async for event in stream:
+                while (event := await self._receive(messages)) is not None:
                     delays = self._backoff.delays(self._draw)  # a message resets the backoff
                     if self._accept(event):
                         yield event
+            except _Silent as silent:
+                failure = Unavailable(
+                    str(silent), code=grpc.StatusCode.UNAVAILABLE, reason="HEARTBEAT_MISSED"
+                )
             except asyncio.CancelledError:
                 # How grpc ends the streams of a closed channel; the caller's own
                 # cancellation of its task goes on up.
@@ -171,3 +210,24 @@ class Watch:
                 self._on_retry(failure, delay)
             await self._sleep(delay)
             self.reconnects += 1
+
+    async def _receive(
+        self, messages: AsyncIterator[events_pb2.ExpiryEvent]
+    ) -> events_pb2.ExpiryEvent | None:
+        """The stream's next message, None at its end; _Silent when the server, having
+        said how often it sends heartbeats, sent nothing for too long."""
+        limit = self._silence.limit(self.heartbeat_interval)
+        try:
+            async with asyncio.timeout(limit):
+                return await anext(messages)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise _Silent(
+                f"no message from the server in {limit:g} s (it sends a heartbeat every "
+                f"{self.heartbeat_interval:g} s): giving up on the stream"
+            ) from None
+
+
+class _Silent(Exception):
+    """A stream went silent for longer than its heartbeats allow."""

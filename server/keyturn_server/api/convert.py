@@ -244,6 +244,8 @@ def stream_message(item: StreamItem) -> events_pb2.ExpiryEvent:
         token=item.token,
         latest_sequence=item.latest_sequence,
     )
+    if item.heartbeat_interval is not None:
+        message.heartbeat_interval.FromTimedelta(item.heartbeat_interval)
     record = item.record
     event = item.event
     if event is not None:

@@ -78,6 +78,10 @@ class StreamItem:
     token: str = ""
     latest_sequence: int = 0
     time: datetime | None = None
+    #: On HEARTBEAT and SNAPSHOT_COMPLETE: how often an idle stream hears from us, so
+    #: that a subscriber can tell a stuck server (silent, though its connection still
+    #: answers pings) from a quiet one.
+    heartbeat_interval: timedelta | None = None
 
 
 class Subscription:
@@ -292,7 +296,10 @@ class WatchService:
                         yield item
                 last = latest
                 yield StreamItem(
-                    EventKind.SNAPSHOT_COMPLETE, latest_sequence=last, time=self._clock.now()
+                    EventKind.SNAPSHOT_COMPLETE,
+                    latest_sequence=last,
+                    time=self._clock.now(),
+                    heartbeat_interval=self.heartbeat,
                 )
             async with contextlib.aclosing(
                 self._live(principal, request, subscription, last)
@@ -378,6 +385,7 @@ class WatchService:
                     EventKind.HEARTBEAT,
                     latest_sequence=max(last, self._hub.latest_sequence),
                     time=self._clock.now(),
+                    heartbeat_interval=self.heartbeat,
                 )
 
     def _item(self, principal: Principal, request: WatchRequest, event: Event) -> StreamItem:

@@ -22,21 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from keyturn.v1 import resources_pb2 as keyturn_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyturn/v1/events.proto\x12\nkeyturn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"\xf2\x02\n\x0b\x45xpiryEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.keyturn.v1.EventKind\x12\x1e\n\x03key\x18\x04 \x01(\x0b\x32\x0f.keyturn.v1.KeyH\x00\x12$\n\x06handle\x18\x05 \x01(\x0b\x32\x12.keyturn.v1.HandleH\x00\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05token\x18\x08 \x01(\t\x12$\n\x07\x61nomaly\x18\t \x01(\x0b\x32\x13.keyturn.v1.Anomaly\x12\x10\n\x08snapshot\x18\n \x01(\x08\x12\x17\n\x0flatest_sequence\x18\x0b \x01(\x03\x12\x13\n\x0bkey_version\x18\x0c \x01(\rB\t\n\x07subject\"\xab\x01\n\x14WatchExpiringRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12$\n\x05kinds\x18\x04 \x03(\x0e\x32\x15.keyturn.v1.EventKind\x12\x19\n\x0cresume_after\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\x0e\x64\x65liver_tokens\x18\x06 \x01(\x08\x42\x0f\n\r_resume_after*\xd9\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_EXPIRING\x10\x01\x12\x16\n\x12\x45VENT_KIND_ROTATED\x10\x02\x12\x16\n\x12\x45VENT_KIND_EXPIRED\x10\x03\x12\x18\n\x14\x45VENT_KIND_EXHAUSTED\x10\x04\x12\x16\n\x12\x45VENT_KIND_REMOVED\x10\x05\x12\x16\n\x12\x45VENT_KIND_REVOKED\x10\x06\x12\x16\n\x12\x45VENT_KIND_ANOMALY\x10\x07\x12\x18\n\x14\x45VENT_KIND_HEARTBEAT\x10\x08\x12 \n\x1c\x45VENT_KIND_SNAPSHOT_COMPLETE\x10\t\x12\x17\n\x13\x45VENT_KIND_RESTORED\x10\n\x12\x18\n\x14\x45VENT_KIND_DESTROYED\x10\x0b\x12\x16\n\x12\x45VENT_KIND_CREATED\x10\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyturn/v1/events.proto\x12\nkeyturn.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"\xa9\x03\n\x0b\x45xpiryEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.keyturn.v1.EventKind\x12\x1e\n\x03key\x18\x04 \x01(\x0b\x32\x0f.keyturn.v1.KeyH\x00\x12$\n\x06handle\x18\x05 \x01(\x0b\x32\x12.keyturn.v1.HandleH\x00\x12,\n\x08\x64\x65\x61\x64line\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05token\x18\x08 \x01(\t\x12$\n\x07\x61nomaly\x18\t \x01(\x0b\x32\x13.keyturn.v1.Anomaly\x12\x10\n\x08snapshot\x18\n \x01(\x08\x12\x17\n\x0flatest_sequence\x18\x0b \x01(\x03\x12\x13\n\x0bkey_version\x18\x0c \x01(\r\x12\x35\n\x12heartbeat_interval\x18\r \x01(\x0b\x32\x19.google.protobuf.DurationB\t\n\x07subject\"\xab\x01\n\x14WatchExpiringRequest\x12\r\n\x05types\x18\x01 \x03(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12$\n\x05kinds\x18\x04 \x03(\x0e\x32\x15.keyturn.v1.EventKind\x12\x19\n\x0cresume_after\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x16\n\x0e\x64\x65liver_tokens\x18\x06 \x01(\x08\x42\x0f\n\r_resume_after*\xd9\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_EXPIRING\x10\x01\x12\x16\n\x12\x45VENT_KIND_ROTATED\x10\x02\x12\x16\n\x12\x45VENT_KIND_EXPIRED\x10\x03\x12\x18\n\x14\x45VENT_KIND_EXHAUSTED\x10\x04\x12\x16\n\x12\x45VENT_KIND_REMOVED\x10\x05\x12\x16\n\x12\x45VENT_KIND_REVOKED\x10\x06\x12\x16\n\x12\x45VENT_KIND_ANOMALY\x10\x07\x12\x18\n\x14\x45VENT_KIND_HEARTBEAT\x10\x08\x12 \n\x1c\x45VENT_KIND_SNAPSHOT_COMPLETE\x10\t\x12\x17\n\x13\x45VENT_KIND_RESTORED\x10\n\x12\x18\n\x14\x45VENT_KIND_DESTROYED\x10\x0b\x12\x16\n\x12\x45VENT_KIND_CREATED\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyturn.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=648
-  _globals['_EVENTKIND']._serialized_end=993
-  _globals['_EXPIRYEVENT']._serialized_start=101
-  _globals['_EXPIRYEVENT']._serialized_end=471
-  _globals['_WATCHEXPIRINGREQUEST']._serialized_start=474
-  _globals['_WATCHEXPIRINGREQUEST']._serialized_end=645
+  _globals['_EVENTKIND']._serialized_start=735
+  _globals['_EVENTKIND']._serialized_end=1080
+  _globals['_EXPIRYEVENT']._serialized_start=133
+  _globals['_EXPIRYEVENT']._serialized_end=558
+  _globals['_WATCHEXPIRINGREQUEST']._serialized_start=561
+  _globals['_WATCHEXPIRINGREQUEST']._serialized_end=732
 # @@protoc_insertion_point(module_scope)

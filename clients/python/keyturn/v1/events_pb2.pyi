@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -103,6 +104,7 @@ class ExpiryEvent(_message.Message):
     SNAPSHOT_FIELD_NUMBER: _builtins.int
     LATEST_SEQUENCE_FIELD_NUMBER: _builtins.int
     KEY_VERSION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Monotonic position in the event log; 0 for snapshot items and for
     heartbeats (which carry the latest sequence in latest_sequence).
@@ -131,6 +133,14 @@ class ExpiryEvent(_message.Message):
 
     @_builtins.property
     def anomaly(self) -> _resources_pb2.Anomaly: ...
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """How often this stream sends a HEARTBEAT while it has nothing else to send
+        (HEARTBEAT and SNAPSHOT_COMPLETE). A subscriber that hears nothing at all
+        for several intervals is talking to a server that is stuck even though
+        the connection still answers pings: it cancels and resumes elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -146,10 +156,11 @@ class ExpiryEvent(_message.Message):
         snapshot: _builtins.bool = ...,
         latest_sequence: _builtins.int = ...,
         key_version: _builtins.int = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "deadline", b"deadline", "handle", b"handle", "key", b"key", "subject", b"subject", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "deadline", b"deadline", "handle", b"handle", "heartbeat_interval", b"heartbeat_interval", "key", b"key", "subject", b"subject", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "deadline", b"deadline", "handle", b"handle", "key", b"key", "key_version", b"key_version", "kind", b"kind", "latest_sequence", b"latest_sequence", "reason", b"reason", "sequence", b"sequence", "snapshot", b"snapshot", "subject", b"subject", "time", b"time", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anomaly", b"anomaly", "deadline", b"deadline", "handle", b"handle", "heartbeat_interval", b"heartbeat_interval", "key", b"key", "key_version", b"key_version", "kind", b"kind", "latest_sequence", b"latest_sequence", "reason", b"reason", "sequence", b"sequence", "snapshot", b"snapshot", "subject", b"subject", "time", b"time", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["key", "handle"]  # noqa: Y015
     _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015

@@ -9,6 +9,7 @@ package keyturnv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -141,9 +142,14 @@ type ExpiryEvent struct {
 	// Latest committed sequence (HEARTBEAT and SNAPSHOT_COMPLETE).
 	LatestSequence int64 `protobuf:"varint,11,opt,name=latest_sequence,json=latestSequence,proto3" json:"latest_sequence,omitempty"`
 	// Key version concerned (key ROTATED, EXPIRED, DESTROYED).
-	KeyVersion    uint32 `protobuf:"varint,12,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	KeyVersion uint32 `protobuf:"varint,12,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	// How often this stream sends a HEARTBEAT while it has nothing else to send
+	// (HEARTBEAT and SNAPSHOT_COMPLETE). A subscriber that hears nothing at all
+	// for several intervals is talking to a server that is stuck even though
+	// the connection still answers pings: it cancels and resumes elsewhere.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,13,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ExpiryEvent) Reset() {
@@ -271,6 +277,13 @@ func (x *ExpiryEvent) GetKeyVersion() uint32 {
 	return 0
 }
 
+func (x *ExpiryEvent) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
 type isExpiryEvent_Subject interface {
 	isExpiryEvent_Subject()
 }
@@ -385,7 +398,7 @@ var File_keyturn_v1_events_proto protoreflect.FileDescriptor
 const file_keyturn_v1_events_proto_rawDesc = "" +
 	"\n" +
 	"\x17keyturn/v1/events.proto\x12\n" +
-	"keyturn.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"\xdd\x03\n" +
+	"keyturn.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1akeyturn/v1/resources.proto\"\xa7\x04\n" +
 	"\vExpiryEvent\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x03R\bsequence\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12)\n" +
@@ -400,7 +413,8 @@ const file_keyturn_v1_events_proto_rawDesc = "" +
 	" \x01(\bR\bsnapshot\x12'\n" +
 	"\x0flatest_sequence\x18\v \x01(\x03R\x0elatestSequence\x12\x1f\n" +
 	"\vkey_version\x18\f \x01(\rR\n" +
-	"keyVersionB\t\n" +
+	"keyVersion\x12H\n" +
+	"\x12heartbeat_interval\x18\r \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatIntervalB\t\n" +
 	"\asubject\"\xe1\x01\n" +
 	"\x14WatchExpiringRequest\x12\x14\n" +
 	"\x05types\x18\x01 \x03(\tR\x05types\x12\x10\n" +
@@ -451,6 +465,7 @@ var file_keyturn_v1_events_proto_goTypes = []any{
 	(*Key)(nil),                   // 4: keyturn.v1.Key
 	(*Handle)(nil),                // 5: keyturn.v1.Handle
 	(*Anomaly)(nil),               // 6: keyturn.v1.Anomaly
+	(*durationpb.Duration)(nil),   // 7: google.protobuf.Duration
 }
 var file_keyturn_v1_events_proto_depIdxs = []int32{
 	3, // 0: keyturn.v1.ExpiryEvent.time:type_name -> google.protobuf.Timestamp
@@ -459,12 +474,13 @@ var file_keyturn_v1_events_proto_depIdxs = []int32{
 	5, // 3: keyturn.v1.ExpiryEvent.handle:type_name -> keyturn.v1.Handle
 	3, // 4: keyturn.v1.ExpiryEvent.deadline:type_name -> google.protobuf.Timestamp
 	6, // 5: keyturn.v1.ExpiryEvent.anomaly:type_name -> keyturn.v1.Anomaly
-	0, // 6: keyturn.v1.WatchExpiringRequest.kinds:type_name -> keyturn.v1.EventKind
-	7, // [7:7] is the sub-list for method output_type
-	7, // [7:7] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	7, // 6: keyturn.v1.ExpiryEvent.heartbeat_interval:type_name -> google.protobuf.Duration
+	0, // 7: keyturn.v1.WatchExpiringRequest.kinds:type_name -> keyturn.v1.EventKind
+	8, // [8:8] is the sub-list for method output_type
+	8, // [8:8] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_keyturn_v1_events_proto_init() }

@@ -4,8 +4,8 @@
 
 import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Timestamp } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
+import type { Duration, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_duration, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Anomaly, Handle, Key } from "./resources_pb.js";
 import { file_keyturn_v1_resources } from "./resources_pb.js";
 import type { Message } from "@bufbuild/protobuf";
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keyturn/v1/events.proto.
  */
 export const file_keyturn_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChdrZXl0dXJuL3YxL2V2ZW50cy5wcm90bxIKa2V5dHVybi52MSLyAgoLRXhwaXJ5RXZlbnQSEAoIc2VxdWVuY2UYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEa2luZBgDIAEoDjIVLmtleXR1cm4udjEuRXZlbnRLaW5kEh4KA2tleRgEIAEoCzIPLmtleXR1cm4udjEuS2V5SAASJAoGaGFuZGxlGAUgASgLMhIua2V5dHVybi52MS5IYW5kbGVIABIsCghkZWFkbGluZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAcgASgJEg0KBXRva2VuGAggASgJEiQKB2Fub21hbHkYCSABKAsyEy5rZXl0dXJuLnYxLkFub21hbHkSEAoIc25hcHNob3QYCiABKAgSFwoPbGF0ZXN0X3NlcXVlbmNlGAsgASgDEhMKC2tleV92ZXJzaW9uGAwgASgNQgkKB3N1YmplY3QiqwEKFFdhdGNoRXhwaXJpbmdSZXF1ZXN0Eg0KBXR5cGVzGAEgAygJEgsKA2lkcxgCIAMoCRINCgVvd25lchgDIAEoCRIkCgVraW5kcxgEIAMoDjIVLmtleXR1cm4udjEuRXZlbnRLaW5kEhkKDHJlc3VtZV9hZnRlchgFIAEoA0gAiAEBEhYKDmRlbGl2ZXJfdG9rZW5zGAYgASgIQg8KDV9yZXN1bWVfYWZ0ZXIq2QIKCUV2ZW50S2luZBIaChZFVkVOVF9LSU5EX1VOU1BFQ0lGSUVEEAASFwoTRVZFTlRfS0lORF9FWFBJUklORxABEhYKEkVWRU5UX0tJTkRfUk9UQVRFRBACEhYKEkVWRU5UX0tJTkRfRVhQSVJFRBADEhgKFEVWRU5UX0tJTkRfRVhIQVVTVEVEEAQSFgoSRVZFTlRfS0lORF9SRU1PVkVEEAUSFgoSRVZFTlRfS0lORF9SRVZPS0VEEAYSFgoSRVZFTlRfS0lORF9BTk9NQUxZEAcSGAoURVZFTlRfS0lORF9IRUFSVEJFQVQQCBIgChxFVkVOVF9LSU5EX1NOQVBTSE9UX0NPTVBMRVRFEAkSFwoTRVZFTlRfS0lORF9SRVNUT1JFRBAKEhgKFEVWRU5UX0tJTkRfREVTVFJPWUVEEAsSFgoSRVZFTlRfS0lORF9DUkVBVEVEEAxiBnByb3RvMw", [file_google_protobuf_timestamp, file_keyturn_v1_resources]);
+  fileDesc("ChdrZXl0dXJuL3YxL2V2ZW50cy5wcm90bxIKa2V5dHVybi52MSKpAwoLRXhwaXJ5RXZlbnQSEAoIc2VxdWVuY2UYASABKAMSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASIwoEa2luZBgDIAEoDjIVLmtleXR1cm4udjEuRXZlbnRLaW5kEh4KA2tleRgEIAEoCzIPLmtleXR1cm4udjEuS2V5SAASJAoGaGFuZGxlGAUgASgLMhIua2V5dHVybi52MS5IYW5kbGVIABIsCghkZWFkbGluZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcmVhc29uGAcgASgJEg0KBXRva2VuGAggASgJEiQKB2Fub21hbHkYCSABKAsyEy5rZXl0dXJuLnYxLkFub21hbHkSEAoIc25hcHNob3QYCiABKAgSFwoPbGF0ZXN0X3NlcXVlbmNlGAsgASgDEhMKC2tleV92ZXJzaW9uGAwgASgNEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgNIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbkIJCgdzdWJqZWN0IqsBChRXYXRjaEV4cGlyaW5nUmVxdWVzdBINCgV0eXBlcxgBIAMoCRILCgNpZHMYAiADKAkSDQoFb3duZXIYAyABKAkSJAoFa2luZHMYBCADKA4yFS5rZXl0dXJuLnYxLkV2ZW50S2luZBIZCgxyZXN1bWVfYWZ0ZXIYBSABKANIAIgBARIWCg5kZWxpdmVyX3Rva2VucxgGIAEoCEIPCg1fcmVzdW1lX2FmdGVyKtkCCglFdmVudEtpbmQSGgoWRVZFTlRfS0lORF9VTlNQRUNJRklFRBAAEhcKE0VWRU5UX0tJTkRfRVhQSVJJTkcQARIWChJFVkVOVF9LSU5EX1JPVEFURUQQAhIWChJFVkVOVF9LSU5EX0VYUElSRUQQAxIYChRFVkVOVF9LSU5EX0VYSEFVU1RFRBAEEhYKEkVWRU5UX0tJTkRfUkVNT1ZFRBAFEhYKEkVWRU5UX0tJTkRfUkVWT0tFRBAGEhYKEkVWRU5UX0tJTkRfQU5PTUFMWRAHEhgKFEVWRU5UX0tJTkRfSEVBUlRCRUFUEAgSIAocRVZFTlRfS0lORF9TTkFQU0hPVF9DT01QTEVURRAJEhcKE0VWRU5UX0tJTkRfUkVTVE9SRUQQChIYChRFVkVOVF9LSU5EX0RFU1RST1lFRBALEhYKEkVWRU5UX0tJTkRfQ1JFQVRFRBAMYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_keyturn_v1_resources]);
 
 /**
  * One entry of the durable event log, as streamed by WatchExpiring.
@@ -104,6 +104,16 @@ export type ExpiryEvent = Message<"keyturn.v1.ExpiryEvent"> & {
    * @generated from field: uint32 key_version = 12;
    */
   keyVersion: number;
+
+  /**
+   * How often this stream sends a HEARTBEAT while it has nothing else to send
+   * (HEARTBEAT and SNAPSHOT_COMPLETE). A subscriber that hears nothing at all
+   * for several intervals is talking to a server that is stuck even though
+   * the connection still answers pings: it cancels and resumes elsewhere.
+   *
+   * @generated from field: google.protobuf.Duration heartbeat_interval = 13;
+   */
+  heartbeatInterval?: Duration | undefined;
 };
 
 /**

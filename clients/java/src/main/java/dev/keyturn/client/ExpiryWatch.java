@@ -1,13 +1,21 @@
 package dev.keyturn.client;
 
+import com.google.protobuf.Any;
+import com.google.rpc.Code;
+import com.google.rpc.ErrorInfo;
 import io.grpc.Context;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
+import io.grpc.protobuf.StatusProto;
 import java.time.Duration;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
 import java.util.Optional;
 import java.util.OptionalLong;
+import java.util.concurrent.Executors;
+import java.util.concurrent.ScheduledExecutorService;
+import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import java.util.function.DoubleSupplier;
 import java.util.function.Function;
@@ -30,6 +38,13 @@ import keyturn.v1.Events.WatchExpiringRequest;
  * their {@link StatusRuntimeException}. {@link #close} (from any thread) or closing the client
  * ends it quietly: {@code hasNext} returns false.
  *
+ * <p>A server whose event loop is stuck still answers HTTP/2 pings, so keepalive never notices
+ * it. The server says how often it sends a HEARTBEAT ({@code heartbeat_interval} on HEARTBEAT
+ * and SNAPSHOT_COMPLETE); once the watch knows it, a stream that brings no message at all for
+ * three intervals (at least 5 s; {@link WatchOptions#silence}) is cancelled and resumed like a
+ * dropped one, and the reconnect listener is told an UNAVAILABLE with ErrorInfo reason {@code
+ * HEARTBEAT_MISSED}. A server that does not say (an older one) is waited for.
+ *
  * <pre>{@code
  * try (ExpiryWatch watch = client.watchKeys(WatchExpiringRequest.getDefaultInstance())) {
  *   while (watch.hasNext()) {
@@ -40,6 +55,15 @@ import keyturn.v1.Events.WatchExpiringRequest;
  * }</pre>
  */
 public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
+  /** Ends streams that stayed silent too long: one daemon thread for every watch. */
+  private static final ScheduledExecutorService WATCHDOGS =
+      Executors.newSingleThreadScheduledExecutor(
+          task -> {
+            Thread thread = new Thread(task, "keyturn-watch-silence");
+            thread.setDaemon(true);
+            return thread;
+          });
+
   private final Function<WatchExpiringRequest, Iterator<ExpiryEvent>> open;
   private final WatchExpiringRequest request;
   private final WatchOptions options;
@@ -53,6 +77,11 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
   private Context.CancellableContext streamContext;
   private Iterator<ExpiryEvent> stream;
   private ExpiryEvent ahead;
+  /** The server's heartbeat interval, once it said (kept across reconnects: a resumed stream
+   * says it only with its first heartbeat). */
+  private Optional<Duration> heartbeatInterval = Optional.empty();
+  /** Set by the watchdog that ended the current stream: how long it had been silent. */
+  private Duration silentFor;
 
   ExpiryWatch(
       Function<WatchExpiringRequest, Iterator<ExpiryEvent>> open,
@@ -91,7 +120,7 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
       StatusRuntimeException failure = null;
       try {
         Iterator<ExpiryEvent> events = stream != null ? stream : openStream();
-        if (events.hasNext()) {
+        if (awaitNext(events)) {
           ExpiryEvent event = events.next();
           retry = 0; // a message resets the backoff
           if (accept(event)) {
@@ -102,6 +131,10 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
       } catch (StatusRuntimeException e) {
         if (isClosed()) {
           return false;
+        }
+        Duration silence = silentFor();
+        if (silence != null) {
+          e = silenceError(silence);
         }
         if (CallPolicy.WATCH_ENDS_ON.contains(e.getStatus().getCode())) {
           stream = null;
@@ -141,6 +174,60 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
     }
   }
 
+  /**
+   * Whether {@code events} has a next message, waiting for it at most as long as the server's
+   * heartbeats allow: the watchdog then cancels the stream. It runs only while waiting for the
+   * server, never while the caller holds an event.
+   */
+  private boolean awaitNext(Iterator<ExpiryEvent> events) {
+    Optional<Duration> limit = options.silence().limit(heartbeatInterval);
+    ScheduledFuture<?> watchdog = null;
+    if (limit.isPresent()) {
+      Duration after = limit.get();
+      watchdog = WATCHDOGS.schedule(() -> endSilent(after), after.toNanos(), TimeUnit.NANOSECONDS);
+    }
+    try {
+      return events.hasNext();
+    } finally {
+      if (watchdog != null) {
+        watchdog.cancel(false);
+      }
+    }
+  }
+
+  private void endSilent(Duration after) {
+    Context.CancellableContext context;
+    synchronized (lock) {
+      silentFor = after;
+      context = streamContext;
+    }
+    if (context != null) {
+      context.cancel(Status.UNAVAILABLE.withDescription("silent stream").asRuntimeException());
+    }
+  }
+
+  private Duration silentFor() {
+    synchronized (lock) {
+      return silentFor;
+    }
+  }
+
+  private StatusRuntimeException silenceError(Duration after) {
+    String message =
+        "no message from the server in "
+            + after.toMillis() / 1000.0
+            + " s (it sends a heartbeat every "
+            + heartbeatInterval.map(d -> d.toMillis() / 1000.0 + " s").orElse("?")
+            + "): giving up on the stream";
+    ErrorInfo info = ErrorInfo.newBuilder().setReason("HEARTBEAT_MISSED").build();
+    return StatusProto.toStatusRuntimeException(
+        com.google.rpc.Status.newBuilder()
+            .setCode(Code.UNAVAILABLE_VALUE)
+            .setMessage(message)
+            .addDetails(Any.pack(info))
+            .build());
+  }
+
   private boolean isClosed() {
     synchronized (lock) {
       return closed || clientClosed.getAsBoolean();
@@ -158,6 +245,7 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
         streamContext.cancel(null);
       }
       streamContext = context;
+      silentFor = null;
     }
     WatchExpiringRequest built = next.build();
     Iterator<ExpiryEvent> opened;
@@ -214,6 +302,13 @@ public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
         if (last == null || event.getLatestSequence() > last) {
           last = event.getLatestSequence();
         }
+        heartbeatInterval =
+            event.hasHeartbeatInterval()
+                ? Optional.of(
+                    Duration.ofSeconds(
+                        event.getHeartbeatInterval().getSeconds(),
+                        event.getHeartbeatInterval().getNanos()))
+                : Optional.empty();
         return event.getKind() == EventKind.EVENT_KIND_SNAPSHOT_COMPLETE || options.heartbeats();
       }
       if (event.getSequence() == 0) {

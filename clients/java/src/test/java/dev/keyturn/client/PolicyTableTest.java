@@ -23,6 +23,7 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
+import java.util.Optional;
 import java.util.Set;
 import java.util.TreeMap;
 import java.util.TreeSet;
@@ -201,6 +202,25 @@ class PolicyTableTest {
     assertEquals(
         Duration.ofMillis(keepalive.get("timeout_ms").getAsLong()),
         KeyturnClient.KEEPALIVE_TIMEOUT);
+    JsonObject silence = POLICY.getAsJsonObject("watch_silence");
+    assertEquals(
+        new Silence(
+            silence.get("heartbeats").getAsDouble(),
+            Duration.ofMillis(silence.get("floor_ms").getAsLong())),
+        Silence.WATCH);
+    assertEquals(Silence.WATCH, WatchOptions.defaults().silence());
+  }
+
+  @Test
+  void aStreamIsGivenUpAfterThreeHeartbeatsOfSilenceAndNeverSoonerThanFiveSeconds() {
+    assertEquals(Optional.empty(), Silence.WATCH.limit(Optional.empty())); // not said: none
+    long[][] intervalAndLimitMs = {{100, 5_000}, {1_000, 5_000}, {2_000, 6_000}, {30_000, 90_000}};
+    for (long[] row : intervalAndLimitMs) {
+      assertEquals(
+          Optional.of(Duration.ofMillis(row[1])),
+          Silence.WATCH.limit(Optional.of(Duration.ofMillis(row[0]))),
+          row[0] + " ms heartbeats");
+    }
   }
 
   @Test
