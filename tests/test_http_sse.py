@@ -143,6 +143,8 @@ async def test_without_a_resume_point_the_snapshot_ends_with_the_live_start(
     assert complete.json["kind"] == "EVENT_KIND_SNAPSHOT_COMPLETE"
     # 1, or 2 when the scheduler has already logged the EXPIRING event of the moved clock.
     assert complete.id == complete.json["latestSequence"] and int(complete.id) >= 1
+    # How often heartbeats come (the default 30 s): a silent stream is a stuck server.
+    assert complete.json["heartbeatInterval"] == "30s"
 
 
 async def test_heartbeats_are_comments_that_move_the_resume_point(

@@ -12,9 +12,8 @@ import java.util.Iterator;
 import java.util.NoSuchElementException;
 import java.util.Optional;
 import java.util.OptionalLong;
-import java.util.concurrent.Executors;
-import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.ScheduledFuture;
+import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import java.util.function.DoubleSupplier;
@@ -55,14 +54,25 @@ import keyturn.v1.Events.WatchExpiringRequest;
  * }</pre>
  */
 public final class ExpiryWatch implements Iterator<ExpiryEvent>, AutoCloseable {
-  /** Ends streams that stayed silent too long: one daemon thread for every watch. */
-  private static final ScheduledExecutorService WATCHDOGS =
-      Executors.newSingleThreadScheduledExecutor(
-          task -> {
-            Thread thread = new Thread(task, "keyturn-watch-silence");
-            thread.setDaemon(true);
-            return thread;
-          });
+  /**
+   * Ends streams that stayed silent too long: one daemon thread for every watch. Each message
+   * cancels its watchdog, so cancelled ones leave the queue at once (by default they would stay
+   * until their time: a busy watch would pile up one per message for 90 s).
+   */
+  private static final ScheduledThreadPoolExecutor WATCHDOGS = watchdogs();
+
+  private static ScheduledThreadPoolExecutor watchdogs() {
+    ScheduledThreadPoolExecutor executor =
+        new ScheduledThreadPoolExecutor(
+            1,
+            task -> {
+              Thread thread = new Thread(task, "keyturn-watch-silence");
+              thread.setDaemon(true);
+              return thread;
+            });
+    executor.setRemoveOnCancelPolicy(true);
+    return executor;
+  }
 
   private final Function<WatchExpiringRequest, Iterator<ExpiryEvent>> open;
   private final WatchExpiringRequest request;
