@@ -34,6 +34,8 @@ ALLOWED: dict[str, set[str]] = {
     "KeyService/RotateKey": MANAGE,
     "KeyService/RemoveKey": MANAGE,
     "KeyService/RestoreKey": MANAGE,
+    "KeyService/DisableKeyVersion": MANAGE,
+    "KeyService/EnableKeyVersion": MANAGE,
     "KeyService/GetKeyStatistics": ALL,
     "KeyService/ExportKey": MANAGE,
     "KeyService/Encrypt": MANAGE,

@@ -59,6 +59,12 @@ async def test_every_annotated_rpc_answers_over_http(server: Harness, http: Http
     assert base64.b64decode(opened["plaintext"]) == b"card 4111" and opened["usedPrimary"]
     rotated = await ok(await http.post(f"/v1/keys/{key_id}:rotate", {"reason": "drill"}))
     assert rotated["primaryVersion"] == 2
+    disabled = await ok(
+        await http.post(f"/v1/keys/{key_id}/versions/1:disable", {"reason": "leak"})
+    )
+    assert disabled["versions"][0]["state"] == "KEY_VERSION_STATE_DISABLED"
+    enabled = await ok(await http.post(f"/v1/keys/{key_id}/versions/1:enable", {}))
+    assert enabled["versions"][0]["state"] == "KEY_VERSION_STATE_ENABLED"
     removed = await ok(await http.delete(f"/v1/keys/{key_id}", params={"reason": "done"}))
     assert removed["status"] == "KEY_STATUS_REMOVED"
     restored = await ok(await http.post(f"/v1/keys/{key_id}:restore", {}))
@@ -342,6 +348,7 @@ async def test_every_route_needs_a_valid_token(
         path = route.template.text.replace("{key_id}", "key_aaaaaaaaaaaaaaaa")
         path = path.replace("{handle_id}", "hdl_aaaaaaaaaaaaaaaa")
         path = path.replace("{component}", "keys").replace("{name}", "ci")
+        path = path.replace("{version}", "1")
         answer = await client.call(route.verb, path, {} if route.body else None, headers=headers)
         assert answer.status == 401, (route.verb, path, answer.text)
         assert answer.error["status"] == "UNAUTHENTICATED"
@@ -360,6 +367,7 @@ async def test_role_matrix_over_http(server: Harness, role: str) -> None:
         path = route.template.text.replace("{key_id}", "key_aaaaaaaaaaaaaaaa")
         path = path.replace("{handle_id}", "hdl_aaaaaaaaaaaaaaaa")
         path = path.replace("{component}", "keys").replace("{name}", "nobody")
+        path = path.replace("{version}", "1")
         answer = await client.call(route.verb, path, {} if route.body else None)
         allowed = role in ALLOWED[route.rpc.removeprefix("/keyturn.v1.")]
         assert (answer.status != 403) == allowed, (role, route.rpc, answer.text)

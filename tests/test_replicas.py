@@ -163,6 +163,27 @@ async def test_a_token_revoked_through_one_replica_is_refused_by_the_next_call_o
     assert refused.code == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_a_version_disabled_through_one_replica_is_refused_by_the_next_call_on_the_other(
+    replicas: list[Harness],
+) -> None:
+    """The other replica holds the version's material loaded; no time passes."""
+    first, second = replicas
+    key = (await first.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    mac = await first.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(key_id=key.id, data=b"m"))
+    await first.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
+    check = keys_pb2.VerifyMacRequest(key_id=key.id, data=b"m", mac=mac.mac)
+    assert (await second.admin.keys.VerifyMac(check)).valid
+    await first.admin.keys.DisableKeyVersion(
+        keys_pb2.DisableKeyVersionRequest(key_id=key.id, version=1, reason="leaked")
+    )
+    refused = await fails(second.admin.keys.VerifyMac(check))
+    assert refused.reason == "VERSION_DISABLED"
+    await second.admin.keys.EnableKeyVersion(
+        keys_pb2.EnableKeyVersionRequest(key_id=key.id, version=1)
+    )
+    assert (await first.admin.keys.VerifyMac(check)).valid
+
+
 async def test_a_token_revoked_through_one_replica_is_not_honoured_by_another_from_memory(
     replicas: list[Harness],
 ) -> None:

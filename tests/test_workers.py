@@ -168,6 +168,29 @@ async def test_a_key_changed_through_one_worker_is_seen_by_the_next_call_on_the_
     assert got.primary_version == 2
 
 
+async def test_a_version_disabled_through_one_worker_is_refused_at_once_by_the_other(
+    workers: ServerProcess, clients: list[Client]
+) -> None:
+    """Both workers hold version 1's material loaded; a disable through either holds on
+    the very next call of the other, and so does the enable that undoes it."""
+    first, second = (group[0] for group in await by_worker(clients))
+    key = (await first.keys.GenerateKey(K.GenerateKeyRequest(type="encryption"))).key
+    sealed = await first.keys.Encrypt(K.EncryptRequest(key_id=key.id, plaintext=b"x"))
+    await second.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    decrypt = K.DecryptRequest(key_id=key.id, ciphertext=sealed.ciphertext)
+    for one, other in ((first, second), (second, first)):
+        await one.keys.Decrypt(decrypt)
+        await other.keys.Decrypt(decrypt)
+        await one.keys.DisableKeyVersion(
+            K.DisableKeyVersionRequest(key_id=key.id, version=1, reason="leaked")
+        )
+        refused = await fails(other.keys.Decrypt(decrypt))
+        assert refused.reason == "VERSION_DISABLED"
+        assert (await fails(one.keys.Decrypt(decrypt))).reason == "VERSION_DISABLED"
+        await other.keys.EnableKeyVersion(K.EnableKeyVersionRequest(key_id=key.id, version=1))
+        assert (await one.keys.Decrypt(decrypt)).plaintext == b"x"
+
+
 async def test_the_keys_per_owner_cap_holds_with_every_worker_generating(
     workers: ServerProcess, clients: list[Client]
 ) -> None:

@@ -186,6 +186,22 @@ async def test_a_key_keeps_at_most_a_hundred_enabled_versions(server: Harness) -
     assert again.primary_version > 101
 
 
+async def test_disabled_versions_count_toward_the_version_cap(server: Harness) -> None:
+    """A disabled version is read and carried like an enabled one until its max lifetime:
+    if it did not count, a service could disable its way under the cap and grow a key
+    without bound again (rotate, disable the previous version, rotate...)."""
+    owner = await server.client_for("service", "looper")
+    key = (await owner.keys.GenerateKey(K.GenerateKeyRequest(type="session"))).key
+    for _ in range(99):
+        await owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    for version in range(1, 11):
+        await owner.keys.DisableKeyVersion(
+            K.DisableKeyVersionRequest(key_id=key.id, version=version)
+        )
+    refused = await fails(owner.keys.RotateKey(K.RotateKeyRequest(key_id=key.id)))
+    assert refused.reason == "MAX_KEY_VERSIONS" and "100 live" in refused.message
+
+
 async def test_an_operator_rotates_a_key_a_thief_has_rotated_up_to_the_version_cap(
     server: Harness,
 ) -> None:

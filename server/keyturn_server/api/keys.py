@@ -100,6 +100,22 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
         )
         return self._key(key)
 
+    async def DisableKeyVersion(
+        self, request: keys_pb2.DisableKeyVersionRequest, context: Context
+    ) -> resources_pb2.Key:
+        key = await self._keys.disable_version(
+            auth.current(), request.key_id, request.version, request.user_id, request.reason
+        )
+        return self._key(key)
+
+    async def EnableKeyVersion(
+        self, request: keys_pb2.EnableKeyVersionRequest, context: Context
+    ) -> resources_pb2.Key:
+        key = await self._keys.enable_version(
+            auth.current(), request.key_id, request.version, request.user_id, request.reason
+        )
+        return self._key(key)
+
     async def GetKeyStatistics(
         self, request: keys_pb2.GetKeyStatisticsRequest, context: Context
     ) -> keys_pb2.GetKeyStatisticsResponse:

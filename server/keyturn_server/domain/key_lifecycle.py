@@ -19,6 +19,7 @@ from keyturn_server.domain.generation import MaterialMaker
 from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.keys import (
+    LIVE_VERSION_STATES,
     Key,
     KeyState,
     KeyVersion,
@@ -111,10 +112,11 @@ class KeyLifecycle:
         return True
 
     def expire_version(self, repo: Repository, ref: VersionRef, now: datetime) -> bool:
-        """A version reached its max lifetime: its material is destroyed."""
+        """A version reached its max lifetime: its material is destroyed (a disabled
+        version's too: disabling never extends a version's life)."""
         key = repo.get_key(ref.key_id, for_update=True)
         version = key.version(ref.version) if key else None
-        if key is None or version is None or version.state is not VersionState.ENABLED:
+        if key is None or version is None or version.state not in LIVE_VERSION_STATES:
             return False
         if version.expire_time > now:
             return False

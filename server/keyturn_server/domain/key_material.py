@@ -15,7 +15,7 @@ from keyturn_server.crypto import material
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.crypto.seal import GenerationNotLoaded, SealError, binding
 from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound, Unavailable
-from keyturn_server.domain.keys import Key, KeyState
+from keyturn_server.domain.keys import Key, KeyState, KeyVersion, VersionState
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 
@@ -26,6 +26,26 @@ CACHE_SIZE = 4096
 def material_binding(key_id: str, version: int) -> bytes:
     """What a version's sealed material is bound to."""
     return binding(KEY_TABLE, key_id, version)
+
+
+def require_version_usable(key: Key, version: KeyVersion, now: datetime) -> None:
+    """Refuse a version that is past its max lifetime (material destroyed) or disabled."""
+    if not version.live(now):
+        raise FailedPrecondition(
+            f"version {version.version} of key {key.id!r} expired at "
+            f"{version.expire_time.isoformat()}; its material is destroyed",
+            reason="VERSION_EXPIRED",
+        )
+    if version.state is VersionState.DISABLED:
+        raise version_disabled(key, version)
+
+
+def version_disabled(key: Key, version: KeyVersion) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"version {version.version} of key {key.id!r} is disabled; EnableKeyVersion restores it",
+        reason="VERSION_DISABLED",
+        metadata={"version": str(version.version)},
+    )
 
 
 class MaterialCache:
@@ -45,12 +65,7 @@ class MaterialCache:
         version = key.version(number)
         if version is None:
             raise NotFound(f"key {key.id!r} has no version {number}", reason="VERSION_NOT_FOUND")
-        if not version.usable or now >= version.expire_time:
-            raise FailedPrecondition(
-                f"version {number} of key {key.id!r} expired at "
-                f"{version.expire_time.isoformat()}; its material is destroyed",
-                reason="VERSION_EXPIRED",
-            )
+        require_version_usable(key, version, now)
         cached = self._loaded.get((key.id, number))
         if cached is not None:
             self._loaded.move_to_end((key.id, number))

@@ -33,6 +33,7 @@ from keyturn_server.domain.key_lifecycle import KeyLifecycle
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.key_usage import UsageCounter
 from keyturn_server.domain.key_use import KeyUse, require_usable
+from keyturn_server.domain.key_versions import KeyVersions
 from keyturn_server.domain.keys import (
     Key,
     KeySchedule,
@@ -48,11 +49,12 @@ from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.signing_threads import SigningThreads
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 
-#: Enabled versions a key may hold before a caller's RotateKey is refused. Every read and
-#: rotation of a key, and every event about it, carries all its versions: 1,200 manual
-#: rotations of one key made each further rotation cost the store's writer 55 ms and each
-#: GetKey 27 KB, without bound. The default types keep at most 7 enabled at once; a version
-#: stays enabled until its own max lifetime, so the room comes back by itself. The
+#: Live versions (enabled or disabled) a key may hold before a caller's RotateKey is
+#: refused. Every read and rotation of a key, and every event about it, carries all its
+#: versions: 1,200 manual rotations of one key made each further rotation cost the
+#: store's writer 55 ms and each GetKey 27 KB, without bound. The default types keep at
+#: most 7 enabled at once; a version stays live until its own max lifetime (disabling
+#: does not end it), so the room comes back by itself. The
 #: scheduler's rotations are never refused (AWS KMS caps on-demand rotations at 25 a key),
 #: nor are an operator's or an admin's: a rotation is how a compromised version is
 #: contained, and it used to be refused exactly when a thief with the owner's token had
@@ -105,6 +107,10 @@ class KeyService:
         self.public_key = use.public_key
         self.mac = use.mac
         self.verify_mac = use.verify_mac
+        versions = KeyVersions(store, self._locked, journal, material, clock)
+        #: Containing a compromised version without stopping its key (key_versions.py).
+        self.disable_version = versions.disable
+        self.enable_version = versions.enable
 
     # --- reading -------------------------------------------------------------------------
 
@@ -424,16 +430,19 @@ def _owed_warning(removed: Key, now: datetime) -> datetime | None:
 
 
 def _require_version_room(principal: Principal, key: Key, now: datetime) -> None:
-    """Refuse a service's rotation of a key that holds MAX_ENABLED_VERSIONS enabled
+    """Refuse a service's rotation of a key that holds MAX_ENABLED_VERSIONS live
     versions, until the first of them expires. Operators and admins always rotate."""
     if principal.role in (Role.ADMIN, Role.OPERATOR):
         return
-    enabled = [v for v in key.versions if v.state is VersionState.ENABLED and v.expire_time > now]
+    # Disabled versions count: they are read and carried like enabled ones, and a service
+    # that could disable its way under the cap would grow a key without bound again.
+    enabled = [v for v in key.versions if v.live(now)]
     if len(enabled) < MAX_ENABLED_VERSIONS:
         return
     first = min(v.expire_time for v in enabled)
     raise ResourceExhausted(
-        f"key {key.id!r} has {len(enabled)} enabled versions, as many as a key may hold; "
+        f"key {key.id!r} has {len(enabled)} live (enabled or disabled) versions, as many as "
+        "a key may hold; "
         "each stays enabled until its max lifetime; an operator or admin can still rotate it",
         reason="MAX_KEY_VERSIONS",
         retry_after=max(first - now, timedelta(seconds=1)),

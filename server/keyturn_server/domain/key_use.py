@@ -25,9 +25,9 @@ from keyturn_server.domain.errors import (
     KeyturnError,
     NotFound,
 )
-from keyturn_server.domain.key_material import MaterialCache
+from keyturn_server.domain.key_material import MaterialCache, version_disabled
 from keyturn_server.domain.key_usage import UsageCounter
-from keyturn_server.domain.keys import Key, KeyStatus
+from keyturn_server.domain.keys import Key, KeyStatus, VersionState
 from keyturn_server.domain.nonce_budget import NonceBudget
 from keyturn_server.domain.signing_threads import THREADED, SigningThreads
 from keyturn_server.domain.statistics import Statistics
@@ -155,6 +155,10 @@ class KeyUse:
         record = key.version(number)
         if record is None:
             raise NotFound(f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND")
+        if record.state is VersionState.DISABLED:
+            # Refused like its other uses (Cloud KMS does too): relying parties that
+            # fetch public keys must not verify with a version disabled as compromised.
+            raise version_disabled(key, record)
         if record.public_pem is None:
             raise FailedPrecondition(f"version {number} has no public key")
         # Named from the public key: before, from the private key when the version was

@@ -36,6 +36,13 @@ class VersionState(enum.Enum):
     ENABLED = "ENABLED"
     EXPIRED = "EXPIRED"
     DESTROYED = "DESTROYED"
+    #: Turned off by a caller (a suspected compromise): material kept, every use refused
+    #: until it is enabled again; it still expires at its max lifetime.
+    DISABLED = "DISABLED"
+
+
+#: States whose material is still stored: the version expires at its max lifetime.
+LIVE_VERSION_STATES = (VersionState.ENABLED, VersionState.DISABLED)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,10 @@ class KeyVersion:
     @property
     def usable(self) -> bool:
         return self.state is VersionState.ENABLED
+
+    def live(self, now: datetime) -> bool:
+        """Material still stored and its max lifetime not reached (enabled or disabled)."""
+        return self.state in LIVE_VERSION_STATES and now < self.expire_time
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,10 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     """A key's material was destroyed after its waiting period."""
     EVENT_KIND_CREATED: _EventKind.ValueType  # 12
     """A key or handle was created."""
+    EVENT_KIND_VERSION_DISABLED: _EventKind.ValueType  # 13
+    """A key version was disabled (DisableKeyVersion); key_version names it."""
+    EVENT_KIND_VERSION_ENABLED: _EventKind.ValueType  # 14
+    """A disabled key version was enabled again (EnableKeyVersion); key_version names it."""
 
 class EventKind(_EventKind, metaclass=_EventKindEnumTypeWrapper):
     """What happened to a key or handle."""
@@ -84,6 +88,10 @@ EVENT_KIND_DESTROYED: EventKind.ValueType  # 11
 """A key's material was destroyed after its waiting period."""
 EVENT_KIND_CREATED: EventKind.ValueType  # 12
 """A key or handle was created."""
+EVENT_KIND_VERSION_DISABLED: EventKind.ValueType  # 13
+"""A key version was disabled (DisableKeyVersion); key_version names it."""
+EVENT_KIND_VERSION_ENABLED: EventKind.ValueType  # 14
+"""A disabled key version was enabled again (EnableKeyVersion); key_version names it."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015
 
 @_typing.final

@@ -28,7 +28,7 @@ from keyturn.v1 import resources_pb2 as keyturn_dot_v1_dot_resources__pb2
 from keyturn.v1 import statistics_pb2 as keyturn_dot_v1_dot_statistics__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keyturn/v1/keys.proto\x12\nkeyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xb4\x01\n\x12GenerateKeyRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12>\n\x08metadata\x18\x02 \x03(\x0b\x32,.keyturn.v1.GenerateKeyRequest.MetadataEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reveal\x18\x04 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x13GenerateKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.keyturn.v1.Key\x12\x10\n\x08material\x18\x02 \x01(\x0c\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"|\n\x0fListKeysRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.keyturn.v1.KeyStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"^\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.keyturn.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"C\n\x10RotateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"C\n\x10RemoveKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"D\n\x11RestoreKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x19\n\x17GetKeyStatisticsRequest\"I\n\x18GetKeyStatisticsResponse\x12-\n\nstatistics\x18\x01 \x01(\x0b\x32\x19.keyturn.v1.KeyStatistics\"T\n\x10\x45xportKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x11\x45xportKeyResponse\x12\x10\n\x08material\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x11\n\talgorithm\x18\x03 \x01(\t\"L\n\x0e\x45ncryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tplaintext\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x03 \x01(\x0c\":\n\x0f\x45ncryptResponse\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"M\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x03 \x01(\x0c\"O\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x14\n\x0cused_primary\x18\x03 \x01(\x08\"+\n\x0bSignRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"`\n\x0cSignResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x15\n\rraw_signature\x18\x03 \x01(\x0c\x12\x11\n\talgorithm\x18\x04 \x01(\t\"@\n\rVerifyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"4\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"6\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"K\n\x14GetPublicKeyResponse\x12\x0b\n\x03pem\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\"1\n\x11\x43omputeMacRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"6\n\x12\x43omputeMacResponse\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"=\n\x10VerifyMacRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\"7\n\x11VerifyMacResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x13\n\x0bkey_version\x18\x02 \x01(\r2\xac\r\n\nKeyService\x12\x63\n\x0bGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12R\n\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\"\x1c\x90\x02\x01\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Z\n\x08ListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\"\x13\x90\x02\x01\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12_\n\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*\x12U\n\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/keys/{key_id}\x12\x62\n\nRestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:restore:\x01*\x12}\n\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x1e\x90\x02\x01\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/keys:statistics\x12p\n\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"&\x90\x02\x02\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:export:\x01*\x12k\n\x07\x45ncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"\'\x90\x02\x02\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:encrypt:\x01*\x12k\n\x07\x44\x65\x63rypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\"\'\x90\x02\x02\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:decrypt:\x01*\x12_\n\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\"$\x90\x02\x02\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/keys/{key_id}:sign:\x01*\x12g\n\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\"&\x90\x02\x02\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:verify:\x01*\x12y\n\x0cGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\"&\x90\x02\x01\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/keys/{key_id}/publicKey\x12w\n\nComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\"*\x90\x02\x02\x82\xd3\xe4\x93\x02!\"\x1c/v1/keys/{key_id}:computeMac:\x01*\x12s\n\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\")\x90\x02\x02\x82\xd3\xe4\x93\x02 \"\x1b/v1/keys/{key_id}:verifyMac:\x01*\x12o\n\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"!\x90\x02\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/keys:watchExpiring0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15keyturn/v1/keys.proto\x12\nkeyturn.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x17keyturn/v1/events.proto\x1a\x1akeyturn/v1/resources.proto\x1a\x1bkeyturn/v1/statistics.proto\"\xb4\x01\n\x12GenerateKeyRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12>\n\x08metadata\x18\x02 \x03(\x0b\x32,.keyturn.v1.GenerateKeyRequest.MetadataEntry\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reveal\x18\x04 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x13GenerateKeyResponse\x12\x1c\n\x03key\x18\x01 \x01(\x0b\x32\x0f.keyturn.v1.Key\x12\x10\n\x08material\x18\x02 \x01(\x0c\"\x1f\n\rGetKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"|\n\x0fListKeysRequest\x12\x0c\n\x04type\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0e\x32\x15.keyturn.v1.KeyStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\r\n\x05owner\x18\x05 \x01(\t\"^\n\x10ListKeysResponse\x12\x1d\n\x04keys\x18\x01 \x03(\x0b\x32\x0f.keyturn.v1.Key\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x03\"C\n\x10RotateKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"C\n\x10RemoveKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"D\n\x11RestoreKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x18\x44isableKeyVersionRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"[\n\x17\x45nableKeyVersionRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x19\n\x17GetKeyStatisticsRequest\"I\n\x18GetKeyStatisticsResponse\x12-\n\nstatistics\x18\x01 \x01(\x0b\x32\x19.keyturn.v1.KeyStatistics\"T\n\x10\x45xportKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x11\x45xportKeyResponse\x12\x10\n\x08material\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x11\n\talgorithm\x18\x03 \x01(\t\"L\n\x0e\x45ncryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tplaintext\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x03 \x01(\x0c\":\n\x0f\x45ncryptResponse\x12\x12\n\nciphertext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"M\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x03 \x01(\x0c\"O\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x14\n\x0cused_primary\x18\x03 \x01(\x08\"+\n\x0bSignRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"`\n\x0cSignResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\x12\x15\n\rraw_signature\x18\x03 \x01(\x0c\x12\x11\n\talgorithm\x18\x04 \x01(\t\"@\n\rVerifyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"4\n\x0eVerifyResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"6\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"K\n\x14GetPublicKeyResponse\x12\x0b\n\x03pem\x18\x01 \x01(\t\x12\x11\n\talgorithm\x18\x02 \x01(\t\x12\x13\n\x0bkey_version\x18\x03 \x01(\r\"1\n\x11\x43omputeMacRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"6\n\x12\x43omputeMacResponse\x12\x0b\n\x03mac\x18\x01 \x01(\x0c\x12\x13\n\x0bkey_version\x18\x02 \x01(\r\"=\n\x10VerifyMacRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03mac\x18\x03 \x01(\x0c\"7\n\x11VerifyMacResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x13\n\x0bkey_version\x18\x02 \x01(\r2\xbb\x0f\n\nKeyService\x12\x63\n\x0bGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12R\n\x06GetKey\x12\x19.keyturn.v1.GetKeyRequest\x1a\x0f.keyturn.v1.Key\"\x1c\x90\x02\x01\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12Z\n\x08ListKeys\x12\x1b.keyturn.v1.ListKeysRequest\x1a\x1c.keyturn.v1.ListKeysResponse\"\x13\x90\x02\x01\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12_\n\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*\x12U\n\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/keys/{key_id}\x12\x62\n\nRestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:restore:\x01*\x12\x86\x01\n\x11\x44isableKeyVersion\x12$.keyturn.v1.DisableKeyVersionRequest\x1a\x0f.keyturn.v1.Key\":\x90\x02\x02\x82\xd3\xe4\x93\x02\x31\",/v1/keys/{key_id}/versions/{version}:disable:\x01*\x12\x83\x01\n\x10\x45nableKeyVersion\x12#.keyturn.v1.EnableKeyVersionRequest\x1a\x0f.keyturn.v1.Key\"9\x90\x02\x02\x82\xd3\xe4\x93\x02\x30\"+/v1/keys/{key_id}/versions/{version}:enable:\x01*\x12}\n\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x1e\x90\x02\x01\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/keys:statistics\x12p\n\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"&\x90\x02\x02\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:export:\x01*\x12k\n\x07\x45ncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"\'\x90\x02\x02\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:encrypt:\x01*\x12k\n\x07\x44\x65\x63rypt\x12\x1a.keyturn.v1.DecryptRequest\x1a\x1b.keyturn.v1.DecryptResponse\"\'\x90\x02\x02\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/keys/{key_id}:decrypt:\x01*\x12_\n\x04Sign\x12\x17.keyturn.v1.SignRequest\x1a\x18.keyturn.v1.SignResponse\"$\x90\x02\x02\x82\xd3\xe4\x93\x02\x1b\"\x16/v1/keys/{key_id}:sign:\x01*\x12g\n\x06Verify\x12\x19.keyturn.v1.VerifyRequest\x1a\x1a.keyturn.v1.VerifyResponse\"&\x90\x02\x02\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:verify:\x01*\x12y\n\x0cGetPublicKey\x12\x1f.keyturn.v1.GetPublicKeyRequest\x1a .keyturn.v1.GetPublicKeyResponse\"&\x90\x02\x01\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/keys/{key_id}/publicKey\x12w\n\nComputeMac\x12\x1d.keyturn.v1.ComputeMacRequest\x1a\x1e.keyturn.v1.ComputeMacResponse\"*\x90\x02\x02\x82\xd3\xe4\x93\x02!\"\x1c/v1/keys/{key_id}:computeMac:\x01*\x12s\n\tVerifyMac\x12\x1c.keyturn.v1.VerifyMacRequest\x1a\x1d.keyturn.v1.VerifyMacResponse\")\x90\x02\x02\x82\xd3\xe4\x93\x02 \"\x1b/v1/keys/{key_id}:verifyMac:\x01*\x12o\n\rWatchExpiring\x12 .keyturn.v1.WatchExpiringRequest\x1a\x17.keyturn.v1.ExpiryEvent\"!\x90\x02\x01\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/keys:watchExpiring0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,6 +49,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_KEYSERVICE'].methods_by_name['RemoveKey']._serialized_options = b'\202\323\344\223\002\023*\021/v1/keys/{key_id}'
   _globals['_KEYSERVICE'].methods_by_name['RestoreKey']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['RestoreKey']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/keys/{key_id}:restore:\001*'
+  _globals['_KEYSERVICE'].methods_by_name['DisableKeyVersion']._loaded_options = None
+  _globals['_KEYSERVICE'].methods_by_name['DisableKeyVersion']._serialized_options = b'\220\002\002\202\323\344\223\0021\",/v1/keys/{key_id}/versions/{version}:disable:\001*'
+  _globals['_KEYSERVICE'].methods_by_name['EnableKeyVersion']._loaded_options = None
+  _globals['_KEYSERVICE'].methods_by_name['EnableKeyVersion']._serialized_options = b'\220\002\002\202\323\344\223\0020\"+/v1/keys/{key_id}/versions/{version}:enable:\001*'
   _globals['_KEYSERVICE'].methods_by_name['GetKeyStatistics']._loaded_options = None
   _globals['_KEYSERVICE'].methods_by_name['GetKeyStatistics']._serialized_options = b'\220\002\001\202\323\344\223\002\025\022\023/v1/keys:statistics'
   _globals['_KEYSERVICE'].methods_by_name['ExportKey']._loaded_options = None
@@ -87,42 +91,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REMOVEKEYREQUEST']._serialized_end=794
   _globals['_RESTOREKEYREQUEST']._serialized_start=796
   _globals['_RESTOREKEYREQUEST']._serialized_end=864
-  _globals['_GETKEYSTATISTICSREQUEST']._serialized_start=866
-  _globals['_GETKEYSTATISTICSREQUEST']._serialized_end=891
-  _globals['_GETKEYSTATISTICSRESPONSE']._serialized_start=893
-  _globals['_GETKEYSTATISTICSRESPONSE']._serialized_end=966
-  _globals['_EXPORTKEYREQUEST']._serialized_start=968
-  _globals['_EXPORTKEYREQUEST']._serialized_end=1052
-  _globals['_EXPORTKEYRESPONSE']._serialized_start=1054
-  _globals['_EXPORTKEYRESPONSE']._serialized_end=1131
-  _globals['_ENCRYPTREQUEST']._serialized_start=1133
-  _globals['_ENCRYPTREQUEST']._serialized_end=1209
-  _globals['_ENCRYPTRESPONSE']._serialized_start=1211
-  _globals['_ENCRYPTRESPONSE']._serialized_end=1269
-  _globals['_DECRYPTREQUEST']._serialized_start=1271
-  _globals['_DECRYPTREQUEST']._serialized_end=1348
-  _globals['_DECRYPTRESPONSE']._serialized_start=1350
-  _globals['_DECRYPTRESPONSE']._serialized_end=1429
-  _globals['_SIGNREQUEST']._serialized_start=1431
-  _globals['_SIGNREQUEST']._serialized_end=1474
-  _globals['_SIGNRESPONSE']._serialized_start=1476
-  _globals['_SIGNRESPONSE']._serialized_end=1572
-  _globals['_VERIFYREQUEST']._serialized_start=1574
-  _globals['_VERIFYREQUEST']._serialized_end=1638
-  _globals['_VERIFYRESPONSE']._serialized_start=1640
-  _globals['_VERIFYRESPONSE']._serialized_end=1692
-  _globals['_GETPUBLICKEYREQUEST']._serialized_start=1694
-  _globals['_GETPUBLICKEYREQUEST']._serialized_end=1748
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=1750
-  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=1825
-  _globals['_COMPUTEMACREQUEST']._serialized_start=1827
-  _globals['_COMPUTEMACREQUEST']._serialized_end=1876
-  _globals['_COMPUTEMACRESPONSE']._serialized_start=1878
-  _globals['_COMPUTEMACRESPONSE']._serialized_end=1932
-  _globals['_VERIFYMACREQUEST']._serialized_start=1934
-  _globals['_VERIFYMACREQUEST']._serialized_end=1995
-  _globals['_VERIFYMACRESPONSE']._serialized_start=1997
-  _globals['_VERIFYMACRESPONSE']._serialized_end=2052
-  _globals['_KEYSERVICE']._serialized_start=2055
-  _globals['_KEYSERVICE']._serialized_end=3763
+  _globals['_DISABLEKEYVERSIONREQUEST']._serialized_start=866
+  _globals['_DISABLEKEYVERSIONREQUEST']._serialized_end=958
+  _globals['_ENABLEKEYVERSIONREQUEST']._serialized_start=960
+  _globals['_ENABLEKEYVERSIONREQUEST']._serialized_end=1051
+  _globals['_GETKEYSTATISTICSREQUEST']._serialized_start=1053
+  _globals['_GETKEYSTATISTICSREQUEST']._serialized_end=1078
+  _globals['_GETKEYSTATISTICSRESPONSE']._serialized_start=1080
+  _globals['_GETKEYSTATISTICSRESPONSE']._serialized_end=1153
+  _globals['_EXPORTKEYREQUEST']._serialized_start=1155
+  _globals['_EXPORTKEYREQUEST']._serialized_end=1239
+  _globals['_EXPORTKEYRESPONSE']._serialized_start=1241
+  _globals['_EXPORTKEYRESPONSE']._serialized_end=1318
+  _globals['_ENCRYPTREQUEST']._serialized_start=1320
+  _globals['_ENCRYPTREQUEST']._serialized_end=1396
+  _globals['_ENCRYPTRESPONSE']._serialized_start=1398
+  _globals['_ENCRYPTRESPONSE']._serialized_end=1456
+  _globals['_DECRYPTREQUEST']._serialized_start=1458
+  _globals['_DECRYPTREQUEST']._serialized_end=1535
+  _globals['_DECRYPTRESPONSE']._serialized_start=1537
+  _globals['_DECRYPTRESPONSE']._serialized_end=1616
+  _globals['_SIGNREQUEST']._serialized_start=1618
+  _globals['_SIGNREQUEST']._serialized_end=1661
+  _globals['_SIGNRESPONSE']._serialized_start=1663
+  _globals['_SIGNRESPONSE']._serialized_end=1759
+  _globals['_VERIFYREQUEST']._serialized_start=1761
+  _globals['_VERIFYREQUEST']._serialized_end=1825
+  _globals['_VERIFYRESPONSE']._serialized_start=1827
+  _globals['_VERIFYRESPONSE']._serialized_end=1879
+  _globals['_GETPUBLICKEYREQUEST']._serialized_start=1881
+  _globals['_GETPUBLICKEYREQUEST']._serialized_end=1935
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_start=1937
+  _globals['_GETPUBLICKEYRESPONSE']._serialized_end=2012
+  _globals['_COMPUTEMACREQUEST']._serialized_start=2014
+  _globals['_COMPUTEMACREQUEST']._serialized_end=2063
+  _globals['_COMPUTEMACRESPONSE']._serialized_start=2065
+  _globals['_COMPUTEMACRESPONSE']._serialized_end=2119
+  _globals['_VERIFYMACREQUEST']._serialized_start=2121
+  _globals['_VERIFYMACREQUEST']._serialized_end=2182
+  _globals['_VERIFYMACRESPONSE']._serialized_start=2184
+  _globals['_VERIFYMACRESPONSE']._serialized_end=2239
+  _globals['_KEYSERVICE']._serialized_start=2242
+  _globals['_KEYSERVICE']._serialized_end=4221
 # @@protoc_insertion_point(module_scope)

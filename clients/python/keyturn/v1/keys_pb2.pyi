@@ -259,6 +259,64 @@ class RestoreKeyRequest(_message.Message):
 Global___RestoreKeyRequest: _TypeAlias = RestoreKeyRequest  # noqa: Y015
 
 @_typing.final
+class DisableKeyVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    version: _builtins.int
+    """The version to disable; not the primary."""
+    user_id: _builtins.str
+    reason: _builtins.str
+    """Up to 512 characters, recorded in the audit log and the event."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "reason", b"reason", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DisableKeyVersionRequest: _TypeAlias = DisableKeyVersionRequest  # noqa: Y015
+
+@_typing.final
+class EnableKeyVersionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    version: _builtins.int
+    user_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "reason", b"reason", "user_id", b"user_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnableKeyVersionRequest: _TypeAlias = EnableKeyVersionRequest  # noqa: Y015
+
+@_typing.final
 class GetKeyStatisticsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

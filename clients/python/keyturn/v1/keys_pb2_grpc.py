@@ -33,7 +33,8 @@ class KeyServiceStub:
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     def __init__(self, channel):
@@ -70,6 +71,16 @@ class KeyServiceStub:
         self.RestoreKey = channel.unary_unary(
                 '/keyturn.v1.KeyService/RestoreKey',
                 request_serializer=keyturn_dot_v1_dot_keys__pb2.RestoreKeyRequest.SerializeToString,
+                response_deserializer=keyturn_dot_v1_dot_resources__pb2.Key.FromString,
+                _registered_method=True)
+        self.DisableKeyVersion = channel.unary_unary(
+                '/keyturn.v1.KeyService/DisableKeyVersion',
+                request_serializer=keyturn_dot_v1_dot_keys__pb2.DisableKeyVersionRequest.SerializeToString,
+                response_deserializer=keyturn_dot_v1_dot_resources__pb2.Key.FromString,
+                _registered_method=True)
+        self.EnableKeyVersion = channel.unary_unary(
+                '/keyturn.v1.KeyService/EnableKeyVersion',
+                request_serializer=keyturn_dot_v1_dot_keys__pb2.EnableKeyVersionRequest.SerializeToString,
                 response_deserializer=keyturn_dot_v1_dot_resources__pb2.Key.FromString,
                 _registered_method=True)
         self.GetKeyStatistics = channel.unary_unary(
@@ -130,7 +141,8 @@ class KeyServiceServicer:
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     def GenerateKey(self, request, context):
@@ -169,6 +181,24 @@ class KeyServiceServicer:
 
     def RestoreKey(self, request, context):
         """Cancels a scheduled destruction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableKeyVersion(self, request, context):
+        """Turns off one non-primary version (a suspected compromise): its material is
+        kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+        refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+        primary cannot be disabled: rotate first. Disabling a disabled version changes
+        nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableKeyVersion(self, request, context):
+        """Restores a disabled version to use, unless it reached its max lifetime meanwhile.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -273,6 +303,16 @@ def add_KeyServiceServicer_to_server(servicer, server):
                     request_deserializer=keyturn_dot_v1_dot_keys__pb2.RestoreKeyRequest.FromString,
                     response_serializer=keyturn_dot_v1_dot_resources__pb2.Key.SerializeToString,
             ),
+            'DisableKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableKeyVersion,
+                    request_deserializer=keyturn_dot_v1_dot_keys__pb2.DisableKeyVersionRequest.FromString,
+                    response_serializer=keyturn_dot_v1_dot_resources__pb2.Key.SerializeToString,
+            ),
+            'EnableKeyVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableKeyVersion,
+                    request_deserializer=keyturn_dot_v1_dot_keys__pb2.EnableKeyVersionRequest.FromString,
+                    response_serializer=keyturn_dot_v1_dot_resources__pb2.Key.SerializeToString,
+            ),
             'GetKeyStatistics': grpc.unary_unary_rpc_method_handler(
                     servicer.GetKeyStatistics,
                     request_deserializer=keyturn_dot_v1_dot_keys__pb2.GetKeyStatisticsRequest.FromString,
@@ -337,7 +377,8 @@ class KeyService:
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     @staticmethod
@@ -491,6 +532,60 @@ class KeyService:
             target,
             '/keyturn.v1.KeyService/RestoreKey',
             keyturn_dot_v1_dot_keys__pb2.RestoreKeyRequest.SerializeToString,
+            keyturn_dot_v1_dot_resources__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.v1.KeyService/DisableKeyVersion',
+            keyturn_dot_v1_dot_keys__pb2.DisableKeyVersionRequest.SerializeToString,
+            keyturn_dot_v1_dot_resources__pb2.Key.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableKeyVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyturn.v1.KeyService/EnableKeyVersion',
+            keyturn_dot_v1_dot_keys__pb2.EnableKeyVersionRequest.SerializeToString,
             keyturn_dot_v1_dot_resources__pb2.Key.FromString,
             options,
             channel_credentials,

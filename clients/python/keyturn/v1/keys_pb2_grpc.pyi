@@ -34,7 +34,8 @@ class KeyServiceStub:
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     @_typing.overload
@@ -53,6 +54,15 @@ class KeyServiceStub:
     """Schedules destruction after the waiting period; the key is unusable meanwhile."""
     RestoreKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.RestoreKeyRequest, _resources_pb2.Key]
     """Cancels a scheduled destruction."""
+    DisableKeyVersion: _grpc.UnaryUnaryMultiCallable[_keys_pb2.DisableKeyVersionRequest, _resources_pb2.Key]
+    """Turns off one non-primary version (a suspected compromise): its material is
+    kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+    refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+    primary cannot be disabled: rotate first. Disabling a disabled version changes
+    nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+    """
+    EnableKeyVersion: _grpc.UnaryUnaryMultiCallable[_keys_pb2.EnableKeyVersionRequest, _resources_pb2.Key]
+    """Restores a disabled version to use, unless it reached its max lifetime meanwhile."""
     GetKeyStatistics: _grpc.UnaryUnaryMultiCallable[_keys_pb2.GetKeyStatisticsRequest, _keys_pb2.GetKeyStatisticsResponse]
     ExportKey: _grpc.UnaryUnaryMultiCallable[_keys_pb2.ExportKeyRequest, _keys_pb2.ExportKeyResponse]
     """Returns the material of an exportable key version (session, api). Audited."""
@@ -77,7 +87,8 @@ class KeyServiceAsyncStub(KeyServiceStub):
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -93,6 +104,15 @@ class KeyServiceAsyncStub(KeyServiceStub):
     """Schedules destruction after the waiting period; the key is unusable meanwhile."""
     RestoreKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.RestoreKeyRequest, _resources_pb2.Key]  # type: ignore[assignment]
     """Cancels a scheduled destruction."""
+    DisableKeyVersion: _aio.UnaryUnaryMultiCallable[_keys_pb2.DisableKeyVersionRequest, _resources_pb2.Key]  # type: ignore[assignment]
+    """Turns off one non-primary version (a suspected compromise): its material is
+    kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+    refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+    primary cannot be disabled: rotate first. Disabling a disabled version changes
+    nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+    """
+    EnableKeyVersion: _aio.UnaryUnaryMultiCallable[_keys_pb2.EnableKeyVersionRequest, _resources_pb2.Key]  # type: ignore[assignment]
+    """Restores a disabled version to use, unless it reached its max lifetime meanwhile."""
     GetKeyStatistics: _aio.UnaryUnaryMultiCallable[_keys_pb2.GetKeyStatisticsRequest, _keys_pb2.GetKeyStatisticsResponse]  # type: ignore[assignment]
     ExportKey: _aio.UnaryUnaryMultiCallable[_keys_pb2.ExportKeyRequest, _keys_pb2.ExportKeyResponse]  # type: ignore[assignment]
     """Returns the material of an exportable key version (session, api). Audited."""
@@ -116,7 +136,8 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
 
     idempotency_level drives client retries (clients/README.md): reads are
     NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-    counted once more); everything else is retried only by the caller.
+    counted once more), and so are disabling and enabling a version (a repeat finds
+    it done and changes nothing); everything else is retried only by the caller.
     """
 
     @_abc_1.abstractmethod
@@ -166,6 +187,27 @@ class KeyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Key, _abc.Awaitable[_resources_pb2.Key]]:
         """Cancels a scheduled destruction."""
+
+    @_abc_1.abstractmethod
+    def DisableKeyVersion(
+        self,
+        request: _keys_pb2.DisableKeyVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Key, _abc.Awaitable[_resources_pb2.Key]]:
+        """Turns off one non-primary version (a suspected compromise): its material is
+        kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+        refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+        primary cannot be disabled: rotate first. Disabling a disabled version changes
+        nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+        """
+
+    @_abc_1.abstractmethod
+    def EnableKeyVersion(
+        self,
+        request: _keys_pb2.EnableKeyVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Key, _abc.Awaitable[_resources_pb2.Key]]:
+        """Restores a disabled version to use, unless it reached its max lifetime meanwhile."""
 
     @_abc_1.abstractmethod
     def GetKeyStatistics(

@@ -73,6 +73,12 @@ class _KeyVersionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyVe
     """Reached its max lifetime; material destroyed."""
     KEY_VERSION_STATE_DESTROYED: _KeyVersionState.ValueType  # 3
     """Destroyed with its key after RemoveKey's waiting period."""
+    KEY_VERSION_STATE_DISABLED: _KeyVersionState.ValueType  # 4
+    """Turned off by DisableKeyVersion (a suspected compromise): material kept, but
+    every use of it (decrypt, verify, MAC check, export, public key) is refused with
+    FAILED_PRECONDITION VERSION_DISABLED until EnableKeyVersion. Still expires at
+    its max lifetime.
+    """
 
 class KeyVersionState(_KeyVersionState, metaclass=_KeyVersionStateEnumTypeWrapper):
     """State of one key version."""
@@ -84,6 +90,12 @@ KEY_VERSION_STATE_EXPIRED: KeyVersionState.ValueType  # 2
 """Reached its max lifetime; material destroyed."""
 KEY_VERSION_STATE_DESTROYED: KeyVersionState.ValueType  # 3
 """Destroyed with its key after RemoveKey's waiting period."""
+KEY_VERSION_STATE_DISABLED: KeyVersionState.ValueType  # 4
+"""Turned off by DisableKeyVersion (a suspected compromise): material kept, but
+every use of it (decrypt, verify, MAC check, export, public key) is refused with
+FAILED_PRECONDITION VERSION_DISABLED until EnableKeyVersion. Still expires at
+its max lifetime.
+"""
 Global___KeyVersionState: _TypeAlias = KeyVersionState  # noqa: Y015
 
 class _HandleStatus:

@@ -30,7 +30,8 @@ NEXT: dict[DeadlineKind, str] = {
     "ORDER BY next_rotation_time LIMIT 1",
     K.KEY_EXPIRE: "SELECT expire_time AS t FROM keys WHERE state = 'ACTIVE' "
     "ORDER BY expire_time LIMIT 1",
-    K.VERSION_EXPIRE: "SELECT expire_time AS t FROM key_versions WHERE state = 'ENABLED' "
+    K.VERSION_EXPIRE: "SELECT expire_time AS t FROM key_versions "
+    "WHERE state IN ('ENABLED', 'DISABLED') "
     "ORDER BY expire_time LIMIT 1",
     K.KEY_DESTROY: "SELECT destroy_time AS t FROM keys WHERE state = 'REMOVED' "
     "ORDER BY destroy_time LIMIT 1",
@@ -54,7 +55,7 @@ DUE: dict[DeadlineKind, str] = {
     K.KEY_EXPIRE: "SELECT id, expire_time AS t FROM keys WHERE state = 'ACTIVE' "
     "AND expire_time <= ? ORDER BY expire_time LIMIT ?",
     K.VERSION_EXPIRE: "SELECT key_id AS id, version AS number, expire_time AS t "
-    "FROM key_versions WHERE state = 'ENABLED' AND expire_time <= ? "
+    "FROM key_versions WHERE state IN ('ENABLED', 'DISABLED') AND expire_time <= ? "
     "ORDER BY expire_time LIMIT ?",
     K.KEY_DESTROY: "SELECT id, destroy_time AS t FROM keys WHERE state = 'REMOVED' "
     "AND destroy_time <= ? ORDER BY destroy_time LIMIT ?",

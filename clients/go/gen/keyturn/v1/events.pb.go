@@ -52,6 +52,10 @@ const (
 	EventKind_EVENT_KIND_DESTROYED EventKind = 11
 	// A key or handle was created.
 	EventKind_EVENT_KIND_CREATED EventKind = 12
+	// A key version was disabled (DisableKeyVersion); key_version names it.
+	EventKind_EVENT_KIND_VERSION_DISABLED EventKind = 13
+	// A disabled key version was enabled again (EnableKeyVersion); key_version names it.
+	EventKind_EVENT_KIND_VERSION_ENABLED EventKind = 14
 )
 
 // Enum value maps for EventKind.
@@ -70,6 +74,8 @@ var (
 		10: "EVENT_KIND_RESTORED",
 		11: "EVENT_KIND_DESTROYED",
 		12: "EVENT_KIND_CREATED",
+		13: "EVENT_KIND_VERSION_DISABLED",
+		14: "EVENT_KIND_VERSION_ENABLED",
 	}
 	EventKind_value = map[string]int32{
 		"EVENT_KIND_UNSPECIFIED":       0,
@@ -85,6 +91,8 @@ var (
 		"EVENT_KIND_RESTORED":          10,
 		"EVENT_KIND_DESTROYED":         11,
 		"EVENT_KIND_CREATED":           12,
+		"EVENT_KIND_VERSION_DISABLED":  13,
+		"EVENT_KIND_VERSION_ENABLED":   14,
 	}
 )
 
@@ -423,7 +431,7 @@ const file_keyturn_v1_events_proto_rawDesc = "" +
 	"\x05kinds\x18\x04 \x03(\x0e2\x15.keyturn.v1.EventKindR\x05kinds\x12&\n" +
 	"\fresume_after\x18\x05 \x01(\x03H\x00R\vresumeAfter\x88\x01\x01\x12%\n" +
 	"\x0edeliver_tokens\x18\x06 \x01(\bR\rdeliverTokensB\x0f\n" +
-	"\r_resume_after*\xd9\x02\n" +
+	"\r_resume_after*\x9a\x03\n" +
 	"\tEventKind\x12\x1a\n" +
 	"\x16EVENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13EVENT_KIND_EXPIRING\x10\x01\x12\x16\n" +
@@ -438,7 +446,9 @@ const file_keyturn_v1_events_proto_rawDesc = "" +
 	"\x13EVENT_KIND_RESTORED\x10\n" +
 	"\x12\x18\n" +
 	"\x14EVENT_KIND_DESTROYED\x10\v\x12\x16\n" +
-	"\x12EVENT_KIND_CREATED\x10\fB\xa6\x01\n" +
+	"\x12EVENT_KIND_CREATED\x10\f\x12\x1f\n" +
+	"\x1bEVENT_KIND_VERSION_DISABLED\x10\r\x12\x1e\n" +
+	"\x1aEVENT_KIND_VERSION_ENABLED\x10\x0eB\xa6\x01\n" +
 	"\x0ecom.keyturn.v1B\vEventsProtoP\x01Z>github.com/keyturn/keyturn/clients/go/gen/keyturn/v1;keyturnv1\xa2\x02\x03KXX\xaa\x02\n" +
 	"Keyturn.V1\xca\x02\n" +
 	"Keyturn\\V1\xe2\x02\x16Keyturn\\V1\\GPBMetadata\xea\x02\vKeyturn::V1b\x06proto3"

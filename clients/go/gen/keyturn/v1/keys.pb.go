@@ -515,6 +515,144 @@ func (x *RestoreKeyRequest) GetReason() string {
 	return ""
 }
 
+type DisableKeyVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The version to disable; not the primary.
+	Version uint32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	UserId  string `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	// Up to 512 characters, recorded in the audit log and the event.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DisableKeyVersionRequest) Reset() {
+	*x = DisableKeyVersionRequest{}
+	mi := &file_keyturn_v1_keys_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisableKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisableKeyVersionRequest) ProtoMessage() {}
+
+func (x *DisableKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyturn_v1_keys_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisableKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*DisableKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *DisableKeyVersionRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *DisableKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *DisableKeyVersionRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *DisableKeyVersionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type EnableKeyVersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyId         string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	Version       uint32                 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	UserId        string                 `protobuf:"bytes,3,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnableKeyVersionRequest) Reset() {
+	*x = EnableKeyVersionRequest{}
+	mi := &file_keyturn_v1_keys_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnableKeyVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnableKeyVersionRequest) ProtoMessage() {}
+
+func (x *EnableKeyVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_keyturn_v1_keys_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnableKeyVersionRequest.ProtoReflect.Descriptor instead.
+func (*EnableKeyVersionRequest) Descriptor() ([]byte, []int) {
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *EnableKeyVersionRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *EnableKeyVersionRequest) GetVersion() uint32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *EnableKeyVersionRequest) GetUserId() string {
+	if x != nil {
+		return x.UserId
+	}
+	return ""
+}
+
+func (x *EnableKeyVersionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type GetKeyStatisticsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -523,7 +661,7 @@ type GetKeyStatisticsRequest struct {
 
 func (x *GetKeyStatisticsRequest) Reset() {
 	*x = GetKeyStatisticsRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[8]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -535,7 +673,7 @@ func (x *GetKeyStatisticsRequest) String() string {
 func (*GetKeyStatisticsRequest) ProtoMessage() {}
 
 func (x *GetKeyStatisticsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[8]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -548,7 +686,7 @@ func (x *GetKeyStatisticsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyStatisticsRequest.ProtoReflect.Descriptor instead.
 func (*GetKeyStatisticsRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{8}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{10}
 }
 
 type GetKeyStatisticsResponse struct {
@@ -560,7 +698,7 @@ type GetKeyStatisticsResponse struct {
 
 func (x *GetKeyStatisticsResponse) Reset() {
 	*x = GetKeyStatisticsResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[9]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +710,7 @@ func (x *GetKeyStatisticsResponse) String() string {
 func (*GetKeyStatisticsResponse) ProtoMessage() {}
 
 func (x *GetKeyStatisticsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[9]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +723,7 @@ func (x *GetKeyStatisticsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetKeyStatisticsResponse.ProtoReflect.Descriptor instead.
 func (*GetKeyStatisticsResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{9}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetKeyStatisticsResponse) GetStatistics() *KeyStatistics {
@@ -608,7 +746,7 @@ type ExportKeyRequest struct {
 
 func (x *ExportKeyRequest) Reset() {
 	*x = ExportKeyRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[10]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +758,7 @@ func (x *ExportKeyRequest) String() string {
 func (*ExportKeyRequest) ProtoMessage() {}
 
 func (x *ExportKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[10]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +771,7 @@ func (x *ExportKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportKeyRequest.ProtoReflect.Descriptor instead.
 func (*ExportKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{10}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ExportKeyRequest) GetKeyId() string {
@@ -675,7 +813,7 @@ type ExportKeyResponse struct {
 
 func (x *ExportKeyResponse) Reset() {
 	*x = ExportKeyResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[11]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +825,7 @@ func (x *ExportKeyResponse) String() string {
 func (*ExportKeyResponse) ProtoMessage() {}
 
 func (x *ExportKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[11]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +838,7 @@ func (x *ExportKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportKeyResponse.ProtoReflect.Descriptor instead.
 func (*ExportKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{11}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExportKeyResponse) GetMaterial() []byte {
@@ -737,7 +875,7 @@ type EncryptRequest struct {
 
 func (x *EncryptRequest) Reset() {
 	*x = EncryptRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[12]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -749,7 +887,7 @@ func (x *EncryptRequest) String() string {
 func (*EncryptRequest) ProtoMessage() {}
 
 func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[12]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -762,7 +900,7 @@ func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptRequest.ProtoReflect.Descriptor instead.
 func (*EncryptRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{12}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *EncryptRequest) GetKeyId() string {
@@ -797,7 +935,7 @@ type EncryptResponse struct {
 
 func (x *EncryptResponse) Reset() {
 	*x = EncryptResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[13]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -809,7 +947,7 @@ func (x *EncryptResponse) String() string {
 func (*EncryptResponse) ProtoMessage() {}
 
 func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[13]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -822,7 +960,7 @@ func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptResponse.ProtoReflect.Descriptor instead.
 func (*EncryptResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{13}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *EncryptResponse) GetCiphertext() []byte {
@@ -850,7 +988,7 @@ type DecryptRequest struct {
 
 func (x *DecryptRequest) Reset() {
 	*x = DecryptRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[14]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +1000,7 @@ func (x *DecryptRequest) String() string {
 func (*DecryptRequest) ProtoMessage() {}
 
 func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[14]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1013,7 @@ func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptRequest.ProtoReflect.Descriptor instead.
 func (*DecryptRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{14}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DecryptRequest) GetKeyId() string {
@@ -911,7 +1049,7 @@ type DecryptResponse struct {
 
 func (x *DecryptResponse) Reset() {
 	*x = DecryptResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[15]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1061,7 @@ func (x *DecryptResponse) String() string {
 func (*DecryptResponse) ProtoMessage() {}
 
 func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[15]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1074,7 @@ func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptResponse.ProtoReflect.Descriptor instead.
 func (*DecryptResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{15}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DecryptResponse) GetPlaintext() []byte {
@@ -971,7 +1109,7 @@ type SignRequest struct {
 
 func (x *SignRequest) Reset() {
 	*x = SignRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[16]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1121,7 @@ func (x *SignRequest) String() string {
 func (*SignRequest) ProtoMessage() {}
 
 func (x *SignRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[16]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1134,7 @@ func (x *SignRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignRequest.ProtoReflect.Descriptor instead.
 func (*SignRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{16}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignRequest) GetKeyId() string {
@@ -1028,7 +1166,7 @@ type SignResponse struct {
 
 func (x *SignResponse) Reset() {
 	*x = SignResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[17]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1040,7 +1178,7 @@ func (x *SignResponse) String() string {
 func (*SignResponse) ProtoMessage() {}
 
 func (x *SignResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[17]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1053,7 +1191,7 @@ func (x *SignResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignResponse.ProtoReflect.Descriptor instead.
 func (*SignResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{17}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignResponse) GetSignature() []byte {
@@ -1096,7 +1234,7 @@ type VerifyRequest struct {
 
 func (x *VerifyRequest) Reset() {
 	*x = VerifyRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[18]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1246,7 @@ func (x *VerifyRequest) String() string {
 func (*VerifyRequest) ProtoMessage() {}
 
 func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[18]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1259,7 @@ func (x *VerifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyRequest.ProtoReflect.Descriptor instead.
 func (*VerifyRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{18}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *VerifyRequest) GetKeyId() string {
@@ -1155,7 +1293,7 @@ type VerifyResponse struct {
 
 func (x *VerifyResponse) Reset() {
 	*x = VerifyResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[19]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1167,7 +1305,7 @@ func (x *VerifyResponse) String() string {
 func (*VerifyResponse) ProtoMessage() {}
 
 func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[19]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1180,7 +1318,7 @@ func (x *VerifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyResponse.ProtoReflect.Descriptor instead.
 func (*VerifyResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{19}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *VerifyResponse) GetValid() bool {
@@ -1208,7 +1346,7 @@ type GetPublicKeyRequest struct {
 
 func (x *GetPublicKeyRequest) Reset() {
 	*x = GetPublicKeyRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[20]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1358,7 @@ func (x *GetPublicKeyRequest) String() string {
 func (*GetPublicKeyRequest) ProtoMessage() {}
 
 func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[20]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1371,7 @@ func (x *GetPublicKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyRequest.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{20}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetPublicKeyRequest) GetKeyId() string {
@@ -1263,7 +1401,7 @@ type GetPublicKeyResponse struct {
 
 func (x *GetPublicKeyResponse) Reset() {
 	*x = GetPublicKeyResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[21]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1275,7 +1413,7 @@ func (x *GetPublicKeyResponse) String() string {
 func (*GetPublicKeyResponse) ProtoMessage() {}
 
 func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[21]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1288,7 +1426,7 @@ func (x *GetPublicKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPublicKeyResponse.ProtoReflect.Descriptor instead.
 func (*GetPublicKeyResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{21}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetPublicKeyResponse) GetPem() string {
@@ -1322,7 +1460,7 @@ type ComputeMacRequest struct {
 
 func (x *ComputeMacRequest) Reset() {
 	*x = ComputeMacRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[22]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1334,7 +1472,7 @@ func (x *ComputeMacRequest) String() string {
 func (*ComputeMacRequest) ProtoMessage() {}
 
 func (x *ComputeMacRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[22]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1347,7 +1485,7 @@ func (x *ComputeMacRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeMacRequest.ProtoReflect.Descriptor instead.
 func (*ComputeMacRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{22}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ComputeMacRequest) GetKeyId() string {
@@ -1375,7 +1513,7 @@ type ComputeMacResponse struct {
 
 func (x *ComputeMacResponse) Reset() {
 	*x = ComputeMacResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[23]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1525,7 @@ func (x *ComputeMacResponse) String() string {
 func (*ComputeMacResponse) ProtoMessage() {}
 
 func (x *ComputeMacResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[23]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1538,7 @@ func (x *ComputeMacResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ComputeMacResponse.ProtoReflect.Descriptor instead.
 func (*ComputeMacResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{23}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ComputeMacResponse) GetMac() []byte {
@@ -1428,7 +1566,7 @@ type VerifyMacRequest struct {
 
 func (x *VerifyMacRequest) Reset() {
 	*x = VerifyMacRequest{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[24]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1578,7 @@ func (x *VerifyMacRequest) String() string {
 func (*VerifyMacRequest) ProtoMessage() {}
 
 func (x *VerifyMacRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[24]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1591,7 @@ func (x *VerifyMacRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyMacRequest.ProtoReflect.Descriptor instead.
 func (*VerifyMacRequest) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{24}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VerifyMacRequest) GetKeyId() string {
@@ -1487,7 +1625,7 @@ type VerifyMacResponse struct {
 
 func (x *VerifyMacResponse) Reset() {
 	*x = VerifyMacResponse{}
-	mi := &file_keyturn_v1_keys_proto_msgTypes[25]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1499,7 +1637,7 @@ func (x *VerifyMacResponse) String() string {
 func (*VerifyMacResponse) ProtoMessage() {}
 
 func (x *VerifyMacResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_keyturn_v1_keys_proto_msgTypes[25]
+	mi := &file_keyturn_v1_keys_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1512,7 +1650,7 @@ func (x *VerifyMacResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyMacResponse.ProtoReflect.Descriptor instead.
 func (*VerifyMacResponse) Descriptor() ([]byte, []int) {
-	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{25}
+	return file_keyturn_v1_keys_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VerifyMacResponse) GetValid() bool {
@@ -1571,7 +1709,17 @@ const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\x11RestoreKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x19\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"|\n" +
+	"\x18DisableKeyVersionRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"{\n" +
+	"\x17EnableKeyVersionRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\rR\aversion\x12\x17\n" +
+	"\auser_id\x18\x03 \x01(\tR\x06userId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x19\n" +
 	"\x17GetKeyStatisticsRequest\"U\n" +
 	"\x18GetKeyStatisticsResponse\x129\n" +
 	"\n" +
@@ -1647,7 +1795,7 @@ const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\x11VerifyMacResponse\x12\x14\n" +
 	"\x05valid\x18\x01 \x01(\bR\x05valid\x12\x1f\n" +
 	"\vkey_version\x18\x02 \x01(\rR\n" +
-	"keyVersion2\xac\r\n" +
+	"keyVersion2\xbb\x0f\n" +
 	"\n" +
 	"KeyService\x12c\n" +
 	"\vGenerateKey\x12\x1e.keyturn.v1.GenerateKeyRequest\x1a\x1f.keyturn.v1.GenerateKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r:\x01*\"\b/v1/keys\x12R\n" +
@@ -1657,7 +1805,9 @@ const file_keyturn_v1_keys_proto_rawDesc = "" +
 	"\tRotateKey\x12\x1c.keyturn.v1.RotateKeyRequest\x1a\x0f.keyturn.v1.Key\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/keys/{key_id}:rotate\x12U\n" +
 	"\tRemoveKey\x12\x1c.keyturn.v1.RemoveKeyRequest\x1a\x0f.keyturn.v1.Key\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/keys/{key_id}\x12b\n" +
 	"\n" +
-	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:restore\x12}\n" +
+	"RestoreKey\x12\x1d.keyturn.v1.RestoreKeyRequest\x1a\x0f.keyturn.v1.Key\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:restore\x12\x86\x01\n" +
+	"\x11DisableKeyVersion\x12$.keyturn.v1.DisableKeyVersionRequest\x1a\x0f.keyturn.v1.Key\":\x82\xd3\xe4\x93\x021:\x01*\",/v1/keys/{key_id}/versions/{version}:disable\x90\x02\x02\x12\x83\x01\n" +
+	"\x10EnableKeyVersion\x12#.keyturn.v1.EnableKeyVersionRequest\x1a\x0f.keyturn.v1.Key\"9\x82\xd3\xe4\x93\x020:\x01*\"+/v1/keys/{key_id}/versions/{version}:enable\x90\x02\x02\x12}\n" +
 	"\x10GetKeyStatistics\x12#.keyturn.v1.GetKeyStatisticsRequest\x1a$.keyturn.v1.GetKeyStatisticsResponse\"\x1e\x82\xd3\xe4\x93\x02\x15\x12\x13/v1/keys:statistics\x90\x02\x01\x12p\n" +
 	"\tExportKey\x12\x1c.keyturn.v1.ExportKeyRequest\x1a\x1d.keyturn.v1.ExportKeyResponse\"&\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/keys/{key_id}:export\x90\x02\x02\x12k\n" +
 	"\aEncrypt\x12\x1a.keyturn.v1.EncryptRequest\x1a\x1b.keyturn.v1.EncryptResponse\"'\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/keys/{key_id}:encrypt\x90\x02\x02\x12k\n" +
@@ -1685,7 +1835,7 @@ func file_keyturn_v1_keys_proto_rawDescGZIP() []byte {
 	return file_keyturn_v1_keys_proto_rawDescData
 }
 
-var file_keyturn_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_keyturn_v1_keys_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_keyturn_v1_keys_proto_goTypes = []any{
 	(*GenerateKeyRequest)(nil),       // 0: keyturn.v1.GenerateKeyRequest
 	(*GenerateKeyResponse)(nil),      // 1: keyturn.v1.GenerateKeyResponse
@@ -1695,71 +1845,77 @@ var file_keyturn_v1_keys_proto_goTypes = []any{
 	(*RotateKeyRequest)(nil),         // 5: keyturn.v1.RotateKeyRequest
 	(*RemoveKeyRequest)(nil),         // 6: keyturn.v1.RemoveKeyRequest
 	(*RestoreKeyRequest)(nil),        // 7: keyturn.v1.RestoreKeyRequest
-	(*GetKeyStatisticsRequest)(nil),  // 8: keyturn.v1.GetKeyStatisticsRequest
-	(*GetKeyStatisticsResponse)(nil), // 9: keyturn.v1.GetKeyStatisticsResponse
-	(*ExportKeyRequest)(nil),         // 10: keyturn.v1.ExportKeyRequest
-	(*ExportKeyResponse)(nil),        // 11: keyturn.v1.ExportKeyResponse
-	(*EncryptRequest)(nil),           // 12: keyturn.v1.EncryptRequest
-	(*EncryptResponse)(nil),          // 13: keyturn.v1.EncryptResponse
-	(*DecryptRequest)(nil),           // 14: keyturn.v1.DecryptRequest
-	(*DecryptResponse)(nil),          // 15: keyturn.v1.DecryptResponse
-	(*SignRequest)(nil),              // 16: keyturn.v1.SignRequest
-	(*SignResponse)(nil),             // 17: keyturn.v1.SignResponse
-	(*VerifyRequest)(nil),            // 18: keyturn.v1.VerifyRequest
-	(*VerifyResponse)(nil),           // 19: keyturn.v1.VerifyResponse
-	(*GetPublicKeyRequest)(nil),      // 20: keyturn.v1.GetPublicKeyRequest
-	(*GetPublicKeyResponse)(nil),     // 21: keyturn.v1.GetPublicKeyResponse
-	(*ComputeMacRequest)(nil),        // 22: keyturn.v1.ComputeMacRequest
-	(*ComputeMacResponse)(nil),       // 23: keyturn.v1.ComputeMacResponse
-	(*VerifyMacRequest)(nil),         // 24: keyturn.v1.VerifyMacRequest
-	(*VerifyMacResponse)(nil),        // 25: keyturn.v1.VerifyMacResponse
-	nil,                              // 26: keyturn.v1.GenerateKeyRequest.MetadataEntry
-	(*Key)(nil),                      // 27: keyturn.v1.Key
-	(KeyStatus)(0),                   // 28: keyturn.v1.KeyStatus
-	(*KeyStatistics)(nil),            // 29: keyturn.v1.KeyStatistics
-	(*WatchExpiringRequest)(nil),     // 30: keyturn.v1.WatchExpiringRequest
-	(*ExpiryEvent)(nil),              // 31: keyturn.v1.ExpiryEvent
+	(*DisableKeyVersionRequest)(nil), // 8: keyturn.v1.DisableKeyVersionRequest
+	(*EnableKeyVersionRequest)(nil),  // 9: keyturn.v1.EnableKeyVersionRequest
+	(*GetKeyStatisticsRequest)(nil),  // 10: keyturn.v1.GetKeyStatisticsRequest
+	(*GetKeyStatisticsResponse)(nil), // 11: keyturn.v1.GetKeyStatisticsResponse
+	(*ExportKeyRequest)(nil),         // 12: keyturn.v1.ExportKeyRequest
+	(*ExportKeyResponse)(nil),        // 13: keyturn.v1.ExportKeyResponse
+	(*EncryptRequest)(nil),           // 14: keyturn.v1.EncryptRequest
+	(*EncryptResponse)(nil),          // 15: keyturn.v1.EncryptResponse
+	(*DecryptRequest)(nil),           // 16: keyturn.v1.DecryptRequest
+	(*DecryptResponse)(nil),          // 17: keyturn.v1.DecryptResponse
+	(*SignRequest)(nil),              // 18: keyturn.v1.SignRequest
+	(*SignResponse)(nil),             // 19: keyturn.v1.SignResponse
+	(*VerifyRequest)(nil),            // 20: keyturn.v1.VerifyRequest
+	(*VerifyResponse)(nil),           // 21: keyturn.v1.VerifyResponse
+	(*GetPublicKeyRequest)(nil),      // 22: keyturn.v1.GetPublicKeyRequest
+	(*GetPublicKeyResponse)(nil),     // 23: keyturn.v1.GetPublicKeyResponse
+	(*ComputeMacRequest)(nil),        // 24: keyturn.v1.ComputeMacRequest
+	(*ComputeMacResponse)(nil),       // 25: keyturn.v1.ComputeMacResponse
+	(*VerifyMacRequest)(nil),         // 26: keyturn.v1.VerifyMacRequest
+	(*VerifyMacResponse)(nil),        // 27: keyturn.v1.VerifyMacResponse
+	nil,                              // 28: keyturn.v1.GenerateKeyRequest.MetadataEntry
+	(*Key)(nil),                      // 29: keyturn.v1.Key
+	(KeyStatus)(0),                   // 30: keyturn.v1.KeyStatus
+	(*KeyStatistics)(nil),            // 31: keyturn.v1.KeyStatistics
+	(*WatchExpiringRequest)(nil),     // 32: keyturn.v1.WatchExpiringRequest
+	(*ExpiryEvent)(nil),              // 33: keyturn.v1.ExpiryEvent
 }
 var file_keyturn_v1_keys_proto_depIdxs = []int32{
-	26, // 0: keyturn.v1.GenerateKeyRequest.metadata:type_name -> keyturn.v1.GenerateKeyRequest.MetadataEntry
-	27, // 1: keyturn.v1.GenerateKeyResponse.key:type_name -> keyturn.v1.Key
-	28, // 2: keyturn.v1.ListKeysRequest.status:type_name -> keyturn.v1.KeyStatus
-	27, // 3: keyturn.v1.ListKeysResponse.keys:type_name -> keyturn.v1.Key
-	29, // 4: keyturn.v1.GetKeyStatisticsResponse.statistics:type_name -> keyturn.v1.KeyStatistics
+	28, // 0: keyturn.v1.GenerateKeyRequest.metadata:type_name -> keyturn.v1.GenerateKeyRequest.MetadataEntry
+	29, // 1: keyturn.v1.GenerateKeyResponse.key:type_name -> keyturn.v1.Key
+	30, // 2: keyturn.v1.ListKeysRequest.status:type_name -> keyturn.v1.KeyStatus
+	29, // 3: keyturn.v1.ListKeysResponse.keys:type_name -> keyturn.v1.Key
+	31, // 4: keyturn.v1.GetKeyStatisticsResponse.statistics:type_name -> keyturn.v1.KeyStatistics
 	0,  // 5: keyturn.v1.KeyService.GenerateKey:input_type -> keyturn.v1.GenerateKeyRequest
 	2,  // 6: keyturn.v1.KeyService.GetKey:input_type -> keyturn.v1.GetKeyRequest
 	3,  // 7: keyturn.v1.KeyService.ListKeys:input_type -> keyturn.v1.ListKeysRequest
 	5,  // 8: keyturn.v1.KeyService.RotateKey:input_type -> keyturn.v1.RotateKeyRequest
 	6,  // 9: keyturn.v1.KeyService.RemoveKey:input_type -> keyturn.v1.RemoveKeyRequest
 	7,  // 10: keyturn.v1.KeyService.RestoreKey:input_type -> keyturn.v1.RestoreKeyRequest
-	8,  // 11: keyturn.v1.KeyService.GetKeyStatistics:input_type -> keyturn.v1.GetKeyStatisticsRequest
-	10, // 12: keyturn.v1.KeyService.ExportKey:input_type -> keyturn.v1.ExportKeyRequest
-	12, // 13: keyturn.v1.KeyService.Encrypt:input_type -> keyturn.v1.EncryptRequest
-	14, // 14: keyturn.v1.KeyService.Decrypt:input_type -> keyturn.v1.DecryptRequest
-	16, // 15: keyturn.v1.KeyService.Sign:input_type -> keyturn.v1.SignRequest
-	18, // 16: keyturn.v1.KeyService.Verify:input_type -> keyturn.v1.VerifyRequest
-	20, // 17: keyturn.v1.KeyService.GetPublicKey:input_type -> keyturn.v1.GetPublicKeyRequest
-	22, // 18: keyturn.v1.KeyService.ComputeMac:input_type -> keyturn.v1.ComputeMacRequest
-	24, // 19: keyturn.v1.KeyService.VerifyMac:input_type -> keyturn.v1.VerifyMacRequest
-	30, // 20: keyturn.v1.KeyService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
-	1,  // 21: keyturn.v1.KeyService.GenerateKey:output_type -> keyturn.v1.GenerateKeyResponse
-	27, // 22: keyturn.v1.KeyService.GetKey:output_type -> keyturn.v1.Key
-	4,  // 23: keyturn.v1.KeyService.ListKeys:output_type -> keyturn.v1.ListKeysResponse
-	27, // 24: keyturn.v1.KeyService.RotateKey:output_type -> keyturn.v1.Key
-	27, // 25: keyturn.v1.KeyService.RemoveKey:output_type -> keyturn.v1.Key
-	27, // 26: keyturn.v1.KeyService.RestoreKey:output_type -> keyturn.v1.Key
-	9,  // 27: keyturn.v1.KeyService.GetKeyStatistics:output_type -> keyturn.v1.GetKeyStatisticsResponse
-	11, // 28: keyturn.v1.KeyService.ExportKey:output_type -> keyturn.v1.ExportKeyResponse
-	13, // 29: keyturn.v1.KeyService.Encrypt:output_type -> keyturn.v1.EncryptResponse
-	15, // 30: keyturn.v1.KeyService.Decrypt:output_type -> keyturn.v1.DecryptResponse
-	17, // 31: keyturn.v1.KeyService.Sign:output_type -> keyturn.v1.SignResponse
-	19, // 32: keyturn.v1.KeyService.Verify:output_type -> keyturn.v1.VerifyResponse
-	21, // 33: keyturn.v1.KeyService.GetPublicKey:output_type -> keyturn.v1.GetPublicKeyResponse
-	23, // 34: keyturn.v1.KeyService.ComputeMac:output_type -> keyturn.v1.ComputeMacResponse
-	25, // 35: keyturn.v1.KeyService.VerifyMac:output_type -> keyturn.v1.VerifyMacResponse
-	31, // 36: keyturn.v1.KeyService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
-	21, // [21:37] is the sub-list for method output_type
-	5,  // [5:21] is the sub-list for method input_type
+	8,  // 11: keyturn.v1.KeyService.DisableKeyVersion:input_type -> keyturn.v1.DisableKeyVersionRequest
+	9,  // 12: keyturn.v1.KeyService.EnableKeyVersion:input_type -> keyturn.v1.EnableKeyVersionRequest
+	10, // 13: keyturn.v1.KeyService.GetKeyStatistics:input_type -> keyturn.v1.GetKeyStatisticsRequest
+	12, // 14: keyturn.v1.KeyService.ExportKey:input_type -> keyturn.v1.ExportKeyRequest
+	14, // 15: keyturn.v1.KeyService.Encrypt:input_type -> keyturn.v1.EncryptRequest
+	16, // 16: keyturn.v1.KeyService.Decrypt:input_type -> keyturn.v1.DecryptRequest
+	18, // 17: keyturn.v1.KeyService.Sign:input_type -> keyturn.v1.SignRequest
+	20, // 18: keyturn.v1.KeyService.Verify:input_type -> keyturn.v1.VerifyRequest
+	22, // 19: keyturn.v1.KeyService.GetPublicKey:input_type -> keyturn.v1.GetPublicKeyRequest
+	24, // 20: keyturn.v1.KeyService.ComputeMac:input_type -> keyturn.v1.ComputeMacRequest
+	26, // 21: keyturn.v1.KeyService.VerifyMac:input_type -> keyturn.v1.VerifyMacRequest
+	32, // 22: keyturn.v1.KeyService.WatchExpiring:input_type -> keyturn.v1.WatchExpiringRequest
+	1,  // 23: keyturn.v1.KeyService.GenerateKey:output_type -> keyturn.v1.GenerateKeyResponse
+	29, // 24: keyturn.v1.KeyService.GetKey:output_type -> keyturn.v1.Key
+	4,  // 25: keyturn.v1.KeyService.ListKeys:output_type -> keyturn.v1.ListKeysResponse
+	29, // 26: keyturn.v1.KeyService.RotateKey:output_type -> keyturn.v1.Key
+	29, // 27: keyturn.v1.KeyService.RemoveKey:output_type -> keyturn.v1.Key
+	29, // 28: keyturn.v1.KeyService.RestoreKey:output_type -> keyturn.v1.Key
+	29, // 29: keyturn.v1.KeyService.DisableKeyVersion:output_type -> keyturn.v1.Key
+	29, // 30: keyturn.v1.KeyService.EnableKeyVersion:output_type -> keyturn.v1.Key
+	11, // 31: keyturn.v1.KeyService.GetKeyStatistics:output_type -> keyturn.v1.GetKeyStatisticsResponse
+	13, // 32: keyturn.v1.KeyService.ExportKey:output_type -> keyturn.v1.ExportKeyResponse
+	15, // 33: keyturn.v1.KeyService.Encrypt:output_type -> keyturn.v1.EncryptResponse
+	17, // 34: keyturn.v1.KeyService.Decrypt:output_type -> keyturn.v1.DecryptResponse
+	19, // 35: keyturn.v1.KeyService.Sign:output_type -> keyturn.v1.SignResponse
+	21, // 36: keyturn.v1.KeyService.Verify:output_type -> keyturn.v1.VerifyResponse
+	23, // 37: keyturn.v1.KeyService.GetPublicKey:output_type -> keyturn.v1.GetPublicKeyResponse
+	25, // 38: keyturn.v1.KeyService.ComputeMac:output_type -> keyturn.v1.ComputeMacResponse
+	27, // 39: keyturn.v1.KeyService.VerifyMac:output_type -> keyturn.v1.VerifyMacResponse
+	33, // 40: keyturn.v1.KeyService.WatchExpiring:output_type -> keyturn.v1.ExpiryEvent
+	23, // [23:41] is the sub-list for method output_type
+	5,  // [5:23] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1779,7 +1935,7 @@ func file_keyturn_v1_keys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_keyturn_v1_keys_proto_rawDesc), len(file_keyturn_v1_keys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

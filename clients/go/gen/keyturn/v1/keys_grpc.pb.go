@@ -19,22 +19,24 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_GenerateKey_FullMethodName      = "/keyturn.v1.KeyService/GenerateKey"
-	KeyService_GetKey_FullMethodName           = "/keyturn.v1.KeyService/GetKey"
-	KeyService_ListKeys_FullMethodName         = "/keyturn.v1.KeyService/ListKeys"
-	KeyService_RotateKey_FullMethodName        = "/keyturn.v1.KeyService/RotateKey"
-	KeyService_RemoveKey_FullMethodName        = "/keyturn.v1.KeyService/RemoveKey"
-	KeyService_RestoreKey_FullMethodName       = "/keyturn.v1.KeyService/RestoreKey"
-	KeyService_GetKeyStatistics_FullMethodName = "/keyturn.v1.KeyService/GetKeyStatistics"
-	KeyService_ExportKey_FullMethodName        = "/keyturn.v1.KeyService/ExportKey"
-	KeyService_Encrypt_FullMethodName          = "/keyturn.v1.KeyService/Encrypt"
-	KeyService_Decrypt_FullMethodName          = "/keyturn.v1.KeyService/Decrypt"
-	KeyService_Sign_FullMethodName             = "/keyturn.v1.KeyService/Sign"
-	KeyService_Verify_FullMethodName           = "/keyturn.v1.KeyService/Verify"
-	KeyService_GetPublicKey_FullMethodName     = "/keyturn.v1.KeyService/GetPublicKey"
-	KeyService_ComputeMac_FullMethodName       = "/keyturn.v1.KeyService/ComputeMac"
-	KeyService_VerifyMac_FullMethodName        = "/keyturn.v1.KeyService/VerifyMac"
-	KeyService_WatchExpiring_FullMethodName    = "/keyturn.v1.KeyService/WatchExpiring"
+	KeyService_GenerateKey_FullMethodName       = "/keyturn.v1.KeyService/GenerateKey"
+	KeyService_GetKey_FullMethodName            = "/keyturn.v1.KeyService/GetKey"
+	KeyService_ListKeys_FullMethodName          = "/keyturn.v1.KeyService/ListKeys"
+	KeyService_RotateKey_FullMethodName         = "/keyturn.v1.KeyService/RotateKey"
+	KeyService_RemoveKey_FullMethodName         = "/keyturn.v1.KeyService/RemoveKey"
+	KeyService_RestoreKey_FullMethodName        = "/keyturn.v1.KeyService/RestoreKey"
+	KeyService_DisableKeyVersion_FullMethodName = "/keyturn.v1.KeyService/DisableKeyVersion"
+	KeyService_EnableKeyVersion_FullMethodName  = "/keyturn.v1.KeyService/EnableKeyVersion"
+	KeyService_GetKeyStatistics_FullMethodName  = "/keyturn.v1.KeyService/GetKeyStatistics"
+	KeyService_ExportKey_FullMethodName         = "/keyturn.v1.KeyService/ExportKey"
+	KeyService_Encrypt_FullMethodName           = "/keyturn.v1.KeyService/Encrypt"
+	KeyService_Decrypt_FullMethodName           = "/keyturn.v1.KeyService/Decrypt"
+	KeyService_Sign_FullMethodName              = "/keyturn.v1.KeyService/Sign"
+	KeyService_Verify_FullMethodName            = "/keyturn.v1.KeyService/Verify"
+	KeyService_GetPublicKey_FullMethodName      = "/keyturn.v1.KeyService/GetPublicKey"
+	KeyService_ComputeMac_FullMethodName        = "/keyturn.v1.KeyService/ComputeMac"
+	KeyService_VerifyMac_FullMethodName         = "/keyturn.v1.KeyService/VerifyMac"
+	KeyService_WatchExpiring_FullMethodName     = "/keyturn.v1.KeyService/WatchExpiring"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -46,7 +48,8 @@ const (
 //
 // idempotency_level drives client retries (clients/README.md): reads are
 // NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-// counted once more); everything else is retried only by the caller.
+// counted once more), and so are disabling and enabling a version (a repeat finds
+// it done and changes nothing); everything else is retried only by the caller.
 type KeyServiceClient interface {
 	// Creates a key of a configured type with version 1 as primary.
 	GenerateKey(ctx context.Context, in *GenerateKeyRequest, opts ...grpc.CallOption) (*GenerateKeyResponse, error)
@@ -59,6 +62,14 @@ type KeyServiceClient interface {
 	RemoveKey(ctx context.Context, in *RemoveKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	// Cancels a scheduled destruction.
 	RestoreKey(ctx context.Context, in *RestoreKeyRequest, opts ...grpc.CallOption) (*Key, error)
+	// Turns off one non-primary version (a suspected compromise): its material is
+	// kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+	// refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+	// primary cannot be disabled: rotate first. Disabling a disabled version changes
+	// nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+	DisableKeyVersion(ctx context.Context, in *DisableKeyVersionRequest, opts ...grpc.CallOption) (*Key, error)
+	// Restores a disabled version to use, unless it reached its max lifetime meanwhile.
+	EnableKeyVersion(ctx context.Context, in *EnableKeyVersionRequest, opts ...grpc.CallOption) (*Key, error)
 	GetKeyStatistics(ctx context.Context, in *GetKeyStatisticsRequest, opts ...grpc.CallOption) (*GetKeyStatisticsResponse, error)
 	// Returns the material of an exportable key version (session, api). Audited.
 	ExportKey(ctx context.Context, in *ExportKeyRequest, opts ...grpc.CallOption) (*ExportKeyResponse, error)
@@ -139,6 +150,26 @@ func (c *keyServiceClient) RestoreKey(ctx context.Context, in *RestoreKeyRequest
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Key)
 	err := c.cc.Invoke(ctx, KeyService_RestoreKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DisableKeyVersion(ctx context.Context, in *DisableKeyVersionRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_DisableKeyVersion_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) EnableKeyVersion(ctx context.Context, in *EnableKeyVersionRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_EnableKeyVersion_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -263,7 +294,8 @@ type KeyService_WatchExpiringClient = grpc.ServerStreamingClient[ExpiryEvent]
 //
 // idempotency_level drives client retries (clients/README.md): reads are
 // NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
-// counted once more); everything else is retried only by the caller.
+// counted once more), and so are disabling and enabling a version (a repeat finds
+// it done and changes nothing); everything else is retried only by the caller.
 type KeyServiceServer interface {
 	// Creates a key of a configured type with version 1 as primary.
 	GenerateKey(context.Context, *GenerateKeyRequest) (*GenerateKeyResponse, error)
@@ -276,6 +308,14 @@ type KeyServiceServer interface {
 	RemoveKey(context.Context, *RemoveKeyRequest) (*Key, error)
 	// Cancels a scheduled destruction.
 	RestoreKey(context.Context, *RestoreKeyRequest) (*Key, error)
+	// Turns off one non-primary version (a suspected compromise): its material is
+	// kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+	// refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+	// primary cannot be disabled: rotate first. Disabling a disabled version changes
+	// nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+	DisableKeyVersion(context.Context, *DisableKeyVersionRequest) (*Key, error)
+	// Restores a disabled version to use, unless it reached its max lifetime meanwhile.
+	EnableKeyVersion(context.Context, *EnableKeyVersionRequest) (*Key, error)
 	GetKeyStatistics(context.Context, *GetKeyStatisticsRequest) (*GetKeyStatisticsResponse, error)
 	// Returns the material of an exportable key version (session, api). Audited.
 	ExportKey(context.Context, *ExportKeyRequest) (*ExportKeyResponse, error)
@@ -319,6 +359,12 @@ func (UnimplementedKeyServiceServer) RemoveKey(context.Context, *RemoveKeyReques
 }
 func (UnimplementedKeyServiceServer) RestoreKey(context.Context, *RestoreKeyRequest) (*Key, error) {
 	return nil, status.Error(codes.Unimplemented, "method RestoreKey not implemented")
+}
+func (UnimplementedKeyServiceServer) DisableKeyVersion(context.Context, *DisableKeyVersionRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method DisableKeyVersion not implemented")
+}
+func (UnimplementedKeyServiceServer) EnableKeyVersion(context.Context, *EnableKeyVersionRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method EnableKeyVersion not implemented")
 }
 func (UnimplementedKeyServiceServer) GetKeyStatistics(context.Context, *GetKeyStatisticsRequest) (*GetKeyStatisticsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetKeyStatistics not implemented")
@@ -475,6 +521,42 @@ func _KeyService_RestoreKey_Handler(srv interface{}, ctx context.Context, dec fu
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KeyServiceServer).RestoreKey(ctx, req.(*RestoreKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DisableKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DisableKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DisableKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DisableKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DisableKeyVersion(ctx, req.(*DisableKeyVersionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_EnableKeyVersion_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EnableKeyVersionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).EnableKeyVersion(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_EnableKeyVersion_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).EnableKeyVersion(ctx, req.(*EnableKeyVersionRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -682,6 +764,14 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RestoreKey",
 			Handler:    _KeyService_RestoreKey_Handler,
+		},
+		{
+			MethodName: "DisableKeyVersion",
+			Handler:    _KeyService_DisableKeyVersion_Handler,
+		},
+		{
+			MethodName: "EnableKeyVersion",
+			Handler:    _KeyService_EnableKeyVersion_Handler,
 		},
 		{
 			MethodName: "GetKeyStatistics",

@@ -97,6 +97,11 @@ const (
 	KeyVersionState_KEY_VERSION_STATE_EXPIRED KeyVersionState = 2
 	// Destroyed with its key after RemoveKey's waiting period.
 	KeyVersionState_KEY_VERSION_STATE_DESTROYED KeyVersionState = 3
+	// Turned off by DisableKeyVersion (a suspected compromise): material kept, but
+	// every use of it (decrypt, verify, MAC check, export, public key) is refused with
+	// FAILED_PRECONDITION VERSION_DISABLED until EnableKeyVersion. Still expires at
+	// its max lifetime.
+	KeyVersionState_KEY_VERSION_STATE_DISABLED KeyVersionState = 4
 )
 
 // Enum value maps for KeyVersionState.
@@ -106,12 +111,14 @@ var (
 		1: "KEY_VERSION_STATE_ENABLED",
 		2: "KEY_VERSION_STATE_EXPIRED",
 		3: "KEY_VERSION_STATE_DESTROYED",
+		4: "KEY_VERSION_STATE_DISABLED",
 	}
 	KeyVersionState_value = map[string]int32{
 		"KEY_VERSION_STATE_UNSPECIFIED": 0,
 		"KEY_VERSION_STATE_ENABLED":     1,
 		"KEY_VERSION_STATE_EXPIRED":     2,
 		"KEY_VERSION_STATE_DESTROYED":   3,
+		"KEY_VERSION_STATE_DISABLED":    4,
 	}
 )
 
@@ -1076,12 +1083,13 @@ const file_keyturn_v1_resources_proto_rawDesc = "" +
 	"\x13KEY_STATUS_EXPIRING\x10\x02\x12\x16\n" +
 	"\x12KEY_STATUS_EXPIRED\x10\x03\x12\x16\n" +
 	"\x12KEY_STATUS_REMOVED\x10\x04\x12\x18\n" +
-	"\x14KEY_STATUS_DESTROYED\x10\x05*\x93\x01\n" +
+	"\x14KEY_STATUS_DESTROYED\x10\x05*\xb3\x01\n" +
 	"\x0fKeyVersionState\x12!\n" +
 	"\x1dKEY_VERSION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n" +
 	"\x19KEY_VERSION_STATE_ENABLED\x10\x01\x12\x1d\n" +
 	"\x19KEY_VERSION_STATE_EXPIRED\x10\x02\x12\x1f\n" +
-	"\x1bKEY_VERSION_STATE_DESTROYED\x10\x03*\xb6\x01\n" +
+	"\x1bKEY_VERSION_STATE_DESTROYED\x10\x03\x12\x1e\n" +
+	"\x1aKEY_VERSION_STATE_DISABLED\x10\x04*\xb6\x01\n" +
 	"\fHandleStatus\x12\x1d\n" +
 	"\x19HANDLE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14HANDLE_STATUS_ACTIVE\x10\x01\x12\x1a\n" +

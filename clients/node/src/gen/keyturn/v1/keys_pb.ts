@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keyturn/v1/keys.proto.
  */
 export const file_keyturn_v1_keys: GenFile = /*@__PURE__*/
-  fileDesc("ChVrZXl0dXJuL3YxL2tleXMucHJvdG8SCmtleXR1cm4udjEitAEKEkdlbmVyYXRlS2V5UmVxdWVzdBIMCgR0eXBlGAEgASgJEj4KCG1ldGFkYXRhGAIgAygLMiwua2V5dHVybi52MS5HZW5lcmF0ZUtleVJlcXVlc3QuTWV0YWRhdGFFbnRyeRIPCgd1c2VyX2lkGAMgASgJEg4KBnJldmVhbBgEIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRQoTR2VuZXJhdGVLZXlSZXNwb25zZRIcCgNrZXkYASABKAsyDy5rZXl0dXJuLnYxLktleRIQCghtYXRlcmlhbBgCIAEoDCIfCg1HZXRLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJ8Cg9MaXN0S2V5c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIlCgZzdGF0dXMYAiABKA4yFS5rZXl0dXJuLnYxLktleVN0YXR1cxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRINCgVvd25lchgFIAEoCSJeChBMaXN0S2V5c1Jlc3BvbnNlEh0KBGtleXMYASADKAsyDy5rZXl0dXJuLnYxLktleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoAyJDChBSb3RhdGVLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJDChBSZW1vdmVLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJEChFSZXN0b3JlS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiGQoXR2V0S2V5U3RhdGlzdGljc1JlcXVlc3QiSQoYR2V0S2V5U3RhdGlzdGljc1Jlc3BvbnNlEi0KCnN0YXRpc3RpY3MYASABKAsyGS5rZXl0dXJuLnYxLktleVN0YXRpc3RpY3MiVAoQRXhwb3J0S2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoDRIPCgd1c2VyX2lkGAMgASgJEg4KBnJlYXNvbhgEIAEoCSJNChFFeHBvcnRLZXlSZXNwb25zZRIQCghtYXRlcmlhbBgBIAEoDBITCgtrZXlfdmVyc2lvbhgCIAEoDRIRCglhbGdvcml0aG0YAyABKAkiTAoORW5jcnlwdFJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEhEKCXBsYWludGV4dBgCIAEoDBIXCg9hc3NvY2lhdGVkX2RhdGEYAyABKAwiOgoPRW5jcnlwdFJlc3BvbnNlEhIKCmNpcGhlcnRleHQYASABKAwSEwoLa2V5X3ZlcnNpb24YAiABKA0iTQoORGVjcnlwdFJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwSFwoPYXNzb2NpYXRlZF9kYXRhGAMgASgMIk8KD0RlY3J5cHRSZXNwb25zZRIRCglwbGFpbnRleHQYASABKAwSEwoLa2V5X3ZlcnNpb24YAiABKA0SFAoMdXNlZF9wcmltYXJ5GAMgASgIIisKC1NpZ25SZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIMCgRkYXRhGAIgASgMImAKDFNpZ25SZXNwb25zZRIRCglzaWduYXR1cmUYASABKAwSEwoLa2V5X3ZlcnNpb24YAiABKA0SFQoNcmF3X3NpZ25hdHVyZRgDIAEoDBIRCglhbGdvcml0aG0YBCABKAkiQAoNVmVyaWZ5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDAoEZGF0YRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwiNAoOVmVyaWZ5UmVzcG9uc2USDQoFdmFsaWQYASABKAgSEwoLa2V5X3ZlcnNpb24YAiABKA0iNgoTR2V0UHVibGljS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoDSJLChRHZXRQdWJsaWNLZXlSZXNwb25zZRILCgNwZW0YASABKAkSEQoJYWxnb3JpdGhtGAIgASgJEhMKC2tleV92ZXJzaW9uGAMgASgNIjEKEUNvbXB1dGVNYWNSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIMCgRkYXRhGAIgASgMIjYKEkNvbXB1dGVNYWNSZXNwb25zZRILCgNtYWMYASABKAwSEwoLa2V5X3ZlcnNpb24YAiABKA0iPQoQVmVyaWZ5TWFjUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDAoEZGF0YRgCIAEoDBILCgNtYWMYAyABKAwiNwoRVmVyaWZ5TWFjUmVzcG9uc2USDQoFdmFsaWQYASABKAgSEwoLa2V5X3ZlcnNpb24YAiABKA0yrA0KCktleVNlcnZpY2USYwoLR2VuZXJhdGVLZXkSHi5rZXl0dXJuLnYxLkdlbmVyYXRlS2V5UmVxdWVzdBofLmtleXR1cm4udjEuR2VuZXJhdGVLZXlSZXNwb25zZSITgtPkkwINOgEqIggvdjEva2V5cxJSCgZHZXRLZXkSGS5rZXl0dXJuLnYxLkdldEtleVJlcXVlc3QaDy5rZXl0dXJuLnYxLktleSIckAIBgtPkkwITEhEvdjEva2V5cy97a2V5X2lkfRJaCghMaXN0S2V5cxIbLmtleXR1cm4udjEuTGlzdEtleXNSZXF1ZXN0Ghwua2V5dHVybi52MS5MaXN0S2V5c1Jlc3BvbnNlIhOQAgGC0+STAgoSCC92MS9rZXlzEl8KCVJvdGF0ZUtleRIcLmtleXR1cm4udjEuUm90YXRlS2V5UmVxdWVzdBoPLmtleXR1cm4udjEuS2V5IiOC0+STAh06ASoiGC92MS9rZXlzL3trZXlfaWR9OnJvdGF0ZRJVCglSZW1vdmVLZXkSHC5rZXl0dXJuLnYxLlJlbW92ZUtleVJlcXVlc3QaDy5rZXl0dXJuLnYxLktleSIZgtPkkwITKhEvdjEva2V5cy97a2V5X2lkfRJiCgpSZXN0b3JlS2V5Eh0ua2V5dHVybi52MS5SZXN0b3JlS2V5UmVxdWVzdBoPLmtleXR1cm4udjEuS2V5IiSC0+STAh46ASoiGS92MS9rZXlzL3trZXlfaWR9OnJlc3RvcmUSfQoQR2V0S2V5U3RhdGlzdGljcxIjLmtleXR1cm4udjEuR2V0S2V5U3RhdGlzdGljc1JlcXVlc3QaJC5rZXl0dXJuLnYxLkdldEtleVN0YXRpc3RpY3NSZXNwb25zZSIekAIBgtPkkwIVEhMvdjEva2V5czpzdGF0aXN0aWNzEnAKCUV4cG9ydEtleRIcLmtleXR1cm4udjEuRXhwb3J0S2V5UmVxdWVzdBodLmtleXR1cm4udjEuRXhwb3J0S2V5UmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL2tleXMve2tleV9pZH06ZXhwb3J0EmsKB0VuY3J5cHQSGi5rZXl0dXJuLnYxLkVuY3J5cHRSZXF1ZXN0Ghsua2V5dHVybi52MS5FbmNyeXB0UmVzcG9uc2UiJ5ACAoLT5JMCHjoBKiIZL3YxL2tleXMve2tleV9pZH06ZW5jcnlwdBJrCgdEZWNyeXB0Ehoua2V5dHVybi52MS5EZWNyeXB0UmVxdWVzdBobLmtleXR1cm4udjEuRGVjcnlwdFJlc3BvbnNlIieQAgKC0+STAh46ASoiGS92MS9rZXlzL3trZXlfaWR9OmRlY3J5cHQSXwoEU2lnbhIXLmtleXR1cm4udjEuU2lnblJlcXVlc3QaGC5rZXl0dXJuLnYxLlNpZ25SZXNwb25zZSIkkAICgtPkkwIbOgEqIhYvdjEva2V5cy97a2V5X2lkfTpzaWduEmcKBlZlcmlmeRIZLmtleXR1cm4udjEuVmVyaWZ5UmVxdWVzdBoaLmtleXR1cm4udjEuVmVyaWZ5UmVzcG9uc2UiJpACAoLT5JMCHToBKiIYL3YxL2tleXMve2tleV9pZH06dmVyaWZ5EnkKDEdldFB1YmxpY0tleRIfLmtleXR1cm4udjEuR2V0UHVibGljS2V5UmVxdWVzdBogLmtleXR1cm4udjEuR2V0UHVibGljS2V5UmVzcG9uc2UiJpACAYLT5JMCHRIbL3YxL2tleXMve2tleV9pZH0vcHVibGljS2V5EncKCkNvbXB1dGVNYWMSHS5rZXl0dXJuLnYxLkNvbXB1dGVNYWNSZXF1ZXN0Gh4ua2V5dHVybi52MS5Db21wdXRlTWFjUmVzcG9uc2UiKpACAoLT5JMCIToBKiIcL3YxL2tleXMve2tleV9pZH06Y29tcHV0ZU1hYxJzCglWZXJpZnlNYWMSHC5rZXl0dXJuLnYxLlZlcmlmeU1hY1JlcXVlc3QaHS5rZXl0dXJuLnYxLlZlcmlmeU1hY1Jlc3BvbnNlIimQAgKC0+STAiA6ASoiGy92MS9rZXlzL3trZXlfaWR9OnZlcmlmeU1hYxJvCg1XYXRjaEV4cGlyaW5nEiAua2V5dHVybi52MS5XYXRjaEV4cGlyaW5nUmVxdWVzdBoXLmtleXR1cm4udjEuRXhwaXJ5RXZlbnQiIZACAYLT5JMCGBIWL3YxL2tleXM6d2F0Y2hFeHBpcmluZzABYgZwcm90bzM", [file_google_api_annotations, file_keyturn_v1_events, file_keyturn_v1_resources, file_keyturn_v1_statistics]);
+  fileDesc("ChVrZXl0dXJuL3YxL2tleXMucHJvdG8SCmtleXR1cm4udjEitAEKEkdlbmVyYXRlS2V5UmVxdWVzdBIMCgR0eXBlGAEgASgJEj4KCG1ldGFkYXRhGAIgAygLMiwua2V5dHVybi52MS5HZW5lcmF0ZUtleVJlcXVlc3QuTWV0YWRhdGFFbnRyeRIPCgd1c2VyX2lkGAMgASgJEg4KBnJldmVhbBgEIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiRQoTR2VuZXJhdGVLZXlSZXNwb25zZRIcCgNrZXkYASABKAsyDy5rZXl0dXJuLnYxLktleRIQCghtYXRlcmlhbBgCIAEoDCIfCg1HZXRLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSJ8Cg9MaXN0S2V5c1JlcXVlc3QSDAoEdHlwZRgBIAEoCRIlCgZzdGF0dXMYAiABKA4yFS5rZXl0dXJuLnYxLktleVN0YXR1cxIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRINCgVvd25lchgFIAEoCSJeChBMaXN0S2V5c1Jlc3BvbnNlEh0KBGtleXMYASADKAsyDy5rZXl0dXJuLnYxLktleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkSEgoKdG90YWxfc2l6ZRgDIAEoAyJDChBSb3RhdGVLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJDChBSZW1vdmVLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEg4KBnJlYXNvbhgDIAEoCSJEChFSZXN0b3JlS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZyZWFzb24YAyABKAkiXAoYRGlzYWJsZUtleVZlcnNpb25SZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEg8KB3VzZXJfaWQYAyABKAkSDgoGcmVhc29uGAQgASgJIlsKF0VuYWJsZUtleVZlcnNpb25SZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgNEg8KB3VzZXJfaWQYAyABKAkSDgoGcmVhc29uGAQgASgJIhkKF0dldEtleVN0YXRpc3RpY3NSZXF1ZXN0IkkKGEdldEtleVN0YXRpc3RpY3NSZXNwb25zZRItCgpzdGF0aXN0aWNzGAEgASgLMhkua2V5dHVybi52MS5LZXlTdGF0aXN0aWNzIlQKEEV4cG9ydEtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKA0SDwoHdXNlcl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkiTQoRRXhwb3J0S2V5UmVzcG9uc2USEAoIbWF0ZXJpYWwYASABKAwSEwoLa2V5X3ZlcnNpb24YAiABKA0SEQoJYWxnb3JpdGhtGAMgASgJIkwKDkVuY3J5cHRSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIRCglwbGFpbnRleHQYAiABKAwSFwoPYXNzb2NpYXRlZF9kYXRhGAMgASgMIjoKD0VuY3J5cHRSZXNwb25zZRISCgpjaXBoZXJ0ZXh0GAEgASgMEhMKC2tleV92ZXJzaW9uGAIgASgNIk0KDkRlY3J5cHRSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRISCgpjaXBoZXJ0ZXh0GAIgASgMEhcKD2Fzc29jaWF0ZWRfZGF0YRgDIAEoDCJPCg9EZWNyeXB0UmVzcG9uc2USEQoJcGxhaW50ZXh0GAEgASgMEhMKC2tleV92ZXJzaW9uGAIgASgNEhQKDHVzZWRfcHJpbWFyeRgDIAEoCCIrCgtTaWduUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDAoEZGF0YRgCIAEoDCJgCgxTaWduUmVzcG9uc2USEQoJc2lnbmF0dXJlGAEgASgMEhMKC2tleV92ZXJzaW9uGAIgASgNEhUKDXJhd19zaWduYXR1cmUYAyABKAwSEQoJYWxnb3JpdGhtGAQgASgJIkAKDVZlcmlmeVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEgwKBGRhdGEYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIjQKDlZlcmlmeVJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhMKC2tleV92ZXJzaW9uGAIgASgNIjYKE0dldFB1YmxpY0tleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEg8KB3ZlcnNpb24YAiABKA0iSwoUR2V0UHVibGljS2V5UmVzcG9uc2USCwoDcGVtGAEgASgJEhEKCWFsZ29yaXRobRgCIAEoCRITCgtrZXlfdmVyc2lvbhgDIAEoDSIxChFDb21wdXRlTWFjUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDAoEZGF0YRgCIAEoDCI2ChJDb21wdXRlTWFjUmVzcG9uc2USCwoDbWFjGAEgASgMEhMKC2tleV92ZXJzaW9uGAIgASgNIj0KEFZlcmlmeU1hY1JlcXVlc3QSDgoGa2V5X2lkGAEgASgJEgwKBGRhdGEYAiABKAwSCwoDbWFjGAMgASgMIjcKEVZlcmlmeU1hY1Jlc3BvbnNlEg0KBXZhbGlkGAEgASgIEhMKC2tleV92ZXJzaW9uGAIgASgNMrsPCgpLZXlTZXJ2aWNlEmMKC0dlbmVyYXRlS2V5Eh4ua2V5dHVybi52MS5HZW5lcmF0ZUtleVJlcXVlc3QaHy5rZXl0dXJuLnYxLkdlbmVyYXRlS2V5UmVzcG9uc2UiE4LT5JMCDToBKiIIL3YxL2tleXMSUgoGR2V0S2V5Ehkua2V5dHVybi52MS5HZXRLZXlSZXF1ZXN0Gg8ua2V5dHVybi52MS5LZXkiHJACAYLT5JMCExIRL3YxL2tleXMve2tleV9pZH0SWgoITGlzdEtleXMSGy5rZXl0dXJuLnYxLkxpc3RLZXlzUmVxdWVzdBocLmtleXR1cm4udjEuTGlzdEtleXNSZXNwb25zZSITkAIBgtPkkwIKEggvdjEva2V5cxJfCglSb3RhdGVLZXkSHC5rZXl0dXJuLnYxLlJvdGF0ZUtleVJlcXVlc3QaDy5rZXl0dXJuLnYxLktleSIjgtPkkwIdOgEqIhgvdjEva2V5cy97a2V5X2lkfTpyb3RhdGUSVQoJUmVtb3ZlS2V5Ehwua2V5dHVybi52MS5SZW1vdmVLZXlSZXF1ZXN0Gg8ua2V5dHVybi52MS5LZXkiGYLT5JMCEyoRL3YxL2tleXMve2tleV9pZH0SYgoKUmVzdG9yZUtleRIdLmtleXR1cm4udjEuUmVzdG9yZUtleVJlcXVlc3QaDy5rZXl0dXJuLnYxLktleSIkgtPkkwIeOgEqIhkvdjEva2V5cy97a2V5X2lkfTpyZXN0b3JlEoYBChFEaXNhYmxlS2V5VmVyc2lvbhIkLmtleXR1cm4udjEuRGlzYWJsZUtleVZlcnNpb25SZXF1ZXN0Gg8ua2V5dHVybi52MS5LZXkiOpACAoLT5JMCMToBKiIsL3YxL2tleXMve2tleV9pZH0vdmVyc2lvbnMve3ZlcnNpb259OmRpc2FibGUSgwEKEEVuYWJsZUtleVZlcnNpb24SIy5rZXl0dXJuLnYxLkVuYWJsZUtleVZlcnNpb25SZXF1ZXN0Gg8ua2V5dHVybi52MS5LZXkiOZACAoLT5JMCMDoBKiIrL3YxL2tleXMve2tleV9pZH0vdmVyc2lvbnMve3ZlcnNpb259OmVuYWJsZRJ9ChBHZXRLZXlTdGF0aXN0aWNzEiMua2V5dHVybi52MS5HZXRLZXlTdGF0aXN0aWNzUmVxdWVzdBokLmtleXR1cm4udjEuR2V0S2V5U3RhdGlzdGljc1Jlc3BvbnNlIh6QAgGC0+STAhUSEy92MS9rZXlzOnN0YXRpc3RpY3MScAoJRXhwb3J0S2V5Ehwua2V5dHVybi52MS5FeHBvcnRLZXlSZXF1ZXN0Gh0ua2V5dHVybi52MS5FeHBvcnRLZXlSZXNwb25zZSImkAICgtPkkwIdOgEqIhgvdjEva2V5cy97a2V5X2lkfTpleHBvcnQSawoHRW5jcnlwdBIaLmtleXR1cm4udjEuRW5jcnlwdFJlcXVlc3QaGy5rZXl0dXJuLnYxLkVuY3J5cHRSZXNwb25zZSInkAICgtPkkwIeOgEqIhkvdjEva2V5cy97a2V5X2lkfTplbmNyeXB0EmsKB0RlY3J5cHQSGi5rZXl0dXJuLnYxLkRlY3J5cHRSZXF1ZXN0Ghsua2V5dHVybi52MS5EZWNyeXB0UmVzcG9uc2UiJ5ACAoLT5JMCHjoBKiIZL3YxL2tleXMve2tleV9pZH06ZGVjcnlwdBJfCgRTaWduEhcua2V5dHVybi52MS5TaWduUmVxdWVzdBoYLmtleXR1cm4udjEuU2lnblJlc3BvbnNlIiSQAgKC0+STAhs6ASoiFi92MS9rZXlzL3trZXlfaWR9OnNpZ24SZwoGVmVyaWZ5Ehkua2V5dHVybi52MS5WZXJpZnlSZXF1ZXN0Ghoua2V5dHVybi52MS5WZXJpZnlSZXNwb25zZSImkAICgtPkkwIdOgEqIhgvdjEva2V5cy97a2V5X2lkfTp2ZXJpZnkSeQoMR2V0UHVibGljS2V5Eh8ua2V5dHVybi52MS5HZXRQdWJsaWNLZXlSZXF1ZXN0GiAua2V5dHVybi52MS5HZXRQdWJsaWNLZXlSZXNwb25zZSImkAIBgtPkkwIdEhsvdjEva2V5cy97a2V5X2lkfS9wdWJsaWNLZXkSdwoKQ29tcHV0ZU1hYxIdLmtleXR1cm4udjEuQ29tcHV0ZU1hY1JlcXVlc3QaHi5rZXl0dXJuLnYxLkNvbXB1dGVNYWNSZXNwb25zZSIqkAICgtPkkwIhOgEqIhwvdjEva2V5cy97a2V5X2lkfTpjb21wdXRlTWFjEnMKCVZlcmlmeU1hYxIcLmtleXR1cm4udjEuVmVyaWZ5TWFjUmVxdWVzdBodLmtleXR1cm4udjEuVmVyaWZ5TWFjUmVzcG9uc2UiKZACAoLT5JMCIDoBKiIbL3YxL2tleXMve2tleV9pZH06dmVyaWZ5TWFjEm8KDVdhdGNoRXhwaXJpbmcSIC5rZXl0dXJuLnYxLldhdGNoRXhwaXJpbmdSZXF1ZXN0Ghcua2V5dHVybi52MS5FeHBpcnlFdmVudCIhkAIBgtPkkwIYEhYvdjEva2V5czp3YXRjaEV4cGlyaW5nMAFiBnByb3RvMw", [file_google_api_annotations, file_keyturn_v1_events, file_keyturn_v1_resources, file_keyturn_v1_statistics]);
 
 /**
  * @generated from message keyturn.v1.GenerateKeyRequest
@@ -260,6 +260,74 @@ export const RestoreKeyRequestSchema: GenMessage<RestoreKeyRequest> = /*@__PURE_
   messageDesc(file_keyturn_v1_keys, 7);
 
 /**
+ * @generated from message keyturn.v1.DisableKeyVersionRequest
+ */
+export type DisableKeyVersionRequest = Message<"keyturn.v1.DisableKeyVersionRequest"> & {
+  /**
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The version to disable; not the primary.
+   *
+   * @generated from field: uint32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * Up to 512 characters, recorded in the audit log and the event.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message keyturn.v1.DisableKeyVersionRequest.
+ * Use `create(DisableKeyVersionRequestSchema)` to create a new message.
+ */
+export const DisableKeyVersionRequestSchema: GenMessage<DisableKeyVersionRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_v1_keys, 8);
+
+/**
+ * @generated from message keyturn.v1.EnableKeyVersionRequest
+ */
+export type EnableKeyVersionRequest = Message<"keyturn.v1.EnableKeyVersionRequest"> & {
+  /**
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * @generated from field: uint32 version = 2;
+   */
+  version: number;
+
+  /**
+   * @generated from field: string user_id = 3;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message keyturn.v1.EnableKeyVersionRequest.
+ * Use `create(EnableKeyVersionRequestSchema)` to create a new message.
+ */
+export const EnableKeyVersionRequestSchema: GenMessage<EnableKeyVersionRequest> = /*@__PURE__*/
+  messageDesc(file_keyturn_v1_keys, 9);
+
+/**
  * @generated from message keyturn.v1.GetKeyStatisticsRequest
  */
 export type GetKeyStatisticsRequest = Message<"keyturn.v1.GetKeyStatisticsRequest"> & {
@@ -270,7 +338,7 @@ export type GetKeyStatisticsRequest = Message<"keyturn.v1.GetKeyStatisticsReques
  * Use `create(GetKeyStatisticsRequestSchema)` to create a new message.
  */
 export const GetKeyStatisticsRequestSchema: GenMessage<GetKeyStatisticsRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 8);
+  messageDesc(file_keyturn_v1_keys, 10);
 
 /**
  * @generated from message keyturn.v1.GetKeyStatisticsResponse
@@ -287,7 +355,7 @@ export type GetKeyStatisticsResponse = Message<"keyturn.v1.GetKeyStatisticsRespo
  * Use `create(GetKeyStatisticsResponseSchema)` to create a new message.
  */
 export const GetKeyStatisticsResponseSchema: GenMessage<GetKeyStatisticsResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 9);
+  messageDesc(file_keyturn_v1_keys, 11);
 
 /**
  * @generated from message keyturn.v1.ExportKeyRequest
@@ -321,7 +389,7 @@ export type ExportKeyRequest = Message<"keyturn.v1.ExportKeyRequest"> & {
  * Use `create(ExportKeyRequestSchema)` to create a new message.
  */
 export const ExportKeyRequestSchema: GenMessage<ExportKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 10);
+  messageDesc(file_keyturn_v1_keys, 12);
 
 /**
  * @generated from message keyturn.v1.ExportKeyResponse
@@ -348,7 +416,7 @@ export type ExportKeyResponse = Message<"keyturn.v1.ExportKeyResponse"> & {
  * Use `create(ExportKeyResponseSchema)` to create a new message.
  */
 export const ExportKeyResponseSchema: GenMessage<ExportKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 11);
+  messageDesc(file_keyturn_v1_keys, 13);
 
 /**
  * @generated from message keyturn.v1.EncryptRequest
@@ -379,7 +447,7 @@ export type EncryptRequest = Message<"keyturn.v1.EncryptRequest"> & {
  * Use `create(EncryptRequestSchema)` to create a new message.
  */
 export const EncryptRequestSchema: GenMessage<EncryptRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 12);
+  messageDesc(file_keyturn_v1_keys, 14);
 
 /**
  * @generated from message keyturn.v1.EncryptResponse
@@ -403,7 +471,7 @@ export type EncryptResponse = Message<"keyturn.v1.EncryptResponse"> & {
  * Use `create(EncryptResponseSchema)` to create a new message.
  */
 export const EncryptResponseSchema: GenMessage<EncryptResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 13);
+  messageDesc(file_keyturn_v1_keys, 15);
 
 /**
  * @generated from message keyturn.v1.DecryptRequest
@@ -430,7 +498,7 @@ export type DecryptRequest = Message<"keyturn.v1.DecryptRequest"> & {
  * Use `create(DecryptRequestSchema)` to create a new message.
  */
 export const DecryptRequestSchema: GenMessage<DecryptRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 14);
+  messageDesc(file_keyturn_v1_keys, 16);
 
 /**
  * @generated from message keyturn.v1.DecryptResponse
@@ -459,7 +527,7 @@ export type DecryptResponse = Message<"keyturn.v1.DecryptResponse"> & {
  * Use `create(DecryptResponseSchema)` to create a new message.
  */
 export const DecryptResponseSchema: GenMessage<DecryptResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 15);
+  messageDesc(file_keyturn_v1_keys, 17);
 
 /**
  * @generated from message keyturn.v1.SignRequest
@@ -483,7 +551,7 @@ export type SignRequest = Message<"keyturn.v1.SignRequest"> & {
  * Use `create(SignRequestSchema)` to create a new message.
  */
 export const SignRequestSchema: GenMessage<SignRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 16);
+  messageDesc(file_keyturn_v1_keys, 18);
 
 /**
  * @generated from message keyturn.v1.SignResponse
@@ -520,7 +588,7 @@ export type SignResponse = Message<"keyturn.v1.SignResponse"> & {
  * Use `create(SignResponseSchema)` to create a new message.
  */
 export const SignResponseSchema: GenMessage<SignResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 17);
+  messageDesc(file_keyturn_v1_keys, 19);
 
 /**
  * @generated from message keyturn.v1.VerifyRequest
@@ -549,7 +617,7 @@ export type VerifyRequest = Message<"keyturn.v1.VerifyRequest"> & {
  * Use `create(VerifyRequestSchema)` to create a new message.
  */
 export const VerifyRequestSchema: GenMessage<VerifyRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 18);
+  messageDesc(file_keyturn_v1_keys, 20);
 
 /**
  * @generated from message keyturn.v1.VerifyResponse
@@ -571,7 +639,7 @@ export type VerifyResponse = Message<"keyturn.v1.VerifyResponse"> & {
  * Use `create(VerifyResponseSchema)` to create a new message.
  */
 export const VerifyResponseSchema: GenMessage<VerifyResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 19);
+  messageDesc(file_keyturn_v1_keys, 21);
 
 /**
  * @generated from message keyturn.v1.GetPublicKeyRequest
@@ -595,7 +663,7 @@ export type GetPublicKeyRequest = Message<"keyturn.v1.GetPublicKeyRequest"> & {
  * Use `create(GetPublicKeyRequestSchema)` to create a new message.
  */
 export const GetPublicKeyRequestSchema: GenMessage<GetPublicKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 20);
+  messageDesc(file_keyturn_v1_keys, 22);
 
 /**
  * @generated from message keyturn.v1.GetPublicKeyResponse
@@ -626,7 +694,7 @@ export type GetPublicKeyResponse = Message<"keyturn.v1.GetPublicKeyResponse"> & 
  * Use `create(GetPublicKeyResponseSchema)` to create a new message.
  */
 export const GetPublicKeyResponseSchema: GenMessage<GetPublicKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 21);
+  messageDesc(file_keyturn_v1_keys, 23);
 
 /**
  * @generated from message keyturn.v1.ComputeMacRequest
@@ -648,7 +716,7 @@ export type ComputeMacRequest = Message<"keyturn.v1.ComputeMacRequest"> & {
  * Use `create(ComputeMacRequestSchema)` to create a new message.
  */
 export const ComputeMacRequestSchema: GenMessage<ComputeMacRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 22);
+  messageDesc(file_keyturn_v1_keys, 24);
 
 /**
  * @generated from message keyturn.v1.ComputeMacResponse
@@ -672,7 +740,7 @@ export type ComputeMacResponse = Message<"keyturn.v1.ComputeMacResponse"> & {
  * Use `create(ComputeMacResponseSchema)` to create a new message.
  */
 export const ComputeMacResponseSchema: GenMessage<ComputeMacResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 23);
+  messageDesc(file_keyturn_v1_keys, 25);
 
 /**
  * @generated from message keyturn.v1.VerifyMacRequest
@@ -699,7 +767,7 @@ export type VerifyMacRequest = Message<"keyturn.v1.VerifyMacRequest"> & {
  * Use `create(VerifyMacRequestSchema)` to create a new message.
  */
 export const VerifyMacRequestSchema: GenMessage<VerifyMacRequest> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 24);
+  messageDesc(file_keyturn_v1_keys, 26);
 
 /**
  * @generated from message keyturn.v1.VerifyMacResponse
@@ -721,7 +789,7 @@ export type VerifyMacResponse = Message<"keyturn.v1.VerifyMacResponse"> & {
  * Use `create(VerifyMacResponseSchema)` to create a new message.
  */
 export const VerifyMacResponseSchema: GenMessage<VerifyMacResponse> = /*@__PURE__*/
-  messageDesc(file_keyturn_v1_keys, 25);
+  messageDesc(file_keyturn_v1_keys, 27);
 
 /**
  * Keys that are generated, rotated, expired and destroyed by the service and
@@ -729,7 +797,8 @@ export const VerifyMacResponseSchema: GenMessage<VerifyMacResponse> = /*@__PURE_
  *
  * idempotency_level drives client retries (clients/README.md): reads are
  * NO_SIDE_EFFECTS; crypto use is IDEMPOTENT (a repeat is an equally valid answer,
- * counted once more); everything else is retried only by the caller.
+ * counted once more), and so are disabling and enabling a version (a repeat finds
+ * it done and changes nothing); everything else is retried only by the caller.
  *
  * @generated from service keyturn.v1.KeyService
  */
@@ -789,6 +858,30 @@ export const KeyService: GenService<{
   restoreKey: {
     methodKind: "unary";
     input: typeof RestoreKeyRequestSchema;
+    output: typeof KeySchema;
+  },
+  /**
+   * Turns off one non-primary version (a suspected compromise): its material is
+   * kept, but Decrypt, Verify, VerifyMac, ExportKey and GetPublicKey of it are
+   * refused (FAILED_PRECONDITION VERSION_DISABLED) until EnableKeyVersion. The
+   * primary cannot be disabled: rotate first. Disabling a disabled version changes
+   * nothing, so a retry is safe. Audited, and an event (VERSION_DISABLED).
+   *
+   * @generated from rpc keyturn.v1.KeyService.DisableKeyVersion
+   */
+  disableKeyVersion: {
+    methodKind: "unary";
+    input: typeof DisableKeyVersionRequestSchema;
+    output: typeof KeySchema;
+  },
+  /**
+   * Restores a disabled version to use, unless it reached its max lifetime meanwhile.
+   *
+   * @generated from rpc keyturn.v1.KeyService.EnableKeyVersion
+   */
+  enableKeyVersion: {
+    methodKind: "unary";
+    input: typeof EnableKeyVersionRequestSchema;
     output: typeof KeySchema;
   },
   /**
