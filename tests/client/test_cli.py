@@ -87,6 +87,34 @@ async def test_keys_generate_list_get_rotate_remove_restore(keyturn: Keyturn) ->
     assert restored.json()["status"] == "KEY_STATUS_ACTIVE"
 
 
+async def test_a_leaked_version_is_disabled_and_enabled_again(
+    keyturn: Keyturn, client: AsyncClient
+) -> None:
+    key_id = (await client.generate_key("signing")).key.id
+    signed = await client.sign(key_id, b"invoice")
+    await client.rotate_key(key_id)
+    disabled = await keyturn(
+        "keys", "disable-version", key_id, "1", "--reason", "INC-7 leaked", "--user-id", "alice"
+    )
+    assert disabled.code == 0, disabled.err
+    states = {line.split()[0]: line.split()[1] for line in disabled.out.splitlines()[4:]}
+    assert states == {"1": "disabled", "2": "enabled"}
+    refused = await keyturn("keys", "disable-version", key_id, "2")
+    assert refused.code == 1
+    assert refused.err.startswith("keyturn: FAILED_PRECONDITION (VERSION_IS_PRIMARY): ")
+    for usage in (("disable-version", key_id, "one"), ("enable-version", key_id)):
+        with pytest.raises(SystemExit) as ended:  # argparse's usage error
+            await keyturn("keys", *usage)
+        assert ended.value.code == 2
+    enabled = await keyturn("keys", "enable-version", key_id, "1", "--json")
+    assert enabled.json()["versions"][0]["state"] == "KEY_VERSION_STATE_ENABLED"
+    assert (await client.verify(key_id, b"invoice", signed.signature)).valid
+    audited = await client.list_audit_events(action="key.version.disable")
+    assert [(e.resource_id, e.reason, e.user_id) for e in audited.events] == [
+        (key_id, "INC-7 leaked", "alice")
+    ]
+
+
 async def test_rotating_every_key_of_a_type_shows_progress(
     keyturn: Keyturn, client: AsyncClient
 ) -> None:

@@ -112,6 +112,37 @@ class KeyCalls(Caller):
         request = keys_pb2.RestoreKeyRequest(key_id=key_id, user_id=user_id, reason=reason)
         return await self._call(self._keys.RestoreKey, request, timeout)
 
+    async def disable_key_version(
+        self,
+        key_id: str,
+        version: int,
+        *,
+        user_id: str = "",
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> resources_pb2.Key:
+        """Refuses every use of one non-primary version (a suspected compromise) until
+        it is enabled again; a repeat changes nothing."""
+        request = keys_pb2.DisableKeyVersionRequest(
+            key_id=key_id, version=version, user_id=user_id, reason=reason
+        )
+        return await self._call(self._keys.DisableKeyVersion, request, timeout)
+
+    async def enable_key_version(
+        self,
+        key_id: str,
+        version: int,
+        *,
+        user_id: str = "",
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> resources_pb2.Key:
+        """Lets a disabled version be used again, until its max lifetime."""
+        request = keys_pb2.EnableKeyVersionRequest(
+            key_id=key_id, version=version, user_id=user_id, reason=reason
+        )
+        return await self._call(self._keys.EnableKeyVersion, request, timeout)
+
     async def get_key_statistics(
         self, *, timeout: float | None = None
     ) -> keys_pb2.GetKeyStatisticsResponse:

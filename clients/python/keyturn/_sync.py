@@ -231,6 +231,8 @@ class Client:
     rotate_key = _blocking(AsyncClient.rotate_key)
     remove_key = _blocking(AsyncClient.remove_key)
     restore_key = _blocking(AsyncClient.restore_key)
+    disable_key_version = _blocking(AsyncClient.disable_key_version)
+    enable_key_version = _blocking(AsyncClient.enable_key_version)
     get_key_statistics = _blocking(AsyncClient.get_key_statistics)
     export_key = _blocking(AsyncClient.export_key)
     encrypt = _blocking(AsyncClient.encrypt)

@@ -1,4 +1,4 @@
-"""`keyturn keys list|get|generate|rotate|remove|restore`."""
+"""`keyturn keys list|get|generate|rotate|remove|restore|disable-version|enable-version`."""
 
 from __future__ import annotations
 
@@ -31,6 +31,13 @@ def register(commands: Any) -> None:
     change(c)
     change(command(keys, "remove", keys_remove, "schedule destruction")).add_argument("key_id")
     change(command(keys, "restore", keys_restore, "cancel destruction")).add_argument("key_id")
+    for name, action, text in (
+        ("disable-version", keys_disable_version, "refuse every use of a (leaked) version"),
+        ("enable-version", keys_enable_version, "let a disabled version be used again"),
+    ):
+        c = change(command(keys, name, action, text))
+        c.add_argument("key_id")
+        c.add_argument("version", type=_version, help="the version number (not the primary)")
 
 
 def show_keys(keys: Sequence[resources_pb2.Key], args: argparse.Namespace) -> None:
@@ -113,3 +120,24 @@ async def keys_restore(client: AsyncClient, args: argparse.Namespace) -> int:
     return show_key(
         await client.restore_key(args.key_id, reason=args.reason, user_id=args.user_id), args
     )
+
+
+async def keys_disable_version(client: AsyncClient, args: argparse.Namespace) -> int:
+    key = await client.disable_key_version(
+        args.key_id, args.version, reason=args.reason, user_id=args.user_id
+    )
+    return show_key(key, args)
+
+
+async def keys_enable_version(client: AsyncClient, args: argparse.Namespace) -> int:
+    key = await client.enable_key_version(
+        args.key_id, args.version, reason=args.reason, user_id=args.user_id
+    )
+    return show_key(key, args)
+
+
+def _version(text: str) -> int:
+    """A version number as argparse reads it: a usage error, not a traceback, otherwise."""
+    if not text.isdigit() or not 0 < int(text) < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a version number (1, 2, ...)")
+    return int(text)
