@@ -123,6 +123,12 @@ CALLS = {
     "RemoveKey": lambda c, ids: c.keys.RemoveKey(K.RemoveKeyRequest(key_id=ids["key"])),
     "RestoreKey": lambda c, ids: c.keys.RestoreKey(K.RestoreKeyRequest(key_id=ids["key"])),
     "ExportKey": lambda c, ids: c.keys.ExportKey(K.ExportKeyRequest(key_id=ids["key"])),
+    "DisableKeyVersion": lambda c, ids: c.keys.DisableKeyVersion(
+        K.DisableKeyVersionRequest(key_id=ids["key"], version=1)
+    ),
+    "EnableKeyVersion": lambda c, ids: c.keys.EnableKeyVersion(
+        K.EnableKeyVersionRequest(key_id=ids["key"], version=2)
+    ),
     "ComputeMac": lambda c, ids: c.keys.ComputeMac(
         K.ComputeMacRequest(key_id=ids["key"], data=b"x")
     ),
