@@ -1,7 +1,7 @@
 """A database-file writer without MASTER_KEY forges the rows that grant rights: raises a
 token's role, moves a key or a handle to another owner, un-revokes a handle, resets its
 usage, extends its expiry, points a secret at someone else's handle, re-enables a
-destroyed key version, weakens the policies, or redirects a rotated secret's delivery.
+destroyed or a disabled key version, weakens the policies, or redirects a rotated secret's delivery.
 Each forged row fails its MAC: refused (DATA_LOSS) or treated as absent, counted, and
 logged as a security event that names no secret."""
 
@@ -238,6 +238,25 @@ async def test_a_destroyed_key_version_cannot_be_re_enabled(server: Harness) -> 
         )
     )
     assert revived.code == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_disabled_key_version_cannot_be_enabled_in_the_file(server: Harness) -> None:
+    """The on-call disabled a leaked version; the file's writer flips it back."""
+    key = (await server.admin.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    mac = await server.admin.keys.ComputeMac(keys_pb2.ComputeMacRequest(key_id=key.id, data=b"m"))
+    await server.admin.keys.RotateKey(keys_pb2.RotateKeyRequest(key_id=key.id))
+    await server.admin.keys.DisableKeyVersion(
+        keys_pb2.DisableKeyVersionRequest(key_id=key.id, version=1, reason="leaked")
+    )
+    await tamper(
+        server,
+        (
+            "UPDATE key_versions SET state = 'ENABLED' WHERE key_id = ? AND version = 1",
+            (key.id,),
+        ),
+    )
+    check = keys_pb2.VerifyMacRequest(key_id=key.id, data=b"m", mac=mac.mac)
+    assert (await fails(server.admin.keys.VerifyMac(check))).code == grpc.StatusCode.DATA_LOSS
 
 
 async def test_weakened_policies_stop_the_start(server: Harness) -> None:
