@@ -248,6 +248,8 @@ async def test_watchers_see_the_version_disabled_and_enabled(server: Harness) ->
     first, second = seen
     assert first.kind == E.EVENT_KIND_VERSION_DISABLED and first.key_version == 1
     assert first.reason == "leaked" and state_of(first.key, 1) == DISABLED
+    (v1,) = [v for v in first.key.versions if v.version == 1]
+    assert first.deadline == v1.expire_time  # when its material goes, disabled or not
     assert second.kind == E.EVENT_KIND_VERSION_ENABLED and state_of(second.key, 1) == ENABLED
 
 

@@ -104,6 +104,8 @@ class KeyVersions:
                 EventKind.VERSION_DISABLED if disable else EventKind.VERSION_ENABLED,
                 updated,
                 reason=reason or f"version {number} {verb}",
+                # When its material is destroyed, disabled or not (its max lifetime).
+                deadline=version.expire_time,
                 version=number,
             )
             self._journal.audit(

@@ -55,7 +55,9 @@ class _EventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventKind.V
     EVENT_KIND_CREATED: _EventKind.ValueType  # 12
     """A key or handle was created."""
     EVENT_KIND_VERSION_DISABLED: _EventKind.ValueType  # 13
-    """A key version was disabled (DisableKeyVersion); key_version names it."""
+    """A key version was disabled (DisableKeyVersion); key_version names it and
+    deadline is the end of its max lifetime, when its material is destroyed.
+    """
     EVENT_KIND_VERSION_ENABLED: _EventKind.ValueType  # 14
     """A disabled key version was enabled again (EnableKeyVersion); key_version names it."""
 
@@ -89,7 +91,9 @@ EVENT_KIND_DESTROYED: EventKind.ValueType  # 11
 EVENT_KIND_CREATED: EventKind.ValueType  # 12
 """A key or handle was created."""
 EVENT_KIND_VERSION_DISABLED: EventKind.ValueType  # 13
-"""A key version was disabled (DisableKeyVersion); key_version names it."""
+"""A key version was disabled (DisableKeyVersion); key_version names it and
+deadline is the end of its max lifetime, when its material is destroyed.
+"""
 EVENT_KIND_VERSION_ENABLED: EventKind.ValueType  # 14
 """A disabled key version was enabled again (EnableKeyVersion); key_version names it."""
 Global___EventKind: _TypeAlias = EventKind  # noqa: Y015

@@ -52,7 +52,8 @@ const (
 	EventKind_EVENT_KIND_DESTROYED EventKind = 11
 	// A key or handle was created.
 	EventKind_EVENT_KIND_CREATED EventKind = 12
-	// A key version was disabled (DisableKeyVersion); key_version names it.
+	// A key version was disabled (DisableKeyVersion); key_version names it and
+	// deadline is the end of its max lifetime, when its material is destroyed.
 	EventKind_EVENT_KIND_VERSION_DISABLED EventKind = 13
 	// A disabled key version was enabled again (EnableKeyVersion); key_version names it.
 	EventKind_EVENT_KIND_VERSION_ENABLED EventKind = 14

@@ -275,7 +275,8 @@ export enum EventKind {
   CREATED = 12,
 
   /**
-   * A key version was disabled (DisableKeyVersion); key_version names it.
+   * A key version was disabled (DisableKeyVersion); key_version names it and
+   * deadline is the end of its max lifetime, when its material is destroyed.
    *
    * @generated from enum value: EVENT_KIND_VERSION_DISABLED = 13;
    */
