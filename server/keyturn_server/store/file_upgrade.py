@@ -21,19 +21,13 @@ import sqlite3
 from pathlib import Path
 
 from keyturn_server.store.schema import going_back, migrations, not_upgraded
+from keyturn_server.store.sqlite_connections import StoreOpenError
 
 log = logging.getLogger("keyturn.store")
 
 
-class UpgradeError(Exception):
-    """The file's schema cannot be brought to this server's (one line to show).
-    ``newer``: the file's schema, when a newer Keyturn made or upgraded it; ``older``:
-    its schema, when it is older and was not to be upgraded."""
-
-    def __init__(self, message: str, newer: int = 0, older: int = 0) -> None:
-        super().__init__(message)
-        self.newer = newer
-        self.older = older
+class UpgradeError(StoreOpenError):
+    """The file's schema cannot be brought to this server's (one line to show)."""
 
 
 def copy_before(path: Path, schema: int) -> Path:

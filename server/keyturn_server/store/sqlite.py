@@ -46,7 +46,7 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store import damage, files
-from keyturn_server.store.file_upgrade import UpgradeError, migrate
+from keyturn_server.store.file_upgrade import migrate
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.scrub import WalScrub
@@ -119,8 +119,6 @@ class SqliteStore:
             setup.close()
         except sqlite3.DatabaseError as exc:
             raise StoreOpenError(f"{path} cannot be used: {exc}") from None
-        except UpgradeError as exc:
-            raise StoreOpenError(str(exc), newer=exc.newer, older=exc.older) from None
         self._writer = connect(path)
         self._writer.execute("PRAGMA synchronous = FULL")
         self._writer.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT}")
