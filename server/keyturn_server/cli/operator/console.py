@@ -5,21 +5,24 @@ keys`...); protobuf JSON is the machine form, this is the human one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from google.protobuf import duration_pb2, json_format, timestamp_pb2
 from google.protobuf.message import Message
 
+from keyturn import KeyturnError
 from keyturn.v1 import admin_pb2, events_pb2, resources_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 V = TypeVar("V", bound=int)
+R = TypeVar("R")
 
 
 def enum_value(wrapper: _EnumTypeWrapper[V], prefix: str, value: V | str | None) -> V:
@@ -108,6 +111,29 @@ class Progress:
     def _count(self) -> str:
         failed = f" ({self.failed} failed)" if self.failed else ""
         return f"{self.done}/{self.total}{failed}"
+
+
+async def each(
+    label: str, ids: Sequence[str], concurrency: int, act: Callable[[str], Awaitable[R]]
+) -> tuple[list[R], int]:
+    """``act`` on every id, at most ``concurrency`` at once, with a Progress: what it
+    returned, in the order of ``ids``, and how many failed (each said on stderr)."""
+    progress = Progress(label, len(ids))
+    gate = asyncio.Semaphore(max(1, concurrency))
+    results: dict[str, R] = {}
+
+    async def one(item: str) -> None:
+        async with gate:
+            try:
+                results[item] = await act(item)
+            except KeyturnError as exc:
+                print(f"{item}: {exc}", file=sys.stderr)
+                progress.tick(ok=False)
+            else:
+                progress.tick()
+
+    await asyncio.gather(*(one(i) for i in ids))
+    return [results[i] for i in ids if i in results], progress.failed
 
 
 # --- keys and handles -----------------------------------------------------------------------

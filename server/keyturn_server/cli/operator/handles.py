@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
-from keyturn import AsyncClient, KeyturnError
+from keyturn import AsyncClient
 from keyturn.v1 import handles_pb2, resources_pb2
 from keyturn_server.cli.operator import console as out
 from keyturn_server.cli.operator.console import short_name
@@ -142,26 +141,14 @@ async def handles_remove(client: AsyncClient, args: argparse.Namespace) -> int:
         return show_handle(handle, args)
     elif not ids:
         raise UsageError("name the handles to remove, or --all-of-owner OWNER")
-    progress = out.Progress("removing", len(ids))
-    gate = asyncio.Semaphore(max(1, args.concurrency))
-    removed: dict[str, resources_pb2.Handle] = {}
-
-    async def remove(handle_id: str) -> None:
-        async with gate:
-            try:
-                removed[handle_id] = await client.remove_handle(
-                    handle_id, reason=args.reason, user_id=args.user_id
-                )
-            except KeyturnError as exc:
-                print(f"{handle_id}: {exc}", file=sys.stderr)
-                progress.tick(ok=False)
-            else:
-                progress.tick()
-
-    await asyncio.gather(*(remove(i) for i in ids))
-    done = [removed[i] for i in ids if i in removed]
+    done, failed = await out.each(
+        "removing",
+        ids,
+        args.concurrency,
+        lambda handle_id: client.remove_handle(handle_id, reason=args.reason, user_id=args.user_id),
+    )
     if args.json:
         out.emit_json(handles_pb2.ListHandlesResponse(handles=done, total_size=len(done)))
     else:
         out.table(out.HANDLE_COLUMNS, [out.handle_row(h) for h in done])
-    return 1 if progress.failed else 0
+    return 1 if failed else 0

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from keyturn import AsyncClient, KeyturnError
+from keyturn import AsyncClient
 from keyturn.v1 import keys_pb2, resources_pb2
 from keyturn_server.cli.operator import console as out
 from keyturn_server.cli.operator.wiring import UsageError, change, command, filters, group, pairs
@@ -89,25 +87,14 @@ async def keys_rotate(client: AsyncClient, args: argparse.Namespace) -> int:
         ids += [k.id async for k in found if k.status not in gone]
     elif not ids:
         raise UsageError("name the keys to rotate, or --all-of-type TYPE")
-    progress = out.Progress("rotating", len(ids))
-    gate = asyncio.Semaphore(max(1, args.concurrency))
-    rotated: dict[str, resources_pb2.Key] = {}
-
-    async def rotate(key_id: str) -> None:
-        async with gate:
-            try:
-                rotated[key_id] = await client.rotate_key(
-                    key_id, reason=args.reason, user_id=args.user_id
-                )
-            except KeyturnError as exc:
-                print(f"{key_id}: {exc}", file=sys.stderr)
-                progress.tick(ok=False)
-            else:
-                progress.tick()
-
-    await asyncio.gather(*(rotate(i) for i in ids))
-    show_keys([rotated[i] for i in ids if i in rotated], args)
-    return 1 if progress.failed else 0
+    rotated, failed = await out.each(
+        "rotating",
+        ids,
+        args.concurrency,
+        lambda key_id: client.rotate_key(key_id, reason=args.reason, user_id=args.user_id),
+    )
+    show_keys(rotated, args)
+    return 1 if failed else 0
 
 
 async def keys_remove(client: AsyncClient, args: argparse.Namespace) -> int:
