@@ -7,10 +7,14 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
+	"github.com/keyturn/keyturn/clients/go/keyturn"
 )
 
 func TestGeneratedKeyIsActiveWithVersionOneAsPrimary(t *testing.T) {
@@ -67,6 +71,55 @@ func TestRotatedKeyStillDecryptsWhatItsOldVersionEncrypted(t *testing.T) {
 	if resealed.GetKeyVersion() != 2 {
 		t.Errorf("Encrypt after rotation used version %d, want 2", resealed.GetKeyVersion())
 	}
+}
+
+func TestDisabledVersionRefusesToDecryptUntilEnabledAgain(t *testing.T) {
+	c, ctx := liveClient(t), testContext(t)
+	key := must(c.Keys.GenerateKey(ctx, &keyturnv1.GenerateKeyRequest{Type: "encryption"}))(t).GetKey()
+	plaintext := []byte("old secret")
+	sealed := must(c.Keys.Encrypt(ctx, &keyturnv1.EncryptRequest{KeyId: key.GetId(), Plaintext: plaintext}))(t)
+	if sealed.GetKeyVersion() != 1 {
+		t.Fatalf("Encrypt used version %d, want 1", sealed.GetKeyVersion())
+	}
+	must(c.Keys.RotateKey(ctx, &keyturnv1.RotateKeyRequest{KeyId: key.GetId()}))(t)
+	decrypt := &keyturnv1.DecryptRequest{KeyId: key.GetId(), Ciphertext: sealed.GetCiphertext()}
+
+	disabled := must(c.Keys.DisableKeyVersion(ctx, &keyturnv1.DisableKeyVersionRequest{
+		KeyId: key.GetId(), Version: 1, Reason: "suspected leak",
+	}))(t)
+	if versionState(disabled, 1) != keyturnv1.KeyVersionState_KEY_VERSION_STATE_DISABLED ||
+		versionState(disabled, 2) != keyturnv1.KeyVersionState_KEY_VERSION_STATE_ENABLED {
+		t.Errorf("after DisableKeyVersion: versions %v; want 1 DISABLED, 2 ENABLED", disabled.GetVersions())
+	}
+	_, err := c.Keys.Decrypt(ctx, decrypt)
+	var kerr *keyturn.Error
+	if !errors.As(err, &kerr) {
+		t.Fatalf("Decrypt with a disabled version: error %v (%T) is not a *keyturn.Error", err, err)
+	}
+	if kerr.Code != codes.FailedPrecondition || kerr.Reason != "VERSION_DISABLED" || kerr.Metadata["version"] != "1" {
+		t.Errorf("error = %#v; want FAILED_PRECONDITION, reason VERSION_DISABLED, metadata version 1", kerr)
+	}
+
+	enabled := must(c.Keys.EnableKeyVersion(ctx, &keyturnv1.EnableKeyVersionRequest{
+		KeyId: key.GetId(), Version: 1, Reason: "false alarm",
+	}))(t)
+	if versionState(enabled, 1) != keyturnv1.KeyVersionState_KEY_VERSION_STATE_ENABLED {
+		t.Errorf("after EnableKeyVersion: versions %v; want 1 ENABLED", enabled.GetVersions())
+	}
+	opened := must(c.Keys.Decrypt(ctx, decrypt))(t)
+	if !bytes.Equal(opened.GetPlaintext(), plaintext) || opened.GetKeyVersion() != 1 {
+		t.Errorf("Decrypt after EnableKeyVersion = %q, version %d", opened.GetPlaintext(), opened.GetKeyVersion())
+	}
+}
+
+// versionState is the state of the key's version numbered v.
+func versionState(key *keyturnv1.Key, v uint32) keyturnv1.KeyVersionState {
+	for _, version := range key.GetVersions() {
+		if version.GetVersion() == v {
+			return version.GetState()
+		}
+	}
+	return keyturnv1.KeyVersionState_KEY_VERSION_STATE_UNSPECIFIED
 }
 
 func TestSignatureVerifiesOnServerAndWithThePublicKey(t *testing.T) {
