@@ -19,13 +19,18 @@ import keyturn.v1.Handles.ValidateHandleRequest;
 import keyturn.v1.Handles.Validation;
 import keyturn.v1.Keys.DecryptRequest;
 import keyturn.v1.Keys.DecryptResponse;
+import keyturn.v1.Keys.DisableKeyVersionRequest;
+import keyturn.v1.Keys.EnableKeyVersionRequest;
 import keyturn.v1.Keys.EncryptRequest;
 import keyturn.v1.Keys.EncryptResponse;
 import keyturn.v1.Keys.GenerateKeyRequest;
 import keyturn.v1.Keys.GetKeyRequest;
+import keyturn.v1.Keys.RotateKeyRequest;
 import keyturn.v1.Resources.HandleStatus;
 import keyturn.v1.Resources.Key;
 import keyturn.v1.Resources.KeyStatus;
+import keyturn.v1.Resources.KeyVersion;
+import keyturn.v1.Resources.KeyVersionState;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.BeforeEach;
@@ -103,6 +108,67 @@ class KeyturnClientTest {
                     .build());
     assertArrayEquals(plaintext.toByteArray(), opened.getPlaintext().toByteArray());
     assertTrue(opened.getUsedPrimary());
+  }
+
+  @Test
+  void aDisabledVersionRefusesToDecryptUntilItIsEnabledAgain() {
+    String keyId =
+        client
+            .keys()
+            .generateKey(GenerateKeyRequest.newBuilder().setType("encryption").build())
+            .getKey()
+            .getId();
+    ByteString plaintext = ByteString.copyFrom("old secret", StandardCharsets.UTF_8);
+    EncryptResponse sealed =
+        client
+            .keys()
+            .encrypt(EncryptRequest.newBuilder().setKeyId(keyId).setPlaintext(plaintext).build());
+    assertEquals(1, sealed.getKeyVersion());
+    client.keys().rotateKey(RotateKeyRequest.newBuilder().setKeyId(keyId).build());
+    DecryptRequest decrypt =
+        DecryptRequest.newBuilder().setKeyId(keyId).setCiphertext(sealed.getCiphertext()).build();
+
+    Key disabled =
+        client
+            .keys()
+            .disableKeyVersion(
+                DisableKeyVersionRequest.newBuilder()
+                    .setKeyId(keyId)
+                    .setVersion(1)
+                    .setReason("suspected leak")
+                    .setUserId(USER)
+                    .build());
+    assertEquals(KeyVersionState.KEY_VERSION_STATE_DISABLED, stateOf(disabled, 1));
+    assertEquals(KeyVersionState.KEY_VERSION_STATE_ENABLED, stateOf(disabled, 2));
+    StatusRuntimeException error =
+        assertThrows(StatusRuntimeException.class, () -> client.keys().decrypt(decrypt));
+    ErrorDetails details = ErrorDetails.of(error);
+    assertEquals(Status.Code.FAILED_PRECONDITION, details.code(), details::toString);
+    assertEquals("VERSION_DISABLED", details.reason());
+    assertEquals("1", details.metadata().get("version"));
+
+    Key enabled =
+        client
+            .keys()
+            .enableKeyVersion(
+                EnableKeyVersionRequest.newBuilder()
+                    .setKeyId(keyId)
+                    .setVersion(1)
+                    .setReason("false alarm")
+                    .setUserId(USER)
+                    .build());
+    assertEquals(KeyVersionState.KEY_VERSION_STATE_ENABLED, stateOf(enabled, 1));
+    DecryptResponse opened = client.keys().decrypt(decrypt);
+    assertArrayEquals(plaintext.toByteArray(), opened.getPlaintext().toByteArray());
+    assertEquals(1, opened.getKeyVersion());
+  }
+
+  private static KeyVersionState stateOf(Key key, int version) {
+    return key.getVersionsList().stream()
+        .filter(v -> v.getVersion() == version)
+        .map(KeyVersion::getState)
+        .findFirst()
+        .orElseThrow(() -> new AssertionError("no version " + version + " in " + key));
   }
 
   @Test
