@@ -12,8 +12,10 @@ import {
   type ComputeMacResponse,
   type DecryptRequestSchema,
   type DecryptResponse,
+  type DisableKeyVersionRequestSchema,
   type EncryptRequestSchema,
   type EncryptResponse,
+  type EnableKeyVersionRequestSchema,
   type ExportKeyRequestSchema,
   type ExportKeyResponse,
   type GenerateKeyRequestSchema,
@@ -84,6 +86,23 @@ export class KeysClient {
 
   restoreKey(request: Init<typeof RestoreKeyRequestSchema>, options?: CallOptions): Promise<Key> {
     return this.calls.unary(KeyService.method.restoreKey, (o) => this.rpc.restoreKey(request, o), options);
+  }
+
+  /**
+   * Refuses every use of one non-primary version (a suspected compromise) until it is
+   * enabled again; a repeat changes nothing.
+   */
+  disableKeyVersion(request: Init<typeof DisableKeyVersionRequestSchema>, options?: CallOptions): Promise<Key> {
+    return this.calls.unary(
+      KeyService.method.disableKeyVersion,
+      (o) => this.rpc.disableKeyVersion(request, o),
+      options,
+    );
+  }
+
+  /** Lets a disabled version be used again, until its max lifetime. */
+  enableKeyVersion(request: Init<typeof EnableKeyVersionRequestSchema>, options?: CallOptions): Promise<Key> {
+    return this.calls.unary(KeyService.method.enableKeyVersion, (o) => this.rpc.enableKeyVersion(request, o), options);
   }
 
   async getKeyStatistics(options?: CallOptions): Promise<KeyStatistics> {

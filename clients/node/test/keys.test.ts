@@ -1,7 +1,7 @@
 /** KeyService through KeyturnClient, against the live server. */
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { KeyStatus, KeyVersionState } from "../src/index.js";
+import { FailedPreconditionError, KeyStatus, KeyVersionState } from "../src/index.js";
 import { adminClient } from "./support/live.js";
 
 const client = adminClient();
@@ -67,6 +67,35 @@ describe("keys", () => {
     const reopened = await client.keys.decrypt({ keyId, ciphertext: fresh.ciphertext });
     assert.equal(text(reopened.plaintext), "again");
     assert.equal(reopened.usedPrimary, true);
+  });
+
+  test("a disabled version refuses to decrypt with VERSION_DISABLED until it is enabled again", async () => {
+    const { key } = await client.keys.generateKey({ type: "encryption" });
+    const keyId = key!.id;
+    const sealed = await client.keys.encrypt({ keyId, plaintext: bytes("old secret") });
+    assert.equal(sealed.keyVersion, 1);
+    await client.keys.rotateKey({ keyId });
+
+    const disabled = await client.keys.disableKeyVersion({ keyId, version: 1, reason: "suspected leak" });
+    assert.deepEqual(
+      disabled.versions.map((v) => [v.version, v.state]),
+      [
+        [1, KeyVersionState.DISABLED],
+        [2, KeyVersionState.ENABLED],
+      ],
+    );
+    await assert.rejects(client.keys.decrypt({ keyId, ciphertext: sealed.ciphertext }), (error) => {
+      assert.ok(error instanceof FailedPreconditionError, String(error));
+      assert.equal(error.reason, "VERSION_DISABLED");
+      assert.equal(error.metadata["version"], "1");
+      return true;
+    });
+
+    const enabled = await client.keys.enableKeyVersion({ keyId, version: 1, reason: "false alarm" });
+    assert.equal(enabled.versions.find((v) => v.version === 1)?.state, KeyVersionState.ENABLED);
+    const opened = await client.keys.decrypt({ keyId, ciphertext: sealed.ciphertext });
+    assert.equal(text(opened.plaintext), "old secret");
+    assert.equal(opened.keyVersion, 1);
   });
 
   test("a signature verifies for its message and not for another", async () => {
