@@ -28,6 +28,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from keyturn_server.store.sqlite_connections import connect
+
 #: Seconds between tries while a reader or another writer holds the WAL.
 RETRY = 1.0
 
@@ -64,7 +66,7 @@ class WalScrub:
 
     def _truncate(self) -> bool:
         try:
-            conn = sqlite3.connect(f"{self._path.resolve().as_uri()}?mode=rw", uri=True)
+            conn = connect(self._path, create=False)
         except sqlite3.Error:
             return False
         try:
