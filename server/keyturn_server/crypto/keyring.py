@@ -60,6 +60,10 @@ class KeyringData:
     #: and how many rows got theirs so far. Sealed for the same reason.
     protect_from: str = ""
     protected_rows: int = 0
+    #: The first sealing generation that seals with 192-bit nonces (crypto/seal.py format
+    #: 2); 0 in a keyring made before them, until a master key rotation adds a generation.
+    #: An older server ignores it and seals in format 1, which every server opens.
+    wide_from: int = 0
 
     @staticmethod
     def fresh() -> KeyringData:
@@ -70,6 +74,7 @@ class KeyringData:
             secrets.token_bytes(32),
             secrets.token_bytes(32),
             integrity=ROW_MACS,
+            wide_from=1,
         )
 
     def to_bytes(self) -> bytes:
@@ -83,6 +88,7 @@ class KeyringData:
                 "integrity": self.integrity,
                 "protect_from": self.protect_from,
                 "protected_rows": self.protected_rows,
+                "wide_from": self.wide_from,
             }
         ).encode()
 
@@ -98,6 +104,7 @@ class KeyringData:
             integrity=int(data.get("integrity", 0)),
             protect_from=str(data.get("protect_from", "")),
             protected_rows=int(data.get("protected_rows", 0)),
+            wide_from=int(data.get("wide_from", 0)),
         )
 
     def wrap(self, master: MasterKey) -> bytes:
@@ -134,7 +141,7 @@ class Keyring:
 
     def load(self, data: KeyringData) -> None:
         self.data = data
-        self.sealer = Sealer(data.seal_keys, data.current)
+        self.sealer = Sealer(data.seal_keys, data.current, data.wide_from)
         self._token_key = data.token_key
         # Keyed state made once: a copy per digest skips the key schedule, and unlike the
         # one-shot hmac.digest it keeps the GIL (which the one-shot releases, handing it

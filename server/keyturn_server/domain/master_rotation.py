@@ -82,6 +82,9 @@ async def rotate_master_key(
         generation = max(data.seal_keys) + 1
         data.seal_keys[generation] = KeyringData.fresh().seal_keys[1]
         data.current = generation
+        # A store older than 192-bit seal nonces moves to them here: the operator rotates
+        # once every server runs a release that opens them (docs/security.md).
+        data.wide_from = data.wide_from or generation
         data.revision += 1
         repo.set_meta(WRAP_PREFIX + fingerprint(old), data.wrap(old))
         repo.set_meta(WRAP_PREFIX + fingerprint(new), data.wrap(new))
