@@ -13,15 +13,23 @@ ARG BASE=python:3.11-slim
 
 FROM ${BASE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY server ./server
-COPY clients/python ./clients/python
 # A CA bundle for pip, only when a TLS-intercepting proxy sits in front of the package
 # index: mount it into the build and name it here (nothing of it stays in the image).
 ARG PIP_CERT
-# Two distributions: the client `keyturn` (stubs and the client the operator commands
-# use) and `keyturn-server`, which requires exactly that version of it.
+# The dependencies first, exactly as locked and checked against their hashes
+# (requirements/runtime.txt, scripts/lock.py): the image ships what CI tested, and a
+# release replaced upstream is refused rather than built in. Their own layer, so a code
+# change does not download them again.
+COPY requirements/runtime.txt ./requirements/
 RUN pip install --no-cache-dir --disable-pip-version-check --prefix=/install \
+        --require-hashes --only-binary=:all: -r requirements/runtime.txt
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY clients/python ./clients/python
+# Two distributions: the client `keyturn` (stubs and the client the operator commands
+# use) and `keyturn-server`, which requires exactly that version of it. --no-deps: every
+# dependency is installed above, pinned; one missing from the lock fails the smoke test.
+RUN pip install --no-cache-dir --disable-pip-version-check --prefix=/install --no-deps \
         ./clients/python .
 
 FROM ${BASE}

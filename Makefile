@@ -11,12 +11,15 @@ BIN    := $(VENV)/bin
 
 # Two distributions, both editable: the client `keyturn` and the server that requires it.
 # The first time takes a minute or so: each step says what it is doing.
-$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml
+# The runtime dependencies come from the hash-checked lock the container image uses
+# (requirements/runtime.txt), so the tests run the versions a release ships.
+$(VENV)/.installed: pyproject.toml clients/python/pyproject.toml requirements/runtime.txt
 	@echo "== setup 1/3: a virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	@echo "== setup 2/3: an up-to-date pip"
 	$(BIN)/pip install -q --upgrade pip
 	@echo "== setup 3/3: keyturn, keyturn-server and their dependencies (about a minute)"
+	$(BIN)/pip install --progress-bar off --require-hashes -r requirements/runtime.txt
 	$(BIN)/pip install --progress-bar off -e clients/python -e ".[dev]"
 	@echo "== setup done"
 	touch $@

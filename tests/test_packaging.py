@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -160,3 +161,47 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
         [analyze, "verify", str(copy)], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def lock_module() -> object:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import lock  # scripts/lock.py
+    finally:
+        sys.path.pop(0)
+    return lock
+
+
+def test_the_image_installs_its_dependencies_from_the_hash_checked_lock() -> None:
+    lock: Any = lock_module()
+    assert lock.check() == []
+    runs = [argument for kind, argument in instructions() if kind == "RUN"]
+    assert any("--require-hashes" in r and "requirements/runtime.txt" in r for r in runs)
+    # The local distributions add nothing unpinned: their dependencies came from the lock.
+    assert any("--no-deps" in r and "./clients/python ." in r for r in runs)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda text: re.sub(r"^grpcio==[^ ]+", "grpcio==1.0.0", text, flags=re.M), "outside"),
+        (lambda text: re.sub(r"^orjson==", "orjsonx==", text, flags=re.M), "orjson is required"),
+        (
+            lambda text: re.sub(
+                r"(^psycopg-pool==[^ ]+) \\\n(\s+--hash=\S+ \\\n)*\s+--hash=\S+",
+                r"\1",
+                text,
+                flags=re.M,
+            ),
+            "psycopg-pool==",
+        ),
+    ],
+)
+def test_the_lock_check_fails_when_the_lock_and_the_ranges_disagree(
+    tmp_path: Path, edit: Any, problem: str
+) -> None:
+    lock: Any = lock_module()
+    edited = tmp_path / "runtime.txt"
+    edited.write_text(edit(lock.LOCK.read_text()))
+    assert edited.read_text() != lock.LOCK.read_text()
+    assert any(problem in p for p in lock.check(edited)), lock.check(edited)
