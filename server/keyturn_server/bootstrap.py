@@ -32,6 +32,7 @@ from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.observability import logs
 from keyturn_server.settings import Settings
+from keyturn_server.store.files import DB_FILE
 from keyturn_server.store.sqlite import SqliteStore
 
 log = logging.getLogger("keyturn.security")
@@ -174,7 +175,7 @@ def _lost_keyring(store: Store, data_dir: Path, revision: bytes | None) -> str:
     was altered")."""
     what = f"keyring revision {revision.decode(errors='replace')}" if revision else "data"
     if isinstance(store, SqliteStore):
-        where = str(data_dir / "keyturn.db")
+        where = str(data_dir / DB_FILE)
         restore = f"keyturn backup restore <backup> --data-dir {data_dir}"
     else:
         where, restore = "the database", "your database's own backups"
@@ -292,7 +293,7 @@ def open_store(settings: Settings, *, upgrade: bool = True) -> Store:
         )
     # Workers share the file: their commit listeners read every process's events.
     return SqliteStore(
-        settings.data_dir / "keyturn.db", shared=settings.worker is not None, upgrade=upgrade
+        settings.data_dir / DB_FILE, shared=settings.worker is not None, upgrade=upgrade
     )
 
 

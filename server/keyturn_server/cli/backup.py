@@ -56,11 +56,11 @@ from keyturn_server.domain.paging import PageTokens
 from keyturn_server.process.lock import DataDirInUse, DataDirLock
 from keyturn_server.settings import Settings
 from keyturn_server.store import lineage
+from keyturn_server.store.files import DB_FILE
 from keyturn_server.store.schema import LATEST
 from keyturn_server.store.sqlite import SqliteStore
 from keyturn_server.store.sqlite_connections import StoreOpenError
 
-DB_FILE = "keyturn.db"
 #: Tables whose row counts the summary shows.
 COUNTED = ("keys", "handles", "access_tokens", "audit")
 

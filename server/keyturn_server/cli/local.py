@@ -15,6 +15,7 @@ from keyturn_server.domain.access import Principal, Role
 from keyturn_server.domain.repositories import Store
 from keyturn_server.process import hardening
 from keyturn_server.settings import Settings
+from keyturn_server.store.files import DB_FILE
 
 
 def add_location_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,7 @@ def local_settings(args: argparse.Namespace, master_key: str | None) -> Settings
 
 @contextlib.asynccontextmanager
 async def opened(settings: Settings) -> AsyncIterator[Store]:
-    if not settings.store and not (settings.data_dir / "keyturn.db").exists():
+    if not settings.store and not (settings.data_dir / DB_FILE).exists():
         raise OSError(f"no Keyturn data in {settings.data_dir} (start the server once first)")
     os.umask(0o077)  # whatever the command writes stays private, like the server's files
     # It holds MASTER_KEY (and a rotation NEW_MASTER_KEY) and the keyring while it runs:

@@ -19,6 +19,9 @@ import sqlite3
 import time
 from pathlib import Path
 
+#: The embedded store's database file, in the data directory.
+DB_FILE = "keyturn.db"
+
 #: What callers are told (the operators' message names paths on the server).
 REFUSAL = (
     "the store's database file was removed or replaced under the server; writes are "
