@@ -158,7 +158,8 @@ async def test_heartbeats_are_comments_that_move_the_resume_point(
         headers=bearer(server),
     ) as response:
         (beat,) = await take(response, 1, data_only=False)
-    assert beat.data == "" and beat.comments == ["heartbeat, latest sequence 1"]
+    # A resumed stream has no SNAPSHOT_COMPLETE: the heartbeat says how often it comes.
+    assert beat.data == "" and beat.comments == ["heartbeat, latest sequence 1, every 0.200s"]
     assert beat.id == "1"
 
 

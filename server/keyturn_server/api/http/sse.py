@@ -6,7 +6,8 @@ browser's EventSource.
   starts after), so a reconnecting EventSource sends ``Last-Event-ID`` and resumes exactly
   where it stopped; ``resume_after`` in the query does the same for a first connection.
 - Heartbeats are SSE comments, which EventSource ignores, followed by an ``id:`` line that
-  moves the resume point of an idle subscriber without firing an event.
+  moves the resume point of an idle subscriber without firing an event. The comment says
+  how often they come (``every 30s``): three missed mean a stuck server.
 - A refusal before the stream starts (bad filter, OUT_OF_RANGE resume point, no rights) is
   an ordinary HTTP error: the servicer announces acceptance with send_initial_metadata,
   and only then does the 200 response begin. A failure later (server shutting down, a
@@ -127,7 +128,12 @@ def frame(message: Message) -> bytes:
     """One SSE message for one streamed message."""
     if isinstance(message, events_pb2.ExpiryEvent):
         if message.kind == _HEARTBEAT:
-            lines = [f": heartbeat, latest sequence {message.latest_sequence}"]
+            text = f": heartbeat, latest sequence {message.latest_sequence}"
+            if message.HasField("heartbeat_interval"):
+                # A resumed stream has no SNAPSHOT_COMPLETE to say how often these come,
+                # and a client watching for a stuck server needs to know.
+                text += f", every {message.heartbeat_interval.ToJsonString()}"
+            lines = [text]
             if message.latest_sequence:
                 lines.append(f"id: {message.latest_sequence}")
             return ("\n".join(lines) + "\n\n").encode()
