@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import grpc
 import pytest
 
+import keyturn
 from keyturn import AsyncClient
 from keyturn.v1 import keys_pb2
 
@@ -67,3 +70,37 @@ async def test_iter_audit_events_walks_the_log_newest_first(client: AsyncClient)
     assert newest_first == list(reversed(ids))
     sequences = [e.sequence async for e in client.iter_audit_events(page_size=2)]
     assert sequences == sorted(sequences) and len(sequences) == len(set(sequences))
+
+
+@pytest.mark.parametrize("cycle", [1, 2], ids=["same-token-again", "two-token-cycle"])
+async def test_a_repeated_page_token_ends_the_walk_with_an_error_instead_of_looping(
+    client: AsyncClient, monkeypatch: pytest.MonkeyPatch, cycle: int
+) -> None:
+    # A proxy (or a buggy server) that answers a page with a token already followed
+    # would otherwise make iter_keys fetch the same pages for ever.
+    for _ in range(5):
+        await client.generate_key("session")
+    list_keys = client.list_keys
+    tokens: list[str] = []
+
+    async def replaying(**kwargs: Any) -> keys_pb2.ListKeysResponse:
+        page = await list_keys(**kwargs)
+        if page.next_page_token:
+            tokens.append(page.next_page_token)
+        if len(tokens) > cycle:
+            page.next_page_token = tokens[-1 - cycle]
+        return page
+
+    monkeypatch.setattr(client, "list_keys", replaying)
+    walked: list[str] = []
+
+    async def walk() -> None:
+        async for key in client.iter_keys(page_size=1):
+            walked.append(key.id)
+
+    with pytest.raises(keyturn.ServerError) as caught:
+        await asyncio.wait_for(walk(), timeout=10)
+    assert caught.value.code == grpc.StatusCode.INTERNAL
+    assert caught.value.reason == "PAGE_TOKEN_REPEATED"
+    assert len(walked) == len(set(walked)) == cycle + 1  # each page given once, then the error
+    assert all(token not in str(caught.value) for token in tokens)

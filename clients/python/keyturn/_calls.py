@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from keyturn import _policy
-from keyturn._errors import Cancelled, from_rpc_error
+from keyturn._errors import Cancelled, ServerError, from_rpc_error
 from keyturn._retry import RetryPolicy, Sleep, retrying
 from keyturn.v1 import admin_pb2_grpc, handles_pb2_grpc, keys_pb2_grpc
 
@@ -105,8 +105,14 @@ async def pages(
     token: Callable[[Resp], str],
     limit: int | None = None,
 ) -> AsyncIterator[Item]:
-    """Every item of a paginated list, fetching the next page only when needed."""
+    """Every item of a paginated list, fetching the next page only when needed.
+
+    A next_page_token already followed (a server or proxy replaying a page) would walk the
+    same pages for ever: it ends the walk with ``ServerError`` (INTERNAL, reason
+    PAGE_TOKEN_REPEATED), as gRPC reports a malformed answer, rather than stopping quietly
+    with a list the caller would take for complete."""
     page_token, seen = "", 0
+    followed = {page_token}
     while True:
         response = await fetch(page_token)
         for item in items(response):
@@ -117,6 +123,20 @@ async def pages(
         page_token = token(response)
         if not page_token or (limit is not None and seen >= limit):
             return  # a limit met at a page's end asks for no page to find out
+        if page_token in followed:
+            raise page_token_repeated(len(followed))
+        followed.add(page_token)
+
+
+def page_token_repeated(pages: int) -> ServerError:
+    """The error of a list whose server answered with a page token it had given before;
+    the token itself stays out of the message (it is bound to the caller)."""
+    return ServerError(
+        f"the server returned an already followed next_page_token after {pages} page(s):"
+        " the list cannot be walked further",
+        code=grpc.StatusCode.INTERNAL,
+        reason="PAGE_TOKEN_REPEATED",
+    )
 
 
 def enum_value(wrapper: _EnumTypeWrapper[V], prefix: str, value: V | str | None) -> V:
