@@ -2,6 +2,7 @@ package keyturn_test
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -9,8 +10,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
+	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
@@ -195,5 +199,67 @@ func TestKeysAllWalksEveryPage(t *testing.T) {
 	}
 	if req.GetPageToken() != "" {
 		t.Error("All changed the caller's request")
+	}
+}
+
+// replayingPageTokens is a unary interceptor that plays a proxy replaying
+// pages: from the (cycle+1)th next_page_token of ListKeys on, it answers with
+// the token it handed out cycle pages before. It records what it handed out.
+func replayingPageTokens(cycle int, handedOut *[]string) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn,
+		invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		page, ok := reply.(*keyturnv1.ListKeysResponse)
+		if err != nil || !ok || page.GetNextPageToken() == "" {
+			return err
+		}
+		*handedOut = append(*handedOut, page.GetNextPageToken())
+		if n := len(*handedOut); n > cycle {
+			page.NextPageToken = (*handedOut)[n-1-cycle]
+		}
+		return nil
+	}
+}
+
+func TestARepeatedPageTokenEndsAllWithAnErrorInsteadOfLooping(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		cycle int
+	}{{"same token again", 1}, {"cycle of two tokens", 2}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var handedOut []string
+			c := liveClient(t, keyturn.WithDialOptions(
+				grpc.WithChainUnaryInterceptor(replayingPageTokens(tc.cycle, &handedOut))))
+			ctx, cancel := context.WithTimeout(testContext(t), 10*time.Second)
+			defer cancel()
+			for range 5 {
+				must(c.Keys.GenerateKey(ctx, &keyturnv1.GenerateKeyRequest{Type: "session"}))(t)
+			}
+
+			seen := map[string]bool{}
+			var last error
+			for key, err := range c.Keys.All(ctx, &keyturnv1.ListKeysRequest{PageSize: 1}) {
+				if err != nil {
+					last = err
+					break
+				}
+				if seen[key.GetId()] {
+					t.Fatalf("key %s listed twice", key.GetId())
+				}
+				seen[key.GetId()] = true
+			}
+			var kerr *keyturn.Error
+			if !errors.As(last, &kerr) || kerr.Code != codes.Internal || kerr.Reason != "PAGE_TOKEN_REPEATED" {
+				t.Fatalf("the walk ended with %v, want INTERNAL (PAGE_TOKEN_REPEATED)", last)
+			}
+			if len(seen) != tc.cycle+1 {
+				t.Errorf("yielded %d keys before the error, want %d (each page once)", len(seen), tc.cycle+1)
+			}
+			for _, token := range handedOut {
+				if strings.Contains(last.Error(), token) {
+					t.Errorf("the error %q shows a page token", last)
+				}
+			}
+		})
 	}
 }

@@ -10,15 +10,16 @@ import (
 )
 
 // liveClient connects to the server named by KEYTURN_ADDRESS with the admin
-// token in KEYTURN_TOKEN, or skips the test when no server is given.
-func liveClient(t *testing.T) *keyturn.Client {
+// token in KEYTURN_TOKEN (and any further options), or skips the test when no
+// server is given.
+func liveClient(t *testing.T, opts ...keyturn.Option) *keyturn.Client {
 	t.Helper()
 	addr := os.Getenv("KEYTURN_ADDRESS")
 	if addr == "" {
 		t.Skip("KEYTURN_ADDRESS is not set: this test needs a live Keyturn server " +
 			"(export KEYTURN_ADDRESS=host:port and KEYTURN_TOKEN=<admin token>, or run clients/go/run-tests.sh)")
 	}
-	client, err := keyturn.NewClient(addr, keyturn.WithToken(os.Getenv("KEYTURN_TOKEN")))
+	client, err := keyturn.NewClient(addr, append([]keyturn.Option{keyturn.WithToken(os.Getenv("KEYTURN_TOKEN"))}, opts...)...)
 	if err != nil {
 		t.Fatalf("NewClient(%s): %v", addr, err)
 	}

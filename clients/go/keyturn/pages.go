@@ -2,8 +2,10 @@ package keyturn
 
 import (
 	"context"
+	"fmt"
 	"iter"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 
 	keyturnv1 "github.com/keyturn/keyturn/clients/go/gen/keyturn/v1"
@@ -14,9 +16,15 @@ type fetchPage[T any] func(ctx context.Context, token string) (items []T, next s
 
 // paginate walks pages from the first token until the server returns an
 // empty next_page_token. An error is yielded once and ends the sequence.
+//
+// A next_page_token already followed (a server or proxy replaying a page)
+// would walk the same pages for ever: it ends the walk with an *Error of code
+// Internal and reason PAGE_TOKEN_REPEATED, as gRPC reports a malformed answer,
+// rather than a quiet stop the caller would take for the complete list.
 func paginate[T any](ctx context.Context, first string, fetch fetchPage[T]) iter.Seq2[T, error] {
 	return func(yield func(T, error) bool) {
 		token := first
+		followed := map[string]bool{token: true}
 		for {
 			items, next, err := fetch(ctx, token)
 			if err != nil {
@@ -32,8 +40,25 @@ func paginate[T any](ctx context.Context, first string, fetch fetchPage[T]) iter
 			if next == "" {
 				return
 			}
+			if followed[next] {
+				var zero T
+				yield(zero, pageTokenRepeated(len(followed)))
+				return
+			}
+			followed[next] = true
 			token = next
 		}
+	}
+}
+
+// pageTokenRepeated is the error of a list whose server gave a page token
+// again; the token itself stays out of it.
+func pageTokenRepeated(pages int) *Error {
+	return &Error{
+		Code: codes.Internal,
+		Message: fmt.Sprintf("the server returned an already followed next_page_token after %d page(s): "+
+			"the list cannot be walked further", pages),
+		Reason: "PAGE_TOKEN_REPEATED",
 	}
 }
 
