@@ -26,8 +26,27 @@ public final class BearerToken extends CallCredentials {
   }
 
   BearerToken(String token, boolean plaintextAllowed) {
-    this.token = Objects.requireNonNull(token, "token");
+    this.token = checked(token);
     this.plaintextAllowed = plaintextAllowed;
+  }
+
+  /**
+   * {@code token}, when a header can carry it: visible ASCII only. Anything else (the line
+   * break {@code Files.readString} keeps at the end of a token file, a control character,
+   * non-ASCII) is refused here with a message that does not repeat it. Sent as it is, grpc-java
+   * would log the whole header value, token and all, as a WARNING and send no authorization at
+   * all (the server then answers "missing credentials"); non-ASCII would be changed to '?'.
+   */
+  static String checked(String token) {
+    Objects.requireNonNull(token, "token");
+    if (!token.chars().allMatch(c -> c >= 0x21 && c <= 0x7e)) {
+      throw new IllegalArgumentException(
+          "the bearer token ("
+              + token.length()
+              + " characters) holds characters a header cannot carry: whitespace, a line break,"
+              + " a control character or non-ASCII (trim what you read from a file)");
+    }
+    return token;
   }
 
   @Override

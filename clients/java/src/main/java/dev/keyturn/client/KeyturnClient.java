@@ -228,9 +228,13 @@ public final class KeyturnClient implements AutoCloseable {
       this.address = Objects.requireNonNull(address, "address");
     }
 
-    /** Sends {@code authorization: Bearer <token>} on every call. */
+    /**
+     * Sends {@code authorization: Bearer <token>} on every call. A token a header cannot carry
+     * (whitespace, a line break, a control character, non-ASCII) is refused at once with an
+     * {@link IllegalArgumentException} that does not repeat it.
+     */
     public Builder token(String token) {
-      this.token = Objects.requireNonNull(token, "token");
+      this.token = BearerToken.checked(token);
       return this;
     }
 

@@ -1,7 +1,9 @@
 package dev.keyturn.client;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import io.grpc.Attributes;
 import io.grpc.CallCredentials;
@@ -11,6 +13,8 @@ import io.grpc.SecurityLevel;
 import io.grpc.Status;
 import keyturn.v1.KeyServiceGrpc;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /** The bearer token travels in clear only when plaintext was chosen (loopback, or explicitly). */
 class BearerTokenTest {
@@ -75,5 +79,29 @@ class BearerTokenTest {
 
     Outcome chosen = apply(new BearerToken("kt_secret", true), SecurityLevel.NONE);
     assertEquals("Bearer kt_secret", chosen.headers.get(AUTHORIZATION));
+  }
+
+  /**
+   * A token read with Files.readString keeps its line break; grpc-java would log the header
+   * value (the token, as bytes) and send no authorization. It is refused up front instead,
+   * without being repeated, as the Python and Node clients do.
+   */
+  @ParameterizedTest(name = "{0}")
+  @ValueSource(
+      strings = {
+        "kt_secret\n", "kt_secret\r\n", " kt_secret", "kt_se cret", "kt_se\u0001cret",
+        "kt_s\u00e9cret"
+      })
+  void aTokenAHeaderCannotCarryIsRefusedWithoutRepeatingIt(String token) {
+    IllegalArgumentException built =
+        assertThrows(
+            IllegalArgumentException.class,
+            () -> KeyturnClient.builder("127.0.0.1:50051").token(token));
+    IllegalArgumentException direct =
+        assertThrows(IllegalArgumentException.class, () -> new BearerToken(token));
+    for (IllegalArgumentException refused : new IllegalArgumentException[] {built, direct}) {
+      assertFalse(refused.getMessage().contains("secret"), refused.getMessage());
+      assertFalse(refused.getMessage().contains("cret"), refused.getMessage());
+    }
   }
 }
