@@ -56,8 +56,15 @@ type Admin struct{ keyturnv1.AdminServiceClient }
 // WithPlaintext); unary calls get DefaultTimeout unless their context has a
 // deadline (WithDefaultTimeout); calls the API marks idempotent are retried
 // per DefaultRetryPolicy (WithRetryPolicy).
+//
+// A token a header cannot carry (whitespace, a line break read from a file, a
+// control character, non-ASCII) is an error here, which does not repeat it;
+// grpc would otherwise fail every call with INTERNAL.
 func NewClient(target string, opts ...Option) (*Client, error) {
 	s := settingsFor(target, opts...)
+	if err := checkToken(s.token); err != nil {
+		return nil, err
+	}
 	closing := make(chan struct{})
 
 	dialOpts := []grpc.DialOption{

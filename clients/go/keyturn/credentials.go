@@ -2,6 +2,7 @@ package keyturn
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 )
@@ -20,6 +21,18 @@ func (b bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]
 }
 
 func (b bearerToken) RequireTransportSecurity() bool { return b.requireTLS }
+
+// checkToken refuses a token a header cannot carry: visible ASCII only, as the
+// other Keyturn clients require. The error gives its length, never its text.
+func checkToken(token string) error {
+	for i := 0; i < len(token); i++ {
+		if token[i] < 0x21 || token[i] > 0x7e {
+			return fmt.Errorf("keyturn: the bearer token (%d bytes) holds characters a header cannot carry: "+
+				"whitespace, a line break, a control character or non-ASCII (trim what you read from a file)", len(token))
+		}
+	}
+	return nil
+}
 
 // isLoopback reports whether a gRPC target names this machine: a literal
 // loopback IP (127.0.0.0/8, ::1), exactly "localhost", or a unix socket.

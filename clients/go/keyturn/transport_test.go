@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"math/big"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -138,6 +139,22 @@ func TestBearerTokenIsSentOverTLS(t *testing.T) {
 	must(c.Keys.GetKey(testContext(t), &keyturnv1.GetKeyRequest{KeyId: "key_x"}))(t)
 	if len(keys.tokens) != 1 || keys.tokens[0] != "Bearer kt_secret" {
 		t.Errorf("server saw authorization %q", keys.tokens)
+	}
+}
+
+func TestATokenAHeaderCannotCarryIsRefusedByNewClientWithoutRepeatingIt(t *testing.T) {
+	// os.ReadFile keeps a token file's line break; grpc would fail every call
+	// with INTERNAL instead, which reads as a server fault.
+	for _, token := range []string{"kt_secret\n", "kt_secret\r\n", " kt_secret", "kt_se cret", "kt_se\x01cret", "kt_s\u00e9cret"} {
+		client, err := keyturn.NewClient("127.0.0.1:1", keyturn.WithToken(token))
+		if err == nil {
+			_ = client.Close()
+			t.Errorf("NewClient accepted the token %q", token)
+			continue
+		}
+		if strings.Contains(err.Error(), "cret") {
+			t.Errorf("the error repeats the token: %v", err)
+		}
 	}
 }
 
