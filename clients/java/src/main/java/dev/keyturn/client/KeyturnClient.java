@@ -33,14 +33,23 @@ import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.function.BooleanSupplier;
 import java.util.function.Function;
+import keyturn.v1.Admin.AuditEvent;
+import keyturn.v1.Admin.ListAuditEventsRequest;
+import keyturn.v1.Admin.ListAuditEventsResponse;
 import keyturn.v1.AdminServiceGrpc;
 import keyturn.v1.AdminServiceGrpc.AdminServiceBlockingStub;
 import keyturn.v1.Events.ExpiryEvent;
 import keyturn.v1.Events.WatchExpiringRequest;
 import keyturn.v1.HandleServiceGrpc;
+import keyturn.v1.Handles.ListHandlesRequest;
+import keyturn.v1.Handles.ListHandlesResponse;
 import keyturn.v1.HandleServiceGrpc.HandleServiceBlockingStub;
 import keyturn.v1.KeyServiceGrpc;
 import keyturn.v1.KeyServiceGrpc.KeyServiceBlockingStub;
+import keyturn.v1.Keys.ListKeysRequest;
+import keyturn.v1.Keys.ListKeysResponse;
+import keyturn.v1.Resources.Handle;
+import keyturn.v1.Resources.Key;
 
 /**
  * A channel to one Keyturn server and blocking stubs for its three services, following the
@@ -141,6 +150,43 @@ public final class KeyturnClient implements AutoCloseable {
   /** AdminService. */
   public AdminServiceBlockingStub admin() {
     return admin;
+  }
+
+  /**
+   * Every key matching {@code request}'s filters, page after page as the caller iterates
+   * ({@code page_size} sets the page size; each page is one call with the default deadline). A
+   * server that gives a page token again ends the walk with INTERNAL, reason {@code
+   * PAGE_TOKEN_REPEATED}; any failed page throws its {@link io.grpc.StatusRuntimeException}.
+   */
+  public Iterable<Key> allKeys(ListKeysRequest request) {
+    return Pages.walk(
+        request.getPageToken(),
+        token -> {
+          ListKeysResponse page = keys.listKeys(request.toBuilder().setPageToken(token).build());
+          return new Pages.Page<>(page.getKeysList(), page.getNextPageToken());
+        });
+  }
+
+  /** Every handle matching {@code request}'s filters, page after page; as {@link #allKeys}. */
+  public Iterable<Handle> allHandles(ListHandlesRequest request) {
+    return Pages.walk(
+        request.getPageToken(),
+        token -> {
+          ListHandlesResponse page =
+              handles.listHandles(request.toBuilder().setPageToken(token).build());
+          return new Pages.Page<>(page.getHandlesList(), page.getNextPageToken());
+        });
+  }
+
+  /** Every audit event matching {@code request}'s filters, page after page. */
+  public Iterable<AuditEvent> allAuditEvents(ListAuditEventsRequest request) {
+    return Pages.walk(
+        request.getPageToken(),
+        token -> {
+          ListAuditEventsResponse page =
+              admin.listAuditEvents(request.toBuilder().setPageToken(token).build());
+          return new Pages.Page<>(page.getEventsList(), page.getNextPageToken());
+        });
   }
 
   /** The underlying channel, for other services on the same server. */

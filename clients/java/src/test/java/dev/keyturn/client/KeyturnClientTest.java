@@ -25,6 +25,7 @@ import keyturn.v1.Keys.EncryptRequest;
 import keyturn.v1.Keys.EncryptResponse;
 import keyturn.v1.Keys.GenerateKeyRequest;
 import keyturn.v1.Keys.GetKeyRequest;
+import keyturn.v1.Keys.ListKeysRequest;
 import keyturn.v1.Keys.RotateKeyRequest;
 import keyturn.v1.Resources.HandleStatus;
 import keyturn.v1.Resources.Key;
@@ -255,5 +256,25 @@ class KeyturnClientTest {
     assertEquals(Status.Code.NOT_FOUND, details.code(), details::toString);
     assertEquals("KEY_NOT_FOUND", details.reason());
     assertTrue(details.fieldViolations().isEmpty());
+  }
+
+  @Test
+  void allKeysWalksEveryPageAndYieldsEachKeyOnce() {
+    java.util.Set<String> made = new java.util.HashSet<>();
+    for (int i = 0; i < 5; i++) {
+      made.add(
+          client
+              .keys()
+              .generateKey(GenerateKeyRequest.newBuilder().setType("session").build())
+              .getKey()
+              .getId());
+    }
+    java.util.List<String> seen = new java.util.ArrayList<>();
+    for (Key key :
+        client.allKeys(ListKeysRequest.newBuilder().setType("session").setPageSize(2).build())) {
+      seen.add(key.getId());
+    }
+    assertEquals(seen.size(), new java.util.HashSet<>(seen).size(), "a key listed twice");
+    assertTrue(seen.containsAll(made), "every key made is listed");
   }
 }
