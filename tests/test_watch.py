@@ -403,6 +403,51 @@ async def test_heartbeats_carry_the_latest_sequence(server: Harness) -> None:
     stream.cancel()
 
 
+async def test_a_heartbeat_never_counts_an_event_the_stream_has_not_sent_yet(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event published after the heartbeat's wait timed out, but before the stream went
+    on, is sent before any heartbeat counts it. Every client checkpoints from heartbeats
+    and drops what is at or before its checkpoint as a replay: a HEARTBEAT(latest=N) sent
+    ahead of event N would lose N for it, and for anyone who resumes from that checkpoint."""
+    raced = False
+    offered = asyncio.Event()
+
+    class RacingSubscription(watch.Subscription):
+        def offer(self, event: watch.Event) -> None:
+            super().offer(event)
+            offered.set()
+
+        async def wait(self, seconds: float) -> bool:
+            nonlocal raced
+            woken = await super().wait(seconds)
+            if not woken and not raced:  # the timer fired; an event commits before we go on
+                raced = True
+                await make_events(server.admin, 1)
+                await offered.wait()
+            return woken
+
+    monkeypatch.setattr(watch, "Subscription", RacingSubscription)
+    assert server.app is not None and server.app._watch is not None
+    request = WatchRequest(Subject.KEY, [], [], "", [], None, False)
+    stream = server.app._watch.watch(Principal("admin", Role.ADMIN), request)
+    sent: list[watch.StreamItem] = []
+
+    async def until_an_event() -> None:
+        async for item in stream:
+            sent.append(item)
+            if item.event is not None:
+                return
+
+    async with contextlib.aclosing(stream):
+        await asyncio.wait_for(until_an_event(), 10)
+    assert raced
+    event = sent[-1].event
+    assert event is not None
+    counted = max(item.latest_sequence for item in sent)  # marker and heartbeats
+    assert event.sequence > counted, [(item.kind.name, item.latest_sequence) for item in sent]
+
+
 async def test_the_snapshot_marker_and_heartbeats_say_how_often_heartbeats_come(
     server: Harness,
 ) -> None:

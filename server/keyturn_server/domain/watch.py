@@ -380,7 +380,11 @@ class WatchService:
                     reason="WATCH_OVERFLOW",
                     metadata={"resume_after": str(last)},
                 )
-            if not await subscription.wait(heartbeat):
+            # An event can be offered after the wait timed out but before this stream
+            # goes on (its wake-up then finds the waiter settled): send it first. A
+            # heartbeat counting it (latest_sequence) ahead of it would make a subscriber
+            # that checkpoints from heartbeats drop it as a replay.
+            if not await subscription.wait(heartbeat) and not buffer:
                 yield StreamItem(
                     EventKind.HEARTBEAT,
                     latest_sequence=max(last, self._hub.latest_sequence),
