@@ -448,6 +448,24 @@ async def test_a_heartbeat_never_counts_an_event_the_stream_has_not_sent_yet(
     assert event.sequence > counted, [(item.kind.name, item.latest_sequence) for item in sent]
 
 
+async def test_a_resumed_stream_says_how_often_it_beats_as_soon_as_its_replay_is_done(
+    server: Harness,
+) -> None:
+    """A resumed stream has no SNAPSHOT_COMPLETE. Subscribers keep the interval they learnt
+    before, so after a restart with a longer --heartbeat they would give up every resumed
+    stream as silent before its first heartbeat, and never learn the new interval: the
+    stream says it at once, with the checkpoint the replay reached."""
+    await make_events(server.admin, 2)
+    await server.restart(heartbeat_interval=timedelta(seconds=60))
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=1))
+    replayed = await asyncio.wait_for(stream.read(), 5)
+    beat = await asyncio.wait_for(stream.read(), 5)  # not 60 s later
+    assert replayed.sequence == 2
+    assert beat.kind == E.EVENT_KIND_HEARTBEAT and beat.latest_sequence == 2
+    assert beat.heartbeat_interval.ToTimedelta() == timedelta(seconds=60)
+    stream.cancel()
+
+
 async def test_the_snapshot_marker_and_heartbeats_say_how_often_heartbeats_come(
     server: Harness,
 ) -> None:

@@ -225,6 +225,30 @@ async def test_the_owner_receives_the_new_secret_of_an_automatic_rotation(
         await watch.close()
 
 
+async def test_a_watch_resumed_on_a_server_with_a_longer_heartbeat_is_not_given_up_as_silent(
+    server: Harness,
+) -> None:
+    """A watch learnt a 0.2 s heartbeat (silence limit: the 5 s floor); the server comes back
+    beating every 30 s. The resumed stream has no SNAPSHOT_COMPLETE: unless it says its new
+    interval at once, the watch gives it up after 5 s of silence, and every stream after it,
+    without ever hearing the new interval."""
+    await server.restart(heartbeat_interval=timedelta(seconds=0.2))
+    async with AsyncClient(server.address, token=server.admin_token) as client:
+        given_up: list[str] = []
+        watch = Collector(
+            client.watch_expiring("keys", on_retry=lambda error, _: given_up.append(error.reason))
+        )
+        await watch.until(lambda: watch.watch.last_sequence is not None)
+        address = await downtime.stop(server)
+        await server.start(listen=(address,), heartbeat_interval=timedelta(seconds=30))
+        await watch.until(lambda: watch.watch.reconnects >= 1)
+        await asyncio.sleep(6)  # past the silence limit the watch learnt before
+        assert "HEARTBEAT_MISSED" not in given_up, given_up
+        key = (await client.generate_key("api")).key.id
+        await watch.until(lambda: any(e.key.id == key for e in watch.events))
+        await watch.close()
+
+
 async def test_an_idle_watch_checkpoints_from_heartbeats(server: Harness) -> None:
     await server.restart(heartbeat_interval=timedelta(seconds=0.2))
     async with AsyncClient(server.address, token=server.admin_token) as client:

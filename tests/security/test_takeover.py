@@ -8,6 +8,7 @@ died after the grace. Each test replays the attack over gRPC against a real serv
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -161,12 +162,20 @@ async def test_watching_another_services_ids_shows_nothing_of_theirs(server: Har
         E.WatchExpiringRequest(owner="owner-svc", deliver_tokens=True, resume_after=0)
     )
     own = await thief.handles.GenerateHandle(R.GenerateHandleRequest(type="device"))
-    # Its own handle's creation is the first thing either stream shows: the owner's
+    # Its own handle's creation is the first event either stream shows: the owner's
     # handle, created earlier, is in the replayed log but not for this caller.
-    first = await everything.read()
+    first = await _next_event(everything)
     assert first.handle.id == own.handle.id and first.handle.owner == "watcher"
     await server.admin.handles.RemoveHandle(R.RemoveHandleRequest(handle_id=ids["handle"]))
     await thief.handles.RemoveHandle(R.RemoveHandleRequest(handle_id=own.handle.id))
-    second = await everything.read()
+    second = await _next_event(everything)
     assert second.handle.id == own.handle.id and second.kind == E.EVENT_KIND_REVOKED
     everything.cancel()
+
+
+async def _next_event(stream: Any) -> E.ExpiryEvent:
+    """The next event of a stream, past heartbeats (one follows every replay)."""
+    while True:
+        message: E.ExpiryEvent = await stream.read()
+        if message.kind != E.EVENT_KIND_HEARTBEAT:
+            return message

@@ -288,6 +288,16 @@ class WatchService:
                         last = item.event.sequence if item.event else last
                         yield item
                 last = max(last, latest)
+                # A resumed stream has no SNAPSHOT_COMPLETE: this says at once how often it
+                # beats, with the checkpoint the replay reached. Subscribers keep the interval
+                # they learnt before; after a restart with a longer --heartbeat they would
+                # give up every resumed stream as silent before its first heartbeat came.
+                yield StreamItem(
+                    EventKind.HEARTBEAT,
+                    latest_sequence=last,
+                    time=self._clock.now(),
+                    heartbeat_interval=self.heartbeat,
+                )
             else:
                 latest = self._store.read().event_bounds()[1]
                 snapshot = self._snapshot(name, watch_filter)
