@@ -466,6 +466,25 @@ async def test_a_resumed_stream_says_how_often_it_beats_as_soon_as_its_replay_is
     stream.cancel()
 
 
+async def test_a_replay_passing_over_events_the_filter_drops_says_how_far_it_got(
+    server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filtered stream resumed far back scans the log (about 110 us an event here) and
+    may send nothing for longer than its subscriber's silence limit (5 s with 1 s
+    heartbeats: some 45,000 events). The subscriber would give it up and resume from the
+    same point, for ever: each batch that matched nothing says how far the replay got."""
+    monkeypatch.setattr(watch, "REPLAY_BATCH", 2)
+    wanted = (await make_events(server.admin, 5))[-1]  # sequences 1-5; the 5th is watched
+    stream = server.admin.keys.WatchExpiring(E.WatchExpiringRequest(resume_after=0, ids=[wanted]))
+    sent: list[E.ExpiryEvent] = []
+    while not sent or sent[-1].key.id != wanted:
+        sent.append(await asyncio.wait_for(stream.read(), 5))
+    stream.cancel()
+    progress = [m.latest_sequence for m in sent if m.kind == E.EVENT_KIND_HEARTBEAT]
+    assert progress == [2, 4] and sent[-1].sequence == 5
+    assert all(m.heartbeat_interval.ToTimedelta() == timedelta(seconds=0.2) for m in sent[:-1])
+
+
 async def test_the_snapshot_marker_and_heartbeats_say_how_often_heartbeats_come(
     server: Harness,
 ) -> None:

@@ -285,19 +285,14 @@ class WatchService:
                 replay = self._replay(principal, request, watch_filter, last)
                 async with contextlib.aclosing(replay) as replayed:
                     async for item in replayed:
-                        last = item.event.sequence if item.event else last
+                        last = item.event.sequence if item.event else item.latest_sequence
                         yield item
                 last = max(last, latest)
                 # A resumed stream has no SNAPSHOT_COMPLETE: this says at once how often it
                 # beats, with the checkpoint the replay reached. Subscribers keep the interval
                 # they learnt before; after a restart with a longer --heartbeat they would
                 # give up every resumed stream as silent before its first heartbeat came.
-                yield StreamItem(
-                    EventKind.HEARTBEAT,
-                    latest_sequence=last,
-                    time=self._clock.now(),
-                    heartbeat_interval=self.heartbeat,
-                )
+                yield self._progress(last)
             else:
                 latest = self._store.read().event_bounds()[1]
                 snapshot = self._snapshot(name, watch_filter)
@@ -335,12 +330,19 @@ class WatchService:
             batch = await self._store.report(
                 functools.partial(_events_after, after, subject, owner), principal.name
             )
+            matched = False
             for event in batch:
                 if watch_filter.matches(event):
+                    matched = True
                     yield self._item(principal, request, event)
             if len(batch) < REPLAY_BATCH:
                 return
             after = batch[-1].sequence
+            if not matched:
+                # A filtered replay far back can scan for longer than a subscriber's
+                # silence limit (about 110 us an event: 45,000 events pass the 5 s floor),
+                # which would give it up and resume from the same point, again and again.
+                yield self._progress(after)
 
     async def _snapshot(
         self, caller: str, watch_filter: WatchFilter
@@ -401,6 +403,15 @@ class WatchService:
                     time=self._clock.now(),
                     heartbeat_interval=self.heartbeat,
                 )
+
+    def _progress(self, checkpoint: int) -> StreamItem:
+        """A HEARTBEAT saying that every matching event through ``checkpoint`` was sent."""
+        return StreamItem(
+            EventKind.HEARTBEAT,
+            latest_sequence=checkpoint,
+            time=self._clock.now(),
+            heartbeat_interval=self.heartbeat,
+        )
 
     def _item(self, principal: Principal, request: WatchRequest, event: Event) -> StreamItem:
         token = ""
