@@ -150,6 +150,8 @@ async def test_a_store_upgraded_to_the_owner_counts_counts_the_keys_it_holds(
     await server.stop()
     run_sql(server, "DROP TABLE key_owners")  # as schema 2 left the store
     run_sql(server, "DROP INDEX handles_ended")
+    run_sql(server, "ALTER TABLE key_versions DROP COLUMN disabled_by")  # schema 6
+    run_sql(server, "ALTER TABLE key_versions DROP COLUMN disabled_by_mac")
     if server.settings.store:
         run_sql(server, "DELETE FROM keyturn_schema WHERE version > 2")
     else:

@@ -317,6 +317,8 @@ def _as_schema_1(server: Harness) -> None:
     run_sql(server, "ALTER TABLE key_versions DROP COLUMN nonces_reserved")
     run_sql(server, "DROP TABLE key_owners")  # schema 3
     run_sql(server, "DROP INDEX handles_ended")  # schema 4
+    run_sql(server, "ALTER TABLE key_versions DROP COLUMN disabled_by")  # schema 6
+    run_sql(server, "ALTER TABLE key_versions DROP COLUMN disabled_by_mac")
     if server.settings.store:
         run_sql(server, "DELETE FROM keyturn_schema WHERE version > 1")
     else:

@@ -107,6 +107,10 @@ class Principal:
                 metadata={"permission": Permission.TOKEN_MANAGE.value},
             )
 
+    def operates(self) -> bool:
+        """Operator or admin: acts on every key and handle, not as their owner."""
+        return self.role in (Role.ADMIN, Role.OPERATOR)
+
     def sees_all(self) -> bool:
         return self.role in _ALL_RESOURCES
 

@@ -11,7 +11,12 @@ Rules: the primary cannot be disabled (rotate first, so that new ciphertexts and
 signatures have a version to come from); a version past its max lifetime cannot change;
 a repeat finds the version as asked and changes nothing, so clients may retry. Who may:
 whoever may rotate or remove the key (key.manage: its owner, operators and admins), as
-Cloud KMS gives cryptoKeyVersions.update to the roles that manage versions.
+Cloud KMS gives cryptoKeyVersions.update to the roles that manage versions; but what an
+operator (or an admin) disabled only an operator may enable (PERMISSION_DENIED,
+VERSION_DISABLED_BY_OPERATOR): it contains a compromise, and the owner's token may be
+the stolen credential. Before, the owner's token enabled it again. An operator's disable
+of a version its owner disabled takes the hold over (else a thief who disabled first
+would keep the right to undo it); an owner's repeat leaves an operator's hold alone.
 
 Every process sees the change on its next call: a commit moves the store's change stamp,
 so each worker and replica reads the key again (key_cache.py) and refuses the version
@@ -27,11 +32,16 @@ from datetime import datetime
 from keyturn_server.clock import Clock
 from keyturn_server.domain import limits
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from keyturn_server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
 from keyturn_server.domain.events import EventKind
 from keyturn_server.domain.journal import Journal
 from keyturn_server.domain.key_material import MaterialCache
-from keyturn_server.domain.keys import Key, KeyState, KeyVersion, VersionState
+from keyturn_server.domain.keys import Disabler, Key, KeyState, KeyVersion, VersionState
 from keyturn_server.domain.repositories import Repository, Store
 
 #: The key, locked for update inside a unit of work, if the principal may see it.
@@ -80,6 +90,7 @@ class KeyVersions:
         if number <= 0:
             raise InvalidArgument("name the version (1 or more)", field="version")
         wanted = VersionState.DISABLED if disable else VersionState.ENABLED
+        by = Disabler.OPERATOR if principal.operates() else Disabler.OWNER
 
         def work(repo: Repository) -> Key:
             key = self._locked(repo, principal, key_id)
@@ -90,9 +101,15 @@ class KeyVersions:
                     f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND"
                 )
             _require_changeable(key, version, now, disable=disable)
+            if not disable:
+                _require_may_enable(principal, key, version)
             if version.state is wanted:
-                return key  # a repeat (a retry): nothing to change, nothing to journal
-            changed = dataclasses.replace(version, state=wanted)
+                if not (disable and _takes_over(version, by)):
+                    return key  # a repeat (a retry): nothing to change, nothing to journal
+                return self._take_over(repo, principal, key, version, user_id, reason, now)
+            changed = dataclasses.replace(
+                version, state=wanted, disabled_by=by if disable else None
+            )
             repo.update_version(changed)
             updated = dataclasses.replace(
                 key,
@@ -123,6 +140,53 @@ class KeyVersions:
             return updated
 
         return await self._store.write(work)
+
+    def _take_over(
+        self,
+        repo: Repository,
+        principal: Principal,
+        key: Key,
+        version: KeyVersion,
+        user_id: str,
+        reason: str,
+        now: datetime,
+    ) -> Key:
+        """An operator disables what its owner already disabled: the hold becomes the
+        operator's. Audited; no event (the version's state did not change)."""
+        changed = dataclasses.replace(version, disabled_by=Disabler.OPERATOR)
+        repo.update_version(changed)
+        kept = tuple(changed if v.version == version.version else v for v in key.versions)
+        updated = dataclasses.replace(key, versions=kept)
+        self._journal.audit(
+            repo,
+            "key.version.disable",
+            about=updated,
+            by=principal,
+            user_id=user_id,
+            reason=reason,
+            details={"version": str(version.version), "held_by": Disabler.OPERATOR.value},
+            time=now,
+        )
+        return updated
+
+
+def _takes_over(version: KeyVersion, by: Disabler) -> bool:
+    return by is Disabler.OPERATOR and version.disabled_by is not Disabler.OPERATOR
+
+
+def _require_may_enable(principal: Principal, key: Key, version: KeyVersion) -> None:
+    """What an operator disabled only an operator (or an admin) enables."""
+    if (
+        version.state is VersionState.DISABLED
+        and version.disabled_by is Disabler.OPERATOR
+        and not principal.operates()
+    ):
+        raise PermissionDenied(
+            f"version {version.version} of key {key.id!r} was disabled by an operator: "
+            "only an operator or an admin may enable it again",
+            reason="VERSION_DISABLED_BY_OPERATOR",
+            metadata={"version": str(version.version)},
+        )
 
 
 def _require_changeable(key: Key, version: KeyVersion, now: datetime, *, disable: bool) -> None:

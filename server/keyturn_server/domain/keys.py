@@ -41,6 +41,15 @@ class VersionState(enum.Enum):
     DISABLED = "DISABLED"
 
 
+class Disabler(enum.Enum):
+    """Who disabled a version, which decides who may enable it again: what an operator
+    (or an admin) disabled is an incident's containment, and its owner's token, perhaps
+    the stolen credential being contained, may not undo it."""
+
+    OWNER = "OWNER"
+    OPERATOR = "OPERATOR"
+
+
 #: States whose material is still stored: the version expires at its max lifetime.
 LIVE_VERSION_STATES = (VersionState.ENABLED, VersionState.DISABLED)
 
@@ -54,6 +63,10 @@ class KeyVersion:
     expire_time: datetime
     destroy_time: datetime | None = None
     public_pem: str | None = None
+    #: Who disabled it, while DISABLED, and kept once it expires so: what expired while
+    #: disabled stays refused (no public key either). None when never disabled or
+    #: enabled again.
+    disabled_by: Disabler | None = None
 
     @property
     def usable(self) -> bool:

@@ -80,6 +80,12 @@ VERSION_COLUMNS = (
     "public_pem",
     "nonces_reserved",
 )
+#: Who disabled a key version (schema 6) has a MAC of its own, over the version's
+#: identity and it: the row's MAC stays what schema 5 computes, so an older replica still
+#: running during a rolling upgrade authenticates the row and refuses the version as
+#: DISABLED. Covering it by the row's MAC made every disabled version read as tampered
+#: there (DATA_LOSS, "restore it from a backup", in the middle of the incident).
+HOLD_TABLE = "key_version_holds"
 TOKEN_COLUMNS = (
     "name",
     "role",
@@ -125,6 +131,11 @@ def _plain(value: Any) -> Any:
 def columns_of(row: Mapping[str, Any], columns: Sequence[str]) -> tuple[Any, ...]:
     """The covered columns of a stored (or about to be stored) row, in order."""
     return tuple(_plain(row[c]) for c in columns)
+
+
+def hold_fields(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the MAC of a version's hold covers (see HOLD_TABLE)."""
+    return (row["key_id"], row["version"], row["disabled_by"])
 
 
 def handle_fields(handle: Handle) -> tuple[Any, ...]:

@@ -22,7 +22,14 @@ from keyturn_server.domain.handles import (
     HandleState,
     RateWindow,
 )
-from keyturn_server.domain.keys import Key, KeySchedule, KeyState, KeyVersion, VersionState
+from keyturn_server.domain.keys import (
+    Disabler,
+    Key,
+    KeySchedule,
+    KeyState,
+    KeyVersion,
+    VersionState,
+)
 
 Row = Mapping[str, Any]
 
@@ -108,6 +115,7 @@ def version_row(version: KeyVersion) -> dict[str, Any]:
         "expire_time": to_micros(version.expire_time),
         "destroy_time": optional_micros(version.destroy_time),
         "public_pem": version.public_pem,
+        "disabled_by": version.disabled_by.value if version.disabled_by else None,
     }
 
 
@@ -120,7 +128,28 @@ def version_from_row(row: Row) -> KeyVersion:
         expire_time=from_micros(row["expire_time"]),
         destroy_time=optional_datetime(row["destroy_time"]),
         public_pem=row["public_pem"],
+        disabled_by=_disabler(row),
     )
+
+
+def optional_column(row: Mapping[str, Any], name: str) -> Any:
+    """A column a row may lack (a version read before schema 6, an older event snapshot):
+    sqlite3.Row has no get(), and its ``in`` looks at values, not names."""
+    try:
+        return row[name]
+    except (KeyError, IndexError):
+        return None
+
+
+def _disabler(row: Row) -> Disabler | None:
+    value = optional_column(row, "disabled_by")  # not in event snapshots before schema 6
+    if value:
+        return Disabler(value)
+    if row["state"] == VersionState.DISABLED.value:
+        # Disabled before schema 6 recorded by whom: only an operator enables it (fail
+        # closed), as after a database edit that clears who holds it.
+        return Disabler.OPERATOR
+    return None
 
 
 # --- handles -------------------------------------------------------------------------

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from keyturn_server.clock import to_micros
 from keyturn_server.domain.keys import Key, KeyStatus, KeyVersion
 from keyturn_server.domain.paging import Cursor, Listing
 from keyturn_server.store import rows
-from keyturn_server.store.integrity import KEY_COLUMNS, VERSION_COLUMNS, columns_of, tampered
+from keyturn_server.store.integrity import (
+    HOLD_TABLE,
+    KEY_COLUMNS,
+    VERSION_COLUMNS,
+    columns_of,
+    hold_fields,
+    tampered,
+)
 from keyturn_server.store.rows import Row
 from keyturn_server.store.sql.statements import SqlBase, insert, update_row
 from keyturn_server.store.sql.status import KEY_STATUS, status_case
@@ -24,7 +32,8 @@ _KEY_COUNTS = (
 
 _VERSIONS = (
     "SELECT key_id, version, state, create_time, expire_time, destroy_time, public_pem, "
-    "nonces_reserved, mac FROM key_versions WHERE key_id = ? ORDER BY version"
+    "nonces_reserved, disabled_by, disabled_by_mac, mac FROM key_versions "
+    "WHERE key_id = ? ORDER BY version"
 )
 
 
@@ -58,6 +67,10 @@ class KeySql(SqlBase):
             fields = columns_of(found, VERSION_COLUMNS)
             if not integrity.intact("key_versions", fields, found["mac"], record, key_id):
                 return None
+            if found["disabled_by"] is not None and not integrity.intact(
+                HOLD_TABLE, hold_fields(found), found["disabled_by_mac"], record, key_id
+            ):
+                return None
             versions.append(rows.version_from_row(found))
         return rows.key_from_row(row, tuple(versions))
 
@@ -79,11 +92,17 @@ class KeySql(SqlBase):
         return row
 
     def insert_version(self, version: KeyVersion, sealed_material: bytes) -> None:
-        row = rows.version_row(version)
+        row = self._held(rows.version_row(version))
         row["nonces_reserved"] = 0
         row["mac"] = self._integrity.tag("key_versions", columns_of(row, VERSION_COLUMNS))
         row["material"] = sealed_material
         self._run(*insert("key_versions", row))
+
+    def _held(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with the MAC of who holds it disabled, if anyone (HOLD_TABLE)."""
+        held = row["disabled_by"] is not None
+        row["disabled_by_mac"] = self._integrity.tag(HOLD_TABLE, hold_fields(row)) if held else None
+        return row
 
     def update_version(self, version: KeyVersion) -> None:
         # The nonce reservation is the store's alone (reserve_nonces): kept as stored.
@@ -91,7 +110,7 @@ class KeySql(SqlBase):
             "SELECT nonces_reserved FROM key_versions WHERE key_id = ? AND version = ?",
             (version.key_id, version.version),
         )
-        row = rows.version_row(version)
+        row = self._held(rows.version_row(version))
         row["nonces_reserved"] = stored["nonces_reserved"] if stored else 0
         row["mac"] = self._integrity.tag("key_versions", columns_of(row, VERSION_COLUMNS))
         del row["nonces_reserved"]

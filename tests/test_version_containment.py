@@ -1,0 +1,151 @@
+"""Containing a compromised key version: what an operator disables stays disabled.
+
+A version disabled by an operator (or an admin) is an incident's containment: the key's
+owner may not enable it again, so a thief holding the owner's token cannot undo it. A
+version disabled by its owner may be enabled by its owner or an operator.
+"""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from keyturn.v1 import admin_pb2, keys_pb2, resources_pb2
+from keyturn_server.store.integrity import VERSION_COLUMNS, columns_of
+from tests.harness import Client, Harness, fails
+from tests.http_support import HttpClient
+from tests.security.database import query, tamper
+from tests.test_key_versions import disable, enable, rotated_key, state_of
+
+K = keys_pb2
+DISABLED = resources_pb2.KEY_VERSION_STATE_DISABLED
+ENABLED = resources_pb2.KEY_VERSION_STATE_ENABLED
+EXPIRED = resources_pb2.KEY_VERSION_STATE_EXPIRED
+
+
+async def token_for(server: Harness, role: str, name: str) -> str:
+    created = await server.admin.admin.CreateAccessToken(
+        admin_pb2.CreateAccessTokenRequest(
+            name=name, role=resources_pb2.Role.Value(f"ROLE_{role.upper()}")
+        )
+    )
+    return str(created.token)
+
+
+async def owned_key(server: Harness, type_name: str = "encryption") -> tuple[Client, str]:
+    owner = await server.client_for("service", "payments")
+    return owner, (await rotated_key(owner, type_name)).id
+
+
+@pytest.mark.parametrize("role", ["operator", "admin"])
+async def test_the_owner_cannot_enable_a_version_an_operator_disabled(
+    server: Harness, role: str
+) -> None:
+    owner, key_id = await owned_key(server)
+    contained_by = await server.client_for(role, "oncall")
+    await disable(contained_by, key_id, reason="INC-9 token of payments stolen")
+
+    refused = await fails(enable(owner, key_id))
+    assert refused.code == grpc.StatusCode.PERMISSION_DENIED
+    assert refused.reason == "VERSION_DISABLED_BY_OPERATOR"
+    assert refused.metadata == {"version": "1"}
+    assert "operator" in refused.message
+    got = await owner.keys.GetKey(K.GetKeyRequest(key_id=key_id))
+    assert state_of(got, 1) == DISABLED
+
+    operator = await server.client_for("operator", "second-oncall")
+    assert state_of(await enable(operator, key_id), 1) == ENABLED
+
+
+async def test_an_operator_s_disable_of_a_version_its_owner_disabled_takes_it_over(
+    server: Harness,
+) -> None:
+    """A thief with the owner's token disables first: the operator's disable must not
+    be a no-op that leaves the owner (the thief) able to enable it again."""
+    owner, key_id = await owned_key(server)
+    await disable(owner, key_id, reason="owner")
+    operator = await server.client_for("operator", "oncall")
+    await disable(operator, key_id, reason="INC-9")
+    refused = await fails(enable(owner, key_id))
+    assert refused.reason == "VERSION_DISABLED_BY_OPERATOR"
+
+
+async def test_the_owner_may_enable_what_it_disabled_itself(server: Harness) -> None:
+    owner, key_id = await owned_key(server)
+    await disable(owner, key_id)
+    assert state_of(await enable(owner, key_id), 1) == ENABLED
+    # And an owner's repeat of an operator's disable changes nothing of who holds it.
+    operator = await server.client_for("operator", "oncall")
+    await disable(operator, key_id)
+    await disable(owner, key_id)
+    assert (await fails(enable(owner, key_id))).reason == "VERSION_DISABLED_BY_OPERATOR"
+
+
+async def test_who_holds_the_version_survives_a_restart(server: Harness) -> None:
+    owner_token = await token_for(server, "service", "payments")
+    key_id = (await rotated_key(server.client(owner_token), "encryption")).id
+    operator = await server.client_for("operator", "oncall")
+    await disable(operator, key_id)
+    await server.restart()
+    owner = server.client(owner_token)
+    assert (await fails(enable(owner, key_id))).reason == "VERSION_DISABLED_BY_OPERATOR"
+
+
+async def test_over_http_the_owner_is_refused_with_the_reason(server: Harness) -> None:
+    owner_token = await token_for(server, "service", "payments")
+    key_id = (await rotated_key(server.client(owner_token), "encryption")).id
+    operator = await server.client_for("operator", "oncall")
+    await disable(operator, key_id)
+    http = HttpClient(server.http_url, owner_token)
+    refused = await http.post(f"/v1/keys/{key_id}/versions/1:enable", {})
+    assert refused.status == 403 and refused.reason == "VERSION_DISABLED_BY_OPERATOR"
+
+
+async def test_a_database_edit_that_forges_the_owner_as_holder_is_tampering(
+    server: Harness,
+) -> None:
+    """Who holds the version carries a MAC of its own: naming the owner in the file, to
+    let the owner's token enable the version, makes the key read as tampered."""
+    owner_token = await token_for(server, "service", "payments")
+    key_id = (await rotated_key(server.client(owner_token), "encryption")).id
+    await disable(await server.client_for("operator", "oncall"), key_id)
+    await tamper(
+        server,
+        ("UPDATE key_versions SET disabled_by = 'OWNER' WHERE key_id = ?", (key_id,)),
+    )
+    refused = await fails(enable(server.client(owner_token), key_id))
+    assert refused.code == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_disabled_version_with_no_holder_recorded_is_the_operators(
+    server: Harness,
+) -> None:
+    """Disabled before schema 6 recorded by whom (or the holder cleared in the file):
+    fail closed, only an operator enables it."""
+    owner_token = await token_for(server, "service", "payments")
+    key_id = (await rotated_key(server.client(owner_token), "encryption")).id
+    await disable(server.client(owner_token), key_id)
+    cleared = "UPDATE key_versions SET disabled_by = NULL, disabled_by_mac = NULL WHERE key_id = ?"
+    await tamper(server, (cleared, (key_id,)))
+    refused = await fails(enable(server.client(owner_token), key_id))
+    assert refused.reason == "VERSION_DISABLED_BY_OPERATOR"
+    operator = await server.client_for("operator", "oncall")
+    assert state_of(await enable(operator, key_id), 1) == ENABLED
+
+
+async def test_an_older_replica_still_authenticates_a_disabled_version_and_refuses_it(
+    server: Harness,
+) -> None:
+    """A replica of schema 5, still running during a rolling upgrade, checks a version's
+    row MAC over VERSION_COLUMNS and knows DISABLED: the row must pass that check, so it
+    refuses the version (VERSION_DISABLED) instead of reporting every disabled version
+    as tampered (DATA_LOSS, "restore from a backup") in the middle of the incident.
+    (Checked by hand against that release's code on PostgreSQL; a replica of schema 4,
+    which does not know DISABLED, refuses the whole key and serves nothing of it.)"""
+    key = await rotated_key(server.admin, "signing")
+    await disable(await server.client_for("operator", "oncall"), key.id)
+    (row,) = query(server, "SELECT * FROM key_versions WHERE key_id = ? AND version = 1", (key.id,))
+    assert row["state"] == "DISABLED" and row["disabled_by"] == "OPERATOR"
+    assert server.app is not None
+    as_schema_5 = columns_of(row, VERSION_COLUMNS)
+    assert server.app.store.integrity.intact("key_versions", as_schema_5, row["mac"], "v1")
