@@ -2,10 +2,14 @@
 
 A version disabled by an operator (or an admin) is an incident's containment: the key's
 owner may not enable it again, so a thief holding the owner's token cannot undo it. A
-version disabled by its owner may be enabled by its owner or an operator.
+version disabled by its owner may be enabled by its owner or an operator. And what was
+disabled stays unusable once it reaches its max lifetime: EXPIRED after DISABLED serves no
+public key, verifies nothing and exports nothing, over gRPC and HTTP.
 """
 
 from __future__ import annotations
+
+from datetime import timedelta
 
 import grpc
 import pytest
@@ -15,7 +19,7 @@ from keyturn_server.store.integrity import VERSION_COLUMNS, columns_of
 from tests.harness import Client, Harness, fails
 from tests.http_support import HttpClient
 from tests.security.database import query, tamper
-from tests.test_key_versions import disable, enable, rotated_key, state_of
+from tests.test_key_versions import USES, Use, disable, enable, rotated_key, state_of
 
 K = keys_pb2
 DISABLED = resources_pb2.KEY_VERSION_STATE_DISABLED
@@ -149,3 +153,49 @@ async def test_an_older_replica_still_authenticates_a_disabled_version_and_refus
     assert server.app is not None
     as_schema_5 = columns_of(row, VERSION_COLUMNS)
     assert server.app.store.integrity.intact("key_versions", as_schema_5, row["mac"], "v1")
+
+
+# --- EXPIRED after DISABLED -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("type_name", "use"), USES.values(), ids=USES.keys())
+async def test_a_version_that_expires_while_disabled_stays_unusable(
+    server: Harness, type_name: str, use: Use
+) -> None:
+    key = (await server.admin.keys.GenerateKey(K.GenerateKeyRequest(type=type_name))).key
+    again = await use(server.admin, key.id)
+    await server.admin.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    await disable(server.admin, key.id)
+    lifetime = {"encryption": 90, "signing": 365, "session": 7}[type_name]
+    await server.advance(timedelta(days=lifetime))
+    got = await server.admin.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert state_of(got, 1) == EXPIRED
+    refused = await fails(again())
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.reason in ("VERSION_DISABLED", "VERSION_EXPIRED"), refused
+
+
+async def test_no_public_key_of_a_version_that_expired_while_disabled_on_any_route(
+    server: Harness,
+) -> None:
+    key = await rotated_key(server.admin, "signing")
+    await disable(server.admin, key.id)
+    await server.advance(timedelta(days=365))
+    refused = await fails(
+        server.admin.keys.GetPublicKey(K.GetPublicKeyRequest(key_id=key.id, version=1))
+    )
+    assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.reason == "VERSION_DISABLED" and "expired" in refused.message
+    http = HttpClient(server.http_url, server.admin_token)
+    answer = await http.get(f"/v1/keys/{key.id}/publicKey?version=1")
+    assert answer.status == 400 and answer.reason == "VERSION_DISABLED", answer.text
+
+
+async def test_an_expired_version_never_disabled_still_shows_its_public_key(
+    server: Harness,
+) -> None:
+    """Unchanged: relying parties may still check old signatures' public keys."""
+    key = await rotated_key(server.admin, "signing")
+    await server.advance(timedelta(days=365))
+    got = await server.admin.keys.GetPublicKey(K.GetPublicKeyRequest(key_id=key.id, version=1))
+    assert got.pem.startswith("-----BEGIN PUBLIC KEY-----")

@@ -41,8 +41,12 @@ def require_version_usable(key: Key, version: KeyVersion, now: datetime) -> None
 
 
 def version_disabled(key: Key, version: KeyVersion) -> FailedPrecondition:
+    if version.state is VersionState.DISABLED:
+        said = "is disabled; EnableKeyVersion restores it"
+    else:
+        said = "expired while disabled; it stays refused"
     return FailedPrecondition(
-        f"version {version.version} of key {key.id!r} is disabled; EnableKeyVersion restores it",
+        f"version {version.version} of key {key.id!r} {said}",
         reason="VERSION_DISABLED",
         metadata={"version": str(version.version)},
     )

@@ -155,9 +155,11 @@ class KeyUse:
         record = key.version(number)
         if record is None:
             raise NotFound(f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND")
-        if record.state is VersionState.DISABLED:
+        if record.state is VersionState.DISABLED or record.disabled_by is not None:
             # Refused like its other uses (Cloud KMS does too): relying parties that
-            # fetch public keys must not verify with a version disabled as compromised.
+            # fetch public keys must not verify with a version disabled as compromised;
+            # nor once it expired while disabled (before, its max lifetime showed the
+            # public key again).
             raise version_disabled(key, record)
         if record.public_pem is None:
             raise FailedPrecondition(f"version {number} has no public key")
