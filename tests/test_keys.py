@@ -341,3 +341,31 @@ async def test_usage_counts_reach_the_key_record(server: Harness) -> None:
     await server.restart()
     again = await server.admin.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))
     assert again.usage_count == 3
+
+
+async def test_a_removed_signing_key_serves_no_public_key_until_it_is_restored(
+    server: Harness,
+) -> None:
+    """RemoveKey stops the whole key, its public key too (Cloud KMS: a version scheduled
+    for destruction has none): relying parties that fetch public keys must not go on
+    trusting a key removed as compromised. Before, GetPublicKey served it while removed
+    and after destruction, though Verify was refused."""
+    key = await generate(server, "signing")
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id, reason="leak"))
+    for version in (0, 1):
+        refused = await fails(
+            server.admin.keys.GetPublicKey(
+                keys_pb2.GetPublicKeyRequest(key_id=key.id, version=version)
+            )
+        )
+        assert refused.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert refused.reason == "KEY_REMOVED"
+    await server.admin.keys.RestoreKey(keys_pb2.RestoreKeyRequest(key_id=key.id))
+    await server.admin.keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key.id))
+
+    await server.admin.keys.RemoveKey(keys_pb2.RemoveKeyRequest(key_id=key.id))
+    await server.advance(DAY)
+    refused = await fails(
+        server.admin.keys.GetPublicKey(keys_pb2.GetPublicKeyRequest(key_id=key.id, version=1))
+    )
+    assert refused.reason == "KEY_DESTROYED"

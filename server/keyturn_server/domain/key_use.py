@@ -151,6 +151,10 @@ class KeyUse:
         principal.require(Permission.KEY_READ)
         key = self._find(principal, key_id)
         _require_purpose(key, Purpose.SIGN)
+        # As Verify: an expired key's public keys still check old signatures, a removed
+        # or destroyed key's are refused (before, served: relying parties went on
+        # trusting a key removed as compromised).
+        require_usable(key, self._clock.now(), allow_expired=True)
         number = version or key.primary_version
         record = key.version(number)
         if record is None:
