@@ -9,6 +9,7 @@ public key, verifies nothing and exports nothing, over gRPC and HTTP.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import grpc
@@ -199,3 +200,28 @@ async def test_an_expired_version_never_disabled_still_shows_its_public_key(
     await server.advance(timedelta(days=365))
     got = await server.admin.keys.GetPublicKey(K.GetPublicKeyRequest(key_id=key.id, version=1))
     assert got.pem.startswith("-----BEGIN PUBLIC KEY-----")
+
+
+# --- who still asks for a contained version ---------------------------------------------
+
+
+@pytest.mark.parametrize(("type_name", "use"), USES.values(), ids=USES.keys())
+async def test_each_refused_use_of_a_disabled_version_says_which_key_and_who_asked(
+    server: Harness, type_name: str, use: Use, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Incident work asks who still uses the version it contained. The access log line of
+    a refused call names the method and the caller, not the key or why; now each refusal
+    is a security line (never summarised) with the key, the version, the operation, the
+    caller and its peer. Only refusals: successful uses cost nothing more."""
+    caller = await server.client_for("service", "payments")
+    key = (await caller.keys.GenerateKey(K.GenerateKeyRequest(type=type_name))).key
+    again = await use(caller, key.id)
+    await caller.keys.RotateKey(K.RotateKeyRequest(key_id=key.id))
+    await disable(await server.client_for("operator", "oncall"), key.id)
+    with caplog.at_level(logging.INFO, logger="keyturn.security"):
+        await fails(again())
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("a disabled key version")]
+    assert line.__dict__["category"] == "security"
+    assert line.__dict__["resource"] == f"key/{key.id}" and line.__dict__["version"] == 1
+    assert line.__dict__["principal"] == "payments" and line.__dict__["peer"]
+    assert line.__dict__["operation"] in ("decrypt", "verify", "public_key", "verify_mac", "export")

@@ -8,12 +8,14 @@ version is kept (LRU) until its key is removed or its version expires.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from datetime import datetime
 
 from keyturn_server.crypto import material
 from keyturn_server.crypto.keyring import Keyring
 from keyturn_server.crypto.seal import GenerationNotLoaded, SealError, binding
+from keyturn_server.domain.access import Principal
 from keyturn_server.domain.errors import DataLoss, FailedPrecondition, NotFound, Unavailable
 from keyturn_server.domain.keys import Key, KeyState, KeyVersion, VersionState
 from keyturn_server.domain.repositories import Store
@@ -21,6 +23,8 @@ from keyturn_server.domain.statistics import Statistics
 
 KEY_TABLE = "key_versions"
 CACHE_SIZE = 4096
+
+security = logging.getLogger("keyturn.security")
 
 
 def material_binding(key_id: str, version: int) -> bytes:
@@ -52,6 +56,24 @@ def version_disabled(key: Key, version: KeyVersion) -> FailedPrecondition:
     )
 
 
+def contained_use(principal: Principal, key: Key, number: int, operation: str) -> None:
+    """A use of a disabled version, refused: one security line naming the key, the
+    version and who asked, for the incident that contained it. The access log line of
+    the call names only the method and the caller. Refusals only: a successful use
+    costs nothing more (Cloud KMS's Data Access logs, for the uses that matter here)."""
+    security.warning(
+        "a disabled key version was asked for and refused",
+        extra={
+            "category": "security",
+            "resource": f"key/{key.id}",
+            "version": number,
+            "operation": operation,
+            "principal": principal.name,
+            "peer": principal.peer,
+        },
+    )
+
+
 class MaterialCache:
     """Versions opened for use, most recently used last."""
 
@@ -64,11 +86,16 @@ class MaterialCache:
     def seal(self, key_id: str, version: int, secret: bytes) -> bytes:
         return self._keyring.seal(secret, material_binding(key_id, version))
 
-    def load(self, key: Key, number: int, now: datetime) -> material.LoadedVersion:
-        """Version ``number`` of ``key``, ready to use, if it is still enabled."""
+    def load(
+        self, key: Key, number: int, now: datetime, by: Principal | None = None, use: str = ""
+    ) -> material.LoadedVersion:
+        """Version ``number`` of ``key``, ready to use, if it is still enabled; a refusal
+        because it is disabled is logged with who asked (``by``) for what (``use``)."""
         version = key.version(number)
         if version is None:
             raise NotFound(f"key {key.id!r} has no version {number}", reason="VERSION_NOT_FOUND")
+        if by is not None and version.disabled_by is not None:  # disabled, or expired so
+            contained_use(by, key, number, use)
         require_version_usable(key, version, now)
         cached = self._loaded.get((key.id, number))
         if cached is not None:

@@ -390,7 +390,7 @@ class KeyService:
             )
         now = self._clock.now()
         require_usable(key, now, allow_expired=False)
-        loaded = self._material.load(key, version or key.primary_version, now)
+        loaded = self._material.load(key, version or key.primary_version, now, principal, "export")
 
         def work(repo: Repository) -> None:
             self._journal.audit(

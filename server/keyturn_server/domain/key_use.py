@@ -25,7 +25,7 @@ from keyturn_server.domain.errors import (
     KeyturnError,
     NotFound,
 )
-from keyturn_server.domain.key_material import MaterialCache, version_disabled
+from keyturn_server.domain.key_material import MaterialCache, contained_use, version_disabled
 from keyturn_server.domain.key_usage import UsageCounter
 from keyturn_server.domain.keys import Key, KeyStatus, VersionState
 from keyturn_server.domain.nonce_budget import NonceBudget
@@ -110,7 +110,9 @@ class KeyUse:
         limits.data("ciphertext", ciphertext, limits.MAX_CIPHERTEXT, violations)
         limits.data("associated_data", associated_data, limits.MAX_DATA, violations)
         limits.raise_if(violations)
-        key, loaded = self._named_for(principal, key_id, Purpose.ENCRYPT, ciphertext, "ciphertext")
+        key, loaded = self._named_for(
+            principal, key_id, Purpose.ENCRYPT, ciphertext, "ciphertext", "decrypt"
+        )
         plaintext = self._timed("decrypt", key, lambda: loaded.decrypt(ciphertext, associated_data))
         if plaintext is None:
             raise InvalidArgument(
@@ -143,7 +145,9 @@ class KeyUse:
         limits.data("data", data, limits.MAX_DATA, violations)
         limits.data("signature", signature, limits.MAX_SIGNATURE, violations)
         limits.raise_if(violations)
-        key, loaded = self._named_for(principal, key_id, Purpose.SIGN, signature, "signature")
+        key, loaded = self._named_for(
+            principal, key_id, Purpose.SIGN, signature, "signature", "verify"
+        )
         _, raw = material.unwrap(signature)
         return self._timed("verify", key, lambda: loaded.verify(data, raw)), loaded.version
 
@@ -160,6 +164,7 @@ class KeyUse:
         if record is None:
             raise NotFound(f"key {key_id!r} has no version {number}", reason="VERSION_NOT_FOUND")
         if record.state is VersionState.DISABLED or record.disabled_by is not None:
+            contained_use(principal, key, number, "public_key")
             # Refused like its other uses (Cloud KMS does too): relying parties that
             # fetch public keys must not verify with a version disabled as compromised;
             # nor once it expired while disabled (before, its max lifetime showed the
@@ -187,7 +192,7 @@ class KeyUse:
         limits.data("data", data, limits.MAX_DATA, violations)
         limits.data("mac", mac, limits.MAX_SIGNATURE, violations)
         limits.raise_if(violations)
-        key, loaded = self._named_for(principal, key_id, Purpose.MAC, mac, "mac")
+        key, loaded = self._named_for(principal, key_id, Purpose.MAC, mac, "mac", "verify_mac")
         _, raw = material.unwrap(mac)
         return self._timed("verify_mac", key, lambda: loaded.verify_mac(data, raw)), loaded.version
 
@@ -204,7 +209,13 @@ class KeyUse:
         return key, self._material.load(key, key.primary_version, now)
 
     def _named_for(
-        self, principal: Principal, key_id: str, purpose: Purpose, envelope: bytes, field: str
+        self,
+        principal: Principal,
+        key_id: str,
+        purpose: Purpose,
+        envelope: bytes,
+        field: str,
+        use: str,
     ) -> tuple[Key, material.LoadedVersion]:
         principal.require(Permission.KEY_USE)
         key = self._find(principal, key_id)
@@ -215,7 +226,7 @@ class KeyUse:
             number, _ = material.unwrap(envelope)
         except material.EnvelopeError as exc:
             raise InvalidArgument(str(exc), field=field, reason="MALFORMED_ENVELOPE") from None
-        return key, self._material.load(key, number, now)
+        return key, self._material.load(key, number, now, principal, use)
 
     def _timed(self, operation: str, key: Key, fn: Callable[[], T]) -> T:
         started = time.perf_counter()
