@@ -62,6 +62,26 @@ async def test_the_owner_cannot_enable_a_version_an_operator_disabled(
     assert state_of(await enable(operator, key_id), 1) == ENABLED
 
 
+async def test_the_owner_s_refused_attempt_to_lift_the_hold_is_audited(server: Harness) -> None:
+    """The attempt is evidence (the owner's token may be the thief's): one audit entry,
+    outcome denied, with the caller, its reason and the version."""
+    owner, key_id = await owned_key(server)
+    await disable(await server.client_for("operator", "oncall"), key_id)
+    await fails(
+        owner.keys.EnableKeyVersion(
+            K.EnableKeyVersionRequest(key_id=key_id, version=1, reason="fixed", user_id="mallory")
+        )
+    )
+    found = await server.admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(resource_id=key_id, page_size=50)
+    )
+    (denied,) = [e for e in found.events if e.action == "key.version.enable"]
+    assert denied.outcome == "denied" and denied.principal == "payments"
+    assert denied.user_id == "mallory" and denied.reason == "fixed"
+    assert dict(denied.details) == {"version": "1", "held_by": "OPERATOR"}
+    assert (await server.admin.admin.VerifyAuditLog(admin_pb2.VerifyAuditLogRequest())).valid
+
+
 async def test_an_operator_s_disable_of_a_version_its_owner_disabled_takes_it_over(
     server: Harness,
 ) -> None:

@@ -39,10 +39,12 @@ from keyturn_server.domain.errors import (
     PermissionDenied,
 )
 from keyturn_server.domain.events import EventKind
-from keyturn_server.domain.journal import Journal
+from keyturn_server.domain.journal import Journal, Resource
 from keyturn_server.domain.key_material import MaterialCache
 from keyturn_server.domain.keys import Disabler, Key, KeyState, KeyVersion, VersionState
 from keyturn_server.domain.repositories import Repository, Store
+
+HELD_BY_OPERATOR = "VERSION_DISABLED_BY_OPERATOR"
 
 #: The key, locked for update inside a unit of work, if the principal may see it.
 LockedFinder = Callable[[Repository, Principal, str], Key]
@@ -139,7 +141,36 @@ class KeyVersions:
                 repo.after_commit(lambda: self._material.forget_version(key_id, number))
             return updated
 
-        return await self._store.write(work)
+        try:
+            return await self._store.write(work)
+        except PermissionDenied as refused:
+            if refused.reason == HELD_BY_OPERATOR:
+                await self._refused(principal, key_id, number, user_id, reason)
+            raise
+
+    async def _refused(
+        self, principal: Principal, key_id: str, number: int, user_id: str, reason: str
+    ) -> None:
+        """An attempt to lift an operator's hold is evidence (the owner's token may be the
+        thief's): audited, outcome denied, in a unit of work of its own (the refused
+        one rolled back). Each is a call of a caller with rights on the key, within its
+        rate limit, as each of its rotations is audited."""
+        now = self._clock.now()
+
+        def work(repo: Repository) -> None:
+            self._journal.audit(
+                repo,
+                "key.version.enable",
+                about=Resource("key", key_id),
+                by=principal,
+                user_id=user_id,
+                reason=reason,
+                outcome="denied",
+                details={"version": str(number), "held_by": Disabler.OPERATOR.value},
+                time=now,
+            )
+
+        await self._store.write(work)
 
     def _take_over(
         self,
@@ -184,7 +215,7 @@ def _require_may_enable(principal: Principal, key: Key, version: KeyVersion) -> 
         raise PermissionDenied(
             f"version {version.version} of key {key.id!r} was disabled by an operator: "
             "only an operator or an admin may enable it again",
-            reason="VERSION_DISABLED_BY_OPERATOR",
+            reason=HELD_BY_OPERATOR,
             metadata={"version": str(version.version)},
         )
 
