@@ -5,6 +5,11 @@ owner may not enable it again, so a thief holding the owner's token cannot undo 
 version disabled by its owner may be enabled by its owner or an operator. And what was
 disabled stays unusable once it reaches its max lifetime: EXPIRED after DISABLED serves no
 public key, verifies nothing and exports nothing, over gRPC and HTTP.
+
+Who holds a version is stored with a MAC of its own, so that a replica of the previous
+release, still running during a rolling upgrade, authenticates the row and refuses the
+version; each refused use is a security log line naming the key and the caller, and an
+owner's attempt to lift an operator's hold is audited.
 """
 
 from __future__ import annotations
@@ -174,6 +179,29 @@ async def test_an_older_replica_still_authenticates_a_disabled_version_and_refus
     assert server.app is not None
     as_schema_5 = columns_of(row, VERSION_COLUMNS)
     assert server.app.store.integrity.intact("key_versions", as_schema_5, row["mac"], "v1")
+
+
+async def test_a_version_an_older_replica_enabled_is_enabled_whatever_holder_it_left(
+    server: Harness,
+) -> None:
+    """A schema-5 replica, in the seconds before it notices the upgrade and stops
+    writing, may enable a version: it rewrites the columns it knows (state, its MAC) and
+    leaves the holder behind. The version is enabled: its public key is served and its
+    uses log no refusal (before, the stale holder withheld the public key of an enabled
+    version)."""
+    key = await rotated_key(server.admin, "signing")
+    await disable(await server.client_for("operator", "oncall"), key.id)
+    (row,) = query(server, "SELECT * FROM key_versions WHERE key_id = ? AND version = 1", (key.id,))
+    row["state"] = "ENABLED"
+    assert server.app is not None
+    mac = server.app.store.integrity.tag("key_versions", columns_of(row, VERSION_COLUMNS))
+    as_schema_5 = (
+        "UPDATE key_versions SET state = 'ENABLED', mac = ? WHERE key_id = ? AND version = 1"
+    )
+    await tamper(server, (as_schema_5, (mac, key.id)))
+    got = await server.admin.keys.GetKey(K.GetKeyRequest(key_id=key.id))
+    assert state_of(got, 1) == ENABLED
+    await server.admin.keys.GetPublicKey(K.GetPublicKeyRequest(key_id=key.id, version=1))
 
 
 # --- EXPIRED after DISABLED -------------------------------------------------------------

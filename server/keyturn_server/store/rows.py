@@ -142,6 +142,10 @@ def optional_column(row: Mapping[str, Any], name: str) -> Any:
 
 
 def _disabler(row: Row) -> Disabler | None:
+    if row["state"] == VersionState.ENABLED.value:
+        # Enabled by a replica of schema 5 (before it noticed the upgrade), which leaves
+        # the holder behind: enabled is enabled.
+        return None
     value = optional_column(row, "disabled_by")  # not in event snapshots before schema 6
     if value:
         return Disabler(value)
