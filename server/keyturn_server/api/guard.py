@@ -29,7 +29,7 @@ from keyturn_server.api import auth
 from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.api.standing import Standing, Sweep
 from keyturn_server.api.status import code_of, internal_status, status_of
-from keyturn_server.domain.access import Principal
+from keyturn_server.domain.access import Permission, Principal
 from keyturn_server.domain.errors import InvalidArgument, KeyturnError, Unauthenticated
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.observability.access import AccessLog
@@ -136,6 +136,7 @@ class Guard:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         principal = ""
+        who: Principal | None = None
         try:
             try:
                 who = self._auth.identify(caller)
@@ -151,12 +152,12 @@ class Guard:
                 self._limiter.leave(principal)
         except KeyturnError as exc:
             code = code_of(exc)
-            raise Refused(code, status_of(exc)) from None
+            raise Refused(code, status_of(exc, _diagnosable(who))) from None
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            refused = self._unexpected(method, exc)
+            refused = self._unexpected(method, exc, who)
             code = refused.code
             raise refused from None
         finally:
@@ -175,6 +176,7 @@ class Guard:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         principal = ""
+        who: Principal | None = None
         try:
             try:
                 who = self._auth.identify(caller)
@@ -201,13 +203,13 @@ class Guard:
                 raise
         except KeyturnError as exc:
             code = code_of(exc)
-            raise Refused(code, status_of(exc)) from None
+            raise Refused(code, status_of(exc, _diagnosable(who))) from None
         except (GeneratorExit, asyncio.CancelledError):
             # The caller went away: nothing may be sent or awaited on this call now.
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
-            refused = self._unexpected(method, exc)
+            refused = self._unexpected(method, exc, who)
             code = refused.code
             raise refused from None
         finally:
@@ -223,10 +225,10 @@ class Guard:
             raise request.error
         return principal.name
 
-    def _unexpected(self, method: str, exc: Exception) -> Refused:
+    def _unexpected(self, method: str, exc: Exception, who: Principal | None) -> Refused:
         known = self._classify(exc)
         if known is not None:
-            return Refused(code_of(known), status_of(known))
+            return Refused(code_of(known), status_of(known, _diagnosable(who)))
         return Refused(grpc.StatusCode.INTERNAL, self._internal(method))
 
     def _internal(self, method: str) -> status_pb2.Status:
@@ -320,6 +322,13 @@ class Guard:
                 await _abort(context, refused)
 
         return run
+
+
+def _diagnosable(who: Principal | None) -> bool:
+    """Whether the caller reads what failed inside (the database's own words) in its
+    errors: an authenticated operator. Tenants, and callers not yet authenticated, read
+    what it means to them (UNAVAILABLE, retry) and the reason code."""
+    return who is not None and who.may(Permission.DIAGNOSTICS_READ)
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,8 +42,8 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: errors.KeyturnError) -> grpc.Status:
-    return rpc_status.to_status(status_of(error))
+def to_status(error: errors.KeyturnError, detailed: bool = False) -> grpc.Status:
+    return rpc_status.to_status(status_of(error, detailed))
 
 
 def internal_status(ref: str) -> status_pb2.Status:
@@ -63,11 +63,15 @@ MESSAGE_BUDGET = 1000
 TEXT_LIMIT = 256
 
 
-def status_of(error: errors.KeyturnError) -> status_pb2.Status:
+def status_of(error: errors.KeyturnError, detailed: bool = False) -> status_pb2.Status:
     """The google.rpc.Status of ``error``, with its details, within STATUS_BUDGET: the
     message and every text clipped, and the violations that do not fit left out (the
-    message already says how many there are)."""
+    message already says how many there are). ``detailed``: the caller may read
+    diagnostics, and the message carries the error's ``detail`` too."""
     code = code_of(error)
+    message = error.message
+    if detailed and error.detail:
+        message = f"{message} (for operators: {error.detail})"
     metadata = {k: limits.clip(v, TEXT_LIMIT) for k, v in error.metadata.items()}
     details = [
         _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata))
@@ -77,7 +81,7 @@ def status_of(error: errors.KeyturnError) -> status_pb2.Status:
         delay.FromTimedelta(error.retry_after)
         details.append(_pack(error_details_pb2.RetryInfo(retry_delay=delay)))
     status = status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=_clipped(error.message), details=details
+        code=getattr(code_pb2, code.name), message=_clipped(message), details=details
     )
     if isinstance(error, errors.InvalidArgument) and error.violations:
         # The Any that carries it takes its type URL and tags too.

@@ -38,6 +38,9 @@ class Permission(enum.Enum):
     CONFIG_WRITE = "config.write"
     AUDIT_READ = "audit.read"
     TOKEN_MANAGE = "token.manage"
+    #: What failed inside, as the database said it (its host, port, user, file paths), in
+    #: errors and health reasons: the people who run the service, not its tenants.
+    DIAGNOSTICS_READ = "diagnostics.read"
 
 
 _READ = {

@@ -16,7 +16,9 @@
     └── Unavailable            the store cannot take writes right now
 
 ``api/status.py`` maps each class to one gRPC status code; nothing else does. Messages
-are shown to callers, so they never contain key material, tokens or the master key.
+are shown to callers, so they never contain key material, tokens or the master key, nor
+what the service is made of: the database's own words (its host, port, user, file
+paths, SQL) go in ``detail``, which only callers that may read diagnostics see.
 """
 
 from __future__ import annotations
@@ -43,11 +45,15 @@ class KeyturnError(Exception):
         *,
         reason: str | None = None,
         metadata: dict[str, str] | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
+        #: What went wrong inside (a database's error text), for operators only: the
+        #: message says what it means to the caller.
+        self.detail = detail
 
 
 class InvalidArgument(KeyturnError):

@@ -9,7 +9,9 @@ The scheduler's lag is the age of the oldest overdue deadline, read from the sto
 every replica reports the same figure whoever leads, and it grows when nobody schedules
 (a stalled leader, no leader). ``leader`` is true only on the replica whose lease is the
 one stored. Health answers while the store is away: what cannot be read is reported as
-such, never as an error.
+such, never as an error. Why the store fails, in its own words (the database's host,
+port and name, the data directory's files), is for callers that may read diagnostics
+(operators) and the log; the others read what it means: unreachable, or not writable.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import InvalidArgument, Unavailable
+from keyturn_server.domain.errors import InvalidArgument, KeyturnError, Unavailable
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.limits import quote
 from keyturn_server.domain.repositories import Repository, Store
@@ -99,20 +101,23 @@ class HealthService:
                 field="component",
             )
         names = [component] if component else list(COMPONENTS)
+        detailed = principal is None or principal.may(Permission.DIAGNOSTICS_READ)
         # Counting scans: within the caller's share of the report threads, as listings.
         caller = principal.name if principal is not None else ""
         stats = self._stats if self.statistics is None else await self.statistics()
-        store = self._store_component(stats)
+        store = self._store_component(stats, detailed)
         # The counts run at once: on a stalled disk each waits its COUNT_WITHIN, and one
         # after the other they held the answer twice that (10 s, past many deadlines).
         counted = dict(
             zip(
                 ("keys", "handles"),
                 await asyncio.gather(
-                    self._counted("keys", partial(self._keys, stats=stats), now, store, caller)
+                    self._counted(
+                        "keys", partial(self._keys, stats=stats), now, store, caller, detailed
+                    )
                     if "keys" in names
                     else _nothing(),
-                    self._counted("handles", self._handles, now, store, caller)
+                    self._counted("handles", self._handles, now, store, caller, detailed)
                     if "handles" in names
                     else _nothing(),
                 ),
@@ -128,7 +133,7 @@ class HealthService:
             if name == "store":
                 components.append(store)
             elif name == "scheduler":
-                components.append(self._scheduler_component(now, store, count=True))
+                components.append(self._scheduler_component(now, store, True, detailed))
             else:
                 part = counted[name]
                 assert part is not None
@@ -147,13 +152,14 @@ class HealthService:
         now: datetime,
         store: Component,
         caller: str,
+        detailed: bool,
     ) -> Component:
         try:
             async with asyncio.timeout(self.count_within):
                 return await self._store.report(lambda r: count(r, now, store), caller)
         except Unavailable as exc:
             part = Component(name)
-            part.down(f"cannot count: {exc.message}")
+            part.down(f"cannot count: {_told(exc, detailed)}")
             return part
         except TimeoutError:
             part = Component(name)
@@ -163,7 +169,7 @@ class HealthService:
             )
             return part
 
-    def _store_component(self, stats: Statistics | None = None) -> Component:
+    def _store_component(self, stats: Statistics | None = None, detailed: bool = True) -> Component:
         stats = stats or self._stats
         status = self._store.status()
         part = Component(
@@ -180,15 +186,22 @@ class HealthService:
             },
         )
         if not status.writable:
-            part.down(status.problem or "the store cannot commit")
+            if detailed and status.problem:
+                part.down(status.problem)
+            elif status.reachable:
+                part.down("the store cannot take changes at the moment")
+            else:
+                part.down("the store's database is unreachable")
         if stats.audit_break:
             part.reasons.append(
-                f"the audit log failed verification ({stats.audit_breaks} times so far), "
-                f"{stats.audit_break}"
+                f"the audit log failed verification ({stats.audit_breaks} times so far)"
+                + (f", {stats.audit_break}" if detailed else "")
             )
         return part
 
-    def _scheduler_component(self, now: datetime, store: Component, count: bool) -> Component:
+    def _scheduler_component(
+        self, now: datetime, store: Component, count: bool, detailed: bool = True
+    ) -> Component:
         s = self._scheduler
         held = s.leadership.lease()
         part = Component(
@@ -217,7 +230,7 @@ class HealthService:
                 sum(len(reader.due(kind, now, 1000)) for kind in s.kinds()) if count and lag else 0
             )
         except Unavailable as exc:
-            part.down(f"deadlines cannot be read: {exc.message}")
+            part.down(f"deadlines cannot be read: {_told(exc, detailed)}")
             return part
         except Exception:
             if store.status is Serving.SERVING:
@@ -250,7 +263,7 @@ class HealthService:
         NOT_SERVING with no line at all, and load balancers drained it unexplained."""
         store = self._store_component()
         core = store.status
-        scheduler = self._scheduler_component(now, store, count=False)
+        scheduler = self._scheduler_component(now, store, False)
         overall = Serving.NOT_SERVING if Serving.NOT_SERVING in (core, scheduler.status) else core
         self._say(overall, [*store.reasons, *scheduler.reasons], now)
         return {"": overall, "keys": core, "handles": core, "admin": core}
@@ -331,6 +344,11 @@ class HealthService:
 
 async def _nothing() -> Component | None:
     return None
+
+
+def _told(error: KeyturnError, detailed: bool) -> str:
+    """``error``'s message, and its detail for a caller that may read diagnostics."""
+    return f"{error.message} ({error.detail})" if detailed and error.detail else error.message
 
 
 def _seconds(span: timedelta) -> str:

@@ -71,8 +71,9 @@ def store_error(exc: sqlite3.Error) -> KeyturnError:
     if isinstance(exc, sqlite3.IntegrityError):
         # Another process inserted the same row first (units here run one at a time).
         return Aborted(
-            f"a concurrent change conflicted with this one ({exc}); nothing of it was kept: retry",
+            "a concurrent change conflicted with this one; nothing of it was kept: retry",
             reason="STORE_CONFLICT",
+            detail=str(exc),
         )
     if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
         return ResourceExhausted(
@@ -80,8 +81,9 @@ def store_error(exc: sqlite3.Error) -> KeyturnError:
             reason="STORE_FULL",
         )
     return Unavailable(
-        f"the store could not write ({exc}); nothing of this request was kept",
+        "the store could not write; nothing of this request was kept",
         reason="STORE_UNAVAILABLE",
+        detail=str(exc),
     )
 
 

@@ -66,8 +66,9 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
     statement), which stays an internal error."""
     if exc.sqlstate in ("XX001", "XX002"):  # data_corrupted, index_corrupted
         return DataLoss(
-            f"the database reports damaged data ({describe(exc)}); restore it from a backup",
+            "the database reports damaged data; an operator restores it from a backup",
             reason="STORE_CORRUPT",
+            detail=describe(exc),
         )
     if exc.sqlstate == "55P03" and "tuple" in (exc.diag.context or ""):
         # "while locking tuple (0,8) in relation ...": a row another transaction holds
@@ -102,16 +103,25 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
         # A deadlock, a serialization failure, or a concurrent insert of the same row:
         # the transaction was rolled back whole; trying again can succeed.
         return Aborted(
-            f"a concurrent change conflicted with this one ({describe(exc)}); nothing of it "
-            "was kept: retry",
+            "a concurrent change conflicted with this one; nothing of it was kept: retry",
             reason="STORE_CONFLICT",
+            detail=describe(exc),
         )
     if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
         return Unavailable(
-            f"the database is unavailable ({describe(exc)}); retry",
-            reason="STORE_UNAVAILABLE",
+            "the database is unavailable; retry", reason="STORE_UNAVAILABLE", detail=describe(exc)
         )
     return None
+
+
+def unreachable(problem: str) -> Unavailable:
+    """The refusal while the database is away; ``problem`` (libpq's words: host, port,
+    database, user) is for operators."""
+    return Unavailable(
+        "the database is unreachable; nothing of this request was done: retry",
+        reason="STORE_UNAVAILABLE",
+        detail=problem,
+    )
 
 
 def says_unwritable(exc: psycopg.Error) -> bool:
@@ -201,7 +211,8 @@ class HoldBack:
     def check(self, key: Hashable) -> None:
         held = self._held.get(key)
         if held is not None and time.monotonic() < held[0]:
-            raise Unavailable(held[1].message, reason=held[1].reason)  # a fresh traceback
+            held_back = held[1]  # a fresh traceback
+            raise Unavailable(held_back.message, reason=held_back.reason, detail=held_back.detail)
 
     def failed(self, key: Hashable, error: KeyturnError, statement: str = "") -> None:
         if error.reason != "STORE_LOCKED":
@@ -214,7 +225,10 @@ class HoldBack:
                 "rest is served",
                 extra={"category": "error", "problem": error.message, "statement": statement},
             )
-        self._held[key] = (now + HOLD_LOCKED, Unavailable(error.message, reason=error.reason))
+        self._held[key] = (
+            now + HOLD_LOCKED,
+            Unavailable(error.message, reason=error.reason, detail=error.detail),
+        )
 
     def served(self, key: Hashable) -> None:
         if self._held.pop(key, None) is not None and not self._held:
@@ -247,7 +261,7 @@ class ReadConnection:
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         problem = self._problem()
         if problem:
-            raise Unavailable(problem, reason="STORE_UNAVAILABLE")
+            raise unreachable(problem)
         conn = self._conn
         if conn is None:
             raise Unavailable(

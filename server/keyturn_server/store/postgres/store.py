@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool
 from keyturn_server.clock import Clock
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.batching import MAX_PENDING, behind
-from keyturn_server.domain.errors import KeyturnError, Unavailable
+from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
@@ -47,6 +47,7 @@ from keyturn_server.store.postgres.connections import (
     connect_kwargs,
     describe,
     says_unwritable,
+    unreachable,
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
@@ -229,7 +230,7 @@ class PostgresStore:
         """Fail fast while the link says the database is away (no wait for a pool)."""
         problem = self._link.problem
         if problem:
-            raise Unavailable(problem, reason="STORE_UNAVAILABLE")
+            raise unreachable(problem)
 
     def _failed(self, exc: psycopg.Error, what: str) -> Exception:
         error = as_domain_error(exc)
