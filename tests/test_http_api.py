@@ -304,6 +304,26 @@ async def test_unknown_paths_and_verbs(http: HttpClient) -> None:
     assert elsewhere.status == 404
 
 
+@pytest.mark.parametrize(
+    ("verb", "path"),
+    [
+        ("POST", "/v1/handles/hdl_aaaaaaaaaaaaaaaa:remove"),
+        ("PUT", "/v1/keys"),
+        ("OPTIONS", "/v1/keys"),
+        ("DELETE", "/v1/health"),
+    ],
+)
+async def test_a_known_path_with_another_verb_is_405_in_its_body_too(
+    http: HttpClient, verb: str, path: str
+) -> None:
+    """AIP-193: the body's code is the HTTP status. It said 400 INVALID_ARGUMENT under a
+    405; grpc-gateway names a method a path does not take UNIMPLEMENTED."""
+    answer = await http.call(verb, path)
+    assert answer.status == 405 and answer.headers["Allow"]
+    assert answer.error["code"] == 405, answer.error
+    assert answer.error["status"] == "UNIMPLEMENTED", answer.error
+
+
 async def test_a_path_that_matches_no_route_is_not_quoted_back(http: HttpClient) -> None:
     """A path may hold a handle token (the specification's routes take one in place of an
     id), and a mistyped one still does: the 404 or 405 names no part of it, for a proxy

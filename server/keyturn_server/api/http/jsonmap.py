@@ -59,11 +59,12 @@ def http_status(status: status_pb2.Status) -> int:
     return HTTP_STATUS.get(status.code, 500)
 
 
-def error_document(status: status_pb2.Status) -> dict[str, Any]:
+def error_document(status: status_pb2.Status, http: int | None = None) -> dict[str, Any]:
     """AIP-193: {"error": {"code": <HTTP status>, "message", "status": <code name>,
-    "details": [google.rpc detail messages, with their "@type"]}}."""
+    "details": [google.rpc detail messages, with their "@type"]}}. ``http``: the status
+    the answer is sent with, when it is not the code's own (405, or a parser's 4xx)."""
     error: dict[str, Any] = {
-        "code": http_status(status),
+        "code": http or http_status(status),
         "message": status.message,
         "status": CODE_NAMES.get(status.code, "UNKNOWN"),
     }

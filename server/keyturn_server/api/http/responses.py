@@ -27,11 +27,10 @@ def json_response(body: bytes, status: int = 200) -> web.Response:
 
 
 def error_response(status: status_pb2.Status, http: int | None = None) -> web.Response:
-    """The AIP-193 error body, with Retry-After when the status carries a RetryInfo."""
-    response = json_response(
-        codec.dumps(error_document(status)),
-        http or http_status(status),
-    )
+    """The AIP-193 error body, with Retry-After when the status carries a RetryInfo.
+    ``http``: an HTTP status more precise than the code's (405); the body says it too."""
+    http = http or http_status(status)
+    response = json_response(codec.dumps(error_document(status, http)), http)
     delay = retry_after(status)
     if delay is not None:
         response.headers["Retry-After"] = str(max(1, round(delay.total_seconds() + 0.5)))

@@ -89,7 +89,9 @@ class Transcoder:
     def no_route(self, verb: str, path: str) -> web.Response:
         allowed = self.router.allowed(path)
         if allowed:
-            response = status_response(code_pb2.INVALID_ARGUMENT, not_allowed(verb), http=405)
+            # grpc-gateway's name for a verb the path does not take (its 501 is less
+            # precise than 405 with Allow, which HTTP clients and proxies understand).
+            response = status_response(code_pb2.UNIMPLEMENTED, not_allowed(verb), http=405)
             response.headers["Allow"] = ", ".join(allowed)
             return response
         return status_response(code_pb2.NOT_FOUND, no_route(verb))
