@@ -196,7 +196,7 @@ async def test_input_takes_either_field_name_style(server: Harness, http: HttpCl
             "INVALID_ARGUMENT",
             "Content-Type",
         ),
-        ("GET", "/v1/keys", {"params": {"pageSize": "many"}}, 400, "INVALID_ARGUMENT", "body"),
+        ("GET", "/v1/keys", {"params": {"pageSize": "many"}}, 400, "INVALID_ARGUMENT", "pageSize"),
         ("GET", "/v1/keys", {"params": {"color": "red"}}, 400, "INVALID_ARGUMENT", "color"),
         ("GET", "/v1/keys", {"params": {"pageSize": "-1"}}, 400, "INVALID_ARGUMENT", "page_size"),
         ("GET", "/v1/keys", {"params": {"status": "NOPE"}}, 400, "INVALID_ARGUMENT", "status"),
@@ -322,6 +322,21 @@ async def test_a_known_path_with_another_verb_is_405_in_its_body_too(
     assert answer.status == 405 and answer.headers["Allow"]
     assert answer.error["code"] == 405, answer.error
     assert answer.error["status"] == "UNIMPLEMENTED", answer.error
+
+
+@pytest.mark.parametrize("spelled", ["1.0", "1e0", "01", "+1"])
+async def test_a_version_in_a_path_is_read_only_as_decimal_digits(
+    http: HttpClient, spelled: str
+) -> None:
+    """A resource name is spelled one way (AIP-122): "/versions/1.0" named version 1 and
+    disabled it, as "1e3" named version 1000."""
+    key_id = (await ok(await http.post("/v1/keys", {"type": "encryption"})))["key"]["id"]
+    await ok(await http.post(f"/v1/keys/{key_id}:rotate", {}))
+    refused = await http.post(f"/v1/keys/{key_id}/versions/{spelled}:disable", {})
+    assert refused.status == 400 and "version" in refused.violations, refused.text
+    assert "DisableKeyVersionRequest" not in refused.text  # json_format named the proto
+    key = await ok(await http.get(f"/v1/keys/{key_id}"))
+    assert [v["state"] for v in key["versions"]] == ["KEY_VERSION_STATE_ENABLED"] * 2
 
 
 async def test_a_path_that_matches_no_route_is_not_quoted_back(http: HttpClient) -> None:

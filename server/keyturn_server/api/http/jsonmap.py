@@ -9,6 +9,7 @@ refused validation says ``"valid": false`` instead of leaving the field out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -181,6 +182,15 @@ def _set_path(
 
 
 _INVALID = object()
+#: A whole number as a path or query spells it: no sign but a minus, no leading zero.
+_DECIMAL = re.compile(r"-?(0|[1-9][0-9]*)")
+_F = descriptor.FieldDescriptor
+_RANGES = {
+    **dict.fromkeys((_F.TYPE_INT32, _F.TYPE_SINT32, _F.TYPE_SFIXED32), numerals.INT32),
+    **dict.fromkeys((_F.TYPE_INT64, _F.TYPE_SINT64, _F.TYPE_SFIXED64), numerals.INT64),
+    **dict.fromkeys((_F.TYPE_UINT32, _F.TYPE_FIXED32), (0, 2**32 - 1)),
+    **dict.fromkeys((_F.TYPE_UINT64, _F.TYPE_FIXED64), (0, 2**64 - 1)),
+}
 
 
 def _is_repeated(field: descriptor.FieldDescriptor) -> bool:
@@ -217,10 +227,20 @@ def _scalar(
         except ValueError:
             violations.append(FieldViolation(path, "must be a number"))
             return _INVALID
-    if kind in protojson.INTEGER_TYPES and not value.isascii():
-        # json_format reads the text with int(), which takes "٣" for 3.
-        violations.append(FieldViolation(path, "must be a whole number in ASCII digits"))
-        return _INVALID
+    if kind in protojson.INTEGER_TYPES:
+        # json_format reads the text with int(), which takes "٣" for 3, and then as a
+        # float: "1.0", "1e3" and "01" were versions 1, 1000 and 1. A path or a query
+        # spells a number one way, in decimal digits (grpc-gateway and ESP refuse the
+        # rest too); its range is the field's.
+        low, high = _RANGES[kind]
+        if _DECIMAL.fullmatch(value) is None or numerals.integer(value, low, high) is None:
+            violations.append(
+                FieldViolation(
+                    path, f"must be a whole number from {low} to {high} in decimal digits"
+                )
+            )
+            return _INVALID
+        return value
     enum = field.enum_type
     if enum is not None and value not in enum.values_by_name:
         # json_format would take any text int() reads as a number, "٣" among them.
