@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keyturn_server.domain.access import Principal, Role
+from keyturn_server.domain.access import MAX_PRINCIPAL, Principal, Role
 from keyturn_server.domain.access_tokens import NAME, RESERVED_NAMES
 from keyturn_server.domain.errors import Unauthenticated
 from keyturn_server.domain.limits import clip
@@ -127,7 +127,15 @@ class ClientIdentities:
                 reason="UNKNOWN_CLIENT_CERTIFICATE",
             )
         kind, value = named
-        return Principal(f"{kind.value}:{value}", self.default_role, "mtls", peer)
+        name = f"{kind.value}:{value}"
+        if len(name) > MAX_PRINCIPAL:
+            raise Unauthenticated(
+                f"the client certificate's {kind.value} name is longer than "
+                f"{MAX_PRINCIPAL - len(kind.value) - 1} characters ({clip(value)}); map it "
+                "to a principal in --client-identities",
+                reason="CLIENT_CERTIFICATE_NAME_TOO_LONG",
+            )
+        return Principal(name, self.default_role, "mtls", peer)
 
 
 def _role(value: Any, where: str) -> Role:

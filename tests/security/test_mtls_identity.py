@@ -136,6 +136,40 @@ async def test_an_unknown_certificate_gets_the_default_role_under_a_prefixed_nam
     assert denied.code == grpc.StatusCode.PERMISSION_DENIED
 
 
+async def test_operators_filter_by_a_long_certificate_principal(
+    mtls: Harness, authority: Authority
+) -> None:
+    """A default-role principal is "uri:" and the certificate's SPIFFE ID, which may be
+    2048 bytes long; the owner filters took at most 64 characters (the audit log's
+    principal filter 128), so nobody could list what such a principal owns."""
+    spiffe = "spiffe://prod.example/" + "/".join(["s" * 63] * 31)  # 2006 characters
+    spiffe += "/" + "y" * (2048 - len(spiffe) - 1)  # SPIFFE's longest
+    _rewrite(mtls, 'default_role = "service"\n' + IDENTITIES)
+    service = _as(mtls, authority, authority.issue(names=(spiffe,), common_name="long"))
+    key = (await service.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="api"))).key
+    assert key.owner == f"uri:{spiffe}"
+
+    mine = await service.keys.ListKeys(keys_pb2.ListKeysRequest(owner=key.owner))
+    assert [k.id for k in mine.keys] == [key.id]
+    admin = _admin(mtls, authority)
+    listed = await admin.keys.ListKeys(keys_pb2.ListKeysRequest(owner=key.owner))
+    assert [k.id for k in listed.keys] == [key.id]
+    audited = await admin.admin.ListAuditEvents(
+        admin_pb2.ListAuditEventsRequest(principal=key.owner)
+    )
+    assert [e.resource_id for e in audited.events] == [key.id]
+    watch = admin.keys.WatchExpiring(events_pb2.WatchExpiringRequest(owner=key.owner))
+    first = await asyncio.wait_for(watch.read(), 5)
+    assert first.kind == events_pb2.EVENT_KIND_SNAPSHOT_COMPLETE
+    watch.cancel()
+
+    longer = authority.issue(names=(spiffe + "z",), common_name="longer")
+    refused = await fails(_as(mtls, authority, longer).keys.ListKeys(keys_pb2.ListKeysRequest()))
+    assert refused.code == grpc.StatusCode.UNAUTHENTICATED  # past what a filter can name
+    too_long = await fails(admin.keys.ListKeys(keys_pb2.ListKeysRequest(owner=f"uri:{spiffe}z")))
+    assert too_long.violations.keys() == {"owner"}
+
+
 async def test_revoking_the_principal_refuses_its_certificate(
     mtls: Harness, authority: Authority
 ) -> None:

@@ -70,6 +70,11 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.AUDITOR: frozenset(_READ | {Permission.AUDIT_READ}),
 }
 
+#: The longest principal name: a certificate's SPIFFE ID (at most 2048 bytes, ASCII) under
+#: its "uri:" prefix. Filters by owner or principal take names this long, and a
+#: certificate that would name a longer one is refused, so every owner can be named.
+MAX_PRINCIPAL = len("uri:") + 2048
+
 #: Roles that act on every key and handle, not only their own.
 _ALL_RESOURCES = {Role.ADMIN, Role.OPERATOR, Role.AUDITOR}
 

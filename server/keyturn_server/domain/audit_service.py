@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.access import MAX_PRINCIPAL, Permission, Principal
 from keyturn_server.domain.audit import AuditChain, AuditEntry, AuditQuery, ChainCursor
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 from keyturn_server.domain.limits import raise_if, text
@@ -68,8 +68,9 @@ class AuditService:
     ) -> AuditPage:
         principal.require(Permission.AUDIT_READ)
         violations: list[FieldViolation] = []
-        for name in ("action", "principal", "resource_id"):
+        for name in ("action", "resource_id"):
             text(name, getattr(query, name), 128, violations)
+        text("principal", query.principal, MAX_PRINCIPAL, violations)
         raise_if(violations)
         size = checked_page_size(page_size)
         binding = _binding(query, principal)

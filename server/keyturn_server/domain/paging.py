@@ -26,7 +26,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from keyturn_server.clock import to_micros
 from keyturn_server.crypto.integrity import Mac
 from keyturn_server.domain import limits
-from keyturn_server.domain.access import Principal
+from keyturn_server.domain.access import MAX_PRINCIPAL, Principal
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
@@ -170,7 +170,7 @@ def scoped_page(
     Its token is bound to the filters and to the caller."""
     violations: list[FieldViolation] = []
     limits.text("type", type_name, 32, violations)
-    limits.text("owner", owner, 64, violations)
+    limits.text("owner", owner, MAX_PRINCIPAL, violations)
     limits.raise_if(violations)
     owner = principal.owner_filter(owner)
     status_name = getattr(status, "value", "")

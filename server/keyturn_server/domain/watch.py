@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from keyturn_server.clock import Clock, to_micros
-from keyturn_server.domain.access import Permission, Principal
+from keyturn_server.domain.access import MAX_PRINCIPAL, Permission, Principal
 from keyturn_server.domain.errors import (
     Aborted,
     FieldViolation,
@@ -214,7 +214,7 @@ class WatchService:
                 violations.append(FieldViolation(name, f"at most {MAX_FILTER_VALUES} values"))
             for value in values:
                 text(name, value, 64, violations)
-        text("owner", request.owner, 64, violations)
+        text("owner", request.owner, MAX_PRINCIPAL, violations)
         if request.deliver_tokens and request.subject is Subject.KEY:
             violations.append(
                 FieldViolation("deliver_tokens", "only HandleService delivers tokens")
