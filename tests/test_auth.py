@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
+from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.domain import tokens
 from tests.harness import Client, Harness, fails
 
@@ -148,6 +149,33 @@ async def test_services_see_only_their_own_keys_and_handles(server: Harness) -> 
     assert (await operator.keys.GetKey(keys_pb2.GetKeyRequest(key_id=key.id))).id == key.id
     auditor = await server.client_for("auditor")
     assert (await auditor.keys.ListKeys(keys_pb2.ListKeysRequest())).total_size == 1
+
+
+async def test_a_service_asking_for_another_owner_is_not_answered_with_its_own(
+    server: Harness,
+) -> None:
+    """``keyturn keys list --owner bob`` with alice's token printed alice's keys, as
+    bob's: a script removing what it listed removed its own. A service sees nothing of
+    another owner's, so the answer is empty, whoever that owner is (no oracle)."""
+    await server.restart(heartbeat_interval=dt.timedelta(seconds=0.2))
+    alice = await server.client_for("service", "alice")
+    await server.client_for("service", "bob")
+    key = (await alice.keys.GenerateKey(keys_pb2.GenerateKeyRequest(type="session"))).key
+    await alice.handles.GenerateHandle(handles_pb2.GenerateHandleRequest(type="api"))
+    for owner in ("bob", "nobody-at-all"):
+        keys = await alice.keys.ListKeys(keys_pb2.ListKeysRequest(owner=owner))
+        handles = await alice.handles.ListHandles(handles_pb2.ListHandlesRequest(owner=owner))
+        assert (keys.total_size, list(keys.keys), keys.next_page_token) == (0, [], "")
+        assert (handles.total_size, list(handles.handles)) == (0, [])
+        stream = alice.keys.WatchExpiring(
+            events_pb2.WatchExpiringRequest(owner=owner, resume_after=0)
+        )
+        first = await asyncio.wait_for(stream.read(), 5)
+        assert first.kind == events_pb2.EVENT_KIND_HEARTBEAT  # not her key's creation
+        stream.cancel()
+    for owner in ("", "alice"):
+        mine = await alice.keys.ListKeys(keys_pb2.ListKeysRequest(owner=owner))
+        assert [k.id for k in mine.keys] == [key.id]
 
 
 async def test_user_id_is_recorded_not_trusted(server: Harness) -> None:

@@ -130,9 +130,15 @@ class Principal:
         if not (self.sees_all() or self.name == owner):
             raise NotFound(f"{kind} {resource_id!r} not found", reason=f"{kind.upper()}_NOT_FOUND")
 
-    def owner_filter(self, requested: str) -> str:
-        """Services list their own resources whatever they ask for."""
-        return requested if self.sees_all() else self.name
+    def owner_filter(self, requested: str) -> str | None:
+        """The owner a listing or a watch is filtered by: what was asked for, for callers
+        that see every resource; for the others their own name, or None when they asked
+        for another owner's, of which they may see nothing (an empty answer, the same
+        whoever that owner is). Their own used to be answered instead, under the other
+        owner's name: a script that removed "bob's" handles removed its own."""
+        if self.sees_all():
+            return requested
+        return self.name if requested in ("", self.name) else None
 
 
 #: The scheduler and other work the server does on its own.

@@ -203,13 +203,15 @@ class HandleService:
         page_token: str,
     ) -> HandlePage:
         principal.require(Permission.HANDLE_READ)
-        owner, page = scoped_page(
+        scoped, page = scoped_page(
             self._pages, principal, "handles", type_name, status, owner, page_size, page_token
         )
+        if scoped is None:
+            return HandlePage([], "", 0)
         now = self._clock.now()
         found = await self._store.report(
             lambda repo: repo.list_handles(
-                now, type_name, status, owner, page.after, page.size, page.total
+                now, type_name, status, scoped, page.after, page.size, page.total
             ),
             principal.name,
         )

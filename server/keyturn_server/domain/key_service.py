@@ -141,13 +141,15 @@ class KeyService:
         page_token: str,
     ) -> KeyPage:
         principal.require(Permission.KEY_READ)
-        owner, page = scoped_page(
+        scoped, page = scoped_page(
             self._pages, principal, "keys", type_name, status, owner, page_size, page_token
         )
+        if scoped is None:
+            return KeyPage([], "", 0)
         now = self._clock.now()
         found = await self._store.report(
             lambda repo: repo.list_keys(
-                now, type_name, status, owner, page.after, page.size, page.total
+                now, type_name, status, scoped, page.after, page.size, page.total
             ),
             principal.name,
         )

@@ -165,17 +165,18 @@ def scoped_page(
     owner: str,
     page_size: int,
     page_token: str,
-) -> tuple[str, Page]:
-    """Check a List request's filters; (the owner filter the caller may use, the page).
-    Its token is bound to the filters and to the caller."""
+) -> tuple[str | None, Page]:
+    """Check a List request's filters; (the owner filter the caller may use, None when
+    it may see nothing of the owner it asked for; the page). Its token is bound to the
+    filters and to the caller."""
     violations: list[FieldViolation] = []
     limits.text("type", type_name, 32, violations)
     limits.text("owner", owner, MAX_PRINCIPAL, violations)
     limits.raise_if(violations)
-    owner = principal.owner_filter(owner)
+    scoped = principal.owner_filter(owner)
     status_name = getattr(status, "value", "")
-    binding = (kind, type_name, status_name, owner, principal.name)
-    return owner, page_request(tokens, page_size, page_token, binding)
+    binding = (kind, type_name, status_name, scoped, principal.name)
+    return scoped, page_request(tokens, page_size, page_token, binding)
 
 
 def token_after(page: Page, items: Sequence[Listed], more: bool, total: int) -> str:

@@ -53,9 +53,11 @@ class WatchFilter:
     ids: frozenset[str] = frozenset()
     owner: str = ""
     kinds: frozenset[EventKind] = frozenset()
+    #: A service asked for another owner's: it sees nothing of theirs (heartbeats only).
+    blind: bool = False
 
     def matches(self, event: Event) -> bool:
-        if event.subject is not self.subject:
+        if self.blind or event.subject is not self.subject:
             return False
         if self.kinds and event.kind not in self.kinds:
             return False
@@ -223,12 +225,14 @@ class WatchService:
         if request.resume_after is not None and request.resume_after < 0:
             violations.append(FieldViolation("resume_after", "must not be negative"))
         raise_if(violations)
+        owner = principal.owner_filter(request.owner)
         return WatchFilter(
             subject=request.subject,
             types=frozenset(request.types),
             ids=frozenset(request.ids),
-            owner=principal.owner_filter(request.owner),
+            owner=owner or "",
             kinds=frozenset(k for k in request.kinds if k not in stream_only),
+            blind=owner is None,
         )
 
     def watch(
@@ -323,7 +327,7 @@ class WatchService:
         self, principal: Principal, request: WatchRequest, watch_filter: WatchFilter, after: int
     ) -> AsyncGenerator[StreamItem, None]:
         subject, owner = watch_filter.subject.value, watch_filter.owner
-        while True:
+        while not watch_filter.blind:
             # The batch's read also checks that no event after ``after`` was pruned since
             # the last batch (the retention passed it while the caller read, or a server
             # started after a long stop prunes what it replays): the batch would skip it.
@@ -348,7 +352,9 @@ class WatchService:
         self, caller: str, watch_filter: WatchFilter
     ) -> AsyncGenerator[StreamItem, None]:
         now = self._clock.now()
-        if watch_filter.kinds and EventKind.EXPIRING not in watch_filter.kinds:
+        if watch_filter.blind or (
+            watch_filter.kinds and EventKind.EXPIRING not in watch_filter.kinds
+        ):
             return
         owner = watch_filter.owner
         cursor: tuple[int, str] | None = None
