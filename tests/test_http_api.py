@@ -176,8 +176,8 @@ async def test_input_takes_either_field_name_style(server: Harness, http: HttpCl
     [
         ("GET", "/v1/keys/nope", {}, 400, "INVALID_ARGUMENT", "key_id"),
         ("GET", "/v1/keys/key_aaaaaaaaaaaaaaaa", {}, 404, "NOT_FOUND", None),
-        ("POST", "/v1/keys", {"body": {"type": 5}}, 400, "INVALID_ARGUMENT", "body"),
-        ("POST", "/v1/keys", {"body": {"tipe": "api"}}, 400, "INVALID_ARGUMENT", "body"),
+        ("POST", "/v1/keys", {"body": {"type": 5}}, 400, "INVALID_ARGUMENT", "type"),
+        ("POST", "/v1/keys", {"body": {"tipe": "api"}}, 400, "INVALID_ARGUMENT", "tipe"),
         ("POST", "/v1/keys", {"body": ["api"]}, 400, "INVALID_ARGUMENT", "body"),
         ("POST", "/v1/keys", {"body": {"type": "nope"}}, 400, "INVALID_ARGUMENT", "type"),
         (
@@ -322,6 +322,48 @@ async def test_a_known_path_with_another_verb_is_405_in_its_body_too(
     assert answer.status == 405 and answer.headers["Allow"]
     assert answer.error["code"] == 405, answer.error
     assert answer.error["status"] == "UNIMPLEMENTED", answer.error
+
+
+SENT = "S" * 200
+
+
+@pytest.mark.parametrize(
+    ("verb", "path", "body", "field"),
+    [
+        ("POST", "/v1/keys", {"type": "api", "metadata": {"a": 12}}, "metadata"),
+        ("POST", "/v1/keys", {"type": "api", "metadata": [SENT]}, "metadata"),
+        ("POST", "/v1/keys", {"type": ["x"]}, "type"),
+        ("POST", "/v1/handles:validate", {"token": 5}, "token"),
+        ("POST", "/v1/handles:validate", {"token": "x", "context": [SENT]}, "context"),
+        ("POST", "/v1/keys/key_aaaaaaaaaaaaaaaa:encrypt",
+         {"plaintext": "aGk=", "associatedData": {"x": SENT}}, "associatedData"),
+        ("PATCH", "/v1/config",
+         {"securityPolicies": {"trackUsage": SENT}}, "config.securityPolicies.trackUsage"),
+        ("PATCH", "/v1/config", {"securityPolicies": {"rateLimitPerHandle": SENT}},
+         "config.securityPolicies.rateLimitPerHandle"),
+        ("PATCH", "/v1/config", {"keyTypes": {"x": {"keyLength": "many"}}}, "config.keyTypes"),
+        ("POST", "/v1/accessTokens", {"name": "x", "role": SENT}, "role"),
+        ("POST", "/v1/accessTokens", {"name": "x", "ttl": SENT}, "ttl"),
+        ("POST", "/v1/handles", {"type": "api", SENT: 1}, SENT[:64]),
+        ("GET", "/v1/auditEvents?startTime=" + SENT, None, "start_time"),
+    ],
+    ids=lambda value: value[:40] if isinstance(value, str) else None,
+)  # fmt: skip
+async def test_a_body_value_of_the_wrong_kind_is_refused_on_its_field_in_plain_words(
+    http: HttpClient, verb: str, path: str, body: Any, field: str
+) -> None:
+    """json_format's own text reached the caller, on 'body': Python's words ("expected
+    string or bytes-like object, got 'int'", "unsupported operand type(s) for +", "invalid
+    literal for int() with base 10"), the request's proto name, and a repr of up to 300
+    characters of what was sent (the limit is 64)."""
+    answer = await http.call(verb, path, body)
+    assert answer.status == 400, answer.text
+    fields = answer.violations
+    assert any(f.startswith(field) for f in fields), fields
+    for text in (answer.error["message"], *fields.values()):
+        for internal in ("bytes-like", "operand", "int()", "Request", "['", "got '"):
+            assert internal not in text, text
+        assert "S" * 65 not in text, text
 
 
 @pytest.mark.parametrize("spelled", ["1.0", "1e0", "01", "+1"])

@@ -239,7 +239,7 @@ def test_requests_from_path_query_and_body(
         ("GET", "/v1/keys", [("deliverTokens", "1")], None, "deliverTokens"),
         ("GET", "/v1/handles:watchExpiring", [("deliverTokens", "maybe")], None, "deliverTokens"),
         ("POST", "/v1/keys", [], "text", "body"),
-        ("POST", "/v1/keys", [], {"metadata": {"a": 1}}, "body"),
+        ("POST", "/v1/keys", [], {"metadata": {"a": 1}}, "metadata"),
         ("GET", "/v1/keys", [], {"type": "api"}, "body"),
         ("PATCH", "/v1/config", [("config", "x")], None, "config"),
         ("GET", "/v1/keys", [("type.inner", "x")], None, "type.inner"),

@@ -19,7 +19,7 @@ from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
-from keyturn_server.api.http import codec, numerals, protojson
+from keyturn_server.api.http import body_errors, codec, numerals, protojson
 from keyturn_server.api.http.rules import Route
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
@@ -53,7 +53,6 @@ _STRING_TYPES = {
 }
 #: Query parameters that are not request fields.
 RESERVED_QUERY = frozenset({"access_token"})
-_MAX_ERROR_TEXT = 300
 
 
 def http_status(status: status_pb2.Status) -> int:
@@ -124,8 +123,10 @@ def request_from(
     message: Message = route.request_class()
     try:
         protojson.parse_into(document, message)
-    except json_format.ParseError as exc:
-        raise InvalidArgument(str(exc)[:_MAX_ERROR_TEXT], field="body") from None
+    except json_format.ParseError:
+        # Not json_format's words: they are Python's, name the request message and
+        # quote what was sent (api/http/body_errors.py).
+        raise InvalidArgument.of([body_errors.violation(document, message_type)]) from None
     return message
 
 
