@@ -366,6 +366,27 @@ async def test_a_body_value_of_the_wrong_kind_is_refused_on_its_field_in_plain_w
         assert "S" * 65 not in text, text
 
 
+async def test_bytes_are_read_only_from_base64_that_means_them(http: HttpClient) -> None:
+    """json_format decodes base64 as Python does, dropping what is not base64: "aGk=EVIL",
+    "aGk=!!!" and "a Gk=" were all the bytes "hi", so a MAC over "hi" verified data that
+    a gateway, a log or the caller's own code reads as something else (grpc-gateway
+    refuses them). Standard and URL-safe alphabets, padded or not, are what proto3 JSON
+    allows."""
+    key_id = (await ok(await http.post("/v1/keys", {"type": "session"})))["key"]["id"]
+    mac = (await ok(await http.post(f"/v1/keys/{key_id}:computeMac", {"data": "aGk="})))["mac"]
+    for sent in ("aGk=EVIL", "aGk=!!!", "a Gk=", "aGk=aGk=", "aG=", "aGk==", "a+G-k"):
+        refused = await http.post(f"/v1/keys/{key_id}:verifyMac", {"data": sent, "mac": mac})
+        assert refused.status == 400 and "data" in refused.violations, (sent, refused.text)
+    for same in ("aGk=", "aGk"):
+        verified = await ok(
+            await http.post(f"/v1/keys/{key_id}:verifyMac", {"data": same, "mac": mac})
+        )
+        assert verified["valid"], same
+    url_safe = b64(b"\xfb\xff").replace("+", "-").replace("/", "_")
+    sealed = await ok(await http.post(f"/v1/keys/{key_id}:computeMac", {"data": url_safe}))
+    assert sealed["mac"]
+
+
 @pytest.mark.parametrize("spelled", ["1.0", "1e0", "01", "+1"])
 async def test_a_version_in_a_path_is_read_only_as_decimal_digits(
     http: HttpClient, spelled: str

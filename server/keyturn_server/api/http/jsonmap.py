@@ -114,6 +114,7 @@ def request_from(
         elif body is not None:
             raise InvalidArgument(f"{route.verb} {route.template.text} takes no body", field="body")
     violations: list[FieldViolation] = []
+    _check_base64(document, message_type, violations)
     if route.body != "*":
         _query_into(document, message_type, query, violations)
     for path, value in variables.items():
@@ -128,6 +129,41 @@ def request_from(
         # quote what was sent (api/http/body_errors.py).
         raise InvalidArgument.of([body_errors.violation(document, message_type)]) from None
     return message
+
+
+#: Base64 as proto3 JSON takes it: the standard or the URL-safe alphabet (not both),
+#: padded to a multiple of four or not padded. json_format decodes as Python does, which
+#: drops every other character and stops at the first padding: "aGk=EVIL" was "hi".
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*|[A-Za-z0-9_-]*")
+#: Each request type's bytes fields, by either name (every one is top-level).
+_BYTES: dict[str, dict[str, str]] = {}
+
+
+def _check_base64(
+    document: dict[str, Any], message_type: descriptor.Descriptor, violations: list[FieldViolation]
+) -> None:
+    fields = _BYTES.get(message_type.full_name)
+    if fields is None:
+        fields = _BYTES[message_type.full_name] = {
+            name: field.name
+            for field in message_type.fields
+            if field.type == descriptor.FieldDescriptor.TYPE_BYTES and not field.is_repeated
+            for name in (field.name, field.json_name)
+        }
+    for name in fields.keys() & document.keys():
+        value = document[name]
+        if isinstance(value, str) and not _is_base64(value):
+            violations.append(
+                FieldViolation(name, "must be base64 (standard or URL-safe, padded or not)")
+            )
+
+
+def _is_base64(text: str) -> bool:
+    unpadded = text.rstrip("=")
+    padding = len(text) - len(unpadded)
+    if _BASE64.fullmatch(unpadded) is None or len(unpadded) % 4 == 1:
+        return False
+    return padding == 0 or (padding <= 2 and len(text) % 4 == 0)
 
 
 def _field(message_type: descriptor.Descriptor, name: str) -> descriptor.FieldDescriptor | None:
