@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 from datetime import timedelta
 from typing import Any
 
@@ -500,6 +501,25 @@ async def test_a_broken_audit_log_is_counted_said_once_and_shown_in_health(
 
 
 # --- health --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "named"),
+    [("operator", True), ("admin", True), ("service", False), ("auditor", False)],
+)
+async def test_the_replicas_host_and_pid_in_health_are_for_operators(
+    server: Harness, role: str, named: bool
+) -> None:
+    """A replica is named after its host and process ("db-7.internal:4121") unless
+    --replica-name says otherwise; health told every tenant those of this replica and of
+    the scheduler's leader."""
+    caller = server.admin if role == "admin" else await server.client_for(role)
+    health = (await caller.admin.GetHealth(A.GetHealthRequest(component="scheduler"))).health
+    [scheduler] = health.components
+    host = socket.gethostname()
+    assert (host in scheduler.scheduler.replica) is named, scheduler
+    assert (host in scheduler.scheduler.lease_holder) is named, scheduler
+    assert scheduler.scheduler.leader  # what a tenant needs: this one schedules
 
 
 async def test_health_reports_each_component_with_figures(server: Harness) -> None:

@@ -212,7 +212,9 @@ class HealthService:
                 "overdue": 0,
                 "next_deadline": None,
                 "leader": False,
-                "replica": s.leadership.holder,
+                # Replicas are named after their host and process unless --replica-name
+                # names them: what the service runs on is for the people who run it.
+                "replica": s.leadership.holder if detailed else "",
                 "lease_holder": "",
                 "lease_epoch": 0,
             },
@@ -242,7 +244,7 @@ class HealthService:
             overdue=overdue,
             next_deadline=earliest,
             leader=leader,
-            lease_holder=stored.holder if stored else "",
+            lease_holder=stored.holder if stored and detailed else "",
             lease_epoch=stored.epoch if stored else 0,
         )
         if leader and not s.running:
@@ -251,8 +253,8 @@ class HealthService:
             holder = f"held by {stored.holder}" if stored and stored.holder else "held by nobody"
             part.down(
                 f"the oldest overdue deadline is {_seconds(lag)} old, more than the "
-                f"{_seconds(self.max_lag)} allowed: no replica is keeping up "
-                f"(scheduler lease {holder})"
+                f"{_seconds(self.max_lag)} allowed: no replica is keeping up"
+                + (f" (scheduler lease {holder})" if detailed else "")
             )
         return part
 
