@@ -357,7 +357,7 @@ async def test_config_keeps_revoke_on_unless_the_body_gives_it(api: HttpClient) 
             None,
         ),
         ("GET", "/nothing", None, 404, "NOT_FOUND", None),
-        ("PATCH", "/keys", {}, 405, "INVALID_ARGUMENT", None),
+        ("PATCH", "/keys", {}, 405, "UNIMPLEMENTED", None),
     ],
     ids=lambda value: value if isinstance(value, str) else None,
 )

@@ -274,10 +274,8 @@ class CompatApi:
             return self._envelope(status, fields)
         if allowed:
             response = self._error(
-                status_pb2.Status(
-                    code=code_pb2.INVALID_ARGUMENT,
-                    message=not_allowed(request.method),
-                ),
+                # As on /v1: grpc-gateway's name for a verb the path does not take.
+                status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=not_allowed(request.method)),
                 405,
             )
             response.headers["Allow"] = ", ".join(sorted(set(allowed)))
