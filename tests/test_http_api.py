@@ -430,6 +430,26 @@ async def test_stale_etag_is_409_aborted(http: HttpClient) -> None:
 
 
 @pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        (None, 'Bearer realm="keyturn"'),
+        ("Basic abc", 'Bearer realm="keyturn", error="invalid_request"'),
+        ("Bearer kt_api-access_nonsense", 'Bearer realm="keyturn", error="invalid_token"'),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/keys", "/api/key-management/keys"])
+async def test_a_401_says_how_to_authenticate(
+    server: Harness, authorization: str | None, challenge: str, path: str
+) -> None:
+    """RFC 9110: a 401 carries WWW-Authenticate; RFC 6750 says which: a Bearer challenge,
+    with no error code when no credentials were sent."""
+    headers = {"Authorization": authorization} if authorization else {}
+    answer = await HttpClient(server.http_url).get(path, headers=headers)
+    assert answer.status == 401
+    assert answer.headers.get("WWW-Authenticate") == challenge, answer.headers
+
+
+@pytest.mark.parametrize(
     ("authorization", "reason"),
     [
         (None, "MISSING_CREDENTIALS"),

@@ -73,6 +73,16 @@ def error_document(status: status_pb2.Status, http: int | None = None) -> dict[s
     return {"error": error}
 
 
+def reason_of(status: status_pb2.Status) -> str:
+    """The ErrorInfo reason of ``status``, or ""."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return str(info.reason)
+    return ""
+
+
 def retry_after(status: status_pb2.Status) -> timedelta | None:
     """The RetryInfo delay of ``status``, for a Retry-After header."""
     for detail in status.details:

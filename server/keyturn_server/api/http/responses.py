@@ -6,7 +6,7 @@ from aiohttp import web
 from google.rpc import status_pb2
 
 from keyturn_server.api.http import codec
-from keyturn_server.api.http.jsonmap import error_document, http_status, retry_after
+from keyturn_server.api.http.jsonmap import error_document, http_status, reason_of, retry_after
 
 JSON = "application/json"
 #: aiohttp would otherwise announce itself and its exact version (and Python's) to anyone.
@@ -30,10 +30,27 @@ def error_response(status: status_pb2.Status, http: int | None = None) -> web.Re
     """The AIP-193 error body, with Retry-After when the status carries a RetryInfo.
     ``http``: an HTTP status more precise than the code's (405); the body says it too."""
     http = http or http_status(status)
-    response = json_response(codec.dumps(error_document(status, http)), http)
+    response = challenged(json_response(codec.dumps(error_document(status, http)), http), status)
     delay = retry_after(status)
     if delay is not None:
         response.headers["Retry-After"] = str(max(1, round(delay.total_seconds() + 0.5)))
+    return response
+
+
+#: RFC 6750's error codes of a Bearer challenge, by the ErrorInfo reason of the refusal;
+#: none when no credentials were sent (section 3.1), invalid_token otherwise.
+_CHALLENGE_ERRORS = {"MISSING_CREDENTIALS": "", "MALFORMED_AUTHORIZATION": "invalid_request"}
+
+
+def challenged(response: web.Response, status: status_pb2.Status) -> web.Response:
+    """``response`` with the WWW-Authenticate header that RFC 9110 requires of a 401: a
+    Bearer challenge (RFC 6750), which a 401 used to come without."""
+    if response.status != 401:
+        return response
+    error = _CHALLENGE_ERRORS.get(reason_of(status), "invalid_token")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="keyturn"' + (
+        f', error="{error}"' if error else ""
+    )
     return response
 
 

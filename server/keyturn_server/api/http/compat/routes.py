@@ -26,7 +26,7 @@ from keyturn_server.api.http import codec, numerals
 from keyturn_server.api.http.caller import HttpCaller
 from keyturn_server.api.http.compat import shapes
 from keyturn_server.api.http.jsonmap import CODE_NAMES, http_status
-from keyturn_server.api.http.responses import json_response, no_route, not_allowed
+from keyturn_server.api.http.responses import challenged, json_response, no_route, not_allowed
 from keyturn_server.api.http.transcoder import BODY_TIMEOUT, CallContext, read_json
 from keyturn_server.clock import Clock
 from keyturn_server.domain.errors import InvalidArgument
@@ -327,7 +327,7 @@ class CompatApi:
                     {"field": v.field, "description": v.description} for v in bad.field_violations
                 ]
         document["timestamp"] = shapes.iso(self._clock.now())
-        return json_response(codec.dumps(document), http or http_status(status))
+        return challenged(json_response(codec.dumps(document), http or http_status(status)), status)
 
     # --- keys ----------------------------------------------------------------------
 
