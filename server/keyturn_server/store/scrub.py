@@ -16,8 +16,8 @@ the database file, ``secure_delete`` (set on every connection the store opens) z
 what a page no longer holds; Debian's SQLite does that by default, other builds do not.
 
 Not reached: blocks the filesystem or the disk keep after a truncation (an encrypted
-volume covers those), backups made before the destruction, and PostgreSQL, where an
-updated row's old version stays in its table's pages until VACUUM reuses them.
+volume covers those), and backups made before the destruction. PostgreSQL's tables
+are rewritten instead (store/postgres/scrub.py).
 """
 
 from __future__ import annotations

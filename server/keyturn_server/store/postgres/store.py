@@ -51,6 +51,7 @@ from keyturn_server.store.postgres.connections import (
 )
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
+from keyturn_server.store.postgres.scrub import PgScrub
 from keyturn_server.store.postgres.upgrade import migrate
 from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.sql import SqlRepository
@@ -123,6 +124,7 @@ class PostgresStore:
         self._closed = False
         self.max_pending = MAX_PENDING
         self.newer = NewerSchema(self.schema_version)
+        self.scrub = PgScrub(url)
 
     # --- schema and leadership ---------------------------------------------------------
 
@@ -156,7 +158,7 @@ class PostgresStore:
             self._held.check(unit)
         self._pending += 1
         try:
-            value, callbacks = await self._threads.commit(lambda: self._transaction(work))
+            value, callbacks, erased = await self._threads.commit(lambda: self._transaction(work))
         except KeyturnError as error:
             self._held.failed(unit, error, getattr(unit, "co_qualname", ""))
             raise
@@ -164,6 +166,8 @@ class PostgresStore:
             self._pending -= 1
         if self._held:
             self._held.served(unit)
+        if erased:
+            self.scrub.request(erased)
         self._publish_new()
         for callback in callbacks:
             try:
@@ -172,13 +176,18 @@ class PostgresStore:
                 log.exception("after-commit callback failed", extra={"category": "error"})
         return value
 
-    def _transaction(self, work: Callable[[Repository], T]) -> tuple[T, list[Callable[[], None]]]:
+    def _transaction(
+        self, work: Callable[[Repository], T]
+    ) -> tuple[T, list[Callable[[], None]], int]:
+        """``work`` in a transaction: its value, its after-commit callbacks, and the
+        transaction's id if it destroyed material (else 0)."""
         started = time.perf_counter()
         try:
             with self._pool.connection() as conn:
                 try:
                     with conn.transaction():
                         value, repo = self._unit(conn, work)
+                        erased = _xid(conn) if repo.erased else 0
                 except psycopg.errors.ReadOnlySqlTransaction:
                     # A session made read-only (default_transaction_read_only is read
                     # when it starts) or on a standby stays so: the pool replaces a
@@ -190,7 +199,7 @@ class PostgresStore:
         self._set_problem("")
         self._commits += 1
         self._last_commit = timedelta(seconds=time.perf_counter() - started)
-        return value, repo.after_commit_callbacks
+        return value, repo.after_commit_callbacks, erased
 
     def _unit(
         self, conn: psycopg.Connection[Any], work: Callable[[Repository], T]
@@ -317,6 +326,7 @@ class PostgresStore:
 
     async def close(self) -> None:
         self._closed = True
+        await self.scrub.close()
         await asyncio.to_thread(self._link.close)
         self._reads.close()
         await asyncio.to_thread(self._pool.close)
@@ -379,3 +389,9 @@ class PostgresStore:
                     log.exception("commit listener failed", extra={"category": "error"})
             if len(events) < 1000:
                 return
+
+
+def _xid(conn: psycopg.Connection[Any]) -> int:
+    """The id of the transaction open on ``conn`` (store/postgres/scrub.py)."""
+    row = conn.execute("SELECT pg_current_xact_id()::text::bigint AS xid").fetchone()
+    return int(row["xid"]) if row else 0
