@@ -5,6 +5,7 @@ serve` and the operator commands."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -43,6 +44,8 @@ DEV_KEY_FILE = "master.key"
 PROTECT_UNIT = 2000
 #: Seconds between the lines that say how far that has got.
 PROTECT_SAY_EVERY = 10.0
+#: Seconds a replica waits while another gives a unit of rows their MACs.
+PROTECT_TURN = 0.05
 
 
 def master_key_from(
@@ -194,7 +197,11 @@ async def _protect_rows(store: Store, keyring: Keyring, master: MasterKey, clock
     stopped half-way (an orchestrator's probe, an impatient operator) had done nothing,
     and the next began again from the first row, saying nothing meanwhile."""
 
-    def work(repo: Repository) -> tuple[int, bool, bool]:
+    def work(repo: Repository) -> tuple[int, bool, bool] | None:
+        # Replicas starting at once take turns: each unit claims the keyring's row, and
+        # reads where the last one stopped only then (None: another replica has it).
+        if not repo.lock_meta(WRAP_PREFIX + fingerprint(master)):
+            return None
         wrapped = repo.get_meta(WRAP_PREFIX + fingerprint(master))
         if wrapped is None:
             raise MasterKeyError("the keyring was retired while this server started")
@@ -215,7 +222,11 @@ async def _protect_rows(store: Store, keyring: Keyring, master: MasterKey, clock
     said = time.monotonic()
     first = True
     while True:
-        count, done, resumed = await store.write(work)
+        unit = await store.write(work)
+        if unit is None:
+            await asyncio.sleep(PROTECT_TURN)
+            continue
+        count, done, resumed = unit
         if first and resumed:
             log.warning(
                 "going on giving rows written before row MACs theirs, where an earlier start "

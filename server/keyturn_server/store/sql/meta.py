@@ -57,6 +57,14 @@ class MetaSql(SqlBase):
         )
         return row is not None
 
+    def lock_meta(self, name: str) -> bool:
+        if not self._for_update:
+            return True  # one writer at a time already
+        sql = f"SELECT name FROM meta WHERE name = ?{self._for_update} SKIP LOCKED"
+        if self._one(sql, (name,)) is not None:
+            return True
+        return self._one("SELECT name FROM meta WHERE name = ?", (name,)) is None
+
     def meta_names(self, prefix: str) -> list[str]:
         found = self._all("SELECT name FROM meta WHERE name LIKE ? ORDER BY name", (prefix + "%",))
         return [r["name"] for r in found]
