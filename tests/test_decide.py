@@ -282,6 +282,36 @@ def test_a_refusal_over_the_rate_does_not_count_towards_it() -> None:
     assert _decide(Case(a_handle(rate=FULL_MINUTE))).handle.rate.current == 100
 
 
+@pytest.mark.parametrize(
+    ("stored", "now", "rolled"),
+    [
+        (RateWindow(MINUTE, 3, 5), NOW, RateWindow(MINUTE, 3, 5)),
+        (
+            RateWindow(MINUTE, 3, 5),
+            NOW + timedelta(minutes=1),
+            RateWindow(MINUTE.replace(minute=1), 5, 0),
+        ),
+        (
+            RateWindow(MINUTE, 3, 5),
+            NOW + timedelta(minutes=2),
+            RateWindow(MINUTE.replace(minute=2), 0, 0),
+        ),
+        # A replica whose clock is behind the one that opened the minute counts into it.
+        (RateWindow(MINUTE, 3, 5), NOW - timedelta(minutes=1), RateWindow(MINUTE, 3, 5)),
+        (RateWindow(MINUTE, 3, 5), NOW - timedelta(seconds=31), RateWindow(MINUTE, 3, 5)),
+    ],
+    ids=["same-minute", "next-minute", "minutes-later", "a-minute-behind", "seconds-behind"],
+)
+def test_the_rate_window_rolls_forward_only(
+    stored: RateWindow, now: datetime, rolled: RateWindow
+) -> None:
+    assert stored.roll(now) == rolled
+
+
+def test_a_window_opened_by_a_clock_ahead_weighs_its_whole_previous_minute() -> None:
+    assert RateWindow(MINUTE, 4, 5).estimate(MINUTE - timedelta(seconds=20)) == 9
+
+
 def test_exhaustion_stops_the_expiring_warning() -> None:
     decision = _decide(Case(a_handle(usage_count=9)))
     assert decision.handle.notify_time is None

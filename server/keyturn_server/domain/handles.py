@@ -94,13 +94,19 @@ class RateWindow:
         start = _window_start(now)
         if self.start == start:
             return self
+        if self.start is not None and start < self.start:
+            # A replica whose clock is behind the one that opened this minute counts into
+            # it. Moving the window back would start it again from zero, and the other
+            # replica would then go on from what is left: with calls alternating between
+            # two replicas a minute apart, no limit held at all.
+            return self
         if self.start is not None and start - self.start == RATE_WINDOW:
             return RateWindow(start, self.current, 0, self.flagged)
         return RateWindow(start, 0, 0, self.flagged)
 
     def estimate(self, now: datetime) -> float:
         assert self.start is not None
-        elapsed = (now - self.start) / RATE_WINDOW
+        elapsed = min(max((now - self.start) / RATE_WINDOW, 0.0), 1.0)
         return self.previous * (1.0 - elapsed) + self.current
 
 
