@@ -18,6 +18,7 @@ import asyncio
 import collections
 import io
 import json
+import threading
 from datetime import timedelta
 
 import grpc
@@ -29,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
+from keyturn_server.store.postgres import APPEND_LOCK
 from tests.harness import Harness, fails, failure
 
 pytestmark = pytest.mark.postgres
@@ -268,3 +270,64 @@ async def test_a_row_held_elsewhere_refuses_only_the_calls_that_need_it(server: 
             handles_pb2.RemoveHandleRequest(handle_id=free.handle.id), timeout=10
         )
         assert removed.status == resources_pb2.HANDLE_STATUS_REVOKED
+
+
+def hold_the_append_lock(url: str, turn: threading.Event, seconds: float) -> None:
+    """(A thread:) another transaction's turn on the append lock: take it, hold it for
+    ``seconds`` while working, commit. ``turn`` is set once it waits or holds."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET application_name = 'a replica committing'")
+        with conn.transaction():
+            turn.set()
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+            conn.execute("SELECT pg_sleep(%s)", (seconds,))  # active: working, not stalled
+
+
+async def test_a_queue_of_commits_on_the_append_lock_is_waited_for(server: Harness) -> None:
+    """Replicas' transactions take the append lock one after another: a write behind a
+    queue of them for over a second was refused STORE_LOCKED, as if a table were locked
+    (VACUUM FULL...), although the lock changed hands all the while. Now it waits on
+    while the holder changes (up to five seconds)."""
+    url = server.settings.store
+    assert url is not None
+    loop = asyncio.get_running_loop()
+    holders = []
+    for _ in range(3):  # three transactions in turn, half a second each
+        turn = threading.Event()
+        holders.append(loop.run_in_executor(None, hold_the_append_lock, url, turn, 0.5))
+        await asyncio.to_thread(turn.wait)
+        await asyncio.sleep(0.05)  # its wait has begun: the next queues behind it
+    started = loop.time()
+    made = await server.admin.keys.GenerateKey(
+        keys_pb2.GenerateKeyRequest(type="session"), timeout=10
+    )
+    assert made.key.id and loop.time() - started > 1.0  # it did wait its turn
+    await asyncio.gather(*holders)
+
+
+async def test_a_replica_stalled_holding_the_append_lock_is_named_not_taken_for_a_table(
+    server: Harness,
+) -> None:
+    """A replica paused in the middle of a transaction (SIGSTOP, a frozen VM) holds the
+    append lock until the database ends its session. The caller is told that, at once
+    after the first second, and the next calls of the same kind are refused at once."""
+    url = server.settings.store
+    assert url is not None
+    loop = asyncio.get_running_loop()
+    with psycopg.connect(url) as paused:  # a transaction, open until the block ends
+        paused.execute("SET application_name = 'a paused replica'")
+        paused.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK,))
+        await asyncio.sleep(1.1)  # idle in its transaction for over a second
+        started = loop.time()
+        generate = keys_pb2.GenerateKeyRequest(type="session")
+        refused = await fails(server.admin.keys.GenerateKey(generate, timeout=10))
+        assert refused.code == grpc.StatusCode.UNAVAILABLE, refused
+        assert refused.reason == "STORE_LOCKED"
+        assert "a paused replica" in refused.message and "stalled" in refused.message
+        assert "VACUUM" not in refused.message
+        assert loop.time() - started < 2.5
+        again = await fails(server.admin.keys.GenerateKey(generate, timeout=10))
+        assert again.reason == "STORE_LOCKED" and loop.time() - started < 3
+    await asyncio.sleep(1.1)  # the second for which such calls are held back
+    made = await server.admin.keys.GenerateKey(generate, timeout=10)  # served once it ends
+    assert made.key.id

@@ -4,9 +4,10 @@
   rule reads and then changes are locked FOR UPDATE, so validations stay atomic across
   replicas.
 - Event and audit appends take one transaction-scoped advisory lock, so sequences commit
-  in order and the audit chain has one head. Every replica publishes events to its
-  subscribers strictly in sequence order by reading the log after each commit — its own,
-  or another replica's announced with NOTIFY — so nothing is skipped or repeated.
+  in order and the audit chain has one head (appends.py: how its waits end). Every
+  replica publishes events to its subscribers strictly in sequence order by reading the
+  log after each commit — its own, or another replica's announced with NOTIFY — so
+  nothing is skipped or repeated.
 - One replica at a time holds the scheduler's lease (leadership.py), and every handler
   re-checks its condition under row locks, so each rotation happens exactly once.
 - Every connection survives the database going away (connections.py, link.py): while it
@@ -37,6 +38,7 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
+from keyturn_server.store.postgres.appends import take_append_lock
 from keyturn_server.store.postgres.connections import (
     WRITES,
     HoldBack,
@@ -60,7 +62,6 @@ from keyturn_server.store.threads import StoreThreads
 T = TypeVar("T")
 log = logging.getLogger("keyturn.store")
 
-APPEND_LOCK = 0x6B74_0001  # serialises event and audit appends
 CHANNEL = "keyturn_events"
 #: Pooled sessions: a transaction holds one, in a commit thread of its own.
 POOL_SIZE = 8
@@ -211,7 +212,7 @@ class PostgresStore:
         def lock() -> None:
             nonlocal appended
             if not appended:
-                adapter.execute("SELECT pg_advisory_xact_lock(?)", (APPEND_LOCK,))
+                take_append_lock(conn)
                 appended = True
 
         repo = SqlRepository(
