@@ -31,13 +31,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, events_pb2, handles_pb2, keys_pb2
 from keyturn_server import bootstrap
+from keyturn_server.app import REFRESH_INTERVAL
 from keyturn_server.cli.backup import restore
 from keyturn_server.clock import ManualClock
 from keyturn_server.settings import Settings
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.postgres import PostgresStore, upgrade
 from keyturn_server.store.postgres.upgrade import SchemaBusy
-from keyturn_server.store.schema import LATEST, migrations
+from keyturn_server.store.schema import LATEST, migrations, writers_from
 from keyturn_server.store.sqlite import StoreOpenError
 from tests.harness import MASTER_KEY, SECRETS, Failure, Harness, failure, fresh_postgres_database
 from tests.test_backup import keyturn as run_keyturn
@@ -114,6 +115,56 @@ async def test_an_older_replica_stops_writing_once_a_newer_one_upgrades_the_data
             break
         await asyncio.sleep(0.1)
     assert server.app.leadership.lease() is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "writers"),
+    [
+        ("CREATE INDEX i ON keys (owner);", 6),
+        ("-- compatible-writers: 5\nCREATE INDEX i ON keys (owner);", 5),
+        ("-- Keyturn schema, version 6: an index.\n-- compatible-writers: 3\nCREATE ...", 3),
+        ("-- compatible-writers: 9\nCREATE INDEX i ON keys (owner);", 6),  # not past itself
+    ],
+    ids=["undeclared", "declared", "under-a-heading", "declared-newer"],
+)
+def test_a_step_lets_older_servers_write_only_as_far_as_it_declares(sql: str, writers: int) -> None:
+    assert writers_from(6, sql) == writers
+
+
+def test_no_shipped_step_lets_older_servers_write() -> None:
+    """Each so far changes what older servers read (row MACs, key owners, a state they
+    do not know) or was written before steps could declare otherwise."""
+    assert all(writers_from(v, sql) == v for v, sql in migrations("postgres"))
+
+
+@pytest.mark.postgres
+async def test_an_older_replica_writes_on_after_steps_that_declare_it_may(
+    server: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that changes nothing an older server reads or writes (an index) stopped
+    every older replica's writes as any step did, and a restarted one could not start:
+    a rolling upgrade began with the service down to its upgraded replicas. Now a step
+    says so (``-- compatible-writers: N``), and servers of schema N write on."""
+    assert await generate(server) is None
+    url = server.settings.store
+    assert url is not None
+    index = "CREATE INDEX keys_by_owner_and_type ON keys (owner, type);"
+    newer = [*migrations("postgres"), (LATEST + 1, f"-- compatible-writers: {LATEST}\n{index}")]
+    with monkeypatch.context() as patched:  # a newer Keyturn upgrades the database
+        patched.setattr(upgrade, "migrations", lambda dialect: newer)
+        store = await asyncio.to_thread(PostgresStore, url)
+        await store.close()
+    assert schema_of(url) == LATEST + 1
+    with caplog.at_level(logging.INFO):
+        await asyncio.sleep(REFRESH_INTERVAL * 2)  # the older replica has looked by now
+        assert await generate(server) is None
+        health = health_pb2_grpc.HealthStub(server.channel())
+        answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        said = [r.getMessage() for r in caplog.records if "upgraded by a newer" in r.getMessage()]
+        assert len(said) == 1 and "serving on" in said[0], said
+    await server.restart()  # and an older replica (re)started on it serves too
+    assert await generate(server) is None
 
 
 #: The schema whose upgrade step creates an index on handles (0004_ended_handles.sql).

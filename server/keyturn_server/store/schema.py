@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from importlib import resources
 
 from keyturn_server.domain.errors import Unavailable
@@ -33,6 +34,18 @@ def migrations(dialect: str) -> list[tuple[int, str]]:
 
 
 LATEST = max(v for v, _ in migrations("sqlite"))
+
+#: How a migration says that servers of an older schema may go on writing once it is
+#: applied: ``-- compatible-writers: N`` (servers of schema N or later), for a step that
+#: changes nothing they read or write (an index, a table they never touch). Without it,
+#: only servers of the step's own schema write (NewerSchema).
+_COMPATIBLE = re.compile(r"^-- compatible-writers: (\d+)\s*$", re.MULTILINE)
+
+
+def writers_from(version: int, sql: str) -> int:
+    """The oldest schema whose servers may write once step ``version`` is applied."""
+    declared = _COMPATIBLE.search(sql)
+    return min(version, int(declared.group(1))) if declared else version
 
 
 def not_upgraded(server: str) -> str:
@@ -67,14 +80,29 @@ class NewerSchema:
     newer code requires, counts in tables the newer code no longer reads. So once the
     store finds a newer version it stops writing for good (UNAVAILABLE, SCHEMA_NEWER:
     callers retry on an upgraded replica), health says NOT_SERVING, and the log says so
-    once. Reads go on."""
+    once. Reads go on. On PostgreSQL a step may declare that it changes nothing older
+    servers read or write (``-- compatible-writers: N``): servers of schema N or later
+    then start and write on, and the log says once that an upgrade is due."""
 
     def __init__(self, mine: int) -> None:
         self.mine = mine
         self.found = 0
+        #: A newer version whose steps all declare that this server may write on.
+        self.compatible = 0
 
-    def see(self, version: int) -> bool:
-        """Note the database's version; whether it is newer than this server's."""
+    def see(self, version: int, writers_from: int | None = None) -> bool:
+        """Note the database's version, and the oldest schema whose servers every newer
+        step lets write (PostgreSQL records it per step; None: the version itself);
+        whether this server must stop writing."""
+        if version > self.mine and (writers_from or version) <= self.mine:
+            if version > self.compatible:
+                self.compatible = version
+                log.warning(
+                    "the database schema was upgraded by a newer Keyturn, with steps that "
+                    "keep this server's writes: serving on; upgrade it when you can",
+                    extra={"category": "app", "schema": version, "server_schema": self.mine},
+                )
+            return bool(self.found)
         if version > self.mine and not self.found:
             self.found = version
             log.error(

@@ -54,7 +54,7 @@ from keyturn_server.store.postgres.connections import (
 from keyturn_server.store.postgres.leadership import DEFAULT_LEASE_TTL, PgLeadership
 from keyturn_server.store.postgres.link import Link
 from keyturn_server.store.postgres.scrub import PgScrub
-from keyturn_server.store.postgres.upgrade import migrate
+from keyturn_server.store.postgres.upgrade import WRITERS_FROM, migrate
 from keyturn_server.store.schema import NewerSchema
 from keyturn_server.store.sql import SqlRepository
 from keyturn_server.store.threads import StoreThreads
@@ -274,9 +274,14 @@ class PostgresStore:
             return True
         try:
             row = self._reads.execute("SELECT MAX(version) AS v FROM keyturn_schema").fetchone()
+            version = int(row["v"] or 0)
+            writers = None
+            if version > self.schema_version:  # did every newer step keep our writes?
+                mine = (self.schema_version,)
+                writers = self._reads.execute(WRITERS_FROM, mine).fetchone()["value"]
         except KeyturnError:
             return False  # the database is away: the link says so
-        if self.newer.see(int(row["v"] or 0)):
+        if self.newer.see(version, writers):
             self._set_problem(self.newer.problem)
         return bool(self.newer.found)
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import psycopg
 
-from keyturn_server.store.schema import going_back, migrations, not_upgraded
+from keyturn_server.store.postgres.connections import translate
+from keyturn_server.store.schema import going_back, migrations, not_upgraded, writers_from
 
 log = logging.getLogger("keyturn.store")
 
@@ -97,7 +98,7 @@ def migrate(conn: psycopg.Connection[Any], *, upgrade: bool = True) -> int:
                 )
             time.sleep(RETRY_PAUSE)
             continue
-        if current > latest:
+        if current > latest and _writers_from(conn, latest) > latest:
             raise OSError(
                 f"the database has schema {current}, newer than this server ({latest}): "
                 + going_back(
@@ -117,14 +118,37 @@ def _attempt(conn: psycopg.Connection[Any], steps: list[tuple[int, str]]) -> int
         conn.execute("CREATE TABLE IF NOT EXISTS keyturn_schema (version INTEGER NOT NULL)")
         current = int(_value(conn, "SELECT MAX(version) AS value FROM keyturn_schema") or 0)
         with conn.transaction():
+            if not _value(conn, _HAS_WRITERS_FROM):
+                # Each step's declaration (schema.writers_from), for older servers to read.
+                conn.execute("ALTER TABLE keyturn_schema ADD COLUMN writers_from INTEGER")
             for version, sql in steps:
                 if version > current:
                     conn.execute(sql)
-                    conn.execute("INSERT INTO keyturn_schema VALUES (%s)", (version,))
+                    conn.execute(
+                        "INSERT INTO keyturn_schema (version, writers_from) VALUES (%s, %s)",
+                        (version, writers_from(version, sql)),
+                    )
         return current
     finally:
         conn.execute("RESET lock_timeout")
         conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+
+_HAS_WRITERS_FROM = """
+SELECT EXISTS (SELECT 1 FROM information_schema.columns
+                WHERE table_schema = current_schema() AND table_name = 'keyturn_schema'
+                  AND column_name = 'writers_from') AS value
+"""
+#: The oldest schema whose servers every step after schema ? lets write (a step
+#: recorded before steps declared it lets only its own schema's servers write).
+WRITERS_FROM = """
+SELECT MAX(COALESCE(writers_from, version)) AS value FROM keyturn_schema WHERE version > ?
+"""
+
+
+def _writers_from(conn: psycopg.Connection[Any], mine: int) -> int:
+    """The oldest schema whose servers may write on the database as it is (0: any)."""
+    return int(_value(conn, translate(WRITERS_FROM), mine) or 0)
 
 
 class _Upgrading(Exception):
