@@ -18,8 +18,11 @@ import asyncio
 import collections
 import io
 import json
+import shutil
 import threading
+import time
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -28,9 +31,11 @@ from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from keyturn.v1 import admin_pb2, handles_pb2, keys_pb2, resources_pb2
+from keyturn_server.clock import ManualClock
 from keyturn_server.domain.errors import Unavailable
 from keyturn_server.domain.events import EventKind
 from keyturn_server.store.postgres import APPEND_LOCK
+from keyturn_server.store.sql import SqlRepository
 from tests.harness import Harness, fails, failure
 
 pytestmark = pytest.mark.postgres
@@ -331,3 +336,56 @@ async def test_a_replica_stalled_holding_the_append_lock_is_named_not_taken_for_
     await asyncio.sleep(1.1)  # the second for which such calls are held back
     made = await server.admin.keys.GenerateKey(generate, timeout=10)  # served once it ends
     assert made.key.id
+
+
+async def test_a_replica_stalled_in_a_transaction_holds_the_others_writes_for_seconds(
+    server: Harness, tmp_path: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica paused in the middle of a transaction holds the append lock (and its row
+    locks) until the database ends its idle session: every event and audit append on
+    every other replica was refused for half a minute. Keyturn's transactions never sit
+    idle between statements for seconds unless their process is stalled, so their
+    sessions are ended after five. The stalled replica's own caller, once it runs again,
+    is told UNAVAILABLE (nothing was kept); it was an internal error."""
+    other = Harness(tmp_path / "b", clock, store=server.settings.store)
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy(server.data_dir / "admin.token", tmp_path / "b" / "admin.token")
+    await other.start()
+    stall, stalled = threading.Event(), threading.Event()
+    serialise = SqlRepository._serialise_append
+
+    def stalling(repo: SqlRepository) -> None:
+        serialise(repo)
+        if stall.is_set():  # once: the next append, the other replica's
+            stall.clear()
+            stalled.set()
+            time.sleep(10)  # SIGSTOP: the session sits idle in its transaction
+
+    monkeypatch.setattr(SqlRepository, "_serialise_append", stalling)
+    generate = keys_pb2.GenerateKeyRequest(type="session")
+    stall.set()
+    paused = asyncio.ensure_future(fails(other.admin.keys.GenerateKey(generate, timeout=20)))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.to_thread(stalled.wait, 5)
+    outcomes = []
+    while loop.time() - started < 9:
+        try:
+            await server.admin.keys.GenerateKey(generate, timeout=10)
+        except grpc.aio.AioRpcError as error:
+            outcomes.append(failure(error).reason)
+            await asyncio.sleep(0.2)
+            continue
+        outcomes.append("OK")
+        break
+    try:
+        # Held back by its lock (the owner's row, which the stalled call locked first,
+        # or the append lock), then served.
+        assert outcomes[-1] == "OK" and len(outcomes) > 1, outcomes
+        assert set(outcomes[:-1]) <= {"STORE_LOCKED", "STORE_ROW_LOCKED"}, outcomes
+        assert loop.time() - started < 7.5
+        told = await paused
+        assert told.code == grpc.StatusCode.UNAVAILABLE, told
+        assert "idle" in told.message
+    finally:
+        await other.stop()

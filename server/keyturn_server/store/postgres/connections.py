@@ -91,6 +91,15 @@ def as_domain_error(exc: psycopg.Error) -> KeyturnError | None:
             "cancelled by an administrator); nothing of this request was done: retry",
             reason="STORE_SLOW",
         )
+    if exc.sqlstate == "25P03":  # idle_in_transaction_session_timeout
+        # This process left its transaction idle (paused, starved of CPU) and the database
+        # ended the session, releasing its locks for the other replicas (store.py).
+        return Unavailable(
+            "the database ended this call's transaction: this server left it idle longer "
+            "than the database allows (the process was paused or starved of CPU); nothing "
+            "of this request was kept: retry",
+            reason="STORE_STALLED",
+        )
     if exc.sqlstate == "25006":  # read_only_sql_transaction
         # A DBA's maintenance (default_transaction_read_only) or a session on a hot
         # standby: nothing was written, and the database takes writes again later.
@@ -197,7 +206,7 @@ WRITES = "-c lock_timeout=1s"
 #: and one caller's slow listing must not get the statement refused for everyone else.
 HOLD_LOCKED = 1.0
 #: Failures that were one call's fate, not the database's state (says_unwritable).
-ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW")
+ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW", "STORE_STALLED")
 
 
 class HoldBack:

@@ -68,8 +68,12 @@ POOL_SIZE = 8
 #: How long a call waits for a pooled connection before it is refused (UNAVAILABLE).
 POOL_WAIT = 1.0
 #: A session idle inside a transaction this long is ended by the server, so that a
-#: stalled replica cannot hold row locks (or the lease row) for ever.
-IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=30000"
+#: stalled replica (SIGSTOP, a frozen VM) cannot hold row locks, the lease row or the
+#: append lock for long: every other replica's appends wait for the append lock. A unit
+#: of work runs its statements back to back (material is made before it begins), so an
+#: idle second inside one already means a stalled process; it was 30 s, half a minute
+#: of refused writes on every replica.
+IDLE_IN_TRANSACTION = "-c idle_in_transaction_session_timeout=5000"
 
 
 class PostgresStore:
