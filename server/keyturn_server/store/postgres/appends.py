@@ -9,13 +9,13 @@ different answers:
 
 - a queue of commits (many replicas writing at once, a slow disk): the lock changes
   hands all the time, and waiting on is what serves the call. A write waits in rounds of
-  the lock timeout while its holder changes, for at most APPEND_WAIT, then is refused as
+  the lock timeout while its holders work, for at most APPEND_WAIT, then is refused as
   the store being behind (RESOURCE_EXHAUSTED, STORE_BEHIND, retry in a second);
-- a holder that does not move (a replica paused mid-transaction by SIGSTOP or its VM, a
-  session stuck in a statement): waiting serves nothing and holds a pooled session. The
-  write is refused (UNAVAILABLE, STORE_LOCKED: the unit is held back for a second, as
-  for a locked table) with the holder named; PostgreSQL ends an idle holder's session
-  after idle_in_transaction_session_timeout (5 s for Keyturn's sessions: store.py).
+- a holder idle in its transaction (a replica paused mid-transaction by SIGSTOP or its
+  VM): waiting serves nothing and holds a pooled session. The write is refused
+  (UNAVAILABLE, STORE_LOCKED: the unit is held back for a second, as for a locked
+  table) with the holder named; PostgreSQL ends an idle holder's session after
+  idle_in_transaction_session_timeout (5 s for Keyturn's sessions: store.py).
 
 The uncontended path costs what it did: one try that does not wait.
 """
@@ -53,7 +53,6 @@ def take_append_lock(conn: psycopg.Connection[Any]) -> None:
     if row and row["got"]:
         return
     started = time.monotonic()
-    seen: tuple[Any, ...] | None = None
     while True:
         try:
             with conn.transaction():  # a savepoint: a wait that times out leaves the unit
@@ -64,11 +63,9 @@ def take_append_lock(conn: psycopg.Connection[Any]) -> None:
         holder = conn.execute(_HOLDER, (APPEND_LOCK,)).fetchone()
         if holder is None:
             continue  # released meanwhile
-        which = (holder["pid"], holder["xact_start"])
-        idle = holder["state"] != "active" and (holder["still"] or 0) >= STALLED
-        if idle or which == seen:
+        if holder["state"] == "idle in transaction" and (holder["still"] or 0) >= STALLED:
             raise _stalled(holder)
-        seen = which
+        # Working (a long batch, a slow commit), or one this role may not see: wait on.
         if time.monotonic() - started >= APPEND_WAIT:
             raise ResourceExhausted(
                 f"the store is behind: event and audit appends queued for over {APPEND_WAIT:.0f} "
@@ -82,7 +79,7 @@ def take_append_lock(conn: psycopg.Connection[Any]) -> None:
 def _stalled(holder: dict[str, Any]) -> Unavailable:
     state = holder["state"] or "unknown"
     return Unavailable(
-        "the event log's append lock is held by a transaction that has not moved (pid "
+        "the event log's append lock is held by a transaction that sits idle (pid "
         f"{holder['pid']}, {holder['application_name'] or 'no application name'}, "
         f"{state} for {holder['still'] or 0:.1f} s): a replica paused or stalled in the "
         "middle of a transaction; the database ends an idle one after its "
