@@ -389,3 +389,37 @@ async def test_a_replica_stalled_in_a_transaction_holds_the_others_writes_for_se
         assert "idle" in told.message
     finally:
         await other.stop()
+
+
+async def test_only_a_quarter_of_the_commit_threads_wait_on_for_the_append_lock(
+    server: Harness,
+) -> None:
+    """Each write that waits on for the append lock holds a commit thread and a pooled
+    session, which writes that append nothing (validations) need too. Past the first
+    second, two of the eight wait on; the others are refused STORE_BEHIND at once."""
+    url = server.settings.store
+    assert url is not None
+    owners = []
+    for name in ("billing", "orders", "search", "mail"):
+        made = await server.admin.admin.CreateAccessToken(
+            admin_pb2.CreateAccessTokenRequest(name=name, role=resources_pb2.ROLE_SERVICE)
+        )
+        owners.append(server.client(made.token))
+    loop = asyncio.get_running_loop()
+    turn = threading.Event()
+    holder = loop.run_in_executor(None, hold_the_append_lock, url, turn, 2.5)
+    await asyncio.to_thread(turn.wait)
+    await asyncio.sleep(0.05)
+    generate = keys_pb2.GenerateKeyRequest(type="session")
+    results = await asyncio.gather(
+        *(owner.keys.GenerateKey(generate, timeout=10) for owner in owners),
+        return_exceptions=True,
+    )
+    await holder
+    made = [r for r in results if isinstance(r, keys_pb2.GenerateKeyResponse)]
+    refused = [failure(r) for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(made) == 2, results
+    assert [(f.code, f.reason) for f in refused] == [
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "STORE_BEHIND")
+    ] * 2
+    assert all(f.retry_after for f in refused)

@@ -38,7 +38,7 @@ from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
 from keyturn_server.store.integrity import RowIntegrity
-from keyturn_server.store.postgres.appends import take_append_lock
+from keyturn_server.store.postgres.appends import AppendLock
 from keyturn_server.store.postgres.connections import (
     WRITES,
     HoldBack,
@@ -106,6 +106,7 @@ class PostgresStore:
             name="keyturn",
         )
         self._threads = StoreThreads("postgres", POOL_SIZE)
+        self._append_lock = AppendLock(POOL_SIZE)
         self._link = Link(
             url,
             CHANNEL,
@@ -216,7 +217,7 @@ class PostgresStore:
         def lock() -> None:
             nonlocal appended
             if not appended:
-                take_append_lock(conn)
+                self._append_lock.take(conn)
                 appended = True
 
         repo = SqlRepository(
