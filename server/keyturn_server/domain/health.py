@@ -226,7 +226,7 @@ class HealthService:
             # Still read, so the figures say how late the work it holds up is.
         try:
             reader = self._store.read()
-            lag, earliest = s.observe(now)
+            lag, earliest = s.observe(now if held is not None else self._leaders_now(now))
             stored = reader.scheduler_lease()
             overdue = (
                 sum(len(reader.due(kind, now, 1000)) for kind in s.kinds()) if count and lag else 0
@@ -257,6 +257,15 @@ class HealthService:
                 + (f" (scheduler lease {holder})" if detailed else "")
             )
         return part
+
+    def _leaders_now(self, now: datetime) -> datetime:
+        """The time a follower measures the scheduler's lag at. The leader acts on its own
+        clock; a follower whose clock runs ahead of it took deadlines the leader had not
+        reached for work left undone, and reported NOT_SERVING ("no replica is keeping
+        up") while the leader kept up: with a clock 90 s ahead, after every deadline. The
+        database's clock stands in for the leader's: the earlier of it and this one."""
+        shared = self._store.database_time()
+        return now if shared is None else min(now, shared)
 
     def serving(self, now: datetime) -> dict[str, Serving]:
         """Cheap verdicts for the standard health service: no counting. A change of the

@@ -34,7 +34,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -314,6 +314,9 @@ class SqliteStore:
 
     def add_tamper_listener(self, listener: Callable[[str], None]) -> None:
         self.integrity.listeners.append(listener)
+
+    def database_time(self) -> datetime | None:
+        return None  # this host's clock: the processes on it share it
 
     def status(self) -> StoreStatus:
         self._files_lost()  # health checks look every few seconds, idle or not

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from keyturn_server.crypto.integrity import Protection
@@ -124,6 +124,11 @@ class Store(Protocol):
         ...
 
     def status(self) -> StoreStatus: ...
+
+    def database_time(self) -> datetime | None:
+        """The database server's own clock, where replicas share one (None: SQLite, on
+        this host's clock; or the database cannot be read now)."""
+        ...
 
     def check_schema(self) -> bool:
         """Look whether a newer Keyturn upgraded the database's schema since the start;

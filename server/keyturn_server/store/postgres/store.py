@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -313,6 +313,13 @@ class PostgresStore:
         # Database errors are mapped where the units run (as_domain_error); PostgreSQL
         # keeps its own files, and its server's log says what happened to them.
         return None
+
+    def database_time(self) -> datetime | None:
+        try:
+            row = self._reads.execute("SELECT clock_timestamp() AS now").fetchone()
+        except KeyturnError:
+            return None
+        return row["now"] if row else None
 
     def status(self) -> StoreStatus:
         problem = self._link.problem or self.newer.problem or self._problem
