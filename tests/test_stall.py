@@ -23,6 +23,7 @@ from keyturn_server.api.ratelimit import CallerLimiter
 from keyturn_server.clock import ManualClock
 from keyturn_server.domain.batching import UNIT_LIMIT
 from keyturn_server.domain.errors import ResourceExhausted
+from keyturn_server.domain.write_shares import CALLER_WRITES, WriteShares
 from tests.harness import Client, Failure, Harness, fails, failure
 from tests.test_listeners import settings
 
@@ -243,3 +244,73 @@ def test_the_cap_on_calls_in_progress_comes_from_its_flag(argv: list[str], expec
 def test_a_cap_on_calls_in_progress_that_is_not_a_count_is_refused(text: str) -> None:
     with pytest.raises(SystemExit):
         settings(["--caller-max-in-flight", text])
+
+
+async def test_one_callers_flood_of_writes_does_not_queue_another_callers_write_behind_it(
+    server: Harness,
+) -> None:
+    """One service within its rights (1,000 calls in progress) sends more writes than the
+    store commits. Before, they joined the writer's one queue in arrival order and
+    another caller's write waited behind all of them: with 600 of one token's
+    GenerateHandle queued (here behind a held write lock; on a busy server, behind the
+    disk), another service's GenerateHandle was answered after every one of them. Now
+    the flood waits for its own share of the writer (16 writes), and the other caller's
+    write commits with the first transaction."""
+    await server.set_policies(max_concurrent_handles=1000)
+    flooder = await server.client_for("service", "flooder")
+    bystander = await server.client_for("service", "bystander")
+    device = handles_pb2.GenerateHandleRequest(type="device")
+    answered: list[str] = []
+
+    async def generate(client: Client, who: str) -> None:
+        await client.handles.GenerateHandle(device)
+        answered.append(who)
+
+    with write_lock_held(server):
+        flood = flood_of(600, lambda: generate(flooder, "flooder"))
+        await asyncio.sleep(0.5)  # all of them arrive and wait for the store
+        theirs = asyncio.ensure_future(generate(bystander, "bystander"))
+        await asyncio.sleep(0.3)
+        assert not answered
+    await theirs
+    ahead = answered.index("bystander")
+    assert ahead <= 2 * CALLER_WRITES, f"{ahead} of the flood's writes were answered first"
+    await asyncio.gather(*flood)  # the flood is served too, in its turn
+    assert answered.count("flooder") == 600
+
+
+async def test_a_caller_that_stops_waiting_still_holds_the_share_its_writes_take() -> None:
+    """A caller with short deadlines must not queue writes without bound: a place is
+    given back when the write is done, not when its caller gives up on it."""
+    shares = WriteShares(per_caller=2)
+    release = asyncio.Event()
+    done: list[int] = []
+
+    async def write(n: int) -> int:
+        await release.wait()
+        done.append(n)
+        return n
+
+    calls = [asyncio.ensure_future(shares.run("a", write(n))) for n in range(3)]
+    other = asyncio.ensure_future(shares.run("b", write(9)))  # the share is per caller
+    unnamed = asyncio.ensure_future(shares.run("", write(8)))  # internal: no share
+    await asyncio.sleep(0)
+    for call in calls:
+        call.cancel()  # the callers went away
+    await asyncio.sleep(0)
+    assert shares.waiting("a") == 2  # the two writes started still hold their places
+    release.set()
+    assert await other == 9 and await unnamed == 8
+    await asyncio.sleep(0)
+    assert sorted(done) == [0, 1, 8, 9]  # the third never started: nothing of it was done
+    assert shares.waiting("a") == 0 and shares.waiting("b") == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [([], CALLER_WRITES), (["--caller-max-writes", "8"], 8), (["--caller-max-writes", "0"], 0)],
+)
+def test_each_callers_share_of_the_writer_comes_from_its_flag(
+    argv: list[str], expected: int
+) -> None:
+    assert settings(argv).caller_max_writes == expected

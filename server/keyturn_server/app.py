@@ -57,6 +57,7 @@ from keyturn_server.domain.paging import PageTokens
 from keyturn_server.domain.repositories import Store
 from keyturn_server.domain.statistics import Statistics
 from keyturn_server.domain.watch import EventHub, WatchService
+from keyturn_server.domain.write_shares import WriteShares
 from keyturn_server.observability import logs, worker_metrics
 from keyturn_server.observability.metrics import Metrics
 from keyturn_server.process import figures
@@ -166,6 +167,7 @@ class App:
         settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(settings.data_dir, 0o700)
         store = self._store = open_store(settings)
+        store.write_shares = WriteShares(settings.caller_max_writes)
         membership = self.membership = (
             Membership(settings.worker, settings.data_dir) if settings.worker else None
         )

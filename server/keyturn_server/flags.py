@@ -208,6 +208,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "cap (default 1000); past it its calls are refused at once (CALLER_IN_FLIGHT)",
     )
     parser.add_argument(
+        "--caller-max-writes",
+        type=_whole,
+        help="writes one caller may have waiting for the store or committing at once, per "
+        "serving process, 0 for no share (default 16); its others wait for its own, so "
+        "that its flood does not queue every other caller's writes behind it",
+    )
+    parser.add_argument(
         "--workers",
         help="serving processes sharing the port and the database: a number, or auto "
         f"(one per available core, at most {AUTO_CAP}); KEYTURN_WORKERS; default 1",

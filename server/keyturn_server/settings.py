@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from keyturn_server.domain.config import MIN_DURATION
+from keyturn_server.domain.write_shares import CALLER_WRITES
 from keyturn_server.listeners import (
     TLS_HINT,
     AddressError,
@@ -96,6 +97,9 @@ class Settings:
     #: Unary calls one principal may have in progress at once, per serving process; 0:
     #: no cap (api/ratelimit.py). A tenth of the store's shared backlog.
     caller_max_in_flight: int = 1000
+    #: Writes one principal may have waiting for the store or committing at once, per
+    #: serving process; its others wait for its own (domain/write_shares.py). 0: no share.
+    caller_max_writes: int = CALLER_WRITES
     #: Open WatchExpiring streams per principal.
     max_streams_per_caller: int = 100
     #: Calls and streams open at once on one gRPC connection (api/grpc_server.py).
@@ -349,6 +353,9 @@ def resolve(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> S
             defaults.caller_max_in_flight
             if args.caller_max_in_flight is None
             else args.caller_max_in_flight
+        ),
+        caller_max_writes=(
+            defaults.caller_max_writes if args.caller_max_writes is None else args.caller_max_writes
         ),
         nonce_budget=args.nonce_budget or defaults.nonce_budget,
         workers=1 if worker is not None else _workers(args.workers, env.get("KEYTURN_WORKERS")),

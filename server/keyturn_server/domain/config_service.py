@@ -188,4 +188,4 @@ class ConfigService:
             repo.after_commit(lambda: self._committed(updated))
             return updated
 
-        return await self._store.write(work)
+        return await self._store.write(work, principal.name)

@@ -180,7 +180,7 @@ class HandleService:
             )
             return handle
 
-        handle = await self._store.write(work)
+        handle = await self._store.write(work, principal.name)
         self._stats.observe("generate_handle", time.perf_counter() - started)
         return handle, token
 
@@ -364,7 +364,7 @@ class HandleService:
             )
             return Rotation(rotated, new_token, until)
 
-        outcome = await self._store.write(work)
+        outcome = await self._store.write(work, principal.name)
         if outcome is None:
             await self._validator.refused(principal)
             raise _token_not_valid()
@@ -398,7 +398,7 @@ class HandleService:
             )
             return Rotation(rotated, new_token, until)
 
-        return await self._store.write(work)
+        return await self._store.write(work, principal.name)
 
     def _presented_previous(self, handle: Handle, secret: HandleSecret, now: datetime) -> Rotation:
         """A superseded secret inside its grace (decide() refused it after the grace)
@@ -444,7 +444,7 @@ class HandleService:
             )
             return revoked
 
-        return await self._store.write(work)
+        return await self._store.write(work, principal.name)
 
 
 @dataclass(frozen=True)

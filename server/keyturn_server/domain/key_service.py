@@ -257,7 +257,7 @@ class KeyService:
             )
             return key
 
-        key = await self._store.write(work)
+        key = await self._store.write(work, principal.name)
         self._stats.observe("generate_key", time.perf_counter() - started)
         return key, (secret if reveal else None)
 
@@ -290,7 +290,7 @@ class KeyService:
                 reason=reason or "manual",
             )
 
-        return await self._store.write(work)
+        return await self._store.write(work, principal.name)
 
     async def remove(self, principal: Principal, key_id: str, user_id: str, reason: str) -> Key:
         principal.require(Permission.KEY_MANAGE)
@@ -332,7 +332,7 @@ class KeyService:
             )
             return removed
 
-        key = await self._store.write(work)
+        key = await self._store.write(work, principal.name)
         self._material.forget(key_id)
         return key
 
@@ -378,7 +378,7 @@ class KeyService:
             )
             return restored
 
-        return await self._store.write(work)
+        return await self._store.write(work, principal.name)
 
     async def export(
         self, principal: Principal, key_id: str, version: int, user_id: str, reason: str
@@ -405,7 +405,8 @@ class KeyService:
                 details={"version": str(loaded.version)},
             )
 
-        await self._store.write(work)  # the export is durable in the audit log before it leaves
+        # The export is durable in the audit log before it leaves.
+        await self._store.write(work, principal.name)
         return loaded.material, loaded.version, key.algorithm
 
     def _locked(self, repo: Repository, principal: Principal, key_id: str) -> Key:

@@ -142,7 +142,7 @@ class KeyVersions:
             return updated
 
         try:
-            return await self._store.write(work)
+            return await self._store.write(work, principal.name)
         except PermissionDenied as refused:
             if refused.reason == HELD_BY_OPERATOR:
                 await self._refused(principal, key_id, number, user_id, reason)
@@ -170,7 +170,7 @@ class KeyVersions:
                 time=now,
             )
 
-        await self._store.write(work)
+        await self._store.write(work, principal.name)
 
     def _take_over(
         self,

@@ -45,6 +45,7 @@ from keyturn_server.domain.errors import KeyturnError, Unavailable
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership, SoleLeader
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.domain.write_shares import WriteShares
 from keyturn_server.store import damage, files
 from keyturn_server.store.file_upgrade import migrate
 from keyturn_server.store.integrity import RowIntegrity
@@ -154,6 +155,7 @@ class SqliteStore:
         self.window = BatchWindow()
         self.unit_limit = UNIT_LIMIT
         self.max_pending = MAX_PENDING
+        self.write_shares = WriteShares()
         self.commits = 0
         self.writes = 0
         #: Last event sequence given to the commit listeners (shared mode).
@@ -169,7 +171,12 @@ class SqliteStore:
     def read(self) -> Repository:
         return self._reader
 
-    async def write(self, work: Callable[[Repository], T]) -> T:
+    async def write(self, work: Callable[[Repository], T], caller: str = "") -> T:
+        if caller and self.write_shares.per_caller:
+            return await self.write_shares.run(caller, self._write(work))
+        return await self._write(work)
+
+    async def _write(self, work: Callable[[Repository], T]) -> T:
         if self._closed:
             raise Unavailable("the store is closed", reason="STORE_UNAVAILABLE")
         if self._damage:

@@ -26,6 +26,7 @@ from keyturn_server.domain.repositories.handles import AnomalyLog, HandleReposit
 from keyturn_server.domain.repositories.keys import KeyRepository
 from keyturn_server.domain.repositories.meta import MetaRepository, RowProtection
 from keyturn_server.domain.repositories.sealed import SealedValues
+from keyturn_server.domain.write_shares import WriteShares
 
 if TYPE_CHECKING:
     from keyturn_server.clock import Clock
@@ -79,17 +80,20 @@ class StoreStatus:
 
 class Store(Protocol):
     backend: str
+    #: Each named caller's share of the writer (domain/write_shares.py).
+    write_shares: WriteShares
 
     def read(self) -> Repository:
         """A repository for reads on the calling (event loop) thread."""
         ...
 
-    async def write(self, work: Callable[[Repository], T]) -> T:
+    async def write(self, work: Callable[[Repository], T], caller: str = "") -> T:
         """Run ``work`` in one transaction and return its result once it is durable.
 
         ``work`` is plain synchronous code (the domain's rules); if it raises, nothing it
         did is kept. Events it appended reach the commit listeners after the commit and
-        before this returns.
+        before this returns. Writes of one ``caller`` (a principal's name) wait for one
+        of its places in ``write_shares`` first.
         """
         ...
 

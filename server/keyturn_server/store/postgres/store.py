@@ -37,6 +37,7 @@ from keyturn_server.domain.errors import KeyturnError
 from keyturn_server.domain.events import Event
 from keyturn_server.domain.leadership import Leadership
 from keyturn_server.domain.repositories import CommitListener, Repository, StoreStatus
+from keyturn_server.domain.write_shares import WriteShares
 from keyturn_server.store.integrity import RowIntegrity
 from keyturn_server.store.postgres.appends import AppendLock
 from keyturn_server.store.postgres.connections import (
@@ -129,6 +130,7 @@ class PostgresStore:
         self._held = HoldBack("writes")
         self._closed = False
         self.max_pending = MAX_PENDING
+        self.write_shares = WriteShares()
         self.newer = NewerSchema(self.schema_version)
         self.scrub = PgScrub(url)
 
@@ -150,7 +152,12 @@ class PostgresStore:
         about what the read it would save costs."""
         return None
 
-    async def write(self, work: Callable[[Repository], T]) -> T:
+    async def write(self, work: Callable[[Repository], T], caller: str = "") -> T:
+        if caller and self.write_shares.per_caller:
+            return await self.write_shares.run(caller, self._write(work))
+        return await self._write(work)
+
+    async def _write(self, work: Callable[[Repository], T]) -> T:
         self.start()
         self._refuse_while_unreachable()
         if self.newer.found:
