@@ -48,7 +48,14 @@ from keyturn_server.domain.handles import (
 )
 from keyturn_server.domain.ids import check_id, new_id
 from keyturn_server.domain.journal import Journal
-from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
+from keyturn_server.domain.paging import (
+    RECORD_BYTES,
+    PageTokens,
+    fitted,
+    mapping_weight,
+    scoped_page,
+    token_after,
+)
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
 from keyturn_server.domain.token_digests import TokenDigests
@@ -215,8 +222,9 @@ class HandleService:
             ),
             principal.name,
         )
-        handles = found.items
-        return HandlePage(handles, token_after(page, handles, found.more, found.total), found.total)
+        handles, cut = fitted(found.items, _weight)
+        more = found.more or cut
+        return HandlePage(handles, token_after(page, handles, more, found.total), found.total)
 
     async def statistics(self, principal: Principal) -> tuple[Report, dict[str, int]]:
         """The report and anomaly counts by kind. A service sees the anomalies of its own
@@ -499,3 +507,8 @@ def _rotation_refused(decision: Decision, now: datetime) -> KeyturnError:
             retry_after=RATE_WINDOW - timedelta(seconds=now.second, microseconds=now.microsecond),
         )
     return _token_not_valid()
+
+
+def _weight(handle: Handle) -> int:
+    """About what a handle adds to a listing's answer (paging.fitted)."""
+    return RECORD_BYTES + mapping_weight(handle.context)

@@ -44,7 +44,15 @@ from keyturn_server.domain.keys import (
     primary_deadlines,
 )
 from keyturn_server.domain.nonce_budget import NonceBudget, NonceLimits
-from keyturn_server.domain.paging import PageTokens, scoped_page, token_after
+from keyturn_server.domain.paging import (
+    RECORD_BYTES,
+    VERSION_BYTES,
+    PageTokens,
+    fitted,
+    mapping_weight,
+    scoped_page,
+    token_after,
+)
 from keyturn_server.domain.repositories import Repository, Store
 from keyturn_server.domain.signing_threads import SigningThreads
 from keyturn_server.domain.statistics import Report, Statistics, recent, report
@@ -153,8 +161,9 @@ class KeyService:
             ),
             principal.name,
         )
-        keys = [self._usage.with_pending(k) for k in found.items]
-        return KeyPage(keys, token_after(page, keys, found.more, found.total), found.total)
+        keys, cut = fitted([self._usage.with_pending(k) for k in found.items], _weight)
+        more = found.more or cut
+        return KeyPage(keys, token_after(page, keys, more, found.total), found.total)
 
     async def statistics(self, principal: Principal) -> Report:
         principal.require(Permission.STATS_READ)
@@ -451,3 +460,8 @@ def _require_version_room(principal: Principal, key: Key, now: datetime) -> None
         retry_after=max(first - now, timedelta(seconds=1)),
         metadata={"limit": str(MAX_ENABLED_VERSIONS)},
     )
+
+
+def _weight(key: Key) -> int:
+    """About what a key adds to a listing's answer (paging.fitted)."""
+    return RECORD_BYTES + mapping_weight(key.metadata) + VERSION_BYTES * len(key.versions)

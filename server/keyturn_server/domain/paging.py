@@ -6,6 +6,14 @@ altered token, or one reused with other filters or by another caller, is refused
 INVALID_ARGUMENT before anything in it is parsed or used (AIP-158 asks for the filter
 check). Tokens are bounded in length, and their JSON is read only once authenticated.
 
+A page also stops short of ``page_size`` once its records weigh ``PAGE_BYTES`` (AIP-158:
+a page may hold fewer than asked, and the token goes on after its last record). Handles
+and keys carry maps of up to 32 entries of 256 characters each: a thousand of them made a
+ListHandles answer of 9 MB, over the 4 MiB a gRPC answer may be, and every such page was
+refused by gRPC itself (RESOURCE_EXHAUSTED "Sent message larger than max", no details)
+after the whole of its work, so an owner of such handles could never list them a
+thousand at a time.
+
 The total across pages (``total_size``) is counted for the first page only and carried in
 the token: counting reads every matching row (an audit log of millions of entries), so a
 walk that counted on each page cost as many full counts as it had pages. Later pages
@@ -18,7 +26,7 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -31,6 +39,14 @@ from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
+#: The most a page's records may weigh (``weight_of``): a quarter of the 4 MiB a gRPC
+#: answer may be (api/grpc_server.py), so that the JSON form of the same page, with its
+#: field names and quoting, also stays well inside it.
+PAGE_BYTES = 1024 * 1024
+#: A record's fixed fields (ids, type, states, times, counts) as JSON, generously.
+RECORD_BYTES = 512
+#: One key version's fields as JSON.
+VERSION_BYTES = 160
 #: Far longer than any token this service issues (about 120 characters).
 MAX_TOKEN = 512
 _TAG_BYTES = 16
@@ -182,3 +198,19 @@ def scoped_page(
 def token_after(page: Page, items: Sequence[Listed], more: bool, total: int) -> str:
     last = Cursor(to_micros(items[-1].create_time), items[-1].id) if items else None
     return next_token(page, last, more, total)
+
+
+def mapping_weight(mapping: Mapping[str, str]) -> int:
+    """What a map of strings adds to a record's answer: its UTF-8, quotes and separators."""
+    return sum(len(key.encode()) + len(value.encode()) + 6 for key, value in mapping.items())
+
+
+def fitted(items: list[T], weight_of: Callable[[T], int]) -> tuple[list[T], bool]:
+    """The first of ``items`` that weigh at most ``PAGE_BYTES`` together (at least one,
+    which a single record's input limits keep small), and whether any were left out."""
+    total = 0
+    for count, item in enumerate(items):
+        total += weight_of(item)
+        if total > PAGE_BYTES and count:
+            return items[:count], True
+    return items, False
