@@ -188,6 +188,35 @@ async def test_a_key_keeps_at_most_a_hundred_enabled_versions(server: Harness) -
     assert again.primary_version > 101
 
 
+async def test_a_services_rotations_give_one_handle_at_most_a_thousand_secrets(
+    server: Harness,
+) -> None:
+    """Every secret a handle had stays while the handle does (using one again is reuse),
+    and each rotation read all of them on the writer: before, a service could rotate one
+    of its handles without bound, and with 200,000 secrets each further rotation held
+    every caller for about 110 ms. Its own rotations now stop at 1,000 secrets, by
+    handle_id or by token; an operator's and the scheduler's are never refused."""
+    owner = await server.client_for("service", "spinner")
+    operator = await server.client_for("operator", "on-call")
+    made = await owner.handles.GenerateHandle(R.GenerateHandleRequest(type="session"))
+    by_id = R.RotateHandleRequest(handle_id=made.handle.id)
+    for _ in range(998):
+        await owner.handles.RotateHandle(by_id)
+    latest = await owner.handles.RotateHandle(by_id)  # the 1,000th secret
+    assert latest.handle.id == made.handle.id
+    for request in (by_id, R.RotateHandleRequest(token=latest.token)):
+        refused = await fails(owner.handles.RotateHandle(request))
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused.reason == "MAX_HANDLE_GENERATIONS" and refused.metadata["limit"] == "1000"
+    # The handle itself goes on: its current secret validates, and others are served.
+    assert (await validate(owner, latest.token, {})).valid
+    assert (await operator.handles.RotateHandle(by_id)).token
+    get = R.GetHandleRequest(handle_id=made.handle.id)
+    before = (await owner.handles.GetHandle(get)).rotate_time.ToDatetime()
+    await server.advance(timedelta(hours=1, seconds=1))  # the scheduler's rotation
+    assert (await owner.handles.GetHandle(get)).rotate_time.ToDatetime() > before
+
+
 async def test_disabled_versions_count_toward_the_version_cap(server: Harness) -> None:
     """A disabled version is read and carried like an enabled one until its max lifetime:
     if it did not count, a service could disable its way under the cap and grow a key
