@@ -6,8 +6,11 @@ from memory. On SQLite, and on PostgreSQL under KEYTURN_TEST_BACKEND=postgres.""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import os
 import sqlite3
+import tracemalloc
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +22,7 @@ from keyturn.v1 import handles_pb2
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.handles import Handle, HandleSecret, RateWindow
 from keyturn_server.domain.repositories import Repository, Store
+from keyturn_server.store import rows
 from keyturn_server.store.sqlite import SqliteStore
 from tests.harness import BACKEND, Harness, fails, open_store
 from tests.security.database import tamper
@@ -131,3 +135,61 @@ async def test_validations_refuse_a_forged_row_after_using_it_from_memory(server
         server.admin.handles.GetHandle(handles_pb2.GetHandleRequest(handle_id=issued.handle.id))
     )
     assert refused.code == grpc.StatusCode.DATA_LOSS
+
+
+#: The largest context a handle may carry: 32 entries, 64-character keys, 256-character
+#: values (8.4 KB as stored).
+FULL = {f"{n:02d}".ljust(64, "k"): "v" * 256 for n in range(32)}
+
+
+async def test_a_handle_with_a_full_context_is_decoded_afresh_not_kept(tmp_path: Path) -> None:
+    """The caches hold 16,384 rows each, sized for ordinary rows: kept decoded, rows
+    with full contexts took a serving process to ~600 MB (see rows.CACHED_CONTEXT)."""
+    opened = open_store(tmp_path)
+    opened.protect(Protection.derived_from(os.urandom(32)))
+    large = dataclasses.replace(TALLY, context=FULL)
+    await opened.write(lambda repo: (repo.insert_handle(large), repo.insert_secret(SECRET)))
+    try:
+        settled = rows._settled.cache_info().currsize
+        _, first = await found(opened)
+        _, again = await found(opened)
+        assert again == first and again is not first and dict(again.context) == FULL
+        assert rows._settled.cache_info().currsize == settled
+        assert large.id not in opened.integrity.decoded.handles  # type: ignore[attr-defined]
+    finally:
+        await opened.close()
+
+
+async def test_validating_handles_with_full_contexts_keeps_no_copy_of_them(
+    server: Harness,
+) -> None:
+    owner = await server.client_for("service", "full-contexts")
+    device = handles_pb2.GenerateHandleRequest(type="device", context=FULL)
+    made = [await owner.handles.GenerateHandle(device) for _ in range(200)]
+    validate = [handles_pb2.ValidateHandleRequest(token=m.token) for m in made]
+    await owner.handles.ValidateHandle(validate[0])  # warm up
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for request in validate:
+            assert (await owner.handles.ValidateHandle(request)).validation.valid
+        gc.collect()
+        retained = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # Before: about 30 KB each, the decoded row and its stored values kept until 16,384
+    # rows had pushed them out.
+    assert retained / len(made) < 4096, f"{retained / len(made):.0f} bytes kept per handle"
+
+
+@pytest.mark.parametrize(
+    ("context", "kept"),
+    [({}, True), ({"ip": "192.0.2.1", "user_agent": "curl/8"}, True), (FULL, False)],
+    ids=["empty", "ordinary", "full"],
+)
+def test_only_rows_with_small_contexts_are_kept_decoded(
+    context: dict[str, str], kept: bool
+) -> None:
+    values = [None] * len(rows.HANDLE_COLUMNS)
+    values[rows.CONTEXT_AT] = json.dumps(context)
+    assert rows.kept(tuple(values)) is kept

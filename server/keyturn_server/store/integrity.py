@@ -45,6 +45,7 @@ from keyturn_server.clock import optional_micros, to_micros
 from keyturn_server.crypto.integrity import Protection
 from keyturn_server.domain.errors import DataLoss
 from keyturn_server.domain.handles import Handle, HandleSecret
+from keyturn_server.store import rows
 
 log = logging.getLogger("keyturn.security")
 
@@ -302,6 +303,8 @@ class DecodedRows:
         return known[1] if known is not None and known[0] == values else None
 
     def keep_handle(self, values: tuple[Any, ...], handle: Handle) -> None:
+        if not rows.kept(values[1:]):  # a large context: decoded again on each read
+            return
         if len(self.handles) >= KNOWN_ROWS:
             self.handles.clear()
         self.handles[handle.id] = (values, handle)

@@ -280,6 +280,22 @@ HANDLE_COLUMNS = _SETTLED_COLUMNS + COUNTER_COLUMNS
 _SETTLED = len(_SETTLED_COLUMNS)
 #: Distinct settled rows kept (about 1.5 KiB each): one per handle validated lately.
 SETTLED_CACHE = 16_384
+#: Rows whose context, as stored (JSON), is longer than this are decoded on every read
+#: instead of kept, here and in integrity.DecodedRows. The caches count rows, not bytes,
+#: and a context may hold 32 entries of 256 characters (8.4 KB stored, 22 KB decoded with
+#: its row): a service that issued and listed handles with full contexts took each serving
+#: process to ~600 MB. Decoding such a row costs ~40 us more per read; ordinary contexts
+#: (an environment, a purpose, an ip and a user agent) stay well under this and cached.
+CACHED_CONTEXT = 1024
+#: Where the context is among HANDLE_COLUMNS' values.
+CONTEXT_AT = _SETTLED_COLUMNS.index("context")
+
+
+def kept(values: tuple[Any, ...]) -> bool:
+    """Whether a handle row of these :data:`HANDLE_COLUMNS` values is small enough to keep
+    decoded (see CACHED_CONTEXT)."""
+    context = values[CONTEXT_AT]
+    return not isinstance(context, str) or len(context) <= CACHED_CONTEXT
 
 
 def handle_from_row(row: Row) -> Handle:
@@ -294,7 +310,8 @@ def handle_from_values(values: tuple[Any, ...]) -> Handle:
     # through object.__setattr__): the same record, at a fraction of the cost.
     handle: Handle = object.__new__(Handle)
     fields = handle.__dict__
-    fields.update(_settled(values[:_SETTLED]))
+    settled = values[:_SETTLED]
+    fields.update(_settled(settled) if kept(values) else _settled.__wrapped__(settled))
     fields["usage_count"] = usage
     fields["last_used_time"] = None if last_used is None else from_micros(last_used)
     fields["rate"] = RateWindow(
