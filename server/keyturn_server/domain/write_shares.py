@@ -7,11 +7,13 @@ service within its call rate and its calls in progress (1,000/s, 1,000 at once) 
 more writes than the store commits (here ~400 a second of handles with full contexts,
 with ``--workers 2``): its backlog filled the queue, and every other caller's write
 waited behind all of it. With 600 GenerateHandle/RemoveHandle calls of one token in
-flight, another service's GenerateHandle went from 6 ms to 1.1-2.0 s at the median and
-1.4-3.3 s at the 90th percentile. Held to a share of 16, the flood queues behind its own
-writes, and the other caller's GenerateHandle took 100-150 ms at the median (32: 700 ms;
-8: 66 ms); a lone caller's throughput of small writes (128 in flight) stayed within the
-run-to-run noise of the same measurement without a share (465-560 vs 470-670 a second).
+flight, another service's GenerateHandle and RemoveHandle (measured from a process of
+its own) took 5.9 s at the median and 6.9 s at the 90th percentile; held to a share of
+16, 139 ms and 352 ms. Measured from the flooding client's own process, where its event
+loop adds its own queue: 1.1-2.0 s at the median before, 100-150 ms with a share of 16
+(32: 700 ms; 8: 66 ms); a lone caller's throughput of small writes (128 in flight)
+stayed within the run-to-run noise of the same measurement without a share (465-560 vs
+470-670 a second).
 
 A place is given back when the write is done (committed or refused), not when its caller
 stops waiting: a caller that cancels its calls (short deadlines) still holds the places
