@@ -98,7 +98,9 @@ if [ -n "${KEYTURN_TEST_POSTGRES_URL:-}" ]; then
     tests/test_schema_upgrade.py tests/test_pg_locks.py tests/test_report_threads.py \
     tests/test_audit_retention.py tests/test_page_totals.py tests/security/test_watch_reads.py \
     tests/security/test_floods.py tests/security/test_signing_threads.py tests/test_key_versions.py \
-    tests/security/test_takeover.py
+    tests/security/test_takeover.py tests/test_version_containment.py \
+    tests/security/test_store_failure_disclosure.py tests/test_page_sizes.py \
+    tests/test_pg_destroyed_material.py tests/test_pg_row_macs.py tests/test_replica_clocks.py
   done_stage
 fi
 
