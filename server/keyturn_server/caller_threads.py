@@ -16,6 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from keyturn_server.domain.caller_places import CallerPlaces
+
 T = TypeVar("T")
 
 
@@ -25,27 +27,18 @@ class CallerThreads:
         self.per_caller = per_caller
         self._name = name
         self._pool: ThreadPoolExecutor | None = None
-        #: Callers with work running or waiting.
-        self._callers: dict[str, _Share] = {}
+        self._places = CallerPlaces(per_caller)
 
     async def run(self, caller: str, work: Callable[[], T]) -> T:
         """``work`` in a thread, once ``caller`` (if named) has one of its places."""
         loop = asyncio.get_running_loop()
         if not caller:
             return await loop.run_in_executor(self._executor(), work)
-        share = self._callers.get(caller)
-        if share is None:
-            share = self._callers[caller] = _Share(self.per_caller)
-        share.users += 1
-        try:
-            await share.places.acquire()
-        except BaseException:
-            self._leave(caller, share)
-            raise
+        await self._places.take(caller)
 
         def ended(_: Future[T]) -> None:  # in the thread, or where it was cancelled
             with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits
-                loop.call_soon_threadsafe(self._release, caller, share)
+                loop.call_soon_threadsafe(self._places.give_back, caller)
 
         running = self._executor().submit(work)
         running.add_done_callback(ended)
@@ -56,28 +49,8 @@ class CallerThreads:
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix=self._name)
         return self._pool
 
-    def _release(self, caller: str, share: _Share) -> None:
-        share.places.release()
-        self._leave(caller, share)
-
-    def _leave(self, caller: str, share: _Share) -> None:
-        share.users -= 1
-        if not share.users:
-            del self._callers[caller]
-
     def close(self) -> None:
         """Once nothing more is submitted; work still running ends on its own."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
-
-class _Share:
-    """One caller's places among the threads, and its work running or waiting for one
-    (the share is dropped when none is left)."""
-
-    __slots__ = ("places", "users")
-
-    def __init__(self, places: int) -> None:
-        self.places = asyncio.Semaphore(places)
-        self.users = 0

@@ -28,6 +28,8 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from keyturn_server.domain.caller_places import CallerPlaces
+
 T = TypeVar("T")
 
 #: Writes one caller may have waiting for the store or committing at once (per process):
@@ -39,51 +41,30 @@ class WriteShares:
     def __init__(self, per_caller: int = CALLER_WRITES) -> None:
         #: 0: no share (every write joins the store's queue at once).
         self.per_caller = per_caller
-        #: Callers with writes waiting or running; a caller with none has no entry.
-        self._callers: dict[str, _Share] = {}
+        self._places = CallerPlaces(per_caller)
 
     def waiting(self, caller: str) -> int:
         """Writes of ``caller`` that hold a place or wait for one (0 when none)."""
-        share = self._callers.get(caller)
-        return share.users if share is not None else 0
+        return self._places.waiting(caller)
 
     async def run(self, caller: str, write: Coroutine[Any, Any, T]) -> T:
         """``write`` once ``caller`` (if named) holds one of its places, kept until
         ``write`` ends even when the caller stops waiting for it."""
         if not caller or self.per_caller <= 0:
             return await write
-        share = self._callers.get(caller)
-        if share is None:
-            share = self._callers[caller] = _Share(self.per_caller)
-        share.users += 1
         try:
-            await share.places.acquire()
+            await self._places.take(caller)
         except BaseException:
             write.close()  # never started: nothing of it was done
-            self._leave(caller, share)
             raise
         running = asyncio.ensure_future(write)
 
         def done(task: asyncio.Future[T]) -> None:
             if not task.cancelled():
                 task.exception()  # retrieved: a caller that left does not leave it unread
-            share.places.release()
-            self._leave(caller, share)
+            self._places.give_back(caller)
 
         running.add_done_callback(done)
         # A cancelled caller cancels only its wait, as the store's own queue does: the
         # write goes on (and commits with its batch), holding its place until then.
         return await asyncio.shield(running)
-
-    def _leave(self, caller: str, share: _Share) -> None:
-        share.users -= 1
-        if not share.users:
-            del self._callers[caller]
-
-
-class _Share:
-    __slots__ = ("places", "users")
-
-    def __init__(self, places: int) -> None:
-        self.places = asyncio.Semaphore(places)
-        self.users = 0
