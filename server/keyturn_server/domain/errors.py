@@ -131,6 +131,12 @@ class Unavailable(KeyturnError):
     default_reason = "UNAVAILABLE"
 
 
+#: Store refusals that were one call's fate (a table locked by someone else, a statement
+#: that ran too long, a row held, this call's transaction ended), not the store's state:
+#: health does not change for them.
+ONE_CALLS_FATE = frozenset({"STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW", "STORE_STALLED"})
+
+
 class Internal(KeyturnError):
     """An invariant broke; the message is generic and the detail goes to the error log."""
 

@@ -26,7 +26,7 @@ from functools import partial
 from typing import Any
 
 from keyturn_server.domain.access import Permission, Principal
-from keyturn_server.domain.errors import InvalidArgument, KeyturnError, Unavailable
+from keyturn_server.domain.errors import ONE_CALLS_FATE, InvalidArgument, KeyturnError, Unavailable
 from keyturn_server.domain.lifecycle import Scheduler
 from keyturn_server.domain.limits import quote
 from keyturn_server.domain.repositories import Repository, Store
@@ -232,7 +232,14 @@ class HealthService:
                 sum(len(reader.due(kind, now, 1000)) for kind in s.kinds()) if count and lag else 0
             )
         except Unavailable as exc:
-            part.down(f"deadlines cannot be read: {_told(exc, detailed)}")
+            told = f"deadlines cannot be read: {_told(exc, detailed)}"
+            if exc.reason in ONE_CALLS_FATE and store.status is Serving.SERVING:
+                # A table a DBA locked is locked for every replica alike: draining them
+                # all for it would make a lock an outage. A scheduler kept from its work
+                # for long shows in its lag (--scheduler-max-lag) once the read goes on.
+                part.reasons.append(told)
+            else:
+                part.down(told)
             return part
         except Exception:
             if store.status is Serving.SERVING:

@@ -21,7 +21,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from keyturn_server.domain.errors import Aborted, DataLoss, KeyturnError, Unavailable
+from keyturn_server.domain.errors import (
+    ONE_CALLS_FATE,
+    Aborted,
+    DataLoss,
+    KeyturnError,
+    Unavailable,
+)
 
 log = logging.getLogger("keyturn.store")
 
@@ -205,8 +211,6 @@ WRITES = "-c lock_timeout=1s"
 #: else. A statement that ran too long is not held back: its cost is the parameters',
 #: and one caller's slow listing must not get the statement refused for everyone else.
 HOLD_LOCKED = 1.0
-#: Failures that were one call's fate, not the database's state (says_unwritable).
-ONE_CALLS_FATE = ("STORE_LOCKED", "STORE_ROW_LOCKED", "STORE_SLOW", "STORE_STALLED")
 
 
 class HoldBack:
