@@ -16,22 +16,11 @@ from typing import Any
 
 from google.protobuf import descriptor, json_format, message_factory
 
+from keyturn_server.api.http import protojson
 from keyturn_server.domain.errors import FieldViolation
 from keyturn_server.domain.limits import clip
 
 _F = descriptor.FieldDescriptor
-_INTEGERS = {
-    _F.TYPE_INT32,
-    _F.TYPE_SINT32,
-    _F.TYPE_SFIXED32,
-    _F.TYPE_UINT32,
-    _F.TYPE_FIXED32,
-    _F.TYPE_INT64,
-    _F.TYPE_SINT64,
-    _F.TYPE_SFIXED64,
-    _F.TYPE_UINT64,
-    _F.TYPE_FIXED64,
-}
 #: What a well-known message type takes in JSON.
 _WELL_KNOWN = {
     "google.protobuf.Timestamp": "an RFC 3339 time such as 2026-01-01T00:00:00Z",
@@ -101,6 +90,6 @@ def _kind(field: descriptor.FieldDescriptor) -> str:
         return "a string"
     if kind == _F.TYPE_BYTES:
         return "base64 text"
-    if kind in _INTEGERS:
+    if kind in protojson.INTEGERS:
         return "a whole number"
     return "a number"

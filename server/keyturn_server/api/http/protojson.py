@@ -27,6 +27,8 @@ from keyturn_server.api.http import printers
 _F = descriptor.FieldDescriptor
 _INT64 = {_F.TYPE_INT64, _F.TYPE_SINT64, _F.TYPE_SFIXED64, _F.TYPE_UINT64, _F.TYPE_FIXED64}
 _INT32 = {_F.TYPE_INT32, _F.TYPE_SINT32, _F.TYPE_SFIXED32, _F.TYPE_UINT32, _F.TYPE_FIXED32}
+#: Every whole-number field type (JSON takes 64-bit ones as strings too).
+INTEGERS = frozenset(_INT32 | _INT64)
 INTEGER_TYPES = frozenset(_INT64 | _INT32)
 _STRING_WKT = {"google.protobuf.Timestamp", "google.protobuf.Duration"}
 

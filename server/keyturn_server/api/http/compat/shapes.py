@@ -25,18 +25,6 @@ from keyturn_server.api.http import printers
 from keyturn_server.domain.errors import FieldViolation, InvalidArgument
 
 _F = descriptor.FieldDescriptor
-_INTEGER = {
-    _F.TYPE_INT32,
-    _F.TYPE_INT64,
-    _F.TYPE_UINT32,
-    _F.TYPE_UINT64,
-    _F.TYPE_SINT32,
-    _F.TYPE_SINT64,
-    _F.TYPE_FIXED32,
-    _F.TYPE_FIXED64,
-    _F.TYPE_SFIXED32,
-    _F.TYPE_SFIXED64,
-}
 #: Context keys the specification spells in camelCase, and Keyturn's names for them.
 _CONTEXT_NAMES = {"userAgent": "user_agent"}
 MAX_MILLISECONDS = 10 * 365 * 24 * 3600 * 1000
